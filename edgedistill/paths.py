@@ -1,0 +1,63 @@
+"""Where edgedistill keeps its files, and how it writes them without leaving half-written results behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from edgedistill.errors import CacheError
+
+
+def home() -> Path:
+    """The cache root: $EDGEDISTILL_HOME, else $XDG_CACHE_HOME/edgedistill, else ~/.cache/edgedistill."""
+    explicit = os.environ.get("EDGEDISTILL_HOME")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "edgedistill"
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+def ensure_writable_dir(path: Path, what: str = "cache folder") -> Path:
+    """Create `path` if needed and prove that files can be created in it, or raise a CacheError that says how
+    to fix it. Trying for real (rather than os.access) also catches read-only mounts and root-owned folders."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-", delete=True)
+        probe.close()
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise CacheError(
+            f"{what} {path} is not writable ({reason}); set EDGEDISTILL_HOME to a writable folder"
+        ) from None
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory next to `final`; on success it is renamed to `final` in one step,
+    on any error (or Ctrl-C) it is removed. Readers therefore see either nothing or the complete result."""
+    parent = ensure_writable_dir(final.parent)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{final.name}.partial-"))
+    try:
+        yield tmp
+        if final.exists():
+            raise CacheError(f"{final} appeared while it was being written; remove it and try again")
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def dir_size(path: Path) -> int:
+    """Bytes used by the regular files under `path` (or of `path` itself when it is a file)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
