@@ -31,7 +31,7 @@ def list_cmd() -> None:
 
     from edgedistill import paths
     from edgedistill.models import known_models
-    from edgedistill.models.resolve import is_pulled, pulled_path
+    from edgedistill.models.locate import is_pulled, pulled_path
 
     table = Table(title=f"models (cache: {paths.models_dir()})")
     for col in ("name", "description", "pulled", "size"):

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, DownloadColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 stderr = Console(stderr=True)
 
 
+class _BytesIfKnown(ProgressColumn):
+    """Byte counts for tasks that declared a size in bytes; nothing for steps of unknown length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bytes = DownloadColumn()
+
+    def render(self, task) -> Text:
+        return self._bytes.render(task) if task.fields.get("bytes") else Text("")
+
+
 def byte_progress() -> Progress:
     return Progress(
-        SpinnerColumn(),
+        SpinnerColumn(finished_text="[green]✓"),
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
+        _BytesIfKnown(),
         TimeElapsedColumn(),
         console=stderr,
-        transient=False,
     )

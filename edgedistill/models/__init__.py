@@ -1,7 +1,7 @@
 """models: pull, resolve, load and inspect teachers and students."""
 
 from edgedistill.models.registry import DEFAULT_TEACHER, KnownModel, known_models
-from edgedistill.models.resolve import ModelRef, is_pulled, load_model, pulled_path, resolve
+from edgedistill.models.locate import ModelRef, is_pulled, load_model, pulled_path, resolve
 
 __all__ = [
     "DEFAULT_TEACHER",

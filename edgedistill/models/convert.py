@@ -24,21 +24,26 @@ def load_gguf(path: Path, *, dtype=None):
     """(model, tokenizer) from a GGUF file, in float32 by default."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # callers show their own progress
     path = Path(path)
     reader = gguf_file.open_gguf(path)
     meta = gguf_file.metadata(reader)
     del reader  # release the memmap before transformers opens the file again
-    tokenizer = gguf_file.build_tokenizer(None, meta)
-    if tokenizer is None:
-        log.warning("tokenizer of %s rebuilt by transformers' generic GGUF converter", path.name)
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    if not meta.get("tokenizer.ggml.tokens"):
+        raise InvalidModelError(f"{path.name} carries no tokenizer (no tokenizer.ggml.tokens); it cannot be a teacher")
     try:
+        tokenizer = gguf_file.build_tokenizer(None, meta)
+        if tokenizer is None:
+            log.warning("tokenizer of %s rebuilt by transformers' generic GGUF converter", path.name)
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, torch_dtype=dtype or torch.float32
         )
-    except (ValueError, KeyError, NotImplementedError) as e:
-        raise InvalidModelError(f"transformers cannot load {path.name}: {e}") from None
+    except Exception as e:  # the file is user input: any failure inside transformers means "unusable file"
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InvalidModelError(f"transformers cannot load {path.name}: {first}") from e
     # The weights are now plain float tensors: drop any quantizer marker so save_pretrained accepts them.
     model.hf_quantizer = None
     if hasattr(model, "is_quantized"):

@@ -18,7 +18,7 @@ def answer(model_spec, prompt: str, *, max_new_tokens: int = 64, system: str | N
     """The model's greedy reply to `prompt`. `loaded` = (model, tokenizer) skips loading."""
     import torch
 
-    from edgedistill.models.resolve import load_model
+    from edgedistill.models.locate import load_model
 
     model, tokenizer = loaded or load_model(model_spec, trust_remote_code=trust_remote_code)
     ids = chat_input_ids(tokenizer, prompt, system)

