@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import traceback
 
 import click
 
 from edgedistill import __version__
 from edgedistill.errors import EdgeDistillError
+
+
+# Imported only by commands of the full toolchain, absent from `edgedistill[runtime]`.
+_FULL_ONLY = {"torch", "transformers", "optimum", "accelerate", "bitsandbytes", "gguf", "safetensors", "onnx"}
 
 
 class _Group(click.Group):
@@ -26,6 +29,11 @@ class _Group(click.Group):
             _fail(ctx, str(e), e.exit_code)
         except KeyboardInterrupt:
             _fail(ctx, "interrupted", 130)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.split(".")[0] in _FULL_ONLY:
+                _fail(ctx, f"this command needs {e.name}, which the runtime-only install lacks; "
+                      "install the toolchain with: pip install 'edgedistill[full]'", 2)
+            raise
 
     def list_commands(self, ctx):
         return list(self.commands)  # in the order of the pipeline, not alphabetical
@@ -73,7 +81,3 @@ _register()
 def main() -> None:
     cli(prog_name="edgedistill")
 
-
-if __name__ == "__main__":
-    main()
-    sys.exit(0)

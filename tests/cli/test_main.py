@@ -96,3 +96,11 @@ def test_list_shows_default_teacher_not_pulled():
     proc = run_cli("models", "list")
     assert proc.returncode == 0, proc.stderr
     assert "smollm2-135m-instruct" in proc.stdout and "no" in proc.stdout
+
+
+def test_runtime_only_install_gets_a_clear_message():
+    """With torch missing (as in `edgedistill[runtime]`), a toolchain command says what to install."""
+    code = "import sys; sys.modules['torch'] = None; from edgedistill.cli import main; main()"
+    proc = subprocess.run([sys.executable, "-c", code, "models", "pull"], capture_output=True, text=True, cwd=REPO)
+    line = _one_line_error(proc)
+    assert "pip install 'edgedistill[full]'" in line
