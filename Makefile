@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@# torch first and exactly pinned: the CPU build. A looser request would fetch a multi-GB CUDA build.
 	$(PIP) install --quiet torch==2.13.0 -c constraints.txt
 	@echo "building llama-cpp-python (compiles llama.cpp: about 9 minutes on 2 cores the first time, then cached)"
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -v llama-cpp-python -c constraints.txt > $(VENV)/llama-build.log 2>&1 & pid=$$!; \
+	@CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -v llama-cpp-python -c constraints.txt > $(VENV)/llama-build.log 2>&1 & pid=$$!; \
 	  while kill -0 $$pid 2>/dev/null; do \
 	    step=$$(grep -oE '^ *\[[0-9]+/[0-9]+\]' $(VENV)/llama-build.log | tail -1 | tr -d ' ' || true); \
 	    if [ -n "$$step" ]; then printf '\r  llama.cpp compile step %s ' "$$step"; fi; sleep 5; \
