@@ -70,9 +70,11 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 def _register() -> None:
+    from edgedistill.cli.data import data, eval_cmd, generate_cmd
     from edgedistill.cli.models import models
 
-    cli.add_command(models)
+    for command in (models, generate_cmd, data, eval_cmd):
+        cli.add_command(command)
 
 
 _register()

@@ -1,0 +1,131 @@
+"""edgedistill generate | eval | data split | data stats"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgedistill.models.registry import DEFAULT_TEACHER
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.command("generate")
+@click.option("--teacher", default=DEFAULT_TEACHER, show_default=True, help="Registry name, HF directory, .gguf or hub id.")
+@click.option("--prompts", "prompts_path", type=_FILE, required=True, help="Prompt JSONL (chat 'messages' or 'prompt').")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Output JSONL; a rerun skips prompts already answered there.")
+@click.option("--max-new-tokens", type=click.IntRange(1, 8192), default=256, show_default=True)
+@click.option("--sample/--greedy", default=False, show_default=True, help="Sample instead of greedy decoding.")
+@click.option("--temperature", type=float, default=0.7, show_default=True, help="Sampling temperature (with --sample).")
+@click.option("--top-p", type=float, default=0.95, show_default=True, help="Nucleus sampling mass (with --sample).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N prompts.")
+@click.option("--skip-bad", is_flag=True, help="Skip malformed prompt records (counted) instead of stopping.")
+@click.option("--trust-remote-code", is_flag=True)
+def generate_cmd(teacher, prompts_path, out, max_new_tokens, sample, temperature, top_p, seed, batch_size, limit,
+                 skip_bad, trust_remote_code):
+    """The teacher answers every prompt: training data for sequence-level distillation."""
+    from edgedistill.cli.progress import byte_progress
+    from edgedistill.data.generate import GenerationSettings, generate
+    from edgedistill.data.load import load_prompts
+
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature,
+                                  top_p=top_p, seed=seed, batch_size=batch_size)
+    prompts, report = load_prompts(prompts_path, strict=not skip_bad)
+    if report.skipped:
+        click.echo(f"skipped {len(report.skipped)} malformed records (first: {report.skipped[0]})", err=True)
+    prompts = prompts[:limit] if limit else prompts
+    with byte_progress() as progress:
+        r = generate(teacher, prompts, out, settings, trust_remote_code=trust_remote_code, progress=progress)
+    click.echo(f"{out}: wrote {r.written} new responses, {r.already_done} were already there"
+               + (f", {r.skipped_too_long} prompts longer than the context skipped" if r.skipped_too_long else "")
+               + (f", {r.hit_max_tokens} cut at --max-new-tokens" if r.hit_max_tokens else ""))
+
+
+@click.command("eval")
+@click.argument("model", default=DEFAULT_TEACHER)
+@click.option("--teacher", default=None, help="Also score this model and show it beside MODEL.")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder with <domain>/eval.jsonl (default: the project's calibration_data/).")
+@click.option("--domain", "domains", multiple=True, help="Only these domains (repeatable).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="First N items per domain (a quick look).")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write every item's response and grade here.")
+def eval_cmd(model, teacher, data_dir, domains, limit, batch_size, json_out):
+    """Score MODEL on the graded eval sets: accuracy per domain and per task type."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgedistill.cli.progress import byte_progress
+    from edgedistill.data import default_data_dir
+    from edgedistill.data.evaluate import evaluate, find_eval_sets, load_eval_items
+
+    items = load_eval_items(find_eval_sets(data_dir or default_data_dir(), domains), limit)
+    results = []
+    with byte_progress() as progress:
+        for spec in [model] + ([teacher] if teacher else []):
+            results.append(evaluate(spec, items, batch_size=batch_size, progress=progress))
+    table = Table(title=f"graded eval ({len(items)} items)" + (" [--limit: not a full score]" if limit else ""))
+    table.add_column("domain")
+    table.add_column("task")
+    table.add_column("n", justify="right")
+    for r in results:
+        table.add_column(r.model if len(r.model) < 30 else "…" + r.model[-28:], justify="right")
+    rows = [x.as_dict() for x in results]
+    for i, row in enumerate(rows[0]["by_domain_task"]):
+        table.add_row(row["domain"], row["task"], str(row["n"]), *[f"{100 * x['by_domain_task'][i]['accuracy']:.1f}%" for x in rows])
+    for d in sorted(rows[0]["by_domain"]):
+        table.add_row(f"[bold]{d}", "[bold]all", "", *[f"[bold]{100 * x['by_domain'][d]:.1f}%" for x in rows])
+    table.add_row("[bold]all", "[bold]all", str(len(items)), *[f"[bold]{100 * x['overall']:.1f}%" for x in rows])
+    Console().print(table)
+    if json_out:
+        json_out.write_text(json.dumps({"models": rows, "limit": limit}, indent=2, ensure_ascii=False) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
+@click.group("data")
+def data() -> None:
+    """Split prompt files and describe the calibration data."""
+
+
+@data.command("split")
+@click.argument("prompts_path", type=_FILE)
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--fractions", default="0.8,0.1,0.1", show_default=True, help="train,validation,test shares.")
+@click.option("--threshold", type=click.FloatRange(0.05, 1.0), default=0.5, show_default=True,
+              help="Word-trigram Jaccard similarity at which two prompts count as near-duplicates.")
+def split_cmd(prompts_path, out_dir, fractions, threshold):
+    """Write train/validation/test.jsonl; near-duplicate prompts always land in the same split."""
+    from edgedistill.data.split import split_prompts
+    from edgedistill.errors import EdgeDistillError
+
+    try:
+        fr = tuple(float(x) for x in fractions.split(","))
+    except ValueError:
+        raise EdgeDistillError(f"--fractions {fractions!r} must be three numbers like 0.8,0.1,0.1") from None
+    r = split_prompts(prompts_path, out_dir, fr, threshold)
+    click.echo(" ".join(f"{k}={v}" for k, v in r.counts.items()) + f" ({r.duplicate_groups} near-duplicate groups kept together)")
+
+
+@data.command("stats")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
+@click.option("--tokenizer", default=DEFAULT_TEACHER, show_default=True, help="Model whose tokenizer counts tokens.")
+@click.option("--json", "as_json", is_flag=True)
+def stats_cmd(data_dir, tokenizer, as_json):
+    """Counts per domain: prompts per split, eval items per task, text tokens; and any cross-split leaks."""
+    from edgedistill.data import default_data_dir
+    from edgedistill.data.stats import data_stats
+
+    s = data_stats(data_dir or default_data_dir(), tokenizer)
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    for d, v in s["domains"].items():
+        click.echo(f"{d}: prompts {v['prompts']} ({v['prompt_tokens']} tokens), eval {v['eval']}, "
+                   f"texts {v['text_files']} files / {v['text_tokens']} tokens")
+    click.echo(f"near-duplicate pairs across splits: {len(s['leaks'])}")

@@ -1,0 +1,213 @@
+"""Teacher generations: the teacher answers each prompt (sequence-level KD data, step-by-step answers included).
+
+Output is JSONL, one record per prompt, written batch by batch so that a rerun with the same settings skips
+what is done. Every record carries the teacher's id and fingerprint and the generation settings; a rerun with
+a different teacher or settings into the same file is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgedistill.data.load import DataError, Prompt
+from edgedistill.errors import EdgeDistillError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How the teacher writes. Sampling temperature here is not the distillation loss temperature."""
+
+    max_new_tokens: int = 256  # per response
+    do_sample: bool = False  # greedy by default: reproducible data
+    temperature: float = 0.7  # sampling only
+    top_p: float = 0.95  # sampling only
+    seed: int = 0
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 1 <= self.max_new_tokens <= 8192:
+            problems.append(f"max_new_tokens={self.max_new_tokens} must be in 1..8192")
+        if not 0.0 < self.temperature <= 5.0:
+            problems.append(f"temperature={self.temperature} must be in (0, 5]")
+        if not 0.0 < self.top_p <= 1.0:
+            problems.append(f"top_p={self.top_p} must be in (0, 1]")
+        if not 1 <= self.batch_size <= 1024:
+            problems.append(f"batch_size={self.batch_size} must be in 1..1024")
+        if problems:
+            raise EdgeDistillError("; ".join(problems))
+
+    def recorded(self) -> dict:
+        """What goes into each record (sampling knobs only when sampling)."""
+        d = asdict(self)
+        d.pop("batch_size")
+        if not self.do_sample:
+            for k in ("temperature", "top_p", "seed"):
+                d.pop(k)
+        return d
+
+
+@dataclass
+class GenerateReport:
+    out: str
+    written: int = 0
+    already_done: int = 0
+    skipped_too_long: int = 0
+    hit_max_tokens: int = 0
+
+
+def chat_batches(model, tokenizer, conversations: Sequence[Sequence[dict]], settings: GenerationSettings,
+                 max_prompt_tokens: int | None = None) -> Iterator[tuple[int, str | None, int, str]]:
+    """Answer each conversation with `model`. Yields (index, text, new_tokens, finish_reason) as batches finish;
+    text is None (finish_reason "prompt_too_long") for prompts longer than max_prompt_tokens.
+
+    Prompts are sorted by length so a batch holds similar lengths (less padding), and left-padded, as
+    decoder-only generation needs.
+    """
+    import torch
+
+    rendered = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True) for c in conversations]
+    encoded = [tokenizer(r, add_special_tokens=False).input_ids for r in rendered]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if settings.do_sample:
+        torch.manual_seed(settings.seed)
+    todo = []
+    for i in order:
+        if max_prompt_tokens is not None and len(encoded[i]) > max_prompt_tokens:
+            yield i, None, 0, "prompt_too_long"
+        else:
+            todo.append(i)
+    for start in range(0, len(todo), settings.batch_size):
+        idx = todo[start : start + settings.batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)  # (B, T) left-padded
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            n = len(encoded[i])
+            ids[row, width - n :] = torch.tensor(encoded[i])
+            mask[row, width - n :] = 1
+        kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample, pad_token_id=pad,
+                      eos_token_id=eos)
+        if settings.do_sample:
+            kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=mask, **kwargs)
+        new = out[:, width:]  # (B, new_tokens)
+        for row, i in enumerate(idx):
+            toks = new[row].tolist()
+            if eos in toks:
+                toks, finish = toks[: toks.index(eos)], "stop"
+            else:
+                toks = [t for t in toks if t != pad] if pad != eos else toks
+                finish = "length"
+            yield i, tokenizer.decode(toks, skip_special_tokens=True).strip(), len(toks), finish
+
+
+def model_fingerprint(path: Path) -> str:
+    """A cheap, stable id of a model directory or file: sha256 over its config and weight headers and sizes."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and p.suffix in
+                                                 (".json", ".safetensors", ".gguf", ".onnx", ".jinja"))
+    for f in files:
+        h.update(f.name.encode())
+        h.update(str(f.stat().st_size).encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))  # config files whole; weight files' headers and first tensors
+    return h.hexdigest()[:16]
+
+
+def _existing(out: Path, teacher_id: str, settings: dict) -> set[str]:
+    """Ids already answered in `out`. A torn last line (killed mid-write) is dropped; a file written by another
+    teacher or with other settings is refused."""
+    if not out.exists():
+        return set()
+    done, keep = set(), []
+    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines) and not line.endswith("\n"):
+                log.warning("%s: dropping a torn last line from an interrupted run", out)
+                continue
+            raise DataError(f"{out}:{n}: not valid JSON; fix or delete the file") from None
+        if rec.get("teacher") != teacher_id or rec.get("settings") != settings:
+            raise DataError(
+                f"{out} holds generations from teacher {rec.get('teacher')!r} with settings {rec.get('settings')}; "
+                f"this run is {teacher_id!r} with {settings}: write to another --out or delete the file"
+            )
+        done.add(rec["id"])
+        keep.append(line)
+    if len(keep) != sum(1 for ln in lines if ln.strip()):
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        os.replace(tmp, out)
+    return done
+
+
+def generate(teacher: str, prompts: Sequence[Prompt], out: Path, settings: GenerationSettings | None = None, *,
+             trust_remote_code: bool = False, progress=None, loaded=None) -> GenerateReport:
+    """Have `teacher` answer every prompt not yet in `out`, appending one JSONL record per prompt."""
+    from edgedistill.models.locate import load_model, resolve
+
+    settings = settings or GenerationSettings()
+    out = Path(out)
+    if not prompts:
+        raise DataError("no prompts to generate for")
+    ref = resolve(teacher, pull=True)
+    teacher_id = ref.name or ref.spec
+    fingerprint = model_fingerprint(ref.path) if ref.kind != "hub" else ref.location
+    recorded = settings.recorded()
+    report = GenerateReport(str(out))
+    done = _existing(out, teacher_id, recorded)
+    pending = [p for p in prompts if p.id not in done]
+    report.already_done = len(prompts) - len(pending)
+    if not pending:
+        return report
+    model, tokenizer = loaded or load_model(ref, trust_remote_code=trust_remote_code)
+    context = int(getattr(model.config, "max_position_embeddings", 2048))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    task = progress.add_task(f"teacher answering {len(pending)} prompts", total=len(pending)) if progress else None
+    with open(out, "a", encoding="utf-8") as f:
+        for i, text, n_tokens, finish in chat_batches(model, tokenizer, [p.messages for p in pending], settings,
+                                                      max_prompt_tokens=context - settings.max_new_tokens):
+            if progress:
+                progress.advance(task)
+            if text is None:
+                report.skipped_too_long += 1
+                continue
+            p = pending[i]
+            rec = {
+                "id": p.id,
+                "domain": p.domain,
+                "category": p.category,
+                "reasoning": p.reasoning,
+                "messages": list(p.messages),
+                "response": text,
+                "response_tokens": n_tokens,
+                "finish_reason": finish,
+                "teacher": teacher_id,
+                "teacher_fingerprint": fingerprint,
+                "settings": recorded,
+            }
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+            report.written += 1
+            report.hit_max_tokens += finish == "length"
+    return report

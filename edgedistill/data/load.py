@@ -1,0 +1,192 @@
+"""Reading the project's data files: chat prompts, graded eval items, teacher generations, plain text.
+
+Every reader checks each record and names the file and line of a bad one. `strict=True` (the default) stops
+at the first bad record; `strict=False` skips it and counts it in the returned LoadReport.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgedistill.errors import EdgeDistillError
+
+log = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant")
+TASKS = ("classification", "extraction", "yes_no", "multiple_choice", "arithmetic")
+
+
+class DataError(EdgeDistillError):
+    """A data file that cannot be read as the format it claims to be."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    messages: tuple[dict, ...]  # chat turns, the last one from the user
+    category: str = ""
+    reasoning: bool = False
+    domain: str = ""
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    id: str
+    task: str  # one of TASKS
+    prompt: str
+    answer: str
+    choices: tuple[str, ...] = ()
+    domain: str = ""
+
+
+@dataclass
+class LoadReport:
+    path: str
+    loaded: int = 0
+    skipped: list[str] = field(default_factory=list)  # "file:line: why"
+
+    def __str__(self) -> str:
+        s = f"{self.path}: {self.loaded} records"
+        return s + (f", {len(self.skipped)} skipped" if self.skipped else "")
+
+
+def _bad(path: Path, line: int, why: str) -> str:
+    return f"{path}:{line}: {why}"
+
+
+def _messages(obj: dict) -> tuple[dict, ...]:
+    """Accept {"messages": [...]} (chat) or {"prompt": "..."} (a single user turn)."""
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise ValueError("'messages' must be a non-empty list")
+        out = []
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise ValueError(f"message {i} needs a role ({'/'.join(ROLES)}) and a string content")
+            if not m["content"].strip():
+                raise ValueError(f"message {i} has empty content")
+            out.append({"role": m["role"], "content": m["content"]})
+        if out[-1]["role"] != "user":
+            raise ValueError("the last message must come from the user")
+        return tuple(out)
+    if isinstance(obj.get("prompt"), str) and obj["prompt"].strip():
+        return ({"role": "user", "content": obj["prompt"]},)
+    raise ValueError("needs 'messages' (a chat) or 'prompt' (a string)")
+
+
+def _parse_prompt(obj: dict, domain: str) -> Prompt:
+    if not isinstance(obj.get("id"), str) or not obj["id"]:
+        raise ValueError("needs a string 'id'")
+    return Prompt(
+        id=obj["id"],
+        messages=_messages(obj),
+        category=str(obj.get("category", "")),
+        reasoning=bool(obj.get("reasoning", False)),
+        domain=str(obj.get("domain", domain)),
+    )
+
+
+def _parse_eval(obj: dict, domain: str) -> EvalItem:
+    if not isinstance(obj.get("id"), str) or not obj["id"]:
+        raise ValueError("needs a string 'id'")
+    task = obj.get("task")
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is not one of {', '.join(TASKS)}")
+    for key in ("prompt", "answer"):
+        if not isinstance(obj.get(key), str) or not obj[key].strip():
+            raise ValueError(f"needs a non-empty string {key!r}")
+    choices = tuple(str(c) for c in obj.get("choices") or ())
+    if task in ("classification", "yes_no", "multiple_choice"):
+        if not choices:
+            raise ValueError(f"a {task} item needs 'choices'")
+        if obj["answer"] not in choices:
+            raise ValueError(f"answer {obj['answer']!r} is not among the choices {list(choices)}")
+    if task == "arithmetic":
+        try:
+            float(obj["answer"])
+        except ValueError:
+            raise ValueError(f"arithmetic answer {obj['answer']!r} is not a plain number") from None
+    return EvalItem(obj["id"], task, obj["prompt"], obj["answer"].strip(), choices, str(obj.get("domain", domain)))
+
+
+def read_jsonl(path: Path) -> Iterable[tuple[int, Any]]:
+    """(line number, parsed object) for each non-blank line; a line that is not JSON raises DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(_bad(path, n, f"not valid JSON ({e.msg} at column {e.colno})")) from None
+
+
+def _load(path: Path, parse, strict: bool, domain: str | None) -> tuple[list, LoadReport]:
+    path = Path(path)
+    domain = domain if domain is not None else _domain_of(path)
+    report, out, seen = LoadReport(str(path)), [], set()
+    for n, obj in read_jsonl(path):
+        try:
+            if not isinstance(obj, dict):
+                raise ValueError("each line must be a JSON object")
+            rec = parse(obj, domain)
+            if rec.id in seen:
+                raise ValueError(f"duplicate id {rec.id!r}")
+        except ValueError as e:
+            msg = _bad(path, n, str(e))
+            if strict:
+                raise DataError(msg) from None
+            report.skipped.append(msg)
+            continue
+        seen.add(rec.id)
+        out.append(rec)
+    report.loaded = len(out)
+    if not out:
+        raise DataError(f"{path}: no usable records" + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
+    for s in report.skipped:
+        log.warning("skipped %s", s)
+    return out, report
+
+
+def _domain_of(path: Path) -> str:
+    """calibration_data/<domain>/... -> <domain>; anything else -> ''."""
+    parts = path.resolve().parts
+    if "calibration_data" in parts:
+        i = parts.index("calibration_data")
+        if i + 1 < len(parts) - 1:
+            return parts[i + 1]
+    return ""
+
+
+def load_prompts(path: Path, *, strict: bool = True, domain: str | None = None) -> tuple[list[Prompt], LoadReport]:
+    return _load(path, _parse_prompt, strict, domain)
+
+
+def load_eval(path: Path, *, strict: bool = True, domain: str | None = None) -> tuple[list[EvalItem], LoadReport]:
+    return _load(path, _parse_eval, strict, domain)
+
+
+def load_texts(path: Path) -> list[tuple[str, str]]:
+    """(name, text) for a .txt file, or for every .txt file under a folder (sorted, so the order is stable)."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(path.rglob("*.txt")) if path.is_dir() else []
+    if not files:
+        raise DataError(f"{path}: no .txt files found")
+    out = []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{f}: not UTF-8 text (byte {e.start})") from None
+        if text.strip():
+            out.append((f.name, text))
+    return out

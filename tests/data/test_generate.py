@@ -1,0 +1,82 @@
+import json
+
+import pytest
+
+from edgedistill.data import DataError, Prompt
+from edgedistill.data.generate import GenerationSettings, chat_batches, generate
+from edgedistill.errors import EdgeDistillError
+
+QUESTIONS = ["Where is my order?", "Machine M-204 raised alarm E17.", "Summarize the notes.",
+             "Refund please, the parcel was damaged and the box was open when it arrived at my door.", "Hi"]
+
+
+def _prompts():
+    return [Prompt(id=f"p{i}", messages=({"role": "user", "content": q},), category="c", domain="support")
+            for i, q in enumerate(QUESTIONS)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from edgedistill.models import load_model
+
+    return load_model(str(tiny_model_dir))
+
+
+def test_batched_equals_one_by_one(tiny):
+    """Left padding with an attention mask must not change greedy answers."""
+    model, tok = tiny
+    convs = [p.messages for p in _prompts()]
+    one = {i: t for i, t, _, _ in chat_batches(model, tok, convs, GenerationSettings(max_new_tokens=12, batch_size=1))}
+    many = {i: t for i, t, _, _ in chat_batches(model, tok, convs, GenerationSettings(max_new_tokens=12, batch_size=4))}
+    assert one == many
+
+
+def test_generate_is_resumable(tiny_model_dir, tiny, tmp_path):
+    out = tmp_path / "gen.jsonl"
+    s = GenerationSettings(max_new_tokens=8, batch_size=2)
+    r = generate(str(tiny_model_dir), _prompts()[:3], out, s, loaded=tiny)
+    assert (r.written, r.already_done) == (3, 0)
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {x["id"] for x in recs} == {"p0", "p1", "p2"}
+    assert all(x["teacher"] == str(tiny_model_dir) and x["settings"] == {"max_new_tokens": 8, "do_sample": False}
+               for x in recs)
+    assert all(x["messages"][0]["role"] == "user" and "response" in x for x in recs)
+
+    # Interrupted mid-write: a torn last line is dropped and that prompt answered again.
+    out.write_text(out.read_text() + '{"id": "p3", "resp')
+    r = generate(str(tiny_model_dir), _prompts(), out, s, loaded=tiny)
+    assert (r.written, r.already_done) == (2, 3)
+    assert sorted(json.loads(line)["id"] for line in out.read_text().splitlines()) == ["p0", "p1", "p2", "p3", "p4"]
+
+    r = generate(str(tiny_model_dir), _prompts(), out, s, loaded=tiny)
+    assert (r.written, r.already_done) == (0, 5)
+
+
+def test_other_settings_are_refused(tiny_model_dir, tiny, tmp_path):
+    out = tmp_path / "gen.jsonl"
+    generate(str(tiny_model_dir), _prompts()[:1], out, GenerationSettings(max_new_tokens=4), loaded=tiny)
+    before = out.read_text()
+    with pytest.raises(DataError, match="write to another --out or delete the file"):
+        generate(str(tiny_model_dir), _prompts(), out, GenerationSettings(max_new_tokens=5), loaded=tiny)
+    assert out.read_text() == before
+
+
+def test_sampling_is_seeded(tiny):
+    model, tok = tiny
+    convs = [p.messages for p in _prompts()[:2]]
+    s = GenerationSettings(max_new_tokens=10, do_sample=True, temperature=1.5, seed=3)
+    a = list(chat_batches(model, tok, convs, s))
+    b = list(chat_batches(model, tok, convs, s))
+    assert a == b
+
+
+def test_prompt_longer_than_context_is_skipped(tiny_model_dir, tiny, tmp_path):
+    long = Prompt(id="long", messages=({"role": "user", "content": "alarm " * 400},))
+    r = generate(str(tiny_model_dir), [long, *_prompts()[:1]], tmp_path / "g.jsonl",
+                 GenerationSettings(max_new_tokens=4), loaded=tiny)
+    assert (r.written, r.skipped_too_long) == (1, 1)
+
+
+def test_settings_are_validated():
+    with pytest.raises(EdgeDistillError, match="temperature=0.*top_p=2"):
+        GenerationSettings(temperature=0, top_p=2)
