@@ -73,7 +73,7 @@ def load_eval_items(paths: Sequence[Path], limit: int | None = None) -> list[Eva
     """Items from each file; `limit` keeps the first N of each file (a quick look, not a score to report)."""
     items = []
     for p in paths:
-        got, _ = load_eval(p)
+        got, _ = load_eval(p, domain=p.parent.name)
         items.extend(got[:limit] if limit else got)
     return items
 

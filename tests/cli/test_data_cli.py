@@ -1,0 +1,81 @@
+"""generate / eval / data split through the real CLI, on the tiny model."""
+
+import json
+
+from tests.conftest import run_cli
+
+
+def _eval_dir(root):
+    d = root / "support"
+    d.mkdir(parents=True)
+    items = [
+        {"id": "e1", "task": "yes_no", "prompt": "Is 3 > 2? Answer yes or no.", "answer": "yes", "choices": ["yes", "no"]},
+        {"id": "e2", "task": "arithmetic", "prompt": "Think step by step. 2+2? End with 'Answer: <x>'.", "answer": "4"},
+        {"id": "e3", "task": "extraction", "prompt": "Order number in: 'my order NW-111222 is late'?", "answer": "NW-111222"},
+    ]
+    (d / "eval.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    return root
+
+
+def test_generate_then_rerun(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "Where is my order?"}\n{"id": "b", "prompt": "Alarm E17 on M-204"}\n')
+    out = tmp_path / "gen.jsonl"
+    args = ["generate", "--teacher", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(out),
+            "--max-new-tokens", "6"]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 2 new responses, 0 were already there" in proc.stdout
+    proc = run_cli(*args)
+    assert "wrote 0 new responses, 2 were already there" in proc.stdout
+
+
+def test_generate_bad_prompt_file(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "ok"}\n{"id": "b", "messages": "oops"}\n')
+    proc = run_cli("generate", "--teacher", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {prompts}:2: 'messages' must be a non-empty list"
+    assert not (tmp_path / "o.jsonl").exists()
+    proc = run_cli("generate", "--teacher", str(tiny_model_dir), "--prompts", str(prompts), "--out",
+                   str(tmp_path / "o.jsonl"), "--skip-bad", "--max-new-tokens", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 1 malformed records" in proc.stderr
+
+
+def test_eval_with_teacher_column(tiny_model_dir, tmp_path):
+    data = _eval_dir(tmp_path / "data")
+    out = tmp_path / "eval.json"
+    proc = run_cli("eval", str(tiny_model_dir), "--teacher", str(tiny_model_dir), "--data", str(data),
+                   "--json-out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert len(report["models"]) == 2
+    student, teacher = report["models"]
+    assert [r["id"] for r in student["items"]] == ["e1", "e2", "e3"]
+    assert student["items"] == teacher["items"]  # same model, greedy: same answers and grades
+    assert {(r["domain"], r["task"]) for r in student["by_domain_task"]} == {
+        ("support", "yes_no"), ("support", "arithmetic"), ("support", "extraction")}
+
+
+def test_eval_unknown_domain(tiny_model_dir, tmp_path):
+    data = _eval_dir(tmp_path / "data")
+    proc = run_cli("eval", str(tiny_model_dir), "--data", str(data), "--domain", "legal")
+    assert proc.returncode == 2
+    assert "no eval set for domain(s) legal" in proc.stderr and "available: support" in proc.stderr
+
+
+def test_data_split(tmp_path):
+    src = tmp_path / "prompts.jsonl"
+    lines = [{"id": f"p{i}", "prompt": f"question {w} about the {w} machine and its {w} alarm"}
+             for i, w in enumerate("red green blue cyan magenta yellow black white grey pink".split())]
+    lines.append({"id": "dup", "prompt": lines[0]["prompt"].upper()})
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    proc = run_cli("data", "split", str(src), "--out-dir", str(tmp_path / "s"))
+    assert proc.returncode == 0, proc.stderr
+    assert "1 near-duplicate groups kept together" in proc.stdout
+    where = {json.loads(ln)["id"]: s for s in ("train", "validation", "test")
+             for ln in (tmp_path / "s" / f"{s}.jsonl").read_text().splitlines()}
+    assert len(where) == 11 and where["p0"] == where["dup"]
+    bad = run_cli("data", "split", str(src), "--out-dir", str(tmp_path / "s"), "--fractions", "0.5,0.5")
+    assert bad.returncode == 2 and "three non-negative numbers" in bad.stderr
