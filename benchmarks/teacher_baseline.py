@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -135,26 +134,6 @@ def child(variant: str, model_dir: Path, threads: int, n_new: int, repeats: int)
     }
 
 
-def machine() -> dict:
-    import psutil
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "ram_bytes": psutil.virtual_memory().total,
-        "os": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -169,9 +148,9 @@ def main() -> None:
         print(json.dumps(child(args.child, args.model_dir, args.threads, args.new_tokens, args.repeats)))
         return
 
-    from edgedistill import __version__
     from edgedistill.models import DEFAULT_TEACHER
     from edgedistill.models.pull import pull
+    from edgedistill.runinfo import run_record
 
     model_dir, _ = pull(DEFAULT_TEACHER)
     results = {}
@@ -191,10 +170,7 @@ def main() -> None:
     same_prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     report = {
         "benchmark": "teacher_baseline",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "edgedistill_version": __version__,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine(),
+        **run_record(),
         "settings": {"threads": args.threads, "new_tokens": args.new_tokens, "repeats": args.repeats},
         "model": DEFAULT_TEACHER,
         "variants": results,

@@ -84,7 +84,13 @@ def eval_cmd(model, teacher, data_dir, domains, limit, batch_size, json_out):
     table.add_row("[bold]all", "[bold]all", str(len(items)), *[f"[bold]{100 * x['overall']:.1f}%" for x in rows])
     Console().print(table)
     if json_out:
-        json_out.write_text(json.dumps({"models": rows, "limit": limit}, indent=2, ensure_ascii=False) + "\n")
+        from edgedistill.runinfo import run_record
+
+        report = {**run_record(), "limit": limit, "items": len(items), "models": rows}
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = json_out.with_name(json_out.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(json_out)
         click.echo(f"wrote {json_out}")
 
 

@@ -1,0 +1,44 @@
+"""Where and how a result was made: recorded beside every number we write (benchmarks, eval reports)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from edgedistill import __version__
+
+
+def machine() -> dict:
+    import psutil
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "arch": platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "ram_bytes": psutil.virtual_memory().total,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def run_record() -> dict:
+    """The command line, time, tool version and machine of this process."""
+    argv = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    return {
+        "command": shlex.join(argv),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "edgedistill_version": __version__,
+        "machine": machine(),
+    }
