@@ -79,3 +79,20 @@ def test_data_split(tmp_path):
     assert len(where) == 11 and where["p0"] == where["dup"]
     bad = run_cli("data", "split", str(src), "--out-dir", str(tmp_path / "s"), "--fractions", "0.5,0.5")
     assert bad.returncode == 2 and "three non-negative numbers" in bad.stderr
+
+
+def test_generate_a_split_of_every_domain(tiny_model_dir, tmp_path):
+    data = tmp_path / "data"
+    for dom in ("factory", "support"):
+        (data / dom / "prompts").mkdir(parents=True)
+        for split in ("train", "validation", "test"):
+            (data / dom / "prompts" / f"{split}.jsonl").write_text(
+                "".join(json.dumps({"id": f"{dom}-{split}-{i}", "prompt": f"{dom} question {i}"}) + "\n" for i in range(2)))
+    out = tmp_path / "gen.jsonl"
+    proc = run_cli("generate", "--teacher", str(tiny_model_dir), "--split", "train", "--data", str(data),
+                   "--out", str(out), "--max-new-tokens", "3")
+    assert proc.returncode == 0, proc.stderr
+    ids = sorted(json.loads(ln)["id"] for ln in out.read_text().splitlines())
+    assert ids == ["factory-train-0", "factory-train-1", "support-train-0", "support-train-1"]
+    both = run_cli("generate", "--split", "train", "--prompts", str(data / "support/prompts/test.jsonl"), "--out", str(out))
+    assert both.returncode == 2 and "either --prompts" in both.stderr
