@@ -1,0 +1,1 @@
+"""distill: students from teachers (pruning, divergence losses, training)."""
