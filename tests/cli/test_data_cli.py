@@ -96,3 +96,20 @@ def test_generate_a_split_of_every_domain(tiny_model_dir, tmp_path):
     assert ids == ["factory-train-0", "factory-train-1", "support-train-0", "support-train-1"]
     both = run_cli("generate", "--split", "train", "--prompts", str(data / "support/prompts/test.jsonl"), "--out", str(out))
     assert both.returncode == 2 and "either --prompts" in both.stderr
+
+
+def test_prune_cli(tiny_model_dir, tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("The press stopped on alarm E17 after the guard opened. " * 80)
+    out = tmp_path / "student"
+    proc = run_cli("prune", str(tiny_model_dir), "--layers", "1", "--ffn", "64", "--calibration", str(texts),
+                   "--max-tokens", "256", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "layers 1, hidden 64, FFN 64" in proc.stdout
+    assert json.loads((out / "pruning.json").read_text())["shape"]["layers"] == 1
+    again = run_cli("prune", str(tiny_model_dir), "--layers", "1", "--calibration", str(texts), "--out", str(out))
+    assert again.returncode == 2 and "already exists" in again.stderr
+    bad = run_cli("prune", str(tiny_model_dir), "--layers", "7", "--calibration", str(texts), "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "layers=7 must be between 1 and the teacher's 2" in bad.stderr
+    assert not (tmp_path / "x").exists()
