@@ -1,0 +1,102 @@
+"""Training examples for distillation: chat prompt + response, tokenized, with the response tokens marked.
+
+Each example holds `input_ids` (T,) and `labels` (T,), where labels[t] is the token the model should predict
+at position t (input_ids[t + 1]) when that token belongs to the response, and -100 elsewhere (prompt,
+padding, the last position). Losses therefore never need to shift, and the number of response tokens in a
+batch is (labels != -100).sum().
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edgedistill.data.load import DataError, read_jsonl
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    examples: list[dict]  # {"id", "input_ids": list[int], "labels": list[int]}
+    truncated: int = 0  # examples cut to max_length
+    dropped: int = 0  # examples with no response token left after truncation
+
+    def fingerprint(self) -> str:
+        """Hash of the exact token sequences and labels: what a logit cache is keyed by."""
+        h = hashlib.sha256()
+        for ex in self.examples:
+            h.update(json.dumps([ex["id"], ex["input_ids"], ex["labels"]]).encode())
+        return h.hexdigest()[:16]
+
+    @property
+    def response_tokens(self) -> int:
+        return sum(sum(1 for x in ex["labels"] if x != IGNORE) for ex in self.examples)
+
+
+def load_generations(paths: Sequence[Path]) -> list[dict]:
+    """Records with `messages` and `response` (what `edgedistill generate` writes), from one or more files."""
+    out, seen = [], set()
+    for path in paths:
+        for n, rec in read_jsonl(Path(path)):
+            if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list) or not isinstance(rec.get("response"), str):
+                raise DataError(f"{path}:{n}: a training record needs 'messages' (list) and 'response' (string); "
+                                "make them with `edgedistill generate`")
+            rid = str(rec.get("id", f"{Path(path).name}:{n}"))
+            if rid in seen:
+                raise DataError(f"{path}:{n}: duplicate id {rid!r}")
+            seen.add(rid)
+            out.append({**rec, "id": rid})
+    if not out:
+        raise DataError(f"no training records in {', '.join(map(str, paths))}")
+    return out
+
+
+def encode(tokenizer, records: Sequence[dict], max_length: int) -> Encoded:
+    """Tokenize prompt (chat template, generation prompt added) and response + end-of-turn separately, so no
+    BPE merge crosses the boundary, then build aligned labels."""
+    if tokenizer.eos_token is None:
+        raise DataError("the tokenizer has no end-of-sequence token; set eos_token in tokenizer_config.json")
+    enc = Encoded([])
+    for rec in records:
+        prompt = tokenizer.apply_chat_template(rec["messages"], add_generation_prompt=True, tokenize=False)
+        p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        r_ids = tokenizer(rec["response"] + tokenizer.eos_token, add_special_tokens=False).input_ids
+        ids = p_ids + r_ids
+        if len(ids) > max_length:
+            enc.truncated += 1
+            ids = ids[:max_length]
+        labels = [IGNORE] * len(ids)
+        for t in range(len(p_ids) - 1, len(ids) - 1):
+            labels[t] = ids[t + 1]
+        if all(x == IGNORE for x in labels):
+            enc.dropped += 1
+            continue
+        enc.examples.append({"id": rec["id"], "input_ids": ids, "labels": labels})
+    if not enc.examples:
+        raise DataError(f"no example keeps a response token within max_length={max_length}")
+    if enc.truncated:
+        log.warning("%d of %d examples truncated to %d tokens", enc.truncated, len(records), max_length)
+    return enc
+
+
+def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: input_ids (B, T), attention_mask (B, T), labels (B, T)."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

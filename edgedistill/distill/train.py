@@ -1,0 +1,291 @@
+"""The distillation loop, built on transformers' Trainer so the same code runs in one process or under
+`accelerate launch` / `torchrun` on several GPUs or nodes (DDP/FSDP), with checkpoints and resume.
+
+Per micro-batch: the teacher (frozen, no gradients) and the student see the same tokens; the loss is the
+registered divergence on the response tokens (plus cross-entropy on the target tokens, by kd_weight),
+summed, and divided by the number of response tokens in the whole gradient-accumulation step across all
+processes: Trainer counts them (`num_items_in_batch`) before the step starts.
+
+On-policy (GKD, Agarwal et al. 2024): with probability λ an accumulation step replaces the responses by
+continuations sampled from the student itself, which the teacher then scores. Those micro-batches are
+normalised by their own token count (the sampled lengths are not known when the step starts).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from edgedistill.distill.dataset import IGNORE, collate
+from edgedistill.distill.losses import LossConfig, masked_sum, per_token_objective
+from edgedistill.errors import EdgeDistillError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long and how hard to train. Flags override a YAML/JSON config, which overrides these defaults."""
+
+    max_steps: int = 200  # optimizer steps
+    max_time_s: float | None = None  # stop (and save) after this much wall time, whichever comes first
+    batch_size: int = 4  # sequences per micro-batch, per process
+    grad_accum: int = 4  # micro-batches per optimizer step
+    learning_rate: float = 2e-4
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    max_length: int = 512  # tokens per sequence; longer ones are truncated (and counted)
+    seed: int = 0
+    save_steps: int = 50  # checkpoint every N steps (for resume)
+    logging_steps: int = 5
+    on_policy: float = 0.0  # λ: share of steps trained on the student's own samples
+    on_policy_max_new_tokens: int = 128
+    on_policy_temperature: float = 1.0  # sampling temperature of the student (not the loss temperature)
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name, lo in (("max_steps", 1), ("batch_size", 1), ("grad_accum", 1), ("max_length", 8), ("save_steps", 1),
+                         ("logging_steps", 1), ("on_policy_max_new_tokens", 1)):
+            if getattr(self, name) < lo:
+                problems.append(f"{name}={getattr(self, name)} must be at least {lo}")
+        if not 0 < self.learning_rate < 1:
+            problems.append(f"learning_rate={self.learning_rate} must be in (0, 1)")
+        if not 0 <= self.on_policy <= 1:
+            problems.append(f"on_policy={self.on_policy} must be in [0, 1]")
+        if self.max_time_s is not None and self.max_time_s <= 0:
+            problems.append(f"max_time_s={self.max_time_s} must be positive")
+        if not 0 < self.on_policy_temperature <= 5:
+            problems.append(f"on_policy_temperature={self.on_policy_temperature} must be in (0, 5]")
+        if problems:
+            raise EdgeDistillError("; ".join(problems))
+
+
+def check_compatible(teacher, t_tok, student, s_tok) -> None:
+    """One tokenizer for both, or distillation compares different tokens."""
+    tv, sv = teacher.config.vocab_size, student.config.vocab_size
+    if tv != sv:
+        raise EdgeDistillError(
+            f"teacher vocab {tv} != student vocab {sv}: distillation needs one tokenizer; pass a student built "
+            "from the teacher (edgedistill prune) or one trained with the teacher's tokenizer"
+        )
+    if t_tok.get_vocab() != s_tok.get_vocab():
+        raise EdgeDistillError(
+            "teacher and student tokenizers have the same size but different tokens: distillation needs one "
+            "tokenizer; save the student with the teacher's tokenizer files"
+        )
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class DistillTrainer(Trainer):
+        def __init__(self, *args, teacher, loss_cfg: LossConfig, cfg: TrainConfig, pad_id: int, eos_id: int, **kw):
+            super().__init__(*args, **kw)
+            self.teacher = teacher.eval().requires_grad_(False)
+            self.loss_cfg, self.cfg, self.pad_id, self.eos_id = loss_cfg, cfg, pad_id, eos_id
+            self.model_accepts_loss_kwargs = True  # we use num_items_in_batch ourselves (see compute_loss)
+            self.tokens_seen = 0
+            self._policy_rng = random.Random(cfg.seed)
+            self._policy_step, self._policy_on = -1, False
+
+        def _on_policy_now(self) -> bool:
+            """Decided once per optimizer step, from a seeded RNG, identically on every process."""
+            if self.cfg.on_policy <= 0:
+                return False
+            step = self.state.global_step
+            if step != self._policy_step:
+                self._policy_step = step
+                self._policy_on = random.Random(f"{self.cfg.seed}-{step}").random() < self.cfg.on_policy
+            return self._policy_on
+
+        @torch.no_grad()
+        def _student_samples(self, model, inputs):
+            """Replace each response by the student's own sampled continuation of the prompt."""
+            unwrapped = self.accelerator.unwrap_model(model)
+            was_training = unwrapped.training
+            unwrapped.eval()
+            examples = []
+            for ids, labels in zip(inputs["input_ids"], inputs["labels"]):
+                resp = (labels != IGNORE).nonzero()
+                start = int(resp[0]) + 1 if len(resp) else int((ids != self.pad_id).sum())
+                prompt = ids[:start].unsqueeze(0)
+                room = max(1, min(self.cfg.on_policy_max_new_tokens, self.cfg.max_length - start))
+                out = unwrapped.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=room,
+                                         do_sample=True, temperature=self.cfg.on_policy_temperature, top_k=0,
+                                         top_p=1.0, pad_token_id=self.pad_id, eos_token_id=self.eos_id)[0]
+                new = out[start:].tolist()
+                if self.eos_id in new:
+                    new = new[: new.index(self.eos_id) + 1]
+                full = prompt[0].tolist() + new
+                lab = [IGNORE] * len(full)
+                for t in range(start - 1, len(full) - 1):
+                    lab[t] = full[t + 1]
+                examples.append({"input_ids": full, "labels": lab})
+            if was_training:
+                unwrapped.train()
+            batch = collate(examples, self.pad_id)
+            return {k: v.to(inputs["input_ids"].device) for k, v in batch.items()}
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            on_policy = model.training and self._on_policy_now()
+            if on_policy:
+                inputs = self._student_samples(model, inputs)
+            ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+            with torch.no_grad():
+                t_logits = self.teacher(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+            out = model(input_ids=ids, attention_mask=mask)
+            per_token = per_token_objective(self.loss_cfg, out.logits, t_logits, labels)  # (B, T), float32
+            resp = labels != IGNORE
+            total = masked_sum(per_token, resp)
+            if on_policy or num_items_in_batch is None:
+                n = resp.sum().clamp(min=1)
+                loss = total / n / (self.current_gradient_accumulation_steps if model.training else 1)
+            else:
+                loss = total / num_items_in_batch
+                if self.args.average_tokens_across_devices:
+                    # DDP averages gradients over processes; num_items_in_batch already counts every process.
+                    loss = loss * self.accelerator.num_processes
+            if model.training:
+                self.tokens_seen += int(mask.sum())
+            return (loss, out) if return_outputs else loss
+
+    return DistillTrainer
+
+
+def _callbacks(cfg: TrainConfig, metrics_path: Path, progress, trainer_ref: dict):
+    from transformers import TrainerCallback
+
+    class Budget(TrainerCallback):
+        """Stop (with a checkpoint) once the wall-time budget is spent."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kw):
+            if cfg.max_time_s is not None and time.monotonic() - self.t0 > cfg.max_time_s:
+                log.info("time budget of %.0f s spent at step %d", cfg.max_time_s, state.global_step)
+                control.should_training_stop = True
+                control.should_save = True
+
+    class Metrics(TrainerCallback):
+        """metrics.jsonl in the run folder, and the progress bar (loss, tokens/s, ETA)."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0, self.tok0 = time.monotonic(), trainer_ref["t"].tokens_seen
+            self.task = progress.add_task("distilling", total=state.max_steps, completed=state.global_step,
+                                          loss=float("nan"), tps=0.0) if progress else None
+
+        def on_step_end(self, args, state, control, **kw):
+            if progress:
+                dt = time.monotonic() - self.t0
+                tps = (trainer_ref["t"].tokens_seen - self.tok0) / dt if dt > 0 else 0.0
+                progress.update(self.task, completed=state.global_step, tps=tps)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or not logs:
+                return
+            dt = time.monotonic() - self.t0
+            rec = {"step": state.global_step, "time_s": round(dt, 2),
+                   "tokens_per_s": round((trainer_ref["t"].tokens_seen - self.tok0) / dt, 1) if dt > 0 else None,
+                   **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if progress and "loss" in logs:
+                progress.update(self.task, loss=logs["loss"])
+
+    return [Budget(), Metrics()]
+
+
+def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path, loss_cfg: LossConfig,
+          cfg: TrainConfig, *, resume: bool = False, progress=None):
+    """Distill into the student; checkpoints in run_dir/checkpoints, metrics in run_dir/metrics.jsonl.
+    Returns the trained student model (also left in memory for evaluation)."""
+    from transformers import TrainingArguments, set_seed
+
+    teacher, t_tok = teacher_pair
+    student, s_tok = student_pair
+    check_compatible(teacher, t_tok, student, s_tok)
+    if not train_examples:
+        raise EdgeDistillError("no training examples")
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "checkpoints"
+    if ckpt.exists() and any(ckpt.glob("checkpoint-*")) and not resume:
+        raise EdgeDistillError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({"loss": asdict(loss_cfg), "train": asdict(cfg)}, indent=2) + "\n")
+    set_seed(cfg.seed)
+    pad = s_tok.pad_token_id if s_tok.pad_token_id is not None else s_tok.eos_token_id
+    args = TrainingArguments(
+        output_dir=str(ckpt),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type="cosine",
+        max_steps=cfg.max_steps,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        save_safetensors=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,
+    )
+    trainer_ref: dict = {}
+    cls = _make_trainer_class()
+    trainer = cls(
+        model=student,
+        args=args,
+        train_dataset=train_examples,
+        data_collator=lambda batch: collate(batch, pad),
+        teacher=teacher.to(args.device),
+        loss_cfg=loss_cfg,
+        cfg=cfg,
+        pad_id=pad,
+        eos_id=s_tok.eos_token_id,
+        callbacks=_callbacks(cfg, run_dir / "metrics.jsonl", progress, trainer_ref),
+    )
+    trainer_ref["t"] = trainer
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our Metrics callback writes metrics.jsonl and the progress bar
+    last = None
+    if resume:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(ckpt)) if ckpt.exists() else None
+        if last is None:
+            raise EdgeDistillError(f"--resume: no checkpoint in {ckpt}")
+    trainer.train(resume_from_checkpoint=last)
+    return trainer.accelerator.unwrap_model(trainer.model), trainer
+
+
+@torch.inference_mode()
+def agreement_with_teacher(teacher, student, examples: list[dict], pad_id: int, batch_size: int = 8) -> dict:
+    """Held-out mean forward KL(teacher || student) per response token and top-1 agreement."""
+    student.eval()
+    kl_sum, agree, n = 0.0, 0, 0
+    for i in range(0, len(examples), batch_size):
+        b = collate(examples[i : i + batch_size], pad_id)
+        t = torch.log_softmax(teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float(), -1)
+        s = torch.log_softmax(student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float(), -1)
+        m = b["labels"] != IGNORE  # (B, T)
+        kl = (t.exp() * (t - s)).sum(-1)  # (B, T)
+        kl_sum += float(kl[m].sum())
+        agree += int((t.argmax(-1) == s.argmax(-1))[m].sum())
+        n += int(m.sum())
+    if n == 0:
+        raise EdgeDistillError("no response tokens to compare")
+    return {"mean_kl": kl_sum / n, "top1_agreement": agree / n, "tokens": n}
