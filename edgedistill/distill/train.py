@@ -203,7 +203,7 @@ def _callbacks(cfg: TrainConfig, metrics_path: Path, progress, trainer_ref: dict
 
 
 def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path, loss_cfg: LossConfig,
-          cfg: TrainConfig, *, resume: bool = False, progress=None):
+          cfg: TrainConfig, *, resume: bool = False, progress=None, extra_callbacks=()):
     """Distill into the student; checkpoints in run_dir/checkpoints, metrics in run_dir/metrics.jsonl.
     Returns the trained student model (also left in memory for evaluation)."""
     from transformers import TrainingArguments, set_seed
@@ -255,7 +255,7 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
         cfg=cfg,
         pad_id=pad,
         eos_id=s_tok.eos_token_id,
-        callbacks=_callbacks(cfg, run_dir / "metrics.jsonl", progress, trainer_ref),
+        callbacks=_callbacks(cfg, run_dir / "metrics.jsonl", progress, trainer_ref) + list(extra_callbacks),
     )
     trainer_ref["t"] = trainer
     from transformers.trainer_callback import PrinterCallback

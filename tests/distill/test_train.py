@@ -1,0 +1,137 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from edgedistill.distill.dataset import IGNORE, collate, encode
+from edgedistill.distill.losses import LossConfig
+from edgedistill.distill.prune import StudentShape, derive_student
+from edgedistill.distill.train import TrainConfig, agreement_with_teacher, check_compatible, train
+from edgedistill.errors import EdgeDistillError
+from edgedistill.models import load_model
+from tests import tiny
+from tests.conftest import REPO
+
+RECORDS = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"Where is order NW-{i}{i}{i}? It is late."}],
+            "response": f"Order NW-{i}{i}{i} ships on Monday; tracking follows by email."} for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    t_dir = tiny.build_model_dir(root / "teacher", layers=4, hidden=64, heads=4, kv_heads=2, intermediate=128, seed=1,
+                                 init_std=0.2)
+    teacher = load_model(str(t_dir))
+    s_dir = derive_student("t", StudentShape(layers=2), ["Machine M-204 raised alarm E17. " * 60], root / "student",
+                           seq_len=32, max_tokens=256, loaded=teacher)
+    return t_dir, s_dir
+
+
+def test_encode_marks_only_response_tokens(pair):
+    _, tok = load_model(str(pair[0]))
+    enc = encode(tok, RECORDS[:2], max_length=200)
+    ex = enc.examples[0]
+    ids, labels = ex["input_ids"], ex["labels"]
+    prompt_len = len(tok.apply_chat_template(RECORDS[0]["messages"], add_generation_prompt=True))
+    assert all(x == IGNORE for x in labels[: prompt_len - 1]) and labels[-1] == IGNORE
+    assert labels[prompt_len - 1 : -1] == ids[prompt_len:]  # each label is the next token of the response
+    assert ids[-1] == tok.eos_token_id
+    assert tok.decode(ids[prompt_len:-1]) == RECORDS[0]["response"]
+    short = encode(tok, RECORDS[:2], max_length=prompt_len + 3)
+    assert short.truncated == 2 and all(len(e["input_ids"]) == prompt_len + 3 for e in short.examples)
+    batch = collate(enc.examples, pad_id=tok.pad_token_id)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+
+
+def test_training_brings_the_student_closer(pair, tmp_path):
+    teacher, student = load_model(str(pair[0])), load_model(str(pair[1]))
+    ex = encode(teacher[1], RECORDS, 96).examples
+    before = agreement_with_teacher(teacher[0], student[0], ex, pad_id=teacher[1].pad_token_id)
+    model, _ = train(teacher, student, ex, tmp_path / "run", LossConfig("forward_kl"),
+                     TrainConfig(max_steps=30, batch_size=4, grad_accum=1, learning_rate=5e-3, warmup_steps=0,
+                                 logging_steps=5, save_steps=100))
+    after = agreement_with_teacher(teacher[0], model, ex, pad_id=teacher[1].pad_token_id)
+    assert after["mean_kl"] < 0.5 * before["mean_kl"], (before, after)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [5, 10, 15, 20, 25, 30]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["loss"]["name"] == "forward_kl"
+
+
+def test_resume_matches_an_uninterrupted_run(pair, tmp_path):
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):  # stops right after the step-4 checkpoint, as a kill after saving would
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 4:
+                control.should_training_stop = True
+
+    cfg = TrainConfig(max_steps=8, batch_size=2, grad_accum=2, learning_rate=3e-3, warmup_steps=2, save_steps=4)
+    loss = LossConfig("skew_kl", {"alpha": 0.1}, kd_weight=0.8)
+
+    def fresh():
+        teacher, student = load_model(str(pair[0])), load_model(str(pair[1]))
+        return teacher, student, encode(teacher[1], RECORDS, 96).examples
+
+    t, s, ex = fresh()
+    straight, _ = train(t, s, ex, tmp_path / "a", loss, cfg)
+    t, s, ex = fresh()
+    train(t, s, ex, tmp_path / "b", loss, cfg, extra_callbacks=[Kill()])
+    with pytest.raises(EdgeDistillError, match="pass --resume"):
+        train(*fresh()[:2], ex, tmp_path / "b", loss, cfg)
+    t, s, ex = fresh()
+    resumed, trainer = train(t, s, ex, tmp_path / "b", loss, cfg, resume=True)
+    assert trainer.state.global_step == 8
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_on_policy_steps_run(pair, tmp_path):
+    teacher, student = load_model(str(pair[0])), load_model(str(pair[1]))
+    ex = encode(teacher[1], RECORDS[:4], 96).examples
+    _, trainer = train(teacher, student, ex, tmp_path / "run", LossConfig("reverse_kl"),
+                       TrainConfig(max_steps=3, batch_size=2, grad_accum=1, on_policy=1.0, on_policy_max_new_tokens=6,
+                                   warmup_steps=0, save_steps=100))
+    assert trainer.state.global_step == 3
+
+
+def test_vocab_mismatch_is_refused(pair, tmp_path):
+    teacher = load_model(str(pair[0]))
+    other_dir = tiny.build_model_dir(tmp_path / "o", layers=1)
+    other = load_model(str(other_dir))
+    other[0].resize_token_embeddings(other[0].config.vocab_size + 8)
+    with pytest.raises(EdgeDistillError, match=r"teacher vocab \d+ != student vocab \d+: distillation needs one tokenizer"):
+        check_compatible(teacher[0], teacher[1], other[0], other[1])
+
+
+def test_two_process_job_matches_one_process(pair, tmp_path):
+    """The same job under torch.distributed (2 CPU processes, gloo) and in one process: same weights."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    job = str(REPO / "tests" / "distill" / "ddp_job.py")
+    one = tmp_path / "one" / "w.safetensors"
+    two = tmp_path / "two" / "w.safetensors"
+    one.parent.mkdir()
+    two.parent.mkdir()
+    p1 = subprocess.run([sys.executable, job, str(pair[0]), str(pair[1]), str(one), "4"], env=env,
+                        capture_output=True, text=True, timeout=600)
+    assert p1.returncode == 0, p1.stderr[-3000:]
+    p2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                         job, str(pair[0]), str(pair[1]), str(two), "2"], env=env, capture_output=True, text=True,
+                        timeout=600)
+    assert p2.returncode == 0, p2.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    # Loss and gradient norm are scale-sensitive, so they catch a wrong token normalisation (Adam's updates,
+    # being scale-free, would not); weights agree up to Adam amplifying float noise on near-zero gradients.
+    logs = [[json.loads(x) for x in (d.parent / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+            for d in (one, two)]
+    assert len(logs[0]) == len(logs[1]) == 3
+    for x, y in zip(*logs):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+    a, b = load_file(one), load_file(two)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-3), k
