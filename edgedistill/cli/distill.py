@@ -58,3 +58,87 @@ def _interleave(texts: list[str], chunk: int = 2000) -> list[str]:
     for k in range(max(len(p) for p in pieces)):
         out += [p[k] for p in pieces if k < len(p)]
     return out
+
+
+def _duration(ctx, param, value):
+    """'90s', '20m', '1.5h' or plain seconds -> seconds."""
+    if value is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    v = value.strip().lower()
+    try:
+        return float(v[:-1]) * units[v[-1]] if v[-1] in units else float(v)
+    except (ValueError, IndexError):
+        raise click.BadParameter(f"{value!r} is not a duration like 90s, 20m or 1.5h") from None
+
+
+@click.command("distill")
+@click.option("--teacher", default=DEFAULT_TEACHER, show_default=True)
+@click.option("--student", required=True, help="Student model (same tokenizer), e.g. from `edgedistill prune`.")
+@click.option("--data", "data_files", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              required=True, help="Teacher generations (JSONL from `edgedistill generate`); repeatable.")
+@click.option("--validation", "val_files", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="Held-out generations for the final mean KL / top-1 agreement report.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
+@click.option("--loss", "loss_name", default="forward_kl", show_default=True,
+              help="forward_kl, reverse_kl, jsd, skew_kl, skew_reverse_kl or tvd.")
+@click.option("--beta", type=float, default=None, help="JSD interpolation (jsd only).")
+@click.option("--alpha", type=float, default=None, help="Skew (skew_kl / skew_reverse_kl only).")
+@click.option("--kd-weight", type=float, default=1.0, show_default=True,
+              help="Share of the distillation loss; the rest is cross-entropy on the teacher's tokens.")
+@click.option("--loss-temperature", type=float, default=1.0, show_default=True,
+              help="Softens both distributions inside the loss (not a sampling temperature).")
+@click.option("--on-policy", type=float, default=0.0, show_default=True, help="λ: share of steps on student samples.")
+@click.option("--max-steps", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--max-time", callback=_duration, default=None, help="Stop (and save) after this long, e.g. 20m.")
+@click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--grad-accum", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--lr", type=float, default=2e-4, show_default=True)
+@click.option("--max-length", type=click.IntRange(8), default=512, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--save-steps", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, alpha, kd_weight, loss_temperature,
+                on_policy, max_steps, max_time, batch_size, grad_accum, lr, max_length, seed, save_steps, resume):
+    """Train STUDENT to imitate TEACHER on teacher generations (sequence-level + logit distillation)."""
+    import json
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from edgedistill.cli.progress import stderr
+    from edgedistill.distill.dataset import encode, load_generations
+    from edgedistill.distill.losses import LossConfig
+    from edgedistill.distill.train import TrainConfig, agreement_with_teacher, train
+    from edgedistill.models.locate import load_model
+    from edgedistill.paths import atomic_dir
+
+    params = {k: v for k, v in (("beta", beta), ("alpha", alpha)) if v is not None}
+    loss_cfg = LossConfig(loss_name, params, temperature=loss_temperature, kd_weight=kd_weight)
+    cfg = TrainConfig(max_steps=max_steps, max_time_s=max_time, batch_size=batch_size, grad_accum=grad_accum,
+                      learning_rate=lr, max_length=max_length, seed=seed, save_steps=save_steps, on_policy=on_policy)
+    final = out / "student"
+    if final.exists():
+        raise click.UsageError(f"{final} already exists: this run is finished; choose another --out")
+    t_pair, s_pair = load_model(teacher), load_model(student)
+    train_set = encode(t_pair[1], load_generations(data_files), max_length)
+    click.echo(f"{len(train_set.examples)} training sequences, {train_set.response_tokens} response tokens"
+               + (f", {train_set.truncated} truncated to {max_length} tokens" if train_set.truncated else ""), err=True)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+                        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
+                        TimeRemainingColumn(), console=stderr)
+    with progress:
+        model, trainer = train(t_pair, s_pair, train_set.examples, out, loss_cfg, cfg, resume=resume,
+                               progress=progress)
+    report = {"steps": trainer.state.global_step, "train_sequences": len(train_set.examples),
+              "truncated": train_set.truncated, "parameters": model.num_parameters()}
+    if val_files:
+        val = encode(t_pair[1], load_generations(val_files), max_length)
+        report["validation"] = agreement_with_teacher(t_pair[0], model, val.examples, t_pair[1].pad_token_id)
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        s_pair[1].save_pretrained(tmp)
+        (tmp / "distill.json").write_text(json.dumps({"teacher": teacher, "student_init": student, **report,
+                                                      "loss": loss_cfg.__dict__, "train": cfg.__dict__}, indent=2) + "\n")
+    v = report.get("validation")
+    click.echo(f"student in {final} after {report['steps']} steps"
+               + (f"; held-out mean KL {v['mean_kl']:.4f}, top-1 agreement {100 * v['top1_agreement']:.1f}%" if v else ""))

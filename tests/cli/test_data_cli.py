@@ -113,3 +113,29 @@ def test_prune_cli(tiny_model_dir, tmp_path):
     bad = run_cli("prune", str(tiny_model_dir), "--layers", "7", "--calibration", str(texts), "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "layers=7 must be between 1 and the teacher's 2" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_distill_cli(tiny_model_dir, tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("The press stopped on alarm E17 after the guard opened. " * 80)
+    student = tmp_path / "student0"
+    assert run_cli("prune", str(tiny_model_dir), "--layers", "1", "--calibration", str(texts), "--max-tokens", "256",
+                   "--out", str(student)).returncode == 0
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text("".join(json.dumps({"id": f"g{i}", "messages": [{"role": "user", "content": f"Status of order {i}?"}],
+                                       "response": f"Order {i} ships Monday."}) + "\n" for i in range(8)))
+    out = tmp_path / "run"
+    args = ["distill", "--teacher", str(tiny_model_dir), "--student", str(student), "--data", str(gen),
+            "--validation", str(gen), "--out", str(out), "--loss", "jsd", "--beta", "0.3", "--max-steps", "3",
+            "--batch-size", "4", "--grad-accum", "1"]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "held-out mean KL" in proc.stdout
+    rec = json.loads((out / "student" / "distill.json").read_text())
+    assert rec["steps"] == 3 and rec["loss"]["params"] == {"beta": 0.3} and 0 <= rec["validation"]["top1_agreement"] <= 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) >= 1
+    again = run_cli(*args)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    bad = run_cli(*args[:-8], "--out", str(tmp_path / "r2"), "--loss", "forward_kl", "--beta", "0.5")
+    assert bad.returncode == 2 and "forward_kl has no parameter 'beta'" in bad.stderr
