@@ -98,8 +98,11 @@ def _duration(ctx, param, value):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--save-steps", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--logit-cache", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Train from the teacher's cached top-k log-probs (edgedistill cache-logits) instead of running it.")
 def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, alpha, kd_weight, loss_temperature,
-                on_policy, max_steps, max_time, batch_size, grad_accum, lr, max_length, seed, save_steps, resume):
+                on_policy, max_steps, max_time, batch_size, grad_accum, lr, max_length, seed, save_steps, resume,
+                logit_cache):
     """Train STUDENT to imitate TEACHER on teacher generations (sequence-level + logit distillation)."""
     import json
 
@@ -119,8 +122,20 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
     final = out / "student"
     if final.exists():
         raise click.UsageError(f"{final} already exists: this run is finished; choose another --out")
-    t_pair, s_pair = load_model(teacher), load_model(student)
+    cache = None
+    if logit_cache is not None and on_policy == 0 and not val_files:
+        t_pair = (None, _tokenizer_only(teacher))  # the cache stands in for the teacher model
+    else:
+        t_pair = load_model(teacher)
+    s_pair = load_model(student)
     train_set = encode(t_pair[1], load_generations(data_files), max_length)
+    if logit_cache is not None:
+        from edgedistill.data.generate import model_fingerprint
+        from edgedistill.distill import logit_cache as lc
+        from edgedistill.models.locate import resolve
+
+        ref = resolve(teacher, pull=True)
+        cache = lc.load(logit_cache, train_set, model_fingerprint(ref.path) if ref.kind != "hub" else None)
     click.echo(f"{len(train_set.examples)} training sequences, {train_set.response_tokens} response tokens"
                + (f", {train_set.truncated} truncated to {max_length} tokens" if train_set.truncated else ""), err=True)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
@@ -128,8 +143,8 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
                         TimeRemainingColumn(), console=stderr)
     with progress:
         model, trainer = train(t_pair, s_pair, train_set.examples, out, loss_cfg, cfg, resume=resume,
-                               progress=progress)
-    report = {"steps": trainer.state.global_step, "train_sequences": len(train_set.examples),
+                               progress=progress, cache=cache)
+    report = {"steps": trainer.state.global_step, "logit_cache": str(logit_cache) if logit_cache else None, "train_sequences": len(train_set.examples),
               "truncated": train_set.truncated, "parameters": model.num_parameters()}
     if val_files:
         val = encode(t_pair[1], load_generations(val_files), max_length)
@@ -142,3 +157,43 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
     v = report.get("validation")
     click.echo(f"student in {final} after {report['steps']} steps"
                + (f"; held-out mean KL {v['mean_kl']:.4f}, top-1 agreement {100 * v['top1_agreement']:.1f}%" if v else ""))
+
+
+def _tokenizer_only(spec: str):
+    from transformers import AutoTokenizer
+
+    from edgedistill.models.locate import resolve
+
+    ref = resolve(spec, pull=True)
+    if ref.kind == "gguf":
+        from edgedistill.models import gguf_file
+
+        return gguf_file.build_tokenizer(None, gguf_file.metadata(gguf_file.open_gguf(ref.path)))
+    return AutoTokenizer.from_pretrained(ref.location)
+
+
+@click.command("cache-logits")
+@click.option("--teacher", default=DEFAULT_TEACHER, show_default=True)
+@click.option("--data", "data_files", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              required=True, help="Teacher generations (the same files, in the same order, as for distill).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="New cache folder.")
+@click.option("--k", type=click.IntRange(1), default=64, show_default=True, help="Log-probs kept per token.")
+@click.option("--max-length", type=click.IntRange(8), default=512, show_default=True, help="As for distill.")
+@click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True)
+def cache_logits_cmd(teacher, data_files, out, k, max_length, batch_size):
+    """Run the teacher once and store its top-k log-probabilities per response token for offline KD."""
+    from edgedistill.cli.progress import byte_progress
+    from edgedistill.data.generate import model_fingerprint
+    from edgedistill.distill import logit_cache as lc
+    from edgedistill.distill.dataset import encode, load_generations
+    from edgedistill.models.locate import load_model, resolve
+
+    ref = resolve(teacher, pull=True)
+    model, tok = load_model(ref)
+    data = encode(tok, load_generations(data_files), max_length)
+    with byte_progress() as progress:
+        meta = lc.build(model, ref.name or ref.spec, model_fingerprint(ref.path) if ref.kind != "hub" else ref.location,
+                        data, out, k=k, batch_size=batch_size, pad_id=tok.pad_token_id, progress=progress)
+    click.echo(f"{out}: {meta['tokens']} tokens of {meta['sequences']} sequences, {meta['bytes_per_token']:.0f} bytes/token "
+               f"({meta['file_bytes'] / 1e6:.1f} MB); the top {k} hold {100 * meta['teacher_mass_in_top_k']:.1f}% of the "
+               "teacher's probability mass on average")

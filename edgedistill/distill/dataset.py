@@ -99,4 +99,7 @@ def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, :n] = torch.tensor(e["input_ids"])
         labels[i, :n] = torch.tensor(e["labels"])
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if "cache_index" in examples[0]:  # row of each sequence in a teacher-logit cache
+        batch["cache_index"] = torch.tensor([e["cache_index"] for e in examples])
+    return batch

@@ -66,9 +66,9 @@ class TrainConfig:
             raise EdgeDistillError("; ".join(problems))
 
 
-def check_compatible(teacher, t_tok, student, s_tok) -> None:
+def check_compatible(teacher, t_tok, student, s_tok, teacher_vocab: int | None = None) -> None:
     """One tokenizer for both, or distillation compares different tokens."""
-    tv, sv = teacher.config.vocab_size, student.config.vocab_size
+    tv, sv = teacher_vocab or teacher.config.vocab_size, student.config.vocab_size
     if tv != sv:
         raise EdgeDistillError(
             f"teacher vocab {tv} != student vocab {sv}: distillation needs one tokenizer; pass a student built "
@@ -85,9 +85,11 @@ def _make_trainer_class():
     from transformers import Trainer
 
     class DistillTrainer(Trainer):
-        def __init__(self, *args, teacher, loss_cfg: LossConfig, cfg: TrainConfig, pad_id: int, eos_id: int, **kw):
+        def __init__(self, *args, teacher, loss_cfg: LossConfig, cfg: TrainConfig, pad_id: int, eos_id: int,
+                     cache=None, **kw):
             super().__init__(*args, **kw)
-            self.teacher = teacher.eval().requires_grad_(False)
+            self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
+            self.cache = cache
             self.loss_cfg, self.cfg, self.pad_id, self.eos_id = loss_cfg, cfg, pad_id, eos_id
             self.model_accepts_loss_kwargs = True  # we use num_items_in_batch ourselves (see compute_loss)
             self.tokens_seen = 0
@@ -137,10 +139,14 @@ def _make_trainer_class():
             if on_policy:
                 inputs = self._student_samples(model, inputs)
             ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
-            with torch.no_grad():
-                t_logits = self.teacher(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+            if self.cache is not None and not on_policy:
+                lp, tid = self.cache.teacher_for(inputs["cache_index"].tolist(), labels.cpu())
+                teacher_view = (lp.to(ids.device), tid.to(ids.device))  # top-k (B, T, k) from the cache
+            else:
+                with torch.no_grad():
+                    teacher_view = self.teacher(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
             out = model(input_ids=ids, attention_mask=mask)
-            per_token = per_token_objective(self.loss_cfg, out.logits, t_logits, labels)  # (B, T), float32
+            per_token = per_token_objective(self.loss_cfg, out.logits, teacher_view, labels)  # (B, T), float32
             resp = labels != IGNORE
             total = masked_sum(per_token, resp)
             if on_policy or num_items_in_batch is None:
@@ -203,16 +209,27 @@ def _callbacks(cfg: TrainConfig, metrics_path: Path, progress, trainer_ref: dict
 
 
 def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path, loss_cfg: LossConfig,
-          cfg: TrainConfig, *, resume: bool = False, progress=None, extra_callbacks=()):
+          cfg: TrainConfig, *, resume: bool = False, progress=None, extra_callbacks=(), cache=None):
     """Distill into the student; checkpoints in run_dir/checkpoints, metrics in run_dir/metrics.jsonl.
-    Returns the trained student model (also left in memory for evaluation)."""
+    With `cache` (a LogitCache for exactly these examples, in this order) the teacher model may be None.
+    Returns (trained student, trainer)."""
     from transformers import TrainingArguments, set_seed
 
     teacher, t_tok = teacher_pair
     student, s_tok = student_pair
-    check_compatible(teacher, t_tok, student, s_tok)
+    if teacher is None and cache is None:
+        raise EdgeDistillError("distillation needs a teacher model or a teacher-logit cache")
+    if cache is not None and teacher is None and cfg.on_policy > 0:
+        raise EdgeDistillError("on-policy steps need the live teacher to score the student's samples; drop "
+                               "--on-policy or pass the teacher model as well as the cache")
+    check_compatible(teacher, t_tok, student, s_tok, teacher_vocab=cache.meta["vocab_size"] if cache else None)
     if not train_examples:
         raise EdgeDistillError("no training examples")
+    if cache is not None:
+        if cache.meta["sequences"] != len(train_examples):
+            raise EdgeDistillError(f"the cache holds {cache.meta['sequences']} sequences, training has "
+                                   f"{len(train_examples)}; rebuild the cache")
+        train_examples = [{**ex, "cache_index": i} for i, ex in enumerate(train_examples)]
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints"
     if ckpt.exists() and any(ckpt.glob("checkpoint-*")) and not resume:
@@ -250,7 +267,8 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
         args=args,
         train_dataset=train_examples,
         data_collator=lambda batch: collate(batch, pad),
-        teacher=teacher.to(args.device),
+        teacher=teacher.to(args.device) if teacher is not None else None,
+        cache=cache,
         loss_cfg=loss_cfg,
         cfg=cfg,
         pad_id=pad,

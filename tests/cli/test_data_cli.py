@@ -139,3 +139,28 @@ def test_distill_cli(tiny_model_dir, tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr
     bad = run_cli(*args[:-8], "--out", str(tmp_path / "r2"), "--loss", "forward_kl", "--beta", "0.5")
     assert bad.returncode == 2 and "forward_kl has no parameter 'beta'" in bad.stderr
+
+
+def test_cache_logits_then_distill_from_it(tiny_model_dir, tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("Check the chiller filter on M-204 before restarting. " * 80)
+    student = tmp_path / "student0"
+    assert run_cli("prune", str(tiny_model_dir), "--layers", "1", "--calibration", str(texts), "--max-tokens", "256",
+                   "--out", str(student)).returncode == 0
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text("".join(json.dumps({"id": f"g{i}", "messages": [{"role": "user", "content": f"Alarm {i}?"}],
+                                       "response": f"Reset alarm {i} after checking the filter."}) + "\n" for i in range(6)))
+    proc = run_cli("cache-logits", "--teacher", str(tiny_model_dir), "--data", str(gen), "--out", str(tmp_path / "c"),
+                   "--k", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert "32 bytes/token" in proc.stdout
+    proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(student), "--data", str(gen),
+                   "--logit-cache", str(tmp_path / "c"), "--out", str(tmp_path / "run"), "--max-steps", "2",
+                   "--batch-size", "3", "--grad-accum", "1")
+    assert proc.returncode == 0, proc.stderr
+    other = tmp_path / "other.jsonl"
+    other.write_text(gen.read_text().replace("filter", "valve"))
+    proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(student), "--data", str(other),
+                   "--logit-cache", str(tmp_path / "c"), "--out", str(tmp_path / "run2"), "--max-steps", "2")
+    assert proc.returncode == 2 and "computed on other training data" in proc.stderr

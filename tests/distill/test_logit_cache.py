@@ -1,0 +1,78 @@
+import json
+
+import pytest
+
+from edgedistill.distill import logit_cache
+from edgedistill.distill.dataset import encode
+from edgedistill.distill.losses import LossConfig
+from edgedistill.distill.prune import StudentShape, derive_student
+from edgedistill.distill.train import TrainConfig, train
+from edgedistill.errors import EdgeDistillError
+from edgedistill.models import load_model
+from tests import tiny
+
+RECORDS = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"Alarm E{i}{i} on M-20{i}: what now?"}],
+            "response": f"Check the coolant flow on M-20{i} first, then reset alarm E{i}{i}."} for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    t_dir = tiny.build_model_dir(root / "teacher", layers=3, hidden=64, heads=4, kv_heads=2, seed=2, init_std=0.2)
+    teacher = load_model(str(t_dir))
+    s_dir = derive_student("t", StudentShape(layers=1), ["Where is my order NW-123456? " * 40], root / "student",
+                           seq_len=32, max_tokens=256, loaded=teacher)
+    data = encode(teacher[1], RECORDS, 96)
+    return root, t_dir, s_dir, teacher, data
+
+
+def test_build_and_load(setup, tmp_path):
+    _, _, _, teacher, data = setup
+    meta = logit_cache.build(teacher[0], "tiny", "fp1", data, tmp_path / "c", k=16, pad_id=teacher[1].pad_token_id)
+    assert meta["tokens"] == data.response_tokens and meta["k"] == 16
+    assert meta["bytes_per_token"] == 16 * (2 + 2)  # uint16 ids + float16 log-probs
+    assert 0 < meta["teacher_mass_in_top_k"] <= 1
+    cache = logit_cache.load(tmp_path / "c", data, "fp1")
+    assert cache.ids.shape == (data.response_tokens, 16)
+    with pytest.raises(EdgeDistillError, match="already exists"):
+        logit_cache.build(teacher[0], "tiny", "fp1", data, tmp_path / "c", k=16)
+
+
+def test_stale_cache_is_refused(setup, tmp_path):
+    _, _, _, teacher, data = setup
+    logit_cache.build(teacher[0], "tiny", "fp1", data, tmp_path / "c", k=8, pad_id=teacher[1].pad_token_id)
+    other = encode(teacher[1], RECORDS[:-1], 96)
+    with pytest.raises(logit_cache.StaleCacheError, match="other training data"):
+        logit_cache.load(tmp_path / "c", other)
+    with pytest.raises(logit_cache.StaleCacheError, match="not this teacher"):
+        logit_cache.load(tmp_path / "c", data, "another-fingerprint")
+    (tmp_path / "c" / "cache.json").write_text(json.dumps({"format": "v0"}))
+    with pytest.raises(EdgeDistillError, match="unknown cache format"):
+        logit_cache.load(tmp_path / "c", data)
+
+
+def test_training_from_a_full_vocab_cache_matches_the_live_teacher(setup, tmp_path):
+    """With k = the whole vocabulary the cache loses only float16 rounding, so the losses must agree."""
+    root, t_dir, s_dir, teacher, data = setup
+    vocab = teacher[0].config.vocab_size
+    logit_cache.build(teacher[0], "tiny", "fp1", data, tmp_path / "c", k=vocab, pad_id=teacher[1].pad_token_id)
+    cache = logit_cache.load(tmp_path / "c", data)
+    cfg = TrainConfig(max_steps=4, batch_size=4, grad_accum=1, learning_rate=3e-3, warmup_steps=0, logging_steps=1,
+                      save_steps=100)
+    loss = LossConfig("reverse_kl")
+    train(load_model(str(t_dir)), load_model(str(s_dir)), data.examples, tmp_path / "live", loss, cfg)
+    train((None, teacher[1]), load_model(str(s_dir)), data.examples, tmp_path / "cached", loss, cfg, cache=cache)
+    logs = [[json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+            for r in ("live", "cached")]
+    assert len(logs[0]) == 4
+    for a, b in zip(*logs):
+        assert a == pytest.approx(b, rel=2e-2, abs=1e-3)
+
+
+def test_cache_without_teacher_refuses_on_policy(setup, tmp_path):
+    _, _, s_dir, teacher, data = setup
+    logit_cache.build(teacher[0], "tiny", "fp1", data, tmp_path / "c", k=4, pad_id=teacher[1].pad_token_id)
+    cache = logit_cache.load(tmp_path / "c", data)
+    with pytest.raises(EdgeDistillError, match="on-policy steps need the live teacher"):
+        train((None, teacher[1]), load_model(str(s_dir)), data.examples, tmp_path / "r", LossConfig(),
+              TrainConfig(max_steps=1, on_policy=0.5), cache=cache)
