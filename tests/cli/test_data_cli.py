@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 
@@ -115,16 +117,24 @@ def test_prune_cli(tiny_model_dir, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_distill_cli(tiny_model_dir, tmp_path):
-    texts = tmp_path / "texts"
+@pytest.fixture(scope="module")
+def student_and_generations(tiny_model_dir, tmp_path_factory):
+    """A 1-layer student pruned from the tiny model, and 8 generation records."""
+    root = tmp_path_factory.mktemp("distill-cli")
+    texts = root / "texts"
     texts.mkdir()
     (texts / "a.txt").write_text("The press stopped on alarm E17 after the guard opened. " * 80)
-    student = tmp_path / "student0"
+    student = root / "student0"
     assert run_cli("prune", str(tiny_model_dir), "--layers", "1", "--calibration", str(texts), "--max-tokens", "256",
                    "--out", str(student)).returncode == 0
-    gen = tmp_path / "gen.jsonl"
+    gen = root / "gen.jsonl"
     gen.write_text("".join(json.dumps({"id": f"g{i}", "messages": [{"role": "user", "content": f"Status of order {i}?"}],
                                        "response": f"Order {i} ships Monday."}) + "\n" for i in range(8)))
+    return student, gen
+
+
+def test_distill_cli(tiny_model_dir, student_and_generations, tmp_path):
+    student, gen = student_and_generations
     out = tmp_path / "run"
     args = ["distill", "--teacher", str(tiny_model_dir), "--student", str(student), "--data", str(gen),
             "--validation", str(gen), "--out", str(out), "--loss", "jsd", "--beta", "0.3", "--max-steps", "3",
@@ -141,26 +151,18 @@ def test_distill_cli(tiny_model_dir, tmp_path):
     assert bad.returncode == 2 and "forward_kl has no parameter 'beta'" in bad.stderr
 
 
-def test_cache_logits_then_distill_from_it(tiny_model_dir, tmp_path):
-    texts = tmp_path / "texts"
-    texts.mkdir()
-    (texts / "a.txt").write_text("Check the chiller filter on M-204 before restarting. " * 80)
-    student = tmp_path / "student0"
-    assert run_cli("prune", str(tiny_model_dir), "--layers", "1", "--calibration", str(texts), "--max-tokens", "256",
-                   "--out", str(student)).returncode == 0
-    gen = tmp_path / "gen.jsonl"
-    gen.write_text("".join(json.dumps({"id": f"g{i}", "messages": [{"role": "user", "content": f"Alarm {i}?"}],
-                                       "response": f"Reset alarm {i} after checking the filter."}) + "\n" for i in range(6)))
+def test_cache_logits_then_distill_from_it(tiny_model_dir, student_and_generations, tmp_path):
+    student, gen = student_and_generations
     proc = run_cli("cache-logits", "--teacher", str(tiny_model_dir), "--data", str(gen), "--out", str(tmp_path / "c"),
                    "--k", "8")
     assert proc.returncode == 0, proc.stderr
     assert "32 bytes/token" in proc.stdout
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(student), "--data", str(gen),
                    "--logit-cache", str(tmp_path / "c"), "--out", str(tmp_path / "run"), "--max-steps", "2",
-                   "--batch-size", "3", "--grad-accum", "1")
+                   "--batch-size", "4", "--grad-accum", "1")
     assert proc.returncode == 0, proc.stderr
     other = tmp_path / "other.jsonl"
-    other.write_text(gen.read_text().replace("filter", "valve"))
+    other.write_text(gen.read_text().replace("Monday", "Friday"))
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(student), "--data", str(other),
                    "--logit-cache", str(tmp_path / "c"), "--out", str(tmp_path / "run2"), "--max-steps", "2")
     assert proc.returncode == 2 and "computed on other training data" in proc.stderr
