@@ -72,7 +72,7 @@ def generate_cmd(teacher, prompt_files, split, data_dir, out, max_new_tokens, sa
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder with <domain>/eval.jsonl (default: the project's calibration_data/).")
 @click.option("--domain", "domains", multiple=True, help="Only these domains (repeatable).")
-@click.option("--limit", type=click.IntRange(1), default=None, help="First N items per domain (a quick look).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="N items per domain, spread over the file (a quick look).")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write every item's response and grade here.")

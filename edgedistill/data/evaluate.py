@@ -70,11 +70,14 @@ def find_eval_sets(data_dir: Path, domains: Sequence[str] = ()) -> list[Path]:
 
 
 def load_eval_items(paths: Sequence[Path], limit: int | None = None) -> list[EvalItem]:
-    """Items from each file; `limit` keeps the first N of each file (a quick look, not a score to report)."""
+    """Items from each file; `limit` keeps N of each file, spread evenly over it so every task type shows up
+    (a quick look, not a score to report)."""
     items = []
     for p in paths:
         got, _ = load_eval(p, domain=p.parent.name)
-        items.extend(got[:limit] if limit else got)
+        if limit and limit < len(got):
+            got = [got[i * len(got) // limit] for i in range(limit)]
+        items.extend(got)
     return items
 
 
