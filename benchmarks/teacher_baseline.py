@@ -74,7 +74,7 @@ def child(variant: str, model_dir: Path, threads: int, n_new: int, repeats: int)
 
         torch.set_num_threads(threads)
         tok = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         prompt_ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
 
         def generate():

@@ -221,7 +221,7 @@ def apply_plan(model, p: PruningPlan):
     new_cfg.head_dim = head_dim  # no longer hidden // heads once either is pruned
     if getattr(new_cfg, "layer_types", None):
         new_cfg.layer_types = [cfg.layer_types[i] for i in p.keep_layers]
-    student = AutoModelForCausalLM.from_config(new_cfg, torch_dtype=torch.float32)
+    student = AutoModelForCausalLM.from_config(new_cfg, dtype=torch.float32)
     c = torch.tensor(p.keep_channels)
 
     def rows(idx_heads, d):  # weight rows of whole heads

@@ -39,7 +39,7 @@ def load_gguf(path: Path, *, dtype=None):
             log.warning("tokenizer of %s rebuilt by transformers' generic GGUF converter", path.name)
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, torch_dtype=dtype or torch.float32
+            str(path.parent), gguf_file=path.name, dtype=dtype or torch.float32
         )
     except Exception as e:  # the file is user input: any failure inside transformers means "unusable file"
         first = str(e).splitlines()[0] if str(e) else type(e).__name__

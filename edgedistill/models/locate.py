@@ -115,7 +115,7 @@ def load_model(spec: str | ModelRef, *, dtype=None, trust_remote_code: bool = Fa
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            ref.location, torch_dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+            ref.location, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except OSError as e:
         raise InvalidModelError(f"cannot load {ref.spec}: {str(e).splitlines()[0]}") from None
