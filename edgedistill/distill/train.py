@@ -139,7 +139,9 @@ def _make_trainer_class():
             if on_policy:
                 inputs = self._student_samples(model, inputs)
             ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
-            if self.cache is not None and not on_policy:
+            if self.loss_cfg.kd_weight == 0:
+                teacher_view = None  # cross-entropy only: the teacher's logits are not needed
+            elif self.cache is not None and not on_policy:
                 lp, tid = self.cache.teacher_for(inputs["cache_index"].tolist(), labels.cpu())
                 teacher_view = (lp.to(ids.device), tid.to(ids.device))  # top-k (B, T, k) from the cache
             else:
