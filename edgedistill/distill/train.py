@@ -93,7 +93,6 @@ def _make_trainer_class():
             self.loss_cfg, self.cfg, self.pad_id, self.eos_id = loss_cfg, cfg, pad_id, eos_id
             self.model_accepts_loss_kwargs = True  # we use num_items_in_batch ourselves (see compute_loss)
             self.tokens_seen = 0
-            self._policy_rng = random.Random(cfg.seed)
             self._policy_step, self._policy_on = -1, False
 
         def _on_policy_now(self) -> bool:
