@@ -144,11 +144,20 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
     with progress:
         model, trainer = train(t_pair, s_pair, train_set.examples, out, loss_cfg, cfg, resume=resume,
                                progress=progress, cache=cache)
-    report = {"steps": trainer.state.global_step, "logit_cache": str(logit_cache) if logit_cache else None, "train_sequences": len(train_set.examples),
-              "truncated": train_set.truncated, "parameters": model.num_parameters()}
+    report = {"steps": trainer.state.global_step, "logit_cache": str(logit_cache) if logit_cache else None,
+              "train_sequences": len(train_set.examples), "truncated": train_set.truncated,
+              "parameters": model.num_parameters()}
     if val_files:
         val = encode(t_pair[1], load_generations(val_files), max_length)
         report["validation"] = agreement_with_teacher(t_pair[0], model, val.examples, t_pair[1].pad_token_id)
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # under torchrun / accelerate launch: only rank 0 writes; shut down cleanly
+        rank0 = trainer.is_world_process_zero()
+        dist.barrier()
+        dist.destroy_process_group()
+        if not rank0:
+            return
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         s_pair[1].save_pretrained(tmp)

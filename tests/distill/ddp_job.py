@@ -26,6 +26,11 @@ def main(teacher_dir: str, student_dir: str, out: str, per_device_batch: int) ->
         from safetensors.torch import save_file
 
         save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, out)
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # an orderly gloo shutdown; exiting with live gloo threads can abort the process
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def test_two_process_job_matches_one_process(pair, tmp_path):
     p1 = subprocess.run([sys.executable, job, str(pair[0]), str(pair[1]), str(one), "4"], env=env,
                         capture_output=True, text=True, timeout=600)
     assert p1.returncode == 0, p1.stderr[-3000:]
-    p2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    p2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                          job, str(pair[0]), str(pair[1]), str(two), "2"], env=env, capture_output=True, text=True,
                         timeout=600)
     assert p2.returncode == 0, p2.stderr[-3000:]
