@@ -124,7 +124,9 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
         raise click.UsageError(f"{final} already exists: this run is finished; choose another --out")
     cache = None
     if logit_cache is not None and on_policy == 0 and not val_files:
-        t_pair = (None, _tokenizer_only(teacher))  # the cache stands in for the teacher model
+        from edgedistill.models.locate import load_tokenizer
+
+        t_pair = (None, load_tokenizer(teacher))  # the cache stands in for the teacher model
     else:
         t_pair = load_model(teacher)
     s_pair = load_model(student)
@@ -166,19 +168,6 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
     v = report.get("validation")
     click.echo(f"student in {final} after {report['steps']} steps"
                + (f"; held-out mean KL {v['mean_kl']:.4f}, top-1 agreement {100 * v['top1_agreement']:.1f}%" if v else ""))
-
-
-def _tokenizer_only(spec: str):
-    from transformers import AutoTokenizer
-
-    from edgedistill.models.locate import resolve
-
-    ref = resolve(spec, pull=True)
-    if ref.kind == "gguf":
-        from edgedistill.models import gguf_file
-
-        return gguf_file.build_tokenizer(None, gguf_file.metadata(gguf_file.open_gguf(ref.path)))
-    return AutoTokenizer.from_pretrained(ref.location)
 
 
 @click.command("cache-logits")

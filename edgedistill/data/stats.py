@@ -37,11 +37,9 @@ def cross_split_leaks(data_dir: Path, threshold: float = 0.5) -> list[dict]:
 
 
 def data_stats(data_dir: Path, tokenizer_spec: str) -> dict:
-    from transformers import AutoTokenizer
+    from edgedistill.models.locate import load_tokenizer
 
-    from edgedistill.models.locate import resolve
-
-    tok = AutoTokenizer.from_pretrained(resolve(tokenizer_spec, pull=True).location)
+    tok = load_tokenizer(tokenizer_spec)
 
     def ntok(text: str) -> int:
         return len(tok(text, add_special_tokens=False).input_ids)

@@ -101,6 +101,19 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def load_tokenizer(spec: str | ModelRef, *, trust_remote_code: bool = False):
+    """The tokenizer alone (no weights loaded), for any spec load_model accepts."""
+    from transformers import AutoTokenizer
+
+    ref = spec if isinstance(spec, ModelRef) else resolve(spec, pull=True)
+    if ref.kind == "gguf":
+        from edgedistill.models import gguf_file
+
+        tok = gguf_file.build_tokenizer(None, gguf_file.metadata(gguf_file.open_gguf(ref.path)))
+        return tok if tok is not None else AutoTokenizer.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name)
+    return AutoTokenizer.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
+
+
 def load_model(spec: str | ModelRef, *, dtype=None, trust_remote_code: bool = False, pull: bool = True):
     """(model, tokenizer) in float32 for any spec. trust_remote_code stays off unless the caller asks."""
     import torch
