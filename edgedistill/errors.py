@@ -29,3 +29,13 @@ class IntegrityError(EdgeDistillError):
 
 class CacheError(EdgeDistillError):
     """The cache folder cannot be used (not writable, not a directory, ...)."""
+
+
+class UnsupportedError(EdgeDistillError):
+    """A model, format or scheme combination this tool does not implement (it never silently falls back)."""
+
+
+class ValidationError(EdgeDistillError):
+    """An exported or quantized artifact whose measured gap to the reference exceeds its tolerance."""
+
+    exit_code = 1

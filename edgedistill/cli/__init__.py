@@ -72,9 +72,10 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 def _register() -> None:
     from edgedistill.cli.data import data, eval_cmd, generate_cmd
     from edgedistill.cli.distill import cache_logits_cmd, distill_cmd, prune_cmd
+    from edgedistill.cli.export import export_cmd
     from edgedistill.cli.models import models
 
-    for command in (models, generate_cmd, data, eval_cmd, prune_cmd, cache_logits_cmd, distill_cmd):
+    for command in (models, generate_cmd, data, eval_cmd, prune_cmd, cache_logits_cmd, distill_cmd, export_cmd):
         cli.add_command(command)
 
 

@@ -69,7 +69,7 @@ def _pre_tokenizer(pre: str | None):
     from tokenizers import pre_tokenizers
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if pre in ("gpt2", "default", None):
+    if pre in ("gpt-2", "gpt2", "default", None):
         return byte_level
     if pre == "smollm":
         # SmolLM's tokenizer splits digits one by one before the GPT-2 byte-level regex.

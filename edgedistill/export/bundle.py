@@ -1,0 +1,63 @@
+"""The bundle: a directory with the model file(s), the tokenizer files and manifest.json.
+
+manifest.json records what the runtime and the reader of a report need: format, scheme, runtime, the main model
+file, every file's size and sha256, bits per weight measured from the file, the source model and its hash,
+validation metrics with their tolerance, the target profile if any, the machine architecture it was built on,
+and the tool version. `manifest_version` changes only when a reader of an older version could misread it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from pathlib import Path
+
+from edgedistill import __version__
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_table(folder: Path) -> dict[str, dict]:
+    """{relative name: {bytes, sha256}} for every file in the bundle except the manifest."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            out[p.relative_to(folder).as_posix()] = {"bytes": p.stat().st_size, "sha256": sha256(p)}
+    return out
+
+
+def source_hash(model_dir: Path) -> str:
+    """sha256 over the source model's weight files (sorted by name), so a bundle names exactly what it came from."""
+    h = hashlib.sha256()
+    for p in sorted(Path(model_dir).glob("*.safetensors")):
+        h.update(p.name.encode())
+        h.update(sha256(p).encode())
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, record: dict) -> dict:
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "edgedistill_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "built_on_arch": platform.machine(),
+        **record,
+        "files": file_table(folder),
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict:
+    return json.loads((Path(folder) / MANIFEST).read_text())

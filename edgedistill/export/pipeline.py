@@ -1,0 +1,245 @@
+"""export_model: one model -> one validated bundle per variant (format:scheme).
+
+Read top to bottom: check every variant and output path first (fail in the first second), load the float32
+model once, compute the reference logits once, then per variant build into a temporary folder, load the result
+in its runtime, compare, and either rename the folder into place with its manifest or drop it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgedistill.errors import EdgeDistillError, InvalidModelError
+from edgedistill.export import validate as V
+from edgedistill.export.bundle import source_hash, write_manifest
+from edgedistill.paths import atomic_dir, ensure_writable_dir
+from edgedistill.quantize import BuildContext, Scheme, get
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass
+class ExportSettings:
+    variants: list[str] = field(default_factory=lambda: ["gguf:q4_k_m"])  # FORMAT:SCHEME
+    chunks: int = 4  # held-out chunks for validation
+    chunk_len: int = 256  # tokens per chunk
+    threads: int | None = None  # runtime threads during validation (None: all cores)
+    force: bool = False  # write variants that fail validation too, marked as such
+    options: dict = field(default_factory=dict)  # scheme options: block_size, symmetric, accuracy_level, ...
+    data_dir: Path | None = None  # calibration_data/ by default
+    target: str | None = None  # profile name recorded in the manifest
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.variants:
+            problems.append("no variants given")
+        if not 1 <= self.chunks <= 256:
+            problems.append(f"chunks={self.chunks} must be in [1, 256]")
+        if not 16 <= self.chunk_len <= 8192:
+            problems.append(f"chunk_len={self.chunk_len} must be in [16, 8192]")
+        if problems:
+            raise EdgeDistillError("; ".join(problems))
+
+
+@dataclass
+class VariantResult:
+    key: str
+    passed: bool
+    path: Path | None  # the bundle, None when it failed and was not written
+    metrics: dict | None = None
+    manifest: dict | None = None
+    error: str | None = None
+
+
+def bundle_name(scheme: Scheme) -> str:
+    return f"{scheme.format}-{scheme.name}"
+
+
+def _check_source(model_dir: Path) -> None:
+    if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
+        raise InvalidModelError(
+            f"{model_dir} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); a bundle needs one: copy the teacher's "
+            "tokenizer files into it (students from `edgedistill prune`/`distill` carry them)"
+        )
+    if not list(model_dir.glob("*.safetensors")):
+        raise InvalidModelError(f"{model_dir} has no .safetensors weights; export reads safetensors only")
+
+
+def export_model(spec: str, out: Path, settings: ExportSettings,
+                 on_step: Callable[[str], None] | None = None) -> list[VariantResult]:
+    """Export `spec` (registry name, model directory or .gguf) to out/FORMAT-SCHEME/ for every variant."""
+    from edgedistill.models import load_model, resolve
+
+    step = on_step or (lambda msg: log.info(msg))
+    schemes = [get(v) for v in settings.variants]
+    keys = [s.key for s in schemes]
+    if len(set(keys)) != len(keys):
+        raise EdgeDistillError(f"a variant is listed twice: {', '.join(keys)}")
+    out = ensure_writable_dir(Path(out), "output folder")
+    for s in schemes:
+        if (out / bundle_name(s)).exists():
+            raise EdgeDistillError(f"{out / bundle_name(s)} exists already; remove it or choose another --out")
+
+    ref = resolve(spec, pull=True)
+    work = Path(tempfile.mkdtemp(dir=out, prefix=".export-work-"))
+    try:
+        if ref.kind == "hf_dir":
+            model_dir = ref.path
+            _check_source(model_dir)
+        step(f"loading {spec}")
+        model, tokenizer = load_model(ref, trust_remote_code=settings.trust_remote_code)
+        if ref.kind != "hf_dir":  # optimum and bitsandbytes read a directory: write the float32 model once
+            model_dir = work / "source"
+            model.save_pretrained(model_dir, safe_serialization=True)
+            tokenizer.save_pretrained(model_dir)
+        if any(s.format == "gguf" for s in schemes):
+            from edgedistill.export.gguf import check_model, tokenizer_metadata
+
+            check_model(model)
+            tokenizer_metadata(tokenizer)  # an unsupported tokenizer fails now, not after the other variants
+        source = _source_record(spec, ref, model_dir, model)
+
+        step(f"reference logits: {settings.chunks} held-out chunks of {settings.chunk_len} tokens")
+        chunks = V.held_out_chunks(tokenizer, settings.chunks, settings.chunk_len, settings.data_dir)
+        reference = V.torch_logits(model, chunks)
+        calibration = _calibration(tokenizer, settings) if any(s.name == "int8_static" for s in schemes) else []
+
+        results = []
+        for s in schemes:
+            step(f"{s.key}: building")
+            ctx = BuildContext(model=model, tokenizer=tokenizer, model_dir=model_dir, out_dir=Path(), work_dir=work,
+                               options={**settings.options, "name": source["name"],
+                                        "trust_remote_code": settings.trust_remote_code},
+                               threads=settings.threads, calibration=calibration)
+            results.append(_one_variant(s, ctx, out, settings, chunks, reference, source, step))
+        return results
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class _Failed(Exception):
+    def __init__(self, metrics: dict, reason: str):
+        super().__init__(reason)
+        self.metrics, self.reason = metrics, reason
+
+
+def _one_variant(s: Scheme, ctx: BuildContext, out: Path, settings: ExportSettings, chunks, reference, source,
+                 step) -> VariantResult:
+    dest = out / bundle_name(s)
+    try:
+        with atomic_dir(dest) as tmp:
+            ctx.out_dir = tmp
+            main = s.build(ctx)
+            if not (tmp / "tokenizer.json").exists():
+                ctx.tokenizer.save_pretrained(tmp)
+            step(f"{s.key}: validating in {s.runtime}")
+            metrics = _validate(s, main, ctx, chunks, reference, settings)
+            reasons = _over_tolerance(s, metrics)
+            if reasons and not settings.force:
+                raise _Failed(metrics, "; ".join(reasons))
+            manifest = write_manifest(tmp, _record(s, main, ctx, metrics, reasons, source, settings))
+        return VariantResult(s.key, not reasons, dest, metrics, manifest, "; ".join(reasons) or None)
+    except _Failed as f:
+        return VariantResult(s.key, False, None, f.metrics, None, f.reason)
+
+
+def _validate(s: Scheme, main: Path, ctx: BuildContext, chunks, reference, settings) -> dict:
+    if s.format == "gguf":
+        runner = V.GGUFRunner(main, n_ctx=max(settings.chunk_len, 256), threads=settings.threads)
+    elif s.format == "onnx":
+        runner = V.ONNXRunner(main, threads=settings.threads)
+    else:
+        from edgedistill.quantize.bnb import load_quantized
+
+        qmodel = load_quantized(main.parent)
+        metrics = V.compare(reference, V.torch_logits(qmodel, chunks), chunks)
+        return metrics.as_dict()
+    try:
+        metrics = V.validate(ctx.model, ctx.tokenizer, runner.logits, chunks, reference_logits=reference,
+                             candidate_greedy=runner.greedy if s.exact else None)
+    finally:
+        runner.close()
+    return metrics.as_dict()
+
+
+def _over_tolerance(s: Scheme, m: dict) -> list[str]:
+    reasons = []
+    if m["mean_kl"] > s.max_kl:
+        reasons.append(f"mean KL {m['mean_kl']:.4f} > tolerance {s.max_kl}")
+    if m["top1_agreement"] < s.min_top1:
+        reasons.append(f"top-1 agreement {100 * m['top1_agreement']:.1f}% < tolerance {100 * s.min_top1:.0f}%")
+    if m.get("greedy_match") is False:
+        reasons.append("greedy generation differs from the torch model")
+    return reasons
+
+
+def _record(s: Scheme, main: Path, ctx: BuildContext, metrics: dict, reasons: list[str], source: dict,
+            settings: ExportSettings) -> dict:
+    files = [p for p in main.parent.iterdir() if p.name.startswith(main.name)]  # with external data, if any
+    model_bytes = sum(p.stat().st_size for p in files)
+    params = source["parameters"]
+    quant = {}
+    if s.format == "gguf":
+        from edgedistill.quantize.gguf import MAIN_TYPES, fallback_share, tensor_report
+
+        quant = tensor_report(main)
+        quant["fallback_share"] = fallback_share(quant, MAIN_TYPES[s.name])
+    return {
+        "format": s.format,
+        "scheme": s.name,
+        "runtime": s.runtime,
+        "model_file": main.name,
+        "model_bytes": model_bytes,
+        "parameters": params,
+        "bits_per_weight": 8 * model_bytes / params,
+        "quantization": {**quant, "options": {k: v for k, v in ctx.options.items()
+                                              if k in s.options and v is not None}},
+        "source": source,
+        "validation": {**metrics, "tolerance": {"max_kl": s.max_kl, "min_top1": s.min_top1,
+                                                "exact_greedy": s.exact},
+                       "passed": not reasons, "forced": bool(reasons), "failures": reasons},
+        "target": settings.target,
+        "chat_template": bool(getattr(ctx.tokenizer, "chat_template", None)),
+    }
+
+
+def _source_record(spec: str, ref, model_dir: Path, model) -> dict:
+    rec = {"spec": spec, "name": ref.name or Path(str(ref.location)).name, "path": str(ref.location),
+           "sha256": source_hash(model_dir), "parameters": int(model.num_parameters()),
+           "architecture": model.config.model_type}
+    for extra in ("edgedistill.json", "pruning.json"):  # provenance of pulled teachers / pruned students
+        p = model_dir / extra
+        if p.is_file():
+            try:
+                data = json.loads(p.read_text())
+                rec["teacher"] = data.get("teacher") or data.get("registry_name")
+            except (OSError, ValueError):
+                pass
+    return rec
+
+
+def _calibration(tokenizer, settings: ExportSettings) -> list[list[int]]:
+    """Token ids of the train prompts, rendered with the chat template (static int8 calibration)."""
+    from edgedistill.data import default_data_dir, load_prompts
+
+    data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
+    out = []
+    for f in sorted(data_dir.glob("*/prompts/train.jsonl")):
+        for p in load_prompts(f, strict=False)[0]:
+            if tokenizer.chat_template:
+                ids = tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True, tokenize=True)
+                ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
+            else:
+                ids = tokenizer(p.messages[-1]["content"])["input_ids"]
+            out.append(list(ids))
+    # round-robin over domains so a few prompts cover all of them
+    return out[::max(1, len(out) // 64)]

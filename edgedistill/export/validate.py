@@ -1,0 +1,228 @@
+"""Does an exported or quantized file still behave like the float32 PyTorch model it came from?
+
+Every artifact is run in the runtime that will use it (llama-cpp-python for GGUF, onnxruntime for ONNX, torch for
+bitsandbytes) on the same token chunks as the reference, and compared position by position:
+- mean KL(reference || artifact) over all positions (nats),
+- top-1 agreement (same argmax),
+- perplexity ratio: exp(mean next-token NLL of the artifact − that of the reference) on the chunk's own text.
+Formats that should be exact (F16 GGUF, fp32 ONNX) are also checked for token-for-token greedy generation.
+
+The chunks come from the domain texts of calibration_data/ (held out from quantization calibration, which uses
+the train prompts), spread evenly over all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgedistill.errors import EdgeDistillError
+
+log = logging.getLogger(__name__)
+
+GREEDY_PROMPTS = (
+    "What is the capital of France?",
+    "Write one sentence about keeping a workshop floor clean.",
+    "List three ways to save time in meetings.",
+)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    mean_kl: float
+    top1_agreement: float
+    ppl_reference: float
+    ppl: float
+    ppl_ratio: float
+    positions: int
+    chunks: int
+    chunk_len: int
+    greedy_match: bool | None = None  # None: not checked for this artifact
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def held_out_chunks(tokenizer, n_chunks: int = 4, chunk_len: int = 256, data_dir: Path | None = None) -> list[list[int]]:
+    """n_chunks token windows of chunk_len, spread evenly over the interleaved domain texts."""
+    from edgedistill.data import default_data_dir, load_texts
+
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    folders = sorted(p for p in data_dir.glob("*/texts") if p.is_dir())
+    if not folders:
+        raise EdgeDistillError(f"no */texts folders under {data_dir}: validation needs held-out text")
+    ids: list[int] = []
+    for folder in folders:
+        for _, text in load_texts(folder):
+            ids += tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    n_windows = len(ids) // chunk_len
+    if n_windows < 1:
+        raise EdgeDistillError(f"the texts under {data_dir} hold {len(ids)} tokens, fewer than one chunk of {chunk_len}")
+    n_chunks = min(n_chunks, n_windows)
+    starts = [int(i * n_windows / n_chunks) * chunk_len for i in range(n_chunks)]
+    return [ids[s : s + chunk_len] for s in starts]
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def compare(reference: Iterable[np.ndarray], candidate: Iterable[np.ndarray], chunks: Sequence[Sequence[int]],
+            greedy_match: bool | None = None) -> Metrics:
+    """Metrics over aligned per-chunk logits, each (T, V)."""
+    kl_sum = agree = n = 0.0
+    nll_ref = nll_cand = 0.0
+    n_next = 0
+    for ref, cand, ids in zip(reference, candidate, chunks, strict=True):
+        v = min(ref.shape[-1], cand.shape[-1])  # runtimes may pad the vocabulary
+        lr, lc = _log_softmax(ref[:, :v]), _log_softmax(cand[:, :v])
+        kl_sum += float((np.exp(lr) * (lr - lc)).sum())
+        agree += float((lr.argmax(-1) == lc.argmax(-1)).sum())
+        n += lr.shape[0]
+        nxt = np.asarray(ids[1:])
+        rows = np.arange(len(nxt))
+        nll_ref -= float(lr[rows, nxt].sum())
+        nll_cand -= float(lc[rows, nxt].sum())
+        n_next += len(nxt)
+    ppl_ref, ppl = float(np.exp(nll_ref / n_next)), float(np.exp(nll_cand / n_next))
+    return Metrics(mean_kl=kl_sum / n, top1_agreement=agree / n, ppl_reference=ppl_ref, ppl=ppl,
+                   ppl_ratio=ppl / ppl_ref, positions=int(n), chunks=len(chunks), chunk_len=len(chunks[0]),
+                   greedy_match=greedy_match)
+
+
+# --- logits from each runtime --------------------------------------------------------------------------------
+
+def torch_logits(model, chunks) -> list[np.ndarray]:
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for ids in chunks:
+            out.append(model(torch.tensor([ids])).logits[0].float().numpy())
+    return out
+
+
+def torch_greedy(model, prompt_ids: list[int], n: int) -> list[int]:
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()
+
+
+class GGUFRunner:
+    """llama-cpp-python over one GGUF file, all logits kept."""
+
+    def __init__(self, path: Path, n_ctx: int, threads: int | None = None):
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
+                                   n_threads=threads or os.cpu_count(), seed=0)
+
+    def logits(self, chunks) -> list[np.ndarray]:
+        out = []
+        for ids in chunks:
+            self.llm.reset()
+            self.llm.eval(list(ids))
+            out.append(np.array(self.llm.scores[: len(ids)], dtype=np.float32))
+        return out
+
+    def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
+        self.llm.reset()
+        toks = []
+        for t in self.llm.generate(list(prompt_ids), top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+            toks.append(int(t))
+            if len(toks) == n:
+                break
+        return toks
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class ONNXRunner:
+    """onnxruntime over a decoder exported with its KV cache (optimum's text-generation-with-past layout)."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name: i for i in self.sess.get_inputs()}
+        self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
+        self.out_names = [o.name for o in self.sess.get_outputs()]
+
+    def _empty_past(self) -> dict:
+        feeds = {}
+        for name in self.past:
+            shape = self.inputs[name].shape  # [batch, kv_heads, past_len, head_dim]
+            dtype = np.float16 if "float16" in self.inputs[name].type else np.float32
+            feeds[name] = np.zeros((1, int(shape[1]), 0, int(shape[3])), dtype=dtype)
+        return feeds
+
+    def _run(self, ids: Sequence[int], past: dict, past_len: int):
+        t = len(ids)
+        feeds = {"input_ids": np.asarray([ids], dtype=np.int64), **past}
+        if "attention_mask" in self.inputs:
+            feeds["attention_mask"] = np.ones((1, past_len + t), dtype=np.int64)
+        if "position_ids" in self.inputs:
+            feeds["position_ids"] = np.arange(past_len, past_len + t, dtype=np.int64)[None]
+        outs = dict(zip(self.out_names, self.sess.run(None, feeds)))
+        new_past = {n: outs[n.replace("past_key_values.", "present.")] for n in self.past}
+        return outs["logits"][0], new_past
+
+    def logits(self, chunks) -> list[np.ndarray]:
+        return [self._run(ids, self._empty_past(), 0)[0].astype(np.float32) for ids in chunks]
+
+    def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
+        logits, past = self._run(prompt_ids, self._empty_past(), 0)
+        pos, toks = len(prompt_ids), []
+        for _ in range(n):
+            nxt = int(logits[-1].argmax())
+            toks.append(nxt)
+            logits, past = self._run([nxt], past, pos)
+            pos += 1
+        return toks
+
+    def close(self) -> None:
+        del self.sess
+
+
+def greedy_prompts(tokenizer) -> list[list[int]]:
+    out = []
+    for text in GREEDY_PROMPTS:
+        msgs = [{"role": "user", "content": text}]
+        if tokenizer.chat_template:
+            ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
+        else:
+            ids = tokenizer(text)["input_ids"]
+        out.append(list(ids))
+    return out
+
+
+def validate(reference_model, tokenizer, candidate_logits: Callable[[list[list[int]]], list[np.ndarray]],
+             chunks: list[list[int]], *, reference_logits: list[np.ndarray] | None = None,
+             candidate_greedy: Callable[[list[int], int], list[int]] | None = None, greedy_tokens: int = 16) -> Metrics:
+    """Compare a candidate runtime with the float32 torch model; greedy generation too when candidate_greedy."""
+    ref = reference_logits if reference_logits is not None else torch_logits(reference_model, chunks)
+    match = None
+    if candidate_greedy is not None:
+        match = True
+        for ids in greedy_prompts(tokenizer):
+            want = torch_greedy(reference_model, ids, greedy_tokens)
+            got = candidate_greedy(ids, greedy_tokens)
+            if got[: len(want)] != want:
+                log.warning("greedy tokens differ: reference %s, candidate %s", want, got)
+                match = False
+                break
+    return compare(ref, candidate_logits(chunks), chunks, greedy_match=match)

@@ -1,0 +1,113 @@
+"""GGUF schemes: F16 written by export/gguf.py; every quantized type made from that F16 file by llama.cpp's own
+quantizer (`llama_model_quantize`, as exposed by llama-cpp-python), so the files are what llama.cpp itself makes.
+
+K-quants work on rows in super-blocks of 256 values; a tensor whose rows are not a multiple of 256 (the teacher's
+576) falls back to another type (Q5_0, Q5_1, Q8_0 ...). The manifest lists the types really used per tensor
+(`tensor_types`) and the share of weights that fell back, and the CLI prints it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+
+from edgedistill.errors import EdgeDistillError
+from edgedistill.quantize import BuildContext, Scheme, register
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.gguf"
+
+
+def _f16(ctx: BuildContext) -> Path:
+    """The F16 file of this export run, written once and shared by all GGUF variants."""
+    from edgedistill.export.gguf import write_gguf
+
+    path = ctx.work_dir / "model-f16.gguf"
+    if not path.exists():
+        tmp = path.with_suffix(".partial")
+        write_gguf(ctx.model, ctx.tokenizer, tmp, dtype="f16", name=ctx.options.get("name", "model"))
+        os.replace(tmp, path)
+    return path
+
+
+def _build_f16(ctx: BuildContext) -> Path:
+    out = ctx.out_dir / MODEL_FILE
+    os.link(_f16(ctx), out) if _same_fs(ctx) else _copy(_f16(ctx), out)
+    return out
+
+
+def _same_fs(ctx: BuildContext) -> bool:
+    return os.stat(ctx.work_dir).st_dev == os.stat(ctx.out_dir).st_dev
+
+
+def _copy(src: Path, dst: Path) -> None:
+    import shutil
+
+    shutil.copyfile(src, dst)
+
+
+def llama_quantize(src: Path, dst: Path, ftype_name: str, threads: int | None = None) -> None:
+    """Run llama.cpp's quantizer: src (F16/F32 GGUF) -> dst at LLAMA_FTYPE_<ftype_name>."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype_name}")
+    params.nthread = threads or os.cpu_count() or 1
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0 or not dst.exists():
+        raise EdgeDistillError(f"llama.cpp's quantizer failed ({ftype_name}, return code {rc}) on {src.name}")
+
+
+def _quantized(ftype_name: str):
+    def build(ctx: BuildContext) -> Path:
+        out = ctx.out_dir / MODEL_FILE
+        llama_quantize(_f16(ctx), out, ftype_name, ctx.threads)
+        return out
+
+    return build
+
+
+def tensor_report(path: Path) -> dict:
+    """Types actually used in the file, bits per weight over tensor data (as llama.cpp counts it), fallbacks."""
+    from edgedistill.models.gguf_file import open_gguf
+
+    reader = open_gguf(path)
+    types: dict[str, int] = {}
+    weights_by_type: dict[str, int] = {}
+    n_bytes = n_weights = 0
+    for t in reader.tensors:
+        name = t.tensor_type.name
+        types[name] = types.get(name, 0) + 1
+        weights_by_type[name] = weights_by_type.get(name, 0) + int(t.n_elements)
+        n_bytes += int(t.n_bytes)
+        n_weights += int(t.n_elements)
+    return {"tensor_types": types, "weights_by_type": weights_by_type,
+            "tensor_bits_per_weight": 8 * n_bytes / n_weights}
+
+
+def fallback_share(report: dict, main_types: tuple[str, ...]) -> float:
+    """Share of 2-D weights (1-D norms excluded by their F32 type) not stored in one of main_types."""
+    w = {k: v for k, v in report["weights_by_type"].items() if k != "F32"}
+    total = sum(w.values())
+    return 0.0 if not total else sum(v for k, v in w.items() if k not in main_types) / total
+
+
+# Tolerances: mean KL / top-1 against float32 torch on held-out text. The values reached by llama.cpp's own tools
+# on the default teacher are Q8_0 0.006 / 94.8%, Q4_K_M 0.063 / 86.5%, Q4_0 0.305 / 71%; these bounds leave room
+# for other models and chunks while still catching a broken file (a wrong permutation gives KL > 5).
+register(Scheme("gguf", "f16", "16-bit floats, norms in F32: reproduces the torch model", _build_f16,
+                max_kl=0.005, min_top1=0.97, exact=True, nominal_bits=16))
+register(Scheme("gguf", "q8_0", "8-bit blocks of 32 with one scale (llama.cpp Q8_0)", _quantized("Q8_0"),
+                max_kl=0.03, min_top1=0.90, nominal_bits=8.5))
+register(Scheme("gguf", "q5_k_m", "llama.cpp Q5_K_M: 5-bit K-quants, some tensors at 6 bits", _quantized("Q5_K_M"),
+                max_kl=0.15, min_top1=0.80, nominal_bits=5.7))
+register(Scheme("gguf", "q4_k_m", "llama.cpp Q4_K_M: 4-bit K-quants, some tensors at 6 bits", _quantized("Q4_K_M"),
+                max_kl=0.25, min_top1=0.75, nominal_bits=4.9))
+register(Scheme("gguf", "q4_0", "4-bit blocks of 32 with one scale (llama.cpp Q4_0)", _quantized("Q4_0"),
+                max_kl=0.6, min_top1=0.60, nominal_bits=4.5))
+
+MAIN_TYPES = {"f16": ("F16",), "q8_0": ("Q8_0",), "q5_k_m": ("Q5_K", "Q6_K"), "q4_k_m": ("Q4_K", "Q6_K"),
+              "q4_0": ("Q4_0",)}

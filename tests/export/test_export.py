@@ -1,0 +1,207 @@
+"""Every registered scheme round-trips on a tiny model and loads in its runtime; bad inputs fail cleanly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgedistill.errors import EdgeDistillError, InvalidModelError, UnsupportedError
+from edgedistill.export.bundle import MANIFEST, sha256
+from edgedistill.export.pipeline import ExportSettings, export_model
+from edgedistill.quantize import schemes
+from tests import tiny
+from tests.conftest import run_cli
+
+ALL_SCHEMES = sorted(schemes())
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One export run of the tiny model with every registered scheme."""
+    root = tmp_path_factory.mktemp("export")
+    model = tiny.build_model_dir(root / "tiny-llama")
+    results = export_model(str(model), root / "bundles", ExportSettings(variants=ALL_SCHEMES, chunks=2, chunk_len=64))
+    return model, root / "bundles", {r.key: r for r in results}
+
+
+@pytest.mark.parametrize("key", ALL_SCHEMES)
+def test_scheme_round_trips_and_loads_in_its_runtime(exported, key):
+    _, out, results = exported
+    r = results[key]
+    assert r.passed, r.error
+    bundle = out / key.replace(":", "-")
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    assert (manifest["format"], manifest["scheme"]) == tuple(key.split(":"))
+    assert manifest["validation"]["passed"] and not manifest["validation"]["forced"]
+    assert manifest["validation"]["positions"] == 128
+    for name, meta in manifest["files"].items():  # every file listed with its real size and hash
+        assert (bundle / name).stat().st_size == meta["bytes"]
+        assert sha256(bundle / name) == meta["sha256"]
+    assert {"tokenizer.json", manifest["model_file"]} <= set(manifest["files"])
+    assert manifest["bits_per_weight"] == pytest.approx(8 * manifest["model_bytes"] / manifest["parameters"])
+    model_file = bundle / manifest["model_file"]
+    ids = [1, 5, 9, 17, 33]
+    if manifest["format"] == "gguf":
+        import llama_cpp
+
+        llm = llama_cpp.Llama(str(model_file), n_ctx=64, logits_all=True, verbose=False)
+        llm.eval(ids)
+        logits = np.array(llm.scores[: len(ids)])
+        llm.close()
+        assert "tensor_types" in manifest["quantization"]
+    elif manifest["format"] == "onnx":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+        feeds = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+                 "position_ids": np.arange(len(ids))[None]}
+        for i in sess.get_inputs():
+            if i.name.startswith("past_key_values."):
+                feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=np.float32)
+        logits = sess.run(["logits"], feeds)[0][0]
+    else:
+        import torch
+
+        from edgedistill.quantize.bnb import load_quantized
+
+        with torch.inference_mode():
+            logits = load_quantized(bundle)(torch.tensor([ids])).logits[0].numpy()
+    assert logits.shape[0] == len(ids) and np.isfinite(logits).all()
+
+
+def test_registered_schemes_cover_the_issue():
+    for key in ("gguf:f16", "gguf:q8_0", "gguf:q4_0", "gguf:q4_k_m", "gguf:q5_k_m", "onnx:fp32", "onnx:int8",
+                "onnx:int4", "onnx:int8_dynamic", "onnx:int8_static", "torch:bnb_int8", "torch:bnb_nf4"):
+        assert key in ALL_SCHEMES
+
+
+def test_fp32_onnx_loads_in_optimum(exported):
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    model_dir, out, _ = exported
+    ort_model = ORTModelForCausalLM.from_pretrained(out / "onnx-fp32", use_cache=True)
+    ids = torch.tensor([[1, 5, 9, 17]])
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        assert torch.allclose(ort_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits,
+                              ref(ids).logits, atol=1e-4)
+
+
+def test_exact_formats_reproduce_greedy_generation_of_a_peaked_model(tmp_path):
+    """With larger weights the tiny model has confident, teacher-like outputs, so greedy decoding is a sharp test
+    of the GGUF tensor layout (Q/K permutation, norms) and of the ONNX KV cache."""
+    model = tiny.build_model_dir(tmp_path / "peaked", init_std=0.15, layers=3)
+    res = export_model(str(model), tmp_path / "b", ExportSettings(variants=["gguf:f16", "onnx:fp32"], chunks=2,
+                                                                   chunk_len=64))
+    for r in res:
+        assert r.passed, r.error
+        assert r.metrics["greedy_match"] is True
+        assert r.metrics["top1_agreement"] > 0.97
+
+
+def test_a_variant_over_its_tolerance_is_not_written_unless_forced(tmp_path, monkeypatch):
+    from edgedistill import quantize
+
+    quantize.schemes()
+    strict = dataclasses.replace(quantize._SCHEMES["gguf:q4_0"], max_kl=-1.0)
+    monkeypatch.setitem(quantize._SCHEMES, "gguf:q4_0", strict)
+    model = tiny.build_model_dir(tmp_path / "m")
+    out = tmp_path / "b"
+    r = export_model(str(model), out, ExportSettings(variants=["gguf:q4_0"], chunks=1, chunk_len=32))[0]
+    assert not r.passed and r.path is None and "mean KL" in r.error
+    assert list(out.iterdir()) == []  # no bundle, no temporary folders
+    r = export_model(str(model), out, ExportSettings(variants=["gguf:q4_0"], chunks=1, chunk_len=32, force=True))[0]
+    manifest = json.loads((out / "gguf-q4_0" / MANIFEST).read_text())
+    assert manifest["validation"]["forced"] and not manifest["validation"]["passed"]
+
+
+# --- bad input: one line, exit 2, nothing left behind ------------------------------------------------------------
+
+def _assert_clean_failure(proc, out: Path, *words):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for w in words:
+        assert w in lines[0]
+    assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith("keep")]
+
+
+def test_unsupported_architecture(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = tiny.build_tokenizer()
+    m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64))
+    m.save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    out = tmp_path / "out"
+    _assert_clean_failure(run_cli("export", str(tmp_path / "gpt2"), "--out", str(out), "--variant", "gguf:q8_0"),
+                          out, "gpt2", "llama")
+
+
+def test_missing_tokenizer(tmp_path, tiny_model_dir):
+    src = tmp_path / "no-tok"
+    src.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / f, src / f)
+    out = tmp_path / "out"
+    _assert_clean_failure(run_cli("export", str(src), "--out", str(out)), out, "no tokenizer")
+
+
+def test_truncated_weights(tmp_path, tiny_model_dir):
+    src = tmp_path / "cut"
+    shutil.copytree(tiny_model_dir, src)
+    w = src / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    out = tmp_path / "out"
+    _assert_clean_failure(run_cli("export", str(src), "--out", str(out)), out, "cut")
+
+
+def test_unwritable_output(tmp_path, tiny_model_dir):
+    out = tmp_path / "a-file"
+    out.write_text("not a folder")
+    proc = run_cli("export", str(tiny_model_dir), "--out", str(out))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "error: " in proc.stderr
+    assert out.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("variant,words", [("gguf:int4", ["gguf", "q4_k_m"]), ("onnx:q4_k_m", ["onnx", "int4"]),
+                                           ("tflite:int8", ["tflite", "gguf"]), ("gguf", ["FORMAT:SCHEME"])])
+def test_scheme_the_format_does_not_support(tmp_path, tiny_model_dir, variant, words):
+    out = tmp_path / "out"
+    _assert_clean_failure(run_cli("export", str(tiny_model_dir), "--out", str(out), "--variant", variant), out, *words)
+
+
+def test_existing_bundle_is_not_overwritten(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    (out / "gguf-q8_0").mkdir(parents=True)
+    (out / "gguf-q8_0" / "keep").write_text("x")
+    proc = run_cli("export", str(tiny_model_dir), "--out", str(out), "--variant", "gguf:q8_0")
+    assert proc.returncode == 2 and "exists already" in proc.stderr
+    assert (out / "gguf-q8_0" / "keep").read_text() == "x"
+
+
+def test_library_errors_are_typed(tmp_path, tiny_model_dir):
+    with pytest.raises(UnsupportedError):
+        export_model(str(tiny_model_dir), tmp_path, ExportSettings(variants=["gguf:nope"]))
+    with pytest.raises(EdgeDistillError):
+        ExportSettings(variants=["gguf:q8_0"], chunks=0)
+    with pytest.raises(InvalidModelError):
+        export_model(str(tmp_path), tmp_path / "o", ExportSettings())
+
+
+def test_cli_exports_and_prints_the_table(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    proc = run_cli("export", str(tiny_model_dir), "--out", str(out), "--variant", "gguf:q8_0", "--variant",
+                   "onnx:int4", "--head-bits", "4", "--chunks", "1", "--chunk-len", "32")
+    assert proc.returncode == 0, proc.stderr
+    assert "gguf:q8_0" in proc.stdout and "onnx:int4" in proc.stdout and "ok" in proc.stdout
+    manifest = json.loads((out / "onnx-int4" / MANIFEST).read_text())
+    assert manifest["quantization"]["options"]["head_bits"] == 4
