@@ -74,8 +74,10 @@ def _register() -> None:
     from edgedistill.cli.distill import cache_logits_cmd, distill_cmd, prune_cmd
     from edgedistill.cli.export import export_cmd
     from edgedistill.cli.models import models
+    from edgedistill.cli.targets import targets
 
-    for command in (models, generate_cmd, data, eval_cmd, prune_cmd, cache_logits_cmd, distill_cmd, export_cmd):
+    for command in (models, generate_cmd, data, eval_cmd, prune_cmd, cache_logits_cmd, distill_cmd, export_cmd,
+                    targets):
         cli.add_command(command)
 
 

@@ -25,3 +25,13 @@ def test_teacher_exports_reproduce_torch(real_teacher, tmp_path):
     assert q["quantization"]["fallback_share"] > 0.5
     assert 5.5 < q["quantization"]["tensor_bits_per_weight"] < 7
     assert q["validation"]["mean_kl"] < 0.15
+
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(tmp_path / "gguf-f16" / "model.gguf"), n_ctx=512, verbose=False)
+    reply = llm.create_chat_completion([{"role": "user", "content": "What is the capital of France?"}],
+                                       max_tokens=24, temperature=0.0)
+    llm.close()
+    # the chat template travels in the GGUF: llama-cpp-python formats the turn itself and stops at <|im_end|>
+    assert "Paris" in reply["choices"][0]["message"]["content"]
+    assert reply["choices"][0]["finish_reason"] == "stop"
