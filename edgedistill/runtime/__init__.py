@@ -1,0 +1,87 @@
+"""runtime: load an exported bundle in an offline app — numpy, tokenizers, onnxruntime or llama-cpp-python only.
+
+    from edgedistill.runtime import load
+    model = load("bundles/gguf-q4_k_m")
+    print(model.chat([{"role": "user", "content": "Where is my order?"}], max_tokens=128))
+    for piece in model.stream("Write a haiku about gears.", max_tokens=40):
+        print(piece, end="", flush=True)
+
+Importing this package never imports torch or transformers (a test checks sys.modules) and nothing here opens a
+socket. Every file of the bundle is checked against its sha256 in manifest.json before loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgedistill.runtime.bundle import BundleError, open_bundle
+
+__all__ = ["load", "GenerationConfig", "BundleError", "LoadedModel"]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from edgedistill.errors import EdgeDistillError
+
+        problems = []
+        if self.max_tokens < 1:
+            problems.append(f"max_tokens={self.max_tokens} must be at least 1")
+        if not 0 <= self.temperature <= 5:
+            problems.append(f"temperature={self.temperature} must be in [0, 5]")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p={self.top_p} must be in (0, 1]")
+        if problems:
+            raise EdgeDistillError("; ".join(problems))
+
+
+class LoadedModel:
+    """What every backend offers: generate (text in, text out), stream (pieces of text), chat (messages)."""
+
+    manifest: dict
+    path: Path
+
+    def stream(self, prompt: str, **kw) -> Iterator[str]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def generate(self, prompt: str, **kw) -> str:
+        return "".join(self.stream(prompt, **kw))
+
+    def render_chat(self, messages: Sequence[dict]) -> str:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def chat(self, messages: Sequence[dict], **kw) -> str:
+        return self.generate(self.render_chat(messages), **kw)
+
+    def chat_stream(self, messages: Sequence[dict], **kw) -> Iterator[str]:
+        return self.stream(self.render_chat(messages), **kw)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def load(path: str | Path, *, threads: int | None = None, verify: bool = True) -> LoadedModel:
+    """Open a bundle made by `edgedistill export` with the backend its format needs."""
+    manifest = open_bundle(path, verify=verify)
+    if manifest["format"] == "gguf":
+        from edgedistill.runtime.gguf import GGUFModel
+
+        return GGUFModel(Path(path), manifest, threads=threads)
+    from edgedistill.runtime.onnx import ONNXModel
+
+    return ONNXModel(Path(path), manifest, threads=threads)
+

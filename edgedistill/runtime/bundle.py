@@ -1,0 +1,72 @@
+"""Opening a bundle safely: manifest version, every file's sha256, the machine architecture.
+
+Only the standard library here: the runtime must import without torch or transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+from pathlib import Path
+
+from edgedistill.errors import EdgeDistillError, IntegrityError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SUPPORTED_MANIFEST_VERSION = 1
+_ARCH = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
+
+
+class BundleError(EdgeDistillError):
+    """A bundle that cannot be loaded as it is."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def open_bundle(folder: str | Path, *, verify: bool = True) -> dict:
+    """The manifest of `folder`, after checking it can be loaded here (and, with verify, every checksum)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise BundleError(f"no bundle at {folder} (expected a folder made by `edgedistill export`)")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{folder} has no {MANIFEST}; it is not a bundle made by `edgedistill export`") from None
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{folder / MANIFEST} is not readable JSON ({e})") from None
+    version = manifest.get("manifest_version")
+    if not isinstance(version, int):
+        raise BundleError(f"{folder / MANIFEST} has no manifest_version; re-export the bundle")
+    if version > SUPPORTED_MANIFEST_VERSION:
+        raise BundleError(
+            f"{folder} was made by a newer edgedistill ({manifest.get('edgedistill_version')}, manifest version "
+            f"{version}); this runtime reads version {SUPPORTED_MANIFEST_VERSION}: upgrade edgedistill"
+        )
+    if manifest.get("format") not in ("gguf", "onnx"):
+        raise BundleError(f"{folder}: format {manifest.get('format')!r} has no runtime backend (gguf, onnx)")
+    files = manifest.get("files") or {}
+    if manifest.get("model_file") not in files:
+        raise BundleError(f"{folder}: the manifest does not list its model file")
+    if verify:
+        for name, meta in files.items():
+            p = folder / name
+            if not p.is_file():
+                raise IntegrityError(f"{folder}: {name} is missing; the bundle is incomplete, copy it again")
+            if p.stat().st_size != meta["bytes"] or _sha256(p) != meta["sha256"]:
+                raise IntegrityError(f"{folder}: {name} does not match its sha256 in the manifest (changed or "
+                                     "damaged); copy the bundle again")
+    built = _ARCH.get(str(manifest.get("built_on_arch", "")).lower())
+    here = _ARCH.get(platform.machine().lower())
+    if built and here and built != here:
+        log.warning("bundle %s was built on %s, this machine is %s; it should still load, but was validated on %s",
+                    folder, built, here, built)
+    return manifest

@@ -1,0 +1,90 @@
+"""Chat templates, stop strings and sampling shared by the backends (numpy and jinja2 only)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def chat_template(folder: Path) -> tuple[str | None, dict]:
+    """The bundle's chat template and its special tokens (from chat_template.jinja / tokenizer_config.json)."""
+    cfg = {}
+    p = folder / "tokenizer_config.json"
+    if p.is_file():
+        cfg = json.loads(p.read_text())
+    template = cfg.get("chat_template")
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        template = jinja.read_text()
+    special = {k: cfg.get(k) for k in ("bos_token", "eos_token")}
+    for k, v in list(special.items()):
+        if isinstance(v, dict):
+            special[k] = v.get("content")
+    return template, special
+
+
+def render(template: str | None, messages: Sequence[dict], special: dict) -> str:
+    """Messages -> prompt text with the generation prompt added; a plain join when the bundle has no template."""
+    if not template:
+        return "\n".join(m["content"] for m in messages) + "\n"
+    from jinja2.sandbox import ImmutableSandboxedEnvironment  # the template is data from a file: sandbox it
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=list(messages), add_generation_prompt=True,
+                                            bos_token=special.get("bos_token") or "",
+                                            eos_token=special.get("eos_token") or "")
+
+
+class Sampler:
+    """Greedy at temperature 0, else temperature + nucleus (top-p) sampling with a seeded generator."""
+
+    def __init__(self, temperature: float, top_p: float, seed: int | None):
+        self.t, self.p = temperature, top_p
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        if self.t <= 0:
+            return int(logits.argmax())
+        z = logits.astype(np.float64) / self.t
+        z -= z.max()
+        probs = np.exp(z)
+        probs /= probs.sum()
+        if self.p < 1.0:
+            order = np.argsort(-probs)
+            keep = np.cumsum(probs[order]) - probs[order] < self.p  # smallest set whose mass reaches p
+            mask = np.zeros_like(probs, dtype=bool)
+            mask[order[keep]] = True
+            probs = np.where(mask, probs, 0.0)
+            probs /= probs.sum()
+        return int(self.rng.choice(len(probs), p=probs))
+
+
+class StopText:
+    """Holds back text that could be the start of a stop string, so a stop string is never shown."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.done = False
+
+    def feed(self, piece: str) -> str:
+        if not self.stops:
+            return piece
+        self.pending += piece
+        for s in self.stops:
+            i = self.pending.find(s)
+            if i >= 0:
+                self.done = True
+                out, self.pending = self.pending[:i], ""
+                return out
+        keep = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        out = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(self.pending) - keep:]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
