@@ -1,16 +1,20 @@
-"""Distilled students vs plain cross-entropy, and the divergences against each other, on one time budget.
+"""Distilled students vs plain cross-entropy, and the divergences against each other, on one step budget.
 
-All runs start from the same pruned student, see the same teacher generations and get the same wall-clock
-budget (--minutes per run), so slower objectives (on-policy) get fewer steps, as they would in practice.
+All runs start from the same pruned student, see the same teacher generations in the same order, and take the
+same number of optimizer steps (--steps, batch 4 x 2 accumulation). Offline runs read the teacher's top-k
+log-probs from one logit cache (so a divergence costs about what cross-entropy costs per step); on-policy runs
+need the live teacher to score the student's samples and take longer for the same steps. The cache's bytes per
+token and the training speed with the cache vs with the live teacher are measured in the same run.
 
-  1. the teacher answers --train-prompts train and --val-prompts validation prompts per domain (greedy);
+  1. the teacher answers every train and validation prompt of every domain (greedy, --max-new-tokens);
   2. students pruned from the teacher: 10 blocks with the teacher's width ("10L"), and 10 blocks with widths
      that are multiples of 256 ("10L-hw": hidden 512, FFN 1536, 4 heads / 2 key-value heads);
-  3. on 10L-hw: cross-entropy only (kd_weight 0) and each divergence in --losses;
-  4. the divergence with the lowest held-out KL is then run on 10L too, beside cross-entropy;
+  3. on 10L-hw: cross-entropy only (kd_weight 0) and each objective in --losses;
+  4. the objective with the lowest held-out KL is run on 10L too, beside cross-entropy, and with on-policy
+     steps on 10L-hw;
   5. every student: held-out mean KL(teacher || student) and top-1 agreement on the validation generations;
-     cross-entropy and best-loss students also on the graded eval sets (every --eval-every-th item, so all task
-     types stay represented; the teacher's score on the same items comes from results/teacher_eval.json).
+     cross-entropy and best-objective students also on the graded eval sets (every --eval-every-th item, so all
+     task types stay represented; the teacher's score on the same items comes from results/teacher_eval.json).
 
     .venv/bin/python benchmarks/distill_students.py      # writes benchmarks/results/distill_students.json
 """
@@ -27,33 +31,41 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-LOSSES = {  # name -> (loss, params, on_policy)
-    "ce": ("forward_kl", {}, 0.0),  # kd_weight 0 below: cross-entropy on the teacher's tokens only
-    "forward_kl": ("forward_kl", {}, 0.0),
-    "reverse_kl": ("reverse_kl", {}, 0.0),
-    "jsd": ("jsd", {"beta": 0.5}, 0.0),
-    "skew_kl": ("skew_kl", {"alpha": 0.1}, 0.0),
-    "jsd+on_policy": ("jsd", {"beta": 0.5}, 0.5),
+OBJECTIVES = {  # name -> (loss, params, kd_weight); kd_weight 0 is cross-entropy on the teacher's tokens only
+    "ce": ("forward_kl", {}, 0.0),
+    "forward_kl": ("forward_kl", {}, 1.0),
+    "reverse_kl": ("reverse_kl", {}, 1.0),
+    "jsd": ("jsd", {"beta": 0.5}, 1.0),
+    "skew_kl": ("skew_kl", {"alpha": 0.1}, 1.0),
+    "forward_kl+ce": ("forward_kl", {}, 0.5),
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("build/bench-distill"))
-    ap.add_argument("--train-prompts", type=int, default=48, help="per domain")
-    ap.add_argument("--val-prompts", type=int, default=16, help="per domain")
+    ap.add_argument("--train-prompts", type=int, default=None, help="per domain (default: all)")
+    ap.add_argument("--val-prompts", type=int, default=None, help="per domain (default: all)")
     ap.add_argument("--max-new-tokens", type=int, default=160)
-    ap.add_argument("--minutes", type=float, default=4.0, help="training budget per run")
-    ap.add_argument("--losses", default="forward_kl,reverse_kl,jsd,skew_kl,jsd+on_policy")
+    ap.add_argument("--train-data", type=Path, default=None, help="existing teacher generations instead of step 1")
+    ap.add_argument("--val-data", type=Path, default=None, help="existing teacher generations instead of step 1")
+    ap.add_argument("--steps", type=int, default=60, help="optimizer steps per run (8 sequences each)")
+    ap.add_argument("--losses", default="forward_kl,reverse_kl,jsd,skew_kl,forward_kl+ce")
+    ap.add_argument("--on-policy", type=float, default=0.5, help="λ of the on-policy run of the best objective")
+    ap.add_argument("--k", type=int, default=64, help="top-k of the logit cache")
+    ap.add_argument("--speed-steps", type=int, default=8, help="steps of the live-teacher speed comparison")
     ap.add_argument("--eval-every", type=int, default=6, help="graded eval on every n-th item (1: all)")
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "distill_students.json")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the runs already in --out whose student is still in --work (same settings assumed)")
     args = ap.parse_args()
 
     from edgedistill.cli.distill import _interleave
     from edgedistill.data import default_data_dir, load_prompts, load_texts
     from edgedistill.data.evaluate import evaluate, find_eval_sets, load_eval_items
-    from edgedistill.data.generate import GenerationSettings, generate
+    from edgedistill.data.generate import GenerationSettings, generate, model_fingerprint
+    from edgedistill.distill import logit_cache
     from edgedistill.distill.dataset import encode, load_generations
     from edgedistill.distill.losses import LossConfig
     from edgedistill.distill.prune import StudentShape, derive_student, hardware_friendly
@@ -65,7 +77,7 @@ def main() -> None:
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    pull(DEFAULT_TEACHER)
+    teacher_dir, _ = pull(DEFAULT_TEACHER)
     teacher = load_model(DEFAULT_TEACHER)
     tok = teacher[1]
     data_dir = default_data_dir()
@@ -73,15 +85,33 @@ def main() -> None:
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-    sets = {}
+    sets, info = {}, {}
     for split, n in (("train", args.train_prompts), ("validation", args.val_prompts)):
         prompts = []
         for d in sorted(data_dir.glob(f"*/prompts/{split}.jsonl")):
             prompts += load_prompts(d)[0][:n]
-        path = work / f"teacher-{split}.jsonl"
-        generate(DEFAULT_TEACHER, prompts, path, GenerationSettings(max_new_tokens=args.max_new_tokens), loaded=teacher)
+        path = args.train_data if split == "train" else args.val_data
+        if path is None:
+            path = work / f"teacher-{split}.jsonl"
+            generate(DEFAULT_TEACHER, prompts, path, GenerationSettings(max_new_tokens=args.max_new_tokens),
+                     loaded=teacher)
         sets[split] = encode(tok, load_generations([path]), 512)
+        info[split] = {"file": str(path), "sequences": len(sets[split].examples),
+                       "response_tokens": sets[split].response_tokens}
         log(f"{split}: {len(sets[split].examples)} sequences, {sets[split].response_tokens} response tokens")
+
+    cache_dir = work / f"cache-k{args.k}"
+    fp = model_fingerprint(teacher_dir)
+    if not cache_dir.exists():
+        t = time.perf_counter()
+        meta = logit_cache.build(teacher[0], DEFAULT_TEACHER, fp, sets["train"], cache_dir, k=args.k,
+                                 pad_id=tok.pad_token_id)
+        meta["build_s"] = time.perf_counter() - t
+        (work / "cache-build.json").write_text(json.dumps(meta, indent=2))
+    cache_info = json.loads((work / "cache-build.json").read_text())
+    cache = logit_cache.load(cache_dir, sets["train"], fp)
+    log(f"logit cache: {cache_info['bytes_per_token']:.0f} B/token, top-{args.k} mass "
+        f"{100 * cache_info['teacher_mass_in_top_k']:.1f}%")
 
     texts = _interleave([t for d in sorted(data_dir.glob("*/texts")) for _, t in load_texts(d)])
     shapes = {"10L": StudentShape(layers=10), "10L-hw": hardware_friendly(teacher[0], 10)}
@@ -93,47 +123,75 @@ def main() -> None:
 
     eval_items = load_eval_items(find_eval_sets(data_dir))[:: args.eval_every]
     results: dict[str, dict] = {}
+    extra: dict = {"data": info, "logit_cache": cache_info}
+    previous = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
 
-    def run(size: str, loss_key: str, graded: bool) -> dict:
-        key = f"{size}/{loss_key}"
-        name, params, on_policy = LOSSES[loss_key]
-        loss = LossConfig(name, params, kd_weight=0.0 if loss_key == "ce" else 1.0)
-        cfg = TrainConfig(max_steps=100_000, max_time_s=60 * args.minutes, batch_size=4, grad_accum=2,
-                          learning_rate=args.lr, warmup_steps=10, max_length=512, save_steps=100_000,
-                          logging_steps=10, on_policy=on_policy, on_policy_max_new_tokens=96)
-        rdir = work / "runs" / key.replace("/", "-")
+    def cfg_for(steps: int, on_policy: float) -> TrainConfig:
+        return TrainConfig(max_steps=steps, batch_size=4, grad_accum=2, learning_rate=args.lr, warmup_steps=6,
+                           max_length=512, save_steps=100_000, logging_steps=10, on_policy=on_policy,
+                           on_policy_max_new_tokens=96)
+
+    def run(size: str, key: str, *, on_policy: float = 0.0, graded: bool, live: bool = False,
+            steps: int | None = None, save: bool = True) -> dict:
+        name, params, kd = OBJECTIVES[key]
+        label = f"{size}/{key}" + (f"+on_policy{on_policy}" if on_policy else "") + ("@live" if live else "")
+        old = previous.get("runs", {}).get(label)
+        if old and save and (work / "runs" / label.replace("/", "-") / "student").is_dir():
+            log(f"{label}: kept from the previous run")
+            results[label] = old
+            return old
+        loss = LossConfig(name, params, kd_weight=kd)
+        rdir = work / "runs" / label.replace("/", "-")
         shutil.rmtree(rdir, ignore_errors=True)
-        log(f"training {key}")
+        log(f"training {label}")
+        use_cache = cache if (kd > 0 and not live) else None
+        # cross-entropy runs never call the teacher (kd_weight 0), but train() wants one or a cache
+        t_model = teacher if (kd == 0 or live or on_policy > 0) else (None, tok)
         t0 = time.perf_counter()
-        model, trainer = train(teacher, load_model(str(inits[size])), sets["train"].examples, rdir, loss, cfg)
-        rec = {"size": size, "objective": loss_key, "loss": {"name": name, "params": params,
-               "kd_weight": loss.kd_weight}, "on_policy": on_policy, "steps": trainer.state.global_step,
-               "train_s": time.perf_counter() - t0, "parameters": model.num_parameters(),
+        model, trainer = train(t_model, load_model(str(inits[size])), sets["train"].examples, rdir, loss,
+                               cfg_for(steps or args.steps, on_policy), cache=use_cache)
+        train_s = time.perf_counter() - t0
+        tokens = int(trainer.tokens_seen)  # response tokens trained on
+        rec = {"size": size, "objective": key, "loss": {"name": name, "params": params, "kd_weight": kd},
+               "on_policy": on_policy, "teacher": "none" if kd == 0 else ("live" if use_cache is None else "cache")
+               + ("+live on-policy" if on_policy else ""),
+               "steps": trainer.state.global_step, "train_s": train_s, "train_tokens": tokens,
+               "tokens_per_s": tokens / train_s if tokens else None, "parameters": model.num_parameters(),
                "pruning": json.loads((inits[size] / "pruning.json").read_text())}
-        rec["validation"] = agreement_with_teacher(teacher[0], model, sets["validation"].examples, tok.pad_token_id)
-        out_dir = rdir / "student"
-        model.save_pretrained(out_dir, safe_serialization=True)
-        tok.save_pretrained(out_dir)
-        rec["disk_bytes"] = dir_size(out_dir)
-        if graded:
-            log(f"graded eval of {key}")
-            r = evaluate(str(out_dir), eval_items, loaded=(model, tok))
-            rec["graded"] = {"overall": r.overall(), "by_domain": r.by_domain()}
+        if save:
+            rec["validation"] = agreement_with_teacher(teacher[0], model, sets["validation"].examples, tok.pad_token_id)
+            out_dir = rdir / "student"
+            model.save_pretrained(out_dir, safe_serialization=True)
+            tok.save_pretrained(out_dir)
+            rec["disk_bytes"] = dir_size(out_dir)
+            if graded:
+                log(f"graded eval of {label}")
+                r = evaluate(str(out_dir), eval_items, loaded=(model, tok))
+                rec["graded"] = {"overall": r.overall(), "by_domain": r.by_domain()}
         shutil.rmtree(rdir / "checkpoints", ignore_errors=True)
-        log(f"{key}: {rec['steps']} steps, held-out KL {rec['validation']['mean_kl']:.4f}, "
-            f"top-1 {100 * rec['validation']['top1_agreement']:.1f}%"
-            + (f", graded {100 * rec['graded']['overall']:.1f}%" if graded else ""))
-        results[key] = rec
-        _write(args, results, run_record)
+        log(f"{label}: {rec['steps']} steps in {train_s:.0f} s"
+            + (f", held-out KL {rec['validation']['mean_kl']:.4f}, top-1 {100 * rec['validation']['top1_agreement']:.1f}%"
+               if save else "")
+            + (f", graded {100 * rec['graded']['overall']:.1f}%" if "graded" in rec else ""))
+        results[label] = rec
+        _write(args, results, extra, run_record)
         return rec
 
+    if previous.get("cache_vs_live"):
+        extra["cache_vs_live"] = previous["cache_vs_live"]
+    else:
+        measure_speed(run, args, extra, results)
     run("10L-hw", "ce", graded=True)
     kd = [run("10L-hw", k, graded=False) for k in args.losses.split(",")]
     best = min(kd, key=lambda r: r["validation"]["mean_kl"])["objective"]
-    results["10L-hw/" + best] = {**results["10L-hw/" + best], "best": True}
-    log(f"best divergence on 10L-hw: {best}; graded eval and the 10L runs follow")
-    r = evaluate(str(work / "runs" / f"10L-hw-{best}" / "student"), eval_items)
-    results["10L-hw/" + best]["graded"] = {"overall": r.overall(), "by_domain": r.by_domain()}
+    extra["best_objective"] = best
+    log(f"best objective on 10L-hw: {best}; its graded eval, on-policy run and the 10L runs follow")
+    if "graded" not in results["10L-hw/" + best]:
+        r = evaluate(str(work / "runs" / f"10L-hw-{best}" / "student"), eval_items)
+        results["10L-hw/" + best]["graded"] = {"overall": r.overall(), "by_domain": r.by_domain()}
+        _write(args, results, extra, run_record)
+    if args.on_policy > 0:
+        run("10L-hw", best, on_policy=args.on_policy, graded=False)
     run("10L", "ce", graded=True)
     run("10L", best, graded=True)
     teacher_eval = HERE / "results" / "teacher_eval.json"
@@ -141,15 +199,25 @@ def main() -> None:
         chosen = {it.id for it in eval_items}
         graded = [x for x in json.loads(teacher_eval.read_text())["models"][0]["items"] if x["id"] in chosen]
         if len(graded) == len(chosen):
-            results["teacher"] = {"graded": {"overall": sum(x["correct"] for x in graded) / len(graded),
-                                             "items": len(graded)}}
-    _write(args, results, run_record, final=True)
+            extra["teacher"] = {"graded": {"overall": sum(x["correct"] for x in graded) / len(graded),
+                                           "items": len(graded)}}
+    _write(args, results, extra, run_record, final=True)
 
 
-def _write(args, results, run_record, final: bool = False) -> None:
+def measure_speed(run, args, extra: dict, results: dict) -> None:
+    """The same objective from the cache and with the live teacher, same steps, back to back."""
+    fast = run("10L-hw", "forward_kl", graded=False, steps=args.speed_steps, save=False)
+    slow = run("10L-hw", "forward_kl", graded=False, steps=args.speed_steps, save=False, live=True)
+    extra["cache_vs_live"] = {"steps": args.speed_steps, "cache_tokens_per_s": fast["tokens_per_s"],
+                              "live_tokens_per_s": slow["tokens_per_s"],
+                              "speedup": fast["tokens_per_s"] / slow["tokens_per_s"]}
+    results.clear()
+
+
+def _write(args, results, extra, run_record, final: bool = False) -> None:
     report = {"benchmark": "distill_students", **run_record(), "complete": final,
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "runs": results}
+              **extra, "runs": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
