@@ -59,9 +59,10 @@ demo: $(STAMP)
 	  --grad-accum 1 --lr 3e-4 --out $(DEMO)/run
 	@echo "== 5. graded eval, 5 items per domain, student beside teacher"
 	$(ED) eval $(DEMO)/run/student --teacher smollm2-135m-instruct --limit 5
-	@echo "== 6. export the student as 4-bit GGUF (llama.cpp) and ONNX (onnxruntime), each validated in its runtime"
+	@echo "== 6. export the student as 8-bit GGUF (llama.cpp) and ONNX (onnxruntime), each validated in its runtime"
+	@# (4-bit variants of a 10-step student fail their validation tolerance: it is far from converged)
 	rm -rf $(DEMO)/bundles
-	$(ED) export $(DEMO)/run/student --variant gguf:q4_k_m --variant onnx:int4 --out $(DEMO)/bundles
+	$(ED) export $(DEMO)/run/student --variant gguf:q8_0 --variant onnx:int8 --out $(DEMO)/bundles
 
 clean-venv:
 	rm -rf $(VENV)
