@@ -70,7 +70,10 @@ def register(scheme: Scheme) -> Scheme:
 
 
 def _load_all() -> None:
-    from edgedistill.quantize import bnb, gguf, onnx  # noqa: F401  (each registers its schemes)
+    # each module registers its schemes; imported in the order they are listed (GGUF, ONNX, torch)
+    from edgedistill.quantize import gguf  # noqa: F401
+    from edgedistill.quantize import onnx  # noqa: F401
+    from edgedistill.quantize import bnb  # noqa: F401
 
 
 def schemes() -> dict[str, Scheme]:
