@@ -44,19 +44,54 @@ class GenerationConfig:
 
 
 class LoadedModel:
-    """What every backend offers: generate (text in, text out), stream (pieces of text), chat (messages)."""
+    """What every backend offers: generate (text in, text out), stream (pieces of text), chat (messages).
+
+    A backend implements encode, decode and generate_ids (token ids until end-of-turn or max_tokens); turning ids
+    into text pieces, stop strings and chat templates are shared here."""
 
     manifest: dict
     path: Path
+    template: str | None
+    special: dict
 
-    def stream(self, prompt: str, **kw) -> Iterator[str]:  # pragma: no cover - interface
+    def encode(self, text: str) -> list[int]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def decode(self, ids: list[int]) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def generate_ids(self, prompt_ids: list[int], cfg: GenerationConfig) -> Iterator[int]:  # pragma: no cover
+        raise NotImplementedError
+
+    def stream(self, prompt: str, **kw) -> Iterator[str]:
+        from edgedistill.runtime.text import StopText
+
+        cfg = GenerationConfig(**{**kw, "stop": tuple(kw.get("stop") or ())})
+        stop = StopText(cfg.stop)
+        out: list[int] = []
+        shown = text = ""
+        for tid in self.generate_ids(self.encode(prompt), cfg):
+            out.append(tid)
+            text = self.decode(out)
+            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                continue
+            piece = stop.feed(text[len(shown):])
+            shown = text
+            if piece:
+                yield piece
+            if stop.done:
+                return
+        rest = stop.feed(text[len(shown):]) + stop.flush()  # a trailing incomplete character, as decoded
+        if rest:
+            yield rest
 
     def generate(self, prompt: str, **kw) -> str:
         return "".join(self.stream(prompt, **kw))
 
     def render_chat(self, messages: Sequence[dict]) -> str:
-        raise NotImplementedError  # pragma: no cover - interface
+        from edgedistill.runtime.text import render
+
+        return render(self.template, messages, self.special)
 
     def chat(self, messages: Sequence[dict], **kw) -> str:
         return self.generate(self.render_chat(messages), **kw)

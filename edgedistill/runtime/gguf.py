@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgedistill.runtime import GenerationConfig, LoadedModel
-from edgedistill.runtime.text import StopText, chat_template, render
+from edgedistill.runtime.text import chat_template
 
 
 class GGUFModel(LoadedModel):
@@ -20,37 +20,21 @@ class GGUFModel(LoadedModel):
         self.template, self.special = chat_template(path)
         self.eos_id = self.llm.token_eos()
 
-    def render_chat(self, messages) -> str:
-        return render(self.template, messages, self.special)
-
     def encode(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode(), add_bos=False, special=True)
 
-    def stream(self, prompt: str, **kw) -> Iterator[str]:
-        cfg = GenerationConfig(**{**kw, "stop": tuple(kw.get("stop") or ())})
-        stop = StopText(cfg.stop)
+    def decode(self, ids: list[int]) -> str:
+        return self.llm.detokenize(ids).decode("utf-8", errors="replace")
+
+    def generate_ids(self, prompt_ids: list[int], cfg: GenerationConfig) -> Iterator[int]:
         if cfg.seed is not None:
             self.llm.set_seed(cfg.seed)
         sampling = ({"temp": 0.0, "top_k": 1} if cfg.temperature <= 0
                     else {"temp": cfg.temperature, "top_p": cfg.top_p, "top_k": 0})
-        out: list[int] = []
-        shown = text = ""
-        for n, tid in enumerate(self.llm.generate(self.encode(prompt), repeat_penalty=1.0, reset=True, **sampling)):
+        for n, tid in enumerate(self.llm.generate(prompt_ids, repeat_penalty=1.0, reset=True, **sampling)):
             if tid == self.eos_id or n >= cfg.max_tokens:
-                break
-            out.append(tid)
-            text = self.llm.detokenize(out).decode("utf-8", errors="replace")
-            if text.endswith("\ufffd"):
-                continue
-            piece = stop.feed(text[len(shown):])
-            shown = text
-            if piece:
-                yield piece
-            if stop.done:
                 return
-        rest = stop.feed(text[len(shown):]) + stop.flush()  # a trailing incomplete character, as decoded
-        if rest:
-            yield rest
+            yield tid
 
     def close(self) -> None:
         if self.llm is not None:

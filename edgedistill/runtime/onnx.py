@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedistill.runtime import GenerationConfig, LoadedModel
-from edgedistill.runtime.text import Sampler, StopText, chat_template, render
+from edgedistill.runtime.text import Sampler, chat_template
 
 
 class ONNXModel(LoadedModel):
@@ -40,14 +40,11 @@ class ONNXModel(LoadedModel):
         self.head_dim = int(first.shape[3]) if first is not None else 0
         self.kv_dtype = np.float16 if first is not None and "float16" in first.type else np.float32
 
-    def render_chat(self, messages) -> str:
-        return render(self.template, messages, self.special)
-
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def step_logits(self) -> Iterator[np.ndarray]:  # pragma: no cover - documented by generate_ids
-        raise NotImplementedError
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def generate_ids(self, prompt_ids: list[int], cfg: GenerationConfig) -> Iterator[int]:
         """Token ids, one at a time: prefill the prompt, then one token per step through the KV cache."""
@@ -83,26 +80,6 @@ class ONNXModel(LoadedModel):
                 return
             yield nxt
             ids = np.asarray([[nxt]], dtype=np.int64)
-
-    def stream(self, prompt: str, **kw) -> Iterator[str]:
-        cfg = GenerationConfig(**{**kw, "stop": tuple(kw.get("stop") or ())})
-        stop = StopText(cfg.stop)
-        out: list[int] = []
-        shown = text = ""
-        for tid in self.generate_ids(self.encode(prompt), cfg):
-            out.append(tid)
-            text = self.tokenizer.decode(out, skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                continue
-            piece = stop.feed(text[len(shown):])
-            shown = text
-            if piece:
-                yield piece
-            if stop.done:
-                return
-        rest = stop.feed(text[len(shown):]) + stop.flush()  # a trailing incomplete character, as decoded
-        if rest:
-            yield rest
 
     def close(self) -> None:
         self.sess = None

@@ -28,36 +28,30 @@ _TIME = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|min)?\s*$", re.I)
 _TIME_UNITS = {None: 1.0, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0}
 
 
-def parse_bytes(value, key: str = "value") -> int:
-    """'1.5GB' -> 1500000000, '512MiB' -> 536870912; plain numbers are bytes."""
+def _parse_unit(value, key: str, pattern: re.Pattern, units: dict, example: str) -> float:
+    """A positive number with an optional unit from `units` (plain numbers are in the base unit)."""
     if isinstance(value, bool):
-        raise ValueError(f"{key}: expected a size like 1.5GB, got {value!r}")
+        raise ValueError(f"{key}: expected {example}, got {value!r}")
     if isinstance(value, (int, float)):
         n = float(value)
     else:
-        m = _SIZE.match(str(value))
+        m = pattern.match(str(value))
         if not m:
-            raise ValueError(f"{key}: expected a size like 1.5GB or 512MiB, got {value!r}")
-        n = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower() if m.group(2) else None]
+            raise ValueError(f"{key}: expected {example}, got {value!r}")
+        n = float(m.group(1)) * units[m.group(2).lower() if m.group(2) else None]
     if n <= 0:
         raise ValueError(f"{key}: must be positive, got {value!r}")
-    return int(n)
+    return n
+
+
+def parse_bytes(value, key: str = "value") -> int:
+    """'1.5GB' -> 1500000000, '512MiB' -> 536870912; plain numbers are bytes."""
+    return int(_parse_unit(value, key, _SIZE, _SIZE_UNITS, "a size like 1.5GB or 512MiB"))
 
 
 def parse_seconds(value, key: str = "value") -> float:
     """'200ms' -> 0.2, '1.5s' -> 1.5; plain numbers are seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"{key}: expected a duration like 200ms, got {value!r}")
-    if isinstance(value, (int, float)):
-        s = float(value)
-    else:
-        m = _TIME.match(str(value))
-        if not m:
-            raise ValueError(f"{key}: expected a duration like 200ms or 1.5s, got {value!r}")
-        s = float(m.group(1)) * _TIME_UNITS[m.group(2).lower() if m.group(2) else None]
-    if s <= 0:
-        raise ValueError(f"{key}: must be positive, got {value!r}")
-    return s
+    return _parse_unit(value, key, _TIME, _TIME_UNITS, "a duration like 200ms or 1.5s")
 
 
 def parse_bandwidth(value, key: str = "value") -> float:
