@@ -232,14 +232,13 @@ def _calibration(tokenizer, settings: ExportSettings) -> list[list[int]]:
     from edgedistill.data import default_data_dir, load_prompts
 
     data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
+    prompts = [p for f in sorted(data_dir.glob("*/prompts/train.jsonl")) for p in load_prompts(f, strict=False)[0]]
     out = []
-    for f in sorted(data_dir.glob("*/prompts/train.jsonl")):
-        for p in load_prompts(f, strict=False)[0]:
-            if tokenizer.chat_template:
-                ids = tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True, tokenize=True)
-                ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
-            else:
-                ids = tokenizer(p.messages[-1]["content"])["input_ids"]
-            out.append(list(ids))
-    # round-robin over domains so a few prompts cover all of them
-    return out[::max(1, len(out) // 64)]
+    for p in prompts[:: max(1, len(prompts) // 64)]:  # spread over all domains
+        if tokenizer.chat_template:
+            ids = tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True, tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
+        else:
+            ids = tokenizer(p.messages[-1]["content"])["input_ids"]
+        out.append(list(ids))
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError
@@ -35,18 +36,11 @@ def _f16(ctx: BuildContext) -> Path:
 
 def _build_f16(ctx: BuildContext) -> Path:
     out = ctx.out_dir / MODEL_FILE
-    os.link(_f16(ctx), out) if _same_fs(ctx) else _copy(_f16(ctx), out)
+    try:
+        os.link(_f16(ctx), out)  # same file system: no second copy of the bytes
+    except OSError:
+        shutil.copyfile(_f16(ctx), out)
     return out
-
-
-def _same_fs(ctx: BuildContext) -> bool:
-    return os.stat(ctx.work_dir).st_dev == os.stat(ctx.out_dir).st_dev
-
-
-def _copy(src: Path, dst: Path) -> None:
-    import shutil
-
-    shutil.copyfile(src, dst)
 
 
 def llama_quantize(src: Path, dst: Path, ftype_name: str, threads: int | None = None) -> None:

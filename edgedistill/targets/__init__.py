@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError
@@ -254,4 +254,4 @@ def as_dict(t: Target) -> dict:
 
 
 __all__ = ["Target", "TargetError", "load_target", "parse_target", "shipped", "parse_bytes", "parse_seconds",
-           "parse_bandwidth", "as_dict", "fields"]
+           "parse_bandwidth", "as_dict"]
