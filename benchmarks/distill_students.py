@@ -129,7 +129,7 @@ def main() -> None:
     def cfg_for(steps: int, on_policy: float) -> TrainConfig:
         return TrainConfig(max_steps=steps, batch_size=4, grad_accum=2, learning_rate=args.lr, warmup_steps=6,
                            max_length=512, save_steps=100_000, logging_steps=10, on_policy=on_policy,
-                           on_policy_max_new_tokens=96)
+                           on_policy_max_new_tokens=64)
 
     def run(size: str, key: str, *, on_policy: float = 0.0, graded: bool, live: bool = False,
             steps: int | None = None, save: bool = True) -> dict:
@@ -183,7 +183,13 @@ def main() -> None:
         measure_speed(run, args, extra, results)
     run("10L-hw", "ce", graded=True)
     kd = [run("10L-hw", k, graded=False) for k in args.losses.split(",")]
-    best = min(kd, key=lambda r: r["validation"]["mean_kl"])["objective"]
+    ce = results["10L-hw/ce"]["validation"]
+
+    def rank(r):  # objectives that beat cross-entropy on both KL and top-1 first, then the lower KL
+        v = r["validation"]
+        return (not (v["mean_kl"] < ce["mean_kl"] and v["top1_agreement"] > ce["top1_agreement"]), v["mean_kl"])
+
+    best = min(kd, key=rank)["objective"]
     extra["best_objective"] = best
     log(f"best objective on 10L-hw: {best}; its graded eval, on-policy run and the 10L runs follow")
     if "graded" not in results["10L-hw/" + best]:

@@ -88,7 +88,7 @@ def _duration(ctx, param, value):
               help="Share of the distillation loss; the rest is cross-entropy on the teacher's tokens.")
 @click.option("--loss-temperature", type=float, default=1.0, show_default=True,
               help="Softens both distributions inside the loss (not a sampling temperature).")
-@click.option("--on-policy", type=float, default=0.0, show_default=True, help="λ: share of steps on student samples.")
+@click.option("--on-policy", type=float, default=0.0, show_default=True, help="λ: share of steps on student samples (those use the divergence alone).")
 @click.option("--max-steps", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--max-time", callback=_duration, default=None, help="Stop (and save) after this long, e.g. 20m.")
 @click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True)

@@ -13,6 +13,8 @@ normalised by their own token count (the sampled lengths are not known when the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import random
@@ -107,38 +109,53 @@ def _make_trainer_class():
 
         @torch.no_grad()
         def _student_samples(self, model, inputs):
-            """Replace each response by the student's own sampled continuation of the prompt."""
+            """Replace each response by the student's own sampled continuation of the prompt.
+
+            The micro-batch's prompts are sampled together, left-padded (one generate call, not one per row).
+            """
             unwrapped = self.accelerator.unwrap_model(model)
             was_training = unwrapped.training
             unwrapped.eval()
-            examples = []
+            prompts = []
             for ids, labels in zip(inputs["input_ids"], inputs["labels"]):
                 resp = (labels != IGNORE).nonzero()
                 start = int(resp[0]) + 1 if len(resp) else int((ids != self.pad_id).sum())
-                prompt = ids[:start].unsqueeze(0)
-                room = max(1, min(self.cfg.on_policy_max_new_tokens, self.cfg.max_length - start))
-                out = unwrapped.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=room,
-                                         do_sample=True, temperature=self.cfg.on_policy_temperature, top_k=0,
-                                         top_p=1.0, pad_token_id=self.pad_id, eos_token_id=self.eos_id)[0]
-                new = out[start:].tolist()
+                prompts.append(ids[:start].tolist())
+            width = max(len(p) for p in prompts)
+            room = max(1, min(self.cfg.on_policy_max_new_tokens, self.cfg.max_length - width))
+            device = inputs["input_ids"].device
+            left = torch.full((len(prompts), width), self.pad_id, dtype=torch.long, device=device)
+            mask = torch.zeros_like(left)
+            for row, p in enumerate(prompts):
+                left[row, width - len(p):] = torch.tensor(p, device=device)
+                mask[row, width - len(p):] = 1
+            out = unwrapped.generate(left, attention_mask=mask, max_new_tokens=room, do_sample=True,
+                                     temperature=self.cfg.on_policy_temperature, top_k=0, top_p=1.0,
+                                     pad_token_id=self.pad_id, eos_token_id=self.eos_id)
+            examples = []
+            for row, p in enumerate(prompts):
+                new = out[row, width:].tolist()
                 if self.eos_id in new:
                     new = new[: new.index(self.eos_id) + 1]
-                full = prompt[0].tolist() + new
+                full = p + new
                 lab = [IGNORE] * len(full)
-                for t in range(start - 1, len(full) - 1):
+                for t in range(len(p) - 1, len(full) - 1):
                     lab[t] = full[t + 1]
                 examples.append({"input_ids": full, "labels": lab})
             if was_training:
                 unwrapped.train()
             batch = collate(examples, self.pad_id)
-            return {k: v.to(inputs["input_ids"].device) for k, v in batch.items()}
+            return {k: v.to(device) for k, v in batch.items()}
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             on_policy = model.training and self._on_policy_now()
             if on_policy:
                 inputs = self._student_samples(model, inputs)
             ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
-            if self.loss_cfg.kd_weight == 0:
+            # On the student's own samples the labels are its tokens, not the teacher's: a cross-entropy part
+            # would reinforce the student's guesses, so those batches use the divergence alone.
+            loss_cfg = dataclasses.replace(self.loss_cfg, kd_weight=1.0) if on_policy else self.loss_cfg
+            if loss_cfg.kd_weight == 0:
                 teacher_view = None  # cross-entropy only: the teacher's logits are not needed
             elif self.cache is not None and not on_policy:
                 lp, tid = self.cache.teacher_for(inputs["cache_index"].tolist(), labels.cpu())
@@ -147,7 +164,7 @@ def _make_trainer_class():
                 with torch.no_grad():
                     teacher_view = self.teacher(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
             out = model(input_ids=ids, attention_mask=mask)
-            per_token = per_token_objective(self.loss_cfg, out.logits, teacher_view, labels)  # (B, T), float32
+            per_token = per_token_objective(loss_cfg, out.logits, teacher_view, labels)  # (B, T), float32
             resp = labels != IGNORE
             total = masked_sum(per_token, resp)
             if on_policy or num_items_in_batch is None:

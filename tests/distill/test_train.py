@@ -97,6 +97,30 @@ def test_on_policy_steps_run(pair, tmp_path):
     assert trainer.state.global_step == 3
 
 
+def test_on_policy_samples_keep_each_prompt(pair, tmp_path):
+    """Rows with prompts of different lengths are sampled in one left-padded batch; each keeps its own prompt."""
+    teacher, student = load_model(str(pair[0])), load_model(str(pair[1]))
+    records = [RECORDS[0], {"id": "long", "messages": [
+        {"role": "user", "content": "A much longer question about order NW-777, which left the depot on Monday "
+                                    "and has not arrived; what should I do next?"}],
+        "response": "Check the tracking page."}]
+    ex = encode(teacher[1], records, 160).examples
+    _, trainer = train(teacher, student, ex, tmp_path / "run", LossConfig("forward_kl"),
+                       TrainConfig(max_steps=1, batch_size=2, grad_accum=1, on_policy=1.0, on_policy_max_new_tokens=5,
+                                   warmup_steps=0, save_steps=100))
+    batch = collate(ex, trainer.pad_id)
+    sampled = trainer._student_samples(trainer.model, batch)
+    for row, e in enumerate(ex):
+        start = e["labels"].index(next(x for x in e["labels"] if x != IGNORE)) + 1  # prompt length
+        n = int(sampled["attention_mask"][row].sum())
+        got = sampled["input_ids"][row, :n].tolist()
+        assert got[:start] == e["input_ids"][:start]
+        assert 0 < n - start <= 5
+        labels = sampled["labels"][row, :n].tolist()
+        assert labels[: start - 1] == [IGNORE] * (start - 1)
+        assert labels[start - 1 : n - 1] == got[start:n]
+
+
 def test_vocab_mismatch_is_refused(pair, tmp_path):
     teacher = load_model(str(pair[0]))
     other_dir = tiny.build_model_dir(tmp_path / "o", layers=1)
