@@ -33,7 +33,7 @@ def _schemes_help() -> str:
               help="onnx int4/int8: weights per quantization block (default 32).")
 @click.option("--asymmetric", is_flag=True, help="onnx int4/int8 (rtn): with zero points (default symmetric).")
 @click.option("--accuracy-level", type=click.IntRange(0, 4), default=None,
-              help="onnx int4/int8: MatMulNBits compute precision (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8).")
+              help="onnx int4/int8: MatMulNBits compute precision (default 4: int8, fast; 0 unset, 1 fp32, 2 fp16, 3 bf16).")
 @click.option("--algorithm", type=click.Choice(["hqq", "rtn"]), default=None,
               help="onnx int4: fit the 4-bit blocks by HQQ (default) or round to nearest.")
 @click.option("--head-bits", type=click.Choice(["4", "8"]), default=None,

@@ -178,7 +178,24 @@ def weight_only(src: Path, dst: Path, *, bits: int, block_size: int, symmetric: 
                                      accuracy_level=accuracy_level, nodes_to_exclude=exclude, algo_config=cfg)
         q.process()
         model = q.model.model
+    if accuracy_level is not None:
+        set_accuracy_level(model, accuracy_level)  # HQQ's config does not carry it: set it on every node
     return _save(model, dst)
+
+
+def set_accuracy_level(model, level: int) -> int:
+    """Set the compute precision of every MatMulNBits node (4: int8 activations, onnxruntime's fast kernels on
+    x86-64 and arm64; 0: float, about 16x slower decode on an AVX2 machine, measured). Returns the node count."""
+    from onnx import helper
+
+    n = 0
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            keep = [a for a in node.attribute if a.name != "accuracy_level"]
+            del node.attribute[:]
+            node.attribute.extend([*keep, helper.make_attribute("accuracy_level", int(level))])
+            n += 1
+    return n
 
 
 def _weight_only(bits: int, default_block: int, default_head_bits: int, default_algorithm: str):
@@ -187,7 +204,8 @@ def _weight_only(bits: int, default_block: int, default_head_bits: int, default_
         _copy_side_files(src.parent, ctx.out_dir)
         o = ctx.options
         return weight_only(src, ctx.out_dir / MODEL_FILE, bits=bits, block_size=int(o.get("block_size") or default_block),
-                           symmetric=bool(o.get("symmetric", True)), accuracy_level=o.get("accuracy_level"),
+                           symmetric=bool(o.get("symmetric", True)),
+                           accuracy_level=DEFAULT_ACCURACY if o.get("accuracy_level") is None else o["accuracy_level"],
                            head_bits=int(o.get("head_bits") or default_head_bits),
                            algorithm=o.get("algorithm") or default_algorithm)
 
@@ -256,11 +274,14 @@ def _build_static(ctx: BuildContext) -> Path:
     return out
 
 
+# MatMulNBits computes with int8 activations (per block of the input) by default: float compute dequantizes the
+# weights on every call and decodes about 16x slower on an AVX2 CPU (benchmarks/results/runtime_speed.json).
+DEFAULT_ACCURACY = 4
 INT4_OPTIONS = ("block_size", "symmetric", "accuracy_level", "head_bits", "algorithm")
 
 register(Scheme("onnx", "fp32", "float32 graph with KV cache from optimum-onnx: reproduces the torch model",
                 _build_fp32, max_kl=1e-4, min_top1=0.995, exact=True, nominal_bits=32))
-register(Scheme("onnx", "int8", "weight-only int8 in blocks of 32 (MatMulNBits, 8-bit embedding), float activations",
+register(Scheme("onnx", "int8", "weight-only int8 in blocks of 32 (MatMulNBits, 8-bit embedding), int8 compute",
                 _weight_only(8, 32, 8, "rtn"), max_kl=0.03, min_top1=0.90, nominal_bits=9, options=INT4_OPTIONS))
 register(Scheme("onnx", "int4", "weight-only int4 in blocks of 32 (MatMulNBits; HQQ for the layers, round-to-nearest for embedding and lm_head)",
                 _weight_only(4, 32, 4, "hqq"), max_kl=0.6, min_top1=0.60, nominal_bits=5, options=INT4_OPTIONS))

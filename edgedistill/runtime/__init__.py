@@ -28,6 +28,7 @@ class GenerationConfig:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # keep going past end-of-turn (benchmarks that need exactly max_tokens tokens)
 
     def __post_init__(self) -> None:
         from edgedistill.errors import EdgeDistillError

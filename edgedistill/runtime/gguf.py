@@ -32,7 +32,7 @@ class GGUFModel(LoadedModel):
         sampling = ({"temp": 0.0, "top_k": 1} if cfg.temperature <= 0
                     else {"temp": cfg.temperature, "top_p": cfg.top_p, "top_k": 0})
         for n, tid in enumerate(self.llm.generate(prompt_ids, repeat_penalty=1.0, reset=True, **sampling)):
-            if tid == self.eos_id or n >= cfg.max_tokens:
+            if n >= cfg.max_tokens or (tid == self.eos_id and not cfg.ignore_eos):
                 return
             yield tid
 

@@ -76,7 +76,7 @@ class ONNXModel(LoadedModel):
             past = list(outs[1:])
             pos += n
             nxt = sample(logits)
-            if nxt == self.eos_id:
+            if nxt == self.eos_id and not cfg.ignore_eos:
                 return
             yield nxt
             ids = np.asarray([[nxt]], dtype=np.int64)

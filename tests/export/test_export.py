@@ -80,6 +80,18 @@ def test_registered_schemes_cover_the_issue():
         assert key in ALL_SCHEMES
 
 
+@pytest.mark.parametrize("key", ["onnx:int8", "onnx:int4"])
+def test_weight_only_onnx_computes_in_int8(exported, key):
+    """Every MatMulNBits node (HQQ-fitted ones too) carries accuracy_level 4: float compute decodes ~16x slower."""
+    import onnx
+
+    _, out, _ = exported
+    graph = onnx.load(str(out / key.replace(":", "-") / "model.onnx"), load_external_data=False).graph
+    levels = [next((onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == "accuracy_level"), None)
+              for n in graph.node if n.op_type == "MatMulNBits"]
+    assert levels and set(levels) == {4}
+
+
 def test_fp32_onnx_loads_in_optimum(exported):
     import torch
     from optimum.onnxruntime import ORTModelForCausalLM

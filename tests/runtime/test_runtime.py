@@ -132,3 +132,47 @@ def test_sampler():
     assert draws <= {1, 2} and len(draws) == 2  # top-p 0.9 keeps the two near-equal tokens only
     with pytest.raises(Exception):
         GenerationConfig(max_tokens=0)
+
+
+@pytest.mark.parametrize("fmt", ["gguf-f16", "onnx-fp32"])
+def test_timed_generation_yields_exactly_the_tokens_asked_for(bundles, fmt):
+    from edgedistill.runtime.measure import percentile, summarize, time_generation
+
+    _, out = bundles
+    with load(out / fmt) as m:
+        ids = m.encode(m.render_chat([{"role": "user", "content": "Hi"}]))
+        first = next(iter(m.generate_ids(ids, GenerationConfig(max_tokens=1))))
+        m.eos_id = first  # make the greedy first token the end-of-turn: generation stops at once unless ignored
+        assert list(m.generate_ids(ids, GenerationConfig(max_tokens=24))) == []
+        assert len(list(m.generate_ids(ids, GenerationConfig(max_tokens=24, ignore_eos=True)))) == 24
+        runs = [time_generation(m, ids, 10) for _ in range(3)]
+    assert all(r.new_tokens == 10 and len(r.token_latencies_s) == 9 for r in runs)
+    s = summarize(runs)
+    assert s["decode_tokens_per_s"] > 0 and s["ttft_s"] > 0 and s["prompt_tokens"] == len(ids)
+    assert s["token_latency_p50_s"] <= s["token_latency_p95_s"]
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5 and percentile([5.0], 95) == 5.0
+
+
+def test_support_desk_example_runs_without_torch(bundles):
+    """examples/support_desk.py answers in a fresh interpreter where importing torch or transformers fails."""
+    from tests.conftest import REPO
+
+    _, out = bundles
+    code = f"""
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "optimum"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, _Block())
+sys.argv = ["support_desk.py", {str(out / "onnx-fp32")!r}, "--ask", "Where is my order?", "--ask", "Thanks",
+            "--max-tokens", "6"]
+import runpy
+runpy.run_path({str(REPO / "examples" / "support_desk.py")!r}, run_name="__main__")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("> ") == 2 and "Where is my order?" in proc.stdout
+    bad = subprocess.run([sys.executable, str(REPO / "examples" / "support_desk.py"), str(out / "nothing")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr

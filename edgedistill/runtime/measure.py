@@ -1,0 +1,73 @@
+"""Timing of one generation through a loaded bundle: time to first token, prefill and decode speed, per-token
+latency. Runtime-only (numpy-free even), so the same measurement runs on a device that has only the runtime
+extra installed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from edgedistill.runtime import GenerationConfig, LoadedModel
+
+
+@dataclass(frozen=True)
+class GenerationTiming:
+    prompt_tokens: int
+    new_tokens: int
+    ttft_s: float  # prompt in, first new token out (prefill + first sample)
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float  # tokens after the first, over the time after the first
+    token_latencies_s: tuple[float, ...]  # gap before each token after the first
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["token_latencies_s"] = list(self.token_latencies_s)
+        return d
+
+
+def time_generation(model: LoadedModel, prompt_ids: Sequence[int], new_tokens: int) -> GenerationTiming:
+    """Greedy generation of exactly `new_tokens` tokens (end-of-turn ignored) after `prompt_ids`."""
+    if new_tokens < 2:
+        raise ValueError("new_tokens must be at least 2 to time decoding")
+    cfg = GenerationConfig(max_tokens=new_tokens, ignore_eos=True)
+    stamps = []
+    start = time.perf_counter()
+    for _ in model.generate_ids(list(prompt_ids), cfg):
+        stamps.append(time.perf_counter())
+    if len(stamps) < 2:
+        raise RuntimeError(f"the runtime produced {len(stamps)} tokens where {new_tokens} were asked for")
+    ttft = stamps[0] - start
+    gaps = tuple(b - a for a, b in zip(stamps, stamps[1:]))
+    return GenerationTiming(prompt_tokens=len(prompt_ids), new_tokens=len(stamps), ttft_s=ttft,
+                            prefill_tokens_per_s=len(prompt_ids) / ttft,
+                            decode_tokens_per_s=len(gaps) / (stamps[-1] - stamps[0]), token_latencies_s=gaps)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile, q in [0, 100]."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("no values")
+    pos = (len(xs) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize(runs: Sequence[GenerationTiming]) -> dict:
+    """Medians over repeats; per-token percentiles over every token of every repeat."""
+    gaps = [g for r in runs for g in r.token_latencies_s]
+    return {
+        "repeats": len(runs),
+        "prompt_tokens": runs[0].prompt_tokens,
+        "new_tokens": runs[0].new_tokens,
+        "ttft_s": statistics.median(r.ttft_s for r in runs),
+        "prefill_tokens_per_s": statistics.median(r.prefill_tokens_per_s for r in runs),
+        "decode_tokens_per_s": statistics.median(r.decode_tokens_per_s for r in runs),
+        "token_latency_p50_s": percentile(gaps, 50),
+        "token_latency_p95_s": percentile(gaps, 95),
+        "decode_tokens_per_s_all": [r.decode_tokens_per_s for r in runs],
+    }
