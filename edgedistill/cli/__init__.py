@@ -72,12 +72,13 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 def _register() -> None:
     from edgedistill.cli.data import data, eval_cmd, generate_cmd
     from edgedistill.cli.distill import cache_logits_cmd, distill_cmd, prune_cmd
+    from edgedistill.cli.bench import bench_cmd
     from edgedistill.cli.export import export_cmd
     from edgedistill.cli.models import models
     from edgedistill.cli.targets import targets
 
     for command in (models, generate_cmd, data, eval_cmd, prune_cmd, cache_logits_cmd, distill_cmd, export_cmd,
-                    targets):
+                    targets, bench_cmd):
         cli.add_command(command)
 
 

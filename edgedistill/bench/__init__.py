@@ -1,0 +1,424 @@
+"""bench: every bundle through its real runtime, in its own process, under a device profile's limits.
+
+For each bundle: a speed process (load time, peak RSS, time to first token, prefill and decode tokens/s,
+per-token p50/p95), killed if its resident memory goes over the profile's budget; then a quality process
+(logits on held-out chunks, compared here with the teacher's; greedy answers to graded eval items). Budgets are
+checked with their margins, and `choose` picks the best-quality variant that meets every one.
+
+Runtime-only: numpy, tokenizers, onnxruntime / llama-cpp-python, psutil (matplotlib for the charts if present).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgedistill.errors import EdgeDistillError
+from edgedistill.targets import Target, as_dict
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+OVER_MEMORY = "over memory budget"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    repeats: int = 3  # timed generations per variant (after one warm-up); medians reported
+    new_tokens: int = 64  # tokens generated per timed run
+    prompt_tokens: int = 128  # the profile's time-to-first-token budget is for a 128-token prompt
+    chunks: int = 4  # held-out chunks for KL / top-1 / perplexity
+    chunk_len: int = 256
+    eval_every: int = 6  # graded eval on every n-th item (0: none)
+    threads: int | None = None  # default: the profile's threads, at most this machine's cores
+    bandwidth: float | None = None  # bytes/s for the roofline; default: the profile's
+    data_dir: Path | None = None
+    timeout_s: float = 3600.0  # per worker process
+    poll_s: float = 0.01  # memory watch interval
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.repeats < 1:
+            problems.append(f"repeats={self.repeats} must be at least 1")
+        if self.new_tokens < 8:
+            problems.append(f"new_tokens={self.new_tokens} must be at least 8")
+        if self.prompt_tokens < 1 or self.chunks < 1 or self.chunk_len < 16:
+            problems.append("prompt_tokens, chunks must be >= 1 and chunk_len >= 16")
+        if self.eval_every < 0:
+            problems.append(f"eval_every={self.eval_every} must be 0 (off) or more")
+        if problems:
+            raise EdgeDistillError("; ".join(problems))
+
+
+# --- one bundle in one process ---------------------------------------------------------------------------------
+
+def run_worker(job: dict, work: Path, memory_budget: int | None, timeout_s: float, poll_s: float = 0.01) -> dict:
+    """Run edgedistill.bench.worker on `job` in a child process; kill it if its RSS goes over memory_budget.
+
+    Returns {"status": "ok" | OVER_MEMORY | "failed" | "timed out", "result": {...}, "polled_peak_rss_bytes",
+    "message"}."""
+    import psutil
+
+    work.mkdir(parents=True, exist_ok=True)
+    name = f"{job['phase']}-{abs(hash(job['bundle'])) % 10**8}"
+    job = {**job, "out": str(work / f"{name}.json")}
+    (work / f"{name}.job.json").write_text(json.dumps(job))
+    stderr = open(work / f"{name}.log", "w")
+    env = {**os.environ, "OMP_NUM_THREADS": str(job.get("threads") or 1)}
+    proc = subprocess.Popen([sys.executable, "-m", "edgedistill.bench.worker", str(work / f"{name}.job.json")],
+                            stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    ps = psutil.Process(proc.pid)
+    peak, status, start = 0, None, time.monotonic()
+    while proc.poll() is None:
+        try:
+            rss = ps.memory_info().rss
+        except psutil.Error:
+            break
+        peak = max(peak, rss)
+        if memory_budget is not None and rss > memory_budget:
+            proc.kill()
+            status = OVER_MEMORY
+            break
+        if time.monotonic() - start > timeout_s:
+            proc.kill()
+            status = "timed out"
+            break
+        time.sleep(poll_s)
+    proc.wait()
+    stderr.close()
+    out = Path(job["out"])
+    if status is None:
+        status = "ok" if proc.returncode == 0 and out.exists() else "failed"
+    result = json.loads(out.read_text()) if status == "ok" else {}
+    message = ""
+    if status == "failed":
+        lines = [ln for ln in (work / f"{name}.log").read_text(errors="replace").splitlines() if ln.strip()]
+        message = lines[-1] if lines else f"exit code {proc.returncode}"
+    elif status == OVER_MEMORY:
+        message = f"resident memory reached {peak / 1e6:.0f} MB, over the {memory_budget / 1e6:.0f} MB budget"
+    return {"status": status, "result": result, "polled_peak_rss_bytes": peak, "message": message}
+
+
+# --- budgets, selection, Pareto front --------------------------------------------------------------------------
+
+def _check(value, limit, higher_is_better: bool) -> dict:
+    if value is None:
+        return {"value": None, "limit": limit, "pass": False, "margin": None, "note": "not measured"}
+    ok = value >= limit if higher_is_better else value <= limit
+    margin = (value - limit) if higher_is_better else (limit - value)
+    return {"value": value, "limit": limit, "pass": bool(ok), "margin": margin,
+            "margin_share": margin / limit if limit else None}
+
+
+def check_budgets(row: dict, target: Target, graded_eval: bool = True) -> dict:
+    """Pass/fail of every budget of the profile, with the margin (positive: inside the budget). Without a graded
+    eval (graded_eval False) the eval-share floor is left out rather than passed or failed."""
+    q, lat = target.quality_floor, target.latency
+    sp, qu = row.get("speed") or {}, row.get("quality") or {}
+    checks = {
+        "memory": _check(sp.get("peak_rss_bytes"), target.memory_budget_bytes, False),
+        "time_to_first_token": _check(sp.get("ttft_s"), lat.time_to_first_token_s, False),
+        "decode_tokens_per_s": _check(sp.get("decode_tokens_per_s"), lat.min_decode_tokens_per_s, True),
+        "mean_kl": _check(qu.get("mean_kl"), q.max_mean_kl, False),
+        "top1_agreement": _check(qu.get("top1_agreement"), q.min_top1_agreement, True),
+    }
+    if graded_eval:
+        checks["eval_share"] = _check(qu.get("eval_share"), q.min_eval_share, True)
+    return checks
+
+
+def choose(rows: list[dict]) -> dict | None:
+    """The allowed, non-reference variant with the best quality (top-1 agreement, then lower KL, then faster
+    decode) among those that pass every budget; None when none does."""
+    ok = [r for r in rows if r["allowed"] and not r["reference"] and r["budgets"]
+          and all(c["pass"] for c in r["budgets"].values())]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: (r["quality"]["top1_agreement"], -r["quality"]["mean_kl"],
+                                  r["speed"]["decode_tokens_per_s"]))
+
+
+def pareto(points: list[tuple[str, float, float]]) -> set[str]:
+    """Names of the points not dominated when both coordinates are to be maximised."""
+    front = set()
+    for name, x, y in points:
+        if not any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for _, x2, y2 in points):
+            front.add(name)
+    return front
+
+
+# --- the whole bench -------------------------------------------------------------------------------------------
+
+def _bundle_info(path: Path) -> dict:
+    from edgedistill.runtime.bundle import open_bundle
+
+    m = open_bundle(path, verify=True)
+    return {"bundle": str(path), "key": f"{m['format']}:{m['scheme']}", "format": m["format"], "scheme": m["scheme"],
+            "model_bytes": m["model_bytes"], "parameters": m.get("parameters"),
+            "bits_per_weight": m.get("bits_per_weight"), "source": (m.get("source") or {}).get("name"),
+            "tokenizer_sha256": (m["files"].get("tokenizer.json") or {}).get("sha256")}
+
+
+def _label(info: dict, names: dict) -> str:
+    base = f"{info['source']}/{info['key']}"
+    names[base] = names.get(base, 0) + 1
+    return base if names[base] == 1 else f"{base}#{names[base]}"
+
+
+class _Tok:
+    """The bundle's tokenizer, called the way validate.held_out_chunks calls a Hugging Face tokenizer."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        self.t = Tokenizer.from_file(str(path / "tokenizer.json"))
+
+    def __call__(self, text, add_special_tokens=False, verbose=False):
+        return {"input_ids": self.t.encode(text, add_special_tokens=add_special_tokens).ids}
+
+
+def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSettings = BenchSettings(),
+          teacher: Path | None = None, progress=None) -> dict:
+    """Measure every bundle under `target`; write bench.json, bench.md and charts to out_dir; return the report."""
+    from edgedistill.data import default_data_dir
+    from edgedistill.data.evaluate import REASONING_TOKENS, SHORT_ANSWER_TOKENS, find_eval_sets, load_eval_items
+    from edgedistill.data.evaluate import wants_reasoning
+    from edgedistill.export.validate import compare, held_out_chunks
+    from edgedistill.runinfo import run_record
+
+    if not bundles:
+        raise EdgeDistillError("no bundles given: pass one or more folders made by `edgedistill export`")
+    infos = [_bundle_info(Path(b)) for b in bundles]
+    ref_info = _bundle_info(Path(teacher)) if teacher else None
+    every = infos + ([ref_info] if ref_info else [])
+    if len({i["tokenizer_sha256"] for i in every}) > 1:
+        raise EdgeDistillError("the bundles do not share one tokenizer; bench compares variants of one teacher's family")
+    threads = settings.threads or min(target.threads, os.cpu_count() or 1)
+    bandwidth = settings.bandwidth or target.memory_bandwidth_bytes_per_s
+    data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
+    tok = _Tok(Path(every[0]["bundle"]))
+    prompt = held_out_chunks(tok, 1, settings.prompt_tokens, data_dir)[0]
+    chunks = held_out_chunks(tok, settings.chunks, settings.chunk_len, data_dir)
+    items = []
+    if settings.eval_every:
+        for it in load_eval_items(find_eval_sets(data_dir))[:: settings.eval_every]:
+            items.append({"item": {**asdict(it), "choices": list(it.choices)},
+                          "max_tokens": REASONING_TOKENS if wants_reasoning(it) else SHORT_ANSWER_TOKENS})
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgeDistillError(f"--out {out_dir} is a file; give a folder for the report")
+    work = Path(tempfile.mkdtemp(prefix="edgedistill-bench-"))
+    n_ctx = max(settings.prompt_tokens + settings.new_tokens + 8, settings.chunk_len, min(target.context_length, 2048))
+    base = {"threads": threads, "n_ctx": n_ctx}
+    names: dict = {}
+    order = ([(ref_info, True)] if ref_info else []) + [(i, False) for i in infos]
+    task = progress.add_task("bench", total=len(order)) if progress else None
+    rows: list[dict] = []
+    try:
+        for info, is_ref in order:
+            label = _label(info, names) + (" (reference)" if is_ref else "")
+            if progress:
+                progress.update(task, description=f"bench {label}")
+            log.info("%s: speed under a %.0f MB budget", label, target.memory_budget_bytes / 1e6)
+            row = {"name": label, **{k: v for k, v in info.items() if k != "tokenizer_sha256"}, "reference": is_ref,
+                   "allowed": info["key"] in target.formats}
+            sp = run_worker({**base, "phase": "speed", "bundle": info["bundle"], "prompt_ids": prompt,
+                             "new_tokens": settings.new_tokens, "repeats": settings.repeats},
+                            work, target.memory_budget_bytes if not is_ref else None, settings.timeout_s,
+                            settings.poll_s)
+            row["status"], row["message"] = sp["status"], sp["message"]
+            if sp["status"] == "ok":
+                s = sp["result"]
+                s["peak_rss_bytes"] = max(s["peak_rss_bytes"], sp["polled_peak_rss_bytes"])
+                s.pop("decode_tokens_per_s_all", None)
+                roof = bandwidth / info["model_bytes"]
+                row["speed"] = {**s, "roofline_tokens_per_s": roof, "roofline_share": s["decode_tokens_per_s"] / roof}
+            else:
+                row["speed"] = None
+                if sp["status"] == OVER_MEMORY:
+                    row["speed"] = {"peak_rss_bytes": sp["polled_peak_rss_bytes"]}
+            fast_enough = (row["speed"] or {}).get("decode_tokens_per_s", 0) >= target.latency.min_decode_tokens_per_s
+            qjob = {**base, "phase": "quality", "bundle": info["bundle"], "chunks": chunks,
+                    "logits_dir": str(work / f"logits-{len(rows)}"),
+                    "eval_items": items if (is_ref or (sp["status"] == "ok" and fast_enough)) else []}
+            qu = run_worker(qjob, work, None, settings.timeout_s, settings.poll_s) if sp["status"] == "ok" else None
+            row["quality"] = _quality(qu, row, rows, chunks, compare, items)
+            rows.append(row)
+            if progress:
+                progress.advance(task)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ref = next((r for r in rows if r["reference"]), None)
+    for r in rows:
+        q = r["quality"]
+        ref_score = (ref["quality"] or {}).get("eval_score") if ref else None
+        if q and ref_score is not None and q.get("eval_score") is not None:
+            # a reference that scores 0 is matched by any score: the share is 1, said so in the report
+            q["eval_share"] = q["eval_score"] / ref_score if ref_score > 0 else 1.0
+            if ref_score == 0:
+                q["eval_note"] = "the reference scored 0 on the graded items: eval share set to 1"
+        r["budgets"] = check_budgets(r, target, graded_eval=bool(items) and ref is not None) if not r["reference"] else {}
+        r["meets_all_budgets"] = bool(r["budgets"]) and all(c["pass"] for c in r["budgets"].values())
+    chosen = choose(rows)
+    report = {"schema_version": SCHEMA_VERSION, "benchmark": "edgedistill bench", **run_record(),
+              "target": as_dict(target), "threads": threads, "machine_cores": os.cpu_count(),
+              "bandwidth_bytes_per_s": bandwidth, "settings": {k: str(v) if isinstance(v, Path) else v
+                                                                for k, v in asdict(settings).items()},
+              "quality_reference": ref["name"] if ref else None, "eval_items": len(items),
+              "budgets_left_out": [] if items and ref else ["eval_share (needs --teacher and a graded eval)"],
+              "variants": rows, "chosen": chosen["name"] if chosen else None}
+    write_report(report, out_dir)
+    return report
+
+
+def _quality(qu: dict | None, row: dict, done: list[dict], chunks, compare, items) -> dict | None:
+    """KL / top-1 / perplexity against the reference row's logits (the first row when --teacher was given)."""
+    import numpy as np
+
+    if qu is None or qu["status"] != "ok":
+        return None
+    res = qu["result"]
+    logits_dir = Path(res["logits_dir"])
+    out: dict = {}
+    ref_dir = done[0]["_logits"] if done and done[0]["reference"] else None
+    if row["reference"]:
+        row["_logits"] = logits_dir
+    elif ref_dir is not None:
+        m = compare((np.load(ref_dir / f"chunk{i}.npy") for i in range(len(chunks))),
+                    (np.load(logits_dir / f"chunk{i}.npy") for i in range(len(chunks))), chunks)
+        out.update(mean_kl=m.mean_kl, top1_agreement=m.top1_agreement, ppl=m.ppl, ppl_ratio=m.ppl_ratio,
+                   positions=m.positions, against="reference")
+    if not row["reference"] and ref_dir is None:  # no teacher given: the export-time metrics, vs the bundle's source
+        from edgedistill.runtime.bundle import open_bundle
+
+        v = open_bundle(row["bundle"], verify=False).get("validation") or {}
+        out.update(mean_kl=v.get("mean_kl"), top1_agreement=v.get("top1_agreement"), ppl_ratio=v.get("ppl_ratio"),
+                   against="source model (export-time validation)")
+    if row["reference"]:
+        ppl = compare((np.load(logits_dir / f"chunk{i}.npy") for i in range(len(chunks))),
+                      (np.load(logits_dir / f"chunk{i}.npy") for i in range(len(chunks))), chunks).ppl
+        out.update(mean_kl=0.0, top1_agreement=1.0, ppl=ppl, ppl_ratio=1.0, against="itself")
+    if res["eval"]:
+        by: dict = {}
+        for a in res["eval"]:
+            by.setdefault(a["domain"], []).append(a["correct"])
+        out["eval_score"] = sum(a["correct"] for a in res["eval"]) / len(res["eval"])
+        out["eval_by_domain"] = {d: sum(v) / len(v) for d, v in sorted(by.items())}
+        out["eval_items"] = len(res["eval"])
+    elif items:
+        out["eval_note"] = "skipped: below the profile's decode speed"
+    return out
+
+
+# --- reports ---------------------------------------------------------------------------------------------------
+
+def write_report(report: dict, out_dir: Path) -> None:
+    """bench.json, bench.md and (with matplotlib) two charts, written to a temp folder and moved into place."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for r in report["variants"]:
+        r.pop("_logits", None)
+    files = {"bench.json": json.dumps(report, indent=2, default=str) + "\n", "bench.md": markdown(report)}
+    for name, text in files.items():
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out_dir / name)
+    try:
+        charts(report, out_dir)
+    except ImportError:
+        log.warning("matplotlib is not installed: bench.json and bench.md written, no charts")
+
+
+def _fmt(v, spec: str, scale: float = 1.0) -> str:
+    return "—" if v is None else format(v * scale, spec)
+
+
+def markdown(report: dict) -> str:
+    t = report["target"]
+    lines = [f"# bench: {t['name']}", "",
+             f"{t['description']}. Measured with {report['threads']} threads on {report['machine']['cpu']} "
+             f"({report['machine_cores']} cores); roofline at {report['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; "
+             f"quality against {report['quality_reference'] or 'each bundle’s source model (export time)'}; "
+             f"{report['settings']['repeats']} repeats of {report['settings']['new_tokens']} tokens after a "
+             f"{report['settings']['prompt_tokens']}-token prompt, medians.", "",
+             "| variant | status | file MB | peak RSS MB | load s | TTFT ms | prefill tok/s | decode tok/s | "
+             "p50 / p95 ms | roofline | mean KL | top-1 | ppl × | eval | budgets |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+    for r in report["variants"]:
+        s, q = r["speed"] or {}, r["quality"] or {}
+        failed = [k for k, c in r["budgets"].items() if not c["pass"]]
+        verdict = ("reference" if r["reference"] else "not in profile" if not r["allowed"]
+                   else "all met" if not failed else "misses " + ", ".join(failed))
+        if r["name"] == report["chosen"]:
+            verdict = "**chosen** — " + verdict
+        lines.append(
+            f"| {r['name']} | {r['status']} | {r['model_bytes'] / 1e6:.1f} | {_fmt(s.get('peak_rss_bytes'), '.0f', 1e-6)} | "
+            f"{_fmt(s.get('load_s'), '.2f')} | {_fmt(s.get('ttft_s'), '.0f', 1000)} | "
+            f"{_fmt(s.get('prefill_tokens_per_s'), '.0f')} | {_fmt(s.get('decode_tokens_per_s'), '.1f')} | "
+            f"{_fmt(s.get('token_latency_p50_s'), '.1f', 1000)} / {_fmt(s.get('token_latency_p95_s'), '.1f', 1000)} | "
+            f"{_fmt(s.get('roofline_share'), '.0%')} | {_fmt(q.get('mean_kl'), '.3f')} | "
+            f"{_fmt(q.get('top1_agreement'), '.1%')} | {_fmt(q.get('ppl_ratio'), '.3f')} | "
+            f"{_fmt(q.get('eval_score'), '.1%')} | {verdict} |")
+    lines += ["", "Budgets (margin: how far inside the budget; negative: missed by that much):", ""]
+    for r in report["variants"]:
+        if not r["budgets"]:
+            continue
+        parts = []
+        for k, c in r["budgets"].items():
+            if c["value"] is None:
+                parts.append(f"{k} not measured")
+            else:
+                parts.append(f"{k} {'ok' if c['pass'] else 'FAIL'} ({_fmt(c.get('margin_share'), '+.0%')})")
+        lines.append(f"- {r['name']}: " + "; ".join(parts) + (f" — {r['message']}" if r["message"] else ""))
+    lines += ["", f"Chosen: {report['chosen'] or 'none — no variant meets every budget'}", ""]
+    return "\n".join(lines)
+
+
+def charts(report: dict, out_dir: Path) -> list[Path]:
+    """quality_vs_speed.png and quality_vs_memory.png: one point per variant, Pareto front marked, budgets drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = report["target"]
+    pts = [r for r in report["variants"] if (r["speed"] or {}).get("decode_tokens_per_s") and (r["quality"] or {})
+           .get("top1_agreement") is not None]
+    written = []
+    specs = [("quality_vs_speed.png", "decode tokens/s", lambda r: r["speed"]["decode_tokens_per_s"], 1,
+              t["latency"]["min_decode_tokens_per_s"]),
+             ("quality_vs_memory.png", "peak RSS (MB)", lambda r: r["speed"]["peak_rss_bytes"] / 1e6, -1,
+              t["memory_budget_bytes"] / 1e6)]
+    for fname, xlabel, xof, sign, budget in specs:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        front = pareto([(r["name"], sign * xof(r), r["quality"]["top1_agreement"]) for r in pts])
+        for r in pts:
+            on = r["name"] in front
+            ax.scatter(xof(r), 100 * r["quality"]["top1_agreement"], s=60 if on else 30,
+                       marker="*" if r["name"] == report["chosen"] else "o",
+                       color="tab:red" if on else "tab:gray", zorder=3)
+            ax.annotate(r["name"], (xof(r), 100 * r["quality"]["top1_agreement"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+        line = sorted((xof(r), 100 * r["quality"]["top1_agreement"]) for r in pts if r["name"] in front)
+        if len(line) > 1:
+            ax.plot(*zip(*line), color="tab:red", lw=1, label="Pareto front")
+        ax.axvline(budget, color="tab:blue", ls="--", lw=1, label="budget")
+        ax.axhline(100 * t["quality_floor"]["min_top1_agreement"], color="tab:green", ls=":", lw=1,
+                   label="quality floor (top-1)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("top-1 agreement with the reference (%)")
+        ax.set_title(f"{t['name']}: {fname[:-4].replace('_', ' ')}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / fname
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

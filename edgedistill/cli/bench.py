@@ -1,0 +1,72 @@
+"""edgedistill bench BUNDLE... --target NAME"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def expand_bundles(paths) -> list[Path]:
+    """A bundle folder, or a folder of bundles (what `edgedistill export --out` writes)."""
+    from edgedistill.errors import EdgeDistillError
+
+    out = []
+    for p in map(Path, paths):
+        if (p / "manifest.json").is_file():
+            out.append(p)
+        elif p.is_dir() and (found := sorted(d for d in p.iterdir() if (d / "manifest.json").is_file())):
+            out.extend(found)
+        else:
+            raise EdgeDistillError(f"{p}: no bundle here (no manifest.json in it or in its sub-folders); "
+                                   "make one with `edgedistill export`")
+    return out
+
+
+@click.command("bench")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path())
+@click.option("--target", "target_name", required=True, help="Device profile: a shipped name or a .yaml file.")
+@click.option("--teacher", type=click.Path(), default=None,
+              help="Reference bundle for quality (an exact export of the teacher: gguf:f16 or onnx:fp32).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-report"), show_default=True,
+              help="Folder for bench.json, bench.md and the charts.")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True, help="Timed runs per variant.")
+@click.option("--new-tokens", type=click.IntRange(8), default=64, show_default=True, help="Tokens per timed run.")
+@click.option("--chunks", type=click.IntRange(1, 64), default=4, show_default=True, help="Held-out chunks for KL.")
+@click.option("--chunk-len", type=click.IntRange(16, 4096), default=256, show_default=True)
+@click.option("--eval-every", type=click.IntRange(0), default=6, show_default=True,
+              help="Graded eval on every n-th item (0: no graded eval).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Threads (default: the profile's, at most this machine's cores).")
+@click.option("--bandwidth", default=None, help="Memory bandwidth of this machine for the roofline (e.g. 15GB/s; "
+                                                "default: the profile's).")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="calibration_data folder (held-out texts and eval sets).")
+def bench_cmd(bundles, target_name, teacher, out, repeats, new_tokens, chunks, chunk_len, eval_every, threads,
+              bandwidth, data_dir) -> None:
+    """Measure bundles in their real runtimes under a device profile's limits, one process each.
+
+    Reports load time, peak RSS (a variant over the memory budget is stopped), time to first token, prefill and
+    decode tokens/s, per-token p50/p95, roofline share, and quality against --teacher; checks every budget and
+    names the best variant that meets them all. Needs only `pip install 'edgedistill[runtime]'`.
+    """
+    from edgedistill.bench import BenchSettings, bench
+    from edgedistill.cli.progress import byte_progress
+    from edgedistill.targets import load_target, parse_bandwidth
+
+    target = load_target(target_name)
+    settings = BenchSettings(repeats=repeats, new_tokens=new_tokens, chunks=chunks, chunk_len=chunk_len,
+                             eval_every=eval_every, threads=threads,
+                             bandwidth=parse_bandwidth(bandwidth, "--bandwidth") if bandwidth else None,
+                             data_dir=data_dir)
+    paths = expand_bundles(bundles)
+    if teacher:
+        teacher = expand_bundles([teacher])[0]
+        paths = [p for p in paths if p.resolve() != Path(teacher).resolve()]
+    with byte_progress() as progress:
+        report = bench(paths, target, out, settings, teacher=teacher, progress=progress)
+    click.echo((out / "bench.md").read_text())
+    click.echo(f"report: {out}/bench.json, bench.md" + (", quality_vs_speed.png, quality_vs_memory.png"
+                                                        if (out / "quality_vs_speed.png").exists() else ""))
+    if report["chosen"] is None:
+        raise SystemExit(1)
