@@ -137,7 +137,7 @@ def check_budgets(row: dict, target: Target, graded_eval: bool = True) -> dict:
 def choose(rows: list[dict]) -> dict | None:
     """The allowed, non-reference variant with the best quality (top-1 agreement, then lower KL, then faster
     decode) among those that pass every budget; None when none does."""
-    ok = [r for r in rows if r["allowed"] and not r["reference"] and r["budgets"]
+    ok = [r for r in rows if r["allowed"] and not r["reference"] and not r.get("comparison") and r["budgets"]
           and all(c["pass"] for c in r["budgets"].values())]
     if not ok:
         return None
@@ -185,8 +185,11 @@ class _Tok:
 
 
 def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSettings = BenchSettings(),
-          teacher: Path | None = None, progress=None) -> dict:
-    """Measure every bundle under `target`; write bench.json, bench.md and charts to out_dir; return the report."""
+          teacher: Path | None = None, comparison: list[Path] = (), progress=None) -> dict:
+    """Measure every bundle under `target`; write bench.json, bench.md and charts to out_dir; return the report.
+
+    teacher: the quality reference (measured without a memory cap). comparison: bundles measured like the others
+    but never chosen (e.g. the teacher's own quantized file, to compare the chosen student against)."""
     from edgedistill.data import default_data_dir
     from edgedistill.data.evaluate import REASONING_TOKENS, SHORT_ANSWER_TOKENS, find_eval_sets, load_eval_items
     from edgedistill.data.evaluate import wants_reasoning
@@ -196,8 +199,9 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     if not bundles:
         raise EdgeDistillError("no bundles given: pass one or more folders made by `edgedistill export`")
     infos = [_bundle_info(Path(b)) for b in bundles]
+    comps = [_bundle_info(Path(b)) for b in comparison]
     ref_info = _bundle_info(Path(teacher)) if teacher else None
-    every = infos + ([ref_info] if ref_info else [])
+    every = infos + comps + ([ref_info] if ref_info else [])
     if len({i["tokenizer_sha256"] for i in every}) > 1:
         raise EdgeDistillError("the bundles do not share one tokenizer; bench compares variants of one teacher's family")
     threads = settings.threads or min(target.threads, os.cpu_count() or 1)
@@ -218,17 +222,19 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     n_ctx = max(settings.prompt_tokens + settings.new_tokens + 8, settings.chunk_len, min(target.context_length, 2048))
     base = {"threads": threads, "n_ctx": n_ctx}
     names: dict = {}
-    order = ([(ref_info, True)] if ref_info else []) + [(i, False) for i in infos]
+    order = ([(ref_info, "reference")] if ref_info else []) + [(i, "comparison") for i in comps] + [
+        (i, "candidate") for i in infos]
     task = progress.add_task("bench", total=len(order)) if progress else None
     rows: list[dict] = []
     try:
-        for info, is_ref in order:
-            label = _label(info, names) + (" (reference)" if is_ref else "")
+        for info, role in order:
+            is_ref = role == "reference"
+            label = _label(info, names) + ("" if role == "candidate" else f" ({role})")
             if progress:
                 progress.update(task, description=f"bench {label}")
             log.info("%s: speed under a %.0f MB budget", label, target.memory_budget_bytes / 1e6)
             row = {"name": label, **{k: v for k, v in info.items() if k != "tokenizer_sha256"}, "reference": is_ref,
-                   "allowed": info["key"] in target.formats}
+                   "comparison": role == "comparison", "allowed": info["key"] in target.formats}
             sp = run_worker({**base, "phase": "speed", "bundle": info["bundle"], "prompt_ids": prompt,
                              "new_tokens": settings.new_tokens, "repeats": settings.repeats},
                             work, target.memory_budget_bytes if not is_ref else None, settings.timeout_s,
@@ -356,6 +362,8 @@ def markdown(report: dict) -> str:
         failed = [k for k, c in r["budgets"].items() if not c["pass"]]
         verdict = ("reference" if r["reference"] else "not in profile" if not r["allowed"]
                    else "all met" if not failed else "misses " + ", ".join(failed))
+        if r.get("comparison"):
+            verdict = "comparison (not a candidate): " + verdict
         if r["name"] == report["chosen"]:
             verdict = "**chosen** — " + verdict
         lines.append(

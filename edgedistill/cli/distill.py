@@ -106,9 +106,7 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
     """Train STUDENT to imitate TEACHER on teacher generations (sequence-level + logit distillation)."""
     import json
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from edgedistill.cli.progress import stderr
+    from edgedistill.cli.progress import training_progress
     from edgedistill.distill.dataset import encode, load_generations
     from edgedistill.distill.losses import LossConfig
     from edgedistill.distill.train import TrainConfig, agreement_with_teacher, train
@@ -140,9 +138,7 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
         cache = lc.load(logit_cache, train_set, model_fingerprint(ref.path) if ref.kind != "hub" else None)
     click.echo(f"{len(train_set.examples)} training sequences, {train_set.response_tokens} response tokens"
                + (f", {train_set.truncated} truncated to {max_length} tokens" if train_set.truncated else ""), err=True)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-                        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
-                        TimeRemainingColumn(), console=stderr)
+    progress = training_progress()
     with progress:
         model, trainer = train(t_pair, s_pair, train_set.examples, out, loss_cfg, cfg, resume=resume,
                                progress=progress, cache=cache)

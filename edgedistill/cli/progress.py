@@ -29,3 +29,12 @@ def byte_progress() -> Progress:
         TimeElapsedColumn(),
         console=stderr,
     )
+
+
+def training_progress() -> Progress:
+    """Step bar with loss, tokens/s and ETA; train() adds a task with fields loss and tps."""
+    from rich.progress import TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
+                    TimeRemainingColumn(), console=stderr)

@@ -8,10 +8,13 @@ K-quants work on rows in super-blocks of 256 values; a tensor whose rows are not
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError
@@ -50,9 +53,34 @@ def llama_quantize(src: Path, dst: Path, ftype_name: str, threads: int | None = 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype_name}")
     params.nthread = threads or os.cpu_count() or 1
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    with _captured_stderr() as captured:  # its per-tensor log: shown with --verbose, not on every export
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    text = "".join(captured)
+    log.debug("llama.cpp quantizer (%s):\n%s", ftype_name, text)
     if rc != 0 or not dst.exists():
-        raise EdgeDistillError(f"llama.cpp's quantizer failed ({ftype_name}, return code {rc}) on {src.name}")
+        tail = " | ".join(ln.strip() for ln in text.splitlines()[-3:] if ln.strip())
+        raise EdgeDistillError(f"llama.cpp's quantizer failed ({ftype_name}, return code {rc}) on {src.name}"
+                               + (f": {tail}" if tail else ""))
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Send both C-level (fd 2) and Python-level stderr to a temp file for the duration; yields a list that holds
+    the captured text afterwards."""
+    captured: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+", errors="replace") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            with contextlib.redirect_stderr(f):
+                yield captured
+        finally:
+            f.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            f.seek(0)
+            captured.append(f.read())
 
 
 def _quantized(ftype_name: str):

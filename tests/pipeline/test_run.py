@@ -1,0 +1,59 @@
+"""run: the whole trip on a tiny teacher under a test profile; stages reused when their inputs are unchanged."""
+
+from __future__ import annotations
+
+import json
+
+from edgedistill.pipeline import RunSettings, run_pipeline
+from edgedistill.runtime import load
+from tests import tiny
+
+PROFILE = """\
+name: tinybox
+description: test box
+cpu_arch: x86_64
+threads: 2
+memory_budget: 2GB
+memory_bandwidth: 10GB/s
+context_length: 1024
+network: false
+formats: [gguf:q8_0, onnx:int8]
+latency:
+  time_to_first_token: 30s
+  min_decode_tokens_per_s: 0.5
+quality_floor:
+  max_mean_kl: 50
+  min_top1_agreement: 0.0
+  min_eval_share: 0.0
+"""
+
+
+def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
+    teacher = tiny.build_model_dir(tmp_path / "teacher", init_std=0.15, layers=3)
+    profile = tmp_path / "tinybox.yaml"
+    profile.write_text(PROFILE)
+    settings = RunSettings(teacher=str(teacher), train_prompts=2, val_prompts=1, max_new_tokens=16, layers=2,
+                           hw_friendly=False, steps=2, batch_size=2, grad_accum=1, bench_repeats=1,
+                           bench_new_tokens=8, eval_every=60, comparison="gguf:q8_0")
+    out = tmp_path / "run"
+    first = run_pipeline(str(profile), out, settings, echo=lambda m: None)
+    assert first["chosen"] is not None
+    assert all(not s["reused"] for s in first["stages"].values())
+    assert list(first["stages"]) == ["generate", "prune", "distill", "export", "bench"]
+    with load(first["chosen"]["bundle"]) as m:  # the final bundle is a complete, loadable bundle
+        assert isinstance(m.generate("Hello", max_tokens=3), str)
+    report = json.loads((out / "bench" / "bench.json").read_text())
+    roles = [(r["reference"], r["comparison"]) for r in report["variants"]]
+    assert roles[0] == (True, False) and roles[1] == (False, True)  # teacher f16 reference, teacher comparison
+    assert {r["key"] for r in report["variants"][2:]} == {"gguf:q8_0", "onnx:int8"}
+    assert first["versus_teacher"]["decode_speedup"] > 0
+    assert json.loads((out / "run.json").read_text())["chosen"] == first["chosen"]
+
+    again = run_pipeline(str(profile), out, settings, echo=lambda m: None)
+    assert all(s["reused"] for s in again["stages"].values())
+    assert again["chosen"]["name"] == first["chosen"]["name"]
+
+    changed = run_pipeline(str(profile), out, RunSettings(**{**settings.__dict__, "steps": 3}), echo=lambda m: None)
+    reused = {k: s["reused"] for k, s in changed["stages"].items()}
+    assert reused == {"generate": True, "prune": True, "distill": False, "export": False, "bench": False}
+    assert changed["student"]["steps"] == 3
