@@ -13,7 +13,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF \
 	-DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test install clean-venv example
 
 install: $(STAMP)
 
@@ -57,6 +57,27 @@ demo: $(STAMP)
 	@echo "== 3. the offline support-desk example app on the student's 8-bit GGUF bundle (runtime only: no torch)"
 	$(BIN)/python examples/support_desk.py $(DEMO)/laptop/export/student/gguf-q8_0 \
 	  --ask "My order NW-1234 arrived damaged. What should I do?" --max-tokens 60
+
+# The example app from a fresh virtual environment holding only the runtime extra (no torch, no transformers):
+#   make example BUNDLE=build/demo/laptop/export/student/gguf-q8_0
+RT_VENV := build/runtime-venv
+BUNDLE ?= build/demo/laptop/export/student/gguf-q8_0
+
+example:
+	@test -f $(BUNDLE)/manifest.json || { echo "error: no bundle at $(BUNDLE); run make demo first or pass BUNDLE=folder"; exit 2; }
+	rm -rf $(RT_VENV)
+	$(PYTHON) -m venv $(RT_VENV)
+	$(RT_VENV)/bin/python -m pip --disable-pip-version-check install --quiet --upgrade pip
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(RT_VENV)/bin/python -m pip --disable-pip-version-check install --quiet \
+	  '.[runtime]' -c constraints.txt
+	@! $(RT_VENV)/bin/python -c "import torch" 2>/dev/null || { echo "error: torch is in the runtime-only venv"; exit 1; }
+	@! $(RT_VENV)/bin/python -c "import transformers" 2>/dev/null || { echo "error: transformers is in the runtime-only venv"; exit 1; }
+	cd /tmp && $(CURDIR)/$(RT_VENV)/bin/python $(CURDIR)/examples/support_desk.py $(abspath $(BUNDLE)) --timing \
+	  --ask "My order NW-1234 arrived damaged. What should I do?" --ask "And how long does a refund take?" \
+	  --max-tokens 80
+	@echo "== the bench runner from the same runtime-only venv (exit 1 only means no variant met every budget)"
+	$(RT_VENV)/bin/edgedistill bench $(BUNDLE) --target laptop --data calibration_data --eval-every 0 \
+	  --repeats 1 --out $(RT_VENV)/bench || test $$? -eq 1
 
 clean-venv:
 	rm -rf $(VENV)
