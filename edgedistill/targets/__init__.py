@@ -115,9 +115,10 @@ _SECTIONS = {
 
 
 def shipped_dir() -> Path:
-    """$EDGEDISTILL_TARGETS, else the targets/ folder of this source tree."""
+    """$EDGEDISTILL_TARGETS, else the profiles shipped with the package: `profiles` links to the source tree's
+    targets/ folder, and an installed wheel holds copies of those files there."""
     env = os.environ.get("EDGEDISTILL_TARGETS")
-    return Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "targets"
+    return Path(env).expanduser() if env else Path(__file__).resolve().parent / "profiles"
 
 
 def shipped() -> dict[str, Path]:

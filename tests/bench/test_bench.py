@@ -117,9 +117,13 @@ def test_selection_prefers_quality_among_variants_meeting_every_budget():
 def test_budget_margins(tmp_path):
     target = _profile(tmp_path, "1GB")
     row = {"speed": {"peak_rss_bytes": 750e6, "ttft_s": 1.0, "decode_tokens_per_s": 0.25},
-           "quality": {"mean_kl": 0.5, "top1_agreement": 0.6}}
+           "quality": {"mean_kl": 0.5, "top1_agreement": 0.6, "against": "reference"}}
     b = check_budgets(row, target, graded_eval=False)
     assert b["memory"]["pass"] and b["memory"]["margin_share"] == pytest.approx(0.25)
     assert not b["decode_tokens_per_s"]["pass"] and b["decode_tokens_per_s"]["margin_share"] == pytest.approx(-0.5)
     assert "eval_share" not in b
     assert check_budgets({"speed": None, "quality": None}, target)["eval_share"]["note"] == "not measured"
+    # without a teacher reference, a bundle's export-time numbers (against its own source) do not meet the floor
+    own = check_budgets({**row, "quality": {**row["quality"], "against": "source model (export-time validation)"}},
+                        target, graded_eval=False)
+    assert not own["mean_kl"]["pass"] and "--teacher" in own["mean_kl"]["note"]
