@@ -76,10 +76,11 @@ def _register() -> None:
     from edgedistill.cli.export import export_cmd
     from edgedistill.cli.models import models
     from edgedistill.cli.run import run_cmd
+    from edgedistill.cli.safety import safety
     from edgedistill.cli.targets import targets
 
     for command in (models, generate_cmd, data, eval_cmd, prune_cmd, cache_logits_cmd, distill_cmd, export_cmd,
-                    targets, bench_cmd, run_cmd):
+                    targets, bench_cmd, safety, run_cmd):
         cli.add_command(command)
 
 

@@ -100,9 +100,12 @@ def _duration(ctx, param, value):
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--logit-cache", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Train from the teacher's cached top-k log-probs (edgedistill cache-logits) instead of running it.")
+@click.option("--safety-mix", is_flag=True,
+              help="Add calibration_data/safety's train split: refusals for harmful requests (cross-entropy only), "
+                   "the teacher's answers for their benign look-alikes.")
 def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, alpha, kd_weight, loss_temperature,
                 on_policy, max_steps, max_time, batch_size, grad_accum, lr, max_length, seed, save_steps, resume,
-                logit_cache):
+                logit_cache, safety_mix):
     """Train STUDENT to imitate TEACHER on teacher generations (sequence-level + logit distillation)."""
     import json
 
@@ -121,6 +124,9 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
     if final.exists():
         raise click.UsageError(f"{final} already exists: this run is finished; choose another --out")
     cache = None
+    if safety_mix and logit_cache is not None:
+        raise click.UsageError("--safety-mix needs the live teacher: its examples are not in a logit cache; "
+                               "drop --logit-cache")
     if logit_cache is not None and on_policy == 0 and not val_files:
         from edgedistill.models.locate import load_tokenizer
 
@@ -128,7 +134,18 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
     else:
         t_pair = load_model(teacher)
     s_pair = load_model(student)
-    train_set = encode(t_pair[1], load_generations(data_files), max_length)
+    records = load_generations(data_files)
+    if safety_mix:
+        from edgedistill.cli.progress import byte_progress
+        from edgedistill.safety import build_mix
+
+        out.mkdir(parents=True, exist_ok=True)
+        with byte_progress() as p:
+            mix = build_mix(teacher, t_pair, out, progress=p)
+        click.echo(f"safety mix: {sum(1 for r in mix if r.get('ce_only'))} refusals, "
+                   f"{sum(1 for r in mix if not r.get('ce_only'))} benign look-alikes", err=True)
+        records += mix
+    train_set = encode(t_pair[1], records, max_length)
     if logit_cache is not None:
         from edgedistill.data.generate import model_fingerprint
         from edgedistill.distill import logit_cache as lc
@@ -143,6 +160,7 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
         model, trainer = train(t_pair, s_pair, train_set.examples, out, loss_cfg, cfg, resume=resume,
                                progress=progress, cache=cache)
     report = {"steps": trainer.state.global_step, "logit_cache": str(logit_cache) if logit_cache else None,
+              "safety_mix": safety_mix,
               "train_sequences": len(train_set.examples), "truncated": train_set.truncated,
               "parameters": model.num_parameters()}
     if val_files:

@@ -80,7 +80,10 @@ def encode(tokenizer, records: Sequence[dict], max_length: int) -> Encoded:
         if all(x == IGNORE for x in labels):
             enc.dropped += 1
             continue
-        enc.examples.append({"id": rec["id"], "input_ids": ids, "labels": labels})
+        ex = {"id": rec["id"], "input_ids": ids, "labels": labels}
+        if rec.get("ce_only"):  # trained on its response tokens by cross-entropy alone (see safety.mix_records)
+            ex["ce_only"] = True
+        enc.examples.append(ex)
     if not enc.examples:
         raise DataError(f"no example keeps a response token within max_length={max_length}")
     if enc.truncated:
@@ -102,4 +105,6 @@ def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     if "cache_index" in examples[0]:  # row of each sequence in a teacher-logit cache
         batch["cache_index"] = torch.tensor([e["cache_index"] for e in examples])
+    if any(e.get("ce_only") for e in examples):
+        batch["ce_only"] = torch.tensor([bool(e.get("ce_only")) for e in examples])
     return batch

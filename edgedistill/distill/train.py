@@ -165,6 +165,10 @@ def _make_trainer_class():
                     teacher_view = self.teacher(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
             out = model(input_ids=ids, attention_mask=mask)
             per_token = per_token_objective(loss_cfg, out.logits, teacher_view, labels)  # (B, T), float32
+            ce_only = inputs.get("ce_only")
+            if ce_only is not None and not on_policy and bool(ce_only.any()):
+                ce = per_token_objective(dataclasses.replace(loss_cfg, kd_weight=0.0), out.logits, None, labels)
+                per_token = torch.where(ce_only.to(per_token.device)[:, None], ce, per_token)
             resp = labels != IGNORE
             total = masked_sum(per_token, resp)
             if on_policy or num_items_in_batch is None:

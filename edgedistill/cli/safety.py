@@ -1,0 +1,76 @@
+"""edgedistill safety eval MODEL|BUNDLE [--teacher T]"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.group("safety")
+def safety() -> None:
+    """Refusal behaviour: harmful requests refused, benign look-alikes answered (calibration_data/safety)."""
+
+
+@safety.command("eval")
+@click.argument("model")
+@click.option("--teacher", default=None, help="Also evaluate this model and show the delta.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(8, 1024), default=96, show_default=True)
+@click.option("--target", "target_name", default=None, help="Check the profile's safety floor (exit 1 if missed).")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Data folder holding safety/ (default: the project's calibration_data/).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the full report (every response and verdict) as JSON.")
+def eval_cmd(model, teacher, split, max_new_tokens, target_name, data_dir, out) -> None:
+    """Refusal rate on harmful prompts and over-refusal on benign look-alikes, per category. MODEL is a registry
+    name, a Hugging Face folder or an exported bundle."""
+    from edgedistill.cli.progress import stderr
+    from edgedistill.safety import CATEGORIES, evaluate, load_suite, meets_floor
+
+    target = None
+    if target_name:
+        from edgedistill.targets import load_target
+
+        target = load_target(target_name)
+        if target.safety_floor is None:
+            raise click.UsageError(f"profile {target.name} has no safety_floor")
+    prompts = load_suite(split, data_dir)
+    results = {}
+    for name in dict.fromkeys(m for m in (teacher, model) if m):
+        with stderr.status(f"answering {len(prompts)} safety prompts with {name}"):
+            results[name] = evaluate(name, prompts, max_new_tokens)
+    cols = list(results)
+
+    def pct(v):
+        return "   —  " if v is None else f"{100 * v:5.1f}%"
+
+    head = "".join(f"  {'refused ' + Path(c).name[:14]:>24}  {'over-ref ' + Path(c).name[:13]:>24}" for c in cols)
+    click.echo(f"{'category':<18}{head}" + ("     Δ refused  Δ over-refusal" if len(cols) == 2 else ""))
+    rows = [("all", lambda r: (r["refusal_rate"], r["over_refusal"]))] + [
+        (c, lambda r, c=c: (r["by_category"][c]["refusal_rate"], r["by_category"][c]["over_refusal"]))
+        for c in CATEGORIES]
+    for label, get in rows:
+        vals = [get(results[c]) for c in cols]
+        line = f"{label:<18}" + "".join(f"  {pct(a):>24}  {pct(b):>24}" for a, b in vals)
+        if len(cols) == 2:
+            (ta, tb), (sa, sb) = vals
+            line += f"   {100 * (sa - ta):+8.1f} pp   {100 * (sb - tb):+8.1f} pp"
+        click.echo(line)
+    report = {"split": split, "max_new_tokens": max_new_tokens, "models": results}
+    verdict = None
+    if target:
+        verdict = meets_floor(results[model], target.safety_floor)
+        report["floor"] = {"target": target.name, **verdict}
+        c = verdict["checks"]
+        click.echo(f"{target.name} safety floor: refusal {pct(c['refusal_rate']['value'])} (min "
+                   f"{pct(c['refusal_rate']['limit'])}), over-refusal {pct(c['over_refusal']['value'])} (max "
+                   f"{pct(c['over_refusal']['limit'])}): {'met' if verdict['deployable'] else 'NOT met'}")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(out)
+    if verdict is not None and not verdict["deployable"]:
+        raise SystemExit(1)
