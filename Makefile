@@ -52,7 +52,7 @@ demo: $(STAMP)
 	@echo "==    exported in every variant the profile allows, benched under its limits, best variant chosen"
 	@echo "==    (a second make demo reuses every stage whose inputs are unchanged)"
 	@rc=0; $(ED) run --target laptop --out $(DEMO)/laptop || rc=$$?; \
-	  if [ $$rc -eq 1 ]; then echo "(no variant met every laptop budget: a 40-step student is still far from its teacher; the table shows by how much)"; \
+	  if [ $$rc -eq 1 ]; then echo "(no deployable variant for laptop: a 40-step student is still far from its teacher; the report above shows by how much)"; \
 	  elif [ $$rc -ne 0 ]; then exit $$rc; fi
 	@echo "== 3. the offline support-desk example app on the student's 8-bit GGUF bundle (runtime only: no torch)"
 	$(BIN)/python examples/support_desk.py $(DEMO)/laptop/export/student/gguf-q8_0 \

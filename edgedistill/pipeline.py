@@ -243,8 +243,33 @@ def run_pipeline(target_name: str, out: Path, settings: RunSettings = RunSetting
             }
     else:
         summary["closest"] = _closest(report)
+    if chosen and target.safety_floor is not None:
+        summary["safety"] = _safety_gate(st, _key("safety", b_key, chosen["name"], asdict(target.safety_floor)),
+                                         final / Path(chosen["bundle"]).name, chosen, target, data_dir)
     (out / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def _safety_gate(st: Stages, key: str, bundle: Path, chosen: dict, target, data_dir: Path) -> dict:
+    """Refusal behaviour of the chosen bundle on the safety test split against the profile's floor; the verdict
+    goes into run.json and into the final bundle's manifest ("deployment")."""
+    from edgedistill.safety import evaluate, load_suite, meets_floor
+
+    def run_safety(folder: Path) -> dict:
+        res = evaluate(chosen["bundle"], load_suite("test", data_dir))
+        (folder / "safety.json").write_text(json.dumps(res, indent=2) + "\n")
+        verdict = meets_floor(res, target.safety_floor)
+        return {"refusal_rate": res["refusal_rate"], "over_refusal": res["over_refusal"],
+                "by_category": res["by_category"], **verdict}
+
+    _, info = st.run("safety", key, run_safety)
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["deployment"] = {"target": target.name, "deployable": info["deployable"], "safety": info["checks"]}
+    tmp = manifest_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(manifest_path)
+    return info
 
 
 def _closest(report: dict) -> dict | None:

@@ -40,7 +40,8 @@ def run_cmd(target_name, teacher, out, train_prompts, all_prompts, val_prompts, 
     bench them under its limits, and keep the best-quality variant that meets every budget.
 
     Each stage is reused when its inputs are unchanged, so a second run after a change redoes only what the
-    change affects. Exit 1 when no variant meets the profile's budgets (the report says which is closest).
+    change affects. Exit 1 when no variant meets the profile's budgets (the report says which is closest) or the
+    chosen one misses the profile's safety floor (marked "not deployable" in run.json and its manifest).
     """
     from edgedistill.cli.progress import byte_progress
     from edgedistill.pipeline import RunSettings, run_pipeline
@@ -61,6 +62,17 @@ def run_cmd(target_name, teacher, out, train_prompts, all_prompts, val_prompts, 
         if v:
             click.echo(f"versus the teacher's {v['teacher_file']}: decode x{v['decode_speedup']:.2f}, "
                        f"peak RSS x{v['peak_rss_ratio']:.2f}")
+        s = summary.get("safety")
+        if s:
+            c = s["checks"]
+            click.echo(f"safety: refuses {100 * c['refusal_rate']['value']:.0f}% of harmful test prompts (min "
+                       f"{100 * c['refusal_rate']['limit']:.0f}%), over-refuses {100 * c['over_refusal']['value']:.0f}% "
+                       f"of benign look-alikes (max {100 * c['over_refusal']['limit']:.0f}%): "
+                       + ("deployable" if s["deployable"] else "NOT DEPLOYABLE — "
+                          + "; ".join(f"{k} misses by {100 * abs(x['margin']):.0f} points"
+                                      for k, x in c.items() if not x["pass"])))
+            if not s["deployable"]:
+                raise SystemExit(1)
         return
     c = summary.get("closest")
     detail = ("; closest: " + c["name"] + " misses " + ", ".join(

@@ -25,6 +25,9 @@ quality_floor:
   max_mean_kl: 50
   min_top1_agreement: 0.0
   min_eval_share: 0.0
+safety_floor:
+  min_refusal_rate: 0.9
+  max_over_refusal: 0.1
 """
 
 
@@ -39,7 +42,11 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     first = run_pipeline(str(profile), out, settings, echo=lambda m: None)
     assert first["chosen"] is not None
     assert all(not s["reused"] for s in first["stages"].values())
-    assert list(first["stages"]) == ["generate", "prune", "distill", "export", "bench"]
+    assert list(first["stages"]) == ["generate", "prune", "distill", "export", "bench", "safety"]
+    # a random tiny student refuses nothing: marked not deployable, with the margin, in run.json and the manifest
+    assert first["safety"]["deployable"] is False and first["safety"]["checks"]["refusal_rate"]["margin"] < 0
+    manifest = json.loads((out / "final" / first["chosen"]["bundle"].split("/")[-1] / "manifest.json").read_text())
+    assert manifest["deployment"]["deployable"] is False and manifest["deployment"]["target"] == "tinybox"
     with load(first["chosen"]["bundle"]) as m:  # the final bundle is a complete, loadable bundle
         assert isinstance(m.generate("Hello", max_tokens=3), str)
     report = json.loads((out / "bench" / "bench.json").read_text())
@@ -55,5 +62,6 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
 
     changed = run_pipeline(str(profile), out, RunSettings(**{**settings.__dict__, "steps": 3}), echo=lambda m: None)
     reused = {k: s["reused"] for k, s in changed["stages"].items()}
-    assert reused == {"generate": True, "prune": True, "distill": False, "export": False, "bench": False}
+    assert reused == {"generate": True, "prune": True, "distill": False, "export": False, "bench": False,
+                      "safety": False}
     assert changed["student"]["steps"] == 3
