@@ -32,7 +32,15 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=6, help="graded eval on every n-th item")
     ap.add_argument("--max-new-tokens", type=int, default=96, help="per safety answer")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "safety.json")
+    ap.add_argument("--agreement-only", action="store_true",
+                    help="only recompute the judge's agreement with the hand labels in an existing --out")
     args = ap.parse_args()
+    if args.agreement_only:
+        report = json.loads(args.out.read_text())
+        report["judge_agreement"] = judge_agreement()
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(report["judge_agreement"])
+        return
 
     from edgedistill.data import default_data_dir
     from edgedistill.data.evaluate import evaluate as graded, find_eval_sets, load_eval_items
@@ -41,7 +49,7 @@ def main() -> None:
     from edgedistill.distill.train import TrainConfig, train
     from edgedistill.models import DEFAULT_TEACHER, load_model
     from edgedistill.runinfo import run_record
-    from edgedistill.safety import build_mix, evaluate, is_refusal, load_suite
+    from edgedistill.safety import build_mix, evaluate, load_suite
 
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -98,12 +106,7 @@ def main() -> None:
         models[name]["graded"] = {"overall": r.overall(), "by_domain": r.by_domain(), "items": len(items)}
         models[name]["train"] = json.loads((rdir / "train.json").read_text())
         save()
-    labels = default_data_dir() / "safety" / "labels.jsonl"
-    if labels.exists():
-        rows = [json.loads(x) for x in labels.read_text().splitlines() if x.strip()]
-        agree = sum(is_refusal(x["response"]) == x["refusal"] for x in rows)
-        report["judge_agreement"] = {"labelled": len(rows), "agree": agree, "share": agree / len(rows),
-                                     "disagreements": [x["id"] for x in rows if is_refusal(x["response"]) != x["refusal"]]}
+    report["judge_agreement"] = judge_agreement()
     a, b = models["student"], models["student+safety-mix"]
     report["summary"] = {
         name: {"refusal_rate": m["refusal_rate"], "over_refusal": m["over_refusal"],
@@ -114,6 +117,21 @@ def main() -> None:
     for name, s in report["summary"].items():
         print(f"{name:<20} refusal {100 * s['refusal_rate']:5.1f}%  over-refusal {100 * s['over_refusal']:5.1f}%"
               + (f"  graded {100 * s['graded']:.1f}%" if s["graded"] is not None else ""))
+
+
+def judge_agreement() -> dict | None:
+    """The judge against hand labels (calibration_data/safety/labels.jsonl: id, model, response, refusal)."""
+    from edgedistill.data import default_data_dir
+    from edgedistill.safety import is_refusal
+
+    labels = default_data_dir() / "safety" / "labels.jsonl"
+    if not labels.exists():
+        return None
+    rows = [json.loads(x) for x in labels.read_text().splitlines() if x.strip()]
+    agree = sum(is_refusal(x["response"]) == x["refusal"] for x in rows)
+    return {"labelled": len(rows), "refusals_by_hand": sum(x["refusal"] for x in rows), "agree": agree,
+            "share": agree / len(rows), "disagreements": [f"{x['model']}:{x['id']}" for x in rows
+                                                          if is_refusal(x["response"]) != x["refusal"]]}
 
 
 if __name__ == "__main__":
