@@ -38,7 +38,7 @@ class BenchSettings:
     chunk_len: int = 256
     eval_every: int = 6  # graded eval on every n-th item (0: none)
     threads: int | None = None  # default: the profile's threads, at most this machine's cores
-    bandwidth: float | None = None  # bytes/s for the roofline; default: the profile's
+    bandwidth: float | str | None = None  # bytes/s for the roofline, or "measure"; default: the profile's
     data_dir: Path | None = None
     timeout_s: float = 3600.0  # per worker process
     poll_s: float = 0.01  # memory watch interval
@@ -55,6 +55,21 @@ class BenchSettings:
             problems.append(f"eval_every={self.eval_every} must be 0 (off) or more")
         if problems:
             raise EdgeDistillError("; ".join(problems))
+
+
+def measure_bandwidth(size_bytes: int = 256 * 2**20, repeats: int = 5) -> float:
+    """This machine's memory bandwidth in bytes/s, as numpy sees it: the best of `repeats` copies of a
+    `size_bytes` array (bytes read + bytes written, one thread; a lower bound of what decoding can use)."""
+    import numpy as np
+
+    src = np.ones(size_bytes // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.nbytes / best
 
 
 # --- one bundle in one process ---------------------------------------------------------------------------------
@@ -209,7 +224,12 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     if len({i["tokenizer_sha256"] for i in every}) > 1:
         raise EdgeDistillError("the bundles do not share one tokenizer; bench compares variants of one teacher's family")
     threads = settings.threads or min(target.threads, os.cpu_count() or 1)
+    bandwidth_source = "profile"
     bandwidth = settings.bandwidth or target.memory_bandwidth_bytes_per_s
+    if settings.bandwidth == "measure":
+        bandwidth, bandwidth_source = measure_bandwidth(), "measured on this machine (numpy copy, one thread)"
+    elif settings.bandwidth:
+        bandwidth_source = "given"
     data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
     tok = _Tok(Path(every[0]["bundle"]))
     prompt = held_out_chunks(tok, 1, settings.prompt_tokens, data_dir)[0]
@@ -279,7 +299,7 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     chosen = choose(rows)
     report = {"schema_version": SCHEMA_VERSION, "benchmark": "edgedistill bench", **run_record(),
               "target": as_dict(target), "threads": threads, "machine_cores": os.cpu_count(),
-              "bandwidth_bytes_per_s": bandwidth, "settings": {k: str(v) if isinstance(v, Path) else v
+              "bandwidth_bytes_per_s": bandwidth, "bandwidth_source": bandwidth_source, "settings": {k: str(v) if isinstance(v, Path) else v
                                                                 for k, v in asdict(settings).items()},
               "quality_reference": ref["name"] if ref else None, "eval_items": len(items),
               "budgets_left_out": [] if items and ref else ["eval_share (needs --teacher and a graded eval)"],
@@ -354,7 +374,8 @@ def markdown(report: dict) -> str:
     t = report["target"]
     lines = [f"# bench: {t['name']}", "",
              f"{t['description']}. Measured with {report['threads']} threads on {report['machine']['cpu']} "
-             f"({report['machine_cores']} cores); roofline at {report['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; "
+             f"({report['machine_cores']} cores); roofline at {report['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
+             f"({report.get('bandwidth_source', 'profile')}); "
              f"quality against {report['quality_reference'] or 'each bundle’s source model (export time)'}; "
              f"{report['settings']['repeats']} repeats of {report['settings']['new_tokens']} tokens after a "
              f"{report['settings']['prompt_tokens']}-token prompt, medians.", "",

@@ -38,8 +38,8 @@ def expand_bundles(paths) -> list[Path]:
               help="Graded eval on every n-th item (0: no graded eval).")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Threads (default: the profile's, at most this machine's cores).")
-@click.option("--bandwidth", default=None, help="Memory bandwidth of this machine for the roofline (e.g. 15GB/s; "
-                                                "default: the profile's).")
+@click.option("--bandwidth", default=None, help="Memory bandwidth for the roofline: a value (15GB/s) or 'measure' "
+                                                "(this machine, numpy copy); default: the profile's.")
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="calibration_data folder (held-out texts and eval sets).")
 def bench_cmd(bundles, target_name, teacher, out, repeats, new_tokens, chunks, chunk_len, eval_every, threads,
@@ -57,7 +57,8 @@ def bench_cmd(bundles, target_name, teacher, out, repeats, new_tokens, chunks, c
     target = load_target(target_name)
     settings = BenchSettings(repeats=repeats, new_tokens=new_tokens, chunks=chunks, chunk_len=chunk_len,
                              eval_every=eval_every, threads=threads,
-                             bandwidth=parse_bandwidth(bandwidth, "--bandwidth") if bandwidth else None,
+                             bandwidth=("measure" if bandwidth == "measure"
+                                        else parse_bandwidth(bandwidth, "--bandwidth") if bandwidth else None),
                              data_dir=data_dir)
     paths = expand_bundles(bundles)
     if teacher:

@@ -127,3 +127,9 @@ def test_budget_margins(tmp_path):
     own = check_budgets({**row, "quality": {**row["quality"], "against": "source model (export-time validation)"}},
                         target, graded_eval=False)
     assert not own["mean_kl"]["pass"] and "--teacher" in own["mean_kl"]["note"]
+
+
+def test_bandwidth_probe_gives_a_plausible_rate():
+    from edgedistill.bench import measure_bandwidth
+
+    assert 1e8 < measure_bandwidth(16 * 2**20, repeats=2) < 1e13  # between 0.1 GB/s and 10 TB/s
