@@ -299,8 +299,8 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     chosen = choose(rows)
     report = {"schema_version": SCHEMA_VERSION, "benchmark": "edgedistill bench", **run_record(),
               "target": as_dict(target), "threads": threads, "machine_cores": os.cpu_count(),
-              "bandwidth_bytes_per_s": bandwidth, "bandwidth_source": bandwidth_source, "settings": {k: str(v) if isinstance(v, Path) else v
-                                                                for k, v in asdict(settings).items()},
+              "bandwidth_bytes_per_s": bandwidth, "bandwidth_source": bandwidth_source,
+              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
               "quality_reference": ref["name"] if ref else None, "eval_items": len(items),
               "budgets_left_out": [] if items and ref else ["eval_share (needs --teacher and a graded eval)"],
               "variants": rows, "chosen": chosen["name"] if chosen else None}
@@ -317,7 +317,7 @@ def _quality(qu: dict | None, row: dict, done: list[dict], chunks, compare, item
     res = qu["result"]
     logits_dir = Path(res["logits_dir"])
     out: dict = {}
-    ref_dir = done[0]["_logits"] if done and done[0]["reference"] else None
+    ref_dir = done[0].get("_logits") if done and done[0]["reference"] else None
     if row["reference"]:
         row["_logits"] = logits_dir
     elif ref_dir is not None:
