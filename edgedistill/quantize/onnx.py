@@ -173,11 +173,18 @@ def weight_only(src: Path, dst: Path, *, bits: int, block_size: int, symmetric: 
     else:
         body = rtn(bits, ("MatMul",))
     passes.append((body, head if separate_head else None))
-    for cfg, exclude in passes:
-        q = mnb.MatMulNBitsQuantizer(model, bits=cfg.bits, block_size=block_size, is_symmetric=symmetric,
-                                     accuracy_level=accuracy_level, nodes_to_exclude=exclude, algo_config=cfg)
-        q.process()
-        model = q.model.model
+    # The quantizer warns on every int4 pass that it raises the opset and IR version, which is expected here.
+    quiet = logging.getLogger(mnb.__name__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR if not log.isEnabledFor(logging.DEBUG) else level)
+    try:
+        for cfg, exclude in passes:
+            q = mnb.MatMulNBitsQuantizer(model, bits=cfg.bits, block_size=block_size, is_symmetric=symmetric,
+                                         accuracy_level=accuracy_level, nodes_to_exclude=exclude, algo_config=cfg)
+            q.process()
+            model = q.model.model
+    finally:
+        quiet.setLevel(level)
     if accuracy_level is not None:
         set_accuracy_level(model, accuracy_level)  # HQQ's config does not carry it: set it on every node
     return _save(model, dst)
