@@ -26,7 +26,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("build/bench-safety"))
     ap.add_argument("--init", type=Path, default=None, help="pruned student to start from (default: WORK/init-10L-hw)")
-    ap.add_argument("--train-data", type=Path, required=True, help="teacher generations (edgedistill generate)")
+    ap.add_argument("--train-data", type=Path, help="teacher generations (edgedistill generate); required unless --rescore")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--eval-every", type=int, default=6, help="graded eval on every n-th item")
@@ -39,6 +39,8 @@ def main() -> None:
     if args.rescore:
         rescore(args.out)
         return
+    if args.train_data is None:
+        ap.error("--train-data is required")
 
     from edgedistill.data import default_data_dir
     from edgedistill.data.evaluate import evaluate as graded, find_eval_sets, load_eval_items
