@@ -93,7 +93,7 @@ class Stages:
 
 def run_pipeline(target_name: str, out: Path, settings: RunSettings = RunSettings(), *, echo=print,
                  progress_factory=None) -> dict:
-    """The whole trip for `target_name`; returns the run report (also in out/report/run.json)."""
+    """The whole trip for `target_name`; returns the run summary (also written to out/run.json)."""
     from edgedistill.bench import BenchSettings, bench
     from edgedistill.cli.progress import training_progress
     from edgedistill.data import default_data_dir, load_texts
