@@ -147,9 +147,7 @@ def _optimum(bundle: Path, prompt_ids: list[int], args, record) -> None:
         start = time.perf_counter()
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
                        streamer=s, pad_token_id=0)
-        gaps = tuple(b - a for a, b in zip(s.t, s.t[1:]))
-        return GenerationTiming(len(prompt_ids), len(s.t), s.t[0] - start, len(prompt_ids) / (s.t[0] - start),
-                                len(gaps) / (s.t[-1] - s.t[0]), gaps)
+        return GenerationTiming.from_stamps(len(prompt_ids), start, s.t)
 
     once(8)
     runs = [once(args.new_tokens) for _ in range(args.repeats)]
@@ -170,9 +168,7 @@ def _llama_raw(path: Path, prompt_ids: list[int], args, record) -> None:
             t.append(time.perf_counter())
             if len(t) == n:
                 break
-        gaps = tuple(b - a for a, b in zip(t, t[1:]))
-        return GenerationTiming(len(prompt_ids), len(t), t[0] - start, len(prompt_ids) / (t[0] - start),
-                                len(gaps) / (t[-1] - t[0]), gaps)
+        return GenerationTiming.from_stamps(len(prompt_ids), start, t)
 
     once(8)
     runs = [once(args.new_tokens) for _ in range(args.repeats)]

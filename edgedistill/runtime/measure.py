@@ -22,6 +22,17 @@ class GenerationTiming:
     decode_tokens_per_s: float  # tokens after the first, over the time after the first
     token_latencies_s: tuple[float, ...]  # gap before each token after the first
 
+    @classmethod
+    def from_stamps(cls, prompt_tokens: int, start: float, stamps: Sequence[float]) -> GenerationTiming:
+        """From the clock at the call and at each new token (any engine that can be timed token by token)."""
+        if len(stamps) < 2:
+            raise RuntimeError(f"{len(stamps)} tokens were produced; timing decoding needs at least 2")
+        ttft = stamps[0] - start
+        gaps = tuple(b - a for a, b in zip(stamps, stamps[1:]))
+        return cls(prompt_tokens=prompt_tokens, new_tokens=len(stamps), ttft_s=ttft,
+                   prefill_tokens_per_s=prompt_tokens / ttft,
+                   decode_tokens_per_s=len(gaps) / (stamps[-1] - stamps[0]), token_latencies_s=gaps)
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["token_latencies_s"] = list(self.token_latencies_s)
@@ -37,13 +48,7 @@ def time_generation(model: LoadedModel, prompt_ids: Sequence[int], new_tokens: i
     start = time.perf_counter()
     for _ in model.generate_ids(list(prompt_ids), cfg):
         stamps.append(time.perf_counter())
-    if len(stamps) < 2:
-        raise RuntimeError(f"the runtime produced {len(stamps)} tokens where {new_tokens} were asked for")
-    ttft = stamps[0] - start
-    gaps = tuple(b - a for a, b in zip(stamps, stamps[1:]))
-    return GenerationTiming(prompt_tokens=len(prompt_ids), new_tokens=len(stamps), ttft_s=ttft,
-                            prefill_tokens_per_s=len(prompt_ids) / ttft,
-                            decode_tokens_per_s=len(gaps) / (stamps[-1] - stamps[0]), token_latencies_s=gaps)
+    return GenerationTiming.from_stamps(len(prompt_ids), start, stamps)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
