@@ -69,20 +69,25 @@ class LoadedModel:
 
         cfg = GenerationConfig(**{**kw, "stop": tuple(kw.get("stop") or ())})
         stop = StopText(cfg.stop)
+        # Detokenize a short window, not the whole output per token: the text of out[prefix:] beyond the text of
+        # out[prefix:read] is new. Keeping a few tokens of context in the window keeps leading spaces and
+        # multi-token characters right for every tokenizer.
         out: list[int] = []
-        shown = text = ""
+        prefix = read = 0
         for tid in self.generate_ids(self.encode(prompt), cfg):
             out.append(tid)
-            text = self.decode(out)
-            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            before = self.decode(out[prefix:read])
+            text = self.decode(out[prefix:])
+            if text.endswith("\ufffd") or len(text) <= len(before):  # half a character: wait for the rest
                 continue
-            piece = stop.feed(text[len(shown):])
-            shown = text
+            piece = stop.feed(text[len(before):])
+            prefix, read = max(0, read - 4), len(out)
             if piece:
                 yield piece
             if stop.done:
                 return
-        rest = stop.feed(text[len(shown):]) + stop.flush()  # a trailing incomplete character, as decoded
+        tail = self.decode(out[prefix:])[len(self.decode(out[prefix:read])):] if read < len(out) else ""
+        rest = stop.feed(tail) + stop.flush()  # a trailing incomplete character, as decoded
         if rest:
             yield rest
 

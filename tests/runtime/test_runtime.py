@@ -12,7 +12,7 @@ import pytest
 
 from edgedistill.errors import IntegrityError
 from edgedistill.export.pipeline import ExportSettings, export_model
-from edgedistill.runtime import BundleError, GenerationConfig, load
+from edgedistill.runtime import BundleError, GenerationConfig, LoadedModel, load
 from edgedistill.runtime.text import Sampler, StopText
 from tests import tiny
 
@@ -121,6 +121,38 @@ def test_stop_strings_are_never_shown():
     assert out == "Hello " and s.done
     s = StopText(["END"])
     assert "".join(s.feed(p) for p in ["a E", "N", "x"]) + s.flush() == "a ENx"
+
+
+class _ByteModel(LoadedModel):
+    """Tokens are UTF-8 bytes, so characters span several tokens; spm=True drops a leading space like a
+    sentencepiece decoder does for a slice that starts a word. Counts how many tokens decode() is asked for."""
+
+    def __init__(self, text, spm=False):
+        self.ids, self.spm, self.decoded = list(text.encode()), spm, 0
+
+    def encode(self, text):
+        return []
+
+    def decode(self, ids):
+        self.decoded += len(ids)
+        text = bytes(ids).decode("utf-8", errors="replace")
+        return text[1:] if self.spm and text.startswith(" ") else text
+
+    def generate_ids(self, prompt_ids, cfg):
+        yield from self.ids[: cfg.max_tokens]
+
+
+@pytest.mark.parametrize("spm", [False, True])
+def test_stream_pieces_join_to_the_text_and_decode_a_window(spm):
+    text = "Grüße, Welt ✓ — naïve café " * 20
+    m = _ByteModel(text, spm)
+    pieces = list(m.stream("", max_tokens=10_000))
+    want = text[1:] if spm and text.startswith(" ") else text
+    assert "".join(pieces) == want
+    assert not any("\ufffd" in p for p in pieces)
+    assert m.decoded < 20 * len(m.ids)  # a window per token, not the whole output again (that would be ~n^2/2)
+    cut = _ByteModel("ab ✓")  # ends inside the 3-byte check mark
+    assert "".join(cut.stream("", max_tokens=5)) == "ab \ufffd"
 
 
 def test_sampler():
