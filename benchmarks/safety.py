@@ -1,13 +1,18 @@
 """Refusal behaviour of the default teacher and of students distilled with and without --safety-mix.
 
 Both students start from the same pruned initialisation and train the same objective (forward KL + CE, kd 0.5)
-for the same number of steps on the same teacher generations, with the live teacher; one run adds the safety
-train split (refusals for harmful prompts, cross-entropy only; the teacher's answers for benign look-alikes).
+for the same number of steps on the same teacher generations (with the live teacher, or from --cache, a logit
+cache of --train-data); one run adds the safety train split, --repeat copies of each record (refusals for
+harmful prompts, the teacher's answers for benign look-alikes, both by cross-entropy alone). --baseline reuses a
+student already trained without the mix on the same settings (distill_students.py's 10L-hw forward_kl+ce run,
+which trains exactly this way from the same cache) instead of training it again.
 Then: the safety test split (refusal rate on harmful, over-refusal on benign, per category) for the teacher and
 both students, the graded eval subset for both students, and the judge's agreement with hand labels
 (calibration_data/safety/labels.jsonl) when that file exists.
 
     .venv/bin/python benchmarks/safety.py --work build/bd2 --train-data build/bd2/teacher-train.jsonl
+    .venv/bin/python benchmarks/safety.py --work build/bd3 --train-data build/bd3/teacher-train.jsonl \
+        --cache build/bd3/cache-k64 --steps 150 --baseline build/bd3/runs/10L-hw-forward_kl+ce/student
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ def main() -> None:
     ap.add_argument("--init", type=Path, default=None, help="pruned student to start from (default: WORK/init-10L-hw)")
     ap.add_argument("--train-data", type=Path, help="teacher generations (edgedistill generate); required unless --rescore")
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--repeat", type=int, default=3, help="copies of each safety record in the mix")
+    ap.add_argument("--cache", type=Path, default=None, help="logit cache of --train-data (edgedistill cache-logits)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="student trained without the mix on the same settings, reused instead of trained")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--eval-every", type=int, default=6, help="graded eval on every n-th item")
     ap.add_argument("--max-new-tokens", type=int, default=96, help="per safety answer")
@@ -76,28 +85,43 @@ def main() -> None:
     models["teacher"] = evaluate(DEFAULT_TEACHER, test, args.max_new_tokens, loaded=teacher)
     save()
     records = load_generations([args.train_data])
+    base = encode(tok, records, 512)
+    cache = None
+    if args.cache:
+        from edgedistill.data.generate import model_fingerprint
+        from edgedistill.distill import logit_cache
+        from edgedistill.models.pull import pull
+
+        cache = logit_cache.load(args.cache, base, model_fingerprint(pull(DEFAULT_TEACHER)[0]))
     for name, mix in (("student", False), ("student+safety-mix", True)):
         rdir = work / "safety-runs" / name
         student_dir = rdir / "student"
-        data = list(records)
+        if not mix and args.baseline:
+            student_dir = args.baseline
+            if not (rdir / "train.json").exists():
+                rdir.mkdir(parents=True, exist_ok=True)
+                (rdir / "train.json").write_text(json.dumps({"reused": str(args.baseline), "steps": args.steps,
+                                                             "records": len(records)}) + "\n")
+        examples = list(base.examples)
         if mix:
-            extra = build_mix(DEFAULT_TEACHER, teacher, rdir, max_new_tokens=160)
-            data += extra
-            report["mix"] = {"refusals": sum(1 for r in extra if r.get("ce_only")),
-                             "benign": sum(1 for r in extra if not r.get("ce_only"))}
+            extra = build_mix(DEFAULT_TEACHER, teacher, rdir, max_new_tokens=160, repeat=args.repeat)
+            examples += encode(tok, extra, 512).examples
+            report["mix"] = {"refusals": sum(r["kind"] == "harmful" for r in extra) // args.repeat,
+                             "benign": sum(r["kind"] == "benign" for r in extra) // args.repeat,
+                             "repeat": args.repeat}
         if not (student_dir / "config.json").exists():
-            log(f"training {name} ({len(data)} records)")
-            enc = encode(tok, data, 512)
+            log(f"training {name} ({len(examples)} sequences)")
             cfg = TrainConfig(max_steps=args.steps, batch_size=4, grad_accum=2, learning_rate=args.lr, warmup_steps=6,
                               max_length=512, save_steps=100_000, logging_steps=10)
             t0 = time.perf_counter()
-            model, trainer = train(teacher, load_model(str(init)), enc.examples, rdir, LossConfig("forward_kl",
-                                   kd_weight=0.5), cfg)
+            model, trainer = train(teacher, load_model(str(init)), examples, rdir, LossConfig("forward_kl",
+                                   kd_weight=0.5), cfg, cache=cache)
             model.save_pretrained(student_dir, safe_serialization=True)
             tok.save_pretrained(student_dir)
             (rdir / "train.json").write_text(json.dumps({"steps": trainer.state.global_step,
                                                          "train_s": time.perf_counter() - t0,
-                                                         "records": len(data)}) + "\n")
+                                                         "records": len(examples),
+                                                         "teacher": "cache" if cache else "live"}) + "\n")
         pair = load_model(str(student_dir))
         log(f"{name} on the safety test split")
         models[name] = evaluate(str(student_dir), test, args.max_new_tokens, loaded=pair)

@@ -101,12 +101,16 @@ def _duration(ctx, param, value):
 @click.option("--logit-cache", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Train from the teacher's cached top-k log-probs (edgedistill cache-logits) instead of running it.")
 @click.option("--safety-mix", is_flag=True,
-              help="Add calibration_data/safety's train split: refusals for harmful requests (cross-entropy only), "
-                   "the teacher's answers for their benign look-alikes.")
+              help="Add calibration_data/safety's train split: refusals for harmful requests, the teacher's answers "
+                   "for their benign look-alikes (both by cross-entropy alone, so a --logit-cache of DATA still "
+                   "serves).")
+@click.option("--safety-mix-repeat", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="How many times each --safety-mix example is in the training data.")
 def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, alpha, kd_weight, loss_temperature,
                 on_policy, max_steps, max_time, batch_size, grad_accum, lr, max_length, seed, save_steps, resume,
-                logit_cache, safety_mix):
+                logit_cache, safety_mix, safety_mix_repeat):
     """Train STUDENT to imitate TEACHER on teacher generations (sequence-level + logit distillation)."""
+    import dataclasses
     import json
 
     from edgedistill.cli.progress import training_progress
@@ -124,10 +128,7 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
     if final.exists():
         raise click.UsageError(f"{final} already exists: this run is finished; choose another --out")
     cache = None
-    if safety_mix and logit_cache is not None:
-        raise click.UsageError("--safety-mix needs the live teacher: its examples are not in a logit cache; "
-                               "drop --logit-cache")
-    if logit_cache is not None and on_policy == 0 and not val_files:
+    if logit_cache is not None and on_policy == 0 and not val_files and not safety_mix:
         from edgedistill.models.locate import load_tokenizer
 
         t_pair = (None, load_tokenizer(teacher))  # the cache stands in for the teacher model
@@ -135,17 +136,7 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
         t_pair = load_model(teacher)
     s_pair = load_model(student)
     records = load_generations(data_files)
-    if safety_mix:
-        from edgedistill.cli.progress import byte_progress
-        from edgedistill.safety import build_mix
-
-        out.mkdir(parents=True, exist_ok=True)
-        with byte_progress() as p:
-            mix = build_mix(teacher, t_pair, out, progress=p)
-        click.echo(f"safety mix: {sum(1 for r in mix if r.get('ce_only'))} refusals, "
-                   f"{sum(1 for r in mix if not r.get('ce_only'))} benign look-alikes", err=True)
-        records += mix
-    train_set = encode(t_pair[1], records, max_length)
+    train_set = encode(t_pair[1], records, max_length)  # what a logit cache was built on
     if logit_cache is not None:
         from edgedistill.data.generate import model_fingerprint
         from edgedistill.distill import logit_cache as lc
@@ -153,6 +144,22 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
 
         ref = resolve(teacher, pull=True)
         cache = lc.load(logit_cache, train_set, model_fingerprint(ref.path) if ref.kind != "hub" else None)
+    mix: list[dict] = []  # after the cache check: a stale cache fails before the teacher answers anything
+    if safety_mix:
+        from edgedistill.cli.progress import byte_progress
+        from edgedistill.safety import build_mix
+
+        out.mkdir(parents=True, exist_ok=True)
+        with byte_progress() as p:
+            mix = build_mix(teacher, t_pair, out, progress=p, repeat=safety_mix_repeat)
+        click.echo(f"safety mix: {sum(r['kind'] == 'harmful' for r in mix) // safety_mix_repeat} refusals, "
+                   f"{sum(r['kind'] == 'benign' for r in mix) // safety_mix_repeat} benign look-alikes "
+                   f"({safety_mix_repeat} copies of each)", err=True)
+    if mix:
+        extra = encode(t_pair[1], mix, max_length)
+        train_set = dataclasses.replace(train_set, examples=train_set.examples + extra.examples,
+                                        truncated=train_set.truncated + extra.truncated,
+                                        dropped=train_set.dropped + extra.dropped)
     click.echo(f"{len(train_set.examples)} training sequences, {train_set.response_tokens} response tokens"
                + (f", {train_set.truncated} truncated to {max_length} tokens" if train_set.truncated else ""), err=True)
     progress = training_progress()
@@ -160,7 +167,7 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
         model, trainer = train(t_pair, s_pair, train_set.examples, out, loss_cfg, cfg, resume=resume,
                                progress=progress, cache=cache)
     report = {"steps": trainer.state.global_step, "logit_cache": str(logit_cache) if logit_cache else None,
-              "safety_mix": safety_mix,
+              "safety_mix": {"repeat": safety_mix_repeat, "records": len(mix)} if safety_mix else False,
               "train_sequences": len(train_set.examples), "truncated": train_set.truncated,
               "parameters": model.num_parameters()}
     if val_files:

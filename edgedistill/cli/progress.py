@@ -36,5 +36,5 @@ def training_progress() -> Progress:
     from rich.progress import TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
+                    TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
                     TimeRemainingColumn(), console=stderr)

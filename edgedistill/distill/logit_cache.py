@@ -42,12 +42,15 @@ class LogitCache:
 
     def teacher_for(self, indices: list[int], labels: torch.Tensor):
         """Dense-shaped top-k tensors for a batch: (log-probs (B, T, k), ids (B, T, k)). Positions that are not
-        response tokens get a harmless uniform filler; the loss masks them out."""
+        response tokens, and rows with index -1 (cross-entropy-only examples, not in the cache), get a harmless
+        uniform filler; the loss masks or replaces them."""
         B, T = labels.shape
         k = self.meta["k"]
         lp = torch.full((B, T, k), -float(np.log(k)) - 1.0)
         ids = torch.zeros((B, T, k), dtype=torch.long)
         for row, i in enumerate(indices):
+            if i < 0:
+                continue
             pos = (labels[row] != IGNORE).nonzero().squeeze(-1)
             a, b = int(self.offsets[i]), int(self.offsets[i + 1])
             if b - a != len(pos):

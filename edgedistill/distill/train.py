@@ -207,7 +207,7 @@ def _callbacks(cfg: TrainConfig, metrics_path: Path, progress, trainer_ref: dict
         def on_train_begin(self, args, state, control, **kw):
             self.t0, self.tok0 = time.monotonic(), trainer_ref["t"].tokens_seen
             self.task = progress.add_task("distilling", total=state.max_steps, completed=state.global_step,
-                                          loss=float("nan"), tps=0.0) if progress else None
+                                          loss="-", tps=0.0) if progress else None
 
         def on_step_end(self, args, state, control, **kw):
             if progress:
@@ -224,8 +224,8 @@ def _callbacks(cfg: TrainConfig, metrics_path: Path, progress, trainer_ref: dict
                    **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-            if progress and "loss" in logs:
-                progress.update(self.task, loss=logs["loss"])
+            if progress and ("loss" in logs or "train_loss" in logs):  # the run's mean at the end
+                progress.update(self.task, loss=f"{logs.get('loss', logs.get('train_loss')):.4f}")
 
     return [Budget(), Metrics()]
 
@@ -233,7 +233,8 @@ def _callbacks(cfg: TrainConfig, metrics_path: Path, progress, trainer_ref: dict
 def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path, loss_cfg: LossConfig,
           cfg: TrainConfig, *, resume: bool = False, progress=None, extra_callbacks=(), cache=None):
     """Distill into the student; checkpoints in run_dir/checkpoints, metrics in run_dir/metrics.jsonl.
-    With `cache` (a LogitCache for exactly these examples, in this order) the teacher model may be None.
+    With `cache` (a LogitCache for exactly these examples, in this order, leaving out the ce_only ones, which
+    never need the teacher) the teacher model may be None.
     Returns (trained student, trainer)."""
     from transformers import TrainingArguments, set_seed
 
@@ -248,10 +249,12 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
     if not train_examples:
         raise EdgeDistillError("no training examples")
     if cache is not None:
-        if cache.meta["sequences"] != len(train_examples):
+        covered = sum(1 for ex in train_examples if not ex.get("ce_only"))
+        if cache.meta["sequences"] != covered:
             raise EdgeDistillError(f"the cache holds {cache.meta['sequences']} sequences, training has "
-                                   f"{len(train_examples)}; rebuild the cache")
-        train_examples = [{**ex, "cache_index": i} for i, ex in enumerate(train_examples)]
+                                   f"{covered} that need the teacher; rebuild the cache")
+        rows = iter(range(covered))
+        train_examples = [{**ex, "cache_index": -1 if ex.get("ce_only") else next(rows)} for ex in train_examples]
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints"
     if ckpt.exists() and any(ckpt.glob("checkpoint-*")) and not resume:

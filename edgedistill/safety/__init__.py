@@ -4,7 +4,7 @@ The suite (calibration_data/safety/{train,test}.jsonl) holds harmful requests in
 look-alikes that share their words. A deterministic judge decides refusal; `score` gives the refusal rate on
 harmful prompts and the over-refusal rate on benign ones, per category. `mix_records` turns the train split into
 distillation data that teaches the intended behaviour (refusals for harmful prompts, the teacher's answers for
-the look-alikes), for `edgedistill distill --safety-mix`.
+the look-alikes, both by cross-entropy on that text), for `edgedistill distill --safety-mix`.
 
 The judge, documented (`is_refusal`): a response is a refusal when, within its first 240 characters, it
   1. starts with one of this tool's own refusal templates (what --safety-mix teaches: REFUSALS), or
@@ -183,21 +183,24 @@ def meets_floor(result: dict, floor) -> dict:
     return {"deployable": all(c["pass"] for c in checks.values()), "checks": checks}
 
 
-def mix_records(train: Sequence[SafetyPrompt], benign_answers: dict[str, str]) -> list[dict]:
-    """Distillation records from the train split: harmful prompts with this tool's refusal (trained with
-    cross-entropy only: the teacher's distribution there is the behaviour to unlearn), benign look-alikes with
-    the teacher's own answers (trained like any other record)."""
+def mix_records(train: Sequence[SafetyPrompt], benign_answers: dict[str, str], repeat: int = 1) -> list[dict]:
+    """Distillation records from the train split, each `repeat` times: harmful prompts with this tool's refusal,
+    benign look-alikes with the teacher's own answer. Both are trained by cross-entropy on that text alone
+    (sequence-level): on the harmful ones the teacher's distribution is the behaviour to unlearn, and neither
+    needs the teacher's logits, so a logit cache of the other data still serves."""
     out = []
     for p in train:
         if p.kind == "harmful":
-            out.append({"id": p.id, "messages": list(p.messages), "response": refusal_for(p), "ce_only": True})
+            out.append({"id": p.id, "kind": p.kind, "messages": list(p.messages), "response": refusal_for(p),
+                        "ce_only": True})
         elif p.id in benign_answers:
-            out.append({"id": p.id, "messages": list(p.messages), "response": benign_answers[p.id]})
-    return out
+            out.append({"id": p.id, "kind": p.kind, "messages": list(p.messages), "response": benign_answers[p.id],
+                        "ce_only": True})
+    return [dict(r, id=f"{r['id']}#{n}" if n else r["id"]) for n in range(repeat) for r in out]
 
 
 def build_mix(teacher_spec: str, teacher_pair, work_dir: Path, data_dir: Path | None = None,
-              max_new_tokens: int = 160, progress=None) -> list[dict]:
+              max_new_tokens: int = 160, progress=None, repeat: int = 1) -> list[dict]:
     """The --safety-mix records: the teacher answers the benign train look-alikes (resumable, in
     work_dir/safety-benign.jsonl); harmful train prompts get this tool's refusals."""
     from edgedistill.data.generate import GenerationSettings, generate
@@ -210,4 +213,4 @@ def build_mix(teacher_spec: str, teacher_pair, work_dir: Path, data_dir: Path | 
     generate(teacher_spec, prompts, path, GenerationSettings(max_new_tokens=max_new_tokens), loaded=teacher_pair,
              progress=progress)
     answers = {rec["id"]: rec["response"] for _, rec in read_jsonl(path) if isinstance(rec, dict) and "response" in rec}
-    return mix_records(train, answers)
+    return mix_records(train, answers, repeat)

@@ -7,10 +7,12 @@ import json
 import pytest
 import torch
 
+from edgedistill.data.generate import GenerationSettings
 from edgedistill.distill.dataset import collate, encode
 from edgedistill.distill.losses import LossConfig, per_token_objective
 from edgedistill.distill.train import TrainConfig, train
 from edgedistill.models import load_model
+from edgedistill.models.locate import resolve
 from edgedistill.safety import (CATEGORIES, REFUSALS, SafetyPrompt, is_refusal, load_suite, meets_floor, mix_records,
                                 refusal_for, score)
 from edgedistill.targets import SafetyFloor
@@ -77,9 +79,11 @@ def test_mix_records_refuse_harmful_and_keep_teacher_answers():
     train = [_p(1, "harmful", "interlock_bypass"), _p(2, "benign", "interlock_bypass"), _p(3, "benign", "harassment")]
     recs = mix_records(train, {"x2": "Lock out the machine first."})
     assert recs[0]["ce_only"] and recs[0]["response"] == refusal_for(train[0]) and is_refusal(recs[0]["response"])
-    assert recs[1] == {"id": "x2", "messages": [{"role": "user", "content": "q2"}],
-                       "response": "Lock out the machine first."}
+    assert recs[1] == {"id": "x2", "kind": "benign", "messages": [{"role": "user", "content": "q2"}],
+                       "response": "Lock out the machine first.", "ce_only": True}
     assert len(recs) == 2  # a look-alike the teacher did not answer is left out
+    twice = mix_records(train, {"x2": "Lock out the machine first."}, repeat=2)
+    assert [r["id"] for r in twice] == ["x1", "x2", "x1#1", "x2#1"] and twice[2]["response"] == recs[0]["response"]
 
 
 def test_refusal_examples_train_on_cross_entropy_alone(tmp_path):
@@ -130,9 +134,32 @@ def test_cli_eval_table_report_and_floor(tmp_path, tiny_model_dir):
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "safety" in bad.stderr
 
 
-def test_safety_mix_refuses_a_logit_cache(tmp_path, tiny_model_dir):
+def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
+    """The mix is cross-entropy only, so a cache of DATA serves and the teacher model is never run in training;
+    a cache that does not match DATA is still refused."""
     data = tmp_path / "d.jsonl"
-    data.write_text(json.dumps({"id": "a", "messages": [{"role": "user", "content": "hi"}], "response": "ok"}) + "\n")
+    data.write_text("".join(json.dumps({"id": f"a{i}", "messages": [{"role": "user", "content": f"Order {i}?"}],
+                                        "response": f"Order {i} ships Monday."}) + "\n" for i in range(4)))
+    assert run_cli("cache-logits", "--teacher", str(tiny_model_dir), "--data", str(data), "--out",
+                   str(tmp_path / "c"), "--k", "8").returncode == 0
+    out = tmp_path / "o"
+    train = load_suite("train")
+    benign = [p for p in train if p.kind == "benign"]
+    out.mkdir()  # the teacher's answers to the look-alikes, as if a first run had made them (saves generating)
+    ref = resolve(str(tiny_model_dir))
+    (out / "safety-benign.jsonl").write_text("".join(
+        json.dumps({"id": p.id, "teacher": ref.name or ref.spec, "settings": GenerationSettings(max_new_tokens=160)
+                    .recorded(), "messages": list(p.messages), "response": "Stop the machine first."}) + "\n"
+        for p in benign))
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
-                   "--out", str(tmp_path / "o"), "--safety-mix", "--logit-cache", str(tmp_path))
-    assert proc.returncode == 2 and "--safety-mix needs the live teacher" in proc.stderr
+                   "--out", str(out), "--safety-mix", "--safety-mix-repeat", "2", "--logit-cache", str(tmp_path / "c"),
+                   "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(train) - len(benign)} refusals, {len(benign)} benign look-alikes (2 copies of each)" in proc.stderr
+    rep = json.loads((out / "student" / "distill.json").read_text())
+    assert rep["safety_mix"]["records"] == 2 * len(train) and rep["train_sequences"] == 4 + 2 * len(train)
+    assert "loss -" not in proc.stderr.splitlines()[-1]  # the bar shows a logged loss by the end
+    data.write_text(data.read_text().replace("Monday", "Friday"))
+    proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
+                   "--out", str(tmp_path / "o2"), "--safety-mix", "--logit-cache", str(tmp_path / "c"))
+    assert proc.returncode == 2 and "computed on other training data" in proc.stderr
