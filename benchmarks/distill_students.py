@@ -14,7 +14,10 @@ token and the training speed with the cache vs with the live teacher are measure
      steps on 10L-hw;
   5. every student: held-out mean KL(teacher || student) and top-1 agreement on the validation generations;
      cross-entropy and best-objective students also on the graded eval sets (every --eval-every-th item, so all
-     task types stay represented; the teacher's score on the same items comes from results/teacher_eval.json).
+     task types stay represented; the teacher's score on the same items comes from results/teacher_eval.json);
+  6. every saved student and the teacher: the eval items that list their choices, scored by likelihood
+     (data.evaluate.choice_accuracy: the most likely choice is the answer), which still separates students
+     whose generated answers are all wrong.
 
     .venv/bin/python benchmarks/distill_students.py      # writes benchmarks/results/distill_students.json
 """
@@ -63,7 +66,7 @@ def main() -> None:
 
     from edgedistill.cli.distill import _interleave
     from edgedistill.data import default_data_dir, load_prompts, load_texts
-    from edgedistill.data.evaluate import evaluate, find_eval_sets, load_eval_items
+    from edgedistill.data.evaluate import choice_accuracy, evaluate, find_eval_sets, load_eval_items
     from edgedistill.data.generate import GenerationSettings, generate, model_fingerprint
     from edgedistill.distill import logit_cache
     from edgedistill.distill.dataset import encode, load_generations
@@ -121,7 +124,8 @@ def main() -> None:
         if not inits[name].exists():
             derive_student(DEFAULT_TEACHER, shape, texts, inits[name], max_tokens=8192, loaded=teacher)
 
-    eval_items = load_eval_items(find_eval_sets(data_dir))[:: args.eval_every]
+    all_items = load_eval_items(find_eval_sets(data_dir))
+    eval_items = all_items[:: args.eval_every]
     results: dict[str, dict] = {}
     extra: dict = {"data": info, "logit_cache": cache_info}
     previous = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
@@ -207,6 +211,22 @@ def main() -> None:
         if len(graded) == len(chosen):
             extra["teacher"] = {"graded": {"overall": sum(x["correct"] for x in graded) / len(graded),
                                            "items": len(graded)}}
+    def choice(model_dir, loaded=None) -> dict:
+        r = choice_accuracy(str(model_dir), all_items, loaded=loaded)
+        return {"overall": r.overall(), "by_domain": r.by_domain(), "items": len(r.items),
+                "chance": sum(x["chance"] for x in r.items) / len(r.items)}
+
+    if "choice" not in extra.get("teacher", {}) and "choice" not in previous.get("teacher", {}):
+        log("teacher: choices by likelihood")
+        extra.setdefault("teacher", {})["choice"] = choice(DEFAULT_TEACHER, teacher)
+    elif "choice" not in extra.get("teacher", {}):
+        extra.setdefault("teacher", {})["choice"] = previous["teacher"]["choice"]
+    for label, rec in results.items():
+        student = work / "runs" / label.replace("/", "-") / "student"
+        if "choice" not in rec and student.is_dir():
+            log(f"{label}: choices by likelihood")
+            rec["choice"] = choice(student)
+            _write(args, results, extra, run_record)
     _write(args, results, extra, run_record, final=True)
 
 

@@ -108,3 +108,53 @@ def evaluate(model_spec: str, items: Sequence[EvalItem], *, batch_size: int = 8,
     order = {it.id: n for n, it in enumerate(items)}
     result.items.sort(key=lambda r: order[r["id"]])
     return result
+
+
+def choice_accuracy(model_spec: str, items: Sequence[EvalItem], *, progress=None, loaded=None,
+                    trust_remote_code: bool = False) -> EvalResult:
+    """Scores the items that list their choices by likelihood instead of by generation: the predicted answer
+    is the choice whose tokens the model finds most likely (summed log-probability) as the start of its reply
+    (after "Answer:" where the prompt asks for reasoning first). This still separates models whose generated
+    answers are all wrong, which is where small students start; chance level is 1 / number of choices."""
+    import torch
+
+    from edgedistill.models.locate import load_model
+
+    model, tok = loaded or load_model(model_spec, trust_remote_code=trust_remote_code)
+    was_training = model.training
+    model.eval()
+    result = EvalResult(str(model_spec))
+    todo = [it for it in items if it.choices]
+    task = progress.add_task(f"scoring choices of {model_spec}", total=len(todo)) if progress else None
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    device = next(model.parameters()).device
+    for it in todo:
+        context = tok.apply_chat_template([{"role": "user", "content": it.prompt}], add_generation_prompt=True,
+                                          tokenize=False)
+        lead = ""
+        if wants_reasoning(it):
+            context, lead = context + "Answer:", " "
+        c_ids = tok(context, add_special_tokens=False).input_ids
+        conts = [tok(lead + c, add_special_tokens=False).input_ids for c in it.choices]
+        seqs = [c_ids + c for c in conts]
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, s in enumerate(seqs):
+            ids[row, : len(s)] = torch.tensor(s)
+            mask[row, : len(s)] = 1
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
+        scores = []
+        for row, c in enumerate(conts):
+            pos = torch.arange(len(c_ids) - 1, len(c_ids) - 1 + len(c), device=device)
+            scores.append(float(logp[row, pos, torch.tensor(c, device=device)].sum()))
+        best = it.choices[max(range(len(scores)), key=scores.__getitem__)]
+        result.items.append({"id": it.id, "domain": it.domain, "task": it.task, "gold": it.answer, "predicted": best,
+                             "correct": best == it.answer, "chance": 1 / len(it.choices),
+                             "scores": dict(zip(it.choices, scores))})
+        if progress:
+            progress.advance(task)
+    if was_training:
+        model.train()
+    return result
