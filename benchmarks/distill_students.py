@@ -64,7 +64,7 @@ def main() -> None:
                     help="keep the runs already in --out whose student is still in --work (same settings assumed)")
     args = ap.parse_args()
 
-    from edgedistill.cli.distill import _interleave
+    from edgedistill.distill.prune import interleave_texts
     from edgedistill.data import default_data_dir, load_prompts, load_texts
     from edgedistill.data.evaluate import choice_accuracy, evaluate, find_eval_sets, load_eval_items
     from edgedistill.data.generate import GenerationSettings, generate, model_fingerprint
@@ -116,7 +116,7 @@ def main() -> None:
     log(f"logit cache: {cache_info['bytes_per_token']:.0f} B/token, top-{args.k} mass "
         f"{100 * cache_info['teacher_mass_in_top_k']:.1f}%")
 
-    texts = _interleave([t for d in sorted(data_dir.glob("*/texts")) for _, t in load_texts(d)])
+    texts = interleave_texts([t for d in sorted(data_dir.glob("*/texts")) for _, t in load_texts(d)])
     shapes = {"10L": StudentShape(layers=10), "10L-hw": hardware_friendly(teacher[0], 10)}
     inits = {}
     for name, shape in shapes.items():

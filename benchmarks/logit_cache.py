@@ -40,7 +40,7 @@ def main() -> None:
 
     import torch
 
-    from edgedistill.cli.distill import _interleave
+    from edgedistill.distill.prune import interleave_texts
     from edgedistill.data import default_data_dir, load_prompts, load_texts
     from edgedistill.data.generate import GenerationSettings, generate, model_fingerprint
     from edgedistill.distill import logit_cache
@@ -69,7 +69,7 @@ def main() -> None:
     student_dir = work / "student-10L-hw"
     if not student_dir.exists():
         texts = [t for d in sorted(data_dir.glob("*/texts")) for _, t in load_texts(d)]
-        derive_student(DEFAULT_TEACHER, hardware_friendly(teacher[0], 10), _interleave(texts), student_dir,
+        derive_student(DEFAULT_TEACHER, hardware_friendly(teacher[0], 10), interleave_texts(texts), student_dir,
                        max_tokens=8192, loaded=teacher)
 
     data = encode(teacher[1], load_generations([gen_path]), 512)

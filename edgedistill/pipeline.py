@@ -151,12 +151,12 @@ def run_pipeline(target_name: str, out: Path, settings: RunSettings = RunSetting
     p_key = _key("prune", t_key, settings.layers, settings.hw_friendly, str(data_dir))
 
     def prune(folder: Path) -> dict:
-        from edgedistill.cli.distill import _interleave
+        from edgedistill.distill.prune import interleave_texts
         from edgedistill.distill.prune import StudentShape, derive_student, hardware_friendly
 
         shape = hardware_friendly(teacher()[0], settings.layers) if settings.hw_friendly else StudentShape(
             layers=settings.layers)
-        texts = _interleave([t for d in sorted(data_dir.glob("*/texts")) for _, t in load_texts(d)])
+        texts = interleave_texts([t for d in sorted(data_dir.glob("*/texts")) for _, t in load_texts(d)])
         with progress() as p:
             derive_student(str(teacher_dir), shape, texts, folder / "student", max_tokens=8192, loaded=teacher(),
                            progress=p)

@@ -27,9 +27,11 @@ def prune_cmd(teacher, out, layers, hidden, ffn, heads, kv_heads, hw_friendly, c
     """Derive a smaller student from TEACHER by depth and width pruning, chosen by measured importance."""
     from edgedistill.cli.progress import byte_progress
     from edgedistill.data import default_data_dir, load_texts
-    from edgedistill.distill.prune import StudentShape, derive_student, hardware_friendly
+    from edgedistill.distill.prune import StudentShape, derive_student, hardware_friendly, interleave_texts
     from edgedistill.models.locate import load_model
 
+    if out.exists():  # before loading the teacher and reading the calibration data
+        raise click.UsageError(f"{out} already exists; choose another --out or delete it")
     if calibration is None:
         texts = [t for d in sorted(default_data_dir().glob("*/texts")) for _, t in load_texts(d)]
     else:
@@ -40,7 +42,7 @@ def prune_cmd(teacher, out, layers, hidden, ffn, heads, kv_heads, hw_friendly, c
         hw = hardware_friendly(loaded[0], layers)
         shape = StudentShape(layers, hidden or hw.hidden, ffn or hw.ffn, heads or hw.heads, kv_heads or hw.kv_heads)
     with byte_progress() as progress:
-        path = derive_student(teacher, shape, _interleave(texts), out, max_tokens=max_tokens, progress=progress,
+        path = derive_student(teacher, shape, interleave_texts(texts), out, max_tokens=max_tokens, progress=progress,
                               loaded=loaded)
     import json
 
@@ -49,15 +51,6 @@ def prune_cmd(teacher, out, layers, hidden, ffn, heads, kv_heads, hw_friendly, c
     click.echo(f"student in {path}: {rec['student_parameters'] / 1e6:.1f}M parameters "
                f"(teacher {rec['teacher_parameters'] / 1e6:.1f}M); layers {s['layers']}, hidden {s['hidden']}, "
                f"FFN {s['ffn']}, heads {s['heads']}/{s['kv_heads']} kv; kept blocks {rec['kept_layers']}")
-
-
-def _interleave(texts: list[str], chunk: int = 2000) -> list[str]:
-    """Round-robin pieces of each text, so the first N tokens cover all of them."""
-    pieces = [[t[i : i + chunk] for i in range(0, len(t), chunk)] for t in texts]
-    out = []
-    for k in range(max(len(p) for p in pieces)):
-        out += [p[k] for p in pieces if k < len(p)]
-    return out
 
 
 def _duration(ctx, param, value):

@@ -307,3 +307,12 @@ def derive_student(teacher: str, shape: StudentShape, texts: Sequence[str], out_
         }
         (tmp / "pruning.json").write_text(json.dumps(record, indent=2) + "\n")
     return out_dir
+
+
+def interleave_texts(texts: list[str], chunk: int = 2000) -> list[str]:
+    """Round-robin pieces of each calibration text, so the first N tokens cover all of them."""
+    pieces = [[t[i : i + chunk] for i in range(0, len(t), chunk)] for t in texts]
+    out = []
+    for k in range(max((len(p) for p in pieces), default=0)):
+        out += [p[k] for p in pieces if k < len(p)]
+    return out

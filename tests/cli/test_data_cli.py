@@ -166,3 +166,15 @@ def test_cache_logits_then_distill_from_it(tiny_model_dir, student_and_generatio
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(student), "--data", str(other),
                    "--logit-cache", str(tmp_path / "c"), "--out", str(tmp_path / "run2"), "--max-steps", "2")
     assert proc.returncode == 2 and "computed on other training data" in proc.stderr
+
+
+def test_prune_into_an_existing_folder_is_refused_first(tiny_model_dir, tmp_path):
+    (tmp_path / "s").mkdir()
+    proc = run_cli("prune", str(tiny_model_dir), "--layers", "1", "--out", str(tmp_path / "s"),
+                   "--calibration", str(tmp_path / "missing.txt"))
+    # the --calibration path is checked by click first; with a real one, --out is refused before any loading
+    assert proc.returncode == 2
+    (tmp_path / "c.txt").write_text("text " * 100)
+    proc = run_cli("prune", "no-such-teacher", "--layers", "1", "--out", str(tmp_path / "s"),
+                   "--calibration", str(tmp_path / "c.txt"))
+    assert proc.returncode == 2 and "already exists" in proc.stderr and "Traceback" not in proc.stderr

@@ -118,3 +118,10 @@ def test_derive_student_writes_a_loadable_directory(teacher, tmp_path):
     assert model.config.num_hidden_layers == 2 and tok.chat_template
     with pytest.raises(EdgeDistillError, match="already exists"):
         derive_student("tiny", StudentShape(layers=2), TEXTS, out, loaded=teacher)
+
+
+def test_interleave_texts_round_robin():
+    from edgedistill.distill.prune import interleave_texts
+
+    assert interleave_texts(["aaaa", "bb", "c"], chunk=2) == ["aa", "bb", "c", "aa"]
+    assert interleave_texts([]) == []
