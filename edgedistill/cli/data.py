@@ -76,21 +76,32 @@ def generate_cmd(teacher, prompt_files, split, data_dir, out, max_new_tokens, sa
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write every item's response and grade here.")
-def eval_cmd(model, teacher, data_dir, domains, limit, batch_size, json_out):
+@click.option("--by-likelihood", is_flag=True,
+              help="Score only the items that list choices, by which choice the model finds most likely (no "
+                   "generation); separates small models whose generated answers are all wrong.")
+def eval_cmd(model, teacher, data_dir, domains, limit, batch_size, json_out, by_likelihood):
     """Score MODEL on the graded eval sets: accuracy per domain and per task type."""
     from rich.console import Console
     from rich.table import Table
 
     from edgedistill.cli.progress import byte_progress
     from edgedistill.data import default_data_dir
-    from edgedistill.data.evaluate import evaluate, find_eval_sets, load_eval_items
+    from edgedistill.data.evaluate import choice_accuracy, evaluate, find_eval_sets, load_eval_items
 
     items = load_eval_items(find_eval_sets(data_dir or default_data_dir(), domains), limit)
+    title = "graded eval"
+    if by_likelihood:
+        items = [it for it in items if it.choices]
+        if not items:
+            raise click.UsageError("none of the selected eval items lists its choices; drop --by-likelihood")
+        chance = sum(1 / len(it.choices) for it in items) / len(items)
+        title = f"choices by likelihood, chance {100 * chance:.1f}%;"
     results = []
     with byte_progress() as progress:
         for spec in [model] + ([teacher] if teacher else []):
-            results.append(evaluate(spec, items, batch_size=batch_size, progress=progress))
-    table = Table(title=f"graded eval ({len(items)} items)" + (" [--limit: not a full score]" if limit else ""))
+            results.append(choice_accuracy(spec, items, progress=progress) if by_likelihood
+                           else evaluate(spec, items, batch_size=batch_size, progress=progress))
+    table = Table(title=f"{title} ({len(items)} items)" + (" [--limit: not a full score]" if limit else ""))
     table.add_column("domain")
     table.add_column("task")
     table.add_column("n", justify="right")

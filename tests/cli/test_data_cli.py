@@ -60,6 +60,20 @@ def test_eval_with_teacher_column(tiny_model_dir, tmp_path):
         ("support", "yes_no"), ("support", "arithmetic"), ("support", "extraction")}
 
 
+def test_eval_by_likelihood(tiny_model_dir, tmp_path):
+    data = _eval_dir(tmp_path / "data")
+    out = tmp_path / "eval.json"
+    proc = run_cli("eval", str(tiny_model_dir), "--data", str(data), "--by-likelihood", "--json-out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "choices by likelihood, chance 50.0%" in proc.stdout
+    (row,) = json.loads(out.read_text())["models"]
+    assert [r["id"] for r in row["items"]] == ["e1"] and set(row["items"][0]["scores"]) == {"yes", "no"}
+    f = data / "support" / "eval.jsonl"
+    f.write_text("".join(line + "\n" for line in f.read_text().splitlines() if '"choices"' not in line))
+    proc = run_cli("eval", str(tiny_model_dir), "--data", str(data), "--by-likelihood")
+    assert proc.returncode == 2 and "lists its choices" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_eval_unknown_domain(tiny_model_dir, tmp_path):
     data = _eval_dir(tmp_path / "data")
     proc = run_cli("eval", str(tiny_model_dir), "--data", str(data), "--domain", "legal")
