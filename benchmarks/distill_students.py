@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=6, help="graded eval on every n-th item (1: all)")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "distill_students.json")
+    ap.add_argument("--regrade", action="store_true",
+                    help="with --resume: grade again every kept student whose graded eval used another --eval-every")
     ap.add_argument("--resume", action="store_true",
                     help="keep the runs already in --out whose student is still in --work (same settings assumed)")
     args = ap.parse_args()
@@ -130,6 +132,12 @@ def main() -> None:
     extra: dict = {"data": info, "logit_cache": cache_info}
     previous = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
 
+    def graded_record(r) -> dict:
+        by_task = r.accuracy(lambda x: x["task"])
+        by_task.pop("_n")
+        return {"overall": r.overall(), "by_domain": r.by_domain(), "by_task": by_task, "items": len(r.items),
+                "eval_every": args.eval_every, "correct": sum(bool(x["correct"]) for x in r.items)}
+
     def cfg_for(steps: int, on_policy: float) -> TrainConfig:
         return TrainConfig(max_steps=steps, batch_size=4, grad_accum=2, learning_rate=args.lr, warmup_steps=6,
                            max_length=512, save_steps=100_000, logging_steps=10, on_policy=on_policy,
@@ -171,7 +179,7 @@ def main() -> None:
             if graded:
                 log(f"graded eval of {label}")
                 r = evaluate(str(out_dir), eval_items, loaded=(model, tok))
-                rec["graded"] = {"overall": r.overall(), "by_domain": r.by_domain()}
+                rec["graded"] = graded_record(r)
         shutil.rmtree(rdir / "checkpoints", ignore_errors=True)
         log(f"{label}: {rec['steps']} steps in {train_s:.0f} s"
             + (f", held-out KL {rec['validation']['mean_kl']:.4f}, top-1 {100 * rec['validation']['top1_agreement']:.1f}%"
@@ -198,19 +206,32 @@ def main() -> None:
     log(f"best objective on 10L-hw: {best}; its graded eval, on-policy run and the 10L runs follow")
     if "graded" not in results["10L-hw/" + best]:
         r = evaluate(str(work / "runs" / f"10L-hw-{best}" / "student"), eval_items)
-        results["10L-hw/" + best]["graded"] = {"overall": r.overall(), "by_domain": r.by_domain()}
+        results["10L-hw/" + best]["graded"] = graded_record(r)
         _write(args, results, extra, run_record)
     if args.on_policy > 0:
         run("10L-hw", best, on_policy=args.on_policy, graded=False)
     run("10L", "ce", graded=True)
     run("10L", best, graded=True)
+    if args.regrade:
+        for label, rec in results.items():
+            student = work / "runs" / label.replace("/", "-") / "student"
+            if "graded" in rec and rec["graded"].get("eval_every") != args.eval_every and student.is_dir():
+                log(f"graded eval of {label} again, every {args.eval_every}. item")
+                rec["graded"] = graded_record(evaluate(str(student), eval_items))
+                _write(args, results, extra, run_record)
     teacher_eval = HERE / "results" / "teacher_eval.json"
     if teacher_eval.exists():
         chosen = {it.id for it in eval_items}
         graded = [x for x in json.loads(teacher_eval.read_text())["models"][0]["items"] if x["id"] in chosen]
         if len(graded) == len(chosen):
-            extra["teacher"] = {"graded": {"overall": sum(x["correct"] for x in graded) / len(graded),
-                                           "items": len(graded)}}
+            by_task: dict = {}
+            for x in graded:
+                by_task.setdefault(x["task"], []).append(bool(x["correct"]))
+            extra["teacher"] = {**previous.get("teacher", {}), **extra.get("teacher", {}),
+                                "graded": {"overall": sum(x["correct"] for x in graded) / len(graded),
+                                           "items": len(graded), "correct": sum(bool(x["correct"]) for x in graded),
+                                           "by_task": {k: sum(v) / len(v) for k, v in by_task.items()}}}
+
     def choice(model_dir, loaded=None) -> dict:
         r = choice_accuracy(str(model_dir), all_items, loaded=loaded)
         return {"overall": r.overall(), "by_domain": r.by_domain(), "items": len(r.items),
