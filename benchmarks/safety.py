@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--train-data", type=Path, help="teacher generations (edgedistill generate); required unless --rescore")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--repeat", type=int, default=3, help="copies of each safety record in the mix")
+    ap.add_argument("--benign-repeat", type=int, default=None, help="copies of each benign look-alike (default --repeat)")
     ap.add_argument("--cache", type=Path, default=None, help="logit cache of --train-data (edgedistill cache-logits)")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="student trained without the mix on the same settings, reused instead of trained")
@@ -105,11 +106,13 @@ def main() -> None:
                                                              "records": len(records)}) + "\n")
         examples = list(base.examples)
         if mix:
-            extra = build_mix(DEFAULT_TEACHER, teacher, rdir, max_new_tokens=160, repeat=args.repeat)
+            extra = build_mix(DEFAULT_TEACHER, teacher, rdir, max_new_tokens=160, repeat=args.repeat,
+                              benign_repeat=args.benign_repeat)
             examples += encode(tok, extra, 512).examples
-            report["mix"] = {"refusals": sum(r["kind"] == "harmful" for r in extra) // args.repeat,
-                             "benign": sum(r["kind"] == "benign" for r in extra) // args.repeat,
-                             "repeat": args.repeat}
+            report["mix"] = {"refusals": sum("#" not in r["id"] and r["kind"] == "harmful" for r in extra),
+                             "benign": sum("#" not in r["id"] and r["kind"] == "benign" for r in extra),
+                             "repeat": args.repeat, "benign_repeat": args.benign_repeat or args.repeat,
+                             "records": len(extra)}
         if not (student_dir / "config.json").exists():
             log(f"training {name} ({len(examples)} sequences)")
             cfg = TrainConfig(max_steps=args.steps, batch_size=4, grad_accum=2, learning_rate=args.lr, warmup_steps=6,

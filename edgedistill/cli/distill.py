@@ -98,10 +98,13 @@ def _duration(ctx, param, value):
                    "for their benign look-alikes (both by cross-entropy alone, so a --logit-cache of DATA still "
                    "serves).")
 @click.option("--safety-mix-repeat", type=click.IntRange(1, 20), default=3, show_default=True,
-              help="How many times each --safety-mix example is in the training data.")
+              help="How many times each --safety-mix refusal is in the training data.")
+@click.option("--safety-mix-benign-repeat", type=click.IntRange(1, 20), default=None,
+              help="How many times each --safety-mix benign look-alike is in the training data "
+                   "[default: --safety-mix-repeat].")
 def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, alpha, kd_weight, loss_temperature,
                 on_policy, max_steps, max_time, batch_size, grad_accum, lr, max_length, seed, save_steps, resume,
-                logit_cache, safety_mix, safety_mix_repeat):
+                logit_cache, safety_mix, safety_mix_repeat, safety_mix_benign_repeat):
     """Train STUDENT to imitate TEACHER on teacher generations (sequence-level + logit distillation)."""
     import dataclasses
     import json
@@ -144,10 +147,12 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
 
         out.mkdir(parents=True, exist_ok=True)
         with byte_progress() as p:
-            mix = build_mix(teacher, t_pair, out, progress=p, repeat=safety_mix_repeat)
-        click.echo(f"safety mix: {sum(r['kind'] == 'harmful' for r in mix) // safety_mix_repeat} refusals, "
-                   f"{sum(r['kind'] == 'benign' for r in mix) // safety_mix_repeat} benign look-alikes "
-                   f"({safety_mix_repeat} copies of each)", err=True)
+            mix = build_mix(teacher, t_pair, out, progress=p, repeat=safety_mix_repeat,
+                            benign_repeat=safety_mix_benign_repeat)
+        benign_repeat = safety_mix_benign_repeat or safety_mix_repeat
+        click.echo(f"safety mix: {sum('#' not in r['id'] and r['kind'] == 'harmful' for r in mix)} refusals "
+                   f"x{safety_mix_repeat}, {sum('#' not in r['id'] and r['kind'] == 'benign' for r in mix)} benign "
+                   f"look-alikes x{benign_repeat} (teacher answers that refuse are left out)", err=True)
     if mix:
         extra = encode(t_pair[1], mix, max_length)
         train_set = dataclasses.replace(train_set, examples=train_set.examples + extra.examples,
@@ -160,7 +165,8 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
         model, trainer = train(t_pair, s_pair, train_set.examples, out, loss_cfg, cfg, resume=resume,
                                progress=progress, cache=cache)
     report = {"steps": trainer.state.global_step, "logit_cache": str(logit_cache) if logit_cache else None,
-              "safety_mix": {"repeat": safety_mix_repeat, "records": len(mix)} if safety_mix else False,
+              "safety_mix": {"repeat": safety_mix_repeat, "benign_repeat": safety_mix_benign_repeat or safety_mix_repeat,
+                             "records": len(mix)} if safety_mix else False,
               "train_sequences": len(train_set.examples), "truncated": train_set.truncated,
               "parameters": model.num_parameters()}
     if val_files:

@@ -183,24 +183,30 @@ def meets_floor(result: dict, floor) -> dict:
     return {"deployable": all(c["pass"] for c in checks.values()), "checks": checks}
 
 
-def mix_records(train: Sequence[SafetyPrompt], benign_answers: dict[str, str], repeat: int = 1) -> list[dict]:
-    """Distillation records from the train split, each `repeat` times: harmful prompts with this tool's refusal,
-    benign look-alikes with the teacher's own answer. Both are trained by cross-entropy on that text alone
-    (sequence-level): on the harmful ones the teacher's distribution is the behaviour to unlearn, and neither
-    needs the teacher's logits, so a logit cache of the other data still serves."""
+def mix_records(train: Sequence[SafetyPrompt], benign_answers: dict[str, str], repeat: int = 1,
+                benign_repeat: int | None = None) -> list[dict]:
+    """Distillation records from the train split: harmful prompts with this tool's refusal (`repeat` copies each),
+    benign look-alikes with the teacher's own answer (`benign_repeat` copies each, default `repeat`). A teacher
+    answer to a benign prompt that the judge calls a refusal is left out: it would teach over-refusal. Both kinds
+    are trained by cross-entropy on that text alone (sequence-level): on the harmful ones the teacher's
+    distribution is the behaviour to unlearn, and neither needs the teacher's logits, so a logit cache of the other
+    data still serves."""
+    benign_repeat = repeat if benign_repeat is None else benign_repeat
     out = []
     for p in train:
         if p.kind == "harmful":
-            out.append({"id": p.id, "kind": p.kind, "messages": list(p.messages), "response": refusal_for(p),
-                        "ce_only": True})
-        elif p.id in benign_answers:
-            out.append({"id": p.id, "kind": p.kind, "messages": list(p.messages), "response": benign_answers[p.id],
-                        "ce_only": True})
-    return [dict(r, id=f"{r['id']}#{n}" if n else r["id"]) for n in range(repeat) for r in out]
+            rec, copies = {"response": refusal_for(p)}, repeat
+        elif p.id in benign_answers and not is_refusal(benign_answers[p.id]):
+            rec, copies = {"response": benign_answers[p.id]}, benign_repeat
+        else:
+            continue
+        out.append(({"id": p.id, "kind": p.kind, "messages": list(p.messages), **rec, "ce_only": True}, copies))
+    rounds = max([c for _, c in out], default=0)
+    return [dict(r, id=f"{r['id']}#{n}" if n else r["id"]) for n in range(rounds) for r, c in out if n < c]
 
 
 def build_mix(teacher_spec: str, teacher_pair, work_dir: Path, data_dir: Path | None = None,
-              max_new_tokens: int = 160, progress=None, repeat: int = 1) -> list[dict]:
+              max_new_tokens: int = 160, progress=None, repeat: int = 1, benign_repeat: int | None = None) -> list[dict]:
     """The --safety-mix records: the teacher answers the benign train look-alikes (resumable, in
     work_dir/safety-benign.jsonl); harmful train prompts get this tool's refusals."""
     from edgedistill.data.generate import GenerationSettings, generate
@@ -213,4 +219,4 @@ def build_mix(teacher_spec: str, teacher_pair, work_dir: Path, data_dir: Path | 
     generate(teacher_spec, prompts, path, GenerationSettings(max_new_tokens=max_new_tokens), loaded=teacher_pair,
              progress=progress)
     answers = {rec["id"]: rec["response"] for _, rec in read_jsonl(path) if isinstance(rec, dict) and "response" in rec}
-    return mix_records(train, answers, repeat)
+    return mix_records(train, answers, repeat, benign_repeat)

@@ -84,6 +84,10 @@ def test_mix_records_refuse_harmful_and_keep_teacher_answers():
     assert len(recs) == 2  # a look-alike the teacher did not answer is left out
     twice = mix_records(train, {"x2": "Lock out the machine first."}, repeat=2)
     assert [r["id"] for r in twice] == ["x1", "x2", "x1#1", "x2#1"] and twice[2]["response"] == recs[0]["response"]
+    more_benign = mix_records(train, {"x2": "Lock out the machine first."}, repeat=1, benign_repeat=3)
+    assert [r["id"] for r in more_benign] == ["x1", "x2", "x2#1", "x2#2"]
+    # a teacher answer that is itself a refusal would teach over-refusal: left out
+    assert [r["id"] for r in mix_records(train, {"x2": "I'm sorry, but I can't help with that."})] == ["x1"]
 
 
 def test_refusal_examples_train_on_cross_entropy_alone(tmp_path):
@@ -152,12 +156,16 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
                     .recorded(), "messages": list(p.messages), "response": "Stop the machine first."}) + "\n"
         for p in benign))
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
-                   "--out", str(out), "--safety-mix", "--safety-mix-repeat", "2", "--logit-cache", str(tmp_path / "c"),
+                   "--out", str(out), "--safety-mix", "--safety-mix-repeat", "2", "--safety-mix-benign-repeat", "3",
+                   "--logit-cache", str(tmp_path / "c"),
                    "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1")
     assert proc.returncode == 0, proc.stderr
-    assert f"{len(train) - len(benign)} refusals, {len(benign)} benign look-alikes (2 copies of each)" in proc.stderr
+    n_harmful = len(train) - len(benign)
+    assert f"{n_harmful} refusals x2, {len(benign)} benign look-alikes x3" in proc.stderr
     rep = json.loads((out / "student" / "distill.json").read_text())
-    assert rep["safety_mix"]["records"] == 2 * len(train) and rep["train_sequences"] == 4 + 2 * len(train)
+    records = 2 * n_harmful + 3 * len(benign)
+    assert rep["safety_mix"] == {"repeat": 2, "benign_repeat": 3, "records": records}
+    assert rep["train_sequences"] == 4 + records
     assert "loss -" not in proc.stderr.splitlines()[-1]  # the bar shows a logged loss by the end
     data.write_text(data.read_text().replace("Monday", "Friday"))
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
