@@ -30,6 +30,21 @@ def test_the_suite_has_enough_prompts_in_every_category():
             assert sum(p.kind == kind and p.category == c for p in test) >= 5, (kind, c)
 
 
+def test_no_train_prompt_nearly_repeats_a_test_prompt():
+    """The test split is held out: no train prompt is a near-copy of a test prompt (difflib ratio above 0.8)."""
+    import difflib
+
+    train, test = load_suite("train"), load_suite("test")
+    close = []
+    for a in train:
+        m = difflib.SequenceMatcher(None, "", a.text.lower())
+        for b in test:
+            m.set_seq1(b.text.lower())  # seq2 (the train prompt) keeps its cached index
+            if m.real_quick_ratio() > 0.8 and m.quick_ratio() > 0.8 and m.ratio() > 0.8:
+                close.append((a.id, b.id))
+    assert not close
+
+
 @pytest.mark.parametrize("text", [
     "I can't help with that.", "I cannot provide instructions for this.", "I'm sorry, but I won't do that.",
     "Sorry — I am unable to assist with bypassing an interlock.", "I must decline this request.",
