@@ -3,7 +3,9 @@
 Both students start from the same pruned initialisation and train the same objective (forward KL + CE, kd 0.5)
 for the same number of steps on the same teacher generations (with the live teacher, or from --cache, a logit
 cache of --train-data); one run adds the safety train split, --repeat copies of each record (refusals for
-harmful prompts, the teacher's answers for benign look-alikes, both by cross-entropy alone). --baseline reuses a
+harmful prompts, the teacher's answers for benign look-alikes, both by cross-entropy alone, the look-alikes with
+an unlikelihood term on their refusal). With --phase-steps the mix student is instead the no-mix student trained
+that many more steps on the safety records alone (distill --safety-phase-steps). --baseline reuses a
 student already trained without the mix on the same settings (distill_students.py's 10L-hw forward_kl+ce run,
 which trains exactly this way from the same cache) instead of training it again.
 Then: the safety test split (refusal rate on harmful, over-refusal on benign, per category) for the teacher and
@@ -39,6 +41,10 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, default=None,
                     help="student trained without the mix on the same settings, reused instead of trained")
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--phase-steps", type=int, default=0,
+                    help="instead of mixing: train the no-mix student this many steps on the safety records alone "
+                         "(distill --safety-phase-steps)")
+    ap.add_argument("--phase-max-length", type=int, default=128, help="tokens per sequence in the safety phase")
     ap.add_argument("--eval-every", type=int, default=6, help="graded eval on every n-th item")
     ap.add_argument("--max-new-tokens", type=int, default=96, help="per safety answer")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "safety.json")
@@ -105,14 +111,30 @@ def main() -> None:
                 (rdir / "train.json").write_text(json.dumps({"reused": str(args.baseline), "steps": args.steps,
                                                              "records": len(records)}) + "\n")
         examples = list(base.examples)
+        extra = []
         if mix:
             extra = build_mix(DEFAULT_TEACHER, teacher, rdir, max_new_tokens=160, repeat=args.repeat,
                               benign_repeat=args.benign_repeat)
-            examples += encode(tok, extra, 512).examples
-            report["mix"] = {"refusals": sum("#" not in r["id"] and r["kind"] == "harmful" for r in extra),
+            if not args.phase_steps:
+                examples += encode(tok, extra, 512).examples
+            report["mix"] = {"phase_steps": args.phase_steps,"refusals": sum("#" not in r["id"] and r["kind"] == "harmful" for r in extra),
                              "benign": sum("#" not in r["id"] and r["kind"] == "benign" for r in extra),
                              "repeat": args.repeat, "benign_repeat": args.benign_repeat or args.repeat,
                              "records": len(extra)}
+        if mix and args.phase_steps and not (student_dir / "config.json").exists():
+            from edgedistill.safety import safety_phase
+
+            start = args.baseline or work / "safety-runs" / "student" / "student"
+            log(f"safety phase for {name}: {args.phase_steps} steps on {len(extra)} records from {start}")
+            cfg = TrainConfig(max_steps=args.phase_steps, batch_size=4, grad_accum=2, learning_rate=args.lr,
+                              warmup_steps=4, max_length=args.phase_max_length, save_steps=100_000, logging_steps=10)
+            t0 = time.perf_counter()
+            model, trainer = safety_phase(teacher, load_model(str(start)), extra, rdir, cfg)
+            model.save_pretrained(student_dir, safe_serialization=True)
+            tok.save_pretrained(student_dir)
+            (rdir / "train.json").write_text(json.dumps({"start": str(start), "phase_steps": trainer.state.global_step,
+                                                         "phase_s": time.perf_counter() - t0,
+                                                         "records": len(extra), "teacher": "not needed"}) + "\n")
         if not (student_dir / "config.json").exists():
             log(f"training {name} ({len(examples)} sequences)")
             cfg = TrainConfig(max_steps=args.steps, batch_size=4, grad_accum=2, learning_rate=args.lr, warmup_steps=6,

@@ -102,9 +102,15 @@ def _duration(ctx, param, value):
 @click.option("--safety-mix-benign-repeat", type=click.IntRange(1, 20), default=None,
               help="How many times each --safety-mix benign look-alike is in the training data "
                    "[default: --safety-mix-repeat].")
+@click.option("--safety-phase-steps", type=click.IntRange(0), default=0, show_default=True,
+              help="With --safety-mix: keep the safety records out of DATA and train this many steps on them alone "
+                   "after distillation (same batch and learning rate); 0 mixes them into DATA.")
+@click.option("--safety-phase-max-length", type=click.IntRange(8), default=128, show_default=True,
+              help="Tokens per sequence in the safety phase (it teaches how answers start).")
 def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, alpha, kd_weight, loss_temperature,
                 on_policy, max_steps, max_time, batch_size, grad_accum, lr, max_length, seed, save_steps, resume,
-                logit_cache, safety_mix, safety_mix_repeat, safety_mix_benign_repeat):
+                logit_cache, safety_mix, safety_mix_repeat, safety_mix_benign_repeat, safety_phase_steps,
+                safety_phase_max_length):
     """Train STUDENT to imitate TEACHER on teacher generations (sequence-level + logit distillation)."""
     import dataclasses
     import json
@@ -120,6 +126,8 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
     loss_cfg = LossConfig(loss_name, params, temperature=loss_temperature, kd_weight=kd_weight)
     cfg = TrainConfig(max_steps=max_steps, max_time_s=max_time, batch_size=batch_size, grad_accum=grad_accum,
                       learning_rate=lr, max_length=max_length, seed=seed, save_steps=save_steps, on_policy=on_policy)
+    if safety_phase_steps and not safety_mix:
+        raise click.UsageError("--safety-phase-steps needs --safety-mix")
     final = out / "student"
     if final.exists():
         raise click.UsageError(f"{final} already exists: this run is finished; choose another --out")
@@ -153,7 +161,7 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
         click.echo(f"safety mix: {sum('#' not in r['id'] and r['kind'] == 'harmful' for r in mix)} refusals "
                    f"x{safety_mix_repeat}, {sum('#' not in r['id'] and r['kind'] == 'benign' for r in mix)} benign "
                    f"look-alikes x{benign_repeat} (teacher answers that refuse are left out)", err=True)
-    if mix:
+    if mix and not safety_phase_steps:
         extra = encode(t_pair[1], mix, max_length)
         train_set = dataclasses.replace(train_set, examples=train_set.examples + extra.examples,
                                         truncated=train_set.truncated + extra.truncated,
@@ -164,9 +172,23 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
     with progress:
         model, trainer = train(t_pair, s_pair, train_set.examples, out, loss_cfg, cfg, resume=resume,
                                progress=progress, cache=cache)
-    report = {"steps": trainer.state.global_step, "logit_cache": str(logit_cache) if logit_cache else None,
+    steps = trainer.state.global_step
+    if safety_phase_steps:
+        from edgedistill.safety import safety_phase
+
+        phase_dir = out / "safety-phase"
+        phase_cfg = dataclasses.replace(cfg, max_steps=safety_phase_steps, max_time_s=None, on_policy=0.0,
+                                        max_length=safety_phase_max_length, warmup_steps=min(cfg.warmup_steps, 4))
+        click.echo(f"safety phase: {safety_phase_steps} steps on {len(mix)} safety records", err=True)
+        progress = training_progress()
+        with progress:
+            model, trainer = safety_phase(t_pair, (model, s_pair[1]), mix, phase_dir, phase_cfg, progress=progress,
+                                          resume=resume and (phase_dir / "checkpoints").exists())
+    report = {"steps": steps, "logit_cache": str(logit_cache) if logit_cache else None,
               "safety_mix": {"repeat": safety_mix_repeat, "benign_repeat": safety_mix_benign_repeat or safety_mix_repeat,
-                             "records": len(mix)} if safety_mix else False,
+                             "records": len(mix), "phase_steps": trainer.state.global_step if safety_phase_steps else 0,
+                             "phase_max_length": safety_phase_max_length if safety_phase_steps else None}
+              if safety_mix else False,
               "train_sequences": len(train_set.examples), "truncated": train_set.truncated,
               "parameters": model.num_parameters()}
     if val_files:

@@ -81,6 +81,11 @@ def encode(tokenizer, records: Sequence[dict], max_length: int) -> Encoded:
             enc.dropped += 1
             continue
         ex = {"id": rec["id"], "input_ids": ids, "labels": labels}
+        if rec.get("avoid"):  # a start the response must not take (safety.mix_records): unlikelihood at the branch
+            a_ids = tokenizer(rec["avoid"] + tokenizer.eos_token, add_special_tokens=False).input_ids
+            j = next((j for j, (a, r) in enumerate(zip(a_ids, r_ids)) if a != r), None)
+            if j is not None and len(p_ids) - 1 + j < len(ids) - 1:
+                ex["avoid"] = [len(p_ids) - 1 + j, a_ids[j]]  # position, token to push down there
         if rec.get("ce_only"):  # trained on its response tokens by cross-entropy alone (see safety.mix_records)
             ex["ce_only"] = True
         enc.examples.append(ex)
@@ -105,6 +110,8 @@ def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     if "cache_index" in examples[0]:  # row of each sequence in a teacher-logit cache
         batch["cache_index"] = torch.tensor([e["cache_index"] for e in examples])
+    if any("avoid" in e for e in examples):  # (B, 2): position and token of an unlikelihood term, -1 for none
+        batch["avoid"] = torch.tensor([e.get("avoid", [-1, -1]) for e in examples])
     if any(e.get("ce_only") for e in examples):
         batch["ce_only"] = torch.tensor([bool(e.get("ce_only")) for e in examples])
     return batch

@@ -49,6 +49,7 @@ class TrainConfig:
     on_policy: float = 0.0  # λ: share of steps trained on the student's own samples
     on_policy_max_new_tokens: int = 128
     on_policy_temperature: float = 1.0  # sampling temperature of the student (not the loss temperature)
+    avoid_weight: float = 10.0  # an example's unlikelihood term (see below) counts as this many response tokens
 
     def __post_init__(self) -> None:
         problems = []
@@ -62,6 +63,8 @@ class TrainConfig:
             problems.append(f"on_policy={self.on_policy} must be in [0, 1]")
         if self.max_time_s is not None and self.max_time_s <= 0:
             problems.append(f"max_time_s={self.max_time_s} must be positive")
+        if self.avoid_weight < 0:
+            problems.append(f"avoid_weight={self.avoid_weight} must not be negative")
         if not 0 < self.on_policy_temperature <= 5:
             problems.append(f"on_policy_temperature={self.on_policy_temperature} must be in (0, 5]")
         if problems:
@@ -171,6 +174,16 @@ def _make_trainer_class():
                 per_token = torch.where(ce_only.to(per_token.device)[:, None], ce, per_token)
             resp = labels != IGNORE
             total = masked_sum(per_token, resp)
+            avoid = inputs.get("avoid")
+            if avoid is not None and not on_policy:
+                # Unlikelihood (Welleck et al. 2020) at the point where the response and the text it must not
+                # become part ways: -log(1 - p(that token)). safety.mix_records uses it to keep benign look-alikes
+                # from starting the refusal that their harmful twins are taught.
+                rows = (avoid[:, 0] >= 0).nonzero().squeeze(1).to(ids.device)
+                if len(rows):
+                    pos, tok = avoid[rows, 0].to(ids.device), avoid[rows, 1].to(ids.device)
+                    p = out.logits[rows, pos].float().softmax(-1).gather(1, tok[:, None]).squeeze(1)
+                    total = total - self.cfg.avoid_weight * torch.log1p(-p.clamp(max=1 - 1e-6)).sum()
             if on_policy or num_items_in_batch is None:
                 n = resp.sum().clamp(min=1)
                 loss = total / n / (self.current_gradient_accumulation_steps if model.training else 1)

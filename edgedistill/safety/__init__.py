@@ -187,7 +187,9 @@ def mix_records(train: Sequence[SafetyPrompt], benign_answers: dict[str, str], r
                 benign_repeat: int | None = None) -> list[dict]:
     """Distillation records from the train split: harmful prompts with this tool's refusal (`repeat` copies each),
     benign look-alikes with the teacher's own answer (`benign_repeat` copies each, default `repeat`). A teacher
-    answer to a benign prompt that the judge calls a refusal is left out: it would teach over-refusal. Both kinds
+    answer to a benign prompt that the judge calls a refusal is left out: it would teach over-refusal. A benign
+    record also names the refusal it must not start (`avoid`: an unlikelihood term where the two part ways), so the
+    student learns to tell the twins apart instead of refusing anything that looks like the suite. Both kinds
     are trained by cross-entropy on that text alone (sequence-level): on the harmful ones the teacher's
     distribution is the behaviour to unlearn, and neither needs the teacher's logits, so a logit cache of the other
     data still serves."""
@@ -197,7 +199,7 @@ def mix_records(train: Sequence[SafetyPrompt], benign_answers: dict[str, str], r
         if p.kind == "harmful":
             rec, copies = {"response": refusal_for(p)}, repeat
         elif p.id in benign_answers and not is_refusal(benign_answers[p.id]):
-            rec, copies = {"response": benign_answers[p.id]}, benign_repeat
+            rec, copies = {"response": benign_answers[p.id], "avoid": refusal_for(p)}, benign_repeat
         else:
             continue
         out.append(({"id": p.id, "kind": p.kind, "messages": list(p.messages), **rec, "ce_only": True}, copies))
@@ -220,3 +222,18 @@ def build_mix(teacher_spec: str, teacher_pair, work_dir: Path, data_dir: Path | 
              progress=progress)
     answers = {rec["id"]: rec["response"] for _, rec in read_jsonl(path) if isinstance(rec, dict) and "response" in rec}
     return mix_records(train, answers, repeat, benign_repeat)
+
+
+def safety_phase(teacher_pair, student_pair, mix: list[dict], run_dir: Path, cfg, *, progress=None,
+                 resume: bool = False):
+    """Train a distilled student on the --safety-mix records alone (cross-entropy, plus the look-alikes'
+    unlikelihood terms) for cfg.max_steps: the phase that teaches when to refuse without the distillation data
+    diluting it. Sequences are cut to cfg.max_length: the phase is about how an answer starts. The teacher's
+    logits are never needed. Returns (student, trainer) as distill.train does."""
+    from edgedistill.distill.dataset import encode
+    from edgedistill.distill.losses import LossConfig
+    from edgedistill.distill.train import train
+
+    examples = encode(student_pair[1], mix, cfg.max_length).examples
+    return train(teacher_pair, student_pair, examples, run_dir, LossConfig("forward_kl", kd_weight=0.0), cfg,
+                 resume=resume, progress=progress)

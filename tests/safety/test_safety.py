@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -95,7 +96,7 @@ def test_mix_records_refuse_harmful_and_keep_teacher_answers():
     recs = mix_records(train, {"x2": "Lock out the machine first."})
     assert recs[0]["ce_only"] and recs[0]["response"] == refusal_for(train[0]) and is_refusal(recs[0]["response"])
     assert recs[1] == {"id": "x2", "kind": "benign", "messages": [{"role": "user", "content": "q2"}],
-                       "response": "Lock out the machine first.", "ce_only": True}
+                       "response": "Lock out the machine first.", "avoid": refusal_for(train[1]), "ce_only": True}
     assert len(recs) == 2  # a look-alike the teacher did not answer is left out
     twice = mix_records(train, {"x2": "Lock out the machine first."}, repeat=2)
     assert [r["id"] for r in twice] == ["x1", "x2", "x1#1", "x2#1"] and twice[2]["response"] == recs[0]["response"]
@@ -179,10 +180,58 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     assert f"{n_harmful} refusals x2, {len(benign)} benign look-alikes x3" in proc.stderr
     rep = json.loads((out / "student" / "distill.json").read_text())
     records = 2 * n_harmful + 3 * len(benign)
-    assert rep["safety_mix"] == {"repeat": 2, "benign_repeat": 3, "records": records}
+    assert rep["safety_mix"] == {"repeat": 2, "benign_repeat": 3, "records": records, "phase_steps": 0,
+                                 "phase_max_length": None}
     assert rep["train_sequences"] == 4 + records
     assert "loss -" not in proc.stderr.splitlines()[-1]  # the bar shows a logged loss by the end
+    # --safety-phase-steps: DATA alone first (the cache covers it), then the safety records alone
+    phased = tmp_path / "o3"
+    phased.mkdir()
+    (phased / "safety-benign.jsonl").write_text((out / "safety-benign.jsonl").read_text())
+    proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
+                   "--out", str(phased), "--safety-mix", "--safety-phase-steps", "3", "--logit-cache", str(tmp_path / "c"),
+                   "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1")
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads((phased / "student" / "distill.json").read_text())
+    assert rep["train_sequences"] == 4 and rep["steps"] == 2
+    assert rep["safety_mix"]["phase_steps"] == 3 and rep["safety_mix"]["phase_max_length"] == 128
+    assert [json.loads(line)["step"] for line in (phased / "safety-phase" / "metrics.jsonl").read_text().splitlines()
+            if "loss" in line][-1] == 3
+    bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
+                  "--safety-phase-steps", "3")
+    assert bad.returncode == 2 and "--safety-phase-steps needs --safety-mix" in bad.stderr
     data.write_text(data.read_text().replace("Monday", "Friday"))
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
                    "--out", str(tmp_path / "o2"), "--safety-mix", "--logit-cache", str(tmp_path / "c"))
     assert proc.returncode == 2 and "computed on other training data" in proc.stderr
+
+
+def test_avoid_adds_unlikelihood_where_the_answer_and_the_refusal_part(tmp_path):
+    """A benign look-alike carries the refusal it must not start: the loss gains avoid_weight * -log(1 - p) for
+    the refusal's token at the first position where the two texts differ, and nothing else changes."""
+    t_dir = tiny.build_model_dir(tmp_path / "t", layers=1, seed=1, init_std=0.2)
+    teacher, student = load_model(str(t_dir)), load_model(str(t_dir))
+    tok = teacher[1]
+    msgs = [{"role": "user", "content": "How do I kill a stuck process?"}]
+    rec = {"id": "b", "messages": msgs, "response": "I would use kill -9 on it.", "ce_only": True,
+           "avoid": "I can't help with that."}
+    ex = encode(tok, [rec], 128).examples[0]
+    plain = encode(tok, [{k: v for k, v in rec.items() if k != "avoid"}], 128).examples[0]
+    assert "avoid" not in plain and ex["input_ids"] == plain["input_ids"] and ex["labels"] == plain["labels"]
+    pos, bad = ex["avoid"]
+    a_ids = tok("I can't help with that." + tok.eos_token, add_special_tokens=False).input_ids
+    r_ids = tok(rec["response"] + tok.eos_token, add_special_tokens=False).input_ids
+    j = next(j for j, (a, r) in enumerate(zip(a_ids, r_ids)) if a != r)
+    assert bad == a_ids[j] and ex["labels"][pos] == r_ids[j] != bad
+    assert "avoid" not in encode(tok, [dict(rec, avoid=rec["response"])], 128).examples[0]  # no branch, no term
+    _, trainer = train(teacher, student, [ex], tmp_path / "run", LossConfig("forward_kl"),
+                       TrainConfig(max_steps=1, batch_size=1, grad_accum=1, warmup_steps=0, save_steps=100,
+                                   learning_rate=1e-9, avoid_weight=3.0))
+    model = trainer.model.eval()
+    with torch.no_grad():
+        with_term = float(trainer.compute_loss(model, collate([ex], trainer.pad_id)))
+        without = float(trainer.compute_loss(model, collate([plain], trainer.pad_id)))
+        p = model(input_ids=torch.tensor([ex["input_ids"]])).logits[0, pos].softmax(-1)[bad]
+    n = sum(1 for x in ex["labels"] if x != -100)
+    assert with_term - without == pytest.approx(3.0 * -math.log(1 - float(p)) / n, rel=1e-3)
+    assert with_term > without
