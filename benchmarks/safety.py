@@ -65,7 +65,7 @@ def main() -> None:
     from edgedistill.distill.train import TrainConfig, train
     from edgedistill.models import DEFAULT_TEACHER, load_model
     from edgedistill.runinfo import run_record
-    from edgedistill.safety import build_mix, evaluate, load_suite
+    from edgedistill.safety import build_mix, evaluate, load_suite, mix_counts
 
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -117,8 +117,7 @@ def main() -> None:
                               benign_repeat=args.benign_repeat)
             if not args.phase_steps:
                 examples += encode(tok, extra, 512).examples
-            report["mix"] = {"phase_steps": args.phase_steps,"refusals": sum("#" not in r["id"] and r["kind"] == "harmful" for r in extra),
-                             "benign": sum("#" not in r["id"] and r["kind"] == "benign" for r in extra),
+            report["mix"] = {"phase_steps": args.phase_steps, **mix_counts(extra),
                              "repeat": args.repeat, "benign_repeat": args.benign_repeat or args.repeat,
                              "records": len(extra)}
         if mix and args.phase_steps and not (student_dir / "config.json").exists():

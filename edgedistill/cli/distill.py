@@ -151,16 +151,16 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
     mix: list[dict] = []  # after the cache check: a stale cache fails before the teacher answers anything
     if safety_mix:
         from edgedistill.cli.progress import byte_progress
-        from edgedistill.safety import build_mix
+        from edgedistill.safety import build_mix, mix_counts
 
         out.mkdir(parents=True, exist_ok=True)
         with byte_progress() as p:
             mix = build_mix(teacher, t_pair, out, progress=p, repeat=safety_mix_repeat,
                             benign_repeat=safety_mix_benign_repeat)
         benign_repeat = safety_mix_benign_repeat or safety_mix_repeat
-        click.echo(f"safety mix: {sum('#' not in r['id'] and r['kind'] == 'harmful' for r in mix)} refusals "
-                   f"x{safety_mix_repeat}, {sum('#' not in r['id'] and r['kind'] == 'benign' for r in mix)} benign "
-                   f"look-alikes x{benign_repeat} (teacher answers that refuse are left out)", err=True)
+        n = mix_counts(mix)
+        click.echo(f"safety mix: {n['refusals']} refusals x{safety_mix_repeat}, {n['benign']} benign look-alikes "
+                   f"x{benign_repeat} (teacher answers that refuse are left out)", err=True)
     if mix and not safety_phase_steps:
         extra = encode(t_pair[1], mix, max_length)
         train_set = dataclasses.replace(train_set, examples=train_set.examples + extra.examples,

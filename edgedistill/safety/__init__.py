@@ -207,6 +207,12 @@ def mix_records(train: Sequence[SafetyPrompt], benign_answers: dict[str, str], r
     return [dict(r, id=f"{r['id']}#{n}" if n else r["id"]) for n in range(rounds) for r, c in out if n < c]
 
 
+def mix_counts(mix: Sequence[dict]) -> dict[str, int]:
+    """Distinct prompts in mix_records' output (copies carry an id suffix '#n')."""
+    firsts = [r for r in mix if "#" not in r["id"]]
+    return {"refusals": sum(r["kind"] == "harmful" for r in firsts), "benign": sum(r["kind"] == "benign" for r in firsts)}
+
+
 def build_mix(teacher_spec: str, teacher_pair, work_dir: Path, data_dir: Path | None = None,
               max_new_tokens: int = 160, progress=None, repeat: int = 1, benign_repeat: int | None = None) -> list[dict]:
     """The --safety-mix records: the teacher answers the benign train look-alikes (resumable, in
