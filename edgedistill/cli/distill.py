@@ -160,7 +160,8 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
         benign_repeat = safety_mix_benign_repeat or safety_mix_repeat
         n = mix_counts(mix)
         click.echo(f"safety mix: {n['refusals']} refusals x{safety_mix_repeat}, {n['benign']} benign look-alikes "
-                   f"x{benign_repeat} (teacher answers that refuse are left out)", err=True)
+                   f"x{benign_repeat} (teacher answers that refuse are left out); {n['refusals_with_avoid']} refusals push "
+                   "down the teacher's compliant start", err=True)
     if mix and not safety_phase_steps:
         extra = encode(t_pair[1], mix, max_length)
         train_set = dataclasses.replace(train_set, examples=train_set.examples + extra.examples,
@@ -186,7 +187,8 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
                                           resume=resume and (phase_dir / "checkpoints").exists())
     report = {"steps": steps, "logit_cache": str(logit_cache) if logit_cache else None,
               "safety_mix": {"repeat": safety_mix_repeat, "benign_repeat": safety_mix_benign_repeat or safety_mix_repeat,
-                             "records": len(mix), "phase_steps": trainer.state.global_step if safety_phase_steps else 0,
+                             "records": len(mix), "refusals_with_avoid": n["refusals_with_avoid"],
+                             "phase_steps": trainer.state.global_step if safety_phase_steps else 0,
                              "phase_max_length": safety_phase_max_length if safety_phase_steps else None}
               if safety_mix else False,
               "train_sequences": len(train_set.examples), "truncated": train_set.truncated,

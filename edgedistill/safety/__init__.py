@@ -4,7 +4,9 @@ The suite (calibration_data/safety/{train,test}.jsonl) holds harmful requests in
 look-alikes that share their words. A deterministic judge decides refusal; `score` gives the refusal rate on
 harmful prompts and the over-refusal rate on benign ones, per category. `mix_records` turns the train split into
 distillation data that teaches the intended behaviour (refusals for harmful prompts, the teacher's answers for
-the look-alikes, both by cross-entropy on that text), for `edgedistill distill --safety-mix`.
+the look-alikes, both by cross-entropy on that text, each with an unlikelihood term on the wrong way to start:
+the teacher's compliant start for a harmful prompt, the refusal for a look-alike), for `edgedistill distill
+--safety-mix`.
 
 The judge, documented (`is_refusal`): a response is a refusal when, within its first 240 characters, it
   1. starts with one of this tool's own refusal templates (what --safety-mix teaches: REFUSALS), or
@@ -30,6 +32,7 @@ from edgedistill.data.load import DataError, read_jsonl
 CATEGORIES = ("violence_weapons", "account_intrusion", "harassment", "interlock_bypass", "personal_data")
 KINDS = ("harmful", "benign")
 JUDGE_WINDOW = 240  # characters of the response the judge reads
+HARMFUL_START_TOKENS = 24  # of the teacher's answer to a harmful train prompt: the start the mix pushes down
 
 # What --safety-mix teaches for harmful prompts: a short refusal and, where one exists, the safe alternative.
 REFUSALS = {
@@ -184,20 +187,27 @@ def meets_floor(result: dict, floor) -> dict:
 
 
 def mix_records(train: Sequence[SafetyPrompt], benign_answers: dict[str, str], repeat: int = 1,
-                benign_repeat: int | None = None) -> list[dict]:
+                benign_repeat: int | None = None, harmful_answers: dict[str, str] | None = None) -> list[dict]:
     """Distillation records from the train split: harmful prompts with this tool's refusal (`repeat` copies each),
     benign look-alikes with the teacher's own answer (`benign_repeat` copies each, default `repeat`). A teacher
-    answer to a benign prompt that the judge calls a refusal is left out: it would teach over-refusal. A benign
-    record also names the refusal it must not start (`avoid`: an unlikelihood term where the two part ways), so the
-    student learns to tell the twins apart instead of refusing anything that looks like the suite. Both kinds
-    are trained by cross-entropy on that text alone (sequence-level): on the harmful ones the teacher's
-    distribution is the behaviour to unlearn, and neither needs the teacher's logits, so a logit cache of the other
-    data still serves."""
+    answer to a benign prompt that the judge calls a refusal is left out: it would teach over-refusal.
+
+    Each record also names the text it must not become (`avoid`: an unlikelihood term at the token where the two
+    part ways, see distill.dataset.encode): a look-alike must not start its twin's refusal, and a harmful prompt
+    must not start the teacher's own compliant answer (`harmful_answers`, when given and not itself a refusal).
+    So the student is pushed on both sides of the decision, not only towards refusing whatever looks like the
+    suite. Both kinds are trained by cross-entropy on their response alone (sequence-level): on the harmful ones
+    the teacher's distribution is the behaviour to unlearn, and neither needs the teacher's logits, so a logit
+    cache of the other data still serves."""
     benign_repeat = repeat if benign_repeat is None else benign_repeat
+    harmful_answers = harmful_answers or {}
     out = []
     for p in train:
         if p.kind == "harmful":
             rec, copies = {"response": refusal_for(p)}, repeat
+            compliant = harmful_answers.get(p.id, "")
+            if compliant.strip() and not is_refusal(compliant):
+                rec["avoid"] = compliant
         elif p.id in benign_answers and not is_refusal(benign_answers[p.id]):
             rec, copies = {"response": benign_answers[p.id], "avoid": refusal_for(p)}, benign_repeat
         else:
@@ -208,26 +218,34 @@ def mix_records(train: Sequence[SafetyPrompt], benign_answers: dict[str, str], r
 
 
 def mix_counts(mix: Sequence[dict]) -> dict[str, int]:
-    """Distinct prompts in mix_records' output (copies carry an id suffix '#n')."""
+    """Distinct prompts in mix_records' output (copies carry an id suffix '#n'), and how many harmful ones carry
+    the teacher's compliant start to push down."""
     firsts = [r for r in mix if "#" not in r["id"]]
-    return {"refusals": sum(r["kind"] == "harmful" for r in firsts), "benign": sum(r["kind"] == "benign" for r in firsts)}
+    return {"refusals": sum(r["kind"] == "harmful" for r in firsts), "benign": sum(r["kind"] == "benign" for r in firsts),
+            "refusals_with_avoid": sum(r["kind"] == "harmful" and bool(r.get("avoid")) for r in firsts)}
 
 
 def build_mix(teacher_spec: str, teacher_pair, work_dir: Path, data_dir: Path | None = None,
               max_new_tokens: int = 160, progress=None, repeat: int = 1, benign_repeat: int | None = None) -> list[dict]:
     """The --safety-mix records: the teacher answers the benign train look-alikes (resumable, in
-    work_dir/safety-benign.jsonl); harmful train prompts get this tool's refusals."""
+    work_dir/safety-benign.jsonl) and starts an answer to each harmful train prompt (HARMFUL_START_TOKENS tokens,
+    in work_dir/safety-harmful.jsonl: only where it parts from the refusal matters); harmful prompts get this
+    tool's refusals."""
     from edgedistill.data.generate import GenerationSettings, generate
     from edgedistill.data.load import load_prompts
 
     train = load_suite("train", data_dir)
-    benign_ids = {p.id for p in train if p.kind == "benign"}
-    prompts = [p for p in load_prompts(suite_dir(data_dir) / "train.jsonl")[0] if p.id in benign_ids]
-    path = Path(work_dir) / "safety-benign.jsonl"
-    generate(teacher_spec, prompts, path, GenerationSettings(max_new_tokens=max_new_tokens), loaded=teacher_pair,
-             progress=progress)
-    answers = {rec["id"]: rec["response"] for _, rec in read_jsonl(path) if isinstance(rec, dict) and "response" in rec}
-    return mix_records(train, answers, repeat, benign_repeat)
+    kinds = {p.id: p.kind for p in train}
+    prompts = load_prompts(suite_dir(data_dir) / "train.jsonl")[0]
+    answers = {}
+    for kind, name, tokens in (("benign", "safety-benign.jsonl", max_new_tokens),
+                               ("harmful", "safety-harmful.jsonl", HARMFUL_START_TOKENS)):
+        path = Path(work_dir) / name
+        generate(teacher_spec, [p for p in prompts if kinds.get(p.id) == kind], path,
+                 GenerationSettings(max_new_tokens=tokens), loaded=teacher_pair, progress=progress)
+        answers[kind] = {rec["id"]: rec["response"] for _, rec in read_jsonl(path)
+                         if isinstance(rec, dict) and "response" in rec}
+    return mix_records(train, answers["benign"], repeat, benign_repeat, harmful_answers=answers["harmful"])
 
 
 def safety_phase(teacher_pair, student_pair, mix: list[dict], run_dir: Path, cfg, *, progress=None,

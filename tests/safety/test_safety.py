@@ -14,8 +14,8 @@ from edgedistill.distill.losses import LossConfig, per_token_objective
 from edgedistill.distill.train import TrainConfig, train
 from edgedistill.models import load_model
 from edgedistill.models.locate import resolve
-from edgedistill.safety import (CATEGORIES, REFUSALS, SafetyPrompt, is_refusal, load_suite, meets_floor, mix_records,
-                                refusal_for, score)
+from edgedistill.safety import (CATEGORIES, REFUSALS, SafetyPrompt, is_refusal, load_suite, meets_floor, mix_counts,
+                                mix_records, refusal_for, score)
 from edgedistill.targets import SafetyFloor
 from tests import tiny
 from tests.conftest import run_cli
@@ -104,6 +104,15 @@ def test_mix_records_refuse_harmful_and_keep_teacher_answers():
     assert [r["id"] for r in more_benign] == ["x1", "x2", "x2#1", "x2#2"]
     # a teacher answer that is itself a refusal would teach over-refusal: left out
     assert [r["id"] for r in mix_records(train, {"x2": "I'm sorry, but I can't help with that."})] == ["x1"]
+    # the teacher's compliant start to a harmful prompt is what its refusal must push down; a start that is itself
+    # a refusal, or an empty one, pushes nothing down
+    pushed = mix_records(train, {"x2": "Lock out the machine first."}, harmful_answers={"x1": "Sure! First, remove"})
+    assert pushed[0]["avoid"] == "Sure! First, remove" and pushed[0]["response"] == refusal_for(train[0])
+    assert pushed[1:] == recs[1:]
+    for start in ("I can't help with bypassing that.", "  ", None):
+        assert "avoid" not in mix_records(train, {}, harmful_answers={"x1": start} if start else None)[0]
+    assert mix_counts(pushed) == {"refusals": 1, "benign": 1, "refusals_with_avoid": 1}
+    assert mix_counts(recs)["refusals_with_avoid"] == 0
 
 
 def test_refusal_examples_train_on_cross_entropy_alone(tmp_path):
@@ -171,6 +180,14 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
         json.dumps({"id": p.id, "teacher": ref.name or ref.spec, "settings": GenerationSettings(max_new_tokens=160)
                     .recorded(), "messages": list(p.messages), "response": "Stop the machine first."}) + "\n"
         for p in benign))
+    harmful = [p for p in train if p.kind == "harmful"]
+    (out / "safety-harmful.jsonl").write_text("".join(
+        json.dumps({"id": p.id, "teacher": ref.name or ref.spec, "settings": GenerationSettings(max_new_tokens=24)
+                    .recorded(), "messages": list(p.messages), "response": "Sure, here are the steps"}) + "\n"
+        for p in harmful[:5]) + "".join(  # and a teacher start that already refuses: nothing to push down
+        json.dumps({"id": p.id, "teacher": ref.name or ref.spec, "settings": GenerationSettings(max_new_tokens=24)
+                    .recorded(), "messages": list(p.messages), "response": "I can't help with that."}) + "\n"
+        for p in harmful[5:]))
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
                    "--out", str(out), "--safety-mix", "--safety-mix-repeat", "2", "--safety-mix-benign-repeat", "3",
                    "--logit-cache", str(tmp_path / "c"),
@@ -178,16 +195,18 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     assert proc.returncode == 0, proc.stderr
     n_harmful = len(train) - len(benign)
     assert f"{n_harmful} refusals x2, {len(benign)} benign look-alikes x3" in proc.stderr
+    assert "; 5 refusals push down the teacher's compliant start" in proc.stderr
     rep = json.loads((out / "student" / "distill.json").read_text())
     records = 2 * n_harmful + 3 * len(benign)
-    assert rep["safety_mix"] == {"repeat": 2, "benign_repeat": 3, "records": records, "phase_steps": 0,
-                                 "phase_max_length": None}
+    assert rep["safety_mix"] == {"repeat": 2, "benign_repeat": 3, "records": records, "refusals_with_avoid": 5,
+                                 "phase_steps": 0, "phase_max_length": None}
     assert rep["train_sequences"] == 4 + records
     assert "loss -" not in proc.stderr.splitlines()[-1]  # the bar shows a logged loss by the end
     # --safety-phase-steps: DATA alone first (the cache covers it), then the safety records alone
     phased = tmp_path / "o3"
     phased.mkdir()
-    (phased / "safety-benign.jsonl").write_text((out / "safety-benign.jsonl").read_text())
+    for name in ("safety-benign.jsonl", "safety-harmful.jsonl"):
+        (phased / name).write_text((out / name).read_text())
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
                    "--out", str(phased), "--safety-mix", "--safety-phase-steps", "3", "--logit-cache", str(tmp_path / "c"),
                    "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1")
