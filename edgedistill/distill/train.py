@@ -73,8 +73,10 @@ class TrainConfig:
 
 def check_compatible(teacher, t_tok, student, s_tok, teacher_vocab: int | None = None) -> None:
     """One tokenizer for both, or distillation compares different tokens."""
-    tv, sv = teacher_vocab or teacher.config.vocab_size, student.config.vocab_size
-    if tv != sv:
+    # Without a teacher model or cache (cross-entropy alone) no logits are compared: only the tokenizers must agree.
+    tv = teacher_vocab or (teacher.config.vocab_size if teacher is not None else None)
+    sv = student.config.vocab_size
+    if tv is not None and tv != sv:
         raise EdgeDistillError(
             f"teacher vocab {tv} != student vocab {sv}: distillation needs one tokenizer; pass a student built "
             "from the teacher (edgedistill prune) or one trained with the teacher's tokenizer"
@@ -247,13 +249,15 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
           cfg: TrainConfig, *, resume: bool = False, progress=None, extra_callbacks=(), cache=None):
     """Distill into the student; checkpoints in run_dir/checkpoints, metrics in run_dir/metrics.jsonl.
     With `cache` (a LogitCache for exactly these examples, in this order, leaving out the ce_only ones, which
-    never need the teacher) the teacher model may be None.
+    never need the teacher) the teacher model may be None; so may it for cross-entropy alone (kd_weight 0, no
+    on-policy steps), where t_tok still has to match the student's tokenizer.
     Returns (trained student, trainer)."""
     from transformers import TrainingArguments, set_seed
 
     teacher, t_tok = teacher_pair
     student, s_tok = student_pair
-    if teacher is None and cache is None:
+    ce_alone = loss_cfg.kd_weight == 0 and cfg.on_policy == 0
+    if teacher is None and cache is None and not ce_alone:
         raise EdgeDistillError("distillation needs a teacher model or a teacher-logit cache")
     if cache is not None and teacher is None and cfg.on_policy > 0:
         raise EdgeDistillError("on-policy steps need the live teacher to score the student's samples; drop "

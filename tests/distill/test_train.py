@@ -130,6 +130,25 @@ def test_vocab_mismatch_is_refused(pair, tmp_path):
         check_compatible(teacher[0], teacher[1], other[0], other[1])
 
 
+def test_cross_entropy_alone_needs_no_teacher_model(pair, tmp_path):
+    """kd_weight 0 and no on-policy steps: the teacher's tokenizer is enough, and the result is the same as with
+    the teacher model loaded (its logits are never used). A divergence without teacher or cache is refused."""
+    t_tok = load_model(str(pair[0]))[1]
+    examples = encode(t_tok, RECORDS[:8], max_length=64).examples
+    cfg = TrainConfig(max_steps=2, batch_size=4, grad_accum=1, learning_rate=1e-3, warmup_steps=0, logging_steps=1)
+    ce = LossConfig("forward_kl", kd_weight=0.0)
+    alone, _ = train((None, t_tok), load_model(str(pair[1])), examples, tmp_path / "a", ce, cfg)
+    with_teacher, _ = train(load_model(str(pair[0])), load_model(str(pair[1])), examples, tmp_path / "b", ce, cfg)
+    before = load_model(str(pair[1]))[0].state_dict()
+    moved = False
+    for name, w in alone.state_dict().items():
+        torch.testing.assert_close(w, with_teacher.state_dict()[name])
+        moved |= not torch.equal(w, before[name])
+    assert moved
+    with pytest.raises(EdgeDistillError, match="needs a teacher model or a teacher-logit cache"):
+        train((None, t_tok), load_model(str(pair[1])), examples, tmp_path / "c", LossConfig("forward_kl"), cfg)
+
+
 def test_two_process_job_matches_one_process(pair, tmp_path):
     """The same job under torch.distributed (2 CPU processes, gloo) and in one process: same weights."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
