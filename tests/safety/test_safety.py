@@ -199,7 +199,7 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     rep = json.loads((out / "student" / "distill.json").read_text())
     records = 2 * n_harmful + 3 * len(benign)
     assert rep["safety_mix"] == {"repeat": 2, "benign_repeat": 3, "records": records, "refusals_with_avoid": 5,
-                                 "phase_steps": 0, "phase_max_length": None}
+                                 "avoid_weight": 10.0, "phase_steps": 0, "phase_max_length": None}
     assert rep["train_sequences"] == 4 + records
     assert "loss -" not in proc.stderr.splitlines()[-1]  # the bar shows a logged loss by the end
     # --safety-phase-steps: DATA alone first (the cache covers it), then the safety records alone
@@ -209,11 +209,14 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
         (phased / name).write_text((out / name).read_text())
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
                    "--out", str(phased), "--safety-mix", "--safety-phase-steps", "3", "--logit-cache", str(tmp_path / "c"),
+                   "--safety-avoid-weight", "2.5",
                    "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads((phased / "student" / "distill.json").read_text())
     assert rep["train_sequences"] == 4 and rep["steps"] == 2
     assert rep["safety_mix"]["phase_steps"] == 3 and rep["safety_mix"]["phase_max_length"] == 128
+    assert rep["safety_mix"]["avoid_weight"] == 2.5
+    assert json.loads((phased / "safety-phase" / "config.json").read_text())["train"]["avoid_weight"] == 2.5
     assert [json.loads(line)["step"] for line in (phased / "safety-phase" / "metrics.jsonl").read_text().splitlines()
             if "loss" in line][-1] == 3
     bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
