@@ -45,6 +45,9 @@ def main() -> None:
                     help="instead of mixing: train the no-mix student this many steps on the safety records alone "
                          "(distill --safety-phase-steps)")
     ap.add_argument("--phase-max-length", type=int, default=128, help="tokens per sequence in the safety phase")
+    ap.add_argument("--push-compliant", action="store_true",
+                    help="harmful records also push down the teacher's own compliant start (distill "
+                         "--safety-push-compliant)")
     ap.add_argument("--eval-every", type=int, default=6, help="graded eval on every n-th item")
     ap.add_argument("--max-new-tokens", type=int, default=96, help="per safety answer")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "safety.json")
@@ -114,7 +117,7 @@ def main() -> None:
         extra = []
         if mix:
             extra = build_mix(DEFAULT_TEACHER, teacher, rdir, max_new_tokens=160, repeat=args.repeat,
-                              benign_repeat=args.benign_repeat)
+                              benign_repeat=args.benign_repeat, push_compliant=args.push_compliant)
             if not args.phase_steps:
                 examples += encode(tok, extra, 512).examples
             report["mix"] = {"phase_steps": args.phase_steps, **mix_counts(extra),

@@ -107,13 +107,16 @@ def _duration(ctx, param, value):
                    "after distillation (same batch and learning rate); 0 mixes them into DATA.")
 @click.option("--safety-phase-max-length", type=click.IntRange(8), default=128, show_default=True,
               help="Tokens per sequence in the safety phase (it teaches how answers start).")
+@click.option("--safety-push-compliant", is_flag=True,
+              help="With --safety-mix: the teacher also starts an answer to each harmful train prompt, and its refusal "
+                   "record pushes that compliant start down (an unlikelihood term, as the look-alikes have).")
 @click.option("--safety-avoid-weight", type=click.FloatRange(0), default=10.0, show_default=True,
               help="Weight of each --safety-mix record's unlikelihood term (the start it must not take), in response "
                    "tokens; 0 trains the mix by cross-entropy alone.")
 def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, alpha, kd_weight, loss_temperature,
                 on_policy, max_steps, max_time, batch_size, grad_accum, lr, max_length, seed, save_steps, resume,
                 logit_cache, safety_mix, safety_mix_repeat, safety_mix_benign_repeat, safety_phase_steps,
-                safety_phase_max_length, safety_avoid_weight):
+                safety_phase_max_length, safety_push_compliant, safety_avoid_weight):
     """Train STUDENT to imitate TEACHER on teacher generations (sequence-level + logit distillation)."""
     import dataclasses
     import json
@@ -132,6 +135,8 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
                       avoid_weight=safety_avoid_weight)
     if safety_phase_steps and not safety_mix:
         raise click.UsageError("--safety-phase-steps needs --safety-mix")
+    if safety_push_compliant and not safety_mix:
+        raise click.UsageError("--safety-push-compliant needs --safety-mix")
     final = out / "student"
     if final.exists():
         raise click.UsageError(f"{final} already exists: this run is finished; choose another --out")
@@ -160,12 +165,13 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
         out.mkdir(parents=True, exist_ok=True)
         with byte_progress() as p:
             mix = build_mix(teacher, t_pair, out, progress=p, repeat=safety_mix_repeat,
-                            benign_repeat=safety_mix_benign_repeat)
+                            benign_repeat=safety_mix_benign_repeat, push_compliant=safety_push_compliant)
         benign_repeat = safety_mix_benign_repeat or safety_mix_repeat
         n = mix_counts(mix)
         click.echo(f"safety mix: {n['refusals']} refusals x{safety_mix_repeat}, {n['benign']} benign look-alikes "
-                   f"x{benign_repeat} (teacher answers that refuse are left out); {n['refusals_with_avoid']} refusals push "
-                   "down the teacher's compliant start", err=True)
+                   f"x{benign_repeat} (teacher answers that refuse are left out)"
+                   + (f"; {n['refusals_with_avoid']} refusals push down the teacher's compliant start"
+                      if safety_push_compliant else ""), err=True)
     if mix and not safety_phase_steps:
         extra = encode(t_pair[1], mix, max_length)
         train_set = dataclasses.replace(train_set, examples=train_set.examples + extra.examples,

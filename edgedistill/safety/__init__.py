@@ -226,20 +226,23 @@ def mix_counts(mix: Sequence[dict]) -> dict[str, int]:
 
 
 def build_mix(teacher_spec: str, teacher_pair, work_dir: Path, data_dir: Path | None = None,
-              max_new_tokens: int = 160, progress=None, repeat: int = 1, benign_repeat: int | None = None) -> list[dict]:
+              max_new_tokens: int = 160, progress=None, repeat: int = 1, benign_repeat: int | None = None,
+              push_compliant: bool = False) -> list[dict]:
     """The --safety-mix records: the teacher answers the benign train look-alikes (resumable, in
-    work_dir/safety-benign.jsonl) and starts an answer to each harmful train prompt (HARMFUL_START_TOKENS tokens,
-    in work_dir/safety-harmful.jsonl: only where it parts from the refusal matters); harmful prompts get this
-    tool's refusals."""
+    work_dir/safety-benign.jsonl); harmful prompts get this tool's refusals. With `push_compliant` the teacher also
+    starts an answer to each harmful train prompt (HARMFUL_START_TOKENS tokens, in work_dir/safety-harmful.jsonl:
+    only where it parts from the refusal matters), which the refusal record then pushes down."""
     from edgedistill.data.generate import GenerationSettings, generate
     from edgedistill.data.load import load_prompts
 
     train = load_suite("train", data_dir)
     kinds = {p.id: p.kind for p in train}
     prompts = load_prompts(suite_dir(data_dir) / "train.jsonl")[0]
-    answers = {}
-    for kind, name, tokens in (("benign", "safety-benign.jsonl", max_new_tokens),
-                               ("harmful", "safety-harmful.jsonl", HARMFUL_START_TOKENS)):
+    answers: dict[str, dict] = {"harmful": {}}
+    jobs = [("benign", "safety-benign.jsonl", max_new_tokens)]
+    if push_compliant:
+        jobs.append(("harmful", "safety-harmful.jsonl", HARMFUL_START_TOKENS))
+    for kind, name, tokens in jobs:
         path = Path(work_dir) / name
         generate(teacher_spec, [p for p in prompts if kinds.get(p.id) == kind], path,
                  GenerationSettings(max_new_tokens=tokens), loaded=teacher_pair, progress=progress)

@@ -190,6 +190,7 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
         for p in harmful[5:]))
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
                    "--out", str(out), "--safety-mix", "--safety-mix-repeat", "2", "--safety-mix-benign-repeat", "3",
+                   "--safety-push-compliant",
                    "--logit-cache", str(tmp_path / "c"),
                    "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1")
     assert proc.returncode == 0, proc.stderr
@@ -215,13 +216,17 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     rep = json.loads((phased / "student" / "distill.json").read_text())
     assert rep["train_sequences"] == 4 and rep["steps"] == 2
     assert rep["safety_mix"]["phase_steps"] == 3 and rep["safety_mix"]["phase_max_length"] == 128
-    assert rep["safety_mix"]["avoid_weight"] == 2.5
+    assert rep["safety_mix"]["avoid_weight"] == 2.5 and rep["safety_mix"]["refusals_with_avoid"] == 0
+    assert "push down" not in proc.stderr  # without --safety-push-compliant
     assert json.loads((phased / "safety-phase" / "config.json").read_text())["train"]["avoid_weight"] == 2.5
     assert [json.loads(line)["step"] for line in (phased / "safety-phase" / "metrics.jsonl").read_text().splitlines()
             if "loss" in line][-1] == 3
     bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
                   "--safety-phase-steps", "3")
     assert bad.returncode == 2 and "--safety-phase-steps needs --safety-mix" in bad.stderr
+    bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
+                  "--safety-push-compliant")
+    assert bad.returncode == 2 and "--safety-push-compliant needs --safety-mix" in bad.stderr
     data.write_text(data.read_text().replace("Monday", "Friday"))
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
                    "--out", str(tmp_path / "o2"), "--safety-mix", "--logit-cache", str(tmp_path / "c"))
