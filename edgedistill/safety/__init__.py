@@ -238,17 +238,16 @@ def build_mix(teacher_spec: str, teacher_pair, work_dir: Path, data_dir: Path | 
     train = load_suite("train", data_dir)
     kinds = {p.id: p.kind for p in train}
     prompts = load_prompts(suite_dir(data_dir) / "train.jsonl")[0]
-    answers: dict[str, dict] = {"harmful": {}}
-    jobs = [("benign", "safety-benign.jsonl", max_new_tokens)]
-    if push_compliant:
-        jobs.append(("harmful", "safety-harmful.jsonl", HARMFUL_START_TOKENS))
-    for kind, name, tokens in jobs:
+
+    def teacher_answers(kind: str, name: str, tokens: int) -> dict[str, str]:
         path = Path(work_dir) / name
         generate(teacher_spec, [p for p in prompts if kinds.get(p.id) == kind], path,
                  GenerationSettings(max_new_tokens=tokens), loaded=teacher_pair, progress=progress)
-        answers[kind] = {rec["id"]: rec["response"] for _, rec in read_jsonl(path)
-                         if isinstance(rec, dict) and "response" in rec}
-    return mix_records(train, answers["benign"], repeat, benign_repeat, harmful_answers=answers["harmful"])
+        return {rec["id"]: rec["response"] for _, rec in read_jsonl(path) if isinstance(rec, dict) and "response" in rec}
+
+    benign = teacher_answers("benign", "safety-benign.jsonl", max_new_tokens)
+    harmful = teacher_answers("harmful", "safety-harmful.jsonl", HARMFUL_START_TOKENS) if push_compliant else {}
+    return mix_records(train, benign, repeat, benign_repeat, harmful_answers=harmful)
 
 
 def safety_phase(teacher_pair, student_pair, mix: list[dict], run_dir: Path, cfg, *, progress=None,

@@ -176,18 +176,18 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     benign = [p for p in train if p.kind == "benign"]
     out.mkdir()  # the teacher's answers to the look-alikes, as if a first run had made them (saves generating)
     ref = resolve(str(tiny_model_dir))
-    (out / "safety-benign.jsonl").write_text("".join(
-        json.dumps({"id": p.id, "teacher": ref.name or ref.spec, "settings": GenerationSettings(max_new_tokens=160)
-                    .recorded(), "messages": list(p.messages), "response": "Stop the machine first."}) + "\n"
-        for p in benign))
+
+    def teacher_file(name, tokens, answers):  # (prompt, response) pairs as build_mix's generate writes them
+        (out / name).write_text("".join(
+            json.dumps({"id": p.id, "teacher": ref.name or ref.spec, "settings": GenerationSettings(
+                max_new_tokens=tokens).recorded(), "messages": list(p.messages), "response": r}) + "\n"
+            for p, r in answers))
+
+    teacher_file("safety-benign.jsonl", 160, [(p, "Stop the machine first.") for p in benign])
     harmful = [p for p in train if p.kind == "harmful"]
-    (out / "safety-harmful.jsonl").write_text("".join(
-        json.dumps({"id": p.id, "teacher": ref.name or ref.spec, "settings": GenerationSettings(max_new_tokens=24)
-                    .recorded(), "messages": list(p.messages), "response": "Sure, here are the steps"}) + "\n"
-        for p in harmful[:5]) + "".join(  # and a teacher start that already refuses: nothing to push down
-        json.dumps({"id": p.id, "teacher": ref.name or ref.spec, "settings": GenerationSettings(max_new_tokens=24)
-                    .recorded(), "messages": list(p.messages), "response": "I can't help with that."}) + "\n"
-        for p in harmful[5:]))
+    # five compliant starts to push down, and starts that already refuse: nothing to push down there
+    teacher_file("safety-harmful.jsonl", 24, [(p, "Sure, here are the steps" if i < 5 else "I can't help with that.")
+                                              for i, p in enumerate(harmful)])
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
                    "--out", str(out), "--safety-mix", "--safety-mix-repeat", "2", "--safety-mix-benign-repeat", "3",
                    "--safety-push-compliant",
