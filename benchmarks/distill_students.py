@@ -60,11 +60,17 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=6, help="graded eval on every n-th item (1: all)")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "distill_students.json")
+    ap.add_argument("--compare", action="store_true",
+                    help="only add the graded comparison (cross-entropy vs the best objective, per size, with "
+                         "Fisher's exact test) to an existing --out")
     ap.add_argument("--regrade", action="store_true",
                     help="with --resume: grade again every kept student whose graded eval used another --eval-every")
     ap.add_argument("--resume", action="store_true",
                     help="keep the runs already in --out whose student is still in --work (same settings assumed)")
     args = ap.parse_args()
+    if args.compare:
+        compare_only(args.out)
+        return
 
     from edgedistill.distill.prune import interleave_texts
     from edgedistill.data import default_data_dir, load_prompts, load_texts
@@ -248,7 +254,44 @@ def main() -> None:
             log(f"{label}: choices by likelihood")
             rec["choice"] = choice(student)
             _write(args, results, extra, run_record)
+    extra["graded_comparison"] = graded_comparison(results, best)
     _write(args, results, extra, run_record, final=True)
+
+
+def fisher_exact(a: int, n1: int, b: int, n2: int) -> float:
+    """Two-sided p-value of Fisher's exact test: a of n1 correct against b of n2 correct."""
+    from math import comb
+
+    k, n = a + b, n1 + n2
+
+    def prob(x):
+        return comb(n1, x) * comb(n2, k - x) / comb(n, k)
+
+    seen = prob(a)
+    return min(1.0, sum(prob(x) for x in range(max(0, k - n2), min(k, n1) + 1) if prob(x) <= seen * (1 + 1e-9)))
+
+
+def graded_comparison(results: dict, best: str) -> dict:
+    """Per size: graded items right for cross-entropy and for the best objective, and whether the graded sets can
+    tell the two apart at all (Fisher's exact test, p < 0.05)."""
+    out = {}
+    for size in sorted({label.split("/")[0] for label in results}):
+        ce, kd = results.get(f"{size}/ce", {}).get("graded"), results.get(f"{size}/{best}", {}).get("graded")
+        if not (ce and kd and "correct" in ce and "correct" in kd):
+            continue
+        p = fisher_exact(kd["correct"], kd["items"], ce["correct"], ce["items"])
+        out[size] = {"items": ce["items"], "ce_correct": ce["correct"], "best_correct": kd["correct"],
+                     "best_minus_ce": kd["correct"] - ce["correct"], "fisher_p": p, "resolved": p < 0.05}
+    return out
+
+
+def compare_only(out: Path) -> None:
+    report = json.loads(out.read_text())
+    report["graded_comparison"] = graded_comparison(report["runs"], report["best_objective"])
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(json.dumps(report["graded_comparison"], indent=1))
 
 
 def measure_speed(run, args, extra: dict, results: dict) -> None:
