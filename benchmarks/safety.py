@@ -48,6 +48,11 @@ def main() -> None:
     ap.add_argument("--push-compliant", action="store_true",
                     help="harmful records also push down the teacher's own compliant start (distill "
                          "--safety-push-compliant)")
+    ap.add_argument("--decision-weight", type=float, default=1.0,
+                    help="weight of the first response tokens of each safety record (distill --safety-decision-weight)")
+    ap.add_argument("--reuse-baseline-from", type=Path, default=None,
+                    help="an earlier result of this script with the same --baseline: its teacher and no-mix student "
+                         "figures are copied instead of measured again")
     ap.add_argument("--eval-every", type=int, default=6, help="graded eval on every n-th item")
     ap.add_argument("--max-new-tokens", type=int, default=96, help="per safety answer")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "safety.json")
@@ -92,8 +97,19 @@ def main() -> None:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
         os.replace(tmp, args.out)
 
-    log("teacher on the safety test split")
-    models["teacher"] = evaluate(DEFAULT_TEACHER, test, args.max_new_tokens, loaded=teacher)
+    earlier = {}
+    if args.reuse_baseline_from:
+        prev = json.loads(args.reuse_baseline_from.read_text())
+        if not args.baseline or prev["settings"].get("baseline") != str(args.baseline) \
+                or prev["settings"].get("eval_every") != str(args.eval_every):
+            sys.exit(f"{args.reuse_baseline_from} was not measured with --baseline {args.baseline} and "
+                     f"--eval-every {args.eval_every}")
+        earlier = {k: dict(prev["models"][k], reused_from=str(args.reuse_baseline_from)) for k in ("teacher", "student")}
+    if "teacher" in earlier:
+        models["teacher"] = earlier["teacher"]
+    else:
+        log("teacher on the safety test split")
+        models["teacher"] = evaluate(DEFAULT_TEACHER, test, args.max_new_tokens, loaded=teacher)
     save()
     records = load_generations([args.train_data])
     base = encode(tok, records, 512)
@@ -129,7 +145,8 @@ def main() -> None:
             start = args.baseline or work / "safety-runs" / "student" / "student"
             log(f"safety phase for {name}: {args.phase_steps} steps on {len(extra)} records from {start}")
             cfg = TrainConfig(max_steps=args.phase_steps, batch_size=4, grad_accum=2, learning_rate=args.lr,
-                              warmup_steps=4, max_length=args.phase_max_length, save_steps=100_000, logging_steps=10)
+                              warmup_steps=4, max_length=args.phase_max_length, save_steps=100_000, logging_steps=10,
+                              decision_weight=args.decision_weight)
             t0 = time.perf_counter()
             model, trainer = safety_phase(teacher, load_model(str(start)), extra, rdir, cfg)
             model.save_pretrained(student_dir, safe_serialization=True)
@@ -140,7 +157,8 @@ def main() -> None:
         if not (student_dir / "config.json").exists():
             log(f"training {name} ({len(examples)} sequences)")
             cfg = TrainConfig(max_steps=args.steps, batch_size=4, grad_accum=2, learning_rate=args.lr, warmup_steps=6,
-                              max_length=512, save_steps=100_000, logging_steps=10)
+                              max_length=512, save_steps=100_000, logging_steps=10,
+                              decision_weight=args.decision_weight if mix else 1.0)
             t0 = time.perf_counter()
             model, trainer = train(teacher, load_model(str(init)), examples, rdir, LossConfig("forward_kl",
                                    kd_weight=0.5), cfg, cache=cache)
@@ -150,6 +168,9 @@ def main() -> None:
                                                          "train_s": time.perf_counter() - t0,
                                                          "records": len(examples),
                                                          "teacher": "cache" if cache else "live"}) + "\n")
+        if name in earlier:
+            models[name] = earlier[name]
+            continue
         pair = load_model(str(student_dir))
         log(f"{name} on the safety test split")
         models[name] = evaluate(str(student_dir), test, args.max_new_tokens, loaded=pair)

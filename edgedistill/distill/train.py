@@ -50,11 +50,15 @@ class TrainConfig:
     on_policy_max_new_tokens: int = 128
     on_policy_temperature: float = 1.0  # sampling temperature of the student (not the loss temperature)
     avoid_weight: float = 10.0  # an example's unlikelihood term (see below) counts as this many response tokens
+    # The first `decision_tokens` response tokens of a ce_only (safety) record weigh `decision_weight` times as much
+    # as the rest: under greedy decoding they decide between refusing and answering. 1 leaves the loss unchanged.
+    decision_weight: float = 1.0
+    decision_tokens: int = 4
 
     def __post_init__(self) -> None:
         problems = []
         for name, lo in (("max_steps", 1), ("batch_size", 1), ("grad_accum", 1), ("max_length", 8), ("save_steps", 1),
-                         ("logging_steps", 1), ("on_policy_max_new_tokens", 1)):
+                         ("logging_steps", 1), ("on_policy_max_new_tokens", 1), ("decision_tokens", 1)):
             if getattr(self, name) < lo:
                 problems.append(f"{name}={getattr(self, name)} must be at least {lo}")
         if not 0 < self.learning_rate < 1:
@@ -65,6 +69,8 @@ class TrainConfig:
             problems.append(f"max_time_s={self.max_time_s} must be positive")
         if self.avoid_weight < 0:
             problems.append(f"avoid_weight={self.avoid_weight} must not be negative")
+        if self.decision_weight < 0:
+            problems.append(f"decision_weight={self.decision_weight} must not be negative")
         if not 0 < self.on_policy_temperature <= 5:
             problems.append(f"on_policy_temperature={self.on_policy_temperature} must be in (0, 5]")
         if problems:
@@ -176,6 +182,13 @@ def _make_trainer_class():
                 per_token = torch.where(ce_only.to(per_token.device)[:, None], ce, per_token)
             resp = labels != IGNORE
             total = masked_sum(per_token, resp)
+            if self.cfg.decision_weight != 1 and ce_only is not None and not on_policy and bool(ce_only.any()):
+                # A safety record's answer is decided by its first tokens (refusal or not): weigh them more, so the
+                # gradient goes to telling the kinds of prompt apart rather than to the rest of the text.
+                first = resp.int().argmax(1, keepdim=True)
+                pos = torch.arange(labels.shape[1], device=labels.device)[None, :]
+                head = resp & (pos < first + self.cfg.decision_tokens) & ce_only.to(labels.device)[:, None]
+                total = total + (self.cfg.decision_weight - 1) * masked_sum(per_token, head)
             avoid = inputs.get("avoid")
             if avoid is not None and not on_policy:
                 # Unlikelihood (Welleck et al. 2020) at the point where the response and the text it must not
