@@ -113,10 +113,13 @@ def _duration(ctx, param, value):
 @click.option("--safety-avoid-weight", type=click.FloatRange(0), default=10.0, show_default=True,
               help="Weight of each --safety-mix record's unlikelihood term (the start it must not take), in response "
                    "tokens; 0 trains the mix by cross-entropy alone.")
+@click.option("--safety-decision-weight", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Weight of the first 4 response tokens of each --safety-mix record (where greedy decoding decides "
+                   "between refusing and answering) relative to the rest; 1 weighs all tokens alike.")
 def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, alpha, kd_weight, loss_temperature,
                 on_policy, max_steps, max_time, batch_size, grad_accum, lr, max_length, seed, save_steps, resume,
                 logit_cache, safety_mix, safety_mix_repeat, safety_mix_benign_repeat, safety_phase_steps,
-                safety_phase_max_length, safety_push_compliant, safety_avoid_weight):
+                safety_phase_max_length, safety_push_compliant, safety_avoid_weight, safety_decision_weight):
     """Train STUDENT to imitate TEACHER on teacher generations (sequence-level + logit distillation)."""
     import dataclasses
     import json
@@ -132,11 +135,13 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
     loss_cfg = LossConfig(loss_name, params, temperature=loss_temperature, kd_weight=kd_weight)
     cfg = TrainConfig(max_steps=max_steps, max_time_s=max_time, batch_size=batch_size, grad_accum=grad_accum,
                       learning_rate=lr, max_length=max_length, seed=seed, save_steps=save_steps, on_policy=on_policy,
-                      avoid_weight=safety_avoid_weight)
+                      avoid_weight=safety_avoid_weight, decision_weight=safety_decision_weight)
     if safety_phase_steps and not safety_mix:
         raise click.UsageError("--safety-phase-steps needs --safety-mix")
     if safety_push_compliant and not safety_mix:
         raise click.UsageError("--safety-push-compliant needs --safety-mix")
+    if safety_decision_weight != 1 and not safety_mix:
+        raise click.UsageError("--safety-decision-weight needs --safety-mix")
     final = out / "student"
     if final.exists():
         raise click.UsageError(f"{final} already exists: this run is finished; choose another --out")
@@ -198,7 +203,7 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
     report = {"steps": steps, "logit_cache": str(logit_cache) if logit_cache else None,
               "safety_mix": {"repeat": safety_mix_repeat, "benign_repeat": safety_mix_benign_repeat or safety_mix_repeat,
                              "records": len(mix), "refusals_with_avoid": n["refusals_with_avoid"],
-                             "avoid_weight": safety_avoid_weight,
+                             "avoid_weight": safety_avoid_weight, "decision_weight": safety_decision_weight,
                              "phase_steps": trainer.state.global_step if safety_phase_steps else 0,
                              "phase_max_length": safety_phase_max_length if safety_phase_steps else None}
               if safety_mix else False,

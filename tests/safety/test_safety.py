@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -16,6 +17,7 @@ from edgedistill.models import load_model
 from edgedistill.models.locate import resolve
 from edgedistill.safety import (CATEGORIES, REFUSALS, SafetyPrompt, is_refusal, load_suite, meets_floor, mix_counts,
                                 mix_records, refusal_for, score)
+from edgedistill.errors import EdgeDistillError
 from edgedistill.targets import SafetyFloor
 from tests import tiny
 from tests.conftest import run_cli
@@ -142,6 +144,40 @@ def test_refusal_examples_train_on_cross_entropy_alone(tmp_path):
         assert abs(float(ce) - float(kl)) > 1e-3  # the two differ, so the check above can tell them apart
 
 
+def test_decision_weight_weighs_the_first_response_tokens_of_safety_records(tmp_path):
+    """decision_weight w: a ce_only record's first decision_tokens response tokens count w times; other records and
+    the tokens after them are unchanged (the normaliser stays the response-token count)."""
+    t_dir = tiny.build_model_dir(tmp_path / "t", layers=2, seed=1, init_std=0.2)
+    s_dir = tiny.build_model_dir(tmp_path / "s", layers=1, seed=2, init_std=0.2)
+    teacher, student = load_model(str(t_dir)), load_model(str(s_dir))
+    recs = [{"id": "a", "messages": [{"role": "user", "content": "How do I jumper the door switch?"}],
+             "response": "I can't help with bypassing a safety device.", "ce_only": True},
+            {"id": "b", "messages": [{"role": "user", "content": "How do I test the door switch?"}],
+             "response": "Open the guard with the machine stopped."}]
+    ex = encode(teacher[1], recs, 128).examples
+    cfg = TrainConfig(max_steps=1, batch_size=2, grad_accum=1, warmup_steps=0, save_steps=100)
+    _, trainer = train(teacher, student, ex, tmp_path / "run", LossConfig("forward_kl", kd_weight=0.0), cfg)
+    model = trainer.model.eval()
+    for row in range(2):
+        batch = collate([ex[row]], trainer.pad_id)
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            losses = {}
+            for w in (1.0, 5.0):
+                trainer.cfg = dataclasses.replace(cfg, decision_weight=w, decision_tokens=3)
+                losses[w] = float(trainer.compute_loss(model, batch))
+        resp = batch["labels"] != -100
+        ce = per_token_objective(LossConfig("forward_kl", kd_weight=0.0), logits, None, batch["labels"])[resp]
+        assert len(ce) > 3
+        assert losses[1.0] == pytest.approx(float(ce.mean()), rel=1e-4)
+        want = (float(ce.sum()) + 4 * float(ce[:3].sum())) / len(ce) if row == 0 else losses[1.0]
+        assert losses[5.0] == pytest.approx(want, rel=1e-4)
+    with pytest.raises(EdgeDistillError, match="decision_weight"):
+        TrainConfig(decision_weight=-1)
+    with pytest.raises(EdgeDistillError, match="decision_tokens"):
+        TrainConfig(decision_tokens=0)
+
+
 def test_cli_eval_table_report_and_floor(tmp_path, tiny_model_dir):
     data = tmp_path / "data" / "safety"
     data.mkdir(parents=True)
@@ -200,7 +236,8 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     rep = json.loads((out / "student" / "distill.json").read_text())
     records = 2 * n_harmful + 3 * len(benign)
     assert rep["safety_mix"] == {"repeat": 2, "benign_repeat": 3, "records": records, "refusals_with_avoid": 5,
-                                 "avoid_weight": 10.0, "phase_steps": 0, "phase_max_length": None}
+                                 "avoid_weight": 10.0, "decision_weight": 1.0, "phase_steps": 0,
+                                 "phase_max_length": None}
     assert rep["train_sequences"] == 4 + records
     assert "loss -" not in proc.stderr.splitlines()[-1]  # the bar shows a logged loss by the end
     # --safety-phase-steps: DATA alone first (the cache covers it), then the safety records alone
@@ -210,7 +247,7 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
         (phased / name).write_text((out / name).read_text())
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
                    "--out", str(phased), "--safety-mix", "--safety-phase-steps", "3", "--logit-cache", str(tmp_path / "c"),
-                   "--safety-avoid-weight", "2.5",
+                   "--safety-avoid-weight", "2.5", "--safety-decision-weight", "4",
                    "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads((phased / "student" / "distill.json").read_text())
@@ -218,7 +255,9 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     assert rep["safety_mix"]["phase_steps"] == 3 and rep["safety_mix"]["phase_max_length"] == 128
     assert rep["safety_mix"]["avoid_weight"] == 2.5 and rep["safety_mix"]["refusals_with_avoid"] == 0
     assert "push down" not in proc.stderr  # without --safety-push-compliant
-    assert json.loads((phased / "safety-phase" / "config.json").read_text())["train"]["avoid_weight"] == 2.5
+    assert rep["safety_mix"]["decision_weight"] == 4
+    phase_train = json.loads((phased / "safety-phase" / "config.json").read_text())["train"]
+    assert phase_train["avoid_weight"] == 2.5 and phase_train["decision_weight"] == 4
     assert [json.loads(line)["step"] for line in (phased / "safety-phase" / "metrics.jsonl").read_text().splitlines()
             if "loss" in line][-1] == 3
     bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
@@ -227,6 +266,9 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
                   "--safety-push-compliant")
     assert bad.returncode == 2 and "--safety-push-compliant needs --safety-mix" in bad.stderr
+    bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
+                  "--safety-decision-weight", "5")
+    assert bad.returncode == 2 and "--safety-decision-weight needs --safety-mix" in bad.stderr
     data.write_text(data.read_text().replace("Monday", "Friday"))
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
                    "--out", str(tmp_path / "o2"), "--safety-mix", "--logit-cache", str(tmp_path / "c"))
