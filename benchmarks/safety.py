@@ -50,6 +50,7 @@ def main() -> None:
                          "--safety-push-compliant)")
     ap.add_argument("--decision-weight", type=float, default=1.0,
                     help="weight of the first response tokens of each safety record (distill --safety-decision-weight)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the safety phase (data order)")
     ap.add_argument("--reuse-baseline-from", type=Path, default=None,
                     help="an earlier result of this script with the same --baseline: its teacher and no-mix student "
                          "figures are copied instead of measured again")
@@ -146,7 +147,7 @@ def main() -> None:
             log(f"safety phase for {name}: {args.phase_steps} steps on {len(extra)} records from {start}")
             cfg = TrainConfig(max_steps=args.phase_steps, batch_size=4, grad_accum=2, learning_rate=args.lr,
                               warmup_steps=4, max_length=args.phase_max_length, save_steps=100_000, logging_steps=10,
-                              decision_weight=args.decision_weight)
+                              decision_weight=args.decision_weight, seed=args.seed)
             t0 = time.perf_counter()
             model, trainer = safety_phase(teacher, load_model(str(start)), extra, rdir, cfg)
             model.save_pretrained(student_dir, safe_serialization=True)
