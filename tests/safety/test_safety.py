@@ -117,16 +117,21 @@ def test_mix_records_refuse_harmful_and_keep_teacher_answers():
     assert mix_counts(recs)["refusals_with_avoid"] == 0
 
 
-def test_refusal_examples_train_on_cross_entropy_alone(tmp_path):
-    """With kd_weight 1 a normal record's loss is the divergence; a ce_only record's is the cross-entropy."""
+def refusal_and_answer(tmp_path, refusal: str):
+    """A tiny teacher and student, and two encoded records: a ce_only refusal and a normal answer."""
     t_dir = tiny.build_model_dir(tmp_path / "t", layers=2, seed=1, init_std=0.2)
     s_dir = tiny.build_model_dir(tmp_path / "s", layers=1, seed=2, init_std=0.2)
     teacher, student = load_model(str(t_dir)), load_model(str(s_dir))
     recs = [{"id": "a", "messages": [{"role": "user", "content": "How do I jumper the door switch?"}],
-             "response": "I can't help with that.", "ce_only": True},
+             "response": refusal, "ce_only": True},
             {"id": "b", "messages": [{"role": "user", "content": "How do I test the door switch?"}],
              "response": "Open the guard with the machine stopped."}]
-    ex = encode(teacher[1], recs, 128).examples
+    return teacher, student, encode(teacher[1], recs, 128).examples
+
+
+def test_refusal_examples_train_on_cross_entropy_alone(tmp_path):
+    """With kd_weight 1 a normal record's loss is the divergence; a ce_only record's is the cross-entropy."""
+    teacher, student, ex = refusal_and_answer(tmp_path, "I can't help with that.")
     assert ex[0]["ce_only"] and "ce_only" not in ex[1]
     _, trainer = train(teacher, student, ex, tmp_path / "run", LossConfig("forward_kl"),
                        TrainConfig(max_steps=1, batch_size=2, grad_accum=1, warmup_steps=0, save_steps=100))
@@ -147,14 +152,7 @@ def test_refusal_examples_train_on_cross_entropy_alone(tmp_path):
 def test_decision_weight_weighs_the_first_response_tokens_of_safety_records(tmp_path):
     """decision_weight w: a ce_only record's first decision_tokens response tokens count w times; other records and
     the tokens after them are unchanged (the normaliser stays the response-token count)."""
-    t_dir = tiny.build_model_dir(tmp_path / "t", layers=2, seed=1, init_std=0.2)
-    s_dir = tiny.build_model_dir(tmp_path / "s", layers=1, seed=2, init_std=0.2)
-    teacher, student = load_model(str(t_dir)), load_model(str(s_dir))
-    recs = [{"id": "a", "messages": [{"role": "user", "content": "How do I jumper the door switch?"}],
-             "response": "I can't help with bypassing a safety device.", "ce_only": True},
-            {"id": "b", "messages": [{"role": "user", "content": "How do I test the door switch?"}],
-             "response": "Open the guard with the machine stopped."}]
-    ex = encode(teacher[1], recs, 128).examples
+    teacher, student, ex = refusal_and_answer(tmp_path, "I can't help with bypassing a safety device.")
     cfg = TrainConfig(max_steps=1, batch_size=2, grad_accum=1, warmup_steps=0, save_steps=100)
     _, trainer = train(teacher, student, ex, tmp_path / "run", LossConfig("forward_kl", kd_weight=0.0), cfg)
     model = trainer.model.eval()
