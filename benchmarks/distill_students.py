@@ -268,7 +268,8 @@ def fisher_exact(a: int, n1: int, b: int, n2: int) -> float:
         return comb(n1, x) * comb(n2, k - x) / comb(n, k)
 
     seen = prob(a)
-    return min(1.0, sum(prob(x) for x in range(max(0, k - n2), min(k, n1) + 1) if prob(x) <= seen * (1 + 1e-9)))
+    tables = [prob(x) for x in range(max(0, k - n2), min(k, n1) + 1)]
+    return min(1.0, sum(q for q in tables if q <= seen * (1 + 1e-9)))
 
 
 def graded_comparison(results: dict, best: str) -> dict:
@@ -288,9 +289,7 @@ def graded_comparison(results: dict, best: str) -> dict:
 def compare_only(out: Path) -> None:
     report = json.loads(out.read_text())
     report["graded_comparison"] = graded_comparison(report["runs"], report["best_objective"])
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
+    _dump(out, report)
     print(json.dumps(report["graded_comparison"], indent=1))
 
 
@@ -308,10 +307,15 @@ def _write(args, results, extra, run_record, final: bool = False) -> None:
     report = {"benchmark": "distill_students", **run_record(), "complete": final,
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               **extra, "runs": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
+    _dump(args.out, report)
+
+
+def _dump(out: Path, report: dict) -> None:
+    """Write the report whole or not at all (temp file, then rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    os.replace(tmp, out)
 
 
 if __name__ == "__main__":
