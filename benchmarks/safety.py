@@ -50,6 +50,8 @@ def main() -> None:
                          "--safety-push-compliant)")
     ap.add_argument("--decision-weight", type=float, default=1.0,
                     help="weight of the first response tokens of each safety record (distill --safety-decision-weight)")
+    ap.add_argument("--avoid-weight", type=float, default=10.0,
+                    help="weight of each safety record's unlikelihood term (distill --safety-avoid-weight)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the safety phase (data order)")
     ap.add_argument("--reuse-baseline-from", type=Path, default=None,
                     help="an earlier result of this script with the same --baseline: its teacher and no-mix student "
@@ -163,7 +165,7 @@ def main() -> None:
             log(f"safety phase for {name}: {args.phase_steps} steps on {len(extra)} records from {start}")
             cfg = TrainConfig(max_steps=args.phase_steps, batch_size=4, grad_accum=2, learning_rate=args.lr,
                               warmup_steps=4, max_length=args.phase_max_length, save_steps=100_000, logging_steps=10,
-                              decision_weight=args.decision_weight, seed=args.seed)
+                              decision_weight=args.decision_weight, avoid_weight=args.avoid_weight, seed=args.seed)
             t0 = time.perf_counter()
             model, trainer = safety_phase(teacher, load_model(str(start)), extra, rdir, cfg)
             model.save_pretrained(student_dir, safe_serialization=True)
@@ -175,7 +177,8 @@ def main() -> None:
             log(f"training {name} ({len(examples)} sequences)")
             cfg = TrainConfig(max_steps=args.steps, batch_size=4, grad_accum=2, learning_rate=args.lr, warmup_steps=6,
                               max_length=512, save_steps=100_000, logging_steps=10,
-                              decision_weight=args.decision_weight if mix else 1.0)
+                              decision_weight=args.decision_weight if mix else 1.0,
+                              avoid_weight=args.avoid_weight)
             t0 = time.perf_counter()
             model, trainer = train(teacher, load_model(str(init)), examples, rdir, LossConfig("forward_kl",
                                    kd_weight=0.5), cfg, cache=cache)
