@@ -123,9 +123,7 @@ def main() -> None:
         earlier = {k: dict(prev["models"][k], reused_from=str(args.reuse_baseline_from)) for k in ("teacher", "student")}
     if "teacher" in earlier:
         models["teacher"] = earlier["teacher"]
-    elif args.on == "validation":
-        pass
-    else:
+    elif args.on == "test":
         log("teacher on the safety test split")
         models["teacher"] = evaluate(DEFAULT_TEACHER, test, args.max_new_tokens, loaded=teacher)
     save()
