@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from edgedistill.runinfo import write_result
 
 HERE = Path(__file__).resolve().parent
 
@@ -289,7 +290,7 @@ def graded_comparison(results: dict, best: str) -> dict:
 def compare_only(out: Path) -> None:
     report = json.loads(out.read_text())
     report["graded_comparison"] = graded_comparison(report["runs"], report["best_objective"])
-    _dump(out, report)
+    write_result(out, report)
     print(json.dumps(report["graded_comparison"], indent=1))
 
 
@@ -307,15 +308,7 @@ def _write(args, results, extra, run_record, final: bool = False) -> None:
     report = {"benchmark": "distill_students", **run_record(), "complete": final,
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               **extra, "runs": results}
-    _dump(args.out, report)
-
-
-def _dump(out: Path, report: dict) -> None:
-    """Write the report whole or not at all (temp file, then rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_result(args.out, report)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ perplexity ratio. Variants over their tolerance are still measured (--force) and
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from edgedistill.runinfo import write_result
 
 HERE = Path(__file__).resolve().parent
 
@@ -63,10 +63,7 @@ def main() -> None:
               "held_out": {"chunks": args.chunks, "chunk_len": args.chunk_len,
                            "positions": results[0].metrics["positions"] if results else 0},
               "total_s": time.perf_counter() - t0, "variants": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_result(args.out, report)
     md = [f"Export variants of `{args.model}` ({report['parameters']:,} parameters); held-out text: {args.chunks} "
           f"chunks of {args.chunk_len} tokens. Measured by `benchmarks/export_variants.py` on {report['date']}.", "",
           "| variant | valid | size (MB) | bits/weight (file) | bits/weight (tensors) | mean KL | top-1 | ppl ratio |",

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from edgedistill.runinfo import write_result
 
 HERE = Path(__file__).resolve().parent
 
@@ -124,10 +125,7 @@ def main() -> None:
         "training_tokens_per_s": {m: {"median": statistics.median(v), "runs": v} for m, v in speeds.items()},
         "speedup_cache_over_live": statistics.median(speeds["cache_k64"]) / statistics.median(speeds["live_teacher"]),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_result(args.out, report)
     for k, v in caches.items():
         e = v["loss_vs_full_logits"]["forward_kl"]["relative_error"]
         print(f"k={k:4d}: {v['bytes_per_token']:.0f} B/token, top-k mass {100 * v['teacher_mass_in_top_k']:.1f}%, "

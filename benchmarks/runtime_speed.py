@@ -11,13 +11,13 @@ another in this process, so they see the same machine state; ratios are taken be
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
+
+from edgedistill.runinfo import write_result
 
 HERE = Path(__file__).resolve().parent
 PROMPT = [{"role": "user", "content": "A customer says their order NW-4411 arrived with a cracked housing. "
@@ -95,10 +95,7 @@ def main() -> None:
     report = {"benchmark": "runtime_speed", **run_record(), "settings": {
         "model": args.model, "threads": args.threads, "new_tokens": args.new_tokens, "repeats": args.repeats,
         "prompt_tokens": len(prompt_ids)}, "rows": rows, "ratios": ratios}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_result(args.out, report)
     md = ["| engine | file | MB | decode tok/s (median) | prefill tok/s | TTFT ms | p50 / p95 ms per token |",
           "|---|---|---:|---:|---:|---:|---|"]
     for r in rows:

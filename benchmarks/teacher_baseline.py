@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from edgedistill.runinfo import write_result
 
 HERE = Path(__file__).resolve().parent
 PROMPT = (
@@ -181,10 +182,7 @@ def main() -> None:
         },
         "greedy_tokens_identical_prefix": same_prefix,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_result(args.out, report)
     for name, r in results.items():
         print(f"{name:>18}: decode {r['decode_tok_s']['median']:6.1f} tok/s, prefill {r['prefill_tok_s']['median']:7.1f} "
               f"tok/s, TTFT {1000 * r['ttft_s']['median']:6.1f} ms, load {r['load_s']:.1f} s, "
