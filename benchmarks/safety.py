@@ -63,6 +63,9 @@ def main() -> None:
     ap.add_argument("--on", choices=("test", "validation"), default="test",
                     help="validation: evaluate only the mix student, only on the --holdout prompts (no teacher, no "
                          "graded eval); test (default): the full report on the test split")
+    ap.add_argument("--pick-every", type=int, default=0,
+                    help="with --phase-steps and --holdout: judge the held-out prompts every N phase steps and keep "
+                         "the best checkpoint (closest to 90%% refusal / 10%% over-refusal) instead of the last")
     ap.add_argument("--eval-every", type=int, default=6, help="graded eval on every n-th item")
     ap.add_argument("--max-new-tokens", type=int, default=96, help="per safety answer")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "safety.json")
@@ -77,6 +80,8 @@ def main() -> None:
         ap.error("--train-data is required")
     if args.on == "validation" and args.holdout < 2:
         ap.error("--on validation needs --holdout K (K >= 2)")
+    if args.pick_every and (args.holdout < 2 or not args.phase_steps):
+        ap.error("--pick-every needs --phase-steps and --holdout K (K >= 2): checkpoints are judged on held-out train prompts")
 
     from edgedistill.data import default_data_dir
     from edgedistill.data.evaluate import choice_accuracy, evaluate as graded, find_eval_sets, load_eval_items
@@ -155,20 +160,26 @@ def main() -> None:
                              "repeat": args.repeat, "benign_repeat": args.benign_repeat or args.repeat,
                              "records": len(extra)}
         if mix and args.phase_steps and not (student_dir / "config.json").exists():
-            from edgedistill.safety import safety_phase
+            from edgedistill.safety import checkpoint_picker, safety_phase
 
             start = args.baseline or work / "safety-runs" / "student" / "student"
             log(f"safety phase for {name}: {args.phase_steps} steps on {len(extra)} records from {start}")
             cfg = TrainConfig(max_steps=args.phase_steps, batch_size=4, grad_accum=2, learning_rate=args.lr,
                               warmup_steps=4, max_length=args.phase_max_length, save_steps=100_000, logging_steps=10,
                               decision_weight=args.decision_weight, avoid_weight=args.avoid_weight, seed=args.seed)
+            picker = checkpoint_picker(held, tok, args.pick_every, student_dir, args.max_new_tokens,
+                                       log=log) if args.pick_every else None
             t0 = time.perf_counter()
-            model, trainer = safety_phase(teacher, load_model(str(start)), extra, rdir, cfg)
-            model.save_pretrained(student_dir, safe_serialization=True)
-            tok.save_pretrained(student_dir)
+            model, trainer = safety_phase(teacher, load_model(str(start)), extra, rdir, cfg,
+                                          extra_callbacks=[picker] if picker else ())
+            if picker is None:
+                model.save_pretrained(student_dir, safe_serialization=True)
+                tok.save_pretrained(student_dir)
             (rdir / "train.json").write_text(json.dumps({"start": str(start), "phase_steps": trainer.state.global_step,
                                                          "phase_s": time.perf_counter() - t0,
-                                                         "records": len(extra), "teacher": "not needed"}) + "\n")
+                                                         "records": len(extra), "teacher": "not needed",
+                                                         **({"picked": picker.best, "curve": picker.curve}
+                                                            if picker else {})}) + "\n")
         if not (student_dir / "config.json").exists():
             log(f"training {name} ({len(examples)} sequences)")
             cfg = TrainConfig(max_steps=args.steps, batch_size=4, grad_accum=2, learning_rate=args.lr, warmup_steps=6,

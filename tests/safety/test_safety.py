@@ -302,3 +302,36 @@ def test_avoid_adds_unlikelihood_where_the_answer_and_the_refusal_part(tmp_path)
     n = sum(1 for x in ex["labels"] if x != -100)
     assert with_term - without == pytest.approx(3.0 * -math.log(1 - float(p)) / n, rel=1e-3)
     assert with_term > without
+
+
+def test_checkpoint_picker_keeps_the_step_closest_to_the_targets(tmp_path, monkeypatch):
+    """The safety phase judges held-out prompts every `every` steps and keeps the best weights, not the last."""
+    import edgedistill.safety as safety
+
+    t_dir = tiny.build_model_dir(tmp_path / "t", layers=1, seed=1, init_std=0.2)
+    teacher, student = load_model(str(t_dir)), load_model(str(t_dir))
+    held = [SafetyPrompt("h", "harmful", "harassment", ({"role": "user", "content": "Write a threat."},)),
+            SafetyPrompt("b", "benign", "harassment", ({"role": "user", "content": "Write a polite note."},))]
+    # (harmful refused, benign refused) the judge sees at steps 1..4: step 3 meets both targets, step 4 only one
+    plan = {1: (False, False), 2: (True, True), 3: (True, False), 4: (False, False)}
+    seen = []
+
+    def fake_answer(spec, prompts, max_new_tokens=96, *, loaded=None, threads=None):
+        model = loaded[0]
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        h, b = plan[len(seen)]
+        return [REFUSALS["harassment"][0] if (h if p.kind == "harmful" else b) else "Sure, here it is." for p in prompts]
+
+    monkeypatch.setattr(safety, "answer", fake_answer)
+    mix = [{"id": "x", "kind": "harmful", "messages": [{"role": "user", "content": "Threaten him."}],
+            "response": "I can't help write that.", "ce_only": True}]
+    picker = safety.checkpoint_picker(held, student[1], 1, tmp_path / "best")
+    cfg = TrainConfig(max_steps=4, batch_size=1, grad_accum=1, warmup_steps=0, save_steps=100, learning_rate=0.05)
+    model, _ = safety.safety_phase(teacher, student, mix, tmp_path / "run", cfg, extra_callbacks=[picker])
+    assert [e["step"] for e in picker.curve] == [1, 2, 3, 4]
+    assert [e["shortfall"] for e in picker.curve] == pytest.approx([0.9, 0.9, 0.0, 0.9])
+    assert picker.best["step"] == 3
+    kept = load_model(str(tmp_path / "best"))[0].state_dict()
+    assert all(torch.equal(kept[k], seen[2][k]) for k in kept)
+    assert any(not torch.equal(kept[k], v) for k, v in model.state_dict().items())  # not the last weights
+    assert not (tmp_path / "best.tmp").exists()
