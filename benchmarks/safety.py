@@ -53,6 +53,9 @@ def main() -> None:
                     help="weight of the first response tokens of each safety record (distill --safety-decision-weight)")
     ap.add_argument("--avoid-weight", type=float, default=10.0,
                     help="weight of each safety record's unlikelihood term (distill --safety-avoid-weight)")
+    ap.add_argument("--paired", action="store_true",
+                    help="feed the safety phase each harmful prompt beside its look-alike (distill --safety-paired) "
+                         "instead of shuffled")
     ap.add_argument("--seed", type=int, default=0, help="seed of the safety phase (data order)")
     ap.add_argument("--reuse-baseline-from", type=Path, default=None,
                     help="an earlier result of this script with the same --baseline: its teacher and no-mix student "
@@ -171,7 +174,7 @@ def main() -> None:
                                        log=log) if args.pick_every else None
             t0 = time.perf_counter()
             model, trainer = safety_phase(teacher, load_model(str(start)), extra, rdir, cfg,
-                                          extra_callbacks=[picker] if picker else ())
+                                          extra_callbacks=[picker] if picker else (), paired=args.paired)
             if picker is None:
                 model.save_pretrained(student_dir, safe_serialization=True)
                 tok.save_pretrained(student_dir)

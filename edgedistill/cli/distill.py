@@ -107,6 +107,9 @@ def _duration(ctx, param, value):
                    "after distillation (same batch and learning rate); 0 mixes them into DATA.")
 @click.option("--safety-phase-max-length", type=click.IntRange(8), default=128, show_default=True,
               help="Tokens per sequence in the safety phase (it teaches how answers start).")
+@click.option("--safety-paired", is_flag=True,
+              help="With --safety-phase-steps: feed each harmful train prompt beside its benign look-alike (every step "
+                   "holds both sides of its pairs) instead of shuffling the safety records.")
 @click.option("--safety-push-compliant", is_flag=True,
               help="With --safety-mix: the teacher also starts an answer to each harmful train prompt, and its refusal "
                    "record pushes that compliant start down (an unlikelihood term, as the look-alikes have).")
@@ -119,7 +122,8 @@ def _duration(ctx, param, value):
 def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, alpha, kd_weight, loss_temperature,
                 on_policy, max_steps, max_time, batch_size, grad_accum, lr, max_length, seed, save_steps, resume,
                 logit_cache, safety_mix, safety_mix_repeat, safety_mix_benign_repeat, safety_phase_steps,
-                safety_phase_max_length, safety_push_compliant, safety_avoid_weight, safety_decision_weight):
+                safety_phase_max_length, safety_paired, safety_push_compliant, safety_avoid_weight,
+                safety_decision_weight):
     """Train STUDENT to imitate TEACHER on teacher generations (sequence-level + logit distillation)."""
     import dataclasses
     import json
@@ -138,6 +142,8 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
                       avoid_weight=safety_avoid_weight, decision_weight=safety_decision_weight)
     if safety_phase_steps and not safety_mix:
         raise click.UsageError("--safety-phase-steps needs --safety-mix")
+    if safety_paired and not safety_phase_steps:
+        raise click.UsageError("--safety-paired needs --safety-phase-steps (and --safety-mix)")
     if safety_push_compliant and not safety_mix:
         raise click.UsageError("--safety-push-compliant needs --safety-mix")
     if safety_decision_weight != 1 and not safety_mix:
@@ -199,13 +205,14 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
         progress = training_progress()
         with progress:
             model, trainer = safety_phase(t_pair, (model, s_pair[1]), mix, phase_dir, phase_cfg, progress=progress,
-                                          resume=resume and (phase_dir / "checkpoints").exists())
+                                          resume=resume and (phase_dir / "checkpoints").exists(), paired=safety_paired)
     report = {"steps": steps, "logit_cache": str(logit_cache) if logit_cache else None,
               "safety_mix": {"repeat": safety_mix_repeat, "benign_repeat": safety_mix_benign_repeat or safety_mix_repeat,
                              "records": len(mix), "refusals_with_avoid": n["refusals_with_avoid"],
                              "avoid_weight": safety_avoid_weight, "decision_weight": safety_decision_weight,
                              "phase_steps": trainer.state.global_step if safety_phase_steps else 0,
-                             "phase_max_length": safety_phase_max_length if safety_phase_steps else None}
+                             "phase_max_length": safety_phase_max_length if safety_phase_steps else None,
+                             "paired": safety_paired}
               if safety_mix else False,
               "train_sequences": len(train_set.examples), "truncated": train_set.truncated,
               "parameters": model.num_parameters()}

@@ -54,6 +54,7 @@ class TrainConfig:
     # as the rest: under greedy decoding they decide between refusing and answering. 1 leaves the loss unchanged.
     decision_weight: float = 1.0
     decision_tokens: int = 4
+    shuffle: bool = True  # False: batches follow the examples' order (safety_phase's harmful/look-alike pairs)
 
     def __post_init__(self) -> None:
         problems = []
@@ -107,6 +108,13 @@ def _make_trainer_class():
             self.model_accepts_loss_kwargs = True  # we use num_items_in_batch ourselves (see compute_loss)
             self.tokens_seen = 0
             self._policy_step, self._policy_on = -1, False
+
+        def _get_train_sampler(self, *args, **kw):
+            if self.cfg.shuffle:
+                return super()._get_train_sampler(*args, **kw)
+            from torch.utils.data import SequentialSampler
+
+            return SequentialSampler(self.train_dataset)
 
         def _on_policy_now(self) -> bool:
             """Decided once per optimizer step, from a seeded RNG, identically on every process."""

@@ -251,16 +251,47 @@ def build_mix(teacher_spec: str, teacher_pair, work_dir: Path, data_dir: Path | 
     return mix_records(train, benign, repeat, benign_repeat, harmful_answers=harmful)
 
 
+def paired_order(mix: Sequence[dict], sequences: int, seed: int = 0) -> list[dict]:
+    """The mix in an order where each harmful record sits next to its benign look-alike (twins share the last
+    '-' part of their prompt id, the suite's numbering; copy n of one with copy n of the other), the pairs
+    shuffled afresh each pass, passes repeated until there are `sequences` records. Fed in this order (no
+    shuffling) every optimizer step holds both sides of its pairs: the same number of each kind, and the two
+    prompts that differ only in what makes one harmful, so the step's gradient is about that difference."""
+    import random
+
+    units: dict = {}
+    for r in mix:
+        base, _, copy = r["id"].partition("#")
+        units.setdefault((base.rsplit("-", 1)[-1], copy), []).append(r)
+    groups = [sorted(g, key=lambda r: r["kind"] != "harmful") for _, g in sorted(units.items())]
+    if not groups:
+        return []
+    out: list[dict] = []
+    rounds = 0
+    while len(out) < sequences:
+        order = list(groups)
+        random.Random(f"{seed}-{rounds}").shuffle(order)
+        out += [r for g in order for r in g]
+        rounds += 1
+    return out
+
+
 def safety_phase(teacher_pair, student_pair, mix: list[dict], run_dir: Path, cfg, *, progress=None,
-                 resume: bool = False, extra_callbacks=()):
+                 resume: bool = False, extra_callbacks=(), paired: bool = False):
     """Train a distilled student on the --safety-mix records alone (cross-entropy, plus the look-alikes'
     unlikelihood terms) for cfg.max_steps: the phase that teaches when to refuse without the distillation data
     diluting it. Sequences are cut to cfg.max_length: the phase is about how an answer starts. The teacher's
-    logits are never needed. Returns (student, trainer) as distill.train does."""
+    logits are never needed. With `paired` the records are fed in `paired_order` (each harmful prompt beside its
+    look-alike) instead of shuffled. Returns (student, trainer) as distill.train does."""
+    import dataclasses
+
     from edgedistill.distill.dataset import encode
     from edgedistill.distill.losses import LossConfig
     from edgedistill.distill.train import train
 
+    if paired:
+        mix = paired_order(mix, cfg.max_steps * cfg.batch_size * cfg.grad_accum, cfg.seed)
+        cfg = dataclasses.replace(cfg, shuffle=False)
     examples = encode(student_pair[1], mix, cfg.max_length).examples
     return train(teacher_pair, student_pair, examples, run_dir, LossConfig("forward_kl", kd_weight=0.0), cfg,
                  resume=resume, progress=progress, extra_callbacks=extra_callbacks)

@@ -235,7 +235,7 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     records = 2 * n_harmful + 3 * len(benign)
     assert rep["safety_mix"] == {"repeat": 2, "benign_repeat": 3, "records": records, "refusals_with_avoid": 5,
                                  "avoid_weight": 10.0, "decision_weight": 1.0, "phase_steps": 0,
-                                 "phase_max_length": None}
+                                 "phase_max_length": None, "paired": False}
     assert rep["train_sequences"] == 4 + records
     assert "loss -" not in proc.stderr.splitlines()[-1]  # the bar shows a logged loss by the end
     # --safety-phase-steps: DATA alone first (the cache covers it), then the safety records alone
@@ -245,7 +245,7 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
         (phased / name).write_text((out / name).read_text())
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
                    "--out", str(phased), "--safety-mix", "--safety-phase-steps", "3", "--logit-cache", str(tmp_path / "c"),
-                   "--safety-avoid-weight", "2.5", "--safety-decision-weight", "4",
+                   "--safety-avoid-weight", "2.5", "--safety-decision-weight", "4", "--safety-paired",
                    "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads((phased / "student" / "distill.json").read_text())
@@ -256,6 +256,8 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     assert rep["safety_mix"]["decision_weight"] == 4
     phase_train = json.loads((phased / "safety-phase" / "config.json").read_text())["train"]
     assert phase_train["avoid_weight"] == 2.5 and phase_train["decision_weight"] == 4
+    assert rep["safety_mix"]["paired"] is True and phase_train["shuffle"] is False
+    assert json.loads((phased / "config.json").read_text())["train"]["shuffle"] is True  # distillation shuffles
     assert [json.loads(line)["step"] for line in (phased / "safety-phase" / "metrics.jsonl").read_text().splitlines()
             if "loss" in line][-1] == 3
     bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
@@ -267,6 +269,9 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
                   "--safety-decision-weight", "5")
     assert bad.returncode == 2 and "--safety-decision-weight needs --safety-mix" in bad.stderr
+    bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
+                  "--safety-mix", "--safety-paired")
+    assert bad.returncode == 2 and "--safety-paired needs --safety-phase-steps" in bad.stderr
     data.write_text(data.read_text().replace("Monday", "Friday"))
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
                    "--out", str(tmp_path / "o2"), "--safety-mix", "--logit-cache", str(tmp_path / "c"))
@@ -335,3 +340,36 @@ def test_checkpoint_picker_keeps_the_step_closest_to_the_targets(tmp_path, monke
     assert all(torch.equal(kept[k], seen[2][k]) for k in kept)
     assert any(not torch.equal(kept[k], v) for k, v in model.state_dict().items())  # not the last weights
     assert not (tmp_path / "best.tmp").exists()
+
+
+def test_paired_order_puts_each_harmful_prompt_beside_its_look_alike():
+    from edgedistill.safety import paired_order
+
+    mix = [{"id": i, "kind": "harmful" if "-h-" in i else "benign"}
+           for i in ("s-h-1", "s-h-2", "s-h-3", "s-b-1", "s-b-3", "s-h-1#1", "s-b-1#1")]  # s-b-2 left out
+    order = [r["id"] for r in paired_order(mix, 14, seed=0)]
+    assert len(order) == 14 and sorted(order[:7]) == sorted(order[7:]) == sorted(r["id"] for r in mix)
+    for n in range(len(order)):  # every look-alike follows its own harmful twin, copy for copy
+        if "-b-" in order[n]:
+            assert order[n - 1] == order[n].replace("-b-", "-h-")
+    assert order[:7] != order[7:]  # each pass is shuffled afresh
+    assert paired_order(mix, 14, seed=0) == paired_order(mix, 14, seed=0)
+
+
+def test_unshuffled_training_follows_the_examples_order(tmp_path, monkeypatch):
+    import edgedistill.distill.train as train_mod
+
+    teacher, student, ex = refusal_and_answer(tmp_path, "I can't help with that.")
+    ex = [dict(ex[n % 2], ce_only=True) for n in range(6)]
+    seen = []
+    real = train_mod.collate
+    monkeypatch.setattr(train_mod, "collate", lambda batch, pad: seen.append([len(b["input_ids"]) for b in batch])
+                        or real(batch, pad))
+    lengths = [len(e["input_ids"]) for e in ex]
+    assert lengths[0] != lengths[1]
+    for shuffle in (False, True):
+        seen.clear()
+        train(teacher, student, ex, tmp_path / f"run-{shuffle}", LossConfig("forward_kl", kd_weight=0.0),
+              TrainConfig(max_steps=3, batch_size=2, grad_accum=1, warmup_steps=0, save_steps=100, shuffle=shuffle,
+                          seed=3))
+        assert (sum(seen, []) == lengths) is not shuffle
