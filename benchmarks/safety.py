@@ -93,7 +93,7 @@ def main() -> None:
     from edgedistill.distill.train import TrainConfig, train
     from edgedistill.models import DEFAULT_TEACHER, load_model
     from edgedistill.runinfo import run_record
-    from edgedistill.safety import build_mix, evaluate, load_suite, mix_counts
+    from edgedistill.safety import build_mix, evaluate, holdout, load_suite, mix_counts
 
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -233,17 +233,6 @@ def main() -> None:
     for name, s in report["summary"].items():
         print(f"{name:<20} refusal {100 * s['refusal_rate']:5.1f}%  over-refusal {100 * s['over_refusal']:5.1f}%"
               + (f"  graded {100 * s['graded']:.1f}%" if s["graded"] is not None else ""))
-
-
-def holdout(train, k: int) -> list:
-    """Every k-th prompt (the k-th, 2k-th, ...) of each kind and category of the train split, in file order."""
-    seen: dict = {}
-    out = []
-    for p in train:
-        n = seen[(p.kind, p.category)] = seen.get((p.kind, p.category), 0) + 1
-        if n % k == 0:
-            out.append(p)
-    return out
 
 
 def rescore(out: Path) -> None:

@@ -15,7 +15,6 @@ This separates "the student's features cannot tell the prompts apart" from "trai
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +23,6 @@ import torch
 from edgedistill.runinfo import run_record, write_result
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 
 @torch.inference_mode()
@@ -86,8 +84,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from edgedistill.models import DEFAULT_TEACHER, load_model
-    from edgedistill.safety import load_suite
-    from safety import holdout
+    from edgedistill.safety import holdout, load_suite
 
     train_all = load_suite("train")
     val = holdout(train_all, args.holdout)

@@ -251,6 +251,18 @@ def build_mix(teacher_spec: str, teacher_pair, work_dir: Path, data_dir: Path | 
     return mix_records(train, benign, repeat, benign_repeat, harmful_answers=harmful)
 
 
+def holdout(train: Sequence[SafetyPrompt], k: int) -> list[SafetyPrompt]:
+    """A validation slice of the train split: every k-th prompt (the k-th, 2k-th, ...) of each kind and category,
+    in file order. The suite numbers each look-alike like its harmful twin, so twins land on the same side."""
+    seen: dict = {}
+    out = []
+    for p in train:
+        n = seen[(p.kind, p.category)] = seen.get((p.kind, p.category), 0) + 1
+        if n % k == 0:
+            out.append(p)
+    return out
+
+
 def paired_order(mix: Sequence[dict], sequences: int, seed: int = 0) -> list[dict]:
     """The mix in an order where each harmful record sits next to its benign look-alike (twins share the last
     '-' part of their prompt id, the suite's numbering; copy n of one with copy n of the other), the pairs
@@ -311,6 +323,8 @@ def checkpoint_picker(prompts: Sequence[SafetyPrompt], tokenizer, every: int, be
     the chosen one (early stopping on a validation slice, without stopping the run)."""
     from transformers import TrainerCallback
 
+    from edgedistill.paths import atomic_dir
+
     class Picker(TrainerCallback):
         def __init__(self):
             self.curve: list[dict] = []
@@ -331,14 +345,14 @@ def checkpoint_picker(prompts: Sequence[SafetyPrompt], tokenizer, every: int, be
             key = (entry["shortfall"], -(entry["refusal_rate"] - entry["over_refusal"]))
             best = self.best and (self.best["shortfall"], -(self.best["refusal_rate"] - self.best["over_refusal"]))
             if best is None or key < best:
-                tmp = Path(str(best_dir) + ".tmp")
-                if tmp.exists():
-                    shutil.rmtree(tmp)
-                model.save_pretrained(tmp, safe_serialization=True)
-                tokenizer.save_pretrained(tmp)
-                if Path(best_dir).exists():
-                    shutil.rmtree(best_dir)
-                tmp.rename(best_dir)
+                final = Path(best_dir)
+                nxt = final.with_name(final.name + ".next")
+                shutil.rmtree(nxt, ignore_errors=True)
+                with atomic_dir(nxt) as tmp:  # a failed save leaves the previous best as it was
+                    model.save_pretrained(tmp, safe_serialization=True)
+                    tokenizer.save_pretrained(tmp)
+                shutil.rmtree(final, ignore_errors=True)
+                nxt.rename(final)
                 self.best = entry
             if log:
                 log(f"step {step}: refusal {100 * entry['refusal_rate']:.1f}%, over-refusal "

@@ -339,7 +339,7 @@ def test_checkpoint_picker_keeps_the_step_closest_to_the_targets(tmp_path, monke
     kept = load_model(str(tmp_path / "best"))[0].state_dict()
     assert all(torch.equal(kept[k], seen[2][k]) for k in kept)
     assert any(not torch.equal(kept[k], v) for k, v in model.state_dict().items())  # not the last weights
-    assert not (tmp_path / "best.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("best")) == ["best"]  # nothing half-written
 
 
 def test_paired_order_puts_each_harmful_prompt_beside_its_look_alike():
