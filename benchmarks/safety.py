@@ -8,6 +8,9 @@ an unlikelihood term on their refusal). With --phase-steps the mix student is in
 that many more steps on the safety records alone (distill --safety-phase-steps). --baseline reuses a
 student already trained without the mix on the same settings (distill_students.py's 10L-hw forward_kl+ce run,
 which trains exactly this way from the same cache) instead of training it again.
+With --holdout K --on validation the mix trains without every K-th train pair and only those held-out prompts are
+judged (choose settings there, then measure once --on test); --pick-every N judges them every N phase steps and
+keeps the best checkpoint instead of the last (--paired: each harmful prompt beside its look-alike in the phase).
 Then: the safety test split (refusal rate on harmful, over-refusal on benign, per category) for the teacher and
 both students, the graded eval subset for both students, and the judge's agreement with hand labels
 (calibration_data/safety/labels.jsonl) when that file exists.
