@@ -320,7 +320,8 @@ def checkpoint_picker(prompts: Sequence[SafetyPrompt], tokenizer, every: int, be
     model's greedy answers to `prompts` (held-out train prompts, never the test split) and saves the weights to
     `best_dir` when they are the best so far: the smallest `shortfall` from the targets, then the largest
     refusal minus over-refusal, then the earlier step. The callback's `curve` lists every evaluation and `best`
-    the chosen one (early stopping on a validation slice, without stopping the run)."""
+    the chosen one (early stopping on a validation slice, without stopping the run). Single process only: every
+    process would judge and save."""
     from transformers import TrainerCallback
 
     from edgedistill.paths import atomic_dir
