@@ -28,19 +28,15 @@ HERE = Path(__file__).resolve().parent
 @torch.inference_mode()
 def features(model, tok, prompts, batch_size: int = 16) -> torch.Tensor:
     """(prompts, layers + 1, hidden): every layer's hidden state at the last prompt token."""
+    from edgedistill.distill.dataset import left_pad
+
     model.eval()
     texts = [tok.apply_chat_template(list(p.messages), tokenize=False, add_generation_prompt=True) for p in prompts]
     ids = [tok(t, add_special_tokens=False).input_ids for t in texts]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out = []
     for i in range(0, len(ids), batch_size):
-        chunk = ids[i : i + batch_size]
-        width = max(len(x) for x in chunk)
-        x = torch.full((len(chunk), width), pad, dtype=torch.long)
-        m = torch.zeros_like(x)
-        for r, seq in enumerate(chunk):  # left-padded: the last column is every row's last prompt token
-            x[r, width - len(seq):] = torch.tensor(seq)
-            m[r, width - len(seq):] = 1
+        x, m = left_pad(ids[i : i + batch_size], pad)  # the last column is every row's last prompt token
         hs = model(input_ids=x, attention_mask=m, output_hidden_states=True).hidden_states
         out.append(torch.stack([h[:, -1].float() for h in hs], 1))
     return torch.cat(out)

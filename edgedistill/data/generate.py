@@ -73,6 +73,8 @@ def chat_batches(model, tokenizer, conversations: Sequence[Sequence[dict]], sett
     """
     import torch
 
+    from edgedistill.distill.dataset import left_pad
+
     rendered = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True) for c in conversations]
     encoded = [tokenizer(r, add_special_tokens=False).input_ids for r in rendered]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -88,13 +90,8 @@ def chat_batches(model, tokenizer, conversations: Sequence[Sequence[dict]], sett
             todo.append(i)
     for start in range(0, len(todo), settings.batch_size):
         idx = todo[start : start + settings.batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)  # (B, T) left-padded
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            n = len(encoded[i])
-            ids[row, width - n :] = torch.tensor(encoded[i])
-            mask[row, width - n :] = 1
+        ids, mask = left_pad([encoded[i] for i in idx], pad)  # (B, T)
+        width = ids.shape[1]
         kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample, pad_token_id=pad,
                       eos_token_id=eos)
         if settings.do_sample:

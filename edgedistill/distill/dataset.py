@@ -96,6 +96,18 @@ def encode(tokenizer, records: Sequence[dict], max_length: int) -> Encoded:
     return enc
 
 
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into input_ids and attention_mask (B, T), as decoder-only generation needs: the last
+    column holds every row's last token."""
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for row, x in enumerate(seqs):
+        ids[row, width - len(x):] = torch.tensor(x, dtype=torch.long, device=device)
+        mask[row, width - len(x):] = 1
+    return ids, mask
+
+
 def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch: input_ids (B, T), attention_mask (B, T), labels (B, T)."""
     width = max(len(e["input_ids"]) for e in examples)

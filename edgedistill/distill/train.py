@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from edgedistill.distill.dataset import IGNORE, collate
+from edgedistill.distill.dataset import IGNORE, collate, left_pad
 from edgedistill.distill.losses import LossConfig, masked_sum, per_token_objective
 from edgedistill.errors import EdgeDistillError
 
@@ -140,14 +140,10 @@ def _make_trainer_class():
                 resp = (labels != IGNORE).nonzero()
                 start = int(resp[0]) + 1 if len(resp) else int((ids != self.pad_id).sum())
                 prompts.append(ids[:start].tolist())
-            width = max(len(p) for p in prompts)
-            room = max(1, min(self.cfg.on_policy_max_new_tokens, self.cfg.max_length - width))
             device = inputs["input_ids"].device
-            left = torch.full((len(prompts), width), self.pad_id, dtype=torch.long, device=device)
-            mask = torch.zeros_like(left)
-            for row, p in enumerate(prompts):
-                left[row, width - len(p):] = torch.tensor(p, device=device)
-                mask[row, width - len(p):] = 1
+            left, mask = left_pad(prompts, self.pad_id, device)
+            width = left.shape[1]
+            room = max(1, min(self.cfg.on_policy_max_new_tokens, self.cfg.max_length - width))
             out = unwrapped.generate(left, attention_mask=mask, max_new_tokens=room, do_sample=True,
                                      temperature=self.cfg.on_policy_temperature, top_k=0, top_p=1.0,
                                      pad_token_id=self.pad_id, eos_token_id=self.eos_id)
