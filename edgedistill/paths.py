@@ -56,6 +56,26 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final` to write one file to; on success it replaces `final` in one step, on
+    any error it is removed: readers see the old file or the new one, never half of it."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(final: Path, text: str) -> None:
+    """`final` holds `text` afterwards, or what it held before (see atomic_file)."""
+    with atomic_file(final) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def dir_size(path: Path) -> int:
     """Bytes used by the regular files under `path` (or of `path` itself when it is a file)."""
     if path.is_file():

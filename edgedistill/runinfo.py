@@ -48,8 +48,6 @@ def write_result(out: Path, report: dict) -> None:
     """Write a result as indented JSON, whole or not at all (a temp file beside it, then a rename)."""
     import json
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
+    from edgedistill.paths import write_text_atomic
+
+    write_text_atomic(Path(out), json.dumps(report, indent=2) + "\n")

@@ -118,10 +118,9 @@ def eval_cmd(model, teacher, data_dir, domains, limit, batch_size, json_out, by_
         from edgedistill.runinfo import run_record
 
         report = {**run_record(), "limit": limit, "items": len(items), "models": rows}
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = json_out.with_name(json_out.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-        tmp.replace(json_out)
+        from edgedistill.paths import write_text_atomic
+
+        write_text_atomic(json_out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         click.echo(f"wrote {json_out}")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -68,9 +67,8 @@ def eval_cmd(model, teacher, split, max_new_tokens, target_name, data_dir, out) 
                    f"{pct(c['refusal_rate']['limit'])}), over-refusal {pct(c['over_refusal']['value'])} (max "
                    f"{pct(c['over_refusal']['limit'])}): {'met' if verdict['deployable'] else 'NOT met'}")
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(out)
+        from edgedistill.runinfo import write_result
+
+        write_result(out, report)
     if verdict is not None and not verdict["deployable"]:
         raise SystemExit(1)

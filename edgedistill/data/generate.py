@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgedistill.data.load import DataError, Prompt
 from edgedistill.errors import EdgeDistillError
+from edgedistill.paths import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +152,7 @@ def _existing(out: Path, teacher_id: str, settings: dict) -> set[str]:
         done.add(rec["id"])
         keep.append(line)
     if len(keep) != sum(1 for ln in lines if ln.strip()):
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text("".join(keep), encoding="utf-8")
-        os.replace(tmp, out)
+        write_text_atomic(out, "".join(keep))
     return done
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgedistill.data import SPLITS
 from edgedistill.data.dedup import assign_splits, groups
 from edgedistill.data.load import DataError, Prompt, load_prompts
+from edgedistill.paths import write_text_atomic
 
 
 def prompt_text(p: Prompt) -> str:
@@ -40,10 +40,6 @@ def split_prompts(src: Path, out_dir: Path, fractions=(0.8, 0.1, 0.1), threshold
     for split in SPLITS:
         chosen = [p for p, s in zip(prompts, names) if s == split]
         counts[split] = len(chosen)
-        final = out_dir / f"{split}.jsonl"
-        tmp = final.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for p in chosen:
-                f.write(json.dumps(_record(p), ensure_ascii=False) + "\n")
-        os.replace(tmp, final)
+        write_text_atomic(out_dir / f"{split}.jsonl",
+                          "".join(json.dumps(_record(p), ensure_ascii=False) + "\n" for p in chosen))
     return SplitReport(counts, dup_groups)

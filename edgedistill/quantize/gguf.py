@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.paths import atomic_file
 from edgedistill.quantize import BuildContext, Scheme, register
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,8 @@ def _f16(ctx: BuildContext) -> Path:
 
     path = ctx.work_dir / "model-f16.gguf"
     if not path.exists():
-        tmp = path.with_suffix(".partial")
-        write_gguf(ctx.model, ctx.tokenizer, tmp, dtype="f16", name=ctx.options.get("name", "model"))
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            write_gguf(ctx.model, ctx.tokenizer, tmp, dtype="f16", name=ctx.options.get("name", "model"))
     return path
 
 

@@ -14,13 +14,13 @@ turns the Transpose into its own constant first, so both copies get quantized.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.paths import atomic_dir
 from edgedistill.quantize import BuildContext, Scheme, register
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,8 @@ def _fp32(ctx: BuildContext) -> Path:
 
     folder = ctx.work_dir / "onnx-fp32"
     if not (folder / MODEL_FILE).exists():
-        tmp = ctx.work_dir / "onnx-fp32.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        export_onnx(ctx.model_dir, tmp, trust_remote_code=bool(ctx.options.get("trust_remote_code")))
-        os.replace(tmp, folder)
+        with atomic_dir(folder) as tmp:
+            export_onnx(ctx.model_dir, tmp, trust_remote_code=bool(ctx.options.get("trust_remote_code")))
     return folder / MODEL_FILE
 
 
