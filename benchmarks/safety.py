@@ -10,7 +10,9 @@ student already trained without the mix on the same settings (distill_students.p
 which trains exactly this way from the same cache) instead of training it again.
 With --holdout K --on validation the mix trains without every K-th train pair and only those held-out prompts are
 judged (choose settings there, then measure once --on test); --pick-every N judges them every N phase steps and
-keeps the best checkpoint instead of the last (--paired: each harmful prompt beside its look-alike in the phase).
+keeps the best checkpoint instead of the last (--paired: each harmful prompt beside its look-alike in the phase;
+--hint-weight: the phase also pulls the student's hidden state on the safety prompts towards the teacher's,
+distill.hint).
 Then: the safety test split (refusal rate on harmful, over-refusal on benign, per category) for the teacher and
 both students, the graded eval subset for both students, and the judge's agreement with hand labels
 (calibration_data/safety/labels.jsonl) when that file exists.
@@ -59,6 +61,10 @@ def main() -> None:
     ap.add_argument("--paired", action="store_true",
                     help="feed the safety phase each harmful prompt beside its look-alike (distill --safety-paired) "
                          "instead of shuffled")
+    ap.add_argument("--hint-weight", type=float, default=0.0,
+                    help="hidden-state hint in the safety phase (distill --safety-hint-weight); needs --phase-steps")
+    ap.add_argument("--hint-layers", default=None, metavar="S:T",
+                    help="student and teacher blocks of the hint (distill --safety-hint-layers)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the safety phase (data order)")
     ap.add_argument("--reuse-baseline-from", type=Path, default=None,
                     help="an earlier result of this script with the same --baseline: its teacher and no-mix student "
@@ -86,6 +92,16 @@ def main() -> None:
         ap.error("--train-data is required")
     if args.on == "validation" and args.holdout < 2:
         ap.error("--on validation needs --holdout K (K >= 2)")
+    hint_layers = None
+    if args.hint_layers:
+        try:
+            hint_layers = tuple(int(x) for x in args.hint_layers.split(":"))
+        except ValueError:
+            ap.error(f"--hint-layers {args.hint_layers!r}: give S:T, e.g. 6:18")
+        if len(hint_layers) != 2:
+            ap.error(f"--hint-layers {args.hint_layers!r}: give S:T, e.g. 6:18")
+    if args.hint_weight and not args.phase_steps:
+        ap.error("--hint-weight needs --phase-steps (the hint is part of the safety phase)")
     if args.pick_every and (args.holdout < 2 or not args.phase_steps):
         ap.error("--pick-every needs --phase-steps and --holdout K (K >= 2): checkpoints are judged on held-out train prompts")
 
@@ -172,7 +188,8 @@ def main() -> None:
             log(f"safety phase for {name}: {args.phase_steps} steps on {len(extra)} records from {start}")
             cfg = TrainConfig(max_steps=args.phase_steps, batch_size=4, grad_accum=2, learning_rate=args.lr,
                               warmup_steps=4, max_length=args.phase_max_length, save_steps=100_000, logging_steps=10,
-                              decision_weight=args.decision_weight, avoid_weight=args.avoid_weight, seed=args.seed)
+                              decision_weight=args.decision_weight, avoid_weight=args.avoid_weight, seed=args.seed,
+                              hint_weight=args.hint_weight, hint_layers=hint_layers)
             picker = checkpoint_picker(held, tok, args.pick_every, student_dir, args.max_new_tokens,
                                        log=log) if args.pick_every else None
             t0 = time.perf_counter()

@@ -55,6 +55,11 @@ class TrainConfig:
     decision_weight: float = 1.0
     decision_tokens: int = 4
     shuffle: bool = True  # False: batches follow the examples' order (safety_phase's harmful/look-alike pairs)
+    # Hidden-state hint on the prompt tokens of ce_only (safety) records (distill.hint): the squared error per
+    # prompt token, times hint_weight, counts like a response token's loss. hint_layers: (student, teacher) blocks;
+    # None: each at distill.hint.DEPTH of its model. Needs the live teacher.
+    hint_weight: float = 0.0
+    hint_layers: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -72,6 +77,8 @@ class TrainConfig:
             problems.append(f"avoid_weight={self.avoid_weight} must not be negative")
         if self.decision_weight < 0:
             problems.append(f"decision_weight={self.decision_weight} must not be negative")
+        if self.hint_weight < 0:
+            problems.append(f"hint_weight={self.hint_weight} must not be negative")
         if not 0 < self.on_policy_temperature <= 5:
             problems.append(f"on_policy_temperature={self.on_policy_temperature} must be in (0, 5]")
         if problems:
@@ -100,9 +107,10 @@ def _make_trainer_class():
 
     class DistillTrainer(Trainer):
         def __init__(self, *args, teacher, loss_cfg: LossConfig, cfg: TrainConfig, pad_id: int, eos_id: int,
-                     cache=None, **kw):
+                     cache=None, hint=None, **kw):
             super().__init__(*args, **kw)
             self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
+            self.hint = hint  # a distill.hint.HintMap, or None
             self.cache = cache
             self.loss_cfg, self.cfg, self.pad_id, self.eos_id = loss_cfg, cfg, pad_id, eos_id
             self.model_accepts_loss_kwargs = True  # we use num_items_in_batch ourselves (see compute_loss)
@@ -178,9 +186,16 @@ def _make_trainer_class():
             else:
                 with torch.no_grad():
                     teacher_view = self.teacher(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
-            out = model(input_ids=ids, attention_mask=mask)
-            per_token = per_token_objective(loss_cfg, out.logits, teacher_view, labels)  # (B, T), float32
             ce_only = inputs.get("ce_only")
+            hinted = (self.hint is not None and ce_only is not None and not on_policy and bool(ce_only.any()))
+            if hinted:
+                from edgedistill.distill.hint import capturing
+
+                with capturing(self.accelerator.unwrap_model(model), self.hint.student_layer) as student_hidden:
+                    out = model(input_ids=ids, attention_mask=mask)
+            else:
+                out = model(input_ids=ids, attention_mask=mask)
+            per_token = per_token_objective(loss_cfg, out.logits, teacher_view, labels)  # (B, T), float32
             if ce_only is not None and not on_policy and bool(ce_only.any()):
                 ce = per_token_objective(dataclasses.replace(loss_cfg, kd_weight=0.0), out.logits, None, labels)
                 per_token = torch.where(ce_only.to(per_token.device)[:, None], ce, per_token)
@@ -193,6 +208,12 @@ def _make_trainer_class():
                 pos = torch.arange(labels.shape[1], device=labels.device)[None, :]
                 head = resp & (pos < first + self.cfg.decision_tokens) & ce_only.to(labels.device)[:, None]
                 total = total + (self.cfg.decision_weight - 1) * masked_sum(per_token, head)
+            if hinted:
+                from edgedistill.distill.hint import hidden_after, prompt_mask
+
+                t_hidden = hidden_after(self.teacher, self.hint.teacher_layer, ids, mask)
+                where = prompt_mask(labels, mask) & ce_only.to(labels.device)[:, None]
+                total = total + self.cfg.hint_weight * self.hint.loss(student_hidden["h"], t_hidden, where)
             avoid = inputs.get("avoid")
             if avoid is not None and not on_policy:
                 # Unlikelihood (Welleck et al. 2020) at the point where the response and the text it must not
@@ -276,6 +297,8 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
     ce_alone = loss_cfg.kd_weight == 0 and cfg.on_policy == 0
     if teacher is None and cache is None and not ce_alone:
         raise EdgeDistillError("distillation needs a teacher model or a teacher-logit cache")
+    if cfg.hint_weight > 0 and teacher is None:
+        raise EdgeDistillError("the hidden-state hint needs the live teacher model (a logit cache holds no hidden states)")
     if cache is not None and teacher is None and cfg.on_policy > 0:
         raise EdgeDistillError("on-policy steps need the live teacher to score the student's samples; drop "
                                "--on-policy or pass the teacher model as well as the cache")
@@ -297,6 +320,16 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
     (run_dir / "config.json").write_text(json.dumps({"loss": asdict(loss_cfg), "train": asdict(cfg)}, indent=2) + "\n")
     set_seed(cfg.seed)
     pad = s_tok.pad_token_id if s_tok.pad_token_id is not None else s_tok.eos_token_id
+    hint = None
+    if cfg.hint_weight > 0:
+        from edgedistill.distill.hint import default_layers, fit_hint_map
+
+        hinted = [ex for ex in train_examples if ex.get("ce_only")]
+        if not hinted:
+            raise EdgeDistillError("the hidden-state hint works on the safety records; there are none in this run")
+        layers = cfg.hint_layers or default_layers(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+        hint = fit_hint_map(teacher, student, hinted, pad, tuple(layers))
+        log.info("hint: student block %d -> teacher block %d, fitted on %d prompts", *layers, len(hinted))
     args = TrainingArguments(
         output_dir=str(ckpt),
         per_device_train_batch_size=cfg.batch_size,
@@ -328,6 +361,7 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
         data_collator=lambda batch: collate(batch, pad),
         teacher=teacher.to(args.device) if teacher is not None else None,
         cache=cache,
+        hint=hint.to(args.device) if hint is not None else None,
         loss_cfg=loss_cfg,
         cfg=cfg,
         pad_id=pad,

@@ -235,7 +235,7 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     records = 2 * n_harmful + 3 * len(benign)
     assert rep["safety_mix"] == {"repeat": 2, "benign_repeat": 3, "records": records, "refusals_with_avoid": 5,
                                  "avoid_weight": 10.0, "decision_weight": 1.0, "phase_steps": 0,
-                                 "phase_max_length": None, "paired": False}
+                                 "phase_max_length": None, "paired": False, "hint_weight": 0.0, "hint_layers": None}
     assert rep["train_sequences"] == 4 + records
     assert "loss -" not in proc.stderr.splitlines()[-1]  # the bar shows a logged loss by the end
     # --safety-phase-steps: DATA alone first (the cache covers it), then the safety records alone
@@ -246,6 +246,7 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
                    "--out", str(phased), "--safety-mix", "--safety-phase-steps", "3", "--logit-cache", str(tmp_path / "c"),
                    "--safety-avoid-weight", "2.5", "--safety-decision-weight", "4", "--safety-paired",
+                   "--safety-hint-weight", "3", "--safety-hint-layers", "1:2",
                    "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads((phased / "student" / "distill.json").read_text())
@@ -257,6 +258,9 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     phase_train = json.loads((phased / "safety-phase" / "config.json").read_text())["train"]
     assert phase_train["avoid_weight"] == 2.5 and phase_train["decision_weight"] == 4
     assert rep["safety_mix"]["paired"] is True and phase_train["shuffle"] is False
+    assert rep["safety_mix"]["hint_weight"] == 3 and rep["safety_mix"]["hint_layers"] == [1, 2]
+    assert phase_train["hint_weight"] == 3 and phase_train["hint_layers"] == [1, 2]
+    assert json.loads((phased / "config.json").read_text())["train"]["hint_weight"] == 0  # only the phase is hinted
     assert json.loads((phased / "config.json").read_text())["train"]["shuffle"] is True  # distillation shuffles
     assert [json.loads(line)["step"] for line in (phased / "safety-phase" / "metrics.jsonl").read_text().splitlines()
             if "loss" in line][-1] == 3
@@ -272,6 +276,12 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
                   "--safety-mix", "--safety-paired")
     assert bad.returncode == 2 and "--safety-paired needs --safety-phase-steps" in bad.stderr
+    bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
+                  "--safety-hint-weight", "2")
+    assert bad.returncode == 2 and "--safety-hint-weight and --safety-hint-layers need --safety-mix" in bad.stderr
+    bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
+                  "--safety-mix", "--safety-hint-weight", "2", "--safety-hint-layers", "6-18")
+    assert bad.returncode == 2 and "give two block numbers as S:T" in bad.stderr and "Traceback" not in bad.stderr
     data.write_text(data.read_text().replace("Monday", "Friday"))
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
                    "--out", str(tmp_path / "o2"), "--safety-mix", "--logit-cache", str(tmp_path / "c"))

@@ -1,0 +1,101 @@
+"""distill.hint: the hidden-state hint of the safety phase (student features pulled towards the teacher's)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgedistill.distill.dataset import IGNORE, collate, encode
+from edgedistill.distill.hint import default_layers, fit_hint_map, hidden_after, prompt_mask
+from edgedistill.distill.losses import LossConfig
+from edgedistill.distill.train import TrainConfig, train
+from edgedistill.errors import EdgeDistillError
+from edgedistill.models import load_model
+from tests import tiny
+
+RECORDS = [{"id": f"s{i}", "messages": [{"role": "user", "content": f"Can I bypass the guard on press {i}{i}?"}],
+            "response": "I can't help with bypassing a safety device.", "ce_only": True} for i in range(16)]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hint")
+    t_dir = tiny.build_model_dir(root / "teacher", layers=4, hidden=64, seed=1, init_std=0.2)
+    s_dir = tiny.build_model_dir(root / "student", layers=2, hidden=32, heads=2, kv_heads=1, intermediate=64, seed=2,
+                                 init_std=0.2)
+    return t_dir, s_dir
+
+
+def hint_error(hint, teacher, student, examples, pad):
+    """Mean squared error per prompt token over the examples, as the training term measures it."""
+    b = collate(examples, pad)
+    where = prompt_mask(b["labels"], b["attention_mask"])
+    s = hidden_after(student, hint.student_layer, b["input_ids"], b["attention_mask"])
+    t = hidden_after(teacher, hint.teacher_layer, b["input_ids"], b["attention_mask"])
+    return float(hint.loss(s, t, where)) / int(where.sum())
+
+
+def test_prompt_mask_covers_the_prompt_through_its_last_token_and_nothing_else():
+    labels = torch.tensor([[IGNORE, IGNORE, 7, 8, IGNORE, IGNORE], [IGNORE, IGNORE, IGNORE, IGNORE, 5, IGNORE]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    # row 0: label 7 sits at position 2 (the last prompt token predicts the first response token)
+    assert prompt_mask(labels, mask).tolist() == [[True, True, True, False, False, False],
+                                                  [True, True, True, True, True, False]]
+
+
+def test_hidden_after_equals_the_full_pass_without_running_the_blocks_above(models):
+    model, tok = load_model(str(models[0]))
+    b = collate(encode(tok, RECORDS[:3], 200).examples, tok.pad_token_id)
+    full = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True).hidden_states
+    for block in (1, 3):
+        assert torch.allclose(hidden_after(model, block, b["input_ids"], b["attention_mask"]), full[block], atol=1e-5)
+    calls = []
+    handle = model.model.layers[3].register_forward_hook(lambda *a: calls.append(1))
+    hidden_after(model, 2, b["input_ids"], b["attention_mask"])
+    handle.remove()
+    assert calls == []
+
+
+def test_the_map_of_a_model_onto_itself_leaves_no_error_and_a_different_student_does(models):
+    teacher, tok = load_model(str(models[0]))
+    student, _ = load_model(str(models[1]))
+    ex = encode(tok, RECORDS, 200).examples
+    itself = fit_hint_map(teacher, teacher, ex, tok.pad_token_id, (2, 2))
+    assert hint_error(itself, teacher, teacher, ex, tok.pad_token_id) < 0.01
+    other = fit_hint_map(teacher, student, ex, tok.pad_token_id, (1, 2))
+    assert hint_error(other, teacher, student, ex, tok.pad_token_id) > 0.05
+    assert default_layers(10, 30) == (6, 18)
+    with pytest.raises(EdgeDistillError, match="outside the models"):
+        fit_hint_map(teacher, student, ex, tok.pad_token_id, (3, 2))
+
+
+def test_training_with_the_hint_moves_the_student_features_towards_the_teacher(models, tmp_path):
+    teacher, tok = load_model(str(models[0]))
+    pad = tok.pad_token_id
+    ex = encode(tok, RECORDS, 200).examples
+    errors = {}
+    for weight in (0.0, 20.0):
+        student = load_model(str(models[1]))
+        start = fit_hint_map(teacher, student[0], ex, pad, (1, 3))
+        before = hint_error(start, teacher, student[0], ex, pad)  # train() updates the student in place
+        model, trainer = train((teacher, tok), student, ex, tmp_path / f"run{weight}", LossConfig("forward_kl", kd_weight=0.0),
+                               TrainConfig(max_steps=30, batch_size=8, grad_accum=1, learning_rate=3e-3, warmup_steps=0,
+                                           save_steps=100, hint_weight=weight, hint_layers=(1, 3)))
+        assert (trainer.hint is not None) == (weight > 0)
+        errors[weight] = (before, hint_error(start, teacher, model, ex, pad))
+    (before, plain), (_, hinted) = errors[0.0], errors[20.0]
+    assert hinted < 0.7 * before and hinted < plain, errors
+
+
+def test_the_hint_needs_the_live_teacher_and_safety_records(models, tmp_path):
+    teacher, tok = load_model(str(models[0]))
+    student = load_model(str(models[1]))
+    ex = encode(tok, RECORDS, 200).examples
+    cfg = TrainConfig(max_steps=1, batch_size=4, grad_accum=1, hint_weight=1.0)
+    with pytest.raises(EdgeDistillError, match="live teacher"):
+        train((None, tok), student, ex, tmp_path / "a", LossConfig("forward_kl", kd_weight=0.0), cfg)
+    plain = [{k: v for k, v in e.items() if k != "ce_only"} for e in ex]
+    with pytest.raises(EdgeDistillError, match="safety records"):
+        train((teacher, tok), student, plain, tmp_path / "b", LossConfig("forward_kl", kd_weight=0.0), cfg)
+    with pytest.raises(EdgeDistillError, match="hint_weight"):
+        TrainConfig(hint_weight=-1)
