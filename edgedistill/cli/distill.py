@@ -181,6 +181,14 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
     else:
         t_pair = load_model(teacher)
     s_pair = load_model(student)
+    if safety_hint_layers and t_pair[0] is not None:  # before any training, not when the phase starts
+        from edgedistill.distill.hint import check_layers
+        from edgedistill.errors import EdgeDistillError
+
+        try:
+            check_layers(safety_hint_layers, s_pair[0].config.num_hidden_layers, t_pair[0].config.num_hidden_layers)
+        except EdgeDistillError as e:
+            raise click.BadParameter(str(e), param_hint="--safety-hint-layers") from None
     records = load_generations(data_files)
     train_set = encode(t_pair[1], records, max_length)  # what a logit cache was built on
     if logit_cache is not None:

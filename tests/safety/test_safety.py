@@ -282,6 +282,9 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
                   "--safety-mix", "--safety-hint-weight", "2", "--safety-hint-layers", "6-18")
     assert bad.returncode == 2 and "give two block numbers as S:T" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
+                  "--out", str(tmp_path / "o4"), "--safety-mix", "--safety-hint-weight", "2", "--safety-hint-layers", "9:1")
+    assert bad.returncode == 2 and "outside the models" in bad.stderr and not (tmp_path / "o4").exists()
     data.write_text(data.read_text().replace("Monday", "Friday"))
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
                    "--out", str(tmp_path / "o2"), "--safety-mix", "--logit-cache", str(tmp_path / "c"))
