@@ -94,12 +94,13 @@ def main() -> None:
         ap.error("--on validation needs --holdout K (K >= 2)")
     hint_layers = None
     if args.hint_layers:
+        from edgedistill.distill.hint import parse_layers
+        from edgedistill.errors import EdgeDistillError
+
         try:
-            hint_layers = tuple(int(x) for x in args.hint_layers.split(":"))
-        except ValueError:
-            ap.error(f"--hint-layers {args.hint_layers!r}: give S:T, e.g. 6:18")
-        if len(hint_layers) != 2:
-            ap.error(f"--hint-layers {args.hint_layers!r}: give S:T, e.g. 6:18")
+            hint_layers = parse_layers(args.hint_layers)
+        except EdgeDistillError as e:
+            ap.error(f"--hint-layers {e}")
     if args.hint_weight and not args.phase_steps:
         ap.error("--hint-weight needs --phase-steps (the hint is part of the safety phase)")
     if args.pick_every and (args.holdout < 2 or not args.phase_steps):

@@ -68,13 +68,13 @@ def _duration(ctx, param, value):
 def _layer_pair(ctx, param, value):
     if value is None:
         return None
+    from edgedistill.distill.hint import parse_layers
+    from edgedistill.errors import EdgeDistillError
+
     try:
-        s, t = (int(x) for x in value.split(":"))
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give two block numbers as S:T, e.g. 6:18") from None
-    if s < 1 or t < 1:
-        raise click.BadParameter(f"{value!r}: block numbers start at 1")
-    return s, t
+        return parse_layers(value)
+    except EdgeDistillError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 @click.command("distill")

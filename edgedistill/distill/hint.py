@@ -34,6 +34,17 @@ def default_layers(student_layers: int, teacher_layers: int) -> tuple[int, int]:
     return max(1, round(DEPTH * student_layers)), max(1, round(DEPTH * teacher_layers))
 
 
+def parse_layers(text: str) -> tuple[int, int]:
+    """"S:T" -> (S, T), block numbers from 1; a clear EdgeDistillError otherwise."""
+    try:
+        s, t = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise EdgeDistillError(f"{text!r}: give two block numbers as S:T, e.g. 6:18") from None
+    if s < 1 or t < 1:
+        raise EdgeDistillError(f"{text!r}: block numbers start at 1")
+    return s, t
+
+
 def check_layers(layers: tuple[int, int], student_layers: int, teacher_layers: int) -> None:
     s, t = layers
     if not (1 <= s <= student_layers and 1 <= t <= teacher_layers):
@@ -94,12 +105,11 @@ class HintMap:
         return (teacher_hidden.float() - self.mean) / self.scale
 
     def predict(self, student_hidden: torch.Tensor) -> torch.Tensor:
-        w = self.weight.to(student_hidden.device)
-        return student_hidden.float() @ w[:-1] + w[-1]
+        return student_hidden.float() @ self.weight[:-1] + self.weight[-1]  # train() moves the map to the device
 
     def loss(self, student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Sum over the masked tokens of the mean squared error per channel (a float32 scalar)."""
-        err = (self.predict(student_hidden) - self.target(teacher_hidden).to(student_hidden.device)).pow(2).mean(-1)
+        err = (self.predict(student_hidden) - self.target(teacher_hidden)).pow(2).mean(-1)
         return (err * mask.to(err.dtype)).sum()
 
     def to(self, device) -> "HintMap":
