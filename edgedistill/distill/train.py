@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from edgedistill.distill.dataset import IGNORE, collate, left_pad
+from edgedistill.distill.hint import capturing, default_layers, fit_hint_map, hidden_after, prompt_mask
 from edgedistill.distill.losses import LossConfig, masked_sum, per_token_objective
 from edgedistill.errors import EdgeDistillError
 
@@ -189,8 +190,6 @@ def _make_trainer_class():
             ce_only = inputs.get("ce_only")
             hinted = (self.hint is not None and ce_only is not None and not on_policy and bool(ce_only.any()))
             if hinted:
-                from edgedistill.distill.hint import capturing
-
                 with capturing(self.accelerator.unwrap_model(model), self.hint.student_layer) as student_hidden:
                     out = model(input_ids=ids, attention_mask=mask)
             else:
@@ -209,8 +208,6 @@ def _make_trainer_class():
                 head = resp & (pos < first + self.cfg.decision_tokens) & ce_only.to(labels.device)[:, None]
                 total = total + (self.cfg.decision_weight - 1) * masked_sum(per_token, head)
             if hinted:
-                from edgedistill.distill.hint import hidden_after, prompt_mask
-
                 t_hidden = hidden_after(self.teacher, self.hint.teacher_layer, ids, mask)
                 where = prompt_mask(labels, mask) & ce_only.to(labels.device)[:, None]
                 total = total + self.cfg.hint_weight * self.hint.loss(student_hidden["h"], t_hidden, where)
@@ -322,8 +319,6 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
     pad = s_tok.pad_token_id if s_tok.pad_token_id is not None else s_tok.eos_token_id
     hint = None
     if cfg.hint_weight > 0:
-        from edgedistill.distill.hint import default_layers, fit_hint_map
-
         hinted = [ex for ex in train_examples if ex.get("ce_only")]
         if not hinted:
             raise EdgeDistillError("the hidden-state hint works on the safety records; there are none in this run")
