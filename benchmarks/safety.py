@@ -201,7 +201,8 @@ def main() -> None:
                 tok.save_pretrained(student_dir)
             (rdir / "train.json").write_text(json.dumps({"start": str(start), "phase_steps": trainer.state.global_step,
                                                          "phase_s": time.perf_counter() - t0,
-                                                         "records": len(extra), "teacher": "not needed",
+                                                         "records": len(extra),
+                                                         "teacher": "live (hint)" if args.hint_weight else "not needed",
                                                          **({"picked": picker.best, "curve": picker.curve}
                                                             if picker else {})}) + "\n")
         if not (student_dir / "config.json").exists():
