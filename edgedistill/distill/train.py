@@ -13,6 +13,7 @@ normalised by their own token count (the sampled lengths are not known when the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import json
@@ -179,28 +180,32 @@ def _make_trainer_class():
             # On the student's own samples the labels are its tokens, not the teacher's: a cross-entropy part
             # would reinforce the student's guesses, so those batches use the divergence alone.
             loss_cfg = dataclasses.replace(self.loss_cfg, kd_weight=1.0) if on_policy else self.loss_cfg
+            ce_only = inputs.get("ce_only")
+            safety_rows = ce_only is not None and not on_policy and bool(ce_only.any())
+            hinted = self.hint is not None and safety_rows
+            t_hidden = None  # the teacher's state for the hint, when its full pass below runs anyway
             if loss_cfg.kd_weight == 0:
                 teacher_view = None  # cross-entropy only: the teacher's logits are not needed
             elif self.cache is not None and not on_policy:
                 lp, tid = self.cache.teacher_for(inputs["cache_index"].tolist(), labels.cpu())
                 teacher_view = (lp.to(ids.device), tid.to(ids.device))  # top-k (B, T, k) from the cache
             else:
-                with torch.no_grad():
+                grab = capturing(self.teacher, self.hint.teacher_layer) if hinted else contextlib.nullcontext({})
+                with torch.no_grad(), grab as t_captured:
                     teacher_view = self.teacher(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
-            ce_only = inputs.get("ce_only")
-            hinted = (self.hint is not None and ce_only is not None and not on_policy and bool(ce_only.any()))
+                t_hidden = t_captured.get("h")
             if hinted:
                 with capturing(self.accelerator.unwrap_model(model), self.hint.student_layer) as student_hidden:
                     out = model(input_ids=ids, attention_mask=mask)
             else:
                 out = model(input_ids=ids, attention_mask=mask)
             per_token = per_token_objective(loss_cfg, out.logits, teacher_view, labels)  # (B, T), float32
-            if ce_only is not None and not on_policy and bool(ce_only.any()):
+            if safety_rows:
                 ce = per_token_objective(dataclasses.replace(loss_cfg, kd_weight=0.0), out.logits, None, labels)
                 per_token = torch.where(ce_only.to(per_token.device)[:, None], ce, per_token)
             resp = labels != IGNORE
             total = masked_sum(per_token, resp)
-            if self.cfg.decision_weight != 1 and ce_only is not None and not on_policy and bool(ce_only.any()):
+            if self.cfg.decision_weight != 1 and safety_rows:
                 # A safety record's answer is decided by its first tokens (refusal or not): weigh them more, so the
                 # gradient goes to telling the kinds of prompt apart rather than to the rest of the text.
                 first = resp.int().argmax(1, keepdim=True)
@@ -208,7 +213,8 @@ def _make_trainer_class():
                 head = resp & (pos < first + self.cfg.decision_tokens) & ce_only.to(labels.device)[:, None]
                 total = total + (self.cfg.decision_weight - 1) * masked_sum(per_token, head)
             if hinted:
-                t_hidden = hidden_after(self.teacher, self.hint.teacher_layer, ids, mask)
+                if t_hidden is None:
+                    t_hidden = hidden_after(self.teacher, self.hint.teacher_layer, ids, mask)
                 where = prompt_mask(labels, mask) & ce_only.to(labels.device)[:, None]
                 total = total + self.cfg.hint_weight * self.hint.loss(student_hidden["h"], t_hidden, where)
             avoid = inputs.get("avoid")
