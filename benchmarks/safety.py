@@ -11,8 +11,8 @@ which trains exactly this way from the same cache) instead of training it again.
 With --holdout K --on validation the mix trains without every K-th train pair and only those held-out prompts are
 judged (choose settings there, then measure once --on test); --pick-every N judges them every N phase steps and
 keeps the best checkpoint instead of the last (--paired: each harmful prompt beside its look-alike in the phase;
---hint-weight: the phase also pulls the student's hidden state on the safety prompts towards the teacher's,
-distill.hint).
+--hint-weight: the phase also pulls the student's hidden state on the safety prompts towards the teacher's;
+--hint-decision-weight: the same along the teacher's decision directions at the last prompt token, distill.hint).
 Then: the safety test split (refusal rate on harmful, over-refusal on benign, per category) for the teacher and
 both students, the graded eval subset for both students, and the judge's agreement with hand labels
 (calibration_data/safety/labels.jsonl) when that file exists.
@@ -63,6 +63,8 @@ def main() -> None:
                          "instead of shuffled")
     ap.add_argument("--hint-weight", type=float, default=0.0,
                     help="hidden-state hint in the safety phase (distill --safety-hint-weight); needs --phase-steps")
+    ap.add_argument("--hint-decision-weight", type=float, default=0.0,
+                    help="decision hint in the safety phase (distill --safety-hint-decision-weight); needs --phase-steps")
     ap.add_argument("--hint-layers", default=None, metavar="S:T",
                     help="student and teacher blocks of the hint (distill --safety-hint-layers)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the safety phase (data order)")
@@ -101,8 +103,8 @@ def main() -> None:
             hint_layers = parse_layers(args.hint_layers)
         except EdgeDistillError as e:
             ap.error(f"--hint-layers {e}")
-    if args.hint_weight and not args.phase_steps:
-        ap.error("--hint-weight needs --phase-steps (the hint is part of the safety phase)")
+    if (args.hint_weight or args.hint_decision_weight) and not args.phase_steps:
+        ap.error("--hint-weight and --hint-decision-weight need --phase-steps (the hints are part of the safety phase)")
     if args.pick_every and (args.holdout < 2 or not args.phase_steps):
         ap.error("--pick-every needs --phase-steps and --holdout K (K >= 2): checkpoints are judged on held-out train prompts")
 
@@ -190,7 +192,8 @@ def main() -> None:
             cfg = TrainConfig(max_steps=args.phase_steps, batch_size=4, grad_accum=2, learning_rate=args.lr,
                               warmup_steps=4, max_length=args.phase_max_length, save_steps=100_000, logging_steps=10,
                               decision_weight=args.decision_weight, avoid_weight=args.avoid_weight, seed=args.seed,
-                              hint_weight=args.hint_weight, hint_layers=hint_layers)
+                              hint_weight=args.hint_weight, hint_decision_weight=args.hint_decision_weight,
+                              hint_layers=hint_layers)
             picker = checkpoint_picker(held, tok, args.pick_every, student_dir, args.max_new_tokens,
                                        log=log) if args.pick_every else None
             t0 = time.perf_counter()
@@ -202,7 +205,8 @@ def main() -> None:
             (rdir / "train.json").write_text(json.dumps({"start": str(start), "phase_steps": trainer.state.global_step,
                                                          "phase_s": time.perf_counter() - t0,
                                                          "records": len(extra),
-                                                         "teacher": "live (hint)" if args.hint_weight else "not needed",
+                                                         "teacher": "live (hint)" if args.hint_weight or args.hint_decision_weight
+                                                         else "not needed",
                                                          **({"picked": picker.best, "curve": picker.curve}
                                                             if picker else {})}) + "\n")
         if not (student_dir / "config.json").exists():

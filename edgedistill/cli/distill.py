@@ -135,13 +135,17 @@ def _layer_pair(ctx, param, value):
               help="Pull the student's hidden state on the --safety-mix prompts towards the teacher's (a linear map "
                    "fitted once; squared error per prompt token, counted like this many response tokens). Uses the "
                    "live teacher; 0 turns it off.")
+@click.option("--safety-hint-decision-weight", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Also match the two states at each --safety-mix prompt's last token along the few directions that "
+                   "separate harmful prompts from look-alikes in the teacher's state (squared error per record, "
+                   "counted like this many response tokens). Uses the live teacher; 0 turns it off.")
 @click.option("--safety-hint-layers", callback=_layer_pair, default=None, metavar="S:T",
-              help="Student block S and teacher block T for --safety-hint-weight [default: each at 60% of its depth].")
+              help="Student block S and teacher block T for the hints [default: each at 60% of its depth].")
 def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, alpha, kd_weight, loss_temperature,
                 on_policy, max_steps, max_time, batch_size, grad_accum, lr, max_length, seed, save_steps, resume,
                 logit_cache, safety_mix, safety_mix_repeat, safety_mix_benign_repeat, safety_phase_steps,
                 safety_phase_max_length, safety_paired, safety_push_compliant, safety_avoid_weight,
-                safety_decision_weight, safety_hint_weight, safety_hint_layers):
+                safety_decision_weight, safety_hint_weight, safety_hint_decision_weight, safety_hint_layers):
     """Train STUDENT to imitate TEACHER on teacher generations (sequence-level + logit distillation)."""
     import dataclasses
     import json
@@ -159,7 +163,9 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
                       learning_rate=lr, max_length=max_length, seed=seed, save_steps=save_steps, on_policy=on_policy,
                       avoid_weight=safety_avoid_weight, decision_weight=safety_decision_weight,
                       # the hint works on the safety records: in the phase when there is one, else in the mix
-                      hint_weight=0.0 if safety_phase_steps else safety_hint_weight, hint_layers=safety_hint_layers)
+                      hint_weight=0.0 if safety_phase_steps else safety_hint_weight,
+                      hint_decision_weight=0.0 if safety_phase_steps else safety_hint_decision_weight,
+                      hint_layers=safety_hint_layers)
     if safety_phase_steps and not safety_mix:
         raise click.UsageError("--safety-phase-steps needs --safety-mix")
     if safety_paired and not safety_phase_steps:
@@ -168,8 +174,9 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
         raise click.UsageError("--safety-push-compliant needs --safety-mix")
     if safety_decision_weight != 1 and not safety_mix:
         raise click.UsageError("--safety-decision-weight needs --safety-mix")
-    if (safety_hint_weight or safety_hint_layers) and not safety_mix:
-        raise click.UsageError("--safety-hint-weight and --safety-hint-layers need --safety-mix")
+    if (safety_hint_weight or safety_hint_decision_weight or safety_hint_layers) and not safety_mix:
+        raise click.UsageError("--safety-hint-weight, --safety-hint-decision-weight and --safety-hint-layers need "
+                               "--safety-mix")
     final = out / "student"
     if final.exists():
         raise click.UsageError(f"{final} already exists: this run is finished; choose another --out")
@@ -231,7 +238,8 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
         phase_dir = out / "safety-phase"
         phase_cfg = dataclasses.replace(cfg, max_steps=safety_phase_steps, max_time_s=None, on_policy=0.0,
                                         max_length=safety_phase_max_length, warmup_steps=min(cfg.warmup_steps, 4),
-                                        hint_weight=safety_hint_weight)
+                                        hint_weight=safety_hint_weight,
+                                        hint_decision_weight=safety_hint_decision_weight)
         click.echo(f"safety phase: {safety_phase_steps} steps on {len(mix)} safety records", err=True)
         progress = training_progress()
         with progress:
@@ -244,6 +252,7 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
                              "phase_steps": trainer.state.global_step if safety_phase_steps else 0,
                              "phase_max_length": safety_phase_max_length if safety_phase_steps else None,
                              "paired": safety_paired, "hint_weight": safety_hint_weight,
+                             "hint_decision_weight": safety_hint_decision_weight,
                              "hint_layers": [trainer.hint.student_layer, trainer.hint.teacher_layer]
                              if trainer.hint is not None else None}
               if safety_mix else False,

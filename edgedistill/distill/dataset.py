@@ -88,6 +88,8 @@ def encode(tokenizer, records: Sequence[dict], max_length: int) -> Encoded:
                 ex["avoid"] = [len(p_ids) - 1 + j, a_ids[j]]  # position, token to push down there
         if rec.get("ce_only"):  # trained on its response tokens by cross-entropy alone (see safety.mix_records)
             ex["ce_only"] = True
+        if rec.get("kind"):  # a safety record's kind and category: the decision hint's groups (distill.hint)
+            ex["group"] = f"{rec['kind']}/{rec.get('category', '')}"
         enc.examples.append(ex)
     if not enc.examples:
         raise DataError(f"no example keeps a response token within max_length={max_length}")

@@ -10,6 +10,13 @@ The teacher's hidden state is standardised per channel (mean and spread over the
 and the student's is mapped onto it by one affine map, fitted once by least squares before training and then
 held fixed (student and teacher widths may differ), so the term measures what the student's features still
 cannot express of the teacher's, in units where every channel counts alike.
+
+Most of those channels have nothing to do with refusing. The decision hint (decision_basis) therefore also
+matches the two states along a few directions only, at the last prompt token (where greedy decoding picks the
+answer's first token and where the probe reads best): the directions in which the teacher's state there best
+separates the kinds of safety prompt (harmful or look-alike, per category; linear discriminant analysis over the
+train prompts, shrunk towards the identity so that a thousand prompts give stable directions). The same fitted
+map carries the student's state into the teacher's units; the basis picks what of it is compared.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from edgedistill.distill.dataset import IGNORE, collate
 from edgedistill.errors import EdgeDistillError
 
 DEPTH = 0.6  # default: the block at this share of each model's depth
+SHRINK = 0.3  # decision_basis: share of the within-group scatter replaced by its mean variance
 
 
 class Reached(Exception):
@@ -93,6 +101,42 @@ def prompt_mask(labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return attention_mask.bool() & (pos <= first[:, None])
 
 
+def last_prompt_index(labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) the position of each row's last prompt token (the last True of prompt_mask)."""
+    m = prompt_mask(labels, attention_mask)
+    pos = torch.arange(labels.shape[1], device=labels.device)[None, :]
+    return torch.where(m, pos, torch.full_like(pos, -1)).amax(1)
+
+
+def decision_basis(states: torch.Tensor, groups: list[str], directions: int | None = None,
+                   shrink: float = SHRINK) -> torch.Tensor:
+    """(hidden, k) the directions that best separate `groups` in `states` (N, hidden), already standardised:
+    the leading solutions of Sb v = λ Sw v (between- and within-group scatter; Sw shrunk towards its mean
+    variance), scaled so that each has unit within-group spread. k: `directions`, at most groups - 1."""
+    names = sorted(set(groups))
+    if len(names) < 2:
+        raise EdgeDistillError("the decision hint needs prompts of at least two kinds (harmful and look-alike)")
+    x = states.double()
+    label = torch.tensor([names.index(g) for g in groups])
+    mean = x.mean(0)
+    within = torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype)
+    between = torch.zeros_like(within)
+    for c in range(len(names)):
+        xc = x[label == c]
+        mc = xc.mean(0)
+        within += (xc - mc).T @ (xc - mc)
+        between += len(xc) * torch.outer(mc - mean, mc - mean)
+    within /= len(x)
+    between /= len(x)
+    within = (1 - shrink) * within + shrink * within.diagonal().mean() * torch.eye(len(within), dtype=x.dtype)
+    chol = torch.linalg.cholesky(within)
+    inv = torch.linalg.solve_triangular(chol, torch.eye(len(chol), dtype=x.dtype), upper=False)  # L^-1
+    vals, vecs = torch.linalg.eigh(inv @ between @ inv.T)
+    k = min(directions or len(names) - 1, len(names) - 1)
+    top = vecs[:, vals.argsort(descending=True)[:k]]
+    return (inv.T @ top).float()  # v = L^-T u: v' Sw v = 1
+
+
 @dataclass
 class HintMap:
     student_layer: int
@@ -100,6 +144,7 @@ class HintMap:
     mean: torch.Tensor  # (teacher hidden,) per-channel mean of the teacher's states
     scale: torch.Tensor  # (teacher hidden,) per-channel spread
     weight: torch.Tensor  # (student hidden + 1, teacher hidden): affine map, bias in the last row
+    basis: torch.Tensor | None = None  # (teacher hidden, k): decision_basis, for decision_loss
 
     def target(self, teacher_hidden: torch.Tensor) -> torch.Tensor:
         return (teacher_hidden.float() - self.mean) / self.scale
@@ -112,14 +157,24 @@ class HintMap:
         err = (self.predict(student_hidden) - self.target(teacher_hidden)).pow(2).mean(-1)
         return (err * mask.to(err.dtype)).sum()
 
+    def decision_loss(self, student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, rows: torch.Tensor,
+                      index: torch.Tensor) -> torch.Tensor:
+        """Sum over `rows` (B,) bool of the mean squared error along the basis at position `index` (B,)."""
+        at = torch.arange(len(index), device=index.device)
+        diff = self.predict(student_hidden[at, index]) - self.target(teacher_hidden[at, index])
+        err = (diff @ self.basis).pow(2).mean(-1)
+        return (err * rows.to(err.dtype)).sum()
+
     def to(self, device) -> "HintMap":
         return HintMap(self.student_layer, self.teacher_layer, self.mean.to(device), self.scale.to(device),
-                       self.weight.to(device))
+                       self.weight.to(device), None if self.basis is None else self.basis.to(device))
 
 
 def fit_hint_map(teacher, student, examples: list[dict], pad_id: int, layers: tuple[int, int],
-                 batch_size: int = 16, ridge: float = 1e-3) -> HintMap:
-    """Standardisation and the least-squares map on the prompt tokens of `examples` (each prompt once)."""
+                 batch_size: int = 16, ridge: float = 1e-3, decision: bool = False) -> HintMap:
+    """Standardisation and the least-squares map on the prompt tokens of `examples` (each prompt once); with
+    `decision`, also the decision_basis of the teacher's states at their last prompt tokens, grouped by each
+    example's "group" (encode keeps a record's kind and category there)."""
     s_layer, t_layer = layers
     check_layers(layers, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     seen, unique = set(), []
@@ -132,12 +187,16 @@ def fit_hint_map(teacher, student, examples: list[dict], pad_id: int, layers: tu
         raise EdgeDistillError("the hint term needs records with a prompt")
     was_training = student.training
     student.eval()
-    xs, ys = [], []
+    if decision and any("group" not in ex for ex in unique):
+        raise EdgeDistillError("the decision hint needs each safety record's kind (safety.mix_records writes it)")
+    xs, ys, lasts = [], [], []
     for i in range(0, len(unique), batch_size):
         b = collate(unique[i : i + batch_size], pad_id)
         m = prompt_mask(b["labels"], b["attention_mask"])
         dev = next(teacher.parameters()).device
-        ys.append(hidden_after(teacher, t_layer, b["input_ids"].to(dev), b["attention_mask"].to(dev))[m.to(dev)].float().cpu())
+        t_h = hidden_after(teacher, t_layer, b["input_ids"].to(dev), b["attention_mask"].to(dev)).float().cpu()
+        ys.append(t_h[m])
+        lasts.append(t_h[torch.arange(len(t_h)), last_prompt_index(b["labels"], b["attention_mask"])])
         dev = next(student.parameters()).device
         xs.append(hidden_after(student, s_layer, b["input_ids"].to(dev), b["attention_mask"].to(dev))[m.to(dev)].float().cpu())
     if was_training:
@@ -149,4 +208,7 @@ def fit_hint_map(teacher, student, examples: list[dict], pad_id: int, layers: tu
     gram = xa.T @ xa
     gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
     weight = torch.linalg.solve(gram, xa.T @ z)
-    return HintMap(s_layer, t_layer, mean.float(), scale.float(), weight.float())
+    basis = None
+    if decision:
+        basis = decision_basis((torch.cat(lasts).double() - mean) / scale, [ex["group"] for ex in unique])
+    return HintMap(s_layer, t_layer, mean.float(), scale.float(), weight.float(), basis)

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from edgedistill.distill.dataset import IGNORE, collate, left_pad
-from edgedistill.distill.hint import capturing, default_layers, fit_hint_map, hidden_after, prompt_mask
+from edgedistill.distill.hint import (capturing, default_layers, fit_hint_map, hidden_after, last_prompt_index,
+                                     prompt_mask)
 from edgedistill.distill.losses import LossConfig, masked_sum, per_token_objective
 from edgedistill.errors import EdgeDistillError
 
@@ -62,6 +63,10 @@ class TrainConfig:
     # None: each at distill.hint.DEPTH of its model. Needs the live teacher.
     hint_weight: float = 0.0
     hint_layers: tuple[int, int] | None = None
+    # The decision hint (distill.hint.decision_basis): the same blocks and map, compared at each safety record's
+    # last prompt token along the directions that separate the kinds of safety prompt in the teacher's state; the
+    # mean squared error there, times this weight, counts like a response token's loss. Needs the live teacher.
+    hint_decision_weight: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,6 +86,8 @@ class TrainConfig:
             problems.append(f"decision_weight={self.decision_weight} must not be negative")
         if self.hint_weight < 0:
             problems.append(f"hint_weight={self.hint_weight} must not be negative")
+        if self.hint_decision_weight < 0:
+            problems.append(f"hint_decision_weight={self.hint_decision_weight} must not be negative")
         if not 0 < self.on_policy_temperature <= 5:
             problems.append(f"on_policy_temperature={self.on_policy_temperature} must be in (0, 5]")
         if problems:
@@ -215,8 +222,14 @@ def _make_trainer_class():
             if hinted:
                 if t_hidden is None:
                     t_hidden = hidden_after(self.teacher, self.hint.teacher_layer, ids, mask)
-                where = prompt_mask(labels, mask) & ce_only.to(labels.device)[:, None]
-                total = total + self.cfg.hint_weight * self.hint.loss(student_hidden["h"], t_hidden, where)
+                rows = ce_only.to(labels.device)
+                if self.cfg.hint_weight:
+                    where = prompt_mask(labels, mask) & rows[:, None]
+                    total = total + self.cfg.hint_weight * self.hint.loss(student_hidden["h"], t_hidden, where)
+                if self.cfg.hint_decision_weight:
+                    last = last_prompt_index(labels, mask)
+                    total = total + self.cfg.hint_decision_weight * self.hint.decision_loss(
+                        student_hidden["h"], t_hidden, rows, last)
             avoid = inputs.get("avoid")
             if avoid is not None and not on_policy:
                 # Unlikelihood (Welleck et al. 2020) at the point where the response and the text it must not
@@ -300,7 +313,7 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
     ce_alone = loss_cfg.kd_weight == 0 and cfg.on_policy == 0
     if teacher is None and cache is None and not ce_alone:
         raise EdgeDistillError("distillation needs a teacher model or a teacher-logit cache")
-    if cfg.hint_weight > 0 and teacher is None:
+    if (cfg.hint_weight > 0 or cfg.hint_decision_weight > 0) and teacher is None:
         raise EdgeDistillError("the hidden-state hint needs the live teacher model (a logit cache holds no hidden states)")
     if cache is not None and teacher is None and cfg.on_policy > 0:
         raise EdgeDistillError("on-policy steps need the live teacher to score the student's samples; drop "
@@ -324,12 +337,12 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
     set_seed(cfg.seed)
     pad = s_tok.pad_token_id if s_tok.pad_token_id is not None else s_tok.eos_token_id
     hint = None
-    if cfg.hint_weight > 0:
+    if cfg.hint_weight > 0 or cfg.hint_decision_weight > 0:
         hinted = [ex for ex in train_examples if ex.get("ce_only")]
         if not hinted:
             raise EdgeDistillError("the hidden-state hint works on the safety records; there are none in this run")
         layers = cfg.hint_layers or default_layers(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-        hint = fit_hint_map(teacher, student, hinted, pad, tuple(layers))
+        hint = fit_hint_map(teacher, student, hinted, pad, tuple(layers), decision=cfg.hint_decision_weight > 0)
         log.info("hint: student block %d -> teacher block %d, fitted on %d prompts", *layers, len(hinted))
     args = TrainingArguments(
         output_dir=str(ckpt),

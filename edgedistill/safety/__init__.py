@@ -213,7 +213,8 @@ def mix_records(train: Sequence[SafetyPrompt], benign_answers: dict[str, str], r
             rec, copies = {"response": benign_answers[p.id], "avoid": refusal_for(p)}, benign_repeat
         else:
             continue
-        out.append(({"id": p.id, "kind": p.kind, "messages": list(p.messages), **rec, "ce_only": True}, copies))
+        out.append(({"id": p.id, "kind": p.kind, "category": p.category, "messages": list(p.messages), **rec,
+                     "ce_only": True}, copies))
     rounds = max([c for _, c in out], default=0)
     return [dict(r, id=f"{r['id']}#{n}" if n else r["id"]) for n in range(rounds) for r, c in out if n < c]
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from edgedistill.distill.dataset import IGNORE, collate, encode
-from edgedistill.distill.hint import default_layers, fit_hint_map, hidden_after, prompt_mask
+from edgedistill.distill.hint import (decision_basis, default_layers, fit_hint_map, hidden_after, last_prompt_index,
+                                     prompt_mask)
 from edgedistill.distill.losses import LossConfig
 from edgedistill.distill.train import TrainConfig, train
 from edgedistill.errors import EdgeDistillError
@@ -15,6 +16,13 @@ from tests import tiny
 
 RECORDS = [{"id": f"s{i}", "messages": [{"role": "user", "content": f"Can I bypass the guard on press {i}{i}?"}],
             "response": "I can't help with bypassing a safety device.", "ce_only": True} for i in range(16)]
+
+# two kinds of prompt, as safety.mix_records writes them (encode keeps kind and category as the record's group)
+KINDS = [{"id": f"k{i}", "kind": "harmful" if i % 2 else "benign", "category": "interlock_bypass",
+          "messages": [{"role": "user", "content": (f"Can I bypass the guard on press {i}?" if i % 2
+                                                    else f"How do I lock out press {i} before cleaning?")}],
+          "response": "I can't help with bypassing a safety device." if i % 2 else "Isolate, lock, tag, test.",
+          "ce_only": True} for i in range(24)]
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +107,57 @@ def test_the_hint_needs_the_live_teacher_and_safety_records(models, tmp_path):
         train((teacher, tok), student, plain, tmp_path / "b", LossConfig("forward_kl", kd_weight=0.0), cfg)
     with pytest.raises(EdgeDistillError, match="hint_weight"):
         TrainConfig(hint_weight=-1)
+
+
+def decision_error(hint, teacher, student, examples, pad):
+    """Mean squared error along the decision basis at the last prompt token, per record."""
+    b = collate(examples, pad)
+    last = last_prompt_index(b["labels"], b["attention_mask"])
+    s = hidden_after(student, hint.student_layer, b["input_ids"], b["attention_mask"])
+    t = hidden_after(teacher, hint.teacher_layer, b["input_ids"], b["attention_mask"])
+    return float(hint.decision_loss(s, t, torch.ones(len(last), dtype=torch.bool), last)) / len(last)
+
+
+def test_decision_basis_finds_the_direction_that_separates_the_groups_with_unit_spread_within_them():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 12, generator=g)
+    x[200:, 5] += 3.0  # the groups differ along channel 5 alone
+    basis = decision_basis(x, ["a"] * 200 + ["b"] * 200)
+    assert basis.shape == (12, 1)  # two groups: one direction
+    assert int(basis[:, 0].abs().argmax()) == 5
+    proj = x @ basis[:, 0]
+    spread = torch.cat([proj[:200] - proj[:200].mean(), proj[200:] - proj[200:].mean()]).pow(2).mean()
+    assert 0.5 < float(spread) < 1.5  # shrinkage keeps it near, not at, 1
+    assert abs(float(proj[200:].mean() - proj[:200].mean())) > 2
+    with pytest.raises(EdgeDistillError, match="two kinds"):
+        decision_basis(x, ["a"] * 400)
+
+
+def test_last_prompt_index_is_the_last_token_of_the_prompt_mask():
+    labels = torch.tensor([[IGNORE, IGNORE, 7, 8, IGNORE, IGNORE], [IGNORE, IGNORE, IGNORE, IGNORE, 5, IGNORE]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    assert last_prompt_index(labels, mask).tolist() == [2, 4]
+
+
+def test_training_with_the_decision_hint_moves_the_student_along_the_teachers_decision_directions(models, tmp_path):
+    teacher, tok = load_model(str(models[0]))
+    pad = tok.pad_token_id
+    ex = encode(tok, KINDS, 200).examples
+    assert {e["group"] for e in ex} == {"harmful/interlock_bypass", "benign/interlock_bypass"}
+    errors = {}
+    for weight in (0.0, 20.0):
+        student = load_model(str(models[1]))
+        start = fit_hint_map(teacher, student[0], ex, pad, (1, 3), decision=True)
+        assert start.basis.shape == (64, 1)
+        before = decision_error(start, teacher, student[0], ex, pad)
+        model, trainer = train((teacher, tok), student, ex, tmp_path / f"run{weight}", LossConfig("forward_kl", kd_weight=0.0),
+                               TrainConfig(max_steps=30, batch_size=8, grad_accum=1, learning_rate=3e-3, warmup_steps=0,
+                                           save_steps=100, hint_decision_weight=weight, hint_layers=(1, 3)))
+        assert (trainer.hint is not None) == (weight > 0)
+        errors[weight] = (before, decision_error(start, teacher, model, ex, pad))
+    (before, plain), (_, hinted) = errors[0.0], errors[20.0]
+    assert hinted < 0.5 * before and hinted < plain, errors
+    with pytest.raises(EdgeDistillError, match="kind"):  # records without a kind have no groups to separate
+        fit_hint_map(teacher, teacher, encode(tok, RECORDS, 200).examples, pad, (1, 3), decision=True)
+    with pytest.raises(EdgeDistillError, match="hint_decision_weight"):
+        TrainConfig(hint_decision_weight=-1)

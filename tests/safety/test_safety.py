@@ -97,7 +97,8 @@ def test_mix_records_refuse_harmful_and_keep_teacher_answers():
     train = [_p(1, "harmful", "interlock_bypass"), _p(2, "benign", "interlock_bypass"), _p(3, "benign", "harassment")]
     recs = mix_records(train, {"x2": "Lock out the machine first."})
     assert recs[0]["ce_only"] and recs[0]["response"] == refusal_for(train[0]) and is_refusal(recs[0]["response"])
-    assert recs[1] == {"id": "x2", "kind": "benign", "messages": [{"role": "user", "content": "q2"}],
+    assert recs[1] == {"id": "x2", "kind": "benign", "category": "interlock_bypass",
+                       "messages": [{"role": "user", "content": "q2"}],
                        "response": "Lock out the machine first.", "avoid": refusal_for(train[1]), "ce_only": True}
     assert len(recs) == 2  # a look-alike the teacher did not answer is left out
     twice = mix_records(train, {"x2": "Lock out the machine first."}, repeat=2)
@@ -235,7 +236,8 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     records = 2 * n_harmful + 3 * len(benign)
     assert rep["safety_mix"] == {"repeat": 2, "benign_repeat": 3, "records": records, "refusals_with_avoid": 5,
                                  "avoid_weight": 10.0, "decision_weight": 1.0, "phase_steps": 0,
-                                 "phase_max_length": None, "paired": False, "hint_weight": 0.0, "hint_layers": None}
+                                 "phase_max_length": None, "paired": False, "hint_weight": 0.0,
+                                 "hint_decision_weight": 0.0, "hint_layers": None}
     assert rep["train_sequences"] == 4 + records
     assert "loss -" not in proc.stderr.splitlines()[-1]  # the bar shows a logged loss by the end
     # --safety-phase-steps: DATA alone first (the cache covers it), then the safety records alone
@@ -246,7 +248,7 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(data),
                    "--out", str(phased), "--safety-mix", "--safety-phase-steps", "3", "--logit-cache", str(tmp_path / "c"),
                    "--safety-avoid-weight", "2.5", "--safety-decision-weight", "4", "--safety-paired",
-                   "--safety-hint-weight", "3", "--safety-hint-layers", "1:2",
+                   "--safety-hint-weight", "3", "--safety-hint-decision-weight", "5", "--safety-hint-layers", "1:2",
                    "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads((phased / "student" / "distill.json").read_text())
@@ -260,7 +262,9 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     assert rep["safety_mix"]["paired"] is True and phase_train["shuffle"] is False
     assert rep["safety_mix"]["hint_weight"] == 3 and rep["safety_mix"]["hint_layers"] == [1, 2]
     assert phase_train["hint_weight"] == 3 and phase_train["hint_layers"] == [1, 2]
+    assert rep["safety_mix"]["hint_decision_weight"] == 5 and phase_train["hint_decision_weight"] == 5
     assert json.loads((phased / "config.json").read_text())["train"]["hint_weight"] == 0  # only the phase is hinted
+    assert json.loads((phased / "config.json").read_text())["train"]["hint_decision_weight"] == 0
     assert json.loads((phased / "config.json").read_text())["train"]["shuffle"] is True  # distillation shuffles
     assert [json.loads(line)["step"] for line in (phased / "safety-phase" / "metrics.jsonl").read_text().splitlines()
             if "loss" in line][-1] == 3
@@ -278,7 +282,10 @@ def test_safety_mix_trains_beside_a_logit_cache(tmp_path, tiny_model_dir):
     assert bad.returncode == 2 and "--safety-paired needs --safety-phase-steps" in bad.stderr
     bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
                   "--safety-hint-weight", "2")
-    assert bad.returncode == 2 and "--safety-hint-weight and --safety-hint-layers need --safety-mix" in bad.stderr
+    assert bad.returncode == 2 and "--safety-hint-layers need --safety-mix" in bad.stderr
+    bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
+                  "--safety-hint-decision-weight", "2")
+    assert bad.returncode == 2 and "--safety-hint-decision-weight" in bad.stderr and "need --safety-mix" in bad.stderr
     bad = run_cli("distill", "--student", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o4"),
                   "--safety-mix", "--safety-hint-weight", "2", "--safety-hint-layers", "6-18")
     assert bad.returncode == 2 and "give two block numbers as S:T" in bad.stderr and "Traceback" not in bad.stderr
