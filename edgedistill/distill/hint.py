@@ -108,11 +108,10 @@ def last_prompt_index(labels: torch.Tensor, attention_mask: torch.Tensor) -> tor
     return torch.where(m, pos, torch.full_like(pos, -1)).amax(1)
 
 
-def decision_basis(states: torch.Tensor, groups: list[str], directions: int | None = None,
-                   shrink: float = SHRINK) -> torch.Tensor:
+def decision_basis(states: torch.Tensor, groups: list[str], shrink: float = SHRINK) -> torch.Tensor:
     """(hidden, k) the directions that best separate `groups` in `states` (N, hidden), already standardised:
-    the leading solutions of Sb v = λ Sw v (between- and within-group scatter; Sw shrunk towards its mean
-    variance), scaled so that each has unit within-group spread. k: `directions`, at most groups - 1."""
+    the k = groups - 1 solutions of Sb v = λ Sw v (between- and within-group scatter; Sw shrunk towards its mean
+    variance), scaled so that each has unit within-group spread."""
     names = sorted(set(groups))
     if len(names) < 2:
         raise EdgeDistillError("the decision hint needs prompts of at least two kinds (harmful and look-alike)")
@@ -132,8 +131,7 @@ def decision_basis(states: torch.Tensor, groups: list[str], directions: int | No
     chol = torch.linalg.cholesky(within)
     inv = torch.linalg.solve_triangular(chol, torch.eye(len(chol), dtype=x.dtype), upper=False)  # L^-1
     vals, vecs = torch.linalg.eigh(inv @ between @ inv.T)
-    k = min(directions or len(names) - 1, len(names) - 1)
-    top = vecs[:, vals.argsort(descending=True)[:k]]
+    top = vecs[:, vals.argsort(descending=True)[: len(names) - 1]]
     return (inv.T @ top).float()  # v = L^-T u: v' Sw v = 1
 
 
