@@ -77,20 +77,28 @@ def test_the_map_of_a_model_onto_itself_leaves_no_error_and_a_different_student_
         fit_hint_map(teacher, student, ex, tok.pad_token_id, (3, 2))
 
 
-def test_training_with_the_hint_moves_the_student_features_towards_the_teacher(models, tmp_path):
+def without_and_with(models, tmp_path, examples, measure, field, decision=False):
+    """{weight: (measure before training, after)} for students trained 30 steps with the term `field` of
+    TrainConfig at 0 and at 20, measured through the map fitted on the untrained student."""
     teacher, tok = load_model(str(models[0]))
     pad = tok.pad_token_id
-    ex = encode(tok, RECORDS, 200).examples
     errors = {}
     for weight in (0.0, 20.0):
         student = load_model(str(models[1]))
-        start = fit_hint_map(teacher, student[0], ex, pad, (1, 3))
-        before = hint_error(start, teacher, student[0], ex, pad)  # train() updates the student in place
-        model, trainer = train((teacher, tok), student, ex, tmp_path / f"run{weight}", LossConfig("forward_kl", kd_weight=0.0),
+        start = fit_hint_map(teacher, student[0], examples, pad, (1, 3), decision=decision)
+        before = measure(start, teacher, student[0], examples, pad)  # train() updates the student in place
+        model, trainer = train((teacher, tok), student, examples, tmp_path / f"run{weight}",
+                               LossConfig("forward_kl", kd_weight=0.0),
                                TrainConfig(max_steps=30, batch_size=8, grad_accum=1, learning_rate=3e-3, warmup_steps=0,
-                                           save_steps=100, hint_weight=weight, hint_layers=(1, 3)))
+                                           save_steps=100, hint_layers=(1, 3), **{field: weight}))
         assert (trainer.hint is not None) == (weight > 0)
-        errors[weight] = (before, hint_error(start, teacher, model, ex, pad))
+        errors[weight] = (before, measure(start, teacher, model, examples, pad))
+    return errors
+
+
+def test_training_with_the_hint_moves_the_student_features_towards_the_teacher(models, tmp_path):
+    tok = load_model(str(models[0]))[1]
+    errors = without_and_with(models, tmp_path, encode(tok, RECORDS, 200).examples, hint_error, "hint_weight")
     (before, plain), (_, hinted) = errors[0.0], errors[20.0]
     assert hinted < 0.7 * before and hinted < plain, errors
 
@@ -144,17 +152,8 @@ def test_training_with_the_decision_hint_moves_the_student_along_the_teachers_de
     pad = tok.pad_token_id
     ex = encode(tok, KINDS, 200).examples
     assert {e["group"] for e in ex} == {"harmful/interlock_bypass", "benign/interlock_bypass"}
-    errors = {}
-    for weight in (0.0, 20.0):
-        student = load_model(str(models[1]))
-        start = fit_hint_map(teacher, student[0], ex, pad, (1, 3), decision=True)
-        assert start.basis.shape == (64, 1)
-        before = decision_error(start, teacher, student[0], ex, pad)
-        model, trainer = train((teacher, tok), student, ex, tmp_path / f"run{weight}", LossConfig("forward_kl", kd_weight=0.0),
-                               TrainConfig(max_steps=30, batch_size=8, grad_accum=1, learning_rate=3e-3, warmup_steps=0,
-                                           save_steps=100, hint_decision_weight=weight, hint_layers=(1, 3)))
-        assert (trainer.hint is not None) == (weight > 0)
-        errors[weight] = (before, decision_error(start, teacher, model, ex, pad))
+    assert fit_hint_map(teacher, teacher, ex, pad, (1, 3), decision=True).basis.shape == (64, 1)  # two groups
+    errors = without_and_with(models, tmp_path, ex, decision_error, "hint_decision_weight", decision=True)
     (before, plain), (_, hinted) = errors[0.0], errors[20.0]
     assert hinted < 0.5 * before and hinted < plain, errors
     with pytest.raises(EdgeDistillError, match="kind"):  # records without a kind have no groups to separate
