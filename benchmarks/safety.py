@@ -205,8 +205,7 @@ def main() -> None:
             (rdir / "train.json").write_text(json.dumps({"start": str(start), "phase_steps": trainer.state.global_step,
                                                          "phase_s": time.perf_counter() - t0,
                                                          "records": len(extra),
-                                                         "teacher": "live (hint)" if args.hint_weight or args.hint_decision_weight
-                                                         else "not needed",
+                                                         "teacher": "live (hint)" if cfg.hinted else "not needed",
                                                          **({"picked": picker.best, "curve": picker.curve}
                                                             if picker else {})}) + "\n")
         if not (student_dir / "config.json").exists():

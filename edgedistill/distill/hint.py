@@ -194,7 +194,8 @@ def fit_hint_map(teacher, student, examples: list[dict], pad_id: int, layers: tu
         dev = next(teacher.parameters()).device
         t_h = hidden_after(teacher, t_layer, b["input_ids"].to(dev), b["attention_mask"].to(dev)).float().cpu()
         ys.append(t_h[m])
-        lasts.append(t_h[torch.arange(len(t_h)), last_prompt_index(b["labels"], b["attention_mask"])])
+        if decision:
+            lasts.append(t_h[torch.arange(len(t_h)), last_prompt_index(b["labels"], b["attention_mask"])])
         dev = next(student.parameters()).device
         xs.append(hidden_after(student, s_layer, b["input_ids"].to(dev), b["attention_mask"].to(dev))[m.to(dev)].float().cpu())
     if was_training:

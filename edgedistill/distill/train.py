@@ -68,6 +68,11 @@ class TrainConfig:
     # mean squared error there, times this weight, counts like a response token's loss. Needs the live teacher.
     hint_decision_weight: float = 0.0
 
+    @property
+    def hinted(self) -> bool:
+        """Either hint is on: the student-to-teacher map is fitted and the live teacher is needed."""
+        return self.hint_weight > 0 or self.hint_decision_weight > 0
+
     def __post_init__(self) -> None:
         problems = []
         for name, lo in (("max_steps", 1), ("batch_size", 1), ("grad_accum", 1), ("max_length", 8), ("save_steps", 1),
@@ -313,7 +318,7 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
     ce_alone = loss_cfg.kd_weight == 0 and cfg.on_policy == 0
     if teacher is None and cache is None and not ce_alone:
         raise EdgeDistillError("distillation needs a teacher model or a teacher-logit cache")
-    if (cfg.hint_weight > 0 or cfg.hint_decision_weight > 0) and teacher is None:
+    if cfg.hinted and teacher is None:
         raise EdgeDistillError("the hidden-state hint needs the live teacher model (a logit cache holds no hidden states)")
     if cache is not None and teacher is None and cfg.on_policy > 0:
         raise EdgeDistillError("on-policy steps need the live teacher to score the student's samples; drop "
@@ -337,7 +342,7 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
     set_seed(cfg.seed)
     pad = s_tok.pad_token_id if s_tok.pad_token_id is not None else s_tok.eos_token_id
     hint = None
-    if cfg.hint_weight > 0 or cfg.hint_decision_weight > 0:
+    if cfg.hinted:
         hinted = [ex for ex in train_examples if ex.get("ce_only")]
         if not hinted:
             raise EdgeDistillError("the hidden-state hint works on the safety records; there are none in this run")
