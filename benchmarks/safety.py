@@ -12,7 +12,9 @@ With --holdout K --on validation the mix trains without every K-th train pair an
 judged (choose settings there, then measure once --on test); --pick-every N judges them every N phase steps and
 keeps the best checkpoint instead of the last (--paired: each harmful prompt beside its look-alike in the phase;
 --hint-weight: the phase also pulls the student's hidden state on the safety prompts towards the teacher's;
---hint-decision-weight: the same along the teacher's decision directions at the last prompt token, distill.hint).
+--hint-decision-weight: the same along the teacher's decision directions at the last prompt token, distill.hint;
+--refusal-weight: the first tokens of a refusal weigh that many times a look-alike's; --pick-rule margin: keep the
+largest refusal minus over-refusal instead of the checkpoint closest to 90% / 10%).
 Then: the safety test split (refusal rate on harmful, over-refusal on benign, per category) for the teacher and
 both students, the graded eval subset for both students, and the judge's agreement with hand labels
 (calibration_data/safety/labels.jsonl) when that file exists.
@@ -56,6 +58,9 @@ def main() -> None:
                          "--safety-push-compliant)")
     ap.add_argument("--decision-weight", type=float, default=1.0,
                     help="weight of the first response tokens of each safety record (distill --safety-decision-weight)")
+    ap.add_argument("--refusal-weight", type=float, default=1.0,
+                    help="first response tokens of a refusal weigh this many times a look-alike's (distill "
+                         "--safety-refusal-weight)")
     ap.add_argument("--avoid-weight", type=float, default=10.0,
                     help="weight of each safety record's unlikelihood term (distill --safety-avoid-weight)")
     ap.add_argument("--paired", action="store_true",
@@ -80,6 +85,9 @@ def main() -> None:
     ap.add_argument("--pick-every", type=int, default=0,
                     help="with --phase-steps and --holdout: judge the held-out prompts every N phase steps and keep "
                          "the best checkpoint (closest to 90%% refusal / 10%% over-refusal) instead of the last")
+    ap.add_argument("--pick-rule", choices=("floor", "margin"), default="floor",
+                    help="with --pick-every: keep the checkpoint closest to 90%% / 10%% (floor) or the one with the "
+                         "largest refusal minus over-refusal (margin)")
     ap.add_argument("--eval-every", type=int, default=6, help="graded eval on every n-th item")
     ap.add_argument("--max-new-tokens", type=int, default=96, help="per safety answer")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "safety.json")
@@ -192,10 +200,11 @@ def main() -> None:
             cfg = TrainConfig(max_steps=args.phase_steps, batch_size=4, grad_accum=2, learning_rate=args.lr,
                               warmup_steps=4, max_length=args.phase_max_length, save_steps=100_000, logging_steps=10,
                               decision_weight=args.decision_weight, avoid_weight=args.avoid_weight, seed=args.seed,
+                              refusal_weight=args.refusal_weight,
                               hint_weight=args.hint_weight, hint_decision_weight=args.hint_decision_weight,
                               hint_layers=hint_layers)
             picker = checkpoint_picker(held, tok, args.pick_every, student_dir, args.max_new_tokens,
-                                       log=log) if args.pick_every else None
+                                       log=log, rule=args.pick_rule) if args.pick_every else None
             t0 = time.perf_counter()
             model, trainer = safety_phase(teacher, load_model(str(start)), extra, rdir, cfg,
                                           extra_callbacks=[picker] if picker else (), paired=args.paired)
@@ -213,7 +222,7 @@ def main() -> None:
             cfg = TrainConfig(max_steps=args.steps, batch_size=4, grad_accum=2, learning_rate=args.lr, warmup_steps=6,
                               max_length=512, save_steps=100_000, logging_steps=10,
                               decision_weight=args.decision_weight if mix else 1.0,
-                              avoid_weight=args.avoid_weight)
+                              refusal_weight=args.refusal_weight if mix else 1.0, avoid_weight=args.avoid_weight)
             t0 = time.perf_counter()
             model, trainer = train(teacher, load_model(str(init)), examples, rdir, LossConfig("forward_kl",
                                    kd_weight=0.5), cfg, cache=cache)

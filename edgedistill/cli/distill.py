@@ -131,6 +131,9 @@ def _layer_pair(ctx, param, value):
 @click.option("--safety-decision-weight", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Weight of the first 4 response tokens of each --safety-mix record (where greedy decoding decides "
                    "between refusing and answering) relative to the rest; 1 weighs all tokens alike.")
+@click.option("--safety-refusal-weight", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Those first tokens weigh this many times more again on a refusal than on a look-alike's answer "
+                   "(a class weight): above 1 moves the student towards refusing, below 1 away from it.")
 @click.option("--safety-hint-weight", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Pull the student's hidden state on the --safety-mix prompts towards the teacher's (a linear map "
                    "fitted once; squared error per prompt token, counted like this many response tokens). Uses the "
@@ -145,7 +148,8 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
                 on_policy, max_steps, max_time, batch_size, grad_accum, lr, max_length, seed, save_steps, resume,
                 logit_cache, safety_mix, safety_mix_repeat, safety_mix_benign_repeat, safety_phase_steps,
                 safety_phase_max_length, safety_paired, safety_push_compliant, safety_avoid_weight,
-                safety_decision_weight, safety_hint_weight, safety_hint_decision_weight, safety_hint_layers):
+                safety_decision_weight, safety_refusal_weight, safety_hint_weight, safety_hint_decision_weight,
+                safety_hint_layers):
     """Train STUDENT to imitate TEACHER on teacher generations (sequence-level + logit distillation)."""
     import dataclasses
     import json
@@ -162,6 +166,7 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
     cfg = TrainConfig(max_steps=max_steps, max_time_s=max_time, batch_size=batch_size, grad_accum=grad_accum,
                       learning_rate=lr, max_length=max_length, seed=seed, save_steps=save_steps, on_policy=on_policy,
                       avoid_weight=safety_avoid_weight, decision_weight=safety_decision_weight,
+                      refusal_weight=safety_refusal_weight,
                       # the hint works on the safety records: in the phase when there is one, else in the mix
                       hint_weight=0.0 if safety_phase_steps else safety_hint_weight,
                       hint_decision_weight=0.0 if safety_phase_steps else safety_hint_decision_weight,
@@ -174,6 +179,8 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
         raise click.UsageError("--safety-push-compliant needs --safety-mix")
     if safety_decision_weight != 1 and not safety_mix:
         raise click.UsageError("--safety-decision-weight needs --safety-mix")
+    if safety_refusal_weight != 1 and not safety_mix:
+        raise click.UsageError("--safety-refusal-weight needs --safety-mix")
     if (safety_hint_weight or safety_hint_decision_weight or safety_hint_layers) and not safety_mix:
         raise click.UsageError("--safety-hint-weight, --safety-hint-decision-weight and --safety-hint-layers need "
                                "--safety-mix")
@@ -249,6 +256,7 @@ def distill_cmd(teacher, student, data_files, val_files, out, loss_name, beta, a
               "safety_mix": {"repeat": safety_mix_repeat, "benign_repeat": safety_mix_benign_repeat or safety_mix_repeat,
                              "records": len(mix), "refusals_with_avoid": n["refusals_with_avoid"],
                              "avoid_weight": safety_avoid_weight, "decision_weight": safety_decision_weight,
+                             "refusal_weight": safety_refusal_weight,
                              "phase_steps": trainer.state.global_step if safety_phase_steps else 0,
                              "phase_max_length": safety_phase_max_length if safety_phase_steps else None,
                              "paired": safety_paired, "hint_weight": safety_hint_weight,

@@ -90,6 +90,8 @@ def encode(tokenizer, records: Sequence[dict], max_length: int) -> Encoded:
             ex["ce_only"] = True
         if rec.get("kind"):  # a safety record's kind and category: the decision hint's groups (distill.hint)
             ex["group"] = f"{rec['kind']}/{rec.get('category', '')}"
+            if rec["kind"] == "harmful" and rec.get("ce_only"):  # a refusal (TrainConfig.refusal_weight)
+                ex["refuse"] = True
         enc.examples.append(ex)
     if not enc.examples:
         raise DataError(f"no example keeps a response token within max_length={max_length}")
@@ -128,4 +130,6 @@ def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
         batch["avoid"] = torch.tensor([e.get("avoid", [-1, -1]) for e in examples])
     if any(e.get("ce_only") for e in examples):
         batch["ce_only"] = torch.tensor([bool(e.get("ce_only")) for e in examples])
+    if any(e.get("refuse") for e in examples):
+        batch["refuse"] = torch.tensor([bool(e.get("refuse")) for e in examples])
     return batch

@@ -57,6 +57,9 @@ class TrainConfig:
     # as the rest: under greedy decoding they decide between refusing and answering. 1 leaves the loss unchanged.
     decision_weight: float = 1.0
     decision_tokens: int = 4
+    # Those first tokens weigh refusal_weight times more again on a refusal (a harmful safety record) than on a
+    # look-alike's answer: a class weight that moves where the student starts refusing; >1 towards refusing.
+    refusal_weight: float = 1.0
     shuffle: bool = True  # False: batches follow the examples' order (safety_phase's harmful/look-alike pairs)
     # Hidden-state hint on the prompt tokens of ce_only (safety) records (distill.hint): the squared error per
     # prompt token, times hint_weight, counts like a response token's loss. hint_layers: (student, teacher) blocks;
@@ -89,6 +92,8 @@ class TrainConfig:
             problems.append(f"avoid_weight={self.avoid_weight} must not be negative")
         if self.decision_weight < 0:
             problems.append(f"decision_weight={self.decision_weight} must not be negative")
+        if self.refusal_weight < 0:
+            problems.append(f"refusal_weight={self.refusal_weight} must not be negative")
         if self.hint_weight < 0:
             problems.append(f"hint_weight={self.hint_weight} must not be negative")
         if self.hint_decision_weight < 0:
@@ -217,13 +222,18 @@ def _make_trainer_class():
                 per_token = torch.where(ce_only.to(per_token.device)[:, None], ce, per_token)
             resp = labels != IGNORE
             total = masked_sum(per_token, resp)
-            if self.cfg.decision_weight != 1 and safety_rows:
+            if (self.cfg.decision_weight != 1 or self.cfg.refusal_weight != 1) and safety_rows:
                 # A safety record's answer is decided by its first tokens (refusal or not): weigh them more, so the
-                # gradient goes to telling the kinds of prompt apart rather than to the rest of the text.
+                # gradient goes to telling the kinds of prompt apart rather than to the rest of the text; on a
+                # refusal, refusal_weight times more again.
                 first = resp.int().argmax(1, keepdim=True)
                 pos = torch.arange(labels.shape[1], device=labels.device)[None, :]
                 head = resp & (pos < first + self.cfg.decision_tokens) & ce_only.to(labels.device)[:, None]
-                total = total + (self.cfg.decision_weight - 1) * masked_sum(per_token, head)
+                weight = torch.full((labels.shape[0],), self.cfg.decision_weight, device=per_token.device)
+                refuse = inputs.get("refuse")
+                if refuse is not None:
+                    weight = torch.where(refuse.to(weight.device), weight * self.cfg.refusal_weight, weight)
+                total = total + masked_sum(per_token * (weight - 1)[:, None], head)
             if hinted:
                 if t_hidden is None:
                     t_hidden = hidden_after(self.teacher, self.hint.teacher_layer, ids, mask)
