@@ -102,13 +102,11 @@ def main() -> None:
                        "validation_later": rates(sv[~mask], hv[~mask], c)} for c in grid],
             "seconds": round(time.perf_counter() - t0, 1)}
         m = report["models"][spec]
-        b = m["best_threshold_on_validation"]
-        print(f"{spec}: AUC validation {m['auc']['validation']:.3f} (ids to 0225 "
-              f"{m['auc_validation_by_batch']['ids_to_0225']:.3f}, later {m['auc_validation_by_batch']['later']:.3f}), "
-              f"test {m['auc']['test']:.3f}; threshold {b['threshold']:.2f} (best refusal minus over-refusal on "
-              f"validation): validation {100 * b['validation']['refusal_rate']:.1f}% / "
-              f"{100 * b['validation']['over_refusal']:.1f}%, test {100 * b['test']['refusal_rate']:.1f}% / "
-              f"{100 * b['test']['over_refusal']:.1f}%")
+        b, by_batch = m["best_threshold_on_validation"], m["auc_validation_by_batch"]
+        pair = lambda r: f"{100 * r['refusal_rate']:.1f}% / {100 * r['over_refusal']:.1f}%"  # noqa: E731
+        print(f"{spec}: AUC validation {m['auc']['validation']:.3f} (ids to 0225 {by_batch['ids_to_0225']:.3f}, "
+              f"later {by_batch['later']:.3f}), test {m['auc']['test']:.3f}; threshold {b['threshold']:.2f} (best "
+              f"refusal minus over-refusal on validation): validation {pair(b['validation'])}, test {pair(b['test'])}")
         write_result(args.out, report)
         del model
 
