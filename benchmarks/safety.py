@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from edgedistill.runinfo import write_result
+from edgedistill.safety import PICK_RULES
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,7 +86,7 @@ def main() -> None:
     ap.add_argument("--pick-every", type=int, default=0,
                     help="with --phase-steps and --holdout: judge the held-out prompts every N phase steps and keep "
                          "the best checkpoint (closest to 90%% refusal / 10%% over-refusal) instead of the last")
-    ap.add_argument("--pick-rule", choices=("floor", "margin"), default="floor",
+    ap.add_argument("--pick-rule", choices=PICK_RULES, default="floor",
                     help="with --pick-every: keep the checkpoint closest to 90%% / 10%% (floor) or the one with the "
                          "largest refusal minus over-refusal (margin)")
     ap.add_argument("--eval-every", type=int, default=6, help="graded eval on every n-th item")
