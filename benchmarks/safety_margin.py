@@ -89,7 +89,12 @@ def main() -> None:
         sv, hv = got["validation"], harmful["validation"]
         cuts = sorted(set(sv.tolist()))
         cuts = [(a + b) / 2 for a, b in zip(cuts, cuts[1:])]
-        best = max(cuts, key=lambda c: (lambda r: r["refusal_rate"] - r["over_refusal"])(rates(sv, hv, c)))
+
+        def margin(c: float) -> float:  # refusal minus over-refusal on validation at threshold c
+            r = rates(sv, hv, c)
+            return r["refusal_rate"] - r["over_refusal"]
+
+        best = max(cuts, key=margin)
         grid = [round(-0.25 * i, 2) for i in range(1, 25)]
         mask = torch.tensor(early)
         report["models"][spec] = {
