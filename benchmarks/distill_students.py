@@ -14,7 +14,7 @@ token and the training speed with the cache vs with the live teacher are measure
      steps on 10L-hw;
   5. every student: held-out mean KL(teacher || student) and top-1 agreement on the validation generations;
      cross-entropy and best-objective students also on the graded eval sets (every --eval-every-th item, so all
-     task types stay represented; the teacher's score on the same items comes from results/teacher_eval.json);
+     task types stay represented; the teacher's score on the same items comes from results/models/teacher_eval.json);
   6. every saved student and the teacher: the eval items that list their choices, scored by likelihood
      (data.evaluate.choice_accuracy: the most likely choice is the answer), which still separates students
      whose generated answers are all wrong.
@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from edgedistill.stats import graded_comparison
 from edgedistill.runinfo import write_result
 
 HERE = Path(__file__).resolve().parent
@@ -60,7 +61,7 @@ def main() -> None:
     ap.add_argument("--speed-steps", type=int, default=8, help="steps of the live-teacher speed comparison")
     ap.add_argument("--eval-every", type=int, default=6, help="graded eval on every n-th item (1: all)")
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "distill_students.json")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "distill" / "distill_students.json")
     ap.add_argument("--compare", action="store_true",
                     help="only add the graded comparison (cross-entropy vs the best objective, per size, with "
                          "Fisher's exact test) to an existing --out")
@@ -73,23 +74,18 @@ def main() -> None:
         compare_only(args.out)
         return
 
-    from edgedistill.distill.prune import interleave_texts
-    from edgedistill.data import default_data_dir, load_prompts, load_texts
+    from edgedistill.data import default_data_dir, load_prompts
     from edgedistill.data.evaluate import choice_accuracy, evaluate, find_eval_sets, load_eval_items
-    from edgedistill.data.generate import GenerationSettings, generate, model_fingerprint
-    from edgedistill.distill import logit_cache
+    from edgedistill.data.generate import GenerationSettings, generate
     from edgedistill.distill.dataset import encode, load_generations
-    from edgedistill.distill.losses import LossConfig
-    from edgedistill.distill.prune import StudentShape, derive_student, hardware_friendly
-    from edgedistill.distill.train import TrainConfig, agreement_with_teacher, train
+    from edgedistill.distill.stage import (CacheSettings, DistillSettings, PruneSettings, cache_logits, distill,
+                                           prune)
     from edgedistill.models import DEFAULT_TEACHER, load_model
-    from edgedistill.models.pull import pull
     from edgedistill.paths import dir_size
     from edgedistill.runinfo import run_record
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    teacher_dir, _ = pull(DEFAULT_TEACHER)
     teacher = load_model(DEFAULT_TEACHER)
     tok = teacher[1]
     data_dir = default_data_dir()
@@ -97,7 +93,7 @@ def main() -> None:
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-    sets, info = {}, {}
+    paths, info = {}, {}
     for split, n in (("train", args.train_prompts), ("validation", args.val_prompts)):
         prompts = []
         for d in sorted(data_dir.glob(f"*/prompts/{split}.jsonl")):
@@ -107,31 +103,28 @@ def main() -> None:
             path = work / f"teacher-{split}.jsonl"
             generate(DEFAULT_TEACHER, prompts, path, GenerationSettings(max_new_tokens=args.max_new_tokens),
                      loaded=teacher)
-        sets[split] = encode(tok, load_generations([path]), 512)
-        info[split] = {"file": str(path), "sequences": len(sets[split].examples),
-                       "response_tokens": sets[split].response_tokens}
-        log(f"{split}: {len(sets[split].examples)} sequences, {sets[split].response_tokens} response tokens")
+        paths[split] = path
+        enc = encode(tok, load_generations([path]), 512)
+        info[split] = {"file": str(path), "sequences": len(enc.examples), "response_tokens": enc.response_tokens}
+        log(f"{split}: {len(enc.examples)} sequences, {enc.response_tokens} response tokens")
 
     cache_dir = work / f"cache-k{args.k}"
-    fp = model_fingerprint(teacher_dir)
     if not cache_dir.exists():
         t = time.perf_counter()
-        meta = logit_cache.build(teacher[0], DEFAULT_TEACHER, fp, sets["train"], cache_dir, k=args.k,
-                                 pad_id=tok.pad_token_id)
+        meta = cache_logits(CacheSettings(teacher=DEFAULT_TEACHER, data=[paths["train"]], out=cache_dir, k=args.k,
+                                          max_length=512))
         meta["build_s"] = time.perf_counter() - t
         (work / "cache-build.json").write_text(json.dumps(meta, indent=2))
     cache_info = json.loads((work / "cache-build.json").read_text())
-    cache = logit_cache.load(cache_dir, sets["train"], fp)
     log(f"logit cache: {cache_info['bytes_per_token']:.0f} B/token, top-{args.k} mass "
         f"{100 * cache_info['teacher_mass_in_top_k']:.1f}%")
 
-    texts = interleave_texts([t for d in sorted(data_dir.glob("*/texts")) for _, t in load_texts(d)])
-    shapes = {"10L": StudentShape(layers=10), "10L-hw": hardware_friendly(teacher[0], 10)}
     inits = {}
-    for name, shape in shapes.items():
+    for name, hw in (("10L", False), ("10L-hw", True)):
         inits[name] = work / f"init-{name}"
         if not inits[name].exists():
-            derive_student(DEFAULT_TEACHER, shape, texts, inits[name], max_tokens=8192, loaded=teacher)
+            prune(PruneSettings(teacher=DEFAULT_TEACHER, out=inits[name], layers=10, hw_friendly=hw,
+                                data_dir=data_dir, max_tokens=8192), teacher=teacher)
 
     all_items = load_eval_items(find_eval_sets(data_dir))
     eval_items = all_items[:: args.eval_every]
@@ -145,11 +138,6 @@ def main() -> None:
         return {"overall": r.overall(), "by_domain": r.by_domain(), "by_task": by_task, "items": len(r.items),
                 "eval_every": args.eval_every, "correct": sum(bool(x["correct"]) for x in r.items)}
 
-    def cfg_for(steps: int, on_policy: float) -> TrainConfig:
-        return TrainConfig(max_steps=steps, batch_size=4, grad_accum=2, learning_rate=args.lr, warmup_steps=6,
-                           max_length=512, save_steps=100_000, logging_steps=10, on_policy=on_policy,
-                           on_policy_max_new_tokens=64)
-
     def run(size: str, key: str, *, on_policy: float = 0.0, graded: bool, live: bool = False,
             steps: int | None = None, save: bool = True) -> dict:
         name, params, kd = OBJECTIVES[key]
@@ -159,35 +147,34 @@ def main() -> None:
             log(f"{label}: kept from the previous run")
             results[label] = old
             return old
-        loss = LossConfig(name, params, kd_weight=kd)
         rdir = work / "runs" / label.replace("/", "-")
         shutil.rmtree(rdir, ignore_errors=True)
         log(f"training {label}")
-        use_cache = cache if (kd > 0 and not live) else None
-        # cross-entropy runs never call the teacher (kd_weight 0), but train() wants one or a cache
-        t_model = teacher if (kd == 0 or live or on_policy > 0) else (None, tok)
-        t0 = time.perf_counter()
-        model, trainer = train(t_model, load_model(str(inits[size])), sets["train"].examples, rdir, loss,
-                               cfg_for(steps or args.steps, on_policy), cache=use_cache)
-        train_s = time.perf_counter() - t0
-        tokens = int(trainer.tokens_seen)  # response tokens trained on
+        use_cache = cache_dir if (kd > 0 and not live) else None
+        settings = DistillSettings(teacher=DEFAULT_TEACHER, student=str(inits[size]), data=[paths["train"]],
+                                   validation=[paths["validation"]] if save else [], out=rdir, loss=name,
+                                   beta=params.get("beta"), alpha=params.get("alpha"), kd_weight=kd,
+                                   on_policy=on_policy, on_policy_max_new_tokens=64, max_steps=steps or args.steps,
+                                   batch_size=4, grad_accum=2, lr=args.lr, warmup_steps=6, max_length=512,
+                                   save_steps=100_000, keep_checkpoints=False, logit_cache=use_cache)
+        report = distill(settings, teacher=teacher)
+        train_s = report["train_s"]
+        tokens = report["train_tokens"]  # tokens trained on
         rec = {"size": size, "objective": key, "loss": {"name": name, "params": params, "kd_weight": kd},
                "on_policy": on_policy, "teacher": "none" if kd == 0 else ("live" if use_cache is None else "cache")
                + ("+live on-policy" if on_policy else ""),
-               "steps": trainer.state.global_step, "train_s": train_s, "train_tokens": tokens,
-               "tokens_per_s": tokens / train_s if tokens else None, "parameters": model.num_parameters(),
+               "steps": report["steps"], "train_s": train_s, "train_tokens": tokens,
+               "tokens_per_s": tokens / train_s if tokens else None, "parameters": report["parameters"],
                "pruning": json.loads((inits[size] / "pruning.json").read_text())}
+        out_dir = rdir / "student"
         if save:
-            rec["validation"] = agreement_with_teacher(teacher[0], model, sets["validation"].examples, tok.pad_token_id)
-            out_dir = rdir / "student"
-            model.save_pretrained(out_dir, safe_serialization=True)
-            tok.save_pretrained(out_dir)
+            rec["validation"] = report["validation"]
             rec["disk_bytes"] = dir_size(out_dir)
             if graded:
                 log(f"graded eval of {label}")
-                r = evaluate(str(out_dir), eval_items, loaded=(model, tok))
-                rec["graded"] = graded_record(r)
-        shutil.rmtree(rdir / "checkpoints", ignore_errors=True)
+                rec["graded"] = graded_record(evaluate(str(out_dir), eval_items))
+        else:
+            shutil.rmtree(out_dir, ignore_errors=True)
         log(f"{label}: {rec['steps']} steps in {train_s:.0f} s"
             + (f", held-out KL {rec['validation']['mean_kl']:.4f}, top-1 {100 * rec['validation']['top1_agreement']:.1f}%"
                if save else "")
@@ -226,7 +213,7 @@ def main() -> None:
                 log(f"graded eval of {label} again, every {args.eval_every}. item")
                 rec["graded"] = graded_record(evaluate(str(student), eval_items))
                 _write(args, results, extra, run_record)
-    teacher_eval = HERE / "results" / "teacher_eval.json"
+    teacher_eval = HERE / "results" / "models" / "teacher_eval.json"
     if teacher_eval.exists():
         chosen = {it.id for it in eval_items}
         graded = [x for x in json.loads(teacher_eval.read_text())["models"][0]["items"] if x["id"] in chosen]
@@ -257,34 +244,6 @@ def main() -> None:
             _write(args, results, extra, run_record)
     extra["graded_comparison"] = graded_comparison(results, best)
     _write(args, results, extra, run_record, final=True)
-
-
-def fisher_exact(a: int, n1: int, b: int, n2: int) -> float:
-    """Two-sided p-value of Fisher's exact test: a of n1 correct against b of n2 correct."""
-    from math import comb
-
-    k, n = a + b, n1 + n2
-
-    def prob(x):
-        return comb(n1, x) * comb(n2, k - x) / comb(n, k)
-
-    seen = prob(a)
-    tables = [prob(x) for x in range(max(0, k - n2), min(k, n1) + 1)]
-    return min(1.0, sum(q for q in tables if q <= seen * (1 + 1e-9)))
-
-
-def graded_comparison(results: dict, best: str) -> dict:
-    """Per size: graded items right for cross-entropy and for the best objective, and whether the graded sets can
-    tell the two apart at all (Fisher's exact test, p < 0.05)."""
-    out = {}
-    for size in sorted({label.split("/")[0] for label in results}):
-        ce, kd = results.get(f"{size}/ce", {}).get("graded"), results.get(f"{size}/{best}", {}).get("graded")
-        if not (ce and kd and "correct" in ce and "correct" in kd):
-            continue
-        p = fisher_exact(kd["correct"], kd["items"], ce["correct"], ce["items"])
-        out[size] = {"items": ce["items"], "ce_correct": ce["correct"], "best_correct": kd["correct"],
-                     "best_minus_ce": kd["correct"] - ce["correct"], "fisher_p": p, "resolved": p < 0.05}
-    return out
 
 
 def compare_only(out: Path) -> None:

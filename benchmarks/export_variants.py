@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--chunk-len", type=int, default=512)
     ap.add_argument("--work", type=Path, default=Path("build/bench-export"))
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "export_variants.json")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "export" / "export_variants.json")
     args = ap.parse_args()
 
     from edgedistill.export.pipeline import ExportSettings, export_model

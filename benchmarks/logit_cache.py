@@ -36,19 +36,17 @@ def main() -> None:
     ap.add_argument("--ks", default="16,64,128")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "logit_cache.json")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "distill" / "logit_cache.json")
     args = ap.parse_args()
 
     import torch
 
-    from edgedistill.distill.prune import interleave_texts
-    from edgedistill.data import default_data_dir, load_prompts, load_texts
-    from edgedistill.data.generate import GenerationSettings, generate, model_fingerprint
+    from edgedistill.data import default_data_dir, load_prompts
+    from edgedistill.data.generate import GenerationSettings, generate
     from edgedistill.distill import logit_cache
     from edgedistill.distill.dataset import collate, encode, load_generations
-    from edgedistill.distill.losses import LossConfig, bins, get, masked_mean
-    from edgedistill.distill.prune import derive_student, hardware_friendly
-    from edgedistill.distill.train import TrainConfig, train
+    from edgedistill.distill.losses import bins, get, masked_mean
+    from edgedistill.distill.stage import CacheSettings, DistillSettings, PruneSettings, cache_logits, distill, prune
     from edgedistill.models import DEFAULT_TEACHER, load_model
     from edgedistill.models.pull import pull
     from edgedistill.runinfo import run_record
@@ -69,18 +67,16 @@ def main() -> None:
 
     student_dir = work / "student-10L-hw"
     if not student_dir.exists():
-        texts = [t for d in sorted(data_dir.glob("*/texts")) for _, t in load_texts(d)]
-        derive_student(DEFAULT_TEACHER, hardware_friendly(teacher[0], 10), interleave_texts(texts), student_dir,
-                       max_tokens=8192, loaded=teacher)
+        prune(PruneSettings(teacher=DEFAULT_TEACHER, out=student_dir, layers=10, hw_friendly=True, data_dir=data_dir,
+                            max_tokens=8192), teacher=teacher)
 
     data = encode(teacher[1], load_generations([gen_path]), 512)
-    fp = model_fingerprint(teacher_dir)
     caches = {}
     for k in (int(x) for x in args.ks.split(",")):
         cdir = work / f"cache-k{k}"
         shutil.rmtree(cdir, ignore_errors=True)
         t = time.perf_counter()
-        meta = logit_cache.build(teacher[0], DEFAULT_TEACHER, fp, data, cdir, k=k, pad_id=teacher[1].pad_token_id)
+        meta = cache_logits(CacheSettings(teacher=DEFAULT_TEACHER, data=[gen_path], out=cdir, k=k, max_length=512))
         caches[k] = {**meta, "build_s": time.perf_counter() - t}
 
     # What top-k costs: the untrained student's forward KL against the full teacher vs the k+1-bin version.
@@ -99,21 +95,17 @@ def main() -> None:
                                                     "relative_error": abs(approx[n] - full[n]) / full[n]} for n in full}
 
     # Training speed, live teacher vs cache (k = 64), alternating so drift on a shared machine hits both.
-    cache64 = logit_cache.load(work / "cache-k64", data, fp)
-    cfg = TrainConfig(max_steps=args.steps, batch_size=4, grad_accum=1, learning_rate=1e-4, warmup_steps=0,
-                      logging_steps=1, save_steps=10_000)
     speeds = {"live_teacher": [], "cache_k64": []}
     for r in range(args.repeats):
         for mode in speeds:
             run = work / f"run-{mode}-{r}"
             shutil.rmtree(run, ignore_errors=True)
-            t_pair = teacher if mode == "live_teacher" else (None, teacher[1])
-            student = load_model(str(student_dir))
-            t0 = time.perf_counter()
-            _, trainer = train(t_pair, student, data.examples, run, LossConfig("forward_kl"), cfg,
-                               cache=cache64 if mode == "cache_k64" else None)
-            dt = time.perf_counter() - t0
-            speeds[mode].append(trainer.tokens_seen / dt)  # all tokens through the student, setup included
+            r = distill(DistillSettings(teacher=DEFAULT_TEACHER, student=str(student_dir), data=[gen_path], out=run,
+                                        max_steps=args.steps, batch_size=4, grad_accum=1, lr=1e-4, warmup_steps=0,
+                                        save_steps=10_000, keep_checkpoints=False,
+                                        logit_cache=work / "cache-k64" if mode == "cache_k64" else None),
+                        teacher=teacher if mode == "live_teacher" else None)
+            speeds[mode].append(r["train_tokens"] / r["train_s"])  # all tokens through the student, in training
     report = {
         "benchmark": "logit_cache",
         **run_record(),

@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--variants", default="onnx:fp32,onnx:int8,gguf:q8_0,gguf:f16")
     ap.add_argument("--work", type=Path, default=Path("build/bench-runtime"))
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "runtime_speed.json")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "runtime" / "runtime_speed.json")
     args = ap.parse_args()
 
     from edgedistill.export.pipeline import ExportSettings, export_model

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 @torch.inference_mode()
 def features(model, tok, prompts, batch_size: int = 16) -> torch.Tensor:
     """(prompts, layers + 1, hidden): every layer's hidden state at the last prompt token."""
-    from edgedistill.distill.dataset import left_pad
+    from edgedistill.data.tensors import left_pad
 
     model.eval()
     texts = [tok.apply_chat_template(list(p.messages), tokenize=False, add_generation_prompt=True) for p in prompts]
@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--l2", type=float, default=1e-2)
     ap.add_argument("--fractions", default="1",
                     help="comma-separated shares of the train pairs to fit on (each below 1: mean of three random draws)")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "safety_probe.json")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "safety" / "safety_probe.json")
     args = ap.parse_args()
     try:
         fractions = sorted({float(f) for f in args.fractions.split(",")})

@@ -16,47 +16,48 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.models.registry import DEFAULT_TEACHER
+from edgedistill.settings import Settings, setting
+from edgedistill.settings import write as write_settings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RunSettings:
-    teacher: str = "smollm2-135m-instruct"
-    train_prompts: int | None = 8  # per domain (None: all)
-    val_prompts: int | None = 4  # per domain
-    max_new_tokens: int = 128  # teacher answers
-    layers: int = 10
-    hw_friendly: bool = True  # widths in multiples of 256 (real K-quants)
-    loss: str = "forward_kl"
-    loss_params: dict = field(default_factory=dict)
-    kd_weight: float = 0.5  # forward KL + cross-entropy: the best of the measured objectives
-    steps: int = 40
-    max_time_s: float | None = None  # distillation time budget
-    batch_size: int = 4
-    grad_accum: int = 2
-    lr: float = 5e-4
-    comparison: str = "gguf:q4_k_m"  # the teacher's own file the chosen student is measured against
-    reference: str = "gguf:f16"  # the teacher's exact export: the quality reference in the bench
-    bench_repeats: int = 3
-    bench_new_tokens: int = 64
-    eval_every: int = 6
-    data_dir: Path | None = None
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.layers < 1:
-            problems.append(f"layers={self.layers} must be at least 1")
-        if self.steps < 1:
-            problems.append(f"steps={self.steps} must be at least 1")
-        if not 0 <= self.kd_weight <= 1:
-            problems.append(f"kd_weight={self.kd_weight} must be in [0, 1]")
-        if problems:
-            raise EdgeDistillError("; ".join(problems))
+class RunSettings(Settings):
+    target: str = setting(None, "Device profile: a shipped name or a .yaml file.", required=True)
+    out: Path | None = setting(None, "Run folder [default: runs/<target>]. Stages whose inputs are unchanged are "
+                                     "reused from it.")
+    teacher: str = setting(DEFAULT_TEACHER, "Registry name or Hugging Face folder.")
+    train_prompts: int | None = setting(8, "Train prompts per domain the teacher answers (null in a file: all).",
+                                        min=1)
+    val_prompts: int | None = setting(4, "Validation prompts per domain.", min=1)
+    max_new_tokens: int = setting(128, "Length of the teacher's answers.", min=1, max=4096)
+    layers: int = setting(10, "Student depth.", min=1)
+    hw_friendly: bool = setting(True, "Student widths in multiples of 256 (real K-quants) or the teacher's widths.",
+                                flag="--hw-friendly/--teacher-width")
+    loss: str = setting("forward_kl", "The divergence.", cli=False)
+    loss_params: dict = setting({}, "Its parameters, e.g. {beta: 0.5} for jsd.", cli=False)
+    kd_weight: float = setting(0.5, "Forward-KL weight; the rest is cross-entropy on the teacher's tokens (the best "
+                                    "of the measured objectives).", min=0, max=1)
+    steps: int = setting(40, "Distillation steps.", min=1)
+    max_time_s: float | None = setting(None, "Distillation time budget, e.g. 20m.", min=0, min_open=True,
+                                       kind="duration", flag="--max-time")
+    batch_size: int = setting(4, "Sequences per micro-batch.", min=1, cli=False)
+    grad_accum: int = setting(2, "Micro-batches per optimizer step.", min=1, cli=False)
+    lr: float = setting(5e-4, "Peak learning rate.", min=0, min_open=True, max=1)
+    comparison: str = setting("gguf:q4_k_m", "The teacher's own file the chosen student is measured against.",
+                              cli=False)
+    reference: str = setting("gguf:f16", "The teacher's exact export: the quality reference in the bench.",
+                             cli=False)
+    bench_repeats: int = setting(3, "Timed generations per variant.", min=1)
+    bench_new_tokens: int = setting(64, "Tokens per timed generation.", min=1, cli=False)
+    eval_every: int = setting(6, "Graded eval on every n-th item in the bench (0: none).", min=0)
+    data_dir: Path | None = setting(None, "calibration_data folder.", exists="dir", flag="--data")
 
 
 def _key(*parts) -> str:
@@ -91,26 +92,29 @@ class Stages:
         return folder, info
 
 
-def run_pipeline(target_name: str, out: Path, settings: RunSettings = RunSettings(), *, echo=print,
-                 progress_factory=None) -> dict:
-    """The whole trip for `target_name`; returns the run summary (also written to out/run.json)."""
+def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) -> dict:
+    """The whole trip for settings.target; returns the run summary (also written to OUT/run.json, the settings to
+    OUT/settings.yaml)."""
     from edgedistill.bench import BenchSettings, bench
-    from edgedistill.cli.progress import training_progress
-    from edgedistill.data import default_data_dir, load_texts
+    from edgedistill.data import default_data_dir
     from edgedistill.data.generate import GenerationSettings, generate, model_fingerprint
     from edgedistill.data.load import load_prompts
     from edgedistill.data.stats import domains
+    from edgedistill.distill.stage import DistillSettings, PruneSettings, distill, prune
     from edgedistill.export.pipeline import ExportSettings, export_model
     from edgedistill.models.locate import load_model, resolve
+    from edgedistill.progress import training_progress
     from edgedistill.targets import as_dict, load_target
 
-    target = load_target(target_name)
-    out = Path(out)
+    target = load_target(settings.target)
+    out = Path(settings.out) if settings.out else Path("runs") / target.name
     if out.exists() and not out.is_dir():
         raise EdgeDistillError(f"--out {out} is a file; give a folder for the run")
     data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
     st = Stages(out, echo)
     progress = progress_factory or (lambda: _NoProgress())
+    out.mkdir(parents=True, exist_ok=True)
+    write_settings(settings, out / "settings.yaml")
 
     # 1. pull
     ref = resolve(settings.teacher, pull=True)
@@ -147,49 +151,34 @@ def run_pipeline(target_name: str, out: Path, settings: RunSettings = RunSetting
 
     data_folder, _ = st.run("generate", g_key, gen)
 
-    # 3. prune
+    # 3. prune: the hardware-friendly shape at the given depth, or the teacher's widths
     p_key = _key("prune", t_key, settings.layers, settings.hw_friendly, str(data_dir))
 
-    def prune(folder: Path) -> dict:
-        from edgedistill.distill.prune import interleave_texts
-        from edgedistill.distill.prune import StudentShape, derive_student, hardware_friendly
-
-        shape = hardware_friendly(teacher()[0], settings.layers) if settings.hw_friendly else StudentShape(
-            layers=settings.layers)
-        texts = interleave_texts([t for d in sorted(data_dir.glob("*/texts")) for _, t in load_texts(d)])
+    def run_prune(folder: Path) -> dict:
+        s = PruneSettings(teacher=str(teacher_dir), out=folder / "student", layers=settings.layers,
+                          hw_friendly=settings.hw_friendly, data_dir=data_dir, max_tokens=8192)
         with progress() as p:
-            derive_student(str(teacher_dir), shape, texts, folder / "student", max_tokens=8192, loaded=teacher(),
-                           progress=p)
-        return json.loads((folder / "student" / "pruning.json").read_text())["shape"]
+            return prune(s, teacher=teacher(), progress=p)["shape"]
 
-    prune_folder, shape = st.run("prune", p_key, prune)
+    prune_folder, shape = st.run("prune", p_key, run_prune)
 
     # 4. distill
     d_key = _key("distill", p_key, g_key, settings.loss, settings.loss_params, settings.kd_weight, settings.steps,
                  settings.max_time_s, settings.batch_size, settings.grad_accum, settings.lr)
 
-    def distill(folder: Path) -> dict:
-        from edgedistill.distill.dataset import encode, load_generations
-        from edgedistill.distill.losses import LossConfig
-        from edgedistill.distill.train import TrainConfig, agreement_with_teacher, train
-
-        t_model, tok = teacher()
-        train_set = encode(tok, load_generations([data_folder / "teacher-train.jsonl"]), 512)
-        val_set = encode(tok, load_generations([data_folder / "teacher-validation.jsonl"]), 512)
-        loss = LossConfig(settings.loss, dict(settings.loss_params), kd_weight=settings.kd_weight)
-        cfg = TrainConfig(max_steps=settings.steps, max_time_s=settings.max_time_s, batch_size=settings.batch_size,
-                          grad_accum=settings.grad_accum, learning_rate=settings.lr, max_length=512,
-                          save_steps=100_000, warmup_steps=min(6, settings.steps // 4))
+    def run_distill(folder: Path) -> dict:
+        s = DistillSettings(teacher=str(teacher_dir), student=str(prune_folder / "student"),
+                            data=[data_folder / "teacher-train.jsonl"],
+                            validation=[data_folder / "teacher-validation.jsonl"], out=folder, loss=settings.loss,
+                            beta=settings.loss_params.get("beta"), alpha=settings.loss_params.get("alpha"),
+                            kd_weight=settings.kd_weight, max_steps=settings.steps, max_time=settings.max_time_s,
+                            batch_size=settings.batch_size, grad_accum=settings.grad_accum, lr=settings.lr,
+                            save_steps=100_000, warmup_steps=min(6, settings.steps // 4), keep_checkpoints=False)
         with training_progress() as p:
-            model, trainer = train((t_model, tok), load_model(str(prune_folder / "student")), train_set.examples,
-                                   folder / "train", loss, cfg, progress=p)
-        val = agreement_with_teacher(t_model, model, val_set.examples, tok.pad_token_id)
-        model.save_pretrained(folder / "student", safe_serialization=True)
-        tok.save_pretrained(folder / "student")
-        shutil.rmtree(folder / "train" / "checkpoints", ignore_errors=True)
-        return {"steps": trainer.state.global_step, "parameters": model.num_parameters(), "validation": val}
+            report = distill(s, teacher=teacher(), progress=p)
+        return {k: report[k] for k in ("steps", "parameters", "validation")}
 
-    distill_folder, distilled = st.run("distill", d_key, distill)
+    distill_folder, distilled = st.run("distill", d_key, run_distill)
     student = distill_folder / "student"
     echo(f"   student: {distilled['parameters'] / 1e6:.1f}M parameters after {distilled['steps']} steps, "
          f"held-out KL {distilled['validation']['mean_kl']:.3f}, top-1 {100 * distilled['validation']['top1_agreement']:.1f}%")

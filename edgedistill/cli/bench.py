@@ -51,7 +51,7 @@ def bench_cmd(bundles, target_name, teacher, out, repeats, new_tokens, chunks, c
     names the best variant that meets them all. Needs only `pip install 'edgedistill[runtime]'`.
     """
     from edgedistill.bench import BenchSettings, bench
-    from edgedistill.cli.progress import byte_progress
+    from edgedistill.progress import byte_progress
     from edgedistill.targets import load_target, parse_bandwidth
 
     target = load_target(target_name)

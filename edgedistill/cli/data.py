@@ -37,7 +37,7 @@ def generate_cmd(teacher, prompt_files, split, data_dir, out, max_new_tokens, sa
 
     Example, the train prompts of all domains in one go: edgedistill generate --split train --out gen/train.jsonl
     """
-    from edgedistill.cli.progress import byte_progress
+    from edgedistill.progress import byte_progress
     from edgedistill.data import default_data_dir
     from edgedistill.data.generate import GenerationSettings, generate
     from edgedistill.data.load import load_prompts
@@ -84,7 +84,7 @@ def eval_cmd(model, teacher, data_dir, domains, limit, batch_size, json_out, by_
     from rich.console import Console
     from rich.table import Table
 
-    from edgedistill.cli.progress import byte_progress
+    from edgedistill.progress import byte_progress
     from edgedistill.data import default_data_dir
     from edgedistill.data.evaluate import choice_accuracy, evaluate, find_eval_sets, load_eval_items
 

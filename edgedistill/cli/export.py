@@ -53,7 +53,7 @@ def export_cmd(model, out, variants, all_, list_, force, chunks, chunk_len, thre
 
     Example: edgedistill export smollm2-135m-instruct --out bundles --variant gguf:q4_k_m --variant onnx:int4
     """
-    from edgedistill.cli.progress import stderr
+    from edgedistill.progress import stderr
     from edgedistill.errors import EdgeDistillError
     from edgedistill.export.pipeline import ExportSettings, export_model
 

@@ -50,7 +50,7 @@ def list_cmd() -> None:
 def pull_cmd(name: str, find_links: Path | None) -> None:
     """Download registry model NAME, verify its checksum and convert it once (default: the default teacher)."""
     from edgedistill import paths
-    from edgedistill.cli.progress import byte_progress
+    from edgedistill.progress import byte_progress
     from edgedistill.models.pull import pull
 
     with byte_progress() as progress:

@@ -1,10 +1,13 @@
-"""edgedistill safety eval MODEL|BUNDLE [--teacher T]"""
+"""edgedistill safety eval MODEL|BUNDLE [--teacher T] | safety reapply --student S --out O"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+
+from edgedistill.cli.options import settings_from, settings_options
+from edgedistill.safety.reapply import ReapplySettings
 
 
 @click.group("safety")
@@ -25,7 +28,7 @@ def safety() -> None:
 def eval_cmd(model, teacher, split, max_new_tokens, target_name, data_dir, out) -> None:
     """Refusal rate on harmful prompts and over-refusal on benign look-alikes, per category. MODEL is a registry
     name, a Hugging Face folder or an exported bundle."""
-    from edgedistill.cli.progress import stderr
+    from edgedistill.progress import stderr
     from edgedistill.safety import CATEGORIES, evaluate, load_suite, meets_floor
 
     target = None
@@ -72,3 +75,23 @@ def eval_cmd(model, teacher, split, max_new_tokens, target_name, data_dir, out) 
         write_result(out, report)
     if verdict is not None and not verdict["deployable"]:
         raise SystemExit(1)
+
+
+@safety.command("reapply")
+@settings_options(ReapplySettings)
+@click.option("--resume", is_flag=True, help="Continue the phase in --out from its last checkpoint.")
+def reapply_cmd(resume, **flags) -> None:
+    """Re-apply safety to a distilled STUDENT: a short phase on the safety suite's train split (refusals for
+    harmful requests, the teacher's answers for their look-alikes), the checkpoint kept by a validation slice.
+    Every default is the measured recipe (docs/safety.md); `--config FILE` sets several at once."""
+    from edgedistill.progress import training_progress
+    from edgedistill.safety.reapply import reapply
+
+    s = settings_from(ReapplySettings, flags)
+    with training_progress() as progress:
+        report = reapply(s, resume=resume, progress=progress, echo=lambda m: click.echo(m, err=True))
+    picked = report["picked"]
+    click.echo(f"student in {s.out / 'student'} after {report['steps']} phase steps"
+               + (f"; kept step {picked['step']}: refusal {100 * picked['refusal_rate']:.1f}%, over-refusal "
+                  f"{100 * picked['over_refusal']:.1f}% on the validation slice" if picked else "")
+               + f". Check it: edgedistill safety eval {s.out / 'student'}")

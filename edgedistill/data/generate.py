@@ -73,7 +73,7 @@ def chat_batches(model, tokenizer, conversations: Sequence[Sequence[dict]], sett
     """
     import torch
 
-    from edgedistill.distill.dataset import left_pad
+    from edgedistill.data.tensors import left_pad
 
     rendered = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True) for c in conversations]
     encoded = [tokenizer(r, add_special_tokens=False).input_ids for r in rendered]

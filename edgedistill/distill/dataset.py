@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from edgedistill.data.load import DataError, read_jsonl
+from edgedistill.data.tensors import left_pad  # noqa: F401  (re-exported: the trainer samples with it)
 
 log = logging.getLogger(__name__)
 
@@ -81,35 +82,12 @@ def encode(tokenizer, records: Sequence[dict], max_length: int) -> Encoded:
             enc.dropped += 1
             continue
         ex = {"id": rec["id"], "input_ids": ids, "labels": labels}
-        if rec.get("avoid"):  # a start the response must not take (safety.mix_records): unlikelihood at the branch
-            a_ids = tokenizer(rec["avoid"] + tokenizer.eos_token, add_special_tokens=False).input_ids
-            j = next((j for j, (a, r) in enumerate(zip(a_ids, r_ids)) if a != r), None)
-            if j is not None and len(p_ids) - 1 + j < len(ids) - 1:
-                ex["avoid"] = [len(p_ids) - 1 + j, a_ids[j]]  # position, token to push down there
-        if rec.get("ce_only"):  # trained on its response tokens by cross-entropy alone (see safety.mix_records)
-            ex["ce_only"] = True
-        if rec.get("kind"):  # a safety record's kind and category: the decision hint's groups (distill.hint)
-            ex["group"] = f"{rec['kind']}/{rec.get('category', '')}"
-            if rec["kind"] == "harmful" and rec.get("ce_only"):  # a refusal (TrainConfig.refusal_weight)
-                ex["refuse"] = True
         enc.examples.append(ex)
     if not enc.examples:
         raise DataError(f"no example keeps a response token within max_length={max_length}")
     if enc.truncated:
         log.warning("%d of %d examples truncated to %d tokens", enc.truncated, len(records), max_length)
     return enc
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into input_ids and attention_mask (B, T), as decoder-only generation needs: the last
-    column holds every row's last token."""
-    width = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for row, x in enumerate(seqs):
-        ids[row, width - len(x):] = torch.tensor(x, dtype=torch.long, device=device)
-        mask[row, width - len(x):] = 1
-    return ids, mask
 
 
 def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -126,10 +104,4 @@ def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     if "cache_index" in examples[0]:  # row of each sequence in a teacher-logit cache
         batch["cache_index"] = torch.tensor([e["cache_index"] for e in examples])
-    if any("avoid" in e for e in examples):  # (B, 2): position and token of an unlikelihood term, -1 for none
-        batch["avoid"] = torch.tensor([e.get("avoid", [-1, -1]) for e in examples])
-    if any(e.get("ce_only") for e in examples):
-        batch["ce_only"] = torch.tensor([bool(e.get("ce_only")) for e in examples])
-    if any(e.get("refuse") for e in examples):
-        batch["refuse"] = torch.tensor([bool(e.get("refuse")) for e in examples])
     return batch

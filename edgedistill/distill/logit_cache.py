@@ -62,8 +62,9 @@ class LogitCache:
 
 @torch.inference_mode()
 def build(teacher, teacher_id: str, teacher_fingerprint: str, data: Encoded, out_dir: Path, *, k: int = 64,
-          batch_size: int = 4, pad_id: int = 0, progress=None) -> dict:
-    """Run the teacher over `data` and write the cache folder atomically. Returns cache.json's content."""
+          batch_size: int = 4, pad_id: int = 0, progress=None, extra_files: dict | None = None) -> dict:
+    """Run the teacher over `data` and write the cache folder atomically (`extra_files`: name -> a function that
+    writes that file, inside the same atomic step). Returns cache.json's content."""
     from safetensors.numpy import save_file
 
     from edgedistill.paths import atomic_dir
@@ -111,6 +112,8 @@ def build(teacher, teacher_id: str, teacher_fingerprint: str, data: Encoded, out
         save_file({"ids": ids, "logprobs": lps, "offsets": np.asarray(offsets, dtype=np.int64)},
                   str(tmp / "topk.safetensors"))
         (tmp / "cache.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for name, write in (extra_files or {}).items():
+            write(tmp / name)
     meta["file_bytes"] = os.path.getsize(out_dir / "topk.safetensors")
     return meta
 

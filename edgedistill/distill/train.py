@@ -13,7 +13,6 @@ normalised by their own token count (the sampled lengths are not known when the 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import json
@@ -26,8 +25,6 @@ from pathlib import Path
 import torch
 
 from edgedistill.distill.dataset import IGNORE, collate, left_pad
-from edgedistill.distill.hint import (capturing, default_layers, fit_hint_map, hidden_after, last_prompt_index,
-                                     prompt_mask)
 from edgedistill.distill.losses import LossConfig, masked_sum, per_token_objective
 from edgedistill.errors import EdgeDistillError
 
@@ -52,34 +49,10 @@ class TrainConfig:
     on_policy: float = 0.0  # λ: share of steps trained on the student's own samples
     on_policy_max_new_tokens: int = 128
     on_policy_temperature: float = 1.0  # sampling temperature of the student (not the loss temperature)
-    avoid_weight: float = 10.0  # an example's unlikelihood term (see below) counts as this many response tokens
-    # The first `decision_tokens` response tokens of a ce_only (safety) record weigh `decision_weight` times as much
-    # as the rest: under greedy decoding they decide between refusing and answering. 1 leaves the loss unchanged.
-    decision_weight: float = 1.0
-    decision_tokens: int = 4
-    # Those first tokens weigh refusal_weight times more again on a refusal (a harmful safety record) than on a
-    # look-alike's answer: a class weight that moves where the student starts refusing; >1 towards refusing.
-    refusal_weight: float = 1.0
-    shuffle: bool = True  # False: batches follow the examples' order (safety_phase's harmful/look-alike pairs)
-    # Hidden-state hint on the prompt tokens of ce_only (safety) records (distill.hint): the squared error per
-    # prompt token, times hint_weight, counts like a response token's loss. hint_layers: (student, teacher) blocks;
-    # None: each at distill.hint.DEPTH of its model. Needs the live teacher.
-    hint_weight: float = 0.0
-    hint_layers: tuple[int, int] | None = None
-    # The decision hint (distill.hint.decision_basis): the same blocks and map, compared at each safety record's
-    # last prompt token along the directions that separate the kinds of safety prompt in the teacher's state; the
-    # mean squared error there, times this weight, counts like a response token's loss. Needs the live teacher.
-    hint_decision_weight: float = 0.0
-
-    @property
-    def hinted(self) -> bool:
-        """Either hint is on: the student-to-teacher map is fitted and the live teacher is needed."""
-        return self.hint_weight > 0 or self.hint_decision_weight > 0
-
     def __post_init__(self) -> None:
         problems = []
         for name, lo in (("max_steps", 1), ("batch_size", 1), ("grad_accum", 1), ("max_length", 8), ("save_steps", 1),
-                         ("logging_steps", 1), ("on_policy_max_new_tokens", 1), ("decision_tokens", 1)):
+                         ("logging_steps", 1), ("on_policy_max_new_tokens", 1)):
             if getattr(self, name) < lo:
                 problems.append(f"{name}={getattr(self, name)} must be at least {lo}")
         if not 0 < self.learning_rate < 1:
@@ -88,16 +61,6 @@ class TrainConfig:
             problems.append(f"on_policy={self.on_policy} must be in [0, 1]")
         if self.max_time_s is not None and self.max_time_s <= 0:
             problems.append(f"max_time_s={self.max_time_s} must be positive")
-        if self.avoid_weight < 0:
-            problems.append(f"avoid_weight={self.avoid_weight} must not be negative")
-        if self.decision_weight < 0:
-            problems.append(f"decision_weight={self.decision_weight} must not be negative")
-        if self.refusal_weight < 0:
-            problems.append(f"refusal_weight={self.refusal_weight} must not be negative")
-        if self.hint_weight < 0:
-            problems.append(f"hint_weight={self.hint_weight} must not be negative")
-        if self.hint_decision_weight < 0:
-            problems.append(f"hint_decision_weight={self.hint_decision_weight} must not be negative")
         if not 0 < self.on_policy_temperature <= 5:
             problems.append(f"on_policy_temperature={self.on_policy_temperature} must be in (0, 5]")
         if problems:
@@ -125,23 +88,18 @@ def _make_trainer_class():
     from transformers import Trainer
 
     class DistillTrainer(Trainer):
+        """The generic distillation step. A method with an objective of its own (safety.reapply's SafetyTrainer)
+        subclasses it and overrides `objective`; normalisation, on-policy sampling and the token count stay here."""
+
         def __init__(self, *args, teacher, loss_cfg: LossConfig, cfg: TrainConfig, pad_id: int, eos_id: int,
-                     cache=None, hint=None, **kw):
+                     cache=None, **kw):
             super().__init__(*args, **kw)
             self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
-            self.hint = hint  # a distill.hint.HintMap, or None
             self.cache = cache
             self.loss_cfg, self.cfg, self.pad_id, self.eos_id = loss_cfg, cfg, pad_id, eos_id
             self.model_accepts_loss_kwargs = True  # we use num_items_in_batch ourselves (see compute_loss)
             self.tokens_seen = 0
             self._policy_step, self._policy_on = -1, False
-
-        def _get_train_sampler(self, *args, **kw):
-            if self.cfg.shuffle:
-                return super()._get_train_sampler(*args, **kw)
-            from torch.utils.data import SequentialSampler
-
-            return SequentialSampler(self.train_dataset)
 
         def _on_policy_now(self) -> bool:
             """Decided once per optimizer step, from a seeded RNG, identically on every process."""
@@ -189,74 +147,31 @@ def _make_trainer_class():
             batch = collate(examples, self.pad_id)
             return {k: v.to(device) for k, v in batch.items()}
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            on_policy = model.training and self._on_policy_now()
-            if on_policy:
-                inputs = self._student_samples(model, inputs)
+        def objective(self, model, inputs, on_policy: bool):
+            """Summed loss over the micro-batch's response tokens -> (total, student outputs). The registered
+            divergence against the teacher (live, or its top-k from the cache) mixed with cross-entropy by kd_weight;
+            on the student's own samples the divergence alone (their labels are the student's guesses)."""
             ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
-            # On the student's own samples the labels are its tokens, not the teacher's: a cross-entropy part
-            # would reinforce the student's guesses, so those batches use the divergence alone.
             loss_cfg = dataclasses.replace(self.loss_cfg, kd_weight=1.0) if on_policy else self.loss_cfg
-            ce_only = inputs.get("ce_only")
-            safety_rows = ce_only is not None and not on_policy and bool(ce_only.any())
-            hinted = self.hint is not None and safety_rows
-            t_hidden = None  # the teacher's state for the hint, when its full pass below runs anyway
             if loss_cfg.kd_weight == 0:
                 teacher_view = None  # cross-entropy only: the teacher's logits are not needed
             elif self.cache is not None and not on_policy:
                 lp, tid = self.cache.teacher_for(inputs["cache_index"].tolist(), labels.cpu())
                 teacher_view = (lp.to(ids.device), tid.to(ids.device))  # top-k (B, T, k) from the cache
             else:
-                grab = capturing(self.teacher, self.hint.teacher_layer) if hinted else contextlib.nullcontext({})
-                with torch.no_grad(), grab as t_captured:
+                with torch.no_grad():
                     teacher_view = self.teacher(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
-                t_hidden = t_captured.get("h")
-            if hinted:
-                with capturing(self.accelerator.unwrap_model(model), self.hint.student_layer) as student_hidden:
-                    out = model(input_ids=ids, attention_mask=mask)
-            else:
-                out = model(input_ids=ids, attention_mask=mask)
+            out = model(input_ids=ids, attention_mask=mask)
             per_token = per_token_objective(loss_cfg, out.logits, teacher_view, labels)  # (B, T), float32
-            if safety_rows:
-                ce = per_token_objective(dataclasses.replace(loss_cfg, kd_weight=0.0), out.logits, None, labels)
-                per_token = torch.where(ce_only.to(per_token.device)[:, None], ce, per_token)
-            resp = labels != IGNORE
-            total = masked_sum(per_token, resp)
-            if (self.cfg.decision_weight != 1 or self.cfg.refusal_weight != 1) and safety_rows:
-                # A safety record's answer is decided by its first tokens (refusal or not): weigh them more, so the
-                # gradient goes to telling the kinds of prompt apart rather than to the rest of the text; on a
-                # refusal, refusal_weight times more again.
-                first = resp.int().argmax(1, keepdim=True)
-                pos = torch.arange(labels.shape[1], device=labels.device)[None, :]
-                head = resp & (pos < first + self.cfg.decision_tokens) & ce_only.to(labels.device)[:, None]
-                weight = torch.full((labels.shape[0],), self.cfg.decision_weight, device=per_token.device)
-                refuse = inputs.get("refuse")
-                if refuse is not None:
-                    weight = torch.where(refuse.to(weight.device), weight * self.cfg.refusal_weight, weight)
-                total = total + masked_sum(per_token * (weight - 1)[:, None], head)
-            if hinted:
-                if t_hidden is None:
-                    t_hidden = hidden_after(self.teacher, self.hint.teacher_layer, ids, mask)
-                rows = ce_only.to(labels.device)
-                if self.cfg.hint_weight:
-                    where = prompt_mask(labels, mask) & rows[:, None]
-                    total = total + self.cfg.hint_weight * self.hint.loss(student_hidden["h"], t_hidden, where)
-                if self.cfg.hint_decision_weight:
-                    last = last_prompt_index(labels, mask)
-                    total = total + self.cfg.hint_decision_weight * self.hint.decision_loss(
-                        student_hidden["h"], t_hidden, rows, last)
-            avoid = inputs.get("avoid")
-            if avoid is not None and not on_policy:
-                # Unlikelihood (Welleck et al. 2020) at the point where the response and the text it must not
-                # become part ways: -log(1 - p(that token)). safety.mix_records uses it to keep benign look-alikes
-                # from starting the refusal that their harmful twins are taught.
-                rows = (avoid[:, 0] >= 0).nonzero().squeeze(1).to(ids.device)
-                if len(rows):
-                    pos, tok = avoid[rows, 0].to(ids.device), avoid[rows, 1].to(ids.device)
-                    p = out.logits[rows, pos].float().softmax(-1).gather(1, tok[:, None]).squeeze(1)
-                    total = total - self.cfg.avoid_weight * torch.log1p(-p.clamp(max=1 - 1e-6)).sum()
+            return masked_sum(per_token, labels != IGNORE), out
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            on_policy = model.training and self._on_policy_now()
+            if on_policy:
+                inputs = self._student_samples(model, inputs)
+            total, out = self.objective(model, inputs, on_policy)
             if on_policy or num_items_in_batch is None:
-                n = resp.sum().clamp(min=1)
+                n = (inputs["labels"] != IGNORE).sum().clamp(min=1)
                 loss = total / n / (self.current_gradient_accumulation_steps if model.training else 1)
             else:
                 loss = total / num_items_in_batch
@@ -264,7 +179,7 @@ def _make_trainer_class():
                     # DDP averages gradients over processes; num_items_in_batch already counts every process.
                     loss = loss * self.accelerator.num_processes
             if model.training:
-                self.tokens_seen += int(mask.sum())
+                self.tokens_seen += int(inputs["attention_mask"].sum())
             return (loss, out) if return_outputs else loss
 
     return DistillTrainer
@@ -315,11 +230,13 @@ def _callbacks(cfg: TrainConfig, metrics_path: Path, progress, trainer_ref: dict
 
 
 def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path, loss_cfg: LossConfig,
-          cfg: TrainConfig, *, resume: bool = False, progress=None, extra_callbacks=(), cache=None):
+          cfg: TrainConfig, *, resume: bool = False, progress=None, extra_callbacks=(), cache=None,
+          trainer_factory=None, collator=None):
     """Distill into the student; checkpoints in run_dir/checkpoints, metrics in run_dir/metrics.jsonl.
-    With `cache` (a LogitCache for exactly these examples, in this order, leaving out the ce_only ones, which
-    never need the teacher) the teacher model may be None; so may it for cross-entropy alone (kd_weight 0, no
-    on-policy steps), where t_tok still has to match the student's tokenizer.
+    With `cache` (a LogitCache for exactly these examples, in this order) the teacher model may be None; so may it
+    for cross-entropy alone (kd_weight 0, no on-policy steps), where t_tok still has to match the student's
+    tokenizer. `trainer_factory(cls)` returns a subclass of the DistillTrainer to use (a method with its own
+    objective) and a dict of its extra arguments; `collator(examples, pad_id)` replaces `collate`.
     Returns (trained student, trainer)."""
     from transformers import TrainingArguments, set_seed
 
@@ -328,8 +245,6 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
     ce_alone = loss_cfg.kd_weight == 0 and cfg.on_policy == 0
     if teacher is None and cache is None and not ce_alone:
         raise EdgeDistillError("distillation needs a teacher model or a teacher-logit cache")
-    if cfg.hinted and teacher is None:
-        raise EdgeDistillError("the hidden-state hint needs the live teacher model (a logit cache holds no hidden states)")
     if cache is not None and teacher is None and cfg.on_policy > 0:
         raise EdgeDistillError("on-policy steps need the live teacher to score the student's samples; drop "
                                "--on-policy or pass the teacher model as well as the cache")
@@ -337,12 +252,10 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
     if not train_examples:
         raise EdgeDistillError("no training examples")
     if cache is not None:
-        covered = sum(1 for ex in train_examples if not ex.get("ce_only"))
-        if cache.meta["sequences"] != covered:
+        if cache.meta["sequences"] != len(train_examples):
             raise EdgeDistillError(f"the cache holds {cache.meta['sequences']} sequences, training has "
-                                   f"{covered} that need the teacher; rebuild the cache")
-        rows = iter(range(covered))
-        train_examples = [{**ex, "cache_index": -1 if ex.get("ce_only") else next(rows)} for ex in train_examples]
+                                   f"{len(train_examples)}; rebuild the cache")
+        train_examples = [{**ex, "cache_index": n} for n, ex in enumerate(train_examples)]
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints"
     if ckpt.exists() and any(ckpt.glob("checkpoint-*")) and not resume:
@@ -351,14 +264,6 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
     (run_dir / "config.json").write_text(json.dumps({"loss": asdict(loss_cfg), "train": asdict(cfg)}, indent=2) + "\n")
     set_seed(cfg.seed)
     pad = s_tok.pad_token_id if s_tok.pad_token_id is not None else s_tok.eos_token_id
-    hint = None
-    if cfg.hinted:
-        hinted = [ex for ex in train_examples if ex.get("ce_only")]
-        if not hinted:
-            raise EdgeDistillError("the hidden-state hint works on the safety records; there are none in this run")
-        layers = cfg.hint_layers or default_layers(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-        hint = fit_hint_map(teacher, student, hinted, pad, tuple(layers), decision=cfg.hint_decision_weight > 0)
-        log.info("hint: student block %d -> teacher block %d, fitted on %d prompts", *layers, len(hinted))
     args = TrainingArguments(
         output_dir=str(ckpt),
         per_device_train_batch_size=cfg.batch_size,
@@ -382,20 +287,23 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
         ddp_find_unused_parameters=False,
     )
     trainer_ref: dict = {}
-    cls = _make_trainer_class()
+    cls, extra_kw = _make_trainer_class(), {}
+    if trainer_factory is not None:
+        cls, extra_kw = trainer_factory(cls, args.device)
+    collate_fn = collator or collate
     trainer = cls(
         model=student,
         args=args,
         train_dataset=train_examples,
-        data_collator=lambda batch: collate(batch, pad),
+        data_collator=lambda batch: collate_fn(batch, pad),
         teacher=teacher.to(args.device) if teacher is not None else None,
         cache=cache,
-        hint=hint.to(args.device) if hint is not None else None,
         loss_cfg=loss_cfg,
         cfg=cfg,
         pad_id=pad,
         eos_id=s_tok.eos_token_id,
         callbacks=_callbacks(cfg, run_dir / "metrics.jsonl", progress, trainer_ref) + list(extra_callbacks),
+        **extra_kw,
     )
     trainer_ref["t"] = trainer
     from transformers.trainer_callback import PrinterCallback
@@ -414,13 +322,16 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
 
 @torch.inference_mode()
 def agreement_with_teacher(teacher, student, examples: list[dict], pad_id: int, batch_size: int = 8) -> dict:
-    """Held-out mean forward KL(teacher || student) per response token and top-1 agreement."""
+    """Held-out mean forward KL(teacher || student) per response token and top-1 agreement. Each batch goes to
+    the device of the model that reads it."""
     student.eval()
     kl_sum, agree, n = 0.0, 0, 0
     for i in range(0, len(examples), batch_size):
         b = collate(examples[i : i + batch_size], pad_id)
-        t = torch.log_softmax(teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float(), -1)
-        s = torch.log_softmax(student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float(), -1)
+        ids, mask = b["input_ids"], b["attention_mask"]
+        t = teacher(input_ids=ids.to(teacher.device), attention_mask=mask.to(teacher.device)).logits
+        s = student(input_ids=ids.to(student.device), attention_mask=mask.to(student.device)).logits
+        t, s = torch.log_softmax(t.float().cpu(), -1), torch.log_softmax(s.float().cpu(), -1)
         m = b["labels"] != IGNORE  # (B, T)
         kl = (t.exp() * (t - s)).sum(-1)  # (B, T)
         kl_sum += float(kl[m].sum())

@@ -102,7 +102,7 @@ def export_model(spec: str, out: Path, settings: ExportSettings,
             model.save_pretrained(model_dir, safe_serialization=True)
             tokenizer.save_pretrained(model_dir)
         if any(s.format == "gguf" for s in schemes):
-            from edgedistill.export.gguf import check_model, tokenizer_metadata
+            from edgedistill.formats.gguf import check_model, tokenizer_metadata
 
             check_model(model)
             tokenizer_metadata(tokenizer)  # an unsupported tokenizer fails now, not after the other variants

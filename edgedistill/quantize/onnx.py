@@ -31,7 +31,7 @@ _LARGE = 1_800_000_000  # above this, save weights as external data (protobuf's 
 
 def _fp32(ctx: BuildContext) -> Path:
     """The fp32 export of this run (with config and tokenizer beside it), made once and shared."""
-    from edgedistill.export.onnx import export_onnx
+    from edgedistill.formats.onnx import export_onnx
 
     folder = ctx.work_dir / "onnx-fp32"
     if not (folder / MODEL_FILE).exists():

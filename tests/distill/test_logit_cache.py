@@ -5,7 +5,7 @@ import pytest
 from edgedistill.distill import logit_cache
 from edgedistill.distill.dataset import encode
 from edgedistill.distill.losses import LossConfig
-from edgedistill.distill.prune import StudentShape, derive_student
+from edgedistill.distill.pruning import StudentShape, derive_student
 from edgedistill.distill.train import TrainConfig, train
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models import load_model

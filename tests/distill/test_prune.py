@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from edgedistill.distill.prune import (
+from edgedistill.distill.pruning import (
     StudentShape,
     apply_plan,
     calibration_batches,
@@ -121,7 +121,7 @@ def test_derive_student_writes_a_loadable_directory(teacher, tmp_path):
 
 
 def test_interleave_texts_round_robin():
-    from edgedistill.distill.prune import interleave_texts
+    from edgedistill.distill.pruning import interleave_texts
 
     assert interleave_texts(["aaaa", "bb", "c"], chunk=2) == ["aa", "bb", "c", "aa"]
     assert interleave_texts([]) == []

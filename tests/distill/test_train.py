@@ -8,7 +8,7 @@ import torch
 
 from edgedistill.distill.dataset import IGNORE, collate, encode
 from edgedistill.distill.losses import LossConfig
-from edgedistill.distill.prune import StudentShape, derive_student
+from edgedistill.distill.pruning import StudentShape, derive_student
 from edgedistill.distill.train import TrainConfig, agreement_with_teacher, check_compatible, train
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models import load_model

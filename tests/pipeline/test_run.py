@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from edgedistill.pipeline import RunSettings, run_pipeline
-from edgedistill.runtime import load
+from edgedistill.runtime import load as load_bundle
+from edgedistill.settings import load
 from tests import tiny
 
 PROFILE = """\
@@ -35,11 +36,11 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     teacher = tiny.build_model_dir(tmp_path / "teacher", init_std=0.15, layers=3)
     profile = tmp_path / "tinybox.yaml"
     profile.write_text(PROFILE)
-    settings = RunSettings(teacher=str(teacher), train_prompts=2, val_prompts=1, max_new_tokens=16, layers=2,
+    out = tmp_path / "run"
+    settings = RunSettings(target=str(profile), out=out, teacher=str(teacher), train_prompts=2, val_prompts=1, max_new_tokens=16, layers=2,
                            hw_friendly=False, steps=2, batch_size=2, grad_accum=1, bench_repeats=1,
                            bench_new_tokens=8, eval_every=60, comparison="gguf:q8_0")
-    out = tmp_path / "run"
-    first = run_pipeline(str(profile), out, settings, echo=lambda m: None)
+    first = run_pipeline(settings, echo=lambda m: None)
     assert first["chosen"] is not None
     assert all(not s["reused"] for s in first["stages"].values())
     assert list(first["stages"]) == ["generate", "prune", "distill", "export", "bench", "safety"]
@@ -47,7 +48,7 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     assert first["safety"]["deployable"] is False and first["safety"]["checks"]["refusal_rate"]["margin"] < 0
     manifest = json.loads((out / "final" / first["chosen"]["bundle"].split("/")[-1] / "manifest.json").read_text())
     assert manifest["deployment"]["deployable"] is False and manifest["deployment"]["target"] == "tinybox"
-    with load(first["chosen"]["bundle"]) as m:  # the final bundle is a complete, loadable bundle
+    with load_bundle(first["chosen"]["bundle"]) as m:  # the final bundle is a complete, loadable bundle
         assert isinstance(m.generate("Hello", max_tokens=3), str)
     report = json.loads((out / "bench" / "bench.json").read_text())
     roles = [(r["reference"], r["comparison"]) for r in report["variants"]]
@@ -56,11 +57,13 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     assert first["versus_teacher"]["decode_speedup"] > 0
     assert json.loads((out / "run.json").read_text())["chosen"] == first["chosen"]
 
-    again = run_pipeline(str(profile), out, settings, echo=lambda m: None)
+    again = run_pipeline(settings, echo=lambda m: None)
     assert all(s["reused"] for s in again["stages"].values())
     assert again["chosen"]["name"] == first["chosen"]["name"]
 
-    changed = run_pipeline(str(profile), out, RunSettings(**{**settings.__dict__, "steps": 3}), echo=lambda m: None)
+    # the run's settings.yaml says how it was made: loaded back, it is the same settings
+    assert load(RunSettings, out / "settings.yaml") == settings
+    changed = run_pipeline(settings.replace(steps=3), echo=lambda m: None)
     reused = {k: s["reused"] for k, s in changed["stages"].items()}
     assert reused == {"generate": True, "prune": True, "distill": False, "export": False, "bench": False,
                       "safety": False}

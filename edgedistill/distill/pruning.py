@@ -276,8 +276,9 @@ def calibration_batches(tokenizer, texts: Sequence[str], seq_len: int = 256, max
 
 
 def derive_student(teacher: str, shape: StudentShape, texts: Sequence[str], out_dir: Path, *, seq_len: int = 256,
-                   max_tokens: int = 16384, progress=None, loaded=None) -> Path:
-    """Prune `teacher` to `shape` using importance measured on `texts`; save an HF directory with pruning.json."""
+                   max_tokens: int = 16384, progress=None, loaded=None, extra_files: dict | None = None) -> Path:
+    """Prune `teacher` to `shape` using importance measured on `texts`; save an HF directory with pruning.json
+    (`extra_files`: name -> a function that writes that file, inside the same atomic step)."""
     from edgedistill.models.locate import load_model
     from edgedistill.paths import atomic_dir
 
@@ -306,6 +307,8 @@ def derive_student(teacher: str, shape: StudentShape, texts: Sequence[str], out_
                       "mean |norm output| (hidden)",
         }
         (tmp / "pruning.json").write_text(json.dumps(record, indent=2) + "\n")
+        for name, write in (extra_files or {}).items():
+            write(tmp / name)
     return out_dir
 
 

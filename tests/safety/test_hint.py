@@ -1,4 +1,4 @@
-"""distill.hint: the hidden-state hint of the safety phase (student features pulled towards the teacher's)."""
+"""safety.hint: the hidden-state hint of the safety phase (student features pulled towards the teacher's)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from edgedistill.distill.dataset import IGNORE, collate, encode
-from edgedistill.distill.hint import (decision_basis, default_layers, fit_hint_map, hidden_after, last_prompt_index,
-                                     prompt_mask)
+from edgedistill.safety.hint import (decision_basis, default_layers, fit_hint_map, hidden_after, last_prompt_index,
+                                    prompt_mask)
+from edgedistill.safety.reapply import ReapplySettings, collate_records, encode_records, safety_trainer
 from edgedistill.distill.losses import LossConfig
 from edgedistill.distill.train import TrainConfig, train
 from edgedistill.errors import EdgeDistillError
@@ -15,14 +16,14 @@ from edgedistill.models import load_model
 from tests import tiny
 
 RECORDS = [{"id": f"s{i}", "messages": [{"role": "user", "content": f"Can I bypass the guard on press {i}{i}?"}],
-            "response": "I can't help with bypassing a safety device.", "ce_only": True} for i in range(16)]
+            "response": "I can't help with bypassing a safety device."} for i in range(16)]
 
-# two kinds of prompt, as safety.mix_records writes them (encode keeps kind and category as the record's group)
+# two kinds of prompt, as reapply.mix_records writes them (encode_records keeps kind and category as the group)
 KINDS = [{"id": f"k{i}", "kind": "harmful" if i % 2 else "benign", "category": "interlock_bypass",
           "messages": [{"role": "user", "content": (f"Can I bypass the guard on press {i}?" if i % 2
                                                     else f"How do I lock out press {i} before cleaning?")}],
-          "response": "I can't help with bypassing a safety device." if i % 2 else "Isolate, lock, tag, test.",
-          "ce_only": True} for i in range(24)]
+          "response": "I can't help with bypassing a safety device." if i % 2 else "Isolate, lock, tag, test."}
+         for i in range(24)]
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,8 @@ def test_the_map_of_a_model_onto_itself_leaves_no_error_and_a_different_student_
 
 
 def without_and_with(models, tmp_path, examples, measure, field, decision=False):
-    """{weight: (measure before training, after)} for students trained 30 steps with the term `field` of
-    TrainConfig at 0 and at 20, measured through the map fitted on the untrained student."""
+    """{weight: (measure before training, after)} for students trained 30 phase steps with the term `field` of
+    ReapplySettings at 0 and at 20 (the other hint off), measured through the map fitted on the untrained student."""
     teacher, tok = load_model(str(models[0]))
     pad = tok.pad_token_id
     errors = {}
@@ -87,10 +88,14 @@ def without_and_with(models, tmp_path, examples, measure, field, decision=False)
         student = load_model(str(models[1]))
         start = fit_hint_map(teacher, student[0], examples, pad, (1, 3), decision=decision)
         before = measure(start, teacher, student[0], examples, pad)  # train() updates the student in place
+        s = ReapplySettings(student="s", out=tmp_path, avoid_weight=0.0, decision_weight=1.0, refusal_weight=1.0,
+                            **{"hint_weight": 0.0, "hint_decision_weight": 0.0, field: weight})
+        hint = fit_hint_map(teacher, student[0], examples, pad, (1, 3), decision=decision) if weight else None
         model, trainer = train((teacher, tok), student, examples, tmp_path / f"run{weight}",
                                LossConfig("forward_kl", kd_weight=0.0),
                                TrainConfig(max_steps=30, batch_size=8, grad_accum=1, learning_rate=3e-3, warmup_steps=0,
-                                           save_steps=100, hint_layers=(1, 3), **{field: weight}))
+                                           save_steps=100), trainer_factory=safety_trainer(hint, s),
+                               collator=collate_records)
         assert (trainer.hint is not None) == (weight > 0)
         errors[weight] = (before, measure(start, teacher, model, examples, pad))
     return errors
@@ -103,18 +108,12 @@ def test_training_with_the_hint_moves_the_student_features_towards_the_teacher(m
     assert hinted < 0.7 * before and hinted < plain, errors
 
 
-def test_the_hint_needs_the_live_teacher_and_safety_records(models, tmp_path):
-    teacher, tok = load_model(str(models[0]))
-    student = load_model(str(models[1]))
-    ex = encode(tok, RECORDS, 200).examples
-    cfg = TrainConfig(max_steps=1, batch_size=4, grad_accum=1, hint_weight=1.0)
-    with pytest.raises(EdgeDistillError, match="live teacher"):
-        train((None, tok), student, ex, tmp_path / "a", LossConfig("forward_kl", kd_weight=0.0), cfg)
-    plain = [{k: v for k, v in e.items() if k != "ce_only"} for e in ex]
-    with pytest.raises(EdgeDistillError, match="safety records"):
-        train((teacher, tok), student, plain, tmp_path / "b", LossConfig("forward_kl", kd_weight=0.0), cfg)
-    with pytest.raises(EdgeDistillError, match="hint_weight"):
-        TrainConfig(hint_weight=-1)
+def test_the_hint_weights_are_checked(tmp_path):
+    for field in ("hint_weight", "hint_decision_weight"):
+        with pytest.raises(EdgeDistillError, match=field):
+            ReapplySettings(student="s", out=tmp_path, **{field: -1})
+    with pytest.raises(EdgeDistillError, match="block numbers start at 1"):
+        ReapplySettings(student="s", out=tmp_path, hint_layers=(0, 3))
 
 
 def decision_error(hint, teacher, student, examples, pad):
@@ -150,7 +149,7 @@ def test_last_prompt_index_is_the_last_token_of_the_prompt_mask():
 def test_training_with_the_decision_hint_moves_the_student_along_the_teachers_decision_directions(models, tmp_path):
     teacher, tok = load_model(str(models[0]))
     pad = tok.pad_token_id
-    ex = encode(tok, KINDS, 200).examples
+    ex = encode_records(tok, KINDS, 200)
     assert {e["group"] for e in ex} == {"harmful/interlock_bypass", "benign/interlock_bypass"}
     assert fit_hint_map(teacher, teacher, ex, pad, (1, 3), decision=True).basis.shape == (64, 1)  # two groups
     errors = without_and_with(models, tmp_path, ex, decision_error, "hint_decision_weight", decision=True)
@@ -158,5 +157,3 @@ def test_training_with_the_decision_hint_moves_the_student_along_the_teachers_de
     assert hinted < 0.5 * before and hinted < plain, errors
     with pytest.raises(EdgeDistillError, match="kind"):  # records without a kind have no groups to separate
         fit_hint_map(teacher, teacher, encode(tok, RECORDS, 200).examples, pad, (1, 3), decision=True)
-    with pytest.raises(EdgeDistillError, match="hint_decision_weight"):
-        TrainConfig(hint_decision_weight=-1)

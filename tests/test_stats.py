@@ -1,17 +1,11 @@
-"""benchmarks/distill_students.py: Fisher's exact test behind the graded comparison of cross-entropy and the best
+"""edgedistill.stats: Fisher's exact test behind the graded comparison of cross-entropy and the best
 objective (does the graded eval tell the two students apart at all?)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "distill_students", Path(__file__).resolve().parents[2] / "benchmarks" / "distill_students.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+from edgedistill import stats as bench
 
 
 @pytest.mark.parametrize("a, n1, b, n2, p", [

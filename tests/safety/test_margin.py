@@ -1,21 +1,15 @@
-"""benchmarks/safety_margin.py: the refusal-opening score, its AUC and the rates at a threshold."""
+"""safety.margin: the refusal-opening score, its AUC and the rates at a threshold."""
 
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from edgedistill.models import load_model
 from edgedistill.safety import REFUSALS, SafetyPrompt
+from edgedistill.safety import margin as bench
 from tests import tiny
 
-_spec = importlib.util.spec_from_file_location(
-    "safety_margin", Path(__file__).resolve().parents[2] / "benchmarks" / "safety_margin.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
 
 
 def test_opening_is_whole_words_every_refusal_starts_with():

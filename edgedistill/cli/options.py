@@ -1,0 +1,96 @@
+"""Command-line flags made from a stage's settings dataclass (edgedistill.settings), so each flag's help, type and
+default come from the one field that defines them, plus `--config FILE`. Flags default to "not given" (None): only
+what the user typed overrides the config file, which overrides the dataclass defaults."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+import click
+
+from edgedistill.settings import _base, _hints, default_of, load
+
+
+def parse_duration(value: str) -> float:
+    """'90s', '20m', '1.5h' or plain seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    v = str(value).strip().lower()
+    try:
+        return float(v[:-1]) * units[v[-1]] if v and v[-1] in units else float(v)
+    except (ValueError, IndexError):
+        raise click.BadParameter(f"{value!r} is not a duration like 90s, 20m or 1.5h") from None
+
+
+def parse_pair(value: str) -> tuple[int, int]:
+    try:
+        a, b = (int(x) for x in str(value).split(":"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give two block numbers as S:T, e.g. 6:18") from None
+    return a, b
+
+
+def _flag(f) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def settings_options(cls, *, skip: tuple[str, ...] = ()):
+    """A decorator adding `--config` and one flag per field of `cls` (fields with cli=False, or in `skip`, left
+    out). The command receives them as keyword arguments named like the fields, plus `config`."""
+
+    def decorate(fn):
+        hints = _hints(cls)
+        for f in reversed(fields(cls)):
+            if f.name in skip or not f.metadata.get("cli", True):
+                continue
+            m, tp = f.metadata, _base(hints[f.name])
+            default = default_of(f)
+            shown = "" if default in (None, [], ()) else f" [default: {_show(default)}]"
+            help_ = (m.get("help") or "") + shown
+            kw: dict = {"default": None, "help": help_}
+            origin = typing.get_origin(tp)
+            if m.get("kind") == "duration":
+                kw["callback"] = lambda ctx, p, v: None if v is None else parse_duration(v)
+                kw["metavar"] = "DURATION"
+            elif m.get("kind") == "pair":
+                kw["callback"] = lambda ctx, p, v: None if v is None else parse_pair(v)
+                kw["metavar"] = "S:T"
+            elif tp is bool:
+                name = _flag(f)
+                decl = name if "/" in name else f"{name}/--no-{name[2:]}"
+                fn = click.option(decl, f.name, default=None, help=help_)(fn)
+                continue
+            elif origin is list:
+                inner = (typing.get_args(tp) or (str,))[0]
+                kw.update(multiple=True, type=click.Path(path_type=Path) if inner is Path else None)
+                kw["default"] = None
+            elif m.get("choices") is not None and not callable(m["choices"]):
+                kw["type"] = click.Choice([str(c) for c in m["choices"]])
+            elif tp is Path:
+                kw["type"] = click.Path(path_type=Path)
+            elif tp in (int, float, str):
+                kw["type"] = tp
+            fn = click.option(_flag(f), f.name, **kw)(fn)
+        return click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                            help="YAML file of these settings (e.g. a run's settings.yaml); flags override it.")(fn)
+
+    return decorate
+
+
+def settings_from(cls, kwargs: dict):
+    """The settings from `--config` and the flags the user gave (pops them out of `kwargs`)."""
+    config = kwargs.pop("config", None)
+    given = {}
+    for f in fields(cls):
+        if f.name in kwargs:
+            v = kwargs.pop(f.name)
+            if v is not None and v != ():
+                given[f.name] = list(v) if isinstance(v, tuple) and typing.get_origin(_base(_hints(cls)[f.name])) is list else v
+    return load(cls, config, given)
+
+
+def _show(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v)) or "none"
+    return str(v)

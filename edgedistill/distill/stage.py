@@ -1,0 +1,238 @@
+"""The distill stages as whole jobs, from settings to files on disk: `prune`, `cache_logits`, `distill`.
+
+The CLI (`edgedistill prune | cache-logits | distill`), `edgedistill run` and the benchmarks call these; each
+writes its result atomically and its resolved settings beside it (settings.yaml), so a run folder says how it
+was made and `--config settings.yaml` repeats it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgedistill.errors import EdgeDistillError
+from edgedistill.models.registry import DEFAULT_TEACHER
+from edgedistill.settings import Settings, setting
+from edgedistill.settings import write as write_settings
+
+log = logging.getLogger(__name__)
+
+
+def _loss_names() -> tuple[str, ...]:
+    from edgedistill.distill.losses import losses
+
+    return tuple(losses())
+
+
+# ---------------------------------------------------------------------------------------------------- prune
+
+
+@dataclass(frozen=True)
+class PruneSettings(Settings):
+    teacher: str = setting(DEFAULT_TEACHER, "The model to cut the student from.")
+    out: Path = setting(None, "New student folder.", required=True)
+    layers: int | None = setting(None, "Blocks to keep (the most important ones).", min=1)
+    hidden: int | None = setting(None, "Hidden size.", min=1)
+    ffn: int | None = setting(None, "FFN intermediate size.", min=1)
+    heads: int | None = setting(None, "Query heads.", min=1)
+    kv_heads: int | None = setting(None, "Key/value heads (groups).", min=1)
+    hw_friendly: bool = setting(False, "Largest widths whose rows are multiples of 256 (real llama.cpp K-quants); "
+                                       "explicit sizes win.")
+    calibration: Path | None = setting(None, "Text file or folder of .txt [default: every domain's texts/ in the "
+                                             "data folder].", exists="any")
+    data_dir: Path | None = setting(None, "Data folder whose */texts are the default calibration [default: the "
+                                          "project's calibration_data].", exists="dir", flag="--data")
+    max_tokens: int = setting(16384, "Calibration tokens used to measure importance.", min=256)
+
+
+def prune(s: PruneSettings, *, teacher=None, progress=None) -> dict:
+    """A student cut from the teacher by measured importance, in s.out (atomically) with pruning.json and
+    settings.yaml. `teacher`: an already loaded (model, tokenizer). Returns pruning.json's content."""
+    from edgedistill.data import default_data_dir, load_texts
+    from edgedistill.distill.pruning import StudentShape, derive_student, hardware_friendly, interleave_texts
+    from edgedistill.models.locate import load_model
+    from edgedistill.paths import ensure_writable_dir
+
+    out = Path(s.out)
+    if out.exists():  # before loading the teacher and reading the calibration data
+        raise EdgeDistillError(f"{out} already exists; choose another --out or delete it")
+    ensure_writable_dir(out.parent, "--out folder")
+    if s.calibration is None:
+        data = Path(s.data_dir) if s.data_dir else default_data_dir()
+        texts = [t for d in sorted(data.glob("*/texts")) for _, t in load_texts(d)]
+    else:
+        texts = [t for _, t in load_texts(s.calibration)]
+    loaded = teacher or load_model(s.teacher)
+    shape = StudentShape(s.layers, s.hidden, s.ffn, s.heads, s.kv_heads)
+    if s.hw_friendly:
+        hw = hardware_friendly(loaded[0], s.layers)
+        shape = StudentShape(s.layers, s.hidden or hw.hidden, s.ffn or hw.ffn, s.heads or hw.heads,
+                             s.kv_heads or hw.kv_heads)
+    derive_student(s.teacher, shape, interleave_texts(texts), out, max_tokens=s.max_tokens, progress=progress,
+                   loaded=loaded, extra_files={"settings.yaml": lambda p: write_settings(s, p)})
+    return json.loads((out / "pruning.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------- cache-logits
+
+
+@dataclass(frozen=True)
+class CacheSettings(Settings):
+    teacher: str = setting(DEFAULT_TEACHER, "The teacher whose log-probabilities are stored.")
+    data: list[Path] = setting([], "Teacher generations (the same files, in the same order, as for distill).",
+                               required=True, exists="file")
+    out: Path = setting(None, "New cache folder.", required=True)
+    k: int = setting(64, "Log-probabilities kept per token.", min=1)
+    max_length: int = setting(512, "Tokens per sequence, as for distill.", min=8)
+    batch_size: int = setting(4, "Sequences per teacher pass.", min=1)
+
+
+def cache_logits(s: CacheSettings, *, progress=None) -> dict:
+    """Run the teacher once over the generations and store its top-k log-probabilities per response token in
+    s.out (atomically, with settings.yaml). Returns cache.json's content."""
+    from edgedistill.data.generate import model_fingerprint
+    from edgedistill.distill import logit_cache as lc
+    from edgedistill.distill.dataset import encode, load_generations
+    from edgedistill.models.locate import load_model, resolve
+    from edgedistill.paths import ensure_writable_dir
+
+    if Path(s.out).exists():
+        raise EdgeDistillError(f"{s.out} already exists; choose another --out or delete it")
+    ensure_writable_dir(Path(s.out).parent, "--out folder")
+    ref = resolve(s.teacher, pull=True)
+    model, tok = load_model(ref)
+    data = encode(tok, load_generations(s.data), s.max_length)
+    fingerprint = model_fingerprint(ref.path) if ref.kind != "hub" else ref.location
+    meta = lc.build(model, ref.name or ref.spec, fingerprint, data, Path(s.out), k=s.k, batch_size=s.batch_size,
+                    pad_id=tok.pad_token_id, progress=progress,
+                    extra_files={"settings.yaml": lambda p: write_settings(s, p)})
+    return meta
+
+
+# --------------------------------------------------------------------------------------------------- distill
+
+
+@dataclass(frozen=True)
+class DistillSettings(Settings):
+    teacher: str = setting(DEFAULT_TEACHER, "The teacher (registry name, Hugging Face folder or .gguf).")
+    student: str = setting(None, "Student model with the teacher's tokenizer, e.g. from `edgedistill prune`.",
+                           required=True)
+    data: list[Path] = setting([], "Teacher generations (JSONL from `edgedistill generate`); repeatable.",
+                               required=True, exists="file")
+    validation: list[Path] = setting([], "Held-out generations for the final mean KL / top-1 agreement report; "
+                                         "repeatable.", exists="file")
+    out: Path = setting(None, "Run folder; the student is written to OUT/student.", required=True)
+    loss: str = setting("forward_kl", "The divergence.", choices=_loss_names)
+    beta: float | None = setting(None, "JSD interpolation (jsd only).")
+    alpha: float | None = setting(None, "Skew (skew_kl / skew_reverse_kl only).")
+    kd_weight: float = setting(1.0, "Share of the distillation loss; the rest is cross-entropy on the teacher's "
+                                    "tokens.", min=0, max=1)
+    loss_temperature: float = setting(1.0, "Softens both distributions inside the loss (not a sampling "
+                                           "temperature).", min=0.05, max=20)
+    on_policy: float = setting(0.0, "λ: share of steps on the student's own samples (those use the divergence "
+                                    "alone).", min=0, max=1)
+    on_policy_max_new_tokens: int = setting(128, "Length of the student's samples on on-policy steps.", min=1)
+    max_steps: int = setting(200, "Optimizer steps.", min=1)
+    max_time: float | None = setting(None, "Stop (and save) after this long, e.g. 20m.", min=0, min_open=True,
+                                     kind="duration")
+    batch_size: int = setting(4, "Sequences per micro-batch, per process.", min=1)
+    grad_accum: int = setting(4, "Micro-batches per optimizer step.", min=1)
+    lr: float = setting(2e-4, "Peak learning rate (cosine schedule).", min=0, min_open=True, max=1)
+    warmup_steps: int = setting(10, "Learning-rate warm-up steps.", min=0)
+    max_length: int = setting(512, "Tokens per sequence; longer ones are truncated (and counted).", min=8)
+    seed: int = setting(0, "Seed of initialisation-free randomness: data order, on-policy steps.")
+    save_steps: int = setting(50, "Checkpoint every N steps (for --resume).", min=1)
+    keep_checkpoints: bool = setting(True, "Keep OUT/checkpoints after the student is written.")
+    logit_cache: Path | None = setting(None, "Train from the teacher's cached top-k log-probs (edgedistill "
+                                             "cache-logits) instead of running it.", exists="dir")
+
+    def loss_config(self):
+        from edgedistill.distill.losses import LossConfig
+
+        params = {k: v for k, v in (("beta", self.beta), ("alpha", self.alpha)) if v is not None}
+        return LossConfig(self.loss, params, temperature=self.loss_temperature, kd_weight=self.kd_weight)
+
+    def train_config(self):
+        from edgedistill.distill.train import TrainConfig
+
+        return TrainConfig(max_steps=self.max_steps, max_time_s=self.max_time, batch_size=self.batch_size,
+                           grad_accum=self.grad_accum, learning_rate=self.lr, warmup_steps=self.warmup_steps,
+                           max_length=self.max_length, seed=self.seed, save_steps=self.save_steps,
+                           on_policy=self.on_policy, on_policy_max_new_tokens=self.on_policy_max_new_tokens)
+
+    def extra_problems(self) -> list[str]:
+        from edgedistill.errors import EdgeDistillError as E
+
+        try:
+            self.loss_config()
+        except E as e:
+            return [str(e)]
+        return []
+
+
+def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=None, echo=None) -> dict:
+    """Train the student to imitate the teacher on its generations; the student goes to OUT/student (atomically)
+    with distill.json (steps, parameters, held-out mean KL and top-1 agreement) and settings.yaml; checkpoints and
+    metrics.jsonl stay in OUT. `teacher`: an already loaded (model, tokenizer) of s.teacher. Returns distill.json's
+    content."""
+    from edgedistill.data.generate import model_fingerprint
+    from edgedistill.distill import logit_cache as lc
+    from edgedistill.distill.dataset import encode, load_generations
+    from edgedistill.distill.train import agreement_with_teacher, train
+    from edgedistill.models.locate import load_model, load_tokenizer, resolve
+    from edgedistill.paths import atomic_dir, ensure_writable_dir
+
+    say = echo or log.info
+    out = Path(s.out)
+    final = out / "student"
+    if final.exists():
+        raise EdgeDistillError(f"{final} already exists: this run is finished; choose another --out")
+    ensure_writable_dir(out, "--out")  # before the models load
+    loss_cfg, cfg = s.loss_config(), s.train_config()
+    if teacher is not None:
+        t_pair = teacher
+    elif s.logit_cache is not None and s.on_policy == 0 and not s.validation:
+        t_pair = (None, load_tokenizer(s.teacher))  # the cache stands in for the teacher model
+    else:
+        t_pair = load_model(s.teacher)
+    s_pair = load_model(s.student)
+    train_set = encode(t_pair[1], load_generations(s.data), s.max_length)  # what a logit cache was built on
+    cache = None
+    if s.logit_cache is not None:
+        ref = resolve(s.teacher, pull=True)
+        cache = lc.load(s.logit_cache, train_set, model_fingerprint(ref.path) if ref.kind != "hub" else None)
+    say(f"{len(train_set.examples)} training sequences, {train_set.response_tokens} response tokens"
+        + (f", {train_set.truncated} truncated to {s.max_length} tokens" if train_set.truncated else ""))
+    t0 = time.perf_counter()
+    model, trainer = train(t_pair, s_pair, train_set.examples, out, loss_cfg, cfg, resume=resume, progress=progress,
+                           cache=cache)
+    report = {"teacher": s.teacher, "student_init": s.student, "steps": trainer.state.global_step,
+              "train_s": round(time.perf_counter() - t0, 2), "train_tokens": int(trainer.tokens_seen),
+              "logit_cache": str(s.logit_cache) if s.logit_cache else None,
+              "train_sequences": len(train_set.examples), "truncated": train_set.truncated,
+              "parameters": model.num_parameters()}
+    if s.validation:
+        val = encode(t_pair[1], load_generations(s.validation), s.max_length)
+        report["validation"] = agreement_with_teacher(t_pair[0], model, val.examples, t_pair[1].pad_token_id)
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # under torchrun / accelerate launch: only rank 0 writes; shut down cleanly
+        rank0 = trainer.is_world_process_zero()
+        dist.barrier()
+        dist.destroy_process_group()
+        if not rank0:
+            return report
+    report["loss"], report["train"] = loss_cfg.__dict__, cfg.__dict__
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        s_pair[1].save_pretrained(tmp)
+        (tmp / "distill.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_settings(s, tmp / "settings.yaml")
+    write_settings(s, out / "settings.yaml")
+    if not s.keep_checkpoints:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return report
