@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 from tests.conftest import run_cli
 
@@ -163,6 +164,32 @@ def test_distill_cli(tiny_model_dir, student_and_generations, tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr
     bad = run_cli(*args[:-8], "--out", str(tmp_path / "r2"), "--loss", "forward_kl", "--beta", "0.5")
     assert bad.returncode == 2 and "forward_kl has no parameter 'beta'" in bad.stderr
+    # the settings the run wrote, passed back with --config and only --out changed, reproduce the same run settings
+    written = yaml.safe_load((out / "student" / "settings.yaml").read_text())
+    assert written["loss"] == "jsd" and written["beta"] == 0.3 and written["max_steps"] == 3
+    assert yaml.safe_load((out / "settings.yaml").read_text()) == written
+    proc = run_cli("distill", "--config", str(out / "settings.yaml"), "--out", str(tmp_path / "r3"))
+    assert proc.returncode == 0, proc.stderr
+    second = yaml.safe_load((tmp_path / "r3" / "student" / "settings.yaml").read_text())
+    assert {**second, "out": None} == {**written, "out": None}
+    # a flag overrides the file, which overrides the defaults
+    proc = run_cli("distill", "--config", str(out / "settings.yaml"), "--out", str(tmp_path / "r4"), "--max-steps", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "r4" / "student" / "distill.json").read_text())["steps"] == 1
+    bad_cfg = tmp_path / "bad.yaml"
+    bad_cfg.write_text("max_steps: 0\nlr: 2\nnot_a_setting: 1\n")
+    proc = run_cli("distill", "--config", str(bad_cfg))
+    assert proc.returncode == 2 and "unknown setting(s) not_a_setting" in proc.stderr and "Traceback" not in proc.stderr
+    bad_cfg.write_text("max_steps: 0\nlr: 2\n")
+    proc = run_cli("distill", "--config", str(bad_cfg))
+    assert proc.returncode == 2 and "max_steps=0 must be at least 1" in proc.stderr and "lr=2.0 must be at most 1" in proc.stderr
+    assert "student is required" in proc.stderr  # every problem at once
+
+
+def test_distill_has_no_safety_flags():
+    proc = run_cli("distill", "--help")
+    assert proc.returncode == 0 and "--max-steps" in proc.stdout
+    assert "--safety" not in proc.stdout and "hint" not in proc.stdout and "refusal" not in proc.stdout
 
 
 def test_cache_logits_then_distill_from_it(tiny_model_dir, student_and_generations, tmp_path):
