@@ -74,9 +74,9 @@ def main() -> None:
         compare_only(args.out)
         return
 
-    from edgedistill.data import default_data_dir, load_prompts
+    from edgedistill.data import default_data_dir
     from edgedistill.data.evaluate import choice_accuracy, evaluate, find_eval_sets, load_eval_items
-    from edgedistill.data.generate import GenerationSettings, generate
+    from edgedistill.data.stage import GenerateSettings, generate_data
     from edgedistill.distill.dataset import encode, load_generations
     from edgedistill.distill.stage import (CacheSettings, DistillSettings, PruneSettings, cache_logits, distill,
                                            prune)
@@ -95,14 +95,11 @@ def main() -> None:
 
     paths, info = {}, {}
     for split, n in (("train", args.train_prompts), ("validation", args.val_prompts)):
-        prompts = []
-        for d in sorted(data_dir.glob(f"*/prompts/{split}.jsonl")):
-            prompts += load_prompts(d)[0][:n]
         path = args.train_data if split == "train" else args.val_data
         if path is None:
             path = work / f"teacher-{split}.jsonl"
-            generate(DEFAULT_TEACHER, prompts, path, GenerationSettings(max_new_tokens=args.max_new_tokens),
-                     loaded=teacher)
+            generate_data(GenerateSettings(split=split, limit=n, data_dir=data_dir, out=path,
+                                           max_new_tokens=args.max_new_tokens), teacher=teacher)
         paths[split] = path
         enc = encode(tok, load_generations([path]), 512)
         info[split] = {"file": str(path), "sequences": len(enc.examples), "response_tokens": enc.response_tokens}

@@ -41,8 +41,8 @@ def main() -> None:
 
     import torch
 
-    from edgedistill.data import default_data_dir, load_prompts
-    from edgedistill.data.generate import GenerationSettings, generate
+    from edgedistill.data import default_data_dir
+    from edgedistill.data.stage import GenerateSettings, generate_data
     from edgedistill.distill import logit_cache
     from edgedistill.distill.dataset import collate, encode, load_generations
     from edgedistill.distill.losses import bins, get, masked_mean
@@ -58,11 +58,9 @@ def main() -> None:
     data_dir = default_data_dir()
 
     gen_path = work / "generations.jsonl"
-    prompts = []
-    for d in sorted(data_dir.glob("*/prompts/train.jsonl")):
-        prompts += load_prompts(d)[0][: args.prompts]
     t = time.perf_counter()
-    generate(DEFAULT_TEACHER, prompts, gen_path, GenerationSettings(max_new_tokens=args.max_new_tokens), loaded=teacher)
+    generate_data(GenerateSettings(split="train", limit=args.prompts, data_dir=data_dir, out=gen_path,
+                                   max_new_tokens=args.max_new_tokens), teacher=teacher)
     print(f"generations ready ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
 
     student_dir = work / "student-10L-hw"

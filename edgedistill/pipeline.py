@@ -97,7 +97,8 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     OUT/settings.yaml)."""
     from edgedistill.bench import BenchSettings, bench
     from edgedistill.data import default_data_dir
-    from edgedistill.data.generate import GenerationSettings, generate, model_fingerprint
+    from edgedistill.data.generate import model_fingerprint
+    from edgedistill.data.stage import GenerateSettings, generate_data
     from edgedistill.data.load import load_prompts
     from edgedistill.data.stats import domains
     from edgedistill.distill.stage import DistillSettings, PruneSettings, distill, prune
@@ -130,7 +131,7 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
             teacher_pair = load_model(str(teacher_dir))
         return teacher_pair
 
-    # 2. generate
+    # 2. generate (the prompts are read here for the stage's key)
     prompts = {}
     for split, n in (("train", settings.train_prompts), ("validation", settings.val_prompts)):
         got = []
@@ -142,11 +143,12 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
 
     def gen(folder: Path) -> dict:
         info = {}
-        for split, ps in prompts.items():
+        for split, n in (("train", settings.train_prompts), ("validation", settings.val_prompts)):
+            s = GenerateSettings(teacher=str(teacher_dir), split=split, limit=n, data_dir=data_dir,
+                                 out=folder / f"teacher-{split}.jsonl", max_new_tokens=settings.max_new_tokens)
             with progress() as p:
-                r = generate(str(teacher_dir), ps, folder / f"teacher-{split}.jsonl",
-                             GenerationSettings(max_new_tokens=settings.max_new_tokens), loaded=teacher(), progress=p)
-            info[split] = {"prompts": len(ps), "written": r.written, "hit_max_tokens": r.hit_max_tokens}
+                r = generate_data(s, teacher=teacher(), progress=p)
+            info[split] = {"prompts": len(prompts[split]), "written": r.written, "hit_max_tokens": r.hit_max_tokens}
         return info
 
     data_folder, _ = st.run("generate", g_key, gen)

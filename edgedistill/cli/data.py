@@ -7,61 +7,27 @@ from pathlib import Path
 
 import click
 
+from edgedistill.cli.options import settings_from, settings_options
+from edgedistill.data.stage import GenerateSettings
 from edgedistill.models.registry import DEFAULT_TEACHER
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @click.command("generate")
-@click.option("--teacher", default=DEFAULT_TEACHER, show_default=True, help="Registry name, HF directory, .gguf or hub id.")
-@click.option("--prompts", "prompt_files", type=_FILE, multiple=True,
-              help="Prompt JSONL (chat 'messages' or 'prompt'); repeatable.")
-@click.option("--split", type=click.Choice(["train", "validation", "test"]), default=None,
-              help="Instead of --prompts: this split of every domain in the data folder.")
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Data folder for --split (default: the project's calibration_data/).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Output JSONL; a rerun skips prompts already answered there.")
-@click.option("--max-new-tokens", type=click.IntRange(1, 8192), default=256, show_default=True)
-@click.option("--sample/--greedy", default=False, show_default=True, help="Sample instead of greedy decoding.")
-@click.option("--temperature", type=float, default=0.7, show_default=True, help="Sampling temperature (with --sample).")
-@click.option("--top-p", type=float, default=0.95, show_default=True, help="Nucleus sampling mass (with --sample).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
-@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N prompts of each file.")
-@click.option("--skip-bad", is_flag=True, help="Skip malformed prompt records (counted) instead of stopping.")
-@click.option("--trust-remote-code", is_flag=True)
-def generate_cmd(teacher, prompt_files, split, data_dir, out, max_new_tokens, sample, temperature, top_p, seed,
-                 batch_size, limit, skip_bad, trust_remote_code):
+@settings_options(GenerateSettings)
+def generate_cmd(**flags):
     """The teacher answers every prompt: training data for sequence-level distillation.
 
     Example, the train prompts of all domains in one go: edgedistill generate --split train --out gen/train.jsonl
     """
+    from edgedistill.data.stage import generate_data
     from edgedistill.progress import byte_progress
-    from edgedistill.data import default_data_dir
-    from edgedistill.data.generate import GenerationSettings, generate
-    from edgedistill.data.load import load_prompts
-    from edgedistill.data.stats import domains
-    from edgedistill.errors import EdgeDistillError
 
-    if bool(prompt_files) == bool(split):
-        raise EdgeDistillError("pass either --prompts FILE (repeatable) or --split train|validation|test")
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature,
-                                  top_p=top_p, seed=seed, batch_size=batch_size)
-    if split:
-        prompt_files = [d / "prompts" / f"{split}.jsonl" for d in domains(data_dir or default_data_dir())]
-    prompts = []
-    for path in prompt_files:
-        got, report = load_prompts(path, strict=not skip_bad)
-        if report.skipped:
-            click.echo(f"skipped {len(report.skipped)} malformed records (first: {report.skipped[0]})", err=True)
-        prompts.extend(got[:limit] if limit else got)
-    ids = [p.id for p in prompts]
-    if len(ids) != len(set(ids)):
-        raise EdgeDistillError("the prompt files share ids; ids must be unique across all files of one run")
+    s = settings_from(GenerateSettings, flags)
     with byte_progress() as progress:
-        r = generate(teacher, prompts, out, settings, trust_remote_code=trust_remote_code, progress=progress)
-    click.echo(f"{out}: wrote {r.written} new responses, {r.already_done} were already there"
+        r = generate_data(s, progress=progress, echo=lambda m: click.echo(m, err=True))
+    click.echo(f"{s.out}: wrote {r.written} new responses, {r.already_done} were already there"
                + (f", {r.skipped_too_long} prompts longer than the context skipped" if r.skipped_too_long else "")
                + (f", {r.hit_max_tokens} cut at --max-new-tokens" if r.hit_max_tokens else ""))
 

@@ -1,0 +1,71 @@
+"""The teacher-data stage as one job: `generate_data(GenerateSettings)` -> the teacher's answers to a set of
+prompts in one JSONL file, resumable, with the settings beside it (OUT's name + .settings.yaml)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgedistill.errors import EdgeDistillError
+from edgedistill.models.registry import DEFAULT_TEACHER
+from edgedistill.settings import Settings, setting
+from edgedistill.settings import write as write_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerateSettings(Settings):
+    teacher: str = setting(DEFAULT_TEACHER, "Registry name, Hugging Face folder, .gguf or hub id.")
+    prompts: list[Path] = setting([], "Prompt JSONL (chat 'messages' or 'prompt'); repeatable.", exists="file")
+    split: str | None = setting(None, "Instead of --prompts: this split of every domain in the data folder.",
+                                choices=("train", "validation", "test"))
+    data_dir: Path | None = setting(None, "Data folder for --split [default: the project's calibration_data].",
+                                    exists="dir", flag="--data")
+    out: Path = setting(None, "Output JSONL; a rerun skips prompts already answered there.", required=True)
+    max_new_tokens: int = setting(256, "Tokens per answer at most.", min=1, max=8192)
+    sample: bool = setting(False, "Sample instead of greedy decoding.", flag="--sample/--greedy")
+    temperature: float = setting(0.7, "Sampling temperature (with --sample).", min=0, min_open=True, max=5)
+    top_p: float = setting(0.95, "Nucleus sampling mass (with --sample).", min=0, min_open=True, max=1)
+    seed: int = setting(0, "Sampling seed.")
+    batch_size: int = setting(8, "Prompts answered together.", min=1, max=1024)
+    limit: int | None = setting(None, "Only the first N prompts of each file.", min=1)
+    skip_bad: bool = setting(False, "Skip malformed prompt records (counted) instead of stopping.")
+    trust_remote_code: bool = setting(False, "Allow the model folder's own code (off unless asked).")
+
+    def extra_problems(self) -> list[str]:
+        if bool(self.prompts) == bool(self.split):
+            return ["pass either --prompts FILE (repeatable) or --split train|validation|test"]
+        return []
+
+    def settings_path(self) -> Path:
+        return Path(self.out).with_suffix(".settings.yaml")
+
+
+def generate_data(s: GenerateSettings, *, teacher=None, progress=None, echo=None):
+    """The teacher answers every prompt of s.prompts (or of s.split in every domain) not yet in s.out. `teacher`:
+    an already loaded (model, tokenizer) of s.teacher. Returns the GenerateReport (written, already there,
+    skipped as too long, cut at max_new_tokens)."""
+    from edgedistill.data import default_data_dir
+    from edgedistill.data.generate import GenerationSettings, generate
+    from edgedistill.data.load import load_prompts
+    from edgedistill.data.stats import domains
+
+    say = echo or log.info
+    files = s.prompts or [d / "prompts" / f"{s.split}.jsonl" for d in domains(s.data_dir or default_data_dir())]
+    prompts = []
+    for path in files:
+        got, report = load_prompts(path, strict=not s.skip_bad)
+        if report.skipped:
+            say(f"skipped {len(report.skipped)} malformed records (first: {report.skipped[0]})")
+        prompts.extend(got[: s.limit] if s.limit else got)
+    ids = [p.id for p in prompts]
+    if len(ids) != len(set(ids)):
+        raise EdgeDistillError("the prompt files share ids; ids must be unique across all files of one run")
+    gen = GenerationSettings(max_new_tokens=s.max_new_tokens, do_sample=s.sample, temperature=s.temperature,
+                             top_p=s.top_p, seed=s.seed, batch_size=s.batch_size)
+    r = generate(s.teacher, prompts, s.out, gen, trust_remote_code=s.trust_remote_code, progress=progress,
+                 loaded=teacher)
+    write_settings(s, s.settings_path())
+    return r
