@@ -34,9 +34,8 @@ def ensure_writable_dir(path: Path, what: str = "cache folder") -> Path:
         probe.close()
     except OSError as e:
         reason = e.strerror or str(e)
-        raise CacheError(
-            f"{what} {path} is not writable ({reason}); set EDGEDISTILL_HOME to a writable folder"
-        ) from None
+        fix = "set EDGEDISTILL_HOME to a writable folder" if what == "cache folder" else "choose a writable folder"
+        raise CacheError(f"{what} {path} is not writable ({reason}); {fix}") from None
     return path
 
 

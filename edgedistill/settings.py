@@ -111,7 +111,11 @@ class Settings:
             value = _coerce(f.name, hints[f.name], getattr(self, f.name), problems)
             object.__setattr__(self, f.name, value)
             problems += _check_field(f, value)
-        problems += self.extra_problems() if not problems else []
+        try:  # constraints between fields too, so that every problem is reported at once
+            problems += [p for p in self.extra_problems() if p not in problems]
+        except Exception:  # a check that could not run on fields already reported as wrong
+            if not problems:
+                raise
         if problems:
             raise SettingsError(f"{type(self).__name__}: " + "; ".join(problems))
 

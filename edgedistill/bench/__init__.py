@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.settings import Settings, setting
+from edgedistill.settings import write as write_settings
 from edgedistill.targets import Target, as_dict
 
 log = logging.getLogger(__name__)
@@ -30,31 +32,32 @@ OVER_MEMORY = "over memory budget"
 
 
 @dataclass(frozen=True)
-class BenchSettings:
-    repeats: int = 3  # timed generations per variant (after one warm-up); medians reported
-    new_tokens: int = 64  # tokens generated per timed run
-    prompt_tokens: int = 128  # the profile's time-to-first-token budget is for a 128-token prompt
-    chunks: int = 4  # held-out chunks for KL / top-1 / perplexity
-    chunk_len: int = 256
-    eval_every: int = 6  # graded eval on every n-th item (0: none)
-    threads: int | None = None  # default: the profile's threads, at most this machine's cores
-    bandwidth: float | str | None = None  # bytes/s for the roofline, or "measure"; default: the profile's
-    data_dir: Path | None = None
-    timeout_s: float = 3600.0  # per worker process
-    poll_s: float = 0.01  # memory watch interval
+class BenchSettings(Settings):
+    repeats: int = setting(3, "Timed generations per variant (after one warm-up); medians reported.", min=1)
+    new_tokens: int = setting(64, "Tokens generated per timed run.", min=8)
+    prompt_tokens: int = setting(128, "Prompt length of the timed runs (the profile's time-to-first-token budget "
+                                      "is for 128).", min=1, cli=False)
+    chunks: int = setting(4, "Held-out chunks for KL / top-1 / perplexity.", min=1, max=64)
+    chunk_len: int = setting(256, "Tokens per chunk.", min=16, max=4096)
+    eval_every: int = setting(6, "Graded eval on every n-th item (0: no graded eval).", min=0)
+    threads: int | None = setting(None, "Threads [default: the profile's, at most this machine's cores].", min=1)
+    bandwidth: str | None = setting(None, "Memory bandwidth for the roofline: a value (15GB/s) or 'measure' (this "
+                                          "machine, numpy copy) [default: the profile's].")
+    data_dir: Path | None = setting(None, "calibration_data folder (held-out texts and eval sets).", exists="dir",
+                                    flag="--data")
+    timeout_s: float = setting(3600.0, "Per worker process.", min=0, min_open=True, cli=False)
+    poll_s: float = setting(0.01, "Memory watch interval.", min=0, min_open=True, cli=False)
 
-    def __post_init__(self) -> None:
-        problems = []
-        if self.repeats < 1:
-            problems.append(f"repeats={self.repeats} must be at least 1")
-        if self.new_tokens < 8:
-            problems.append(f"new_tokens={self.new_tokens} must be at least 8")
-        if self.prompt_tokens < 1 or self.chunks < 1 or self.chunk_len < 16:
-            problems.append("prompt_tokens, chunks must be >= 1 and chunk_len >= 16")
-        if self.eval_every < 0:
-            problems.append(f"eval_every={self.eval_every} must be 0 (off) or more")
-        if problems:
-            raise EdgeDistillError("; ".join(problems))
+    def extra_problems(self) -> list[str]:
+        if self.bandwidth in (None, "measure"):
+            return []
+        from edgedistill.targets import parse_bandwidth
+
+        try:
+            parse_bandwidth(self.bandwidth, "bandwidth")
+        except (ValueError, EdgeDistillError):
+            return [f"bandwidth={self.bandwidth!r} must be a bandwidth like 15GB/s or 'measure'"]
+        return []
 
 
 def measure_bandwidth(size_bytes: int = 256 * 2**20, repeats: int = 5) -> float:
@@ -203,12 +206,14 @@ class _Tok:
         return {"input_ids": self.t.encode(text, add_special_tokens=add_special_tokens).ids}
 
 
-def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSettings = BenchSettings(),
+def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSettings | None = None,
           teacher: Path | None = None, comparison: list[Path] = (), progress=None) -> dict:
     """Measure every bundle under `target`; write bench.json, bench.md and charts to out_dir; return the report.
 
     teacher: the quality reference (measured without a memory cap). comparison: bundles measured like the others
-    but never chosen (e.g. the teacher's own quantized file, to compare the chosen student against)."""
+    but never chosen (e.g. the teacher's own quantized file, to compare the chosen student against). The settings
+    are also written to out_dir/settings.yaml."""
+    settings = settings or BenchSettings()
     from edgedistill.data import default_data_dir
     from edgedistill.data.evaluate import REASONING_TOKENS, SHORT_ANSWER_TOKENS, find_eval_sets, load_eval_items
     from edgedistill.data.evaluate import wants_reasoning
@@ -225,11 +230,13 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
         raise EdgeDistillError("the bundles do not share one tokenizer; bench compares variants of one teacher's family")
     threads = settings.threads or min(target.threads, os.cpu_count() or 1)
     bandwidth_source = "profile"
-    bandwidth = settings.bandwidth or target.memory_bandwidth_bytes_per_s
+    bandwidth = target.memory_bandwidth_bytes_per_s
     if settings.bandwidth == "measure":
         bandwidth, bandwidth_source = measure_bandwidth(), "measured on this machine (numpy copy, one thread)"
     elif settings.bandwidth:
-        bandwidth_source = "given"
+        from edgedistill.targets import parse_bandwidth
+
+        bandwidth, bandwidth_source = parse_bandwidth(settings.bandwidth, "bandwidth"), "given"
     data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
     tok = _Tok(Path(every[0]["bundle"]))
     prompt = held_out_chunks(tok, 1, settings.prompt_tokens, data_dir)[0]
@@ -305,6 +312,7 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
               "budgets_left_out": [] if items and ref else ["eval_share (needs --teacher and a graded eval)"],
               "variants": rows, "chosen": chosen["name"] if chosen else None}
     write_report(report, out_dir)
+    write_settings(settings, Path(out_dir) / "settings.yaml")
     return report
 
 

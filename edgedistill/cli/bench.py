@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from edgedistill.bench import BenchSettings
+from edgedistill.cli.options import settings_from, settings_options
+
 
 def expand_bundles(paths) -> list[Path]:
     """A bundle folder, or a folder of bundles (what `edgedistill export --out` writes)."""
@@ -29,37 +32,21 @@ def expand_bundles(paths) -> list[Path]:
 @click.option("--teacher", type=click.Path(), default=None,
               help="Reference bundle for quality (an exact export of the teacher: gguf:f16 or onnx:fp32).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-report"), show_default=True,
-              help="Folder for bench.json, bench.md and the charts.")
-@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True, help="Timed runs per variant.")
-@click.option("--new-tokens", type=click.IntRange(8), default=64, show_default=True, help="Tokens per timed run.")
-@click.option("--chunks", type=click.IntRange(1, 64), default=4, show_default=True, help="Held-out chunks for KL.")
-@click.option("--chunk-len", type=click.IntRange(16, 4096), default=256, show_default=True)
-@click.option("--eval-every", type=click.IntRange(0), default=6, show_default=True,
-              help="Graded eval on every n-th item (0: no graded eval).")
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="Threads (default: the profile's, at most this machine's cores).")
-@click.option("--bandwidth", default=None, help="Memory bandwidth for the roofline: a value (15GB/s) or 'measure' "
-                                                "(this machine, numpy copy); default: the profile's.")
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="calibration_data folder (held-out texts and eval sets).")
-def bench_cmd(bundles, target_name, teacher, out, repeats, new_tokens, chunks, chunk_len, eval_every, threads,
-              bandwidth, data_dir) -> None:
+              help="Folder for bench.json, bench.md, the charts and settings.yaml.")
+@settings_options(BenchSettings)
+def bench_cmd(bundles, target_name, teacher, out, **flags) -> None:
     """Measure bundles in their real runtimes under a device profile's limits, one process each.
 
     Reports load time, peak RSS (a variant over the memory budget is stopped), time to first token, prefill and
     decode tokens/s, per-token p50/p95, roofline share, and quality against --teacher; checks every budget and
     names the best variant that meets them all. Needs only `pip install 'edgedistill[runtime]'`.
     """
-    from edgedistill.bench import BenchSettings, bench
+    from edgedistill.bench import bench
     from edgedistill.progress import byte_progress
-    from edgedistill.targets import load_target, parse_bandwidth
+    from edgedistill.targets import load_target
 
+    settings = settings_from(BenchSettings, flags)  # before the profile: a bad setting fails first
     target = load_target(target_name)
-    settings = BenchSettings(repeats=repeats, new_tokens=new_tokens, chunks=chunks, chunk_len=chunk_len,
-                             eval_every=eval_every, threads=threads,
-                             bandwidth=("measure" if bandwidth == "measure"
-                                        else parse_bandwidth(bandwidth, "--bandwidth") if bandwidth else None),
-                             data_dir=data_dir)
     paths = expand_bundles(bundles)
     if teacher:
         teacher = expand_bundles([teacher])[0]

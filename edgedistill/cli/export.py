@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from edgedistill.cli.options import settings_from, settings_options
+from edgedistill.export.pipeline import ExportSettings
+
 from edgedistill.models.registry import DEFAULT_TEACHER
 
 ALL = ("gguf:f16", "gguf:q8_0", "gguf:q5_k_m", "gguf:q4_k_m", "gguf:q4_0", "onnx:fp32", "onnx:int8", "onnx:int4")
@@ -20,56 +23,32 @@ def _schemes_help() -> str:
 @click.command("export", epilog="Schemes (FORMAT:SCHEME) are listed by --list.")
 @click.argument("model", default=DEFAULT_TEACHER)
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for the bundles (one per variant).")
-@click.option("--variant", "variants", multiple=True, metavar="FORMAT:SCHEME",
-              help="e.g. gguf:q4_k_m or onnx:int4; repeatable. Default: gguf:q4_k_m.")
+@settings_options(ExportSettings)
 @click.option("--all", "all_", is_flag=True, help=f"Every standard variant: {', '.join(ALL)}.")
 @click.option("--list", "list_", is_flag=True, help="List the formats and schemes and exit.")
-@click.option("--force", is_flag=True, help="Write variants that fail validation too (their manifest says so).")
-@click.option("--chunks", type=click.IntRange(1, 256), default=4, show_default=True,
-              help="Held-out text chunks for validation.")
-@click.option("--chunk-len", type=click.IntRange(16, 8192), default=256, show_default=True, help="Tokens per chunk.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="Runtime threads during validation (default: all).")
-@click.option("--block-size", type=click.IntRange(16, 256), default=None,
-              help="onnx int4/int8: weights per quantization block (default 32).")
-@click.option("--asymmetric", is_flag=True, help="onnx int4/int8 (rtn): with zero points (default symmetric).")
-@click.option("--accuracy-level", type=click.IntRange(0, 4), default=None,
-              help="onnx int4/int8: MatMulNBits compute precision (default 4: int8, fast; 0 unset, 1 fp32, 2 fp16, 3 bf16).")
-@click.option("--algorithm", type=click.Choice(["hqq", "rtn"]), default=None,
-              help="onnx int4: fit the 4-bit blocks by HQQ (default) or round to nearest.")
-@click.option("--head-bits", type=click.Choice(["4", "8"]), default=None,
-              help="onnx int4: bits of the output projection (default 4; 8 keeps it at 8 bits, round-to-nearest).")
-@click.option("--target", default=None, help="Target profile name to record in the manifests.")
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Data folder for validation text and calibration (default: calibration_data/).")
-@click.option("--trust-remote-code", is_flag=True)
-def export_cmd(model, out, variants, all_, list_, force, chunks, chunk_len, threads, block_size, asymmetric,
-               accuracy_level, algorithm, head_bits, target, data_dir, trust_remote_code):
+def export_cmd(model, out, all_, list_, **flags):
     """Quantize and export MODEL to GGUF / ONNX bundles, each validated against the float32 torch model.
 
     Every variant is built in a temporary folder, loaded in its runtime (llama-cpp-python, onnxruntime, torch)
     and compared with the torch model on held-out text (mean KL, top-1 agreement, perplexity ratio; F16 GGUF and
     fp32 ONNX must also reproduce greedy generation). Only variants within their tolerance are written, as
-    OUT/FORMAT-SCHEME/ with manifest.json. Exit code 1 when a variant failed.
+    OUT/FORMAT-SCHEME/ with manifest.json (OUT/settings.yaml: the settings). Exit code 1 when a variant failed.
 
     Example: edgedistill export smollm2-135m-instruct --out bundles --variant gguf:q4_k_m --variant onnx:int4
     """
     from edgedistill.progress import stderr
     from edgedistill.errors import EdgeDistillError
-    from edgedistill.export.pipeline import ExportSettings, export_model
+    from edgedistill.export.pipeline import export_model
 
     if list_:
         click.echo(_schemes_help())
         return
     if out is None:
         raise EdgeDistillError("--out is required: the folder that receives one bundle per variant")
-    chosen = list(ALL) if all_ else list(variants) or ["gguf:q4_k_m"]
-    if all_ and variants:
-        chosen += [v for v in variants if v not in ALL]
-    options = {"block_size": block_size, "symmetric": not asymmetric, "accuracy_level": accuracy_level,
-               "algorithm": algorithm, "head_bits": int(head_bits) if head_bits else None}
-    settings = ExportSettings(variants=chosen, chunks=chunks, chunk_len=chunk_len, threads=threads, force=force,
-                              options=options, data_dir=data_dir, target=target,
-                              trust_remote_code=trust_remote_code)
+    if all_:
+        given = list(flags.get("variants") or ())
+        flags["variants"] = list(ALL) + [v for v in given if v not in ALL]
+    settings = settings_from(ExportSettings, flags)
     with stderr.status("exporting") as status:
         results = export_model(model, out, settings, on_step=lambda msg: status.update(msg))
     click.echo(f"{'variant':<18} {'result':<8} {'size MB':>8} {'bits/w':>7} {'mean KL':>8} {'top-1':>7} {'ppl x':>7}")

@@ -66,7 +66,11 @@ def settings_options(cls, *, skip: tuple[str, ...] = ()):
                 kw.update(multiple=True, type=click.Path(path_type=Path) if inner is Path else None)
                 kw["default"] = None
             elif m.get("choices") is not None and not callable(m["choices"]):
-                kw["type"] = click.Choice([str(c) for c in m["choices"]])
+                if all(isinstance(c, str) for c in m["choices"]):
+                    kw["type"] = click.Choice(list(m["choices"]))
+                else:  # numbers: parsed as such, the setting checks the choice
+                    kw["type"] = tp
+                    kw["help"] = f"{help_} One of {', '.join(map(str, m['choices']))}."
             elif tp is Path:
                 kw["type"] = click.Path(path_type=Path)
             elif tp in (int, float, str):

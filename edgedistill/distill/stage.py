@@ -126,7 +126,8 @@ class DistillSettings(Settings):
     validation: list[Path] = setting([], "Held-out generations for the final mean KL / top-1 agreement report; "
                                          "repeatable.", exists="file")
     out: Path = setting(None, "Run folder; the student is written to OUT/student.", required=True)
-    loss: str = setting("forward_kl", "The divergence.", choices=_loss_names)
+    loss: str = setting("forward_kl", "A registered divergence: forward_kl, reverse_kl, jsd, skew_kl, "
+                                      "skew_reverse_kl, tvd.", choices=_loss_names)
     beta: float | None = setting(None, "JSD interpolation (jsd only).")
     alpha: float | None = setting(None, "Skew (skew_kl / skew_reverse_kl only).")
     kd_weight: float = setting(1.0, "Share of the distillation loss; the rest is cross-entropy on the teacher's "
@@ -165,11 +166,14 @@ class DistillSettings(Settings):
                            on_policy=self.on_policy, on_policy_max_new_tokens=self.on_policy_max_new_tokens)
 
     def extra_problems(self) -> list[str]:
-        from edgedistill.errors import EdgeDistillError as E
+        from edgedistill.distill.losses import check_params, get, losses
 
+        if self.loss not in losses():
+            return []  # reported by the field's own check
+        params = {k: v for k, v in (("beta", self.beta), ("alpha", self.alpha)) if v is not None}
         try:
-            self.loss_config()
-        except E as e:
+            check_params(get(self.loss), params)
+        except EdgeDistillError as e:
             return [str(e)]
         return []
 

@@ -12,13 +12,15 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError, InvalidModelError
 from edgedistill.export import validate as V
 from edgedistill.export.bundle import source_hash, write_manifest
 from edgedistill.paths import atomic_dir, ensure_writable_dir
+from edgedistill.settings import Settings, setting
+from edgedistill.settings import write as write_settings
 from edgedistill.quantize import BuildContext, Scheme, get
 
 log = logging.getLogger(__name__)
@@ -26,28 +28,40 @@ log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-@dataclass
-class ExportSettings:
-    variants: list[str] = field(default_factory=lambda: ["gguf:q4_k_m"])  # FORMAT:SCHEME
-    chunks: int = 4  # held-out chunks for validation
-    chunk_len: int = 256  # tokens per chunk
-    threads: int | None = None  # runtime threads during validation (None: all cores)
-    force: bool = False  # write variants that fail validation too, marked as such
-    options: dict = field(default_factory=dict)  # scheme options: block_size, symmetric, accuracy_level, ...
-    data_dir: Path | None = None  # calibration_data/ by default
-    target: str | None = None  # profile name recorded in the manifest
-    trust_remote_code: bool = False
+@dataclass(frozen=True)
+class ExportSettings(Settings):
+    variants: list[str] = setting(["gguf:q4_k_m"], "FORMAT:SCHEME, e.g. gguf:q4_k_m or onnx:int4; repeatable "
+                                                   "(--list shows them).", flag="--variant")
+    chunks: int = setting(4, "Held-out text chunks for validation.", min=1, max=256)
+    chunk_len: int = setting(256, "Tokens per chunk.", min=16, max=8192)
+    threads: int | None = setting(None, "Runtime threads during validation [default: all].", min=1)
+    force: bool = setting(False, "Write variants that fail validation too (their manifest says so).")
+    data_dir: Path | None = setting(None, "Data folder for validation text and calibration [default: "
+                                          "calibration_data].", exists="dir", flag="--data")
+    target: str | None = setting(None, "Target profile name to record in the manifests.")
+    trust_remote_code: bool = setting(False, "Allow the model folder's own code (off unless asked).")
+    block_size: int | None = setting(None, "onnx int4/int8: weights per quantization block [default: 32].", min=16,
+                                     max=256)
+    symmetric: bool = setting(True, "onnx int4/int8 (rtn): symmetric blocks, or with zero points.",
+                              flag="--symmetric/--asymmetric")
+    accuracy_level: int | None = setting(None, "onnx int4/int8: MatMulNBits compute precision [default 4: int8, "
+                                               "fast; 0 unset, 1 fp32, 2 fp16, 3 bf16].", min=0, max=4)
+    algorithm: str | None = setting(None, "onnx int4: fit the 4-bit blocks by HQQ (default) or round to nearest.",
+                                    choices=("hqq", "rtn"))
+    head_bits: int | None = setting(None, "onnx int4: bits of the output projection [default 4; 8 keeps it at 8 "
+                                          "bits, round-to-nearest].", choices=(4, 8))
+    calibration_prompts: int | None = setting(None, "onnx int8_static: train prompts for activation ranges "
+                                                    "[default: 16].", min=1)
 
-    def __post_init__(self) -> None:
-        problems = []
-        if not self.variants:
-            problems.append("no variants given")
-        if not 1 <= self.chunks <= 256:
-            problems.append(f"chunks={self.chunks} must be in [1, 256]")
-        if not 16 <= self.chunk_len <= 8192:
-            problems.append(f"chunk_len={self.chunk_len} must be in [16, 8192]")
-        if problems:
-            raise EdgeDistillError("; ".join(problems))
+    def extra_problems(self) -> list[str]:
+        return [] if self.variants else ["no variants given"]
+
+    @property
+    def options(self) -> dict:
+        """What the scheme builders read (BuildContext.options)."""
+        return {"block_size": self.block_size, "symmetric": self.symmetric, "accuracy_level": self.accuracy_level,
+                "algorithm": self.algorithm, "head_bits": self.head_bits,
+                "calibration_prompts": self.calibration_prompts}
 
 
 @dataclass
@@ -84,7 +98,7 @@ def export_model(spec: str, out: Path, settings: ExportSettings,
     keys = [s.key for s in schemes]
     if len(set(keys)) != len(keys):
         raise EdgeDistillError(f"a variant is listed twice: {', '.join(keys)}")
-    out = ensure_writable_dir(Path(out), "output folder")
+    out = ensure_writable_dir(Path(out), "--out folder")
     for s in schemes:
         if (out / bundle_name(s)).exists():
             raise EdgeDistillError(f"{out / bundle_name(s)} exists already; remove it or choose another --out")
@@ -121,6 +135,8 @@ def export_model(spec: str, out: Path, settings: ExportSettings,
                                         "trust_remote_code": settings.trust_remote_code},
                                threads=settings.threads, calibration=calibration)
             results.append(_one_variant(s, ctx, out, settings, chunks, reference, source, step))
+        if any(r.path for r in results):  # beside the bundles written (none written: nothing left behind)
+            write_settings(settings, out / "settings.yaml")
         return results
     finally:
         shutil.rmtree(work, ignore_errors=True)

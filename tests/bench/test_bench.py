@@ -133,3 +133,12 @@ def test_bandwidth_probe_gives_a_plausible_rate():
     from edgedistill.bench import measure_bandwidth
 
     assert 1e8 < measure_bandwidth(16 * 2**20, repeats=2) < 1e13  # between 0.1 GB/s and 10 TB/s
+
+
+def test_bench_settings_are_checked_first_in_one_line(bundles, tmp_path):
+    proc = run_cli("bench", str(bundles / "gguf-q8_0"), "--target", "laptop", "--bandwidth", "fast", "--repeats", "0")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "bandwidth='fast' must be a bandwidth like 15GB/s" in proc.stderr and "repeats=0" in proc.stderr
+    with pytest.raises(Exception, match="bandwidth"):
+        BenchSettings(bandwidth="15 GB")
+    assert BenchSettings(bandwidth="15GB/s").bandwidth == "15GB/s"
