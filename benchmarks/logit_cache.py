@@ -98,12 +98,12 @@ def main() -> None:
         for mode in speeds:
             run = work / f"run-{mode}-{r}"
             shutil.rmtree(run, ignore_errors=True)
-            r = distill(DistillSettings(teacher=DEFAULT_TEACHER, student=str(student_dir), data=[gen_path], out=run,
+            got = distill(DistillSettings(teacher=DEFAULT_TEACHER, student=str(student_dir), data=[gen_path], out=run,
                                         max_steps=args.steps, batch_size=4, grad_accum=1, lr=1e-4, warmup_steps=0,
                                         save_steps=10_000, keep_checkpoints=False,
                                         logit_cache=work / "cache-k64" if mode == "cache_k64" else None),
                         teacher=teacher if mode == "live_teacher" else None)
-            speeds[mode].append(r["train_tokens"] / r["train_s"])  # all tokens through the student, in training
+            speeds[mode].append(got["train_tokens"] / got["train_s"])  # all tokens through the student, in training
     report = {
         "benchmark": "logit_cache",
         **run_record(),
