@@ -234,11 +234,6 @@ def write(settings: Settings, path: Path) -> Path:
     return Path(path)
 
 
-def help_text(cls, name: str) -> str:
-    f = next(f for f in fields(cls) if f.name == name)
-    return f.metadata.get("help", "")
-
-
 def default_of(f):
     if f.default is not MISSING:
         return f.default

@@ -154,8 +154,11 @@ class DistillSettings(Settings):
     def loss_config(self):
         from edgedistill.distill.losses import LossConfig
 
-        params = {k: v for k, v in (("beta", self.beta), ("alpha", self.alpha)) if v is not None}
-        return LossConfig(self.loss, params, temperature=self.loss_temperature, kd_weight=self.kd_weight)
+        return LossConfig(self.loss, self.loss_params, temperature=self.loss_temperature, kd_weight=self.kd_weight)
+
+    @property
+    def loss_params(self) -> dict:
+        return {k: v for k, v in (("beta", self.beta), ("alpha", self.alpha)) if v is not None}
 
     def train_config(self):
         from edgedistill.distill.train import TrainConfig
@@ -170,9 +173,8 @@ class DistillSettings(Settings):
 
         if self.loss not in losses():
             return []  # reported by the field's own check
-        params = {k: v for k, v in (("beta", self.beta), ("alpha", self.alpha)) if v is not None}
         try:
-            check_params(get(self.loss), params)
+            check_params(get(self.loss), self.loss_params)
         except EdgeDistillError as e:
             return [str(e)]
         return []

@@ -42,17 +42,6 @@ def default_layers(student_layers: int, teacher_layers: int) -> tuple[int, int]:
     return max(1, round(DEPTH * student_layers)), max(1, round(DEPTH * teacher_layers))
 
 
-def parse_layers(text: str) -> tuple[int, int]:
-    """"S:T" -> (S, T), block numbers from 1; a clear EdgeDistillError otherwise."""
-    try:
-        s, t = (int(x) for x in text.split(":"))
-    except ValueError:
-        raise EdgeDistillError(f"{text!r}: give two block numbers as S:T, e.g. 6:18") from None
-    if s < 1 or t < 1:
-        raise EdgeDistillError(f"{text!r}: block numbers start at 1")
-    return s, t
-
-
 def check_layers(layers: tuple[int, int], student_layers: int, teacher_layers: int) -> None:
     s, t = layers
     if not (1 <= s <= student_layers and 1 <= t <= teacher_layers):
