@@ -98,9 +98,7 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     from edgedistill.bench import BenchSettings, bench
     from edgedistill.data import default_data_dir
     from edgedistill.data.generate import model_fingerprint
-    from edgedistill.data.stage import GenerateSettings, generate_data
-    from edgedistill.data.load import load_prompts
-    from edgedistill.data.stats import domains
+    from edgedistill.data.stage import GenerateSettings, generate_data, select_prompts
     from edgedistill.distill.stage import DistillSettings, PruneSettings, distill, prune
     from edgedistill.export.pipeline import ExportSettings, export_model
     from edgedistill.models.locate import load_model, resolve
@@ -131,23 +129,21 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
             teacher_pair = load_model(str(teacher_dir))
         return teacher_pair
 
-    # 2. generate (the prompts are read here for the stage's key)
-    prompts = {}
-    for split, n in (("train", settings.train_prompts), ("validation", settings.val_prompts)):
-        got = []
-        for d in domains(data_dir):
-            got += load_prompts(d / "prompts" / f"{split}.jsonl")[0][:n]
-        prompts[split] = got
+    # 2. generate (the prompts are read once, here: they key the stage and are what the teacher answers)
+    gen_settings = {split: GenerateSettings(teacher=str(teacher_dir), split=split, limit=n, data_dir=data_dir,
+                                            out=Path("teacher-" + split + ".jsonl"),
+                                            max_new_tokens=settings.max_new_tokens)
+                    for split, n in (("train", settings.train_prompts), ("validation", settings.val_prompts))}
+    prompts = {split: select_prompts(s) for split, s in gen_settings.items()}
     g_key = _key("generate", t_key, {s: [(p.id, p.messages) for p in v] for s, v in prompts.items()},
                  settings.max_new_tokens)
 
     def gen(folder: Path) -> dict:
         info = {}
-        for split, n in (("train", settings.train_prompts), ("validation", settings.val_prompts)):
-            s = GenerateSettings(teacher=str(teacher_dir), split=split, limit=n, data_dir=data_dir,
-                                 out=folder / f"teacher-{split}.jsonl", max_new_tokens=settings.max_new_tokens)
+        for split, s in gen_settings.items():
+            s = s.replace(out=folder / s.out)
             with progress() as p:
-                r = generate_data(s, teacher=teacher(), progress=p)
+                r = generate_data(s, teacher=teacher(), prompts=prompts[split], progress=p)
             info[split] = {"prompts": len(prompts[split]), "written": r.written, "hit_max_tokens": r.hit_max_tokens}
         return info
 

@@ -11,6 +11,7 @@ repeated with `--config`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -38,7 +39,9 @@ def setting(default=None, help: str = "", *, min=None, max=None, min_open: bool 
     return field(default=default, metadata=meta)
 
 
+@functools.cache
 def _hints(cls) -> dict:
+    """The resolved field types of a settings class (resolved once per class, not at every construction)."""
     return typing.get_type_hints(cls)
 
 

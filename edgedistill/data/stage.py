@@ -43,12 +43,9 @@ class GenerateSettings(Settings):
         return Path(self.out).with_suffix(".settings.yaml")
 
 
-def generate_data(s: GenerateSettings, *, teacher=None, progress=None, echo=None):
-    """The teacher answers every prompt of s.prompts (or of s.split in every domain) not yet in s.out. `teacher`:
-    an already loaded (model, tokenizer) of s.teacher. Returns the GenerateReport (written, already there,
-    skipped as too long, cut at max_new_tokens)."""
+def select_prompts(s: GenerateSettings, *, echo=None) -> list:
+    """The prompts s names: s.prompts, or s.split of every domain, s.limit per file; ids unique across files."""
     from edgedistill.data import default_data_dir
-    from edgedistill.data.generate import GenerationSettings, generate
     from edgedistill.data.load import load_prompts
     from edgedistill.data.stats import domains
 
@@ -63,6 +60,17 @@ def generate_data(s: GenerateSettings, *, teacher=None, progress=None, echo=None
     ids = [p.id for p in prompts]
     if len(ids) != len(set(ids)):
         raise EdgeDistillError("the prompt files share ids; ids must be unique across all files of one run")
+    return prompts
+
+
+def generate_data(s: GenerateSettings, *, teacher=None, prompts=None, progress=None, echo=None):
+    """The teacher answers every prompt of s.prompts (or of s.split in every domain) not yet in s.out. `teacher`:
+    an already loaded (model, tokenizer) of s.teacher; `prompts`: select_prompts(s) when the caller already has
+    them. Returns the GenerateReport (written, already there, skipped as too long, cut at max_new_tokens)."""
+    from edgedistill.data.generate import GenerationSettings, generate
+
+    if prompts is None:
+        prompts = select_prompts(s, echo=echo)
     gen = GenerationSettings(max_new_tokens=s.max_new_tokens, do_sample=s.sample, temperature=s.temperature,
                              top_p=s.top_p, seed=s.seed, batch_size=s.batch_size)
     r = generate(s.teacher, prompts, s.out, gen, trust_remote_code=s.trust_remote_code, progress=progress,
