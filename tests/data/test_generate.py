@@ -61,6 +61,24 @@ def test_other_settings_are_refused(tiny_model_dir, tiny, tmp_path):
     assert out.read_text() == before
 
 
+def test_another_model_at_the_same_path_is_refused(tmp_path):
+    """The teacher folder replaced by another model (same path, same name): the file is not extended."""
+    import shutil
+
+    from tests import tiny as tiny_models
+
+    teacher = tiny_models.build_model_dir(tmp_path / "teacher", seed=0)
+    out = tmp_path / "gen.jsonl"
+    s = GenerationSettings(max_new_tokens=4)
+    generate(str(teacher), _prompts()[:1], out, s)
+    before = out.read_text()
+    shutil.rmtree(teacher)
+    tiny_models.build_model_dir(teacher, seed=1)
+    with pytest.raises(DataError, match=r"fingerprint [0-9a-f]{16}, this teacher .* fingerprint [0-9a-f]{16}"):
+        generate(str(teacher), _prompts(), out, s)
+    assert out.read_text() == before
+
+
 def test_sampling_is_seeded(tiny):
     model, tok = tiny
     convs = [p.messages for p in _prompts()[:2]]
