@@ -33,14 +33,19 @@ class Encoded:
 
     def fingerprint(self) -> str:
         """Hash of the exact token sequences and labels: what a logit cache is keyed by."""
-        h = hashlib.sha256()
-        for ex in self.examples:
-            h.update(json.dumps([ex["id"], ex["input_ids"], ex["labels"]]).encode())
-        return h.hexdigest()[:16]
+        return examples_fingerprint(self.examples)
 
     @property
     def response_tokens(self) -> int:
         return sum(sum(1 for x in ex["labels"] if x != IGNORE) for ex in self.examples)
+
+
+def examples_fingerprint(examples: Sequence[dict]) -> str:
+    """Hash of encoded examples' ids, tokens and labels, in order."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex["id"], ex["input_ids"], ex["labels"]]).encode())
+    return h.hexdigest()[:16]
 
 
 def load_generations(paths: Sequence[Path]) -> list[dict]:

@@ -207,15 +207,19 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
         t_pair = load_model(s.teacher)
     s_pair = load_model(s.student)
     train_set = encode(t_pair[1], load_generations(s.data), s.max_length)  # what a logit cache was built on
+    def fingerprint(spec: str) -> str:
+        ref = resolve(spec, pull=True)
+        return model_fingerprint(ref.path) if ref.kind != "hub" else ref.location
+
+    inputs = {"teacher": fingerprint(s.teacher), "student_init": fingerprint(s.student)}
     cache = None
     if s.logit_cache is not None:
-        ref = resolve(s.teacher, pull=True)
-        cache = lc.load(s.logit_cache, train_set, model_fingerprint(ref.path) if ref.kind != "hub" else None)
+        cache = lc.load(s.logit_cache, train_set, inputs["teacher"])
     say(f"{len(train_set.examples)} training sequences, {train_set.response_tokens} response tokens"
         + (f", {train_set.truncated} truncated to {s.max_length} tokens" if train_set.truncated else ""))
     t0 = time.perf_counter()
     model, trainer = train(t_pair, s_pair, train_set.examples, out, loss_cfg, cfg, resume=resume, progress=progress,
-                           cache=cache)
+                           cache=cache, inputs=inputs)
     report = {"teacher": s.teacher, "student_init": s.student, "steps": trainer.state.global_step,
               "train_s": round(time.perf_counter() - t0, 2), "train_tokens": int(trainer.tokens_seen),
               "logit_cache": str(s.logit_cache) if s.logit_cache else None,

@@ -14,9 +14,9 @@ normalised by their own token count (the sampled lengths are not known when the 
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from edgedistill.distill.dataset import IGNORE, collate, left_pad
+from edgedistill.distill.dataset import IGNORE, collate, examples_fingerprint, left_pad
 from edgedistill.distill.losses import LossConfig, masked_sum, per_token_objective
 from edgedistill.errors import EdgeDistillError
+from edgedistill.paths import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -231,13 +232,14 @@ def _callbacks(cfg: TrainConfig, metrics_path: Path, progress, trainer_ref: dict
 
 def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path, loss_cfg: LossConfig,
           cfg: TrainConfig, *, resume: bool = False, progress=None, extra_callbacks=(), cache=None,
-          trainer_factory=None, collator=None):
+          trainer_factory=None, collator=None, inputs: dict | None = None):
     """Distill into the student; checkpoints in run_dir/checkpoints, metrics in run_dir/metrics.jsonl.
     With `cache` (a LogitCache for exactly these examples, in this order) the teacher model may be None; so may it
     for cross-entropy alone (kd_weight 0, no on-policy steps), where t_tok still has to match the student's
     tokenizer. `trainer_factory(cls)` returns a subclass of the DistillTrainer to use (a method with its own
     objective) and a dict of its extra arguments; `collator(examples, pad_id)` replaces `collate`.
-    Returns (trained student, trainer)."""
+    `inputs` (e.g. the teacher's and student's fingerprints) joins what a --resume must find unchanged (see
+    _check_resume). Returns (trained student, trainer)."""
     from transformers import TrainingArguments, set_seed
 
     teacher, t_tok = teacher_pair
@@ -261,6 +263,7 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
     if ckpt.exists() and any(ckpt.glob("checkpoint-*")) and not resume:
         raise EdgeDistillError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
+    _check_resume(run_dir, resume, {**(inputs or {}), **_run_inputs(train_examples, loss_cfg, cfg, cache)})
     (run_dir / "config.json").write_text(json.dumps({"loss": asdict(loss_cfg), "train": asdict(cfg)}, indent=2) + "\n")
     set_seed(cfg.seed)
     pad = s_tok.pad_token_id if s_tok.pad_token_id is not None else s_tok.eos_token_id
@@ -318,6 +321,36 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
             raise EdgeDistillError(f"--resume: no checkpoint in {ckpt}")
     trainer.train(resume_from_checkpoint=last)
     return trainer.accelerator.unwrap_model(trainer.model), trainer
+
+
+# Budget fields may change on --resume (to train longer); everything else must be what the checkpoints were made with.
+_BUDGET = ("max_steps", "max_time_s", "save_steps", "logging_steps")
+
+
+def _run_inputs(examples: list[dict], loss_cfg: LossConfig, cfg: TrainConfig, cache) -> dict:
+    return {"data": examples_fingerprint(examples), "loss": asdict(loss_cfg),
+            "train": {k: v for k, v in asdict(cfg).items() if k not in _BUDGET},
+            "logit_cache": cache.meta["teacher_fingerprint"] + "/" + cache.meta["data_fingerprint"] if cache else None}
+
+
+def _check_resume(run_dir: Path, resume: bool, inputs: dict) -> None:
+    """A fresh run records its inputs in run_dir/inputs.json; --resume refuses to continue checkpoints made from
+    other inputs (another teacher or student at the same path, other data, other settings), naming both values."""
+    path = run_dir / "inputs.json"
+    plain = json.loads(json.dumps(inputs, default=str))
+    if resume and path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            raise EdgeDistillError(f"{path} is not readable JSON; the run cannot be resumed safely") from None
+        diff = [f"{k}: checkpoints {old.get(k)!r}, now {plain.get(k)!r}" for k in sorted(set(old) | set(plain))
+                if old.get(k) != plain.get(k)]
+        if diff:
+            raise EdgeDistillError(f"--resume: {run_dir} was trained from other inputs ({'; '.join(diff)}); resume "
+                                   "with the same ones or choose another --out")
+        return
+    if os.environ.get("RANK", "0") == "0":  # under a launcher every process gets here; one writes
+        write_text_atomic(path, json.dumps(plain, indent=2) + "\n")
 
 
 @torch.inference_mode()

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -78,11 +79,19 @@ def test_resume_matches_an_uninterrupted_run(pair, tmp_path):
     t, s, ex = fresh()
     straight, _ = train(t, s, ex, tmp_path / "a", loss, cfg)
     t, s, ex = fresh()
-    train(t, s, ex, tmp_path / "b", loss, cfg, extra_callbacks=[Kill()])
+    train(t, s, ex, tmp_path / "b", loss, cfg, extra_callbacks=[Kill()], inputs={"teacher": "aaaa"})
     with pytest.raises(EdgeDistillError, match="pass --resume"):
         train(*fresh()[:2], ex, tmp_path / "b", loss, cfg)
+    # Checkpoints continue only from the inputs they were made with: another teacher at the same path, other
+    # data or other settings are refused with both values named.
+    for inputs, kw, named in (({"teacher": "bbbb"}, {}, "teacher: checkpoints 'aaaa', now 'bbbb'"),
+                              ({"teacher": "aaaa"}, {"examples": ex[:-1]}, "data: checkpoints"),
+                              ({"teacher": "aaaa"}, {"cfg": dataclasses.replace(cfg, learning_rate=1e-3)}, "train:")):
+        with pytest.raises(EdgeDistillError, match=named):
+            train(*fresh()[:2], kw.get("examples", ex), tmp_path / "b", loss, kw.get("cfg", cfg), resume=True,
+                  inputs=inputs)
     t, s, ex = fresh()
-    resumed, trainer = train(t, s, ex, tmp_path / "b", loss, cfg, resume=True)
+    resumed, trainer = train(t, s, ex, tmp_path / "b", loss, cfg, resume=True, inputs={"teacher": "aaaa"})
     assert trainer.state.global_step == 8
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-5), name
