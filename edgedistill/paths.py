@@ -39,11 +39,28 @@ def ensure_writable_dir(path: Path, what: str = "cache folder") -> Path:
     return path
 
 
+def ensure_writable_file(path: Path, what: str = "output file") -> Path:
+    """Prove that `path` can be written (its folder made and written to; an existing entry is a file that opens
+    for appending, unchanged), or raise a CacheError naming `what`. Called before long work, not after it."""
+    path = Path(path)
+    ensure_writable_dir(path.parent, what)
+    if path.exists():
+        try:
+            if not path.is_file():
+                raise IsADirectoryError(21, "not a file")
+            with open(path, "ab"):
+                pass
+        except OSError as e:
+            raise CacheError(f"{what} {path} is not writable ({e.strerror or e}); choose a writable file") from None
+    return path
+
+
 @contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
+def atomic_dir(final: Path, what: str = "output folder") -> Iterator[Path]:
     """Yield a fresh temporary directory next to `final`; on success it is renamed to `final` in one step,
-    on any error (or Ctrl-C) it is removed. Readers therefore see either nothing or the complete result."""
-    parent = ensure_writable_dir(final.parent)
+    on any error (or Ctrl-C) it is removed. Readers therefore see either nothing or the complete result.
+    `what` names the location in the error when final's folder is not writable."""
+    parent = ensure_writable_dir(final.parent, what)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{final.name}.partial-"))
     try:
         yield tmp

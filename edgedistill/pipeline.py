@@ -21,6 +21,7 @@ from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models.registry import DEFAULT_TEACHER
+from edgedistill.paths import ensure_writable_dir, write_text_atomic
 from edgedistill.settings import Settings, setting
 from edgedistill.settings import write as write_settings
 
@@ -92,6 +93,23 @@ class Stages:
         return folder, info
 
 
+def _claim(path: Path, teacher: dict) -> None:
+    """A run folder belongs to one teacher: its stages (data, students, bundles) are not mixed with, or replaced
+    by, another model's, even one at the same path. Options may change; the teacher may not."""
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        if old.get("fingerprint") != teacher["fingerprint"]:
+            raise EdgeDistillError(
+                f"run folder {path.parent} was made with teacher {old.get('teacher')!r} (fingerprint "
+                f"{old.get('fingerprint')}), this teacher {teacher['teacher']!r} has fingerprint "
+                f"{teacher['fingerprint']}: choose another --out or delete the folder")
+        return
+    write_text_atomic(path, json.dumps(teacher, indent=2) + "\n")
+
+
 def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) -> dict:
     """The whole trip for settings.target; returns the run summary (also written to OUT/run.json, the settings to
     OUT/settings.yaml)."""
@@ -112,8 +130,7 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
     st = Stages(out, echo)
     progress = progress_factory or (lambda: _NoProgress())
-    out.mkdir(parents=True, exist_ok=True)
-    write_settings(settings, out / "settings.yaml")
+    ensure_writable_dir(out, "--out")  # before anything loads
 
     # 1. pull
     ref = resolve(settings.teacher, pull=True)
@@ -121,6 +138,8 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
         raise EdgeDistillError(f"run needs a registry teacher or a Hugging Face model folder, not {settings.teacher!r}")
     teacher_dir = Path(ref.path)
     t_key = model_fingerprint(teacher_dir)
+    _claim(out / "teacher.json", {"teacher": settings.teacher, "fingerprint": t_key})
+    write_settings(settings, out / "settings.yaml")
     teacher_pair = None
 
     def teacher():

@@ -29,6 +29,11 @@ class _Group(click.Group):
             _fail(ctx, str(e), e.exit_code)
         except KeyboardInterrupt:
             _fail(ctx, "interrupted", 130)
+        except OSError as e:  # the machine refused a file operation (full disk, read-only, gone): the user's to fix
+            if e.filename is None or isinstance(e, ModuleNotFoundError):
+                raise
+            where = e.filename + (f" -> {e.filename2}" if e.filename2 else "")
+            _fail(ctx, f"{where}: {e.strerror or e}", 2)
         except ModuleNotFoundError as e:
             if e.name and e.name.split(".")[0] in _FULL_ONLY:
                 _fail(ctx, f"this command needs {e.name}, which the runtime-only install lacks; "

@@ -54,6 +54,10 @@ def eval_cmd(model, teacher, data_dir, domains, limit, batch_size, json_out, by_
     from edgedistill.data import default_data_dir
     from edgedistill.data.evaluate import choice_accuracy, evaluate, find_eval_sets, load_eval_items
 
+    if json_out:
+        from edgedistill.paths import ensure_writable_file
+
+        ensure_writable_file(json_out, "--json-out")
     items = load_eval_items(find_eval_sets(data_dir or default_data_dir(), domains), limit)
     title = "graded eval"
     if by_likelihood:

