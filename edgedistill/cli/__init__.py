@@ -30,7 +30,7 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             _fail(ctx, "interrupted", 130)
         except OSError as e:  # the machine refused a file operation (full disk, read-only, gone): the user's to fix
-            if e.filename is None or isinstance(e, ModuleNotFoundError):
+            if e.filename is None:
                 raise
             where = e.filename + (f" -> {e.filename2}" if e.filename2 else "")
             _fail(ctx, f"{where}: {e.strerror or e}", 2)
