@@ -176,30 +176,10 @@ def _check_field(f, value) -> list[str]:
 
 
 def read_yaml_mapping(path: Path, what: str = "settings file") -> dict:
-    """A YAML file holding one mapping, read through one checked path: unreadable, non-UTF-8, malformed, too
-    deeply nested or not a mapping gives a one-line SettingsError naming the file."""
-    import yaml
+    """A YAML settings file, read through edgedistill.checked (one line, exit 2, for whatever is wrong with it)."""
+    from edgedistill.checked import read_yaml_mapping as read
 
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as e:
-        raise SettingsError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise SettingsError(f"{what} {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SettingsError(f"{what} {path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
-    except RecursionError:
-        raise SettingsError(f"{what} {path} is nested too deeply to be a settings file") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SettingsError(f"{what} {path} must hold a mapping of key: value, not a {type(data).__name__}")
-    return data
+    return read(path, what, SettingsError)
 
 
 def load(cls, config: Path | None = None, overrides: dict | None = None):

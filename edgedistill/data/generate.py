@@ -133,7 +133,9 @@ def _existing(out: Path, teacher_id: str, fingerprint: str, settings: dict) -> s
     if not out.exists():
         return set()
     done, keep = set(), []
-    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
+    from edgedistill.checked import read_text
+
+    lines = read_text(out, "--out file", DataError).splitlines(keepends=True)
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -6,7 +6,6 @@ at the first bad record; `strict=False` skips it and counts it in the returned L
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -115,26 +114,28 @@ def _parse_eval(obj: dict, domain: str) -> EvalItem:
     return EvalItem(obj["id"], task, obj["prompt"], obj["answer"].strip(), choices, str(obj.get("domain", domain)))
 
 
-def read_jsonl(path: Path) -> Iterable[tuple[int, Any]]:
-    """(line number, parsed object) for each non-blank line; a line that is not JSON raises DataError."""
+def read_jsonl(path: Path, on_bad=None) -> Iterable[tuple[int, Any]]:
+    """(line number, parsed object) for each non-blank line, read through edgedistill.checked. A line that is not
+    JSON raises DataError, or is handed to `on_bad(message)` and skipped when that is given."""
+    from edgedistill.checked import jsonl
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(_bad(path, n, f"not valid JSON ({e.msg} at column {e.colno})")) from None
+    for n, obj, problem in jsonl(path, "data file", DataError):
+        if problem is None:
+            yield n, obj
+        elif on_bad is None:
+            raise DataError(_bad(path, n, problem))
+        else:
+            on_bad(_bad(path, n, problem))
 
 
 def _load(path: Path, parse, strict: bool, domain: str | None) -> tuple[list, LoadReport]:
     path = Path(path)
     domain = domain if domain is not None else _domain_of(path)
     report, out, seen = LoadReport(str(path)), [], set()
-    for n, obj in read_jsonl(path):
+    for n, obj in read_jsonl(path, on_bad=None if strict else report.skipped.append):
         try:
             if not isinstance(obj, dict):
                 raise ValueError("each line must be a JSON object")
@@ -183,10 +184,9 @@ def load_texts(path: Path) -> list[tuple[str, str]]:
         raise DataError(f"{path}: no .txt files found")
     out = []
     for f in files:
-        try:
-            text = f.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{f}: not UTF-8 text (byte {e.start})") from None
+        from edgedistill.checked import read_text
+
+        text = read_text(f, "text file", DataError)
         if text.strip():
             out.append((f.name, text))
     return out

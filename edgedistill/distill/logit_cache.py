@@ -120,28 +120,30 @@ def build(teacher, teacher_id: str, teacher_fingerprint: str, data: Encoded, out
 
 def load(cache_dir: Path, data: Encoded, teacher_fingerprint: str | None = None) -> LogitCache:
     """Open a cache and prove it belongs to `data` (and to the teacher, when its fingerprint is given)."""
-    from safetensors.numpy import load_file
+    from edgedistill.checked import load_safetensors_numpy, read_json
 
     cache_dir = Path(cache_dir)
-    try:
-        meta = json.loads((cache_dir / "cache.json").read_text())
-    except (OSError, ValueError):
-        raise EdgeDistillError(f"{cache_dir} is not a logit cache (no readable cache.json); make one with "
-                               "`edgedistill cache-logits`") from None
-    if meta.get("format") != FORMAT:
+    if not (cache_dir / "cache.json").is_file():
+        raise EdgeDistillError(f"{cache_dir} is not a logit cache (no cache.json); make one with "
+                               "`edgedistill cache-logits`")
+    meta = read_json(cache_dir / "cache.json", "logit cache description")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        meta = meta if isinstance(meta, dict) else {}
         raise EdgeDistillError(f"{cache_dir}: unknown cache format {meta.get('format')!r} (this version reads {FORMAT})")
-    if meta["data_fingerprint"] != data.fingerprint():
+    if meta.get("data_fingerprint") != data.fingerprint():
         raise StaleCacheError(
             f"{cache_dir} was computed on other training data (fingerprint {meta['data_fingerprint']}, this run "
             f"{data.fingerprint()}): the data, tokenizer or --max-length changed; rebuild it with `edgedistill cache-logits`"
         )
-    if teacher_fingerprint is not None and meta["teacher_fingerprint"] != teacher_fingerprint:
-        raise StaleCacheError(f"{cache_dir} was made by teacher {meta['teacher']!r} ({meta['teacher_fingerprint']}), "
+    if teacher_fingerprint is not None and meta.get("teacher_fingerprint") != teacher_fingerprint:
+        raise StaleCacheError(f"{cache_dir} was made by teacher {meta.get('teacher')!r} ({meta.get('teacher_fingerprint')}), "
                               f"not this teacher ({teacher_fingerprint}); rebuild it")
-    arrays = load_file(str(cache_dir / "topk.safetensors"))
+    arrays = load_safetensors_numpy(cache_dir / "topk.safetensors", StaleCacheError)
+    if not {"ids", "logprobs", "offsets"} <= set(arrays):
+        raise StaleCacheError(f"{cache_dir}: topk.safetensors lacks ids/logprobs/offsets; rebuild the cache")
     ids = torch.from_numpy(arrays["ids"].astype(np.int64))
     lp = torch.from_numpy(arrays["logprobs"].astype(np.float32))
     offsets = torch.from_numpy(arrays["offsets"])
-    if ids.shape != lp.shape or ids.shape[0] != meta["tokens"] or len(offsets) != meta["sequences"] + 1:
+    if ids.shape != lp.shape or ids.shape[0] != meta.get("tokens") or len(offsets) != (meta.get("sequences") or 0) + 1:
         raise StaleCacheError(f"{cache_dir}: topk.safetensors does not match cache.json; rebuild the cache")
     return LogitCache(meta, ids, lp, offsets)

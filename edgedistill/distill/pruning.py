@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from edgedistill.errors import EdgeDistillError
+from edgedistill.errors import EdgeDistillError, UnsupportedError
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,25 @@ def plan(model, imp: Importance, shape: StudentShape) -> PruningPlan:
     return PruningPlan(keep_layers, _top(imp.channels, s.hidden), keep_neurons, keep_heads, keep_kv, asdict(s))
 
 
+_LAYER_TENSORS = {"input_layernorm.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight",
+                  "mlp.up_proj.weight", "mlp.down_proj.weight",
+                  *(f"self_attn.{x}_proj.weight" for x in "qkvo")}
+
+
+def check_prunable(model) -> None:
+    """The weights pruning knows how to slice: Llama-style blocks (separate q/k/v/o and gate/up/down projections,
+    two RMS norms, no biases). Anything else is refused up front, naming the tensors it does not know."""
+    names = [n for n, _ in model.named_parameters()]
+    layer0 = {n[len("model.layers.0."):] for n in names if n.startswith("model.layers.0.")}
+    other = sorted(layer0 - _LAYER_TENSORS)
+    missing = sorted(_LAYER_TENSORS - layer0)
+    if other or missing or "model.embed_tokens.weight" not in names:
+        kind = getattr(model.config, "model_type", "?")
+        detail = ", ".join(other[:4] + [f"no {m}" for m in missing[:2]]) or "no model.embed_tokens"
+        raise UnsupportedError(f"pruning does not handle {kind} models yet ({detail}); prune a Llama-architecture "
+                               "teacher, or distill into a student you made yourself (edgedistill distill --student)")
+
+
 def apply_plan(model, p: PruningPlan):
     """A new, smaller model holding the selected slices of `model`'s weights."""
     from transformers import AutoModelForCausalLM
@@ -286,6 +305,7 @@ def derive_student(teacher: str, shape: StudentShape, texts: Sequence[str], out_
     if out_dir.exists():
         raise EdgeDistillError(f"{out_dir} already exists; choose another output folder or delete it")
     model, tokenizer = loaded or load_model(teacher)
+    check_prunable(model)
     check_shape(model, shape)  # fail before the slow part
     imp = measure_importance(model, calibration_batches(tokenizer, texts, seq_len, max_tokens), progress)
     p = plan(model, imp, shape)

@@ -53,7 +53,8 @@ def prune(s: PruneSettings, *, teacher=None, progress=None) -> dict:
     """A student cut from the teacher by measured importance, in s.out (atomically) with pruning.json and
     settings.yaml. `teacher`: an already loaded (model, tokenizer). Returns pruning.json's content."""
     from edgedistill.data import default_data_dir, load_texts
-    from edgedistill.distill.pruning import StudentShape, derive_student, hardware_friendly, interleave_texts
+    from edgedistill.distill.pruning import (StudentShape, check_prunable, derive_student, hardware_friendly,
+                                             interleave_texts)
     from edgedistill.models.locate import load_model
     from edgedistill.paths import ensure_writable_dir
 
@@ -67,6 +68,7 @@ def prune(s: PruneSettings, *, teacher=None, progress=None) -> dict:
     else:
         texts = [t for _, t in load_texts(s.calibration)]
     loaded = teacher or load_model(s.teacher)
+    check_prunable(loaded[0])
     shape = StudentShape(s.layers, s.hidden, s.ffn, s.heads, s.kv_heads)
     if s.hw_friendly:
         hw = hardware_friendly(loaded[0], s.layers)

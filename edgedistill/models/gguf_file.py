@@ -30,8 +30,11 @@ def open_gguf(path: Path):
         raise InvalidModelError(f"{path} is not a file")
     with open(path, "rb") as f:
         head = f.read(8)
-    if len(head) < 8 or head[:4] != GGUF_MAGIC:
+    if head[:4] != GGUF_MAGIC[: len(head[:4])] or not head:
         raise InvalidModelError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    if len(head) < 8:
+        raise InvalidModelError(f"{path} is a truncated GGUF file ({len(head)} bytes: the magic, then nothing); "
+                                "download or export it again")
     try:
         reader = gguf.GGUFReader(str(path), "r")
     except Exception as e:  # the reader raises ValueError/IndexError/struct errors on damaged files

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import asdict, dataclass
 from math import prod
 from pathlib import Path
@@ -38,26 +37,18 @@ class ModelInfo:
 
 
 def _safetensors_params(path: Path) -> tuple[int, set[str]]:
-    """Parameter count and dtypes from a safetensors header (8-byte length, then JSON), no tensor data read."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise InvalidModelError(f"{path} is not a safetensors file (too short)")
-        (n,) = struct.unpack("<Q", raw)
-        try:
-            header = json.loads(f.read(n))
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidModelError(f"{path} has a damaged safetensors header") from None
-    header.pop("__metadata__", None)
+    """Parameter count and dtypes from a checked safetensors header (a file cut short is refused, not counted)."""
+    from edgedistill.checked import check_safetensors
+
+    header = check_safetensors(path)
     return sum(prod(t["shape"]) for t in header.values()), {t["dtype"] for t in header.values()}
 
 
 def _hf_info(ref: ModelRef) -> ModelInfo:
     d = ref.path
-    try:
-        cfg = json.loads((d / "config.json").read_text())
-    except ValueError as e:
-        raise InvalidModelError(f"{d / 'config.json'} is not valid JSON ({e})") from None
+    from edgedistill.checked import read_json
+
+    cfg = read_json(d / "config.json", "model config", InvalidModelError)
     weights = sorted(d.glob("*.safetensors"))
     if not weights:
         raise InvalidModelError(f"{d} has no .safetensors weights (edgedistill loads only safetensors, GGUF or ONNX)")

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from edgedistill import paths
+from edgedistill.checked import check_model_folder
 from edgedistill.errors import InvalidModelError, ModelNotFoundError, OfflineError
 from edgedistill.models import registry
 
@@ -111,21 +112,9 @@ def load_tokenizer(spec: str | ModelRef, *, trust_remote_code: bool = False):
 
         tok = gguf_file.build_tokenizer(None, gguf_file.metadata(gguf_file.open_gguf(ref.path)))
         return tok if tok is not None else AutoTokenizer.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name)
+    if ref.kind == "hf_dir":
+        check_model_folder(ref.path)
     return AutoTokenizer.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
-
-
-def check_safetensors(folder: Path) -> None:
-    """Open every .safetensors header in `folder`: a truncated or damaged weight file is named here, in one line,
-    instead of surfacing as a deserialisation traceback from deep inside transformers."""
-    from safetensors import safe_open
-
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        try:
-            with safe_open(str(f), framework="numpy"):
-                pass
-        except Exception as e:  # SafetensorError, OSError: both mean the file cannot be used as it is
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise InvalidModelError(f"{f} is damaged or truncated ({first}); copy or download it again") from None
 
 
 def load_model(spec: str | ModelRef, *, dtype=None, trust_remote_code: bool = False, pull: bool = True):
@@ -139,7 +128,7 @@ def load_model(spec: str | ModelRef, *, dtype=None, trust_remote_code: bool = Fa
         from edgedistill.models.convert import load_gguf
 
         return load_gguf(ref.path, dtype=dtype)
-    check_safetensors(ref.path)
+    check_model_folder(ref.path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(

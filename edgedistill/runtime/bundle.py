@@ -32,17 +32,41 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def confine(folder: Path, names) -> None:
+    """Every file a bundle names, and every link inside it, stays inside the bundle folder: no absolute paths, no
+    `..`, no symbolic link leading out. A manifest cannot make the runtime open another file on the machine."""
+    root = folder.resolve()
+
+    def inside(p: Path) -> bool:
+        try:
+            p.resolve().relative_to(root)
+            return True
+        except ValueError:
+            return False
+
+    for name in names:
+        rel = Path(str(name))
+        if rel.is_absolute() or ".." in rel.parts or not inside(folder / rel):
+            raise BundleError(f"{folder}: the manifest names {name!r}, which leads outside the bundle folder; a bundle "
+                              "may only name its own files (re-export it)")
+    for p in folder.rglob("*"):
+        if p.is_symlink() and not inside(p):
+            raise BundleError(f"{folder}: {p.relative_to(folder)} links outside the bundle folder; copy the bundle "
+                              "without links (cp -rL) or re-export it")
+
+
 def open_bundle(folder: str | Path, *, verify: bool = True) -> dict:
     """The manifest of `folder`, after checking it can be loaded here (and, with verify, every checksum)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise BundleError(f"no bundle at {folder} (expected a folder made by `edgedistill export`)")
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{folder} has no {MANIFEST}; it is not a bundle made by `edgedistill export`") from None
-    except (OSError, ValueError) as e:
-        raise BundleError(f"{folder / MANIFEST} is not readable JSON ({e})") from None
+    if not (folder / MANIFEST).is_file():
+        raise BundleError(f"{folder} has no {MANIFEST}; it is not a bundle made by `edgedistill export`")
+    from edgedistill.checked import read_json
+
+    manifest = read_json(folder / MANIFEST, "bundle manifest", BundleError)
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{folder / MANIFEST} must hold a JSON object; re-export the bundle")
     version = manifest.get("manifest_version")
     if not isinstance(version, int):
         raise BundleError(f"{folder / MANIFEST} has no manifest_version; re-export the bundle")
@@ -54,8 +78,9 @@ def open_bundle(folder: str | Path, *, verify: bool = True) -> dict:
     if manifest.get("format") not in ("gguf", "onnx"):
         raise BundleError(f"{folder}: format {manifest.get('format')!r} has no runtime backend (gguf, onnx)")
     files = manifest.get("files") or {}
-    if manifest.get("model_file") not in files:
+    if not isinstance(files, dict) or manifest.get("model_file") not in files:
         raise BundleError(f"{folder}: the manifest does not list its model file")
+    confine(folder, files)
     if verify:
         for name, meta in files.items():
             p = folder / name

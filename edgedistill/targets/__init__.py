@@ -141,15 +141,9 @@ def load_target(name_or_path: str | Path) -> Target:
 
 
 def parse_target(path: Path) -> Target:
-    import yaml
+    from edgedistill.checked import read_yaml_mapping
 
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise TargetError(f"{path}: not readable YAML ({first})") from None
-    if not isinstance(data, dict):
-        raise TargetError(f"{path}: a profile is a mapping of keys (name, cpu_arch, threads, ...)")
+    data = read_yaml_mapping(path, "profile", TargetError)
     problems: list[str] = []
 
     def bad(msg: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests import tiny
 from tests.conftest import run_cli
 
 
@@ -69,3 +70,72 @@ def test_an_unwritable_output_is_refused_before_any_model_loads(tmp_path, broken
         except AssertionError as e:
             failures[name] = str(e).splitlines()[0][:300]
     assert not failures, "\n".join(f"{k}: {v}" for k, v in failures.items())
+
+
+def _copy_model(src, dst, drop=()):
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*drop))
+    return dst
+
+
+def _tiny_phi3(out):
+    """A tiny Phi-3 (fused qkv and gate/up projections) with the tiny tokenizer."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    tok = tiny.build_tokenizer()
+    cfg = Phi3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                     pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    Phi3ForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_files_users_hand_us_are_read_through_one_checked_path(tmp_path, tiny_model_dir):
+    """Missing tokenizer, bad encoding, truncated file, bad unit, deep nesting, unsupported layout: one line."""
+    no_tok = _copy_model(tiny_model_dir, tmp_path / "no-tokenizer", drop=("tokenizer*", "special_tokens_map.json",
+                                                                           "chat_template.jinja"))
+    latin1 = tmp_path / "prompts.jsonl"
+    latin1.write_bytes('{"id": "a", "prompt": "caf\u00e9"}\n'.encode("latin-1"))
+    profile = tmp_path / "box.yaml"
+    profile.write_bytes("name: bo\u00eete\n".encode("latin-1"))
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 20000 + "]" * 20000 + "\n")
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text('{"id": "a", "messages": [{"role": "user", "content": "Where is my order?"}], '
+                   '"response": "It ships on Monday."}\n')
+    proc = run_cli("cache-logits", "--teacher", str(tiny_model_dir), "--data", str(gen), "--out",
+                   str(tmp_path / "cache"), "--k", "4")
+    assert proc.returncode == 0, proc.stderr
+    topk = tmp_path / "cache" / "topk.safetensors"
+    topk.write_bytes(topk.read_bytes()[: topk.stat().st_size // 2])
+    phi3 = _tiny_phi3(tmp_path / "phi3")
+    d = ["--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(gen)]
+    cases = {
+        "models ask, no tokenizer": (["models", "ask", str(no_tok), "hi"], "no tokenizer files"),
+        "generate, no tokenizer": (["generate", "--teacher", str(no_tok), "--split", "train", "--limit",
+                                                   "1", "--out", str(tmp_path / "g.jsonl")], "no tokenizer files"),
+        "prune, no tokenizer": (["prune", str(no_tok), "--layers", "1", "--out", str(tmp_path / "p")],
+                                "no tokenizer files"),
+        "generate, latin-1 prompts": (["generate", "--teacher", str(tiny_model_dir), "--prompts", str(latin1),
+                                       "--out", str(tmp_path / "g2.jsonl")], "not UTF-8"),
+        "targets show, latin-1 profile": (["targets", "show", str(profile)], "not UTF-8"),
+        "targets show, deep profile": (["targets", "show", str(deep)], "nested too deeply"),
+        "distill --config, deep": (["distill", "--config", str(deep), *d, "--out", str(tmp_path / "d1")],
+                                   "nested too deeply"),
+        "distill, truncated cache": (["distill", *d, "--logit-cache", str(tmp_path / "cache"), "--out",
+                                      str(tmp_path / "d2")], "truncated"),
+        "bench, bad unit": (["bench", str(tmp_path), "--target", "laptop", "--bandwidth", "fast"], "bandwidth"),
+        "prune, phi3": (["prune", str(phi3), "--layers", "1", "--out", str(tmp_path / "p3")], "does not handle phi3"),
+    }
+    failures = {}
+    for name, (args, expect) in cases.items():
+        proc = run_cli(*args)
+        try:
+            line = _one_line(proc)
+            assert expect in line, line
+        except AssertionError as e:
+            failures[name] = str(e).splitlines()[0][:300]
+    assert not failures, "\n".join(f"{k}: {v}" for k, v in failures.items())
+    assert not (tmp_path / "p").exists() and not (tmp_path / "d2" / "student").exists()
