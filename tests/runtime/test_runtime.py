@@ -81,6 +81,34 @@ def test_newer_manifest_unknown_format_and_no_bundle(bundles, tmp_path):
         load(b)
 
 
+def test_manifest_paths_stay_inside_the_bundle(bundles, tmp_path):
+    """A manifest (checksums and all) naming a file outside its folder, or a link leading out, is refused by the
+    runtime and by bench before anything is opened."""
+    from edgedistill.bench import bench
+    from edgedistill.targets import load_target
+
+    _, out = bundles
+    b, other = tmp_path / "b", tmp_path / "other"
+    shutil.copytree(out / "gguf-f16", b)
+    man = json.loads((b / "manifest.json").read_text())
+    other.mkdir()
+    shutil.copy(b / man["model_file"], other / "model.gguf")
+    for name in ("../other/model.gguf", str(other / "model.gguf")):
+        files = {k: v for k, v in man["files"].items() if k != man["model_file"]}
+        files[name] = man["files"][man["model_file"]]
+        (b / "manifest.json").write_text(json.dumps({**man, "model_file": name, "files": files}))
+        with pytest.raises(BundleError, match="outside the bundle"):
+            load(b)
+        with pytest.raises(BundleError, match="outside the bundle"):
+            bench([b], load_target("laptop"), tmp_path / "report")
+    (b / "manifest.json").write_text(json.dumps(man))
+    shutil.move(b / "tokenizer.json", other / "tokenizer.json")
+    (b / "tokenizer.json").symlink_to(other / "tokenizer.json")  # same bytes: the checksum alone would pass
+    with pytest.raises(BundleError, match="outside the bundle folder"):
+        load(b)
+    assert not (tmp_path / "report").exists() or not any((tmp_path / "report").iterdir())
+
+
 def test_other_architecture_warns(bundles, tmp_path, caplog):
     _, out = bundles
     b = tmp_path / "b"
