@@ -6,6 +6,8 @@ every command that writes.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests import tiny
@@ -139,3 +141,24 @@ def test_files_users_hand_us_are_read_through_one_checked_path(tmp_path, tiny_mo
             failures[name] = str(e).splitlines()[0][:300]
     assert not failures, "\n".join(f"{k}: {v}" for k, v in failures.items())
     assert not (tmp_path / "p").exists() and not (tmp_path / "d2" / "student").exists()
+
+
+def test_files_that_lie_are_called_what_they_are(tmp_path, tiny_model_dir):
+    """A weight file cut short, a GGUF that is only its magic, a prompts line that is not JSON under --skip-bad."""
+    cut = _copy_model(tiny_model_dir, tmp_path / "cut")
+    w = cut / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:20_000])
+    assert "truncated" in _one_line(run_cli("models", "info", str(cut)))
+    magic = tmp_path / "magic.gguf"
+    magic.write_bytes(b"GGUF")
+    line = _one_line(run_cli("models", "info", str(magic)))
+    assert "truncated" in line and "does not start" not in line
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "Where is my order?"}\n{"id": "b", "prompt": \n'
+                       '{"id": "c", "prompt": "Hi"}\n')
+    out = tmp_path / "g.jsonl"
+    proc = run_cli("generate", "--teacher", str(tiny_model_dir), "--prompts", str(prompts), "--skip-bad",
+                   "--max-new-tokens", "4", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 1 malformed" in proc.stderr + proc.stdout
+    assert sorted(json.loads(x)["id"] for x in out.read_text().splitlines()) == ["a", "c"]
