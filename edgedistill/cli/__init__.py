@@ -93,5 +93,21 @@ _register()
 
 
 def main() -> None:
-    cli(prog_name="edgedistill")
+    """The entry point. click's own usage errors (unknown option, missing argument, bad value) are one line too,
+    like every other error: `error: ...` and where the help is, exit code 2."""
+    import sys
+
+    try:
+        rv = cli.main(prog_name="edgedistill", standalone_mode=False)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "edgedistill"
+        click.echo(f"error: {e.format_message()} (see: {where} --help)", err=True)
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -162,3 +162,10 @@ def test_files_that_lie_are_called_what_they_are(tmp_path, tiny_model_dir):
     assert proc.returncode == 0, proc.stderr
     assert "skipped 1 malformed" in proc.stderr + proc.stdout
     assert sorted(json.loads(x)["id"] for x in out.read_text().splitlines()) == ["a", "c"]
+
+
+def test_click_usage_errors_are_one_line_too():
+    for args, expect in ((["distill", "--no-such-flag"], "no such option"), (["models", "ask"], "missing argument"),
+                         (["generate", "--batch-size", "abc"], "abc"), (["nosuch"], "no such command")):
+        line = _one_line(run_cli(*args))
+        assert expect in line.lower() and "--help" in line, line
