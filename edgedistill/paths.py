@@ -55,21 +55,91 @@ def ensure_writable_file(path: Path, what: str = "output file") -> Path:
     return path
 
 
+# A temporary folder of ours has an owner file beside it (NAME.owner: the process that made it). A process killed
+# with SIGKILL cannot remove its folder; the next run in the same place removes those whose owner is gone. Folders
+# without an owner file are never touched: they are not ours.
+OWNER_SUFFIX = ".owner"
+
+
+def _process_start(pid: int) -> str | None:
+    try:  # field 22 of /proc/PID/stat: the start time, which tells a reused pid from the original process
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner_alive(owner: dict) -> bool:
+    import socket
+
+    if owner.get("host") != socket.gethostname():
+        return True  # another machine's (a shared disk): not ours to judge
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return owner.get("start") is None or _process_start(pid) == owner.get("start")
+
+
+def scratch_dir(parent: Path, prefix: str) -> Path:
+    """A new hidden temporary folder in `parent`, marked as this process's (removed by clean_stale once this process
+    is gone, should it die before removing it itself)."""
+    import json
+    import socket
+
+    clean_stale(parent)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid())}
+    tmp.with_name(tmp.name + OWNER_SUFFIX).write_text(json.dumps(owner))
+    return tmp
+
+
+def remove_scratch(tmp: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.with_name(tmp.name + OWNER_SUFFIX).unlink(missing_ok=True)
+
+
+def clean_stale(parent: Path) -> list[Path]:
+    """Remove the temporary folders in `parent` left by processes of ours that no longer run; returns them."""
+    import json
+
+    removed = []
+    try:
+        owners = [p for p in Path(parent).glob(".*" + OWNER_SUFFIX) if p.is_file()]
+    except OSError:
+        return removed
+    for marker in owners:
+        try:
+            owner = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(owner, dict) or _owner_alive(owner):
+            continue
+        tmp = marker.with_name(marker.name[: -len(OWNER_SUFFIX)])
+        remove_scratch(tmp)
+        removed.append(tmp)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path, what: str = "output folder") -> Iterator[Path]:
     """Yield a fresh temporary directory next to `final`; on success it is renamed to `final` in one step,
-    on any error (or Ctrl-C) it is removed. Readers therefore see either nothing or the complete result.
-    `what` names the location in the error when final's folder is not writable."""
+    on any error (or Ctrl-C) it is removed (and after a kill, by the next run here: see scratch_dir). Readers
+    therefore see either nothing or the complete result. `what` names the location in the error when final's
+    folder is not writable."""
     parent = ensure_writable_dir(final.parent, what)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{final.name}.partial-"))
+    tmp = scratch_dir(parent, f".{final.name}.partial-")
     try:
         yield tmp
         if final.exists():
             raise CacheError(f"{final} appeared while it was being written; remove it and try again")
         os.replace(tmp, final)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        remove_scratch(tmp)
 
 
 @contextlib.contextmanager

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 from edgedistill.errors import EdgeDistillError, InvalidModelError
 from edgedistill.export import validate as V
 from edgedistill.export.bundle import source_hash, write_manifest
-from edgedistill.paths import atomic_dir, ensure_writable_dir
+from edgedistill.paths import atomic_dir, ensure_writable_dir, remove_scratch, scratch_dir
 from edgedistill.settings import Settings, setting
 from edgedistill.settings import write as write_settings
 from edgedistill.quantize import BuildContext, Scheme, get
@@ -91,20 +89,29 @@ def _check_source(model_dir: Path) -> None:
 def export_model(spec: str, out: Path, settings: ExportSettings,
                  on_step: Callable[[str], None] | None = None) -> list[VariantResult]:
     """Export `spec` (registry name, model directory or .gguf) to out/FORMAT-SCHEME/ for every variant."""
-    from edgedistill.models import load_model, resolve
-
     step = on_step or (lambda msg: log.info(msg))
     schemes = [get(v) for v in settings.variants]
     keys = [s.key for s in schemes]
     if len(set(keys)) != len(keys):
         raise EdgeDistillError(f"a variant is listed twice: {', '.join(keys)}")
+    created = not Path(out).exists()
     out = ensure_writable_dir(Path(out), "--out folder")
+    try:
+        return _export(spec, out, settings, schemes, step)
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):  # nothing written (failed, interrupted): no trace
+            out.rmdir()
+
+
+def _export(spec: str, out: Path, settings: ExportSettings, schemes, step) -> list[VariantResult]:
+    from edgedistill.models import load_model, resolve
+
     for s in schemes:
         if (out / bundle_name(s)).exists():
             raise EdgeDistillError(f"{out / bundle_name(s)} exists already; remove it or choose another --out")
 
     ref = resolve(spec, pull=True)
-    work = Path(tempfile.mkdtemp(dir=out, prefix=".export-work-"))
+    work = scratch_dir(out, ".export-work-")
     try:
         if ref.kind == "hf_dir":
             model_dir = ref.path
@@ -139,7 +146,7 @@ def export_model(spec: str, out: Path, settings: ExportSettings,
             write_settings(settings, out / "settings.yaml")
         return results
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_scratch(work)
 
 
 class _Failed(Exception):

@@ -8,8 +8,6 @@ K-quants work on rows in super-blocks of 256 values; a tensor whose rows are not
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -46,41 +44,42 @@ def _build_f16(ctx: BuildContext) -> Path:
     return out
 
 
-def llama_quantize(src: Path, dst: Path, ftype_name: str, threads: int | None = None) -> None:
-    """Run llama.cpp's quantizer: src (F16/F32 GGUF) -> dst at LLAMA_FTYPE_<ftype_name>."""
-    import llama_cpp
+# llama.cpp's quantizer is one long C call: in our own process it would hold off Ctrl-C until it returned. It runs
+# in a child process instead, which the parent kills when interrupted.
+_CHILD = """
+import ctypes, sys
+import llama_cpp
+src, dst, ftype, threads = sys.argv[1:5]
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + ftype)
+params.nthread = int(threads)
+sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params)))
+"""
 
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype_name}")
-    params.nthread = threads or os.cpu_count() or 1
-    with _captured_stderr() as captured:  # its per-tensor log: shown with --verbose, not on every export
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    text = "".join(captured)
+
+def llama_quantize(src: Path, dst: Path, ftype_name: str, threads: int | None = None) -> None:
+    """Run llama.cpp's quantizer: src (F16/F32 GGUF) -> dst at LLAMA_FTYPE_<ftype_name>, in a child process that
+    stops at once (and leaves no dst) on Ctrl-C or any error here."""
+    import subprocess
+
+    cmd = [sys.executable, "-c", _CHILD, str(src), str(dst), ftype_name, str(threads or os.cpu_count() or 1)]
+    with tempfile.TemporaryFile(mode="w+", errors="replace") as log_file:  # its per-tensor log: --verbose shows it
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            Path(dst).unlink(missing_ok=True)
+            raise
+        log_file.seek(0)
+        text = log_file.read()
     log.debug("llama.cpp quantizer (%s):\n%s", ftype_name, text)
-    if rc != 0 or not dst.exists():
+    if rc != 0 or not Path(dst).exists():
+        Path(dst).unlink(missing_ok=True)
         tail = " | ".join(ln.strip() for ln in text.splitlines()[-3:] if ln.strip())
         raise EdgeDistillError(f"llama.cpp's quantizer failed ({ftype_name}, return code {rc}) on {src.name}"
                                + (f": {tail}" if tail else ""))
-
-
-@contextlib.contextmanager
-def _captured_stderr():
-    """Send both C-level (fd 2) and Python-level stderr to a temp file for the duration; yields a list that holds
-    the captured text afterwards."""
-    captured: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+", errors="replace") as f:
-        os.dup2(f.fileno(), 2)
-        try:
-            with contextlib.redirect_stderr(f):
-                yield captured
-        finally:
-            f.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            f.seek(0)
-            captured.append(f.read())
 
 
 def _quantized(ftype_name: str):
