@@ -76,3 +76,24 @@ def test_cache_without_teacher_refuses_on_policy(setup, tmp_path):
     with pytest.raises(EdgeDistillError, match="on-policy steps need the live teacher"):
         train((None, teacher[1]), load_model(str(s_dir)), data.examples, tmp_path / "r", LossConfig(),
               TrainConfig(max_steps=1, on_policy=0.5), cache=cache)
+
+
+def test_a_cache_from_another_model_at_the_same_path_is_refused(setup, tmp_path):
+    """cache-logits from the teacher at a path, then another model put at that path: distill refuses the cache,
+    naming both fingerprints, before training and without writing a student."""
+    import shutil
+
+    from edgedistill.distill.stage import CacheSettings, DistillSettings, cache_logits, distill
+
+    _, t_dir, s_dir, _, _ = setup
+    teacher = tmp_path / "teacher"
+    shutil.copytree(t_dir, teacher)
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    cache_logits(CacheSettings(teacher=str(teacher), data=[gen], out=tmp_path / "cache", k=8, max_length=96))
+    shutil.rmtree(teacher)
+    tiny.build_model_dir(teacher, layers=3, hidden=64, heads=4, kv_heads=2, seed=5, init_std=0.2)
+    with pytest.raises(logit_cache.StaleCacheError, match=r"\([0-9a-f]{16}\), not this teacher \([0-9a-f]{16}\)"):
+        distill(DistillSettings(teacher=str(teacher), student=str(s_dir), data=[gen], logit_cache=tmp_path / "cache",
+                                out=tmp_path / "run", max_steps=1, max_length=96))
+    assert not (tmp_path / "run" / "student").exists()
