@@ -39,11 +39,31 @@ def ensure_writable_dir(path: Path, what: str = "cache folder") -> Path:
     return path
 
 
-def ensure_writable_file(path: Path, what: str = "output file") -> Path:
-    """Prove that `path` can be written (its folder made and written to; an existing entry is a file that opens
-    for appending, unchanged), or raise a CacheError naming `what`. Called before long work, not after it."""
+def check_writable_dir(path: Path, what: str = "--out") -> Path:
+    """Prove, before long work and without creating anything, that folder `path` could be made and written to:
+    the nearest existing folder on its way is a folder we can create files in, and nothing on the rest of the way
+    is a file. A refused run therefore leaves no empty folder behind."""
     path = Path(path)
-    ensure_writable_dir(path.parent, what)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise CacheError(f"{what} {path} is not writable ({probe} is a file, not a folder); choose a writable folder")
+    try:
+        tempfile.NamedTemporaryFile(dir=probe, prefix=".write-probe-", delete=True).close()
+    except OSError as e:
+        raise CacheError(f"{what} {path} is not writable ({e.strerror or e}); choose a writable folder") from None
+    return path
+
+
+def ensure_writable_file(path: Path, what: str = "output file") -> Path:
+    """Prove that `path` can be written (its folder could be made and written to; an existing entry is a file
+    that opens for appending, unchanged), or raise a CacheError naming `what`. Creates nothing; called before
+    long work, not after it."""
+    path = Path(path)
+    check_writable_dir(path.parent, what)
     if path.exists():
         try:
             if not path.is_file():

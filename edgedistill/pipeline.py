@@ -21,7 +21,7 @@ from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models.registry import DEFAULT_TEACHER
-from edgedistill.paths import ensure_writable_dir, write_text_atomic
+from edgedistill.paths import check_writable_dir, write_text_atomic
 from edgedistill.settings import Settings, setting
 from edgedistill.settings import write as write_settings
 
@@ -130,7 +130,7 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
     st = Stages(out, echo)
     progress = progress_factory or (lambda: _NoProgress())
-    ensure_writable_dir(out, "--out")  # before anything loads
+    check_writable_dir(out, "--out")  # before anything loads
 
     # 1. pull
     ref = resolve(settings.teacher, pull=True)

@@ -222,9 +222,9 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
 
     if not bundles:
         raise EdgeDistillError("no bundles given: pass one or more folders made by `edgedistill export`")
-    from edgedistill.paths import ensure_writable_dir
+    from edgedistill.paths import check_writable_dir
 
-    ensure_writable_dir(Path(out_dir), "--out")  # before a measurement that would be lost at the end
+    check_writable_dir(Path(out_dir), "--out")  # before a measurement that would be lost at the end
     infos = [_bundle_info(Path(b)) for b in bundles]
     comps = [_bundle_info(Path(b)) for b in comparison]
     ref_info = _bundle_info(Path(teacher)) if teacher else None

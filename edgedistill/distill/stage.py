@@ -56,12 +56,12 @@ def prune(s: PruneSettings, *, teacher=None, progress=None) -> dict:
     from edgedistill.distill.pruning import (StudentShape, check_prunable, derive_student, hardware_friendly,
                                              interleave_texts)
     from edgedistill.models.locate import load_model
-    from edgedistill.paths import ensure_writable_dir
+    from edgedistill.paths import check_writable_dir
 
     out = Path(s.out)
     if out.exists():  # before loading the teacher and reading the calibration data
         raise EdgeDistillError(f"{out} already exists; choose another --out or delete it")
-    ensure_writable_dir(out.parent, "--out folder")
+    check_writable_dir(out.parent, "--out folder")
     if s.calibration is None:
         data = Path(s.data_dir) if s.data_dir else default_data_dir()
         texts = [t for d in sorted(data.glob("*/texts")) for _, t in load_texts(d)]
@@ -100,11 +100,11 @@ def cache_logits(s: CacheSettings, *, progress=None) -> dict:
     from edgedistill.distill import logit_cache as lc
     from edgedistill.distill.dataset import encode, load_generations
     from edgedistill.models.locate import load_model, resolve
-    from edgedistill.paths import ensure_writable_dir
+    from edgedistill.paths import check_writable_dir
 
     if Path(s.out).exists():
         raise EdgeDistillError(f"{s.out} already exists; choose another --out or delete it")
-    ensure_writable_dir(Path(s.out).parent, "--out folder")
+    check_writable_dir(Path(s.out).parent, "--out folder")
     ref = resolve(s.teacher, pull=True)
     model, tok = load_model(ref)
     data = encode(tok, load_generations(s.data), s.max_length)
@@ -192,14 +192,16 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     from edgedistill.distill.dataset import encode, load_generations
     from edgedistill.distill.train import agreement_with_teacher, train
     from edgedistill.models.locate import load_model, load_tokenizer, resolve
-    from edgedistill.paths import atomic_dir, ensure_writable_dir
+    from edgedistill.paths import atomic_dir, check_writable_dir
 
     say = echo or log.info
     out = Path(s.out)
     final = out / "student"
     if final.exists():
         raise EdgeDistillError(f"{final} already exists: this run is finished; choose another --out")
-    ensure_writable_dir(out, "--out")  # before the models load
+    check_writable_dir(out, "--out")  # before the models load
+    if resume and not any((out / "checkpoints").glob("checkpoint-*")):
+        raise EdgeDistillError(f"--resume: no checkpoint in {out / 'checkpoints'}; start the run without --resume")
     loss_cfg, cfg = s.loss_config(), s.train_config()
     if teacher is not None:
         t_pair = teacher

@@ -262,6 +262,8 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
     ckpt = run_dir / "checkpoints"
     if ckpt.exists() and any(ckpt.glob("checkpoint-*")) and not resume:
         raise EdgeDistillError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
+    if resume and not any(ckpt.glob("checkpoint-*")):
+        raise EdgeDistillError(f"--resume: no checkpoint in {ckpt}")
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(run_dir, resume, {**(inputs or {}), **_run_inputs(train_examples, loss_cfg, cfg, cache)})
     (run_dir / "config.json").write_text(json.dumps({"loss": asdict(loss_cfg), "train": asdict(cfg)}, indent=2) + "\n")

@@ -45,13 +45,16 @@ def _safetensors_params(path: Path) -> tuple[int, set[str]]:
 
 
 def _hf_info(ref: ModelRef) -> ModelInfo:
-    d = ref.path
     from edgedistill.checked import read_json
 
+    d = ref.path
     cfg = read_json(d / "config.json", "model config", InvalidModelError)
     weights = sorted(d.glob("*.safetensors"))
     if not weights:
         raise InvalidModelError(f"{d} has no .safetensors weights (edgedistill loads only safetensors, GGUF or ONNX)")
+    from edgedistill.checked import check_model_folder
+
+    check_model_folder(d)  # a folder a user cannot load (no tokenizer, a cut weight file) is not described as fine
     params, dtypes = 0, set()
     for w in weights:
         n, dt = _safetensors_params(w)

@@ -212,7 +212,7 @@ def reapply(s: ReapplySettings, *, teacher=None, progress=None, resume: bool = F
     from edgedistill.distill.losses import LossConfig
     from edgedistill.distill.train import TrainConfig, train
     from edgedistill.models.locate import load_model
-    from edgedistill.paths import atomic_dir, ensure_writable_dir
+    from edgedistill.paths import atomic_dir, check_writable_dir
     from edgedistill.safety.hint import check_layers, default_layers, fit_hint_map
     from edgedistill.safety.select import checkpoint_picker
 
@@ -221,7 +221,7 @@ def reapply(s: ReapplySettings, *, teacher=None, progress=None, resume: bool = F
     final = out / "student"
     if final.exists():
         raise EdgeDistillError(f"{final} already exists: this run is finished; choose another --out")
-    ensure_writable_dir(out, "--out")
+    check_writable_dir(out, "--out")
     train_split = load_suite("train", s.data_dir)
     held = holdout(train_split, s.holdout) if s.holdout else []
     held_ids = {p.id for p in held}

@@ -1,0 +1,315 @@
+"""A broad bad-input sweep over every command, as a new user would make the mistakes: tried / handled / failed.
+
+Each case runs the real `edgedistill` entry point in a fresh process on a deliberately broken input (files that
+are cut, mis-encoded, absurdly nested, of the wrong kind or from another model; values out of range or in the
+wrong unit; outputs that cannot be written or already exist; bundles that were tampered with). A case is
+*handled* when the command exits with code 2 (1 where the command's documented answer is "not deployable"),
+prints exactly one line on stderr starting with "error: ", shows no traceback, and leaves nothing new in the
+workspace (no output, no hidden temporary file). Anything else is *failed*, by kind: traceback, silent success
+(exit 0 on bad input), several lines, other exit code, leftover.
+
+    .venv/bin/python benchmarks/bad_inputs.py     # writes benchmarks/results/reliability/bad_inputs.json
+
+Uses the default teacher (pulled once into the cache) where a real model is needed; about 5 minutes here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from edgedistill.runinfo import run_record, write_result
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def snapshot(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def build_workspace(w: Path, teacher: Path) -> dict:
+    """Every broken input the cases use, made once. Returns name -> path."""
+    from edgedistill.data.generate import model_fingerprint
+
+    f: dict[str, Path] = {}
+
+    def file(name: str, data: bytes | str) -> Path:
+        p = w / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data if isinstance(data, bytes) else data.encode())
+        f[name] = p
+        return p
+
+    def model_copy(name: str, skip=()) -> Path:
+        d = w / name
+        d.mkdir()
+        for src in teacher.iterdir():
+            if src.is_dir() or any(src.match(pat) for pat in skip):
+                continue
+            if src.suffix == ".safetensors":
+                os.link(src, d / src.name) if os.stat(src).st_dev == os.stat(w).st_dev else shutil.copy(src, d)
+            else:
+                shutil.copy(src, d / src.name)
+        f[name] = d
+        return d
+
+    # models
+    (w / "empty-dir").mkdir()
+    f["empty-dir"] = w / "empty-dir"
+    model_copy("no-tokenizer", skip=("tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt",
+                                     "chat_template.jinja"))
+    bad_cfg = model_copy("bad-config")
+    (bad_cfg / "config.json").write_text("{not json")
+    cut = model_copy("cut-weights", skip=("*.safetensors",))
+    with open(next(teacher.glob("*.safetensors")), "rb") as src:
+        (cut / "model.safetensors").write_bytes(src.read(20_000))
+    latin_cfg = model_copy("latin1-config")
+    (latin_cfg / "config.json").write_bytes((latin_cfg / "config.json").read_bytes().replace(b"{", b'{"x": "\xe9",', 1))
+    file("magic.gguf", b"GGUF")
+    file("zeros.gguf", b"\0" * 4096)
+    file("text-as-model.safetensors", "hello")
+    # prompts and generations
+    file("prompts-latin1.jsonl", '{"id": "a", "prompt": "caf\u00e9"}\n'.encode("latin-1"))
+    file("prompts-not-json.jsonl", '{"id": "a", "prompt": "hi"}\n{"id": "b", "prompt": \n')
+    file("prompts-not-object.jsonl", '["a", "b"]\n')
+    file("prompts-no-text.jsonl", '{"id": "a"}\n')
+    file("prompts-dup-ids.jsonl", '{"id": "a", "prompt": "hi"}\n{"id": "a", "prompt": "ho"}\n')
+    file("prompts-empty.jsonl", "")
+    file("prompts-deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n")
+    file("prompts-ok.jsonl", '{"id": "a", "prompt": "Where is my order?"}\n')
+    rec = {"id": "a", "messages": [{"role": "user", "content": "Where is my order?"}], "response": "On its way.",
+           "teacher": "smollm2-135m-instruct", "settings": {"max_new_tokens": 256, "do_sample": False}}
+    file("gen-ok.jsonl", json.dumps({**rec, "teacher_fingerprint": model_fingerprint(teacher)}) + "\n")
+    file("gen-other-teacher.jsonl", json.dumps({**rec, "teacher_fingerprint": "0123456789abcdef"}) + "\n")
+    file("gen-no-response.jsonl", '{"id": "a", "messages": []}\n')
+    file("gen-latin1.jsonl", json.dumps(rec, ensure_ascii=False).replace("way", "w\u00e9y").encode("latin-1") + b"\n")
+    # YAML: settings files and profiles
+    file("deep.yaml", "[" * 20000 + "]" * 20000 + "\n")
+    file("malformed.yaml", "a: [1, 2\nb: }\n")
+    file("list.yaml", "- 1\n- 2\n")
+    file("latin1.yaml", "name: bo\u00eete\n".encode("latin-1"))
+    file("unknown-key.yaml", "no_such_setting: 3\n")
+    file("wrong-type.yaml", "max_steps: many\n")
+    file("out-of-range.yaml", "max_steps: -4\nlr: 7\n")
+    shipped = REPO / "edgedistill" / "targets" / "profiles" / "laptop.yaml"
+    text = shipped.read_text()
+    file("profile-bad-unit.yaml", text.replace("memory_budget:", "memory_budget: 12 parsecs #", 1))
+    file("profile-missing-key.yaml", "\n".join(ln for ln in text.splitlines() if not ln.startswith("threads")))
+    file("profile-wrong-arch.yaml", text.replace("cpu_arch:", "cpu_arch: sparc64 #", 1))
+    # caches
+    ok_cache = w / "cache-ok"
+    proc = subprocess.run([sys.executable, "-m", "edgedistill", "cache-logits", "--data", str(f["gen-ok.jsonl"]),
+                           "--out", str(ok_cache), "--k", "8"], capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"could not build the cache the cases need: {proc.stderr[-500:]}")
+    f["cache-ok"] = ok_cache
+    cut_cache = w / "cache-cut"
+    shutil.copytree(ok_cache, cut_cache)
+    t = cut_cache / "topk.safetensors"
+    t.write_bytes(t.read_bytes()[: t.stat().st_size // 2])
+    f["cache-cut"] = cut_cache
+    no_meta = w / "cache-no-meta"
+    shutil.copytree(ok_cache, no_meta)
+    (no_meta / "cache.json").unlink()
+    f["cache-no-meta"] = no_meta
+    # bundles
+    man = {"manifest_version": 1, "format": "gguf", "scheme": "q8_0", "model_file": "../magic.gguf",
+           "files": {"../magic.gguf": {"bytes": 4, "sha256": "x"}}}
+    file("bundle-escape/manifest.json", json.dumps(man))
+    file("bundle-absolute/manifest.json", json.dumps({**man, "model_file": "/etc/hostname",
+                                                      "files": {"/etc/hostname": {"bytes": 1, "sha256": "x"}}}))
+    file("bundle-no-version/manifest.json", json.dumps({k: v for k, v in man.items() if k != "manifest_version"}))
+    file("bundle-not-json/manifest.json", "{")
+    file("bundle-latin1/manifest.json", b'{"x": "\xe9"}')
+    file("bundle-missing-file/manifest.json", json.dumps({**man, "model_file": "model.gguf",
+                                                          "files": {"model.gguf": {"bytes": 4, "sha256": "x"}}}))
+    (w / "bundle-empty").mkdir()
+    for b in w.glob("bundle-*"):
+        f[b.name] = b
+    # an output place nothing can be written to (a folder path under a plain file: refused for root too)
+    file("blocker", "a file, not a folder\n")
+    existing = w / "existing-out"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("the user's file\n")
+    f["existing-out"] = existing
+    return f
+
+
+def cases(f: dict, teacher: Path) -> list[tuple[str, list[str], int]]:
+    """(name, arguments, expected exit code)."""
+    T = str(teacher)
+    blk = str(f["blocker"])
+    ok_gen, ok_p = str(f["gen-ok.jsonl"]), str(f["prompts-ok.jsonl"])
+    out = lambda name: str(Path(blk).parent / "outs" / name)  # noqa: E731  (must not exist afterwards)
+    c: list[tuple[str, list[str], int]] = []
+
+    def add(name, args, code=2):
+        c.append((name, [str(a) for a in args], code))
+
+    # click usage
+    add("no such command", ["nosuch"])
+    add("unknown option", ["distill", "--no-such-flag"])
+    add("missing argument", ["models", "ask"])
+    add("int flag given text", ["generate", "--split", "train", "--batch-size", "abc", "--out", out("g")])
+    add("choice flag bad", ["generate", "--split", "holdout", "--out", out("g")])
+    # models
+    for m in ("empty-dir", "no-tokenizer", "bad-config", "cut-weights", "latin1-config", "magic.gguf", "zeros.gguf",
+              "text-as-model.safetensors"):
+        add(f"models info {m}", ["models", "info", f[m]])
+    for m in ("no-tokenizer", "bad-config", "cut-weights", "magic.gguf"):
+        add(f"models ask {m}", ["models", "ask", f[m], "hi"])
+    add("models ask max tokens 0", ["models", "ask", T, "hi", "--max-new-tokens", "0"])
+    add("models pull unknown", ["models", "pull", "no-such-model"])
+    add("models info hub id offline", ["models", "info", "org/model"])
+    # generate
+    for p in ("prompts-latin1.jsonl", "prompts-not-json.jsonl", "prompts-not-object.jsonl", "prompts-no-text.jsonl",
+              "prompts-dup-ids.jsonl", "prompts-empty.jsonl", "prompts-deep.jsonl"):
+        add(f"generate {p}", ["generate", "--teacher", T, "--prompts", f[p], "--out", out("g.jsonl")])
+    add("generate no prompts nor split", ["generate", "--teacher", T, "--out", out("g.jsonl")])
+    add("generate prompts and split", ["generate", "--prompts", ok_p, "--split", "train", "--out", out("g.jsonl")])
+    add("generate temperature 0", ["generate", "--prompts", ok_p, "--sample", "--temperature", "0", "--out", out("g")])
+    add("generate no-tokenizer teacher", ["generate", "--teacher", f["no-tokenizer"], "--prompts", ok_p, "--out",
+                                          out("g.jsonl")])
+    add("generate into another teacher's file", ["generate", "--teacher", T, "--prompts", ok_p, "--out",
+                                                  f["gen-other-teacher.jsonl"]])
+    add("generate --out blocked", ["generate", "--teacher", T, "--prompts", ok_p, "--out", f"{blk}/g.jsonl"])
+    add("generate --config deep", ["generate", "--config", f["deep.yaml"], "--prompts", ok_p, "--out", out("g")])
+    # prune
+    add("prune no-tokenizer", ["prune", f["no-tokenizer"], "--layers", "2", "--out", out("p")])
+    add("prune layers 0", ["prune", T, "--layers", "0", "--out", out("p")])
+    add("prune layers 99", ["prune", T, "--layers", "99", "--out", out("p")])
+    add("prune into existing", ["prune", T, "--layers", "2", "--out", f["existing-out"]])
+    add("prune --out blocked", ["prune", T, "--layers", "2", "--out", f"{blk}/p"])
+    add("prune latin-1 calibration", ["prune", T, "--layers", "2", "--calibration", f["prompts-latin1.jsonl"],
+                                      "--out", out("p")])
+    # cache-logits
+    add("cache-logits k 0", ["cache-logits", "--data", ok_gen, "--k", "0", "--out", out("c")])
+    add("cache-logits into existing", ["cache-logits", "--data", ok_gen, "--out", f["existing-out"]])
+    add("cache-logits no-response data", ["cache-logits", "--data", f["gen-no-response.jsonl"], "--out", out("c")])
+    add("cache-logits latin-1 data", ["cache-logits", "--data", f["gen-latin1.jsonl"], "--out", out("c")])
+    add("cache-logits --out blocked", ["cache-logits", "--data", ok_gen, "--out", f"{blk}/c"])
+    # distill
+    d = ["distill", "--student", T, "--data", ok_gen]
+    add("distill truncated cache", [*d, "--logit-cache", f["cache-cut"], "--out", out("d")])
+    add("distill cache without cache.json", [*d, "--logit-cache", f["cache-no-meta"], "--out", out("d")])
+    add("distill lr 5", [*d, "--lr", "5", "--out", out("d")])
+    add("distill steps -1", [*d, "--max-steps", "-1", "--out", out("d")])
+    add("distill max-time 5 parsecs", [*d, "--max-time", "5parsecs", "--out", out("d")])
+    add("distill loss unknown", [*d, "--loss", "cosine", "--out", out("d")])
+    add("distill beta without jsd", [*d, "--beta", "0.5", "--out", out("d")])
+    add("distill student no-tokenizer", ["distill", "--student", f["no-tokenizer"], "--data", ok_gen, "--out", out("d")])
+    add("distill --resume nothing", [*d, "--resume", "--out", out("d")])
+    add("distill --out blocked", [*d, "--out", f"{blk}/d"])
+    for y in ("deep.yaml", "malformed.yaml", "list.yaml", "latin1.yaml", "unknown-key.yaml", "wrong-type.yaml",
+              "out-of-range.yaml"):
+        add(f"distill --config {y}", [*d, "--config", f[y], "--out", out("d")])
+    add("distill --config missing", [*d, "--config", out("none.yaml"), "--out", out("d")])
+    # export
+    add("export unknown variant", ["export", T, "--variants", "gguf:q3_xyz", "--out", out("e")])
+    add("export variant twice", ["export", T, "--variants", "gguf:q8_0,gguf:q8_0", "--out", out("e")])
+    add("export cut weights", ["export", f["cut-weights"], "--variants", "gguf:q8_0", "--out", out("e")])
+    add("export --out blocked", ["export", T, "--variants", "gguf:q8_0", "--out", f"{blk}/e"])
+    # targets
+    for y in ("deep.yaml", "malformed.yaml", "list.yaml", "latin1.yaml", "profile-bad-unit.yaml",
+              "profile-missing-key.yaml", "profile-wrong-arch.yaml"):
+        add(f"targets show {y}", ["targets", "show", f[y]])
+    add("targets show unknown", ["targets", "show", "toaster"])
+    # bench
+    for b in ("bundle-escape", "bundle-absolute", "bundle-no-version", "bundle-not-json", "bundle-latin1",
+              "bundle-missing-file", "bundle-empty"):
+        add(f"bench {b}", ["bench", f[b], "--target", "laptop", "--out", out("b")])
+    add("bench bandwidth fast", ["bench", f["bundle-escape"], "--target", "laptop", "--bandwidth", "fast", "--out",
+                                 out("b")])
+    add("bench repeats 0", ["bench", f["bundle-escape"], "--target", "laptop", "--repeats", "0", "--out", out("b")])
+    add("bench unknown target", ["bench", f["bundle-escape"], "--target", "toaster", "--out", out("b")])
+    add("bench profile bad unit", ["bench", f["bundle-escape"], "--target", f["profile-bad-unit.yaml"], "--out",
+                                   out("b")])
+    add("bench --out blocked", ["bench", f["bundle-escape"], "--target", "laptop", "--out", f"{blk}/b"])
+    # eval, data, safety, run
+    add("eval --json-out blocked", ["eval", T, "--limit", "1", "--json-out", f"{blk}/e.json"])
+    add("eval no-tokenizer", ["eval", f["no-tokenizer"], "--limit", "1"])
+    add("data split latin-1", ["data", "split", f["prompts-latin1.jsonl"], "--out-dir", out("s")])
+    add("data split fractions", ["data", "split", ok_p, "--fractions", "0.5,0.5", "--out-dir", out("s")])
+    add("data split --out-dir blocked", ["data", "split", ok_p, "--out-dir", f"{blk}/s"])
+    add("safety eval --out blocked", ["safety", "eval", T, "--out", f"{blk}/s.json"])
+    add("safety eval no-tokenizer", ["safety", "eval", f["no-tokenizer"]])
+    add("safety reapply --out blocked", ["safety", "reapply", "--student", T, "--out", f"{blk}/r"])
+    add("safety reapply steps 0", ["safety", "reapply", "--student", T, "--steps", "0", "--out", out("r")])
+    add("run unknown target", ["run", "--target", "toaster", "--out", out("run")])
+    add("run profile deep", ["run", "--target", f["deep.yaml"], "--out", out("run")])
+    add("run teacher gguf", ["run", "--target", "laptop", "--teacher", f["magic.gguf"], "--out", out("run")])
+    add("run --out blocked", ["run", "--target", "laptop", "--out", f"{blk}/run"])
+    add("run --config latin-1", ["run", "--config", f["latin1.yaml"], "--target", "laptop", "--out", out("run")])
+    return c
+
+
+def classify(proc, expected: int, leftovers: list[str]) -> str:
+    err = proc.stderr.strip().splitlines()
+    if "Traceback (most recent call last)" in proc.stderr:
+        return "traceback"
+    if proc.returncode == 0:
+        return "silent success"
+    if proc.returncode != expected:
+        return f"exit {proc.returncode}"
+    if len(err) != 1 or not err[0].startswith("error: "):
+        return "not one line"
+    if leftovers:
+        return "leftover"
+    return "handled"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "reliability" / "bad_inputs.json")
+    ap.add_argument("--only", default=None, help="only cases whose name contains this")
+    args = ap.parse_args()
+
+    from edgedistill.models import DEFAULT_TEACHER
+    from edgedistill.models.pull import pull
+
+    teacher, _ = pull(DEFAULT_TEACHER)
+    results, t0 = [], time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgedistill-bad-inputs-") as tmp:
+        w = Path(tmp)
+        f = build_workspace(w, Path(teacher))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        for name, argv, expected in cases(f, Path(teacher)):
+            if args.only and args.only not in name:
+                continue
+            before = snapshot(w)
+            t = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "edgedistill", *argv], capture_output=True, text=True,
+                                  cwd=REPO, env=env, timeout=900)
+            leftovers = sorted(snapshot(w) - before)
+            verdict = classify(proc, expected, leftovers)
+            results.append({"case": name, "args": argv, "exit_code": proc.returncode, "verdict": verdict,
+                            "stderr": proc.stderr.strip()[-600:].replace(tmp, "$W"), "leftovers": leftovers,
+                            "seconds": round(time.perf_counter() - t, 2)})
+            print(f"{verdict:>14}  {name}: {proc.stderr.strip().splitlines()[-1:] or ['(nothing on stderr)']}"
+                  .replace(tmp, "$W")[:200], flush=True)
+            for p in leftovers:  # a case's leftovers must not be blamed on the next case
+                q = w / p
+                shutil.rmtree(q, ignore_errors=True) if q.is_dir() else q.unlink(missing_ok=True)
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    summary = {"tried": len(results), "handled": counts.get("handled", 0),
+               "failed": len(results) - counts.get("handled", 0), "by_verdict": counts,
+               "tracebacks": counts.get("traceback", 0), "silent_successes": counts.get("silent success", 0),
+               "leftovers": counts.get("leftover", 0)}
+    print(f"tried {summary['tried']}, handled {summary['handled']}, failed {summary['failed']} {counts}")
+    write_result(args.out, {**run_record(), "seconds": round(time.perf_counter() - t0, 1), "summary": summary,
+                            "cases": results})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
