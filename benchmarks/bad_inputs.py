@@ -132,6 +132,7 @@ def build_workspace(w: Path, teacher: Path) -> dict:
     file("bundle-missing-file/manifest.json", json.dumps({**man, "model_file": "model.gguf",
                                                           "files": {"model.gguf": {"bytes": 4, "sha256": "x"}}}))
     (w / "bundle-empty").mkdir()
+    file("bundle-parent/gguf-q8_0/manifest.json", json.dumps(man))
     for b in w.glob("bundle-*"):
         f[b.name] = b
     # an output place nothing can be written to (a folder path under a plain file: refused for root too)
@@ -143,8 +144,12 @@ def build_workspace(w: Path, teacher: Path) -> dict:
     return f
 
 
+USAGE_CASES = {"no such command", "unknown option", "missing argument", "int flag given text", "models ask max tokens 0"}
+
+
 def cases(f: dict, teacher: Path) -> list[tuple[str, list[str], int]]:
-    """(name, arguments, expected exit code)."""
+    """(name, arguments, expected exit code). Only USAGE_CASES may be answered by click's usage check; any other
+    case answered so is a broken case (a misspelt flag), not a handled one."""
     T = str(teacher)
     blk = str(f["blocker"])
     ok_gen, ok_p = str(f["gen-ok.jsonl"]), str(f["prompts-ok.jsonl"])
@@ -213,10 +218,11 @@ def cases(f: dict, teacher: Path) -> list[tuple[str, list[str], int]]:
         add(f"distill --config {y}", [*d, "--config", f[y], "--out", out("d")])
     add("distill --config missing", [*d, "--config", out("none.yaml"), "--out", out("d")])
     # export
-    add("export unknown variant", ["export", T, "--variants", "gguf:q3_xyz", "--out", out("e")])
-    add("export variant twice", ["export", T, "--variants", "gguf:q8_0,gguf:q8_0", "--out", out("e")])
-    add("export cut weights", ["export", f["cut-weights"], "--variants", "gguf:q8_0", "--out", out("e")])
-    add("export --out blocked", ["export", T, "--variants", "gguf:q8_0", "--out", f"{blk}/e"])
+    add("export unknown variant", ["export", T, "--variant", "gguf:q3_xyz", "--out", out("e")])
+    add("export variant twice", ["export", T, "--variant", "gguf:q8_0", "--variant", "gguf:q8_0", "--out", out("e")])
+    add("export cut weights", ["export", f["cut-weights"], "--variant", "gguf:q8_0", "--out", out("e")])
+    add("export --out blocked", ["export", T, "--variant", "gguf:q8_0", "--out", f"{blk}/e"])
+    add("export into an existing bundle", ["export", T, "--variant", "gguf:q8_0", "--out", f["bundle-parent"]])
     # targets
     for y in ("deep.yaml", "malformed.yaml", "list.yaml", "latin1.yaml", "profile-bad-unit.yaml",
               "profile-missing-key.yaml", "profile-wrong-arch.yaml"):
@@ -251,8 +257,10 @@ def cases(f: dict, teacher: Path) -> list[tuple[str, list[str], int]]:
     return c
 
 
-def classify(proc, expected: int, leftovers: list[str]) -> str:
+def classify(name: str, proc, expected: int, leftovers: list[str]) -> str:
     err = proc.stderr.strip().splitlines()
+    if name not in USAGE_CASES and err and err[-1].endswith("--help)"):
+        return "broken case"
     if "Traceback (most recent call last)" in proc.stderr:
         return "traceback"
     if proc.returncode == 0:
@@ -289,7 +297,7 @@ def main() -> None:
             proc = subprocess.run([sys.executable, "-m", "edgedistill", *argv], capture_output=True, text=True,
                                   cwd=REPO, env=env, timeout=900)
             leftovers = sorted(snapshot(w) - before)
-            verdict = classify(proc, expected, leftovers)
+            verdict = classify(name, proc, expected, leftovers)
             results.append({"case": name, "args": argv, "exit_code": proc.returncode, "verdict": verdict,
                             "stderr": proc.stderr.strip()[-600:].replace(tmp, "$W"), "leftovers": leftovers,
                             "seconds": round(time.perf_counter() - t, 2)})

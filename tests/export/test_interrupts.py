@@ -47,7 +47,7 @@ def test_sigint_during_a_real_quantization_exits_130_with_nothing_written(real_t
     import psutil
 
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "edgedistill", "export", str(real_teacher), "--variants",
+    proc = subprocess.Popen([sys.executable, "-m", "edgedistill", "export", str(real_teacher), "--variant",
                              "gguf:q4_k_m", "--chunks", "1", "--chunk-len", "64", "--out", str(out)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     me = psutil.Process(proc.pid)
@@ -98,3 +98,20 @@ def test_an_interrupted_export_leaves_no_out_folder(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export_model(str(model), out, ExportSettings(variants=["gguf:q8_0"], chunks=1, chunk_len=32))
     assert not out.exists()
+
+
+def test_sigkill_mid_export_then_a_rerun_leaves_only_the_finished_bundle(tmp_path):
+    model = tiny.build_model_dir(tmp_path / "m", init_std=0.15, layers=2)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "edgedistill", "export", str(model), "--variant", "gguf:q8_0", "--chunks", "1",
+           "--chunk-len", "32", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not list(out.glob(".export-work-*.owner")):
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert list(out.glob(".export-work-*")), "the export ended before it could be killed mid-way"
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["gguf-q8_0", "settings.yaml"]
