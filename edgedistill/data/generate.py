@@ -127,6 +127,15 @@ def model_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def spec_fingerprint(spec) -> str:
+    """model_fingerprint of what a model spec (name, folder, .gguf, hub id or ModelRef) resolves to; a hub id is
+    its own fingerprint."""
+    from edgedistill.models.locate import ModelRef, resolve
+
+    ref = spec if isinstance(spec, ModelRef) else resolve(spec, pull=True)
+    return model_fingerprint(ref.path) if ref.kind != "hub" else ref.location
+
+
 def _existing(out: Path, teacher_id: str, fingerprint: str, settings: dict) -> set[str]:
     """Ids already answered in `out`. A torn last line (killed mid-write) is dropped; a file written by another
     teacher (by name or by fingerprint: another model at the same path) or with other settings is refused."""
@@ -175,7 +184,7 @@ def generate(teacher: str, prompts: Sequence[Prompt], out: Path, settings: Gener
         raise DataError("no prompts to generate for")
     ref = resolve(teacher, pull=True)
     teacher_id = ref.name or ref.spec
-    fingerprint = model_fingerprint(ref.path) if ref.kind != "hub" else ref.location
+    fingerprint = spec_fingerprint(ref)
     recorded = settings.recorded()
     report = GenerateReport(str(out))
     done = _existing(out, teacher_id, fingerprint, recorded)

@@ -96,7 +96,7 @@ class CacheSettings(Settings):
 def cache_logits(s: CacheSettings, *, progress=None) -> dict:
     """Run the teacher once over the generations and store its top-k log-probabilities per response token in
     s.out (atomically, with settings.yaml). Returns cache.json's content."""
-    from edgedistill.data.generate import model_fingerprint
+    from edgedistill.data.generate import spec_fingerprint
     from edgedistill.distill import logit_cache as lc
     from edgedistill.distill.dataset import encode, load_generations
     from edgedistill.models.locate import load_model, resolve
@@ -108,7 +108,7 @@ def cache_logits(s: CacheSettings, *, progress=None) -> dict:
     ref = resolve(s.teacher, pull=True)
     model, tok = load_model(ref)
     data = encode(tok, load_generations(s.data), s.max_length)
-    fingerprint = model_fingerprint(ref.path) if ref.kind != "hub" else ref.location
+    fingerprint = spec_fingerprint(ref)
     meta = lc.build(model, ref.name or ref.spec, fingerprint, data, Path(s.out), k=s.k, batch_size=s.batch_size,
                     pad_id=tok.pad_token_id, progress=progress,
                     extra_files={"settings.yaml": lambda p: write_settings(s, p)})
@@ -187,11 +187,11 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     with distill.json (steps, parameters, held-out mean KL and top-1 agreement) and settings.yaml; checkpoints and
     metrics.jsonl stay in OUT. `teacher`: an already loaded (model, tokenizer) of s.teacher. Returns distill.json's
     content."""
-    from edgedistill.data.generate import model_fingerprint
+    from edgedistill.data.generate import spec_fingerprint
     from edgedistill.distill import logit_cache as lc
     from edgedistill.distill.dataset import encode, load_generations
     from edgedistill.distill.train import agreement_with_teacher, train
-    from edgedistill.models.locate import load_model, load_tokenizer, resolve
+    from edgedistill.models.locate import load_model, load_tokenizer
     from edgedistill.paths import atomic_dir, check_writable_dir
 
     say = echo or log.info
@@ -211,11 +211,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
         t_pair = load_model(s.teacher)
     s_pair = load_model(s.student)
     train_set = encode(t_pair[1], load_generations(s.data), s.max_length)  # what a logit cache was built on
-    def fingerprint(spec: str) -> str:
-        ref = resolve(spec, pull=True)
-        return model_fingerprint(ref.path) if ref.kind != "hub" else ref.location
-
-    inputs = {"teacher": fingerprint(s.teacher), "student_init": fingerprint(s.student)}
+    inputs = {"teacher": spec_fingerprint(s.teacher), "student_init": spec_fingerprint(s.student)}
     cache = None
     if s.logit_cache is not None:
         cache = lc.load(s.logit_cache, train_set, inputs["teacher"])

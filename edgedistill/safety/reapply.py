@@ -255,10 +255,15 @@ def reapply(s: ReapplySettings, *, teacher=None, progress=None, resume: bool = F
         log.info("hint: student block %d -> teacher block %d, fitted on %d records", *layers, len(examples))
     best = out / ".best"
     picker = checkpoint_picker(held, tok, s.pick_every, best, s.judge_tokens, log=say) if s.pick_every else None
+    from edgedistill.data.generate import spec_fingerprint
+
+    inputs = {"teacher": spec_fingerprint(s.teacher), "student_init": spec_fingerprint(s.student),
+              "settings": s.to_dict()}
+    inputs["settings"].pop("steps", None)  # the budget may change on --resume
     model, trainer = train(t_pair if s.hinted else (None, t_pair[1]), s_pair, examples, out,
                            LossConfig("forward_kl", kd_weight=0.0), cfg, resume=resume, progress=progress,
                            extra_callbacks=[picker] if picker else (), trainer_factory=safety_trainer(hint, s),
-                           collator=collate_records)
+                           collator=collate_records, inputs=inputs)
     report = {"student_init": str(s.student), "teacher": s.teacher, "steps": trainer.state.global_step,
               "records": len(mix), **counts, "held_out": {"harmful": sum(p.kind == "harmful" for p in held),
                                                           "benign": sum(p.kind == "benign" for p in held)},
