@@ -144,7 +144,8 @@ def build_workspace(w: Path, teacher: Path) -> dict:
     return f
 
 
-USAGE_CASES = {"no such command", "unknown option", "missing argument", "int flag given text", "models ask max tokens 0"}
+USAGE_CASES = {"no such command", "unknown option", "missing argument", "int flag given text", "models ask max tokens 0",
+               "choice flag bad", "distill max-time 5 parsecs"}
 
 
 def cases(f: dict, teacher: Path) -> list[tuple[str, list[str], int]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,13 +95,17 @@ def export_model(spec: str, out: Path, settings: ExportSettings,
     keys = [s.key for s in schemes]
     if len(set(keys)) != len(keys):
         raise EdgeDistillError(f"a variant is listed twice: {', '.join(keys)}")
-    created = not Path(out).exists()
-    out = ensure_writable_dir(Path(out), "--out folder")
+    out = Path(out)
+    top = out  # the outermost folder this export creates: removed again if it ends with nothing written
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    created = not top.exists()
+    out = ensure_writable_dir(out, "--out folder")
     try:
         return _export(spec, out, settings, schemes, step)
     finally:
-        if created and out.is_dir() and not any(out.iterdir()):  # nothing written (failed, interrupted): no trace
-            out.rmdir()
+        if created and top.is_dir() and not any(p.is_file() for p in top.rglob("*")):  # failed or interrupted
+            shutil.rmtree(top, ignore_errors=True)
 
 
 def _export(spec: str, out: Path, settings: ExportSettings, schemes, step) -> list[VariantResult]:
