@@ -120,14 +120,15 @@ def load_safetensors_numpy(path: Path, error=InvalidModelError) -> dict:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "spiece.model")
 
 
-def check_model_folder(folder: Path) -> None:
-    """A Hugging Face model folder we can load: a readable config.json, complete weight files, tokenizer files."""
+def check_model_folder(folder: Path) -> tuple[dict, dict]:
+    """A Hugging Face model folder we can load: a readable config.json, complete weight files, tokenizer files.
+    Returns what it read: (config, {weight file: its tensor headers})."""
     folder = Path(folder)
     config = read_json(folder / "config.json", "model config", InvalidModelError)
     if not isinstance(config, dict):
         raise InvalidModelError(f"{folder / 'config.json'} must hold a JSON object")
-    for f in sorted(folder.glob("*.safetensors")):
-        check_safetensors(f)
+    headers = {f: check_safetensors(f) for f in sorted(folder.glob("*.safetensors"))}
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise InvalidModelError(f"{folder} has a config and weights but no tokenizer files ({', '.join(TOKENIZER_FILES)}"
                                 "): copy them from where the model came from")
+    return config, headers

@@ -36,30 +36,17 @@ class ModelInfo:
         return asdict(self)
 
 
-def _safetensors_params(path: Path) -> tuple[int, set[str]]:
-    """Parameter count and dtypes from a checked safetensors header (a file cut short is refused, not counted)."""
-    from edgedistill.checked import check_safetensors
-
-    header = check_safetensors(path)
-    return sum(prod(t["shape"]) for t in header.values()), {t["dtype"] for t in header.values()}
-
-
 def _hf_info(ref: ModelRef) -> ModelInfo:
-    from edgedistill.checked import read_json
+    from edgedistill.checked import check_model_folder, read_json
 
     d = ref.path
     cfg = read_json(d / "config.json", "model config", InvalidModelError)
-    weights = sorted(d.glob("*.safetensors"))
-    if not weights:
+    if not any(d.glob("*.safetensors")):
         raise InvalidModelError(f"{d} has no .safetensors weights (edgedistill loads only safetensors, GGUF or ONNX)")
-    from edgedistill.checked import check_model_folder
-
-    check_model_folder(d)  # a folder a user cannot load (no tokenizer, a cut weight file) is not described as fine
-    params, dtypes = 0, set()
-    for w in weights:
-        n, dt = _safetensors_params(w)
-        params += n
-        dtypes |= dt
+    # a folder a user cannot load (no tokenizer, a cut weight file) is not described as fine
+    cfg, headers = check_model_folder(d)
+    tensors = [t for h in headers.values() for t in h.values()]
+    params, dtypes = sum(prod(t["shape"]) for t in tensors), {t["dtype"] for t in tensors}
     has_template = (d / "chat_template.jinja").is_file()
     tok_cfg = d / "tokenizer_config.json"
     if not has_template and tok_cfg.is_file():
