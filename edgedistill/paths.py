@@ -27,16 +27,23 @@ def models_dir() -> Path:
 
 def ensure_writable_dir(path: Path, what: str = "cache folder") -> Path:
     """Create `path` if needed and prove that files can be created in it, or raise a CacheError that says how
-    to fix it. Trying for real (rather than os.access) also catches read-only mounts and root-owned folders."""
+    to fix it."""
+    fix = "set EDGEDISTILL_HOME to a writable folder" if what == "cache folder" else "choose a writable folder"
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-", delete=True)
-        probe.close()
     except OSError as e:
-        reason = e.strerror or str(e)
-        fix = "set EDGEDISTILL_HOME to a writable folder" if what == "cache folder" else "choose a writable folder"
-        raise CacheError(f"{what} {path} is not writable ({reason}); {fix}") from None
+        raise CacheError(f"{what} {path} is not writable ({e.strerror or e}); {fix}") from None
+    _probe(path, path, what, fix)
     return path
+
+
+def _probe(folder: Path, path: Path, what: str, fix: str) -> None:
+    """Create and remove one file in `folder`, or raise a CacheError saying `what` (at `path`) is not writable.
+    Trying for real (rather than os.access) also catches read-only mounts and root-owned folders."""
+    try:
+        tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-", delete=True).close()
+    except OSError as e:
+        raise CacheError(f"{what} {path} is not writable ({e.strerror or e}); {fix}") from None
 
 
 def check_writable_dir(path: Path, what: str = "--out") -> Path:
@@ -51,10 +58,7 @@ def check_writable_dir(path: Path, what: str = "--out") -> Path:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise CacheError(f"{what} {path} is not writable ({probe} is a file, not a folder); choose a writable folder")
-    try:
-        tempfile.NamedTemporaryFile(dir=probe, prefix=".write-probe-", delete=True).close()
-    except OSError as e:
-        raise CacheError(f"{what} {path} is not writable ({e.strerror or e}); choose a writable folder") from None
+    _probe(probe, path, what, "choose a writable folder")
     return path
 
 

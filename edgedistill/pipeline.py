@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edgedistill.checked import recorded
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models.registry import DEFAULT_TEACHER
 from edgedistill.paths import check_writable_dir, write_text_atomic
@@ -96,18 +97,12 @@ class Stages:
 def _claim(path: Path, teacher: dict) -> None:
     """A run folder belongs to one teacher: its stages (data, students, bundles) are not mixed with, or replaced
     by, another model's, even one at the same path. Options may change; the teacher may not."""
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = {}
-        if old.get("fingerprint") != teacher["fingerprint"]:
-            raise EdgeDistillError(
-                f"run folder {path.parent} was made with teacher {old.get('teacher')!r} (fingerprint "
-                f"{old.get('fingerprint')}), this teacher {teacher['teacher']!r} has fingerprint "
-                f"{teacher['fingerprint']}: choose another --out or delete the folder")
-        return
-    write_text_atomic(path, json.dumps(teacher, indent=2) + "\n")
+    old = recorded(path, teacher, "run record")
+    if old is not None and old.get("fingerprint") != teacher["fingerprint"]:
+        raise EdgeDistillError(
+            f"run folder {path.parent} was made with teacher {old.get('teacher')!r} (fingerprint "
+            f"{old.get('fingerprint')}), this teacher {teacher['teacher']!r} has fingerprint "
+            f"{teacher['fingerprint']}: choose another --out or delete the folder")
 
 
 def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) -> dict:
@@ -259,14 +254,15 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
 def _safety_gate(st: Stages, key: str, bundle: Path, chosen: dict, target, data_dir: Path) -> dict:
     """Refusal behaviour of the chosen bundle on the safety test split against the profile's floor; the verdict
     goes into run.json and into the final bundle's manifest ("deployment")."""
-    from edgedistill.safety import evaluate, load_suite, meets_floor
+    from edgedistill.safety.stage import SafetyEvalSettings, evaluate_suite
 
     def run_safety(folder: Path) -> dict:
-        res = evaluate(chosen["bundle"], load_suite("test", data_dir))
-        (folder / "safety.json").write_text(json.dumps(res, indent=2) + "\n")
-        verdict = meets_floor(res, target.safety_floor)
+        s = SafetyEvalSettings(model=str(chosen["bundle"]), target=target.name, data_dir=data_dir,
+                               out=folder / "safety.json")
+        report = evaluate_suite(s, target=target)
+        res, floor = report["models"][s.model], report["floor"]
         return {"refusal_rate": res["refusal_rate"], "over_refusal": res["over_refusal"],
-                "by_category": res["by_category"], **verdict}
+                "by_category": res["by_category"], "deployable": floor["deployable"], "checks": floor["checks"]}
 
     _, info = st.run("safety", key, run_safety)
     manifest_path = bundle / "manifest.json"

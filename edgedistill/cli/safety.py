@@ -8,6 +8,7 @@ import click
 
 from edgedistill.cli.options import settings_from, settings_options
 from edgedistill.safety.reapply import ReapplySettings
+from edgedistill.safety.stage import SafetyEvalSettings
 
 
 @click.group("safety")
@@ -17,36 +18,17 @@ def safety() -> None:
 
 @safety.command("eval")
 @click.argument("model")
-@click.option("--teacher", default=None, help="Also evaluate this model and show the delta.")
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
-@click.option("--max-new-tokens", type=click.IntRange(8, 1024), default=96, show_default=True)
-@click.option("--target", "target_name", default=None, help="Check the profile's safety floor (exit 1 if missed).")
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Data folder holding safety/ (default: the project's calibration_data/).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the full report (every response and verdict) as JSON.")
-def eval_cmd(model, teacher, split, max_new_tokens, target_name, data_dir, out) -> None:
+@settings_options(SafetyEvalSettings, skip=("model",))
+def eval_cmd(model, **flags) -> None:
     """Refusal rate on harmful prompts and over-refusal on benign look-alikes, per category. MODEL is a registry
     name, a Hugging Face folder or an exported bundle."""
     from edgedistill.progress import stderr
-    from edgedistill.safety import CATEGORIES, evaluate, load_suite, meets_floor
+    from edgedistill.safety import CATEGORIES
+    from edgedistill.safety.stage import evaluate_suite
 
-    if out:
-        from edgedistill.paths import ensure_writable_file
-
-        ensure_writable_file(out, "--out")  # before the models answer
-    target = None
-    if target_name:
-        from edgedistill.targets import load_target
-
-        target = load_target(target_name)
-        if target.safety_floor is None:
-            raise click.UsageError(f"profile {target.name} has no safety_floor")
-    prompts = load_suite(split, data_dir)
-    results = {}
-    for name in dict.fromkeys(m for m in (teacher, model) if m):
-        with stderr.status(f"answering {len(prompts)} safety prompts with {name}"):
-            results[name] = evaluate(name, prompts, max_new_tokens)
+    s = settings_from(SafetyEvalSettings, {**flags, "model": model})
+    report = evaluate_suite(s, status=stderr.status)
+    results = report["models"]
     cols = list(results)
 
     def pct(v):
@@ -64,19 +46,12 @@ def eval_cmd(model, teacher, split, max_new_tokens, target_name, data_dir, out) 
             (ta, tb), (sa, sb) = vals
             line += f"   {100 * (sa - ta):+8.1f} pp   {100 * (sb - tb):+8.1f} pp"
         click.echo(line)
-    report = {"split": split, "max_new_tokens": max_new_tokens, "models": results}
-    verdict = None
-    if target:
-        verdict = meets_floor(results[model], target.safety_floor)
-        report["floor"] = {"target": target.name, **verdict}
+    verdict = report.get("floor")
+    if verdict is not None:
         c = verdict["checks"]
-        click.echo(f"{target.name} safety floor: refusal {pct(c['refusal_rate']['value'])} (min "
+        click.echo(f"{verdict['target']} safety floor: refusal {pct(c['refusal_rate']['value'])} (min "
                    f"{pct(c['refusal_rate']['limit'])}), over-refusal {pct(c['over_refusal']['value'])} (max "
                    f"{pct(c['over_refusal']['limit'])}): {'met' if verdict['deployable'] else 'NOT met'}")
-    if out:
-        from edgedistill.runinfo import write_result
-
-        write_result(out, report)
     if verdict is not None and not verdict["deployable"]:
         raise SystemExit(1)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from edgedistill.checked import recorded
 from edgedistill.distill.dataset import IGNORE, collate, examples_fingerprint, left_pad
 from edgedistill.distill.losses import LossConfig, masked_sum, per_token_objective
 from edgedistill.errors import EdgeDistillError
@@ -338,21 +339,20 @@ def _run_inputs(examples: list[dict], loss_cfg: LossConfig, cfg: TrainConfig, ca
 def _check_resume(run_dir: Path, resume: bool, inputs: dict) -> None:
     """A fresh run records its inputs in run_dir/inputs.json; --resume refuses to continue checkpoints made from
     other inputs (another teacher or student at the same path, other data, other settings), naming both values."""
-    path = run_dir / "inputs.json"
     plain = json.loads(json.dumps(inputs, default=str))
-    if resume and path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            raise EdgeDistillError(f"{path} is not readable JSON; the run cannot be resumed safely") from None
-        diff = [f"{k}: checkpoints {old.get(k)!r}, now {plain.get(k)!r}" for k in sorted(set(old) | set(plain))
-                if old.get(k) != plain.get(k)]
-        if diff:
-            raise EdgeDistillError(f"--resume: {run_dir} was trained from other inputs ({'; '.join(diff)}); resume "
-                                   "with the same ones or choose another --out")
+    path, write = run_dir / "inputs.json", os.environ.get("RANK", "0") == "0"  # under a launcher one process writes
+    if not resume:
+        if write:
+            write_text_atomic(path, json.dumps(plain, indent=2) + "\n")
         return
-    if os.environ.get("RANK", "0") == "0":  # under a launcher every process gets here; one writes
-        write_text_atomic(path, json.dumps(plain, indent=2) + "\n")
+    old = recorded(path, plain, "run inputs", write=write)
+    if old is None:
+        return
+    diff = [f"{k}: checkpoints {old.get(k)!r}, now {plain.get(k)!r}" for k in sorted(set(old) | set(plain))
+            if old.get(k) != plain.get(k)]
+    if diff:
+        raise EdgeDistillError(f"--resume: {run_dir} was trained from other inputs ({'; '.join(diff)}); resume "
+                               "with the same ones or choose another --out")
 
 
 @torch.inference_mode()

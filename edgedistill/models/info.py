@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from math import prod
 from pathlib import Path
@@ -40,17 +39,17 @@ def _hf_info(ref: ModelRef) -> ModelInfo:
     from edgedistill.checked import check_model_folder, read_json
 
     d = ref.path
-    cfg = read_json(d / "config.json", "model config", InvalidModelError)
-    if not any(d.glob("*.safetensors")):
-        raise InvalidModelError(f"{d} has no .safetensors weights (edgedistill loads only safetensors, GGUF or ONNX)")
     # a folder a user cannot load (no tokenizer, a cut weight file) is not described as fine
     cfg, headers = check_model_folder(d)
+    if not headers:
+        raise InvalidModelError(f"{d} has no .safetensors weights (edgedistill loads only safetensors, GGUF or ONNX)")
     tensors = [t for h in headers.values() for t in h.values()]
     params, dtypes = sum(prod(t["shape"]) for t in tensors), {t["dtype"] for t in tensors}
     has_template = (d / "chat_template.jinja").is_file()
     tok_cfg = d / "tokenizer_config.json"
     if not has_template and tok_cfg.is_file():
-        has_template = bool(json.loads(tok_cfg.read_text()).get("chat_template"))
+        tok = read_json(tok_cfg, "tokenizer config", InvalidModelError)
+        has_template = isinstance(tok, dict) and bool(tok.get("chat_template"))
     heads = int(cfg.get("num_attention_heads", 0))
     return ModelInfo(
         spec=ref.spec,

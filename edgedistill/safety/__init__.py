@@ -5,6 +5,7 @@ By role:
                validation slice of the train split (`holdout`);
 - judge.py   — the deterministic refusal judge (`is_refusal`, documented there) and the refusal templates;
 - scoring.py — greedy answers of a model or bundle, refusal / over-refusal rates per category, the floor check;
+- stage.py   — the check as one job (`evaluate_suite`, `SafetyEvalSettings`: `edgedistill safety eval`, run's gate);
 - reapply.py — the safety phase after distillation (`reapply`, `ReapplySettings`: `edgedistill safety reapply`);
 - select.py  — the checkpoint picker of that phase, on the validation slice;
 - hint.py    — the hidden-state hints the phase uses;

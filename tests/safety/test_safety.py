@@ -7,6 +7,8 @@ import json
 import pytest
 
 from edgedistill.safety import CATEGORIES, REFUSALS, SafetyPrompt, is_refusal, load_suite, meets_floor, score
+from edgedistill.safety.stage import SafetyEvalSettings
+from edgedistill.settings import load
 from edgedistill.targets import SafetyFloor
 from tests.conftest import run_cli
 
@@ -100,3 +102,11 @@ def test_cli_eval_table_report_and_floor(tmp_path, tiny_model_dir):
     assert all("response" in r for r in next(iter(rep["models"].values()))["responses"])
     bad = run_cli("safety", "eval", str(tiny_model_dir), "--data", str(tmp_path))
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "safety" in bad.stderr
+    # the settings beside the report, passed back with --config, make the same check again
+    written = load(SafetyEvalSettings, out.with_suffix(".settings.yaml"))
+    assert (written.teacher, written.max_new_tokens, written.target) == (str(tiny_model_dir), 8, "laptop")
+    again = run_cli("safety", "eval", str(tiny_model_dir), "--config", str(out.with_suffix(".settings.yaml")),
+                    "--out", str(tmp_path / "again.json"))
+    assert again.returncode == 1, again.stderr
+    assert load(SafetyEvalSettings, tmp_path / "again.settings.yaml") == written.replace(out=tmp_path / "again.json")
+    assert json.loads((tmp_path / "again.json").read_text())["floor"] == rep["floor"]
