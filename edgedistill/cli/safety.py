@@ -34,7 +34,10 @@ def eval_cmd(model, **flags) -> None:
     def pct(v):
         return "   —  " if v is None else f"{100 * v:5.1f}%"
 
-    head = "".join(f"  {'refused ' + Path(c).name[:14]:>24}  {'over-ref ' + Path(c).name[:13]:>24}" for c in cols)
+    names = [Path(c).name for c in cols]
+    if len(set(names)) < len(names):  # runs/a/student beside runs/b/student: name them by their run folders
+        names = [Path(c).parent.name or c for c in cols]
+    head = "".join(f"  {'refused ' + n[:14]:>24}  {'over-ref ' + n[:13]:>24}" for n in names)
     click.echo(f"{'category':<18}{head}" + ("     Δ refused  Δ over-refusal" if len(cols) == 2 else ""))
     rows = [("all", lambda r: (r["refusal_rate"], r["over_refusal"]))] + [
         (c, lambda r, c=c: (r["by_category"][c]["refusal_rate"], r["by_category"][c]["over_refusal"]))
