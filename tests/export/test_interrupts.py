@@ -27,10 +27,25 @@ def _dead_pid() -> int:
     return p.pid
 
 
+def _sigint_default() -> None:
+    """In the CLI process under test: SIGINT as in a terminal, even if this test run ignores it (started in the
+    background by a non-interactive shell, which sets SIGINT to ignored and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_kills_the_quantizer_child_and_leaves_no_file(tmp_path, monkeypatch):
     """The quantizer is one C call; in a child process it cannot hold off Ctrl-C (a child that would take a
     minute stands in for a big model)."""
     monkeypatch.setattr(q, "_CHILD", "import time; time.sleep(60)")
+    # Ctrl-C as a terminal delivers it, even when pytest itself was started in the background (SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupt_quantizer(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt_quantizer(tmp_path) -> None:
     dst = tmp_path / "model.gguf"
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
@@ -49,7 +64,8 @@ def test_sigint_during_a_real_quantization_exits_130_with_nothing_written(real_t
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "edgedistill", "export", str(real_teacher), "--variant",
                              "gguf:q4_k_m", "--chunks", "1", "--chunk-len", "64", "--out", str(out)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_default)
     me = psutil.Process(proc.pid)
     deadline, child = time.monotonic() + 600, None
     while child is None and time.monotonic() < deadline and proc.poll() is None:
