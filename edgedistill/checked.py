@@ -60,23 +60,6 @@ def read_json(path: Path, what: str = "file", error=EdgeDistillError):
         raise error(f"{what} {path} is nested too deeply") from None
 
 
-def recorded(path: Path, record: dict, what: str, write: bool = True) -> dict | None:
-    """What an earlier run recorded at `path` (to compare with `record`), or None when this is the first run: then
-    `record` is kept there (atomically; not when `write` is False). A record that is not readable JSON is an error
-    naming `what`: the folder cannot be trusted to match."""
-    from edgedistill.paths import write_text_atomic
-
-    path = Path(path)
-    if path.exists():
-        old = read_json(path, what)
-        if not isinstance(old, dict):
-            raise EdgeDistillError(f"{what} {path} is not a JSON object; choose another folder or delete it")
-        return old
-    if write:
-        write_text_atomic(path, json.dumps(record, indent=2) + "\n")
-    return None
-
-
 def jsonl(path: Path, what: str = "file", error=EdgeDistillError) -> Iterator[tuple[int, object, str | None]]:
     """(line number, parsed object or None, problem or None) per non-blank line; the caller decides whether a
     bad line stops it or is skipped."""

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edgedistill.checked import recorded
+from edgedistill.checked import read_json
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models.registry import DEFAULT_TEACHER
 from edgedistill.paths import check_writable_dir, write_text_atomic
@@ -97,8 +97,12 @@ class Stages:
 def _claim(path: Path, teacher: dict) -> None:
     """A run folder belongs to one teacher: its stages (data, students, bundles) are not mixed with, or replaced
     by, another model's, even one at the same path. Options may change; the teacher may not."""
-    old = recorded(path, teacher, "run record")
-    if old is not None and old.get("fingerprint") != teacher["fingerprint"]:
+    if not path.exists():
+        write_text_atomic(path, json.dumps(teacher, indent=2) + "\n")
+        return
+    old = read_json(path, "run record")
+    old = old if isinstance(old, dict) else {}
+    if old.get("fingerprint") != teacher["fingerprint"]:
         raise EdgeDistillError(
             f"run folder {path.parent} was made with teacher {old.get('teacher')!r} (fingerprint "
             f"{old.get('fingerprint')}), this teacher {teacher['teacher']!r} has fingerprint "
@@ -246,20 +250,21 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
         summary["closest"] = _closest(report)
     if chosen and target.safety_floor is not None:
         summary["safety"] = _safety_gate(st, _key("safety", b_key, chosen["name"], asdict(target.safety_floor)),
-                                         final / Path(chosen["bundle"]).name, chosen, target, data_dir)
+                                         final / Path(chosen["bundle"]).name, chosen, target, str(settings.target),
+                                         data_dir)
     (out / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
 
-def _safety_gate(st: Stages, key: str, bundle: Path, chosen: dict, target, data_dir: Path) -> dict:
+def _safety_gate(st: Stages, key: str, bundle: Path, chosen: dict, target, target_spec: str, data_dir: Path) -> dict:
     """Refusal behaviour of the chosen bundle on the safety test split against the profile's floor; the verdict
     goes into run.json and into the final bundle's manifest ("deployment")."""
     from edgedistill.safety.stage import SafetyEvalSettings, evaluate_suite
 
     def run_safety(folder: Path) -> dict:
-        s = SafetyEvalSettings(model=str(chosen["bundle"]), target=target.name, data_dir=data_dir,
+        s = SafetyEvalSettings(model=str(chosen["bundle"]), target=target_spec, data_dir=data_dir,
                                out=folder / "safety.json")
-        report = evaluate_suite(s, target=target)
+        report = evaluate_suite(s)
         res, floor = report["models"][s.model], report["floor"]
         return {"refusal_rate": res["refusal_rate"], "over_refusal": res["over_refusal"],
                 "by_category": res["by_category"], "deployable": floor["deployable"], "checks": floor["checks"]}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from edgedistill.checked import recorded
+from edgedistill.checked import read_json
 from edgedistill.distill.dataset import IGNORE, collate, examples_fingerprint, left_pad
 from edgedistill.distill.losses import LossConfig, masked_sum, per_token_objective
 from edgedistill.errors import EdgeDistillError
@@ -340,14 +340,13 @@ def _check_resume(run_dir: Path, resume: bool, inputs: dict) -> None:
     """A fresh run records its inputs in run_dir/inputs.json; --resume refuses to continue checkpoints made from
     other inputs (another teacher or student at the same path, other data, other settings), naming both values."""
     plain = json.loads(json.dumps(inputs, default=str))
-    path, write = run_dir / "inputs.json", os.environ.get("RANK", "0") == "0"  # under a launcher one process writes
-    if not resume:
-        if write:
+    path = run_dir / "inputs.json"
+    if not (resume and path.exists()):
+        if os.environ.get("RANK", "0") == "0":  # under a launcher every process gets here; one writes
             write_text_atomic(path, json.dumps(plain, indent=2) + "\n")
         return
-    old = recorded(path, plain, "run inputs", write=write)
-    if old is None:
-        return
+    old = read_json(path, "run inputs")
+    old = old if isinstance(old, dict) else {}
     diff = [f"{k}: checkpoints {old.get(k)!r}, now {plain.get(k)!r}" for k in sorted(set(old) | set(plain))
             if old.get(k) != plain.get(k)]
     if diff:

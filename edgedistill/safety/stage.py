@@ -29,9 +29,9 @@ class SafetyEvalSettings(Settings):
         return Path(self.out).with_suffix(".settings.yaml")
 
 
-def evaluate_suite(s: SafetyEvalSettings, *, target=None, status=None) -> dict:
+def evaluate_suite(s: SafetyEvalSettings, *, status=None) -> dict:
     """The report {split, max_new_tokens, models: {name: result}, floor?}: each of s.teacher and s.model (once if
-    the same) answers the split; with a profile (s.target, or a loaded `target`), the floor verdict of s.model.
+    the same) answers the split; with a profile (s.target), the floor verdict of s.model.
     `status(message)` is a context manager shown while a model answers."""
     import contextlib
 
@@ -41,7 +41,8 @@ def evaluate_suite(s: SafetyEvalSettings, *, target=None, status=None) -> dict:
 
     if s.out:
         ensure_writable_file(s.out, "--out")  # before the models answer
-    if target is None and s.target:
+    target = None
+    if s.target:
         from edgedistill.targets import load_target
 
         target = load_target(s.target)
