@@ -23,7 +23,7 @@ from edgedistill.runinfo import write_result
 HERE = Path(__file__).resolve().parent
 
 VARIANTS = ["gguf:f16", "gguf:q8_0", "gguf:q5_k_m", "gguf:q4_k_m", "gguf:q4_0", "onnx:fp32", "onnx:int8",
-            "onnx:int4", "onnx:int8_dynamic", "onnx:int8_static", "torch:bnb_int8", "torch:bnb_nf4"]
+            "onnx:int4", "torch:bnb_int8", "torch:bnb_nf4"]
 
 
 def main() -> None:

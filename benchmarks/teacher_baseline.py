@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from edgedistill.models.generate import chat_ids
 from edgedistill.runinfo import write_result
 
 HERE = Path(__file__).resolve().parent
@@ -76,7 +77,7 @@ def child(variant: str, model_dir: Path, threads: int, n_new: int, repeats: int)
         torch.set_num_threads(threads)
         tok = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        prompt_ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
+        prompt_ids = chat_ids(tok, [{"role": "user", "content": PROMPT}])
 
         def generate():
             # A plain KV-cache loop: the cost of the model itself, not of generate()'s bookkeeping.

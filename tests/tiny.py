@@ -47,6 +47,7 @@ def build_tokenizer(vocab_size: int = 320):
         pad_token="<|im_end|>",
         unk_token="<|endoftext|>",
         model_max_length=256,
+        model_input_names=["input_ids", "attention_mask"],  # as decoder-only teachers' tokenizers say
     )
     tok.chat_template = CHATML_TEMPLATE
     return tok
@@ -66,7 +67,7 @@ def build_model_dir(out: Path, *, layers: int = 2, hidden: int = 64, heads: int 
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
-        max_position_embeddings=256,
+        max_position_embeddings=1024,  # room for the graded eval prompts (ONNX bundles hold this context)
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,

@@ -62,7 +62,7 @@ def quality(job: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     path = bundle / manifest["model_file"]
     runner = (GGUFRunner(path, n_ctx=max(len(c) for c in chunks), threads=job["threads"])
-              if manifest["format"] == "gguf" else ONNXRunner(path, threads=job["threads"]))
+              if manifest["format"] == "gguf" else ONNXRunner(bundle, threads=job["threads"]))
     for i, ids in enumerate(chunks):
         np.save(out / f"chunk{i}.npy", runner.logits([ids])[0].astype(np.float32))
     runner.close()

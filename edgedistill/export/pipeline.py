@@ -41,16 +41,16 @@ class ExportSettings(Settings):
     trust_remote_code: bool = setting(False, "Allow the model folder's own code (off unless asked).")
     block_size: int | None = setting(None, "onnx int4/int8: weights per quantization block [default: 32].", min=16,
                                      max=256)
-    symmetric: bool = setting(True, "onnx int4/int8 (rtn): symmetric blocks, or with zero points.",
+    symmetric: bool = setting(True, "onnx int4/int8: symmetric blocks, or with zero points.",
                               flag="--symmetric/--asymmetric")
     accuracy_level: int | None = setting(None, "onnx int4/int8: MatMulNBits compute precision [default 4: int8, "
                                                "fast; 0 unset, 1 fp32, 2 fp16, 3 bf16].", min=0, max=4)
-    algorithm: str | None = setting(None, "onnx int4: fit the 4-bit blocks by HQQ (default) or round to nearest.",
-                                    choices=("hqq", "rtn"))
+    algorithm: str | None = setting(None, "onnx int4/int8: how blocks are fitted: rtn (round to nearest), k_quant, "
+                                          "or k_quant_mixed (8-bit lm_head and most sensitive layers) [default: "
+                                          "k_quant for int4, rtn for int8].", choices=("rtn", "k_quant",
+                                                                                     "k_quant_mixed"))
     head_bits: int | None = setting(None, "onnx int4: bits of the output projection [default 4; 8 keeps it at 8 "
-                                          "bits, round-to-nearest].", choices=(4, 8))
-    calibration_prompts: int | None = setting(None, "onnx int8_static: train prompts for activation ranges "
-                                                    "[default: 16].", min=1)
+                                          "bits].", choices=(4, 8))
 
     def extra_problems(self) -> list[str]:
         return [] if self.variants else ["no variants given"]
@@ -59,8 +59,7 @@ class ExportSettings(Settings):
     def options(self) -> dict:
         """What the scheme builders read (BuildContext.options)."""
         return {"block_size": self.block_size, "symmetric": self.symmetric, "accuracy_level": self.accuracy_level,
-                "algorithm": self.algorithm, "head_bits": self.head_bits,
-                "calibration_prompts": self.calibration_prompts}
+                "algorithm": self.algorithm, "head_bits": self.head_bits}
 
 
 @dataclass
@@ -123,7 +122,7 @@ def _export(spec: str, out: Path, settings: ExportSettings, schemes, step) -> li
             _check_source(model_dir)
         step(f"loading {spec}")
         model, tokenizer = load_model(ref, trust_remote_code=settings.trust_remote_code)
-        if ref.kind != "hf_dir":  # optimum and bitsandbytes read a directory: write the float32 model once
+        if ref.kind != "hf_dir":  # the ONNX builder and bitsandbytes read a directory: write the float32 model once
             model_dir = work / "source"
             model.save_pretrained(model_dir, safe_serialization=True)
             tokenizer.save_pretrained(model_dir)
@@ -137,7 +136,6 @@ def _export(spec: str, out: Path, settings: ExportSettings, schemes, step) -> li
         step(f"reference logits: {settings.chunks} held-out chunks of {settings.chunk_len} tokens")
         chunks = V.held_out_chunks(tokenizer, settings.chunks, settings.chunk_len, settings.data_dir)
         reference = V.torch_logits(model, chunks)
-        calibration = _calibration(tokenizer, settings) if any(s.name == "int8_static" for s in schemes) else []
 
         results = []
         for s in schemes:
@@ -145,7 +143,7 @@ def _export(spec: str, out: Path, settings: ExportSettings, schemes, step) -> li
             ctx = BuildContext(model=model, tokenizer=tokenizer, model_dir=model_dir, out_dir=Path(), work_dir=work,
                                options={**settings.options, "name": source["name"],
                                         "trust_remote_code": settings.trust_remote_code},
-                               threads=settings.threads, calibration=calibration)
+                               threads=settings.threads)
             results.append(_one_variant(s, ctx, out, settings, chunks, reference, source, step))
         if any(r.path for r in results):  # beside the bundles written (none written: nothing left behind)
             write_settings(settings, out / "settings.yaml")
@@ -184,7 +182,7 @@ def _validate(s: Scheme, main: Path, ctx: BuildContext, chunks, reference, setti
     if s.format == "gguf":
         runner = V.GGUFRunner(main, n_ctx=max(settings.chunk_len, 256), threads=settings.threads)
     elif s.format == "onnx":
-        runner = V.ONNXRunner(main, threads=settings.threads)
+        runner = V.ONNXRunner(main.parent, threads=settings.threads)
     else:
         from edgedistill.quantize.bnb import load_quantized
 
@@ -253,20 +251,3 @@ def _source_record(spec: str, ref, model_dir: Path, model) -> dict:
             except (OSError, ValueError):
                 pass
     return rec
-
-
-def _calibration(tokenizer, settings: ExportSettings) -> list[list[int]]:
-    """Token ids of the train prompts, rendered with the chat template (static int8 calibration)."""
-    from edgedistill.data import default_data_dir, load_prompts
-
-    data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
-    prompts = [p for f in sorted(data_dir.glob("*/prompts/train.jsonl")) for p in load_prompts(f, strict=False)[0]]
-    out = []
-    for p in prompts[:: max(1, len(prompts) // 64)]:  # spread over all domains
-        if tokenizer.chat_template:
-            ids = tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True, tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
-        else:
-            ids = tokenizer(p.messages[-1]["content"])["input_ids"]
-        out.append(list(ids))
-    return out

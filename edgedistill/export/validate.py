@@ -149,61 +149,36 @@ class GGUFRunner:
 
 
 class ONNXRunner:
-    """onnxruntime over a decoder exported with its KV cache (optimum's text-generation-with-past layout)."""
+    """onnxruntime-genai over a folder its model builder wrote: the runtime the bundle will run in."""
 
-    def __init__(self, path: Path, threads: int | None = None):
-        import onnxruntime as ort
+    def __init__(self, folder: Path, threads: int | None = None):
+        from edgedistill.runtime import onnx as rt
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
-        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.inputs = {i.name: i for i in self.sess.get_inputs()}
-        self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
-        self.out_names = [o.name for o in self.sess.get_outputs()]
-
-    def _empty_past(self) -> dict:
-        feeds = {}
-        for name in self.past:
-            shape = self.inputs[name].shape  # [batch, kv_heads, past_len, head_dim]
-            dtype = np.float16 if "float16" in self.inputs[name].type else np.float32
-            feeds[name] = np.zeros((1, int(shape[1]), 0, int(shape[3])), dtype=dtype)
-        return feeds
-
-    def _run(self, ids: Sequence[int], past: dict, past_len: int):
-        t = len(ids)
-        feeds = {"input_ids": np.asarray([ids], dtype=np.int64), **past}
-        if "attention_mask" in self.inputs:
-            feeds["attention_mask"] = np.ones((1, past_len + t), dtype=np.int64)
-        if "position_ids" in self.inputs:
-            feeds["position_ids"] = np.arange(past_len, past_len + t, dtype=np.int64)[None]
-        outs = dict(zip(self.out_names, self.sess.run(None, feeds)))
-        new_past = {n: outs[n.replace("past_key_values.", "present.")] for n in self.past}
-        return outs["logits"][0], new_past
+        self.rt, self.folder = rt, Path(folder)
+        self.model = rt.open_model(self.folder, threads)
 
     def logits(self, chunks) -> list[np.ndarray]:
-        return [self._run(ids, self._empty_past(), 0)[0].astype(np.float32) for ids in chunks]
+        return [self.rt.prompt_logits(self.model, list(ids)) for ids in chunks]
 
     def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
-        logits, past = self._run(prompt_ids, self._empty_past(), 0)
-        pos, toks = len(prompt_ids), []
-        for _ in range(n):
-            nxt = int(logits[-1].argmax())
-            toks.append(nxt)
-            logits, past = self._run([nxt], past, pos)
-            pos += 1
-        return toks
+        from edgedistill.runtime import GenerationConfig
+
+        # no id is treated as the end here: the runtime itself stops after an end-of-generation id, which is kept,
+        # as torch's generate and llama.cpp keep it
+        return list(self.rt.generate_ids(self.model, list(prompt_ids), GenerationConfig(max_tokens=n), set()))
 
     def close(self) -> None:
-        del self.sess
+        self.model = None
 
 
 def greedy_prompts(tokenizer) -> list[list[int]]:
+    from edgedistill.models.generate import chat_ids
+
     out = []
     for text in GREEDY_PROMPTS:
         msgs = [{"role": "user", "content": text}]
         if tokenizer.chat_template:
-            ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
+            ids = chat_ids(tokenizer, msgs)
         else:
             ids = tokenizer(text)["input_ids"]
         out.append(list(ids))

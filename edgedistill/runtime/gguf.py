@@ -18,7 +18,7 @@ class GGUFModel(LoadedModel):
         self.llm = llama_cpp.Llama(str(path / manifest["model_file"]), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
                                    verbose=False)
         self.template, self.special = chat_template(path)
-        self.eos_id = self.llm.token_eos()
+        self.eos_ids = {self.llm.token_eos()}
 
     def encode(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode(), add_bos=False, special=True)
@@ -32,7 +32,7 @@ class GGUFModel(LoadedModel):
         sampling = ({"temp": 0.0, "top_k": 1} if cfg.temperature <= 0
                     else {"temp": cfg.temperature, "top_p": cfg.top_p, "top_k": 0})
         for n, tid in enumerate(self.llm.generate(prompt_ids, repeat_penalty=1.0, reset=True, **sampling)):
-            if n >= cfg.max_tokens or (tid == self.eos_id and not cfg.ignore_eos):
+            if n >= cfg.max_tokens or (tid in self.eos_ids and not cfg.ignore_eos):
                 return
             yield tid
 

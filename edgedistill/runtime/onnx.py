@@ -1,12 +1,14 @@
-"""ONNX backend: onnxruntime + tokenizers, with our own decode loop over the KV cache.
+"""ONNX backend: onnxruntime-genai runs the whole generation loop (KV cache, search) in C++.
 
-The loop binds inputs and outputs through onnxruntime's IOBinding: each step's present key/values stay
-onnxruntime values and are bound as the next step's past without a round trip through numpy; only the last
-row of logits is copied out. Nothing from torch or transformers is imported.
+Bundles are folders written by onnxruntime-genai's model builder: model.onnx (+ .data), genai_config.json and
+the tokenizer. Text goes in and out through `tokenizers` (as for the GGUF backend, so both backends share one
+chat template renderer and one detokenizer); token ids go through onnxruntime-genai. Nothing from torch or
+transformers is imported.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,31 +16,86 @@ from pathlib import Path
 import numpy as np
 
 from edgedistill.runtime import GenerationConfig, LoadedModel
-from edgedistill.runtime.text import Sampler, chat_template
+from edgedistill.runtime.bundle import BundleError
+from edgedistill.runtime.text import chat_template
+
+CONFIG_FILE = "genai_config.json"
+
+
+def open_model(folder: Path, threads: int | None = None):
+    """An onnxruntime_genai.Model over `folder`, on the CPU with `threads` intra-op threads [default: all]."""
+    import onnxruntime_genai as og
+
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        raise BundleError(f"{folder} has no {CONFIG_FILE}: it is not an onnxruntime-genai model (ONNX bundles "
+                          "exported before the move to onnxruntime-genai have another layout); export it again")
+    config = og.Config(str(folder))
+    config.clear_providers()  # CPU
+    options = {"intra_op_num_threads": int(threads or os.cpu_count() or 1), "inter_op_num_threads": 1}
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+    return og.Model(config)
+
+
+def prompt_logits(model, ids: list[int]) -> np.ndarray:
+    """Logits (T, V) of every position of `ids`, in one pass of the runtime's own loop."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids), do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.asarray(ids, dtype=np.int32))
+    return np.asarray(gen.get_output("logits"), dtype=np.float32)[0]
+
+
+def generate_ids(model, prompt_ids: list[int], cfg: GenerationConfig, eos_ids: set[int]) -> Iterator[int]:
+    """Token ids, one at a time, until an end-of-generation id (not yielded; unless cfg.ignore_eos) or
+    cfg.max_tokens."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    context = int(params.get_search_options().get("max_length") or 0)  # the model's context by default
+    if context and len(prompt_ids) >= context:
+        raise BundleError(f"the prompt has {len(prompt_ids)} tokens; this model's context holds {context}: "
+                          "shorten the prompt")
+    total = min(len(prompt_ids) + cfg.max_tokens, context) if context else len(prompt_ids) + cfg.max_tokens
+    search = {"max_length": total, "batch_size": 1}
+    if cfg.temperature > 0:
+        search.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+        if cfg.seed is not None:
+            search["random_seed"] = int(cfg.seed)
+    else:
+        search["do_sample"] = False
+    if cfg.ignore_eos:
+        search["min_length"] = total  # end-of-generation ids are masked until max_length
+    params.set_search_options(**search)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
+    for _ in range(cfg.max_tokens):
+        if gen.is_done():
+            return
+        gen.generate_next_token()
+        tid = int(gen.get_next_tokens()[0])
+        if tid in eos_ids and not cfg.ignore_eos:
+            return
+        yield tid
+
+
+def eos_ids(folder: Path) -> set[int]:
+    """The end-of-generation ids genai_config.json declares."""
+    eos = json.loads((Path(folder) / CONFIG_FILE).read_text())["model"].get("eos_token_id")
+    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
 
 
 class ONNXModel(LoadedModel):
     def __init__(self, path: Path, manifest: dict, threads: int | None = None):
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.path, self.manifest = path, manifest
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
-        opts.inter_op_num_threads = 1
-        self.sess = ort.InferenceSession(str(path / manifest["model_file"]), opts, providers=["CPUExecutionProvider"])
+        self.model = open_model(path, threads)
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.template, self.special = chat_template(path)
-        eos = self.special.get("eos_token")
-        self.eos_id = self.tokenizer.token_to_id(eos) if eos else None
-        inputs = {i.name: i for i in self.sess.get_inputs()}
-        self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
-        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
-        self.has_mask, self.has_pos = "attention_mask" in inputs, "position_ids" in inputs
-        first = inputs[self.past_names[0]] if self.past_names else None
-        self.kv_heads = int(first.shape[1]) if first is not None else 0
-        self.head_dim = int(first.shape[3]) if first is not None else 0
-        self.kv_dtype = np.float16 if first is not None and "float16" in first.type else np.float32
+        self.eos_ids = eos_ids(path)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -47,39 +104,7 @@ class ONNXModel(LoadedModel):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def generate_ids(self, prompt_ids: list[int], cfg: GenerationConfig) -> Iterator[int]:
-        """Token ids, one at a time: prefill the prompt, then one token per step through the KV cache."""
-        import onnxruntime as ort
-
-        sample = Sampler(cfg.temperature, cfg.top_p, cfg.seed)
-        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
-        past = [ort.OrtValue.ortvalue_from_numpy(empty) for _ in self.past_names]
-        ids = np.asarray([prompt_ids], dtype=np.int64)
-        pos = 0
-        prev = None  # the previous step's binding owns the buffers of `past`: keep it alive until this step ran
-        for _ in range(cfg.max_tokens):
-            n = ids.shape[1]
-            b = self.sess.io_binding()
-            b.bind_cpu_input("input_ids", ids)
-            if self.has_mask:
-                b.bind_cpu_input("attention_mask", np.ones((1, pos + n), dtype=np.int64))
-            if self.has_pos:
-                b.bind_cpu_input("position_ids", np.arange(pos, pos + n, dtype=np.int64)[None])
-            for name, value in zip(self.past_names, past):
-                b.bind_ortvalue_input(name, value)
-            b.bind_output("logits")
-            for name in self.present_names:
-                b.bind_output(name)
-            self.sess.run_with_iobinding(b)
-            prev = b  # noqa: F841
-            outs = b.get_outputs()
-            logits = outs[0].numpy()[0, -1]  # (V,) — the only copy out of onnxruntime per step
-            past = list(outs[1:])
-            pos += n
-            nxt = sample(logits)
-            if nxt == self.eos_id and not cfg.ignore_eos:
-                return
-            yield nxt
-            ids = np.asarray([[nxt]], dtype=np.int64)
+        return generate_ids(self.model, prompt_ids, cfg, self.eos_ids)
 
     def close(self) -> None:
-        self.sess = None
+        self.model = None

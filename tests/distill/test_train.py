@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from edgedistill.distill.dataset import IGNORE, collate, encode
+from edgedistill.models.generate import chat_ids
 from edgedistill.distill.losses import LossConfig
 from edgedistill.distill.pruning import StudentShape, derive_student
 from edgedistill.distill.train import TrainConfig, agreement_with_teacher, check_compatible, train
@@ -36,7 +37,7 @@ def test_encode_marks_only_response_tokens(pair):
     enc = encode(tok, RECORDS[:2], max_length=200)
     ex = enc.examples[0]
     ids, labels = ex["input_ids"], ex["labels"]
-    prompt_len = len(tok.apply_chat_template(RECORDS[0]["messages"], add_generation_prompt=True))
+    prompt_len = len(chat_ids(tok, RECORDS[0]["messages"]))
     assert all(x == IGNORE for x in labels[: prompt_len - 1]) and labels[-1] == IGNORE
     assert labels[prompt_len - 1 : -1] == ids[prompt_len:]  # each label is the next token of the response
     assert ids[-1] == tok.eos_token_id

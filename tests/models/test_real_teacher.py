@@ -46,6 +46,21 @@ def test_answers_paris(teacher):
     assert "Paris" in reply, reply
 
 
+def test_the_common_generate_idiom_runs_on_the_converted_teacher(real_teacher, teacher):
+    """model.generate(**tokenizer(text, return_tensors="pt")): the tokenizer gives only what the model takes,
+    from the files on disk too (a fresh AutoTokenizer over the converted folder)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    model, _ = teacher
+    tok = AutoTokenizer.from_pretrained(real_teacher)
+    enc = tok("The capital of France is", return_tensors="pt")
+    assert set(enc) == {"input_ids", "attention_mask"}
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1]:])
+
+
 def test_tokenizer_matches_llama_cpp(real_teacher, teacher):
     """Our rebuilt tokenizer must split text exactly as llama.cpp does with the original GGUF."""
     from llama_cpp import Llama

@@ -202,7 +202,7 @@ def test_timed_generation_yields_exactly_the_tokens_asked_for(bundles, fmt):
     with load(out / fmt) as m:
         ids = m.encode(m.render_chat([{"role": "user", "content": "Hi"}]))
         first = next(iter(m.generate_ids(ids, GenerationConfig(max_tokens=1))))
-        m.eos_id = first  # make the greedy first token the end-of-turn: generation stops at once unless ignored
+        m.eos_ids = {first}  # make the greedy first token the end-of-turn: generation stops at once unless ignored
         assert list(m.generate_ids(ids, GenerationConfig(max_tokens=24))) == []
         assert len(list(m.generate_ids(ids, GenerationConfig(max_tokens=24, ignore_eos=True)))) == 24
         runs = [time_generation(m, ids, 10) for _ in range(3)]
