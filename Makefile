@@ -62,6 +62,7 @@ demo: $(STAMP)
 #   make example BUNDLE=build/demo/laptop/export/student/gguf-q8_0
 RT_VENV := build/runtime-venv
 BUNDLE ?= build/demo/laptop/export/student/gguf-q8_0
+ONNX_BUNDLE ?= build/demo/laptop/export/student/onnx-int4
 
 example:
 	@test -f $(BUNDLE)/manifest.json || { echo "error: no bundle at $(BUNDLE); run make demo first or pass BUNDLE=folder"; exit 2; }
@@ -75,6 +76,11 @@ example:
 	cd /tmp && $(CURDIR)/$(RT_VENV)/bin/python $(CURDIR)/examples/support_desk.py $(abspath $(BUNDLE)) --timing \
 	  --ask "My order NW-1234 arrived damaged. What should I do?" --ask "And how long does a refund take?" \
 	  --max-tokens 80
+	@if [ -f $(ONNX_BUNDLE)/manifest.json ]; then \
+	  echo "== the same app on the ONNX bundle (onnxruntime-genai)"; \
+	  cd /tmp && $(CURDIR)/$(RT_VENV)/bin/python $(CURDIR)/examples/support_desk.py $(abspath $(ONNX_BUNDLE)) --timing \
+	    --ask "My order NW-1234 arrived damaged. What should I do?" --max-tokens 80; \
+	else echo "(no ONNX bundle at $(ONNX_BUNDLE); pass ONNX_BUNDLE=folder to run the app on one)"; fi
 	@echo "== the bench runner from the same runtime-only venv (exit 1 only means no variant met every budget)"
 	$(RT_VENV)/bin/edgedistill bench $(BUNDLE) --target laptop --data calibration_data --eval-every 0 \
 	  --repeats 1 --out $(RT_VENV)/bench || test $$? -eq 1

@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from edgedistill.errors import EdgeDistillError
 from edgedistill.runinfo import write_result
 
 HERE = Path(__file__).resolve().parent
@@ -110,7 +111,12 @@ def main() -> None:
         rows = []
         for label, opts in SWEEP:
             out = work / "sweep" / label.replace(", ", "-").replace(" ", "_")
-            export(args.model, out, ["onnx:int4"], args.threads, **opts)
+            try:
+                export(args.model, out, ["onnx:int4"], args.threads, **opts)
+            except EdgeDistillError as e:  # a setting the builder refuses for this model's shapes
+                log(f"{label}: {e}")
+                rows.append({"setting": label, "options": opts, "error": str(e)})
+                continue
             ids = prompt_ids_of(out / "onnx-int4")
             rows.append({"setting": label, **row(out / "onnx-int4", ids, args, work / "workers")})
         report = {"benchmark": "runtime_speed --sweep", **run_record(), "settings": settings, "rows": rows}
@@ -119,7 +125,8 @@ def main() -> None:
         md = ["| onnx:int4 setting | MB | bits/weight | mean KL | top-1 | ppl ratio | decode tok/s |",
               "|---|---:|---:|---:|---:|---:|---:|"]
         md += [f"| {r['setting']} | {r['model_bytes'] / 1e6:.1f} | {r['bits_per_weight']:.2f} | {r['mean_kl']:.4f} | "
-               f"{100 * r['top1_agreement']:.1f}% | {r['ppl_ratio']:.3f} | {r['decode_tokens_per_s']:.1f} |" for r in rows]
+               f"{100 * r['top1_agreement']:.1f}% | {r['ppl_ratio']:.3f} | {r['decode_tokens_per_s']:.1f} |"
+               if "error" not in r else f"| {r['setting']} | builder refused: {r['error'][-90:]} ||||||" for r in rows]
         out.with_suffix(".md").write_text("\n".join(md) + "\n")
         print("\n".join(md))
         return

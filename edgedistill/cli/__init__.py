@@ -16,7 +16,7 @@ from edgedistill.errors import EdgeDistillError
 
 
 # Imported only by commands of the full toolchain, absent from `edgedistill[runtime]`.
-_FULL_ONLY = {"torch", "transformers", "optimum", "accelerate", "bitsandbytes", "gguf", "safetensors", "onnx"}
+_FULL_ONLY = {"torch", "transformers", "accelerate", "bitsandbytes", "gguf", "safetensors", "onnx"}
 
 
 class _Group(click.Group):

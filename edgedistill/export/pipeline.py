@@ -47,7 +47,7 @@ class ExportSettings(Settings):
                                                "fast; 0 unset, 1 fp32, 2 fp16, 3 bf16].", min=0, max=4)
     algorithm: str | None = setting(None, "onnx int4/int8: how blocks are fitted: rtn (round to nearest), k_quant, "
                                           "or k_quant_mixed (8-bit lm_head and most sensitive layers) [default: "
-                                          "k_quant for int4, rtn for int8].", choices=("rtn", "k_quant",
+                                          "k_quant_mixed for int4, rtn for int8].", choices=("rtn", "k_quant",
                                                                                      "k_quant_mixed"))
     head_bits: int | None = setting(None, "onnx int4: bits of the output projection [default 4; 8 keeps it at 8 "
                                           "bits].", choices=(4, 8))

@@ -60,6 +60,9 @@ register(Scheme("onnx", "fp32", "float32 graph (onnxruntime-genai builder, Group
 register(Scheme("onnx", "int8", "weight-only int8 in blocks of 32 (MatMulNBits, round-to-nearest), int8 compute",
                 _build("int8", default_algorithm="rtn"), max_kl=0.03, min_top1=0.90, nominal_bits=9,
                 options=WEIGHT_OPTIONS))
-register(Scheme("onnx", "int4", "weight-only int4 in blocks of 32 (MatMulNBits, k-quant fit), int8 compute",
-                _build("int4", default_algorithm="k_quant"), max_kl=0.6, min_top1=0.60, nominal_bits=5,
+# k_quant_mixed: k-quant int4, with the lm_head (tied: the shared embedding table too) and the most sensitive
+# layers at int8; the closest to the float model of the settings measured on the default teacher
+# (benchmarks/results/runtime/onnx_int4_sweep.md), all on the integer kernel.
+register(Scheme("onnx", "int4", "weight-only int4 in blocks of 32 (MatMulNBits, k-quant; lm_head and the most "
+                "sensitive layers at int8), int8 compute", _build("int4", default_algorithm="k_quant_mixed"), max_kl=0.6, min_top1=0.60, nominal_bits=5,
                 options=WEIGHT_OPTIONS))
