@@ -106,19 +106,20 @@ def test_exact_formats_reproduce_greedy_generation_of_a_peaked_model(tmp_path):
         assert r.metrics["top1_agreement"] > 0.97
 
 
-def test_a_variant_over_its_tolerance_is_not_written_unless_forced(tmp_path, monkeypatch):
+@pytest.mark.parametrize("key", ["gguf:q4_0", "onnx:int4"])
+def test_a_variant_over_its_tolerance_is_not_written_unless_forced(tmp_path, monkeypatch, key):
     from edgedistill import quantize
 
     quantize.schemes()
-    strict = dataclasses.replace(quantize._SCHEMES["gguf:q4_0"], max_kl=-1.0)
-    monkeypatch.setitem(quantize._SCHEMES, "gguf:q4_0", strict)
+    strict = dataclasses.replace(quantize._SCHEMES[key], max_kl=-1.0)
+    monkeypatch.setitem(quantize._SCHEMES, key, strict)
     model = tiny.build_model_dir(tmp_path / "m")
     out = tmp_path / "b"
-    r = export_model(str(model), out, ExportSettings(variants=["gguf:q4_0"], chunks=1, chunk_len=32))[0]
+    r = export_model(str(model), out, ExportSettings(variants=[key], chunks=1, chunk_len=32))[0]
     assert not r.passed and r.path is None and "mean KL" in r.error
     assert not out.exists()  # no bundle, no temporary folders, not even the --out folder it made
-    r = export_model(str(model), out, ExportSettings(variants=["gguf:q4_0"], chunks=1, chunk_len=32, force=True))[0]
-    manifest = json.loads((out / "gguf-q4_0" / MANIFEST).read_text())
+    r = export_model(str(model), out, ExportSettings(variants=[key], chunks=1, chunk_len=32, force=True))[0]
+    manifest = json.loads((out / key.replace(":", "-") / MANIFEST).read_text())
     assert manifest["validation"]["forced"] and not manifest["validation"]["passed"]
 
 
