@@ -98,3 +98,37 @@ def write_small_gguf(path: Path, *, tensors: int = 4) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def build_chatty_model_dir(out: Path, *, steps: int = 150, seed: int = 0) -> Path:
+    """A tiny model fitted for a few seconds to answer chat prompts with the corpus sentences, so its greedy
+    answers are real words that end with <|im_end|> (a random tiny model emits stray bytes and never stops)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    build_model_dir(out, seed=seed)
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    sentences = sorted(set(_CORPUS))
+    rows = []
+    for i, s in enumerate(sentences):
+        for q in (sentences[(i + 1) % len(sentences)], f"Question {i}?"):
+            text = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+            rows.append(tok(text + s + "<|im_end|>", add_special_tokens=False).input_ids)
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    for r, x in enumerate(rows):
+        ids[r, : len(x)] = torch.tensor(x)
+        labels[r, : len(x)] = torch.tensor(x)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    return out

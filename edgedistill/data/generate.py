@@ -66,49 +66,11 @@ class GenerateReport:
 def chat_batches(model, tokenizer, conversations: Sequence[Sequence[dict]], settings: GenerationSettings,
                  max_prompt_tokens: int | None = None) -> Iterator[tuple[int, str | None, int, str]]:
     """Answer each conversation with `model`. Yields (index, text, new_tokens, finish_reason) as batches finish;
-    text is None (finish_reason "prompt_too_long") for prompts longer than max_prompt_tokens.
+    text is None (finish_reason "prompt_too_long") for prompts longer than max_prompt_tokens."""
+    from edgedistill.engines.local import answers
 
-    Prompts are sorted by length so a batch holds similar lengths (less padding), and left-padded, as
-    decoder-only generation needs.
-    """
-    import torch
-
-    from edgedistill.data.tensors import left_pad
-
-    rendered = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True) for c in conversations]
-    encoded = [tokenizer(r, add_special_tokens=False).input_ids for r in rendered]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    if settings.do_sample:
-        torch.manual_seed(settings.seed)
-    todo = []
-    for i in order:
-        if max_prompt_tokens is not None and len(encoded[i]) > max_prompt_tokens:
-            yield i, None, 0, "prompt_too_long"
-        else:
-            todo.append(i)
-    for start in range(0, len(todo), settings.batch_size):
-        idx = todo[start : start + settings.batch_size]
-        ids, mask = left_pad([encoded[i] for i in idx], pad)  # (B, T)
-        width = ids.shape[1]
-        kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample, pad_token_id=pad,
-                      eos_token_id=eos)
-        if settings.do_sample:
-            kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        with torch.inference_mode():
-            out = model.generate(ids, attention_mask=mask, **kwargs)
-        new = out[:, width:]  # (B, new_tokens)
-        for row, i in enumerate(idx):
-            toks = new[row].tolist()
-            if eos in toks:
-                toks, finish = toks[: toks.index(eos)], "stop"
-            else:
-                toks = [t for t in toks if t != pad] if pad != eos else toks
-                finish = "length"
-            yield i, tokenizer.decode(toks, skip_special_tokens=True).strip(), len(toks), finish
+    for a in answers(model, tokenizer, conversations, settings, max_prompt_tokens=max_prompt_tokens):
+        yield a.index, a.text, a.n_tokens, a.finish
 
 
 def model_fingerprint(path: Path) -> str:
@@ -174,52 +136,65 @@ def _existing(out: Path, teacher_id: str, fingerprint: str, settings: dict) -> s
 
 
 def generate(teacher: str, prompts: Sequence[Prompt], out: Path, settings: GenerationSettings | None = None, *,
-             trust_remote_code: bool = False, progress=None, loaded=None) -> GenerateReport:
-    """Have `teacher` answer every prompt not yet in `out`, appending one JSONL record per prompt."""
-    from edgedistill.models.locate import load_model, resolve
+             trust_remote_code: bool = False, progress=None, loaded=None, engine=None,
+             logprobs: int = 0) -> GenerateReport:
+    """Have the teacher answer every prompt not yet in `out`, appending one JSONL record per prompt. `engine`: an
+    EngineSpec (default: the torch engine on `teacher`); `logprobs` > 0 also keeps, per generated token, the
+    teacher's top-k log-probabilities (`teacher_tokens`, `teacher_topk`), what `cache-logits` reads for a
+    served teacher."""
+    from edgedistill.engines import EngineSpec, identity, open_engine
 
     settings = settings or GenerationSettings()
+    spec = engine or EngineSpec("torch", teacher, trust_remote_code=trust_remote_code)
     out = Path(out)
     if not prompts:
         raise DataError("no prompts to generate for")
-    ref = resolve(teacher, pull=True)
-    teacher_id = ref.name or ref.spec
-    fingerprint = spec_fingerprint(ref)
-    recorded = settings.recorded()
+    teacher_id, fingerprint, engine_settings = identity(spec)
+    recorded = {**settings.recorded(), **engine_settings, **({"logprobs": logprobs} if logprobs else {})}
     report = GenerateReport(str(out))
     done = _existing(out, teacher_id, fingerprint, recorded)
     pending = [p for p in prompts if p.id not in done]
     report.already_done = len(prompts) - len(pending)
     if not pending:
         return report
-    model, tokenizer = loaded or load_model(ref, trust_remote_code=trust_remote_code)
-    context = int(getattr(model.config, "max_position_embeddings", 2048))
+    e = open_engine(spec, loaded=loaded)
+    try:
+        _answer_all(e, pending, out, settings, logprobs, recorded, report, progress)
+    finally:
+        e.close()
+    return report
+
+
+def _answer_all(e, pending, out: Path, settings, logprobs, recorded, report, progress) -> None:
+    max_prompt = e.context - settings.max_new_tokens if e.context else None
     out.parent.mkdir(parents=True, exist_ok=True)
     task = progress.add_task(f"teacher answering {len(pending)} prompts", total=len(pending)) if progress else None
     with open(out, "a", encoding="utf-8") as f:
-        for i, text, n_tokens, finish in chat_batches(model, tokenizer, [p.messages for p in pending], settings,
-                                                      max_prompt_tokens=context - settings.max_new_tokens):
+        for a in e.answer([p.messages for p in pending], settings, logprobs=logprobs, max_prompt_tokens=max_prompt):
             if progress:
                 progress.advance(task)
-            if text is None:
+            if a.text is None:
                 report.skipped_too_long += 1
                 continue
-            p = pending[i]
+            p = pending[a.index]
             rec = {
                 "id": p.id,
                 "domain": p.domain,
                 "category": p.category,
                 "reasoning": p.reasoning,
                 "messages": list(p.messages),
-                "response": text,
-                "response_tokens": n_tokens,
-                "finish_reason": finish,
-                "teacher": teacher_id,
-                "teacher_fingerprint": fingerprint,
+                "response": a.text,
+                "response_tokens": a.n_tokens,
+                "finish_reason": a.finish,
+                "teacher": e.teacher_id,
+                "teacher_fingerprint": e.fingerprint,
                 "settings": recorded,
             }
+            if logprobs and a.topk_ids is not None:
+                rec["teacher_tokens"] = a.tokens
+                rec["teacher_topk"] = {"ids": a.topk_ids,
+                                       "logprobs": [[round(x, 4) for x in row] for row in a.topk_logprobs]}
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
             report.written += 1
-            report.hit_max_tokens += finish == "length"
-    return report
+            report.hit_max_tokens += a.finish == "length"

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgedistill.engines import EngineSettings
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models.registry import DEFAULT_TEACHER
 from edgedistill.settings import Settings, setting
@@ -16,8 +17,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GenerateSettings(Settings):
-    teacher: str = setting(DEFAULT_TEACHER, "Registry name, Hugging Face folder, .gguf or hub id.")
+class GenerateSettings(EngineSettings):
+    teacher: str = setting(DEFAULT_TEACHER, "Registry name, Hugging Face folder, .gguf or hub id (torch and llama.cpp "
+                                            "engines).")
     prompts: list[Path] = setting([], "Prompt JSONL (chat 'messages' or 'prompt'); repeatable.", exists="file")
     split: str | None = setting(None, "Instead of --prompts: this split of every domain in the data folder.",
                                 choices=("train", "validation", "test"))
@@ -29,15 +31,22 @@ class GenerateSettings(Settings):
     temperature: float = setting(0.7, "Sampling temperature (with --sample).", min=0, min_open=True, max=5)
     top_p: float = setting(0.95, "Nucleus sampling mass (with --sample).", min=0, min_open=True, max=1)
     seed: int = setting(0, "Sampling seed.")
-    batch_size: int = setting(8, "Prompts answered together.", min=1, max=1024)
+    batch_size: int = setting(8, "Prompts answered together (torch and llama.cpp engines).", min=1, max=1024)
+    logprobs: int = setting(0, "Also keep the teacher's top-K log-probabilities of every generated token (openai "
+                               "servers give K <= 20), for `cache-logits` from a served teacher.", min=0, max=1024)
     limit: int | None = setting(None, "Only the first N prompts of each file.", min=1)
     skip_bad: bool = setting(False, "Skip malformed prompt records (counted) instead of stopping.")
     trust_remote_code: bool = setting(False, "Allow the model folder's own code (off unless asked).")
 
     def extra_problems(self) -> list[str]:
+        problems = self.engine_problems()
         if bool(self.prompts) == bool(self.split):
-            return ["pass either --prompts FILE (repeatable) or --split train|validation|test"]
-        return []
+            problems.append("pass either --prompts FILE (repeatable) or --split train|validation|test")
+        if self.teacher_engine == "openai" and self.logprobs > 20:
+            problems.append(f"--logprobs {self.logprobs}: OpenAI-compatible servers give at most 20")
+        if self.teacher_engine == "openai" and self.logprobs and not self.tokenizer:
+            problems.append("--logprobs with --teacher-engine openai needs --tokenizer MODEL (the student's)")
+        return problems
 
     def settings_path(self) -> Path:
         return Path(self.out).with_suffix(".settings.yaml")
@@ -77,6 +86,6 @@ def generate_data(s: GenerateSettings, *, teacher=None, prompts=None, progress=N
     gen = GenerationSettings(max_new_tokens=s.max_new_tokens, do_sample=s.sample, temperature=s.temperature,
                              top_p=s.top_p, seed=s.seed, batch_size=s.batch_size)
     r = generate(s.teacher, prompts, s.out, gen, trust_remote_code=s.trust_remote_code, progress=progress,
-                 loaded=teacher)
+                 loaded=teacher, engine=s.engine_spec(s.teacher, s.trust_remote_code), logprobs=s.logprobs)
     write_settings(s, s.settings_path())
     return r

@@ -15,6 +15,13 @@ RECORDS = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"Alarm E{i}
             "response": f"Check the coolant flow on M-20{i} first, then reset alarm E{i}{i}."} for i in range(8)]
 
 
+def _build(teacher, data, out, k):
+    from edgedistill.engines.local import score_rows
+
+    return logit_cache.build(score_rows(teacher[0], teacher[1], data.examples, k), "tiny", "fp1", data, out, k=k,
+                             vocab=teacher[0].config.vocab_size)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
@@ -28,19 +35,20 @@ def setup(tmp_path_factory):
 
 def test_build_and_load(setup, tmp_path):
     _, _, _, teacher, data = setup
-    meta = logit_cache.build(teacher[0], "tiny", "fp1", data, tmp_path / "c", k=16, pad_id=teacher[1].pad_token_id)
+    meta = _build(teacher, data, tmp_path / "c", 16)
     assert meta["tokens"] == data.response_tokens and meta["k"] == 16
-    assert meta["bytes_per_token"] == 16 * (2 + 2)  # uint16 ids + float16 log-probs
+    assert meta["bytes_per_token"] == 16 * (2 + 2) + 2  # uint16 ids + float16 log-probs, float16 tail mass
+    assert meta["engine"] == {"engine": "torch"} and meta["positions_without_teacher_topk"] == 0
     assert 0 < meta["teacher_mass_in_top_k"] <= 1
     cache = logit_cache.load(tmp_path / "c", data, "fp1")
     assert cache.ids.shape == (data.response_tokens, 16)
     with pytest.raises(EdgeDistillError, match="already exists"):
-        logit_cache.build(teacher[0], "tiny", "fp1", data, tmp_path / "c", k=16)
+        _build(teacher, data, tmp_path / "c", 16)
 
 
 def test_stale_cache_is_refused(setup, tmp_path):
     _, _, _, teacher, data = setup
-    logit_cache.build(teacher[0], "tiny", "fp1", data, tmp_path / "c", k=8, pad_id=teacher[1].pad_token_id)
+    _build(teacher, data, tmp_path / "c", 8)
     other = encode(teacher[1], RECORDS[:-1], 96)
     with pytest.raises(logit_cache.StaleCacheError, match="other training data"):
         logit_cache.load(tmp_path / "c", other)
@@ -55,7 +63,7 @@ def test_training_from_a_full_vocab_cache_matches_the_live_teacher(setup, tmp_pa
     """With k = the whole vocabulary the cache loses only float16 rounding, so the losses must agree."""
     root, t_dir, s_dir, teacher, data = setup
     vocab = teacher[0].config.vocab_size
-    logit_cache.build(teacher[0], "tiny", "fp1", data, tmp_path / "c", k=vocab, pad_id=teacher[1].pad_token_id)
+    _build(teacher, data, tmp_path / "c", vocab)
     cache = logit_cache.load(tmp_path / "c", data)
     cfg = TrainConfig(max_steps=4, batch_size=4, grad_accum=1, learning_rate=3e-3, warmup_steps=0, logging_steps=1,
                       save_steps=100)
@@ -71,7 +79,7 @@ def test_training_from_a_full_vocab_cache_matches_the_live_teacher(setup, tmp_pa
 
 def test_cache_without_teacher_refuses_on_policy(setup, tmp_path):
     _, _, s_dir, teacher, data = setup
-    logit_cache.build(teacher[0], "tiny", "fp1", data, tmp_path / "c", k=4, pad_id=teacher[1].pad_token_id)
+    _build(teacher, data, tmp_path / "c", 4)
     cache = logit_cache.load(tmp_path / "c", data)
     with pytest.raises(EdgeDistillError, match="on-policy steps need the live teacher"):
         train((None, teacher[1]), load_model(str(s_dir)), data.examples, tmp_path / "r", LossConfig(),

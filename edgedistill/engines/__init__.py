@@ -1,0 +1,190 @@
+"""The teacher as an engine: what writes the teacher's answers and its top-k log-probabilities.
+
+  torch      the transformers model in this process, float32 (the reference; slow on a CPU)
+  llama.cpp  a GGUF in this process through llama-cpp-python: several sequences decoded together, the top-k
+             log-probabilities of every generated token read from the same logits
+  openai     any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp's server, a vendor API): bounded
+             concurrent requests, timeouts, retries with backoff, `top_logprobs` when the server offers them
+
+Every engine answers conversations (`Engine.answer`); the local ones also score given token sequences
+teacher-forced (`Engine.score`, what `cache-logits` stores). A served teacher's log-probabilities come from its
+answers (`generate --logprobs K`) and are aligned to a local tokenizer's ids exactly, or refused.
+
+Adding an engine is one `@register` class and a test that runs it (tests/engines).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from edgedistill.errors import EdgeDistillError
+from edgedistill.settings import Settings, setting
+
+_ENGINES: dict[str, type] = {}
+ENGINE_NAMES = ("torch", "llama.cpp", "openai")  # the registered names, for settings' choices
+
+
+class EngineError(EdgeDistillError):
+    """The teacher engine cannot do what was asked (unreachable server, refused key, wrong tokenizer ...)."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which teacher, through which engine. `model`: registry name, Hugging Face folder or .gguf (torch and
+    llama.cpp); for openai the served model's name is `served_model` and `tokenizer` names a local model whose
+    tokenizer the served tokens are aligned to (needed only for log-probabilities)."""
+
+    engine: str = "torch"
+    model: str | None = None
+    url: str | None = None
+    served_model: str | None = None
+    api_key_env: str | None = None
+    tokenizer: str | None = None
+    concurrency: int = 4
+    timeout_s: float = 120.0
+    retries: int = 4
+    gguf_type: str = "f16"
+    threads: int | None = None
+    trust_remote_code: bool = False
+    sequence_level_fallback: bool = False  # openai: keep the text alone when the tokens cannot be aligned
+
+
+@dataclass(frozen=True)
+class EngineSettings(Settings):
+    """The teacher-engine fields shared by the stages that run the teacher (generate, cache-logits, run)."""
+
+    teacher_engine: str = setting("torch", "What runs the teacher: torch (in process, float32), llama.cpp (a GGUF in "
+                                           "process, fast on CPUs) or openai (an OpenAI-compatible server).",
+                                  choices=ENGINE_NAMES)
+    teacher_url: str | None = setting(None, "openai engine: the server's base URL, e.g. http://127.0.0.1:8080/v1.")
+    teacher_model: str | None = setting(None, "openai engine: the served model's name.")
+    api_key_env: str | None = setting(None, "openai engine: environment variable holding the API key (never "
+                                            "logged or written).")
+    tokenizer: str | None = setting(None, "openai engine: local model whose tokenizer the served tokens are aligned "
+                                          "to (the student's), needed for --logprobs.")
+    concurrency: int = setting(4, "openai engine: requests in flight at most.", min=1, max=256)
+    teacher_timeout: float = setting(120.0, "openai engine: seconds one request may take.", min=0, min_open=True)
+    retries: int = setting(4, "openai engine: retries with backoff on 429/5xx and lost connections.", min=0, max=20)
+    teacher_gguf_type: str = setting("f16", "llama.cpp engine on a registry / Hugging Face teacher: the GGUF it runs "
+                                            "(f16 exact, q8_0 faster).", choices=("f16", "q8_0"))
+    sequence_level_fallback: bool = setting(False, "openai engine: keep the text alone (sequence-level KD) when the "
+                                                   "served tokens cannot be aligned, instead of stopping.")
+
+    def engine_problems(self) -> list[str]:
+        if self.teacher_engine == "openai":
+            if not self.teacher_url or not self.teacher_model:
+                return ["--teacher-engine openai needs --teacher-url and --teacher-model"]
+            if not self.teacher_url.startswith(("http://", "https://")):
+                return [f"--teacher-url {self.teacher_url!r} must start with http:// or https://"]
+        elif self.teacher_url or self.teacher_model:
+            return ["--teacher-url and --teacher-model are for --teacher-engine openai"]
+        return []
+
+    def extra_problems(self) -> list[str]:
+        return self.engine_problems()
+
+    def engine_spec(self, teacher: str | None, trust_remote_code: bool = False) -> EngineSpec:
+        return EngineSpec(self.teacher_engine, teacher, url=self.teacher_url, served_model=self.teacher_model,
+                          api_key_env=self.api_key_env, tokenizer=self.tokenizer, concurrency=self.concurrency,
+                          timeout_s=self.teacher_timeout, retries=self.retries, gguf_type=self.teacher_gguf_type,
+                          trust_remote_code=trust_remote_code, sequence_level_fallback=self.sequence_level_fallback)
+
+
+@dataclass
+class Answer:
+    """One answered conversation. `tokens`: the generated ids in the local tokenizer (the stop token included
+    when one was generated); `topk_ids`/`topk_logprobs`: per generated token, the teacher's top k (None when
+    not asked for or not offered)."""
+
+    index: int
+    text: str | None  # None: the prompt was too long for the context
+    n_tokens: int
+    finish: str  # "stop" | "length" | "prompt_too_long"
+    tokens: list[int] | None = None
+    topk_ids: list[list[int]] | None = None
+    topk_logprobs: list[list[float]] | None = None
+
+
+@dataclass
+class Engine:
+    """Base of the engines. Subclasses set the fields in their `open`."""
+
+    spec: EngineSpec
+    teacher_id: str = ""  # what records and caches name as the teacher
+    fingerprint: str = ""  # refuses data or caches made by another teacher
+    tokenizer: object = None  # the local (transformers) tokenizer ids refer to; None for openai without one
+    context: int | None = None  # tokens of context, when known
+    settings: dict = field(default_factory=dict)  # recorded beside the data (never a secret)
+
+    name = ""
+
+    @classmethod
+    def identity(cls, spec: EngineSpec) -> tuple[str, str, dict]:
+        """(teacher id, fingerprint, recorded settings) without loading anything: a finished rerun stops here."""
+        raise NotImplementedError
+
+    def answer(self, conversations: Sequence[Sequence[dict]], gen, *, logprobs: int = 0,
+               max_prompt_tokens: int | None = None) -> Iterator[Answer]:
+        raise NotImplementedError
+
+    def score(self, examples: Sequence[dict], k: int, *, batch_size: int = 4, progress=None):
+        """Per example, teacher-forced: (ids (n, k) int64, logprobs (n, k) float32) at its n response
+        positions (labels != -100), best first."""
+        raise EngineError(f"the {self.name} engine scores only what it generates: make the data with "
+                          "`edgedistill generate --logprobs K`, then `cache-logits` reads it from the records")
+
+    def close(self) -> None:
+        pass
+
+
+def register(name: str):
+    def deco(cls):
+        if name not in ENGINE_NAMES:
+            raise AssertionError(f"add {name!r} to ENGINE_NAMES")
+        cls.name = name
+        _ENGINES[name] = cls
+        return cls
+
+    return deco
+
+
+def engines() -> dict[str, type]:
+    from edgedistill.engines import llamacpp, local, served  # noqa: F401  (registration)
+
+    return dict(_ENGINES)
+
+
+def open_engine(spec: EngineSpec, *, loaded=None) -> Engine:
+    """The engine `spec` names, ready to answer. `loaded`: an already loaded (model, tokenizer) (torch)."""
+    known = engines()
+    if spec.engine not in known:
+        raise EngineError(f"unknown teacher engine {spec.engine!r}; choose one of {', '.join(known)}")
+    return known[spec.engine].open(spec, loaded=loaded)
+
+
+def identity(spec: EngineSpec) -> tuple[str, str, dict]:
+    """(teacher id, fingerprint, settings recorded in the data) of the teacher `spec` names, loading nothing."""
+    known = engines()
+    if spec.engine not in known:
+        raise EngineError(f"unknown teacher engine {spec.engine!r}; choose one of {', '.join(known)}")
+    return known[spec.engine].identity(spec)
+
+
+def topk_rows(logp, k: int):
+    """(ids, logprobs) of the k largest entries of each row of a (n, V) log-probability array, best first."""
+    import numpy as np
+
+    idx = np.argpartition(-logp, k - 1, axis=-1)[:, :k]
+    vals = np.take_along_axis(logp, idx, -1)
+    order = np.argsort(-vals, axis=-1)
+    return np.take_along_axis(idx, order, -1).astype(np.int64), np.take_along_axis(vals, order, -1).astype(np.float32)
+
+
+def log_softmax(logits):
+    """Row-wise log-softmax in float64 of a (n, V) float array (numpy), returned as float32."""
+    import numpy as np
+
+    x = logits.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return (x - np.log(np.exp(x).sum(-1, keepdims=True))).astype(np.float32)

@@ -1,0 +1,252 @@
+"""The openai engine: any OpenAI-compatible `/v1/chat/completions` server, through the official openai client.
+
+Requests run concurrently (at most `concurrency` at once) with a timeout each; the client retries with backoff
+on 408/409/429/5xx and lost connections (`retries` times, honouring Retry-After). The API key is read from the
+environment variable the user names and is never logged or written. Log-probabilities come back as text pieces:
+`align` maps them onto a local tokenizer's ids exactly, or refuses with both tokenizations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+from edgedistill.engines import Answer, Engine, EngineError, EngineSpec, register
+
+log = logging.getLogger(__name__)
+
+MAX_TOP_LOGPROBS = 20  # what OpenAI's API and most servers allow
+
+
+def token_bytes(tokenizer) -> list[bytes]:
+    """The bytes each id of a transformers tokenizer stands for (byte-level BPE or SentencePiece pieces)."""
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    try:
+        decoder = json.loads(tokenizer.backend_tokenizer.to_str()).get("decoder") or {}
+    except (AttributeError, ValueError):
+        decoder = {}
+    kinds = {d.get("type") for d in decoder.get("decoders", [decoder])}
+    special = set(tokenizer.all_special_tokens)
+    if "ByteLevel" in kinds:
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        back = {c: b for b, c in bytes_to_unicode().items()}
+        return [t.encode() if t in special else bytes(back.get(c, 0) for c in t) for t in vocab]
+    out = []
+    for t in vocab:
+        if t.startswith("<0x") and t.endswith(">") and len(t) == 6:
+            out.append(bytes([int(t[3:5], 16)]))
+        else:
+            out.append(t.replace("\u2581", " ").encode())
+    return out
+
+
+def _norm(b: bytes) -> bytes:
+    """What a server that sends text (not bytes) shows of a piece: incomplete UTF-8 dropped."""
+    return b.decode("utf-8", errors="ignore").encode()
+
+
+class Aligner:
+    """Maps a server's pieces (text or bytes) onto a local tokenizer's ids."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.pieces = token_bytes(tokenizer)
+        seen: dict[bytes, int] = {}
+        dup = set()
+        for i, b in enumerate(self.pieces):
+            k = _norm(b)
+            if k in seen:
+                dup.add(k)
+            seen[k] = i
+        self.ids = {k: v for k, v in seen.items() if k not in dup and k}
+
+    def align(self, text: str, content: list) -> tuple[list[int], list[list[int]], list[list[float]]]:
+        """(ids, top ids, top log-probs) for a response `text` whose pieces and top alternatives the server sent
+        as `content` (chat logprobs.content). Alternatives that map to no single local id go to the tail."""
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        mine = [_norm(self.pieces[i]) for i in ids]
+        theirs = [_norm(bytes(c.bytes)) if c.bytes else c.token.encode() for c in content]
+        if mine != theirs:
+            n = next((j for j, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+            show = lambda xs: [x.decode(errors="replace") for x in xs[max(0, n - 2) : n + 4]]  # noqa: E731
+            raise EngineError(
+                f"the served tokens are not this tokenizer's ({self.tokenizer.name_or_path}): from token {n} the "
+                f"server has {show(theirs)}, the tokenizer {show(mine)} ({len(theirs)} vs {len(ids)} tokens); use "
+                "the student's own tokenizer's teacher, or --sequence-level-fallback to keep the text alone")
+        top_ids, top_lp = [], []
+        for c in content:
+            row = {}
+            for alt in c.top_logprobs or []:
+                key = _norm(bytes(alt.bytes)) if alt.bytes else alt.token.encode()
+                j = self.ids.get(key)
+                if j is not None and j not in row:
+                    row[j] = float(alt.logprob)
+            top_ids.append(list(row))
+            top_lp.append(list(row.values()))
+        return ids, top_ids, top_lp
+
+
+def _strip_rows(tokenizer, text: str, ids, top_ids, top_lp):
+    """The rows of the stripped text (what the record keeps), or None when stripping changes its tokens."""
+    stripped = text.strip()
+    if stripped == text:
+        return ids, top_ids, top_lp
+    s_ids = tokenizer(stripped, add_special_tokens=False).input_ids
+    lead = len(tokenizer(text[: len(text) - len(text.lstrip())], add_special_tokens=False).input_ids) if text[:1].isspace() else 0
+    if ids[lead : lead + len(s_ids)] != s_ids:
+        return None
+    end = lead + len(s_ids)
+    return s_ids, top_ids[lead:end], top_lp[lead:end]
+
+
+@register("openai")
+class OpenAIEngine(Engine):
+    client: object = None
+    aligner: Aligner | None = None
+
+    @classmethod
+    def open(cls, spec: EngineSpec, *, loaded=None) -> OpenAIEngine:
+        import openai
+
+        if not spec.url or not spec.served_model:
+            raise EngineError("--teacher-engine openai needs --teacher-url (e.g. http://127.0.0.1:8080/v1) and "
+                              "--teacher-model (the served model's name)")
+        key = "none"  # servers without keys still want the header
+        if spec.api_key_env:
+            key = os.environ.get(spec.api_key_env, "")
+            if not key:
+                raise EngineError(f"--api-key-env {spec.api_key_env}: that environment variable is not set")
+        teacher_id, fp, settings = cls.identity(spec)
+        e = cls(spec, teacher_id=teacher_id, fingerprint=fp, settings=settings)
+        e.client = openai.OpenAI(base_url=spec.url, api_key=key, timeout=spec.timeout_s, max_retries=spec.retries)
+        e._probe()
+        if spec.tokenizer:
+            from edgedistill.models.locate import load_tokenizer
+
+            e.tokenizer = loaded[1] if loaded else load_tokenizer(spec.tokenizer)
+            e.aligner = Aligner(e.tokenizer)
+        return e
+
+    @classmethod
+    def identity(cls, spec: EngineSpec) -> tuple[str, str, dict]:
+        """The served model's name is its identity (the URL may move: a rerun against a restarted server on
+        another port continues the same data)."""
+        return spec.served_model, hashlib.sha256(f"openai:{spec.served_model}".encode()).hexdigest()[:16], {"engine": cls.name}
+
+    def _fail(self, err) -> EngineError:
+        import openai
+
+        url = self.spec.url
+        if isinstance(err, openai.AuthenticationError):
+            how = f"set {self.spec.api_key_env} to a valid key" if self.spec.api_key_env else "pass --api-key-env VAR"
+            return EngineError(f"{url} refused the API key (401): {how}")
+        if isinstance(err, openai.PermissionDeniedError):
+            return EngineError(f"{url} denied access (403) to model {self.spec.served_model!r}")
+        if isinstance(err, openai.APITimeoutError):
+            return EngineError(f"{url} did not answer within {self.spec.timeout_s:g} s ({self.spec.retries} retries); "
+                               "raise --teacher-timeout or check the server")
+        if isinstance(err, openai.APIConnectionError):
+            return EngineError(f"cannot reach the teacher server at {url} (after {self.spec.retries} retries): is it "
+                               "running? Rerun to continue where this run stopped")
+        if isinstance(err, openai.APIStatusError):
+            msg = str(getattr(err, "message", err)).splitlines()[0][:200]
+            return EngineError(f"{url} answered {err.status_code}: {msg}")
+        return EngineError(f"{url}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+
+    def _probe(self) -> None:
+        """One cheap request before any work: the URL answers, the key is accepted, the model is served."""
+        import openai
+
+        try:
+            names = [m.id for m in self.client.models.list()]
+        except openai.NotFoundError:
+            return  # some servers have no /models route; the first completion tells
+        except openai.OpenAIError as err:
+            raise self._fail(err) from None
+        if names and self.spec.served_model not in names:
+            raise EngineError(f"{self.spec.url} serves {', '.join(names[:8])}, not {self.spec.served_model!r}: "
+                              "fix --teacher-model")
+
+    def _one(self, i: int, messages, gen, logprobs: int) -> Answer:
+        import openai
+
+        kw = dict(model=self.spec.served_model, messages=list(messages), max_tokens=gen.max_new_tokens)
+        if gen.do_sample:
+            kw.update(temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed + i)
+        else:
+            kw.update(temperature=0.0)
+        if logprobs:
+            kw.update(logprobs=True, top_logprobs=logprobs)
+        try:
+            r = self.client.chat.completions.create(**kw)
+        except openai.BadRequestError as err:
+            msg = str(getattr(err, "message", err)).lower()
+            if any(w in msg for w in ("context", "too long", "exceed", "maximum")):
+                return Answer(i, None, 0, "prompt_too_long")
+            raise self._fail(err) from None
+        except openai.OpenAIError as err:
+            raise self._fail(err) from None
+        choice = r.choices[0]
+        raw = choice.message.content or ""
+        finish = "length" if choice.finish_reason == "length" else "stop"
+        n = r.usage.completion_tokens if r.usage else 0
+        a = Answer(i, raw.strip(), n, finish)
+        content = choice.logprobs.content if (logprobs and choice.logprobs) else None
+        if logprobs and content is None:
+            self.no_logprobs += 1
+        if content and self.aligner is not None:
+            try:
+                rows = _strip_rows(self.tokenizer, raw, *self.aligner.align(raw, content))
+            except EngineError:
+                if not self.spec.sequence_level_fallback:
+                    raise
+                rows = None
+            if rows is None:
+                self.unaligned += 1
+            else:
+                a.tokens, a.topk_ids, a.topk_logprobs = rows
+                a.tokens = list(a.tokens)
+        return a
+
+    def answer(self, conversations, gen, *, logprobs=0, max_prompt_tokens=None):
+        if logprobs and self.aligner is None:
+            raise EngineError("--logprobs with --teacher-engine openai needs --tokenizer MODEL (the student's "
+                              "tokenizer) to align the served tokens to its ids")
+        if logprobs > MAX_TOP_LOGPROBS:
+            raise EngineError(f"--logprobs {logprobs}: OpenAI-compatible servers give at most {MAX_TOP_LOGPROBS}")
+        self.no_logprobs = self.unaligned = 0
+        todo = iter(range(len(conversations)))
+        with ThreadPoolExecutor(max_workers=self.spec.concurrency) as pool:
+            running = set()
+            try:
+                while True:
+                    while len(running) < self.spec.concurrency:  # at most `concurrency` requests in flight
+                        i = next(todo, None)
+                        if i is None:
+                            break
+                        running.add(pool.submit(self._one, i, conversations[i], gen, logprobs))
+                    if not running:
+                        break
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    failed = [f.exception() for f in done if f.exception() is not None]
+                    for f in done:  # what finished is handed over (and written) before a failure stops the run
+                        if f.exception() is None:
+                            yield f.result()
+                    if failed:
+                        raise failed[0]
+            finally:
+                for f in running:
+                    f.cancel()
+        if self.no_logprobs:
+            log.warning("%s sent no log-probabilities for %d answers: those keep the text alone", self.spec.url,
+                        self.no_logprobs)
+        if self.unaligned:
+            log.warning("%d answers keep the text alone: their tokens could not be aligned", self.unaligned)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
