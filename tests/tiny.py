@@ -114,18 +114,21 @@ def build_chatty_model_dir(out: Path, *, steps: int = 150, seed: int = 0) -> Pat
     for i, s in enumerate(sentences):
         for q in (sentences[(i + 1) % len(sentences)], f"Question {i}?"):
             text = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
-            rows.append(tok(text + s + "<|im_end|>", add_special_tokens=False).input_ids)
-    width = max(map(len, rows))
+            p = tok(text, add_special_tokens=False).input_ids
+            rows.append((p, tok(s + "<|im_end|>", add_special_tokens=False).input_ids))
+    width = max(len(p) + len(r) for p, r in rows)
     ids = torch.full((len(rows), width), tok.pad_token_id)
     labels = torch.full((len(rows), width), -100)
-    for r, x in enumerate(rows):
-        ids[r, : len(x)] = torch.tensor(x)
-        labels[r, : len(x)] = torch.tensor(x)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for n, (p, r) in enumerate(rows):
+        ids[n, : len(p) + len(r)] = torch.tensor(p + r)
+        labels[n, len(p) : len(p) + len(r)] = torch.tensor(r)  # the answer only: the model learns to reply
+        mask[n, : len(p) + len(r)] = 1
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(steps):
-        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -165,6 +165,15 @@ def generate(teacher: str, prompts: Sequence[Prompt], out: Path, settings: Gener
     return report
 
 
+def _kept_tokens(tokenizer, a) -> int | None:
+    """How many of the answer's tokens (and their top-k rows) are the start of what training encodes: its text's
+    tokens, and the stop token right after them. None when the text does not encode to the tokens generated."""
+    ids = tokenizer(a.text, add_special_tokens=False).input_ids
+    if a.tokens[: len(ids)] != ids:
+        return None
+    return len(ids) + (a.finish == "stop" and len(a.tokens) == len(ids) + 1)
+
+
 def _answer_all(e, pending, out: Path, settings, logprobs, recorded, report, progress) -> None:
     max_prompt = e.context - settings.max_new_tokens if e.context else None
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,10 +199,11 @@ def _answer_all(e, pending, out: Path, settings, logprobs, recorded, report, pro
                 "teacher_fingerprint": e.fingerprint,
                 "settings": recorded,
             }
-            if logprobs and a.topk_ids is not None:
-                rec["teacher_tokens"] = a.tokens
-                rec["teacher_topk"] = {"ids": a.topk_ids,
-                                       "logprobs": [[round(x, 4) for x in row] for row in a.topk_logprobs]}
+            n = _kept_tokens(e.tokenizer, a) if logprobs and a.topk_ids is not None else None
+            if n is not None:
+                rec["teacher_tokens"] = a.tokens[:n]
+                rec["teacher_topk"] = {"ids": a.topk_ids[:n],
+                                       "logprobs": [[round(x, 4) for x in row] for row in a.topk_logprobs[:n]]}
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
             report.written += 1

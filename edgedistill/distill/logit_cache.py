@@ -207,3 +207,11 @@ def load(cache_dir: Path, data: Encoded, teacher_fingerprint: str | None = None)
     if ids.shape != lp.shape or ids.shape[0] != meta.get("tokens") or len(offsets) != (meta.get("sequences") or 0) + 1:
         raise StaleCacheError(f"{cache_dir}: topk.safetensors does not match cache.json; rebuild the cache")
     return LogitCache(meta, ids, lp, offsets)
+
+
+def load_arrays(cache_dir: Path) -> dict[str, np.ndarray]:
+    """The cache's arrays as stored (ids, logprobs, tail_mass, offsets), for inspection and comparisons."""
+    from edgedistill.checked import load_safetensors_numpy
+
+    describe(cache_dir)
+    return load_safetensors_numpy(Path(cache_dir) / "topk.safetensors", StaleCacheError)

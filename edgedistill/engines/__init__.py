@@ -48,6 +48,7 @@ class EngineSpec:
     threads: int | None = None
     trust_remote_code: bool = False
     sequence_level_fallback: bool = False  # openai: keep the text alone when the tokens cannot be aligned
+    extra_body: dict | None = None  # openai: server-specific request fields, e.g. {"repeat_penalty": 1.0}
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class EngineSettings(Settings):
                                             "(f16 exact, q8_0 faster).", choices=("f16", "q8_0"))
     sequence_level_fallback: bool = setting(False, "openai engine: keep the text alone (sequence-level KD) when the "
                                                    "served tokens cannot be aligned, instead of stopping.")
+    teacher_extra_body: str | None = setting(None, "openai engine: server-specific request fields as JSON, e.g. "
+                                                   "'{\"repeat_penalty\": 1.0}' for llama.cpp's server (its default "
+                                                   "1.1 changes greedy answers).")
 
     def engine_problems(self) -> list[str]:
         if self.teacher_engine == "openai":
@@ -77,6 +81,14 @@ class EngineSettings(Settings):
                 return ["--teacher-engine openai needs --teacher-url and --teacher-model"]
             if not self.teacher_url.startswith(("http://", "https://")):
                 return [f"--teacher-url {self.teacher_url!r} must start with http:// or https://"]
+            if self.teacher_extra_body is not None:
+                import json
+
+                try:
+                    if not isinstance(json.loads(self.teacher_extra_body), dict):
+                        raise ValueError
+                except ValueError:
+                    return [f"--teacher-extra-body {self.teacher_extra_body!r} must be a JSON object"]
         elif self.teacher_url or self.teacher_model:
             return ["--teacher-url and --teacher-model are for --teacher-engine openai"]
         return []
@@ -85,10 +97,13 @@ class EngineSettings(Settings):
         return self.engine_problems()
 
     def engine_spec(self, teacher: str | None, trust_remote_code: bool = False) -> EngineSpec:
+        import json
+
         return EngineSpec(self.teacher_engine, teacher, url=self.teacher_url, served_model=self.teacher_model,
                           api_key_env=self.api_key_env, tokenizer=self.tokenizer, concurrency=self.concurrency,
                           timeout_s=self.teacher_timeout, retries=self.retries, gguf_type=self.teacher_gguf_type,
-                          trust_remote_code=trust_remote_code, sequence_level_fallback=self.sequence_level_fallback)
+                          trust_remote_code=trust_remote_code, sequence_level_fallback=self.sequence_level_fallback,
+                          extra_body=json.loads(self.teacher_extra_body) if self.teacher_extra_body else None)
 
 
 @dataclass

@@ -135,7 +135,8 @@ class OpenAIEngine(Engine):
     def identity(cls, spec: EngineSpec) -> tuple[str, str, dict]:
         """The served model's name is its identity (the URL may move: a rerun against a restarted server on
         another port continues the same data)."""
-        return spec.served_model, hashlib.sha256(f"openai:{spec.served_model}".encode()).hexdigest()[:16], {"engine": cls.name}
+        recorded = {"engine": cls.name, **({"extra_body": spec.extra_body} if spec.extra_body else {})}
+        return spec.served_model, hashlib.sha256(f"openai:{spec.served_model}".encode()).hexdigest()[:16], recorded
 
     def _fail(self, err) -> EngineError:
         import openai
@@ -181,6 +182,8 @@ class OpenAIEngine(Engine):
             kw.update(temperature=0.0)
         if logprobs:
             kw.update(logprobs=True, top_logprobs=logprobs)
+        if self.spec.extra_body:
+            kw.update(extra_body=self.spec.extra_body)
         try:
             r = self.client.chat.completions.create(**kw)
         except openai.BadRequestError as err:

@@ -1,0 +1,248 @@
+"""The teacher engines on a tiny chat model: every registered engine answers and keeps top-k log-probabilities; the
+llama.cpp engine agrees with torch; a real llama.cpp server's answers become a logit cache a student trains from;
+and the served engine survives the faults a real server has (killed and restarted, 500s, hangs, a wrong key)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgedistill.data import Prompt
+from edgedistill.data.generate import GenerationSettings, generate
+from edgedistill.engines import EngineError, EngineSpec, engines, open_engine
+from tests import tiny
+from tests.conftest import run_cli
+from tests.engines.conftest import FailingProxy, HangingServer
+
+QUESTIONS = ["Where is my order?", "Lock out the press", "Machine M-204 raised alarm E17.", "Question 3?",
+             "Refunds please", "Question 5?"]
+GEN = GenerationSettings(max_new_tokens=24, batch_size=4)
+NO_PENALTY = {"repeat_penalty": 1.0}  # llama.cpp's server penalises repeats by default (1.1): not greedy
+
+
+def _prompts(n=len(QUESTIONS)):
+    return [Prompt(id=f"p{i}", messages=({"role": "user", "content": q},), category="c", domain="support")
+            for i, q in enumerate(QUESTIONS[:n])]
+
+
+@pytest.fixture(scope="session")
+def chatty(tmp_path_factory):
+    """A tiny model that answers in words and stops, with its F16 GGUF for the server."""
+    from edgedistill.formats.gguf import write_gguf
+    from edgedistill.models import load_model
+
+    root = tmp_path_factory.mktemp("chatty")
+    model_dir = tiny.build_chatty_model_dir(root / "chatty", steps=100)
+    model, tok = load_model(str(model_dir))
+    gguf = write_gguf(model, tok, root / "chatty-f16.gguf", dtype="f16")
+    return model_dir, gguf, (model, tok)
+
+
+@pytest.fixture(scope="session")
+def reference(chatty):
+    """The torch engine's answers with top-4 log-probabilities: what the others are compared with."""
+    model_dir, _, loaded = chatty
+    e = open_engine(EngineSpec("torch", str(model_dir)), loaded=loaded)
+    return {a.index: a for a in e.answer([p.messages for p in _prompts()], GEN, logprobs=4)}
+
+
+def _records(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def _spec(engine, chatty, server=None, **kw):
+    model_dir = chatty[0]
+    if engine == "openai":
+        return EngineSpec("openai", None, url=server.url, served_model="chatty", tokenizer=str(model_dir),
+                          extra_body=NO_PENALTY, **kw)
+    return EngineSpec(engine, str(model_dir), **kw)
+
+
+def test_every_registered_engine_generates_with_logprobs(chatty, reference, serve, tmp_path):
+    """Each engine answers the prompts, keeps the teacher's top-4 of every generated token, and agrees with torch
+    (same text; same top-1 at every token; log-probabilities within float16 weights' reach)."""
+    server = serve(chatty[1], "chatty")
+    assert set(engines()) == {"torch", "llama.cpp", "openai"}  # a new engine needs its case here
+    for name in engines():
+        out = tmp_path / f"{name}.jsonl"
+        r = generate(str(chatty[0]), _prompts(), out, GEN, engine=_spec(name, chatty, server), logprobs=4)
+        assert r.written == len(QUESTIONS), name
+        recs = {int(x["id"][1:]): x for x in _records(out)}
+        assert {x["settings"].get("engine", "torch") for x in recs.values()} == {name}
+        for i, ref in reference.items():
+            rec = recs[i]
+            assert rec["response"] == ref.text and rec["response"], (name, i)
+            assert "teacher_topk" in rec, (name, i)
+            top = rec["teacher_topk"]
+            n = len(rec["teacher_tokens"])
+            assert rec["teacher_tokens"] == ref.tokens[:n] and n >= len(ref.tokens) - 2, (name, i)  # openai: no stop
+            assert [row[0] for row in top["ids"]] == [row[0] for row in ref.topk_ids[:n]], (name, i)
+            got, want = np.array([row[0] for row in top["logprobs"]]), np.array([row[0] for row in ref.topk_logprobs[:n]])
+            assert np.abs(got - want).max() < 2e-2, (name, i)
+
+
+def test_llamacpp_scores_like_torch(chatty, tmp_path):
+    """cache-logits through the llama.cpp engine (teacher-forced on its F16 GGUF) matches the torch engine's."""
+    from edgedistill.distill import logit_cache as lc
+    from edgedistill.distill.stage import CacheSettings, cache_logits
+
+    gen = tmp_path / "gen.jsonl"
+    generate(str(chatty[0]), _prompts(), gen, GEN, loaded=chatty[2])
+    caches = {}
+    for name in ("torch", "llama.cpp"):
+        meta = cache_logits(CacheSettings(teacher=str(chatty[0]), data=[gen], out=tmp_path / name, k=8, max_length=96,
+                                          teacher_engine=name))
+        assert meta["engine"]["engine"] == name and meta["positions_without_teacher_topk"] == 0
+        caches[name] = lc.load_arrays(tmp_path / name)
+    t, g = caches["torch"], caches["llama.cpp"]
+    assert (t["ids"][:, 0] == g["ids"][:, 0]).all()
+    assert np.abs(t["logprobs"].astype(np.float32) - g["logprobs"].astype(np.float32)).max() < 2e-2
+
+
+def test_served_logprobs_become_a_cache_a_student_trains_from(chatty, serve, tmp_path):
+    """generate --logprobs 5 against llama.cpp's server, cache-logits from those records (k = 5 < 64), distill."""
+    from edgedistill.distill import logit_cache as lc
+    from edgedistill.distill.stage import CacheSettings, DistillSettings, cache_logits, distill
+
+    server = serve(chatty[1], "chatty")
+    gen = tmp_path / "gen.jsonl"
+    generate(None, _prompts(), gen, GEN, engine=_spec("openai", chatty, server), logprobs=5)
+    meta = cache_logits(CacheSettings(data=[gen], out=tmp_path / "cache", k=64, max_length=96, teacher_engine="openai",
+                                      teacher_url=server.url, teacher_model="chatty", tokenizer=str(chatty[0])))
+    assert meta["k"] == 5 and meta["engine"]["from"] == "records" and meta["teacher"] == "chatty"
+    assert meta["positions_without_teacher_topk"] == len(QUESTIONS)  # each answer's end-of-turn token
+    assert 0.5 < meta["teacher_mass_in_top_k"] <= 1
+    served = lc.load_arrays(tmp_path / "cache")
+
+    # The same positions scored by the torch teacher: its top-5 distribution is the server's (KL near 0).
+    cache_logits(CacheSettings(teacher=str(chatty[0]), data=[gen], out=tmp_path / "local", k=5, max_length=96))
+    local = lc.load_arrays(tmp_path / "local")
+    keep = served["logprobs"][:, 0] < 0  # positions the server reported (not label-only fills)
+    p, q = np.exp(local["logprobs"][keep].astype(np.float64)), np.exp(served["logprobs"][keep].astype(np.float64))
+    assert (local["ids"][keep][:, 0] == served["ids"][keep][:, 0]).all()
+    assert np.abs(p - q).max() < 2e-2
+
+    student = tiny.build_model_dir(tmp_path / "student", seed=3)
+    report = distill(DistillSettings(student=str(student), data=[gen], logit_cache=tmp_path / "cache",
+                                     out=tmp_path / "run", max_steps=2, batch_size=2, grad_accum=1, max_length=96,
+                                     warmup_steps=0))
+    assert report["steps"] == 2 and (tmp_path / "run" / "student" / "config.json").is_file()
+
+
+def test_another_tokenizer_is_refused_with_both_tokenizations(chatty, serve, tmp_path):
+    server = serve(chatty[1], "chatty")
+    other = tmp_path / "other"
+    tok = tiny.build_tokenizer(vocab_size=280)
+    tok.save_pretrained(other)
+    (other / "config.json").write_text("{}")
+    out = tmp_path / "gen.jsonl"
+    spec = EngineSpec("openai", None, url=server.url, served_model="chatty", tokenizer=str(other), concurrency=1)
+    with pytest.raises(EngineError, match=r"served tokens are not this tokenizer's .* the server has \[.*\], the tokenizer \["):
+        generate(None, _prompts(2), out, GEN, engine=spec, logprobs=4)
+    assert not out.exists() or out.read_text() == ""
+    fallback = EngineSpec("openai", None, url=server.url, served_model="chatty", tokenizer=str(other),
+                          sequence_level_fallback=True)
+    assert generate(None, _prompts(2), out, GEN, engine=fallback, logprobs=4).written == 2
+    assert all("teacher_topk" not in r and r["response"] for r in _records(out))
+
+
+class _KillAfter:
+    """A progress sink that stops the server after n answers have been written."""
+
+    def __init__(self, server, n):
+        self.server, self.n, self.seen = server, n, 0
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def advance(self, task, by=1):
+        self.seen += by
+        if self.seen == self.n:
+            self.server.stop()
+
+
+def test_server_killed_mid_run_then_restarted_completes_exactly_once(chatty, serve, tmp_path):
+    from tests.engines.conftest import LlamaServer
+
+    server = serve(chatty[1], "chatty")
+    out = tmp_path / "gen.jsonl"
+    spec = _spec("openai", chatty, server, concurrency=1, retries=1, timeout_s=10)
+    with pytest.raises(EngineError, match=f"cannot reach the teacher server at {server.url}"):
+        generate(None, _prompts(), out, GEN, engine=spec, logprobs=4, progress=_KillAfter(server, 2))
+    assert 2 <= len(_records(out)) < len(QUESTIONS)
+    again = LlamaServer(chatty[1], "chatty", port=server.port).start()
+    try:
+        r = generate(None, _prompts(), out, GEN, engine=spec, logprobs=4)
+    finally:
+        again.stop()
+    ids = [x["id"] for x in _records(out)]
+    assert sorted(ids) == sorted(p.id for p in _prompts()) and r.already_done + r.written == len(QUESTIONS)
+
+
+def test_500_twice_then_success(chatty, serve, tmp_path):
+    server = serve(chatty[1], "chatty")
+    proxy = FailingProxy(server.url, failures=2)
+    try:
+        spec = EngineSpec("openai", None, url=proxy.url, served_model="chatty", concurrency=1, retries=2)
+        assert generate(None, _prompts(1), tmp_path / "gen.jsonl", GEN, engine=spec).written == 1
+        assert proxy.failed == 2
+    finally:
+        proxy.close()
+
+
+def test_a_server_that_hangs_times_out_and_nothing_is_written(tmp_path):
+    hang = HangingServer()
+    try:
+        spec = EngineSpec("openai", None, url=hang.url, served_model="m", timeout_s=1, retries=0)
+        with pytest.raises(EngineError, match=rf"{hang.url} did not answer within 1 s"):
+            generate(None, _prompts(1), tmp_path / "gen.jsonl", GEN, engine=spec)
+        assert not (tmp_path / "gen.jsonl").exists()
+    finally:
+        hang.close()
+
+
+def test_a_wrong_api_key_is_one_line_naming_the_url(chatty, serve, tmp_path):
+    server = serve(chatty[1], "chatty", api_key="right-key-123")
+    out = tmp_path / "gen.jsonl"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "prompt": "Where is my order?"}) + "\n")
+    r = run_cli("generate", "--teacher-engine", "openai", "--teacher-url", server.url, "--teacher-model", "chatty",
+                "--api-key-env", "TEACHER_KEY", "--prompts", str(prompts), "--out", str(out),
+                env={"TEACHER_KEY": "wrong-key-456"})
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and server.url in lines[0] and "401" in lines[0], r.stderr
+    assert "wrong-key-456" not in r.stderr + r.stdout and not out.exists()
+    ok = run_cli("generate", "--teacher-engine", "openai", "--teacher-url", server.url, "--teacher-model", "chatty",
+                 "--api-key-env", "TEACHER_KEY", "--prompts", str(prompts), "--out", str(out), "--max-new-tokens", "8",
+                 env={"TEACHER_KEY": "right-key-123"})
+    assert ok.returncode == 0, ok.stderr
+    assert "right-key-123" not in out.read_text() + (tmp_path / "gen.settings.yaml").read_text()
+
+
+@pytest.mark.real_teacher
+def test_real_teacher_through_its_server_and_in_process(real_teacher, serve, tmp_path):
+    """The default teacher's F16 GGUF: llama.cpp's server and the in-process engine give the same greedy answers,
+    and the server's log-probabilities align to the teacher's own tokenizer."""
+    from edgedistill.engines.llamacpp import LlamaCppEngine
+
+    prompts = [Prompt(id="a", messages=({"role": "user", "content": "What is the capital of France?"},)),
+               Prompt(id="b", messages=({"role": "user", "content": "My parcel arrived damaged. What can I do?"},))]
+    g = GenerationSettings(max_new_tokens=32, batch_size=2)
+    local = generate("smollm2-135m-instruct", prompts, tmp_path / "local.jsonl", g,
+                     engine=EngineSpec("llama.cpp", "smollm2-135m-instruct"), logprobs=5)
+    assert local.written == 2
+    gguf = LlamaCppEngine.open(EngineSpec("llama.cpp", "smollm2-135m-instruct")).gguf
+    server = serve(gguf, "smollm2")
+    spec = EngineSpec("openai", None, url=server.url, served_model="smollm2", tokenizer="smollm2-135m-instruct",
+                      extra_body=NO_PENALTY)
+    assert generate(None, prompts, tmp_path / "served.jsonl", g, engine=spec, logprobs=5).written == 2
+    a = {r["id"]: r for r in _records(tmp_path / "local.jsonl")}
+    b = {r["id"]: r for r in _records(tmp_path / "served.jsonl")}
+    for k in a:
+        assert a[k]["response"] == b[k]["response"] and len(a[k]["response"]) > 10
+        n = len(b[k]["teacher_tokens"])
+        assert a[k]["teacher_tokens"][:n] == b[k]["teacher_tokens"]
+        assert [r[0] for r in a[k]["teacher_topk"]["ids"][:n]] == [r[0] for r in b[k]["teacher_topk"]["ids"]]
