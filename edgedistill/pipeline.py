@@ -16,10 +16,11 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from edgedistill.checked import read_json
+from edgedistill.engines import EngineSettings
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models.registry import DEFAULT_TEACHER
 from edgedistill.paths import check_writable_dir, write_text_atomic
@@ -30,7 +31,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RunSettings(Settings):
+class RunSettings(EngineSettings):
+    teacher_engine: str = setting("llama.cpp", "What writes the teacher's answers: llama.cpp (its GGUF in process, "
+                                               "the fastest here: benchmarks/results/distill/teacher_engines), torch "
+                                               "or openai (the same teacher served elsewhere).",
+                                  choices=("torch", "llama.cpp", "openai"))
     target: str = setting(None, "Device profile: a shipped name or a .yaml file.", required=True)
     out: Path | None = setting(None, "Run folder [default: runs/<target>]. Stages whose inputs are unchanged are "
                                      "reused from it.")
@@ -109,6 +114,14 @@ def _claim(path: Path, teacher: dict) -> None:
             f"{teacher['fingerprint']}: choose another --out or delete the folder")
 
 
+def _engine_words(s: RunSettings) -> str:
+    if s.teacher_engine == "llama.cpp":
+        return f"llama.cpp engine (the teacher's {s.teacher_gguf_type.upper()} GGUF, in process)"
+    if s.teacher_engine == "openai":
+        return f"openai engine ({s.teacher_model} at {s.teacher_url})"
+    return "torch engine (the teacher in float32, in process)"
+
+
 def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) -> dict:
     """The whole trip for settings.target; returns the run summary (also written to OUT/run.json, the settings to
     OUT/settings.yaml)."""
@@ -116,6 +129,7 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     from edgedistill.data import default_data_dir
     from edgedistill.data.generate import model_fingerprint
     from edgedistill.data.stage import GenerateSettings, generate_data, select_prompts
+    from edgedistill.engines import identity
     from edgedistill.distill.stage import DistillSettings, PruneSettings, distill, prune
     from edgedistill.export.pipeline import ExportSettings, export_model
     from edgedistill.models.locate import load_model, resolve
@@ -152,9 +166,12 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
                                             out=Path("teacher-" + split + ".jsonl"),
                                             max_new_tokens=settings.max_new_tokens)
                     for split, n in (("train", settings.train_prompts), ("validation", settings.val_prompts))}
+    engine = {f.name: getattr(settings, f.name) for f in fields(EngineSettings)}
+    gen_settings = {split: s.replace(**engine) for split, s in gen_settings.items()}
     prompts = {split: select_prompts(s) for split, s in gen_settings.items()}
     g_key = _key("generate", t_key, {s: [(p.id, p.messages) for p in v] for s, v in prompts.items()},
-                 settings.max_new_tokens)
+                 settings.max_new_tokens, identity(gen_settings["train"].engine_spec(str(teacher_dir)))[2])
+    echo(f"   teacher data from the {_engine_words(settings)}")
 
     def gen(folder: Path) -> dict:
         info = {}

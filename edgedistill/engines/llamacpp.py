@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 GGUF_TYPES = ("f16", "q8_0")
 
 
-def teacher_gguf(ref, gguf_type: str, fingerprint: str) -> Path:
+def teacher_gguf(ref, gguf_type: str, fingerprint: str, loaded=None) -> Path:
     """The GGUF of a registry / Hugging Face teacher at `gguf_type`, written once into EDGEDISTILL_HOME/engines."""
     from edgedistill.paths import atomic_file, ensure_writable_dir, home
 
@@ -35,7 +35,7 @@ def teacher_gguf(ref, gguf_type: str, fingerprint: str) -> Path:
         from edgedistill.models.locate import load_model
 
         log.info("writing %s as GGUF for the llama.cpp engine (once)", ref.spec)
-        model, tok = load_model(ref)
+        model, tok = loaded or load_model(ref)
         with atomic_file(f16) as tmp:
             write_gguf(model, tok, tmp, dtype="f16", name=ref.name or Path(ref.location).name)
         del model
@@ -61,7 +61,7 @@ class LlamaCppEngine(Engine):
         ref = resolve(spec.model, pull=True)
         teacher_id, fp, settings = cls.identity(spec)
         e = cls(spec, teacher_id=teacher_id, fingerprint=fp, settings=settings)
-        e.gguf = ref.path if ref.kind == "gguf" else teacher_gguf(ref, spec.gguf_type, fp)
+        e.gguf = ref.path if ref.kind == "gguf" else teacher_gguf(ref, spec.gguf_type, fp, loaded)
         e.tokenizer = loaded[1] if loaded else load_tokenizer(ref)
         e._open_model()
         return e

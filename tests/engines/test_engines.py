@@ -246,3 +246,25 @@ def test_real_teacher_through_its_server_and_in_process(real_teacher, serve, tmp
         n = len(b[k]["teacher_tokens"])
         assert a[k]["teacher_tokens"][:n] == b[k]["teacher_tokens"]
         assert [r[0] for r in a[k]["teacher_topk"]["ids"][:n]] == [r[0] for r in b[k]["teacher_topk"]["ids"]]
+
+
+def test_engine_settings_are_checked_before_any_work(tmp_path):
+    data = tmp_path / "gen.jsonl"
+    data.write_text(json.dumps({"id": "a", "messages": [{"role": "user", "content": "hi"}], "response": "hello"}) + "\n")
+    cases = [
+        (["generate", "--teacher-engine", "openai", "--split", "train", "--out", str(tmp_path / "g.jsonl")],
+         "needs --teacher-url and --teacher-model"),
+        (["generate", "--teacher-engine", "openai", "--teacher-url", "http://127.0.0.1:9/v1", "--teacher-model", "m",
+          "--logprobs", "50", "--tokenizer", "x", "--split", "train", "--out", str(tmp_path / "g.jsonl")],
+         "at most 20"),
+        (["cache-logits", "--teacher-engine", "openai", "--teacher-url", "ftp://x", "--teacher-model", "m", "--data",
+          str(data), "--out", str(tmp_path / "c")], "must start with http:// or https://"),
+        (["generate", "--teacher-url", "http://127.0.0.1:9/v1", "--split", "train", "--out", str(tmp_path / "g.jsonl")],
+         "are for --teacher-engine openai"),
+        (["generate", "--teacher-engine", "openai", "--teacher-url", "http://127.0.0.1:9/v1", "--teacher-model", "m",
+          "--teacher-extra-body", "[1]", "--split", "train", "--out", str(tmp_path / "g.jsonl")], "JSON object"),
+    ]
+    for args, message in cases:
+        r = run_cli(*args)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    assert not (tmp_path / "g.jsonl").exists() and not (tmp_path / "c").exists()
