@@ -47,7 +47,7 @@ demo: $(STAMP)
 	$(ED) models pull smollm2-135m-instruct
 	$(ED) models info smollm2-135m-instruct
 	$(ED) models ask smollm2-135m-instruct "What is the capital of France?"
-	@echo "== 2. the whole trip for the laptop profile: teacher answers 8 train and 4 validation prompts per domain,"
+	@echo "== 2. the whole trip for the laptop profile: teacher (llama.cpp engine) answers 8 train and 4 validation prompts a domain,"
 	@echo "==    a 10-layer K-quant friendly student pruned by measured importance and distilled for 40 steps,"
 	@echo "==    exported in every variant the profile allows, benched under its limits, best variant chosen"
 	@echo "==    (a second make demo reuses every stage whose inputs are unchanged)"

@@ -65,24 +65,30 @@ def throughput(work: Path, prompts, max_new: int, threads: int) -> tuple[list[di
     from edgedistill.engines import EngineSpec
     from edgedistill.engines.llamacpp import LlamaCppEngine
 
-    gen = GenerationSettings(max_new_tokens=max_new, batch_size=8)
-    ggufs = {t: LlamaCppEngine.open(EngineSpec("llama.cpp", TEACHER, gguf_type=t)).gguf for t in ("f16", "q8_0")}
+    ggufs = {}
+    for t in ("f16", "q8_0"):  # written once before anything is timed
+        e = LlamaCppEngine.open(EngineSpec("llama.cpp", TEACHER, gguf_type=t))
+        ggufs[t] = e.gguf
+        e.close()
     rows, files = [], {}
     proc, url = start_server(ggufs["f16"], threads)
     try:
-        cases = [
-            ("torch float32", EngineSpec("torch", TEACHER), 0),
-            ("llama.cpp F16", EngineSpec("llama.cpp", TEACHER, gguf_type="f16", threads=threads), 0),
-            ("llama.cpp F16 + top-20", EngineSpec("llama.cpp", TEACHER, gguf_type="f16", threads=threads), 20),
-            ("llama.cpp Q8_0", EngineSpec("llama.cpp", TEACHER, gguf_type="q8_0", threads=threads), 0),
-            ("openai -> llama.cpp server F16", EngineSpec("openai", None, url=url, served_model="teacher",
-                                                         concurrency=4, extra_body={"repeat_penalty": 1.0}), 0),
-            ("openai -> llama.cpp server F16 + top-20", EngineSpec("openai", None, url=url, served_model="teacher",
-                                                                  tokenizer=TEACHER, concurrency=4,
-                                                                  extra_body={"repeat_penalty": 1.0}), 20),
+        f16 = EngineSpec("llama.cpp", TEACHER, gguf_type="f16", threads=threads)
+        served = dict(url=url, served_model="teacher", concurrency=4, extra_body={"repeat_penalty": 1.0})
+        cases = [  # (label, engine, top-k kept, sequences decoded together)
+            ("torch float32", EngineSpec("torch", TEACHER), 0, 8),
+            ("torch float32, one at a time", EngineSpec("torch", TEACHER), 0, 1),
+            ("torch float32, 16 together", EngineSpec("torch", TEACHER), 0, 16),
+            ("llama.cpp F16", f16, 0, 8),
+            ("llama.cpp F16 + top-20", f16, 20, 8),
+            ("llama.cpp F16, 16 together", f16, 0, 16),
+            ("llama.cpp Q8_0", EngineSpec("llama.cpp", TEACHER, gguf_type="q8_0", threads=threads), 0, 8),
+            ("openai -> llama.cpp server F16", EngineSpec("openai", None, **served), 0, 8),
+            ("openai -> llama.cpp server F16 + top-20", EngineSpec("openai", None, tokenizer=TEACHER, **served), 20, 8),
         ]
-        for label, spec, k in cases:
-            out = work / f"train-{label.replace(' ', '_').replace('>', '').replace('+', 'plus')}.jsonl"
+        for label, spec, k, batch in cases:
+            gen = GenerationSettings(max_new_tokens=max_new, batch_size=batch)
+            out = work / f"train-{''.join(c if c.isalnum() else '_' for c in label)}.jsonl"
             out.unlink(missing_ok=True)
             log(f"throughput: {label}")
             t0 = time.perf_counter()
@@ -90,7 +96,9 @@ def throughput(work: Path, prompts, max_new: int, threads: int) -> tuple[list[di
             wall = time.perf_counter() - t0
             recs = [json.loads(x) for x in out.read_text().splitlines()]
             tokens = sum(x["response_tokens"] for x in recs)
-            rows.append({"engine": label, "logprobs": k, "answers": r.written, "response_tokens": tokens,
+            rows.append({"engine": label, "logprobs": k, "batch": batch if spec.engine != "openai" else None,
+                         "concurrency": spec.concurrency if spec.engine == "openai" else None,
+                         "answers": r.written, "text_only": r.text_only, "response_tokens": tokens,
                          "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 1)})
             files[label] = out
             log(f"  {tokens} tokens in {wall:.1f} s: {tokens / wall:.1f} tokens/s")
@@ -208,10 +216,11 @@ def students(work: Path, data: dict[str, Path], validation: Path, steps: int) ->
 def markdown(report: dict) -> str:
     lines = [f"# Teacher engines, default teacher ({report['machine'].get('cpu', '')}, {report['threads']} threads)", "",
              f"{report['prompts']} train prompts, greedy, at most {report['max_new_tokens']} new tokens, one run.", "",
-             "| engine | top-k kept | response tokens | wall s | tokens/s | vs torch | same answer as torch |",
+             "| engine | top-k kept | response tokens | wall s | tokens/s | vs torch (8 together) | same answer as torch |",
              "|---|---|---|---|---|---|---|"]
     for r in report["throughput"]:
-        lines.append(f"| {r['engine']} | {r['logprobs'] or '-'} | {r['response_tokens']} | {r['wall_s']} | "
+        kept = f"{r['logprobs']} ({r['text_only']} answers text only)" if r["logprobs"] else "-"
+        lines.append(f"| {r['engine']} | {kept} | {r['response_tokens']} | {r['wall_s']} | "
                      f"{r['tokens_per_s']} | x{r['vs_torch']} | {100 * r['same_answer_as_torch']:.0f}% |")
     a = report["agreement"]
     lines += ["", f"Agreement with torch on {a['tokens']} response tokens of {a['sequences']} torch answers:", "",

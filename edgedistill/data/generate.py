@@ -61,6 +61,7 @@ class GenerateReport:
     already_done: int = 0
     skipped_too_long: int = 0
     hit_max_tokens: int = 0
+    text_only: int = 0  # with logprobs: answers kept without the teacher's top-k (tokens not their text's encoding)
 
 
 def chat_batches(model, tokenizer, conversations: Sequence[Sequence[dict]], settings: GenerationSettings,
@@ -204,6 +205,7 @@ def _answer_all(e, pending, out: Path, settings, logprobs, recorded, report, pro
                 rec["teacher_tokens"] = a.tokens[:n]
                 rec["teacher_topk"] = {"ids": a.topk_ids[:n],
                                        "logprobs": [[round(x, 4) for x in row] for row in a.topk_logprobs[:n]]}
+            report.text_only += bool(logprobs) and n is None
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
             report.written += 1

@@ -62,15 +62,21 @@ class Aligner:
             if k in seen:
                 dup.add(k)
             seen[k] = i
-        self.ids = {k: v for k, v in seen.items() if k not in dup and k}
+        self.ids = {k: v for k, v in seen.items() if k not in dup and k}  # pieces that name one id
+        self.known = set(seen)  # every piece of this tokenizer
 
-    def align(self, text: str, content: list) -> tuple[list[int], list[list[int]], list[list[float]]]:
+    def align(self, text: str, content: list):
         """(ids, top ids, top log-probs) for a response `text` whose pieces and top alternatives the server sent
-        as `content` (chat logprobs.content). Alternatives that map to no single local id go to the tail."""
+        as `content` (chat logprobs.content); alternatives that map to no single local id go to the tail. None
+        when the server's tokens are this tokenizer's but not its canonical encoding of the text (a model may
+        write " dry" + "er" where encoding gives " dryer"): training encodes the text, so that answer keeps its
+        text alone. A piece this tokenizer does not have: another tokenizer, refused with both tokenizations."""
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
         mine = [_norm(self.pieces[i]) for i in ids]
         theirs = [_norm(bytes(c.bytes)) if c.bytes else c.token.encode() for c in content]
         if mine != theirs:
+            if all(not p or p in self.known for p in theirs) and b"".join(theirs) == b"".join(mine):
+                return None
             n = next((j for j, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
             show = lambda xs: [x.decode(errors="replace") for x in xs[max(0, n - 2) : n + 4]]  # noqa: E731
             raise EngineError(
@@ -203,7 +209,8 @@ class OpenAIEngine(Engine):
             self.no_logprobs += 1
         if content and self.aligner is not None:
             try:
-                rows = _strip_rows(self.tokenizer, raw, *self.aligner.align(raw, content))
+                aligned = self.aligner.align(raw, content)
+                rows = None if aligned is None else _strip_rows(self.tokenizer, raw, *aligned)
             except EngineError:
                 if not self.spec.sequence_level_fallback:
                     raise
@@ -248,7 +255,8 @@ class OpenAIEngine(Engine):
             log.warning("%s sent no log-probabilities for %d answers: those keep the text alone", self.spec.url,
                         self.no_logprobs)
         if self.unaligned:
-            log.warning("%d answers keep the text alone: their tokens could not be aligned", self.unaligned)
+            log.warning("%d answers keep the text alone: their tokens are not the tokenizer's encoding of their text",
+                        self.unaligned)
 
     def close(self) -> None:
         if self.client is not None:

@@ -125,6 +125,12 @@ def test_served_logprobs_become_a_cache_a_student_trains_from(chatty, serve, tmp
     assert np.abs(p - q).max() < 2e-2
 
     student = tiny.build_model_dir(tmp_path / "student", seed=3)
+    local_gen = tmp_path / "local.jsonl"  # the same prompts answered by the local teacher: not the cache's records
+    generate(str(chatty[0]), _prompts(), local_gen, GEN, loaded=chatty[2])
+    with pytest.raises(lc.StaleCacheError, match="other teachers' answers"):
+        distill(DistillSettings(student=str(student), data=[local_gen], logit_cache=tmp_path / "cache",
+                                out=tmp_path / "stale", max_steps=1, max_length=96))
+    assert not (tmp_path / "stale" / "student").exists()
     report = distill(DistillSettings(student=str(student), data=[gen], logit_cache=tmp_path / "cache",
                                      out=tmp_path / "run", max_steps=2, batch_size=2, grad_accum=1, max_length=96,
                                      warmup_steps=0))
@@ -268,3 +274,28 @@ def test_engine_settings_are_checked_before_any_work(tmp_path):
         r = run_cli(*args)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
     assert not (tmp_path / "g.jsonl").exists() and not (tmp_path / "c").exists()
+
+
+def test_aligner_tells_a_non_canonical_split_from_another_tokenizer():
+    """A model may write " dry" + "er" where encoding the text gives " dryer": the same tokenizer, so that answer
+    keeps its text alone (None); a piece the tokenizer does not have is another tokenizer, refused."""
+    from types import SimpleNamespace as NS
+
+    from edgedistill.engines.served import Aligner
+
+    tok = tiny.build_tokenizer()
+    al = Aligner(tok)
+    text = "Where is my order?"
+    pieces = [tok.decode([i]) for i in tok(text, add_special_tokens=False).input_ids]
+    content = [NS(token=p, bytes=None, logprob=-0.1, top_logprobs=[NS(token=p, bytes=None, logprob=-0.1)])
+               for p in pieces]
+    ids, top_ids, _ = al.align(text, content)
+    assert ids == tok(text, add_special_tokens=False).input_ids and [r[0] for r in top_ids] == ids
+    longest = max(range(len(pieces)), key=lambda j: len(pieces[j]))
+    split = pieces[longest]
+    assert len(split) > 1 and all(c.encode() in al.ids for c in split)  # byte-level BPE: every byte is a token
+    chars = pieces[:longest] + list(split) + pieces[longest + 1 :]  # the longest piece, one character at a time
+    assert al.align(text, [NS(token=p, bytes=None, logprob=-0.1, top_logprobs=[]) for p in chars]) is None
+    foreign = pieces[:1] + ["\u00e9t\u00e9-x-y-z"] + pieces[1:]
+    with pytest.raises(EngineError, match="served tokens are not this tokenizer's"):
+        al.align(text, [NS(token=p, bytes=None, logprob=-0.1, top_logprobs=[]) for p in foreign])
