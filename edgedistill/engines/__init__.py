@@ -186,6 +186,18 @@ def identity(spec: EngineSpec) -> tuple[str, str, dict]:
     return known[spec.engine].identity(spec)
 
 
+def plan(tokenizer, conversations, max_prompt_tokens: int | None):
+    """The chat prompts' token ids, and the order to answer them in: (ids per conversation, indices too long for
+    the context, the rest sorted by length so a batch holds similar lengths)."""
+    from edgedistill.models.generate import chat_ids
+
+    encoded = [chat_ids(tokenizer, c) for c in conversations]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    too_long = [i for i in order if max_prompt_tokens is not None and len(encoded[i]) > max_prompt_tokens]
+    skip = set(too_long)
+    return encoded, too_long, [i for i in order if i not in skip]
+
+
 def topk_rows(logp, k: int):
     """(ids, logprobs) of the k largest entries of each row of a (n, V) log-probability array, best first."""
     import numpy as np

@@ -162,17 +162,12 @@ class LlamaCppEngine(Engine):
     # -- the engine -------------------------------------------------------------------------------------------
 
     def answer(self, conversations, gen, *, logprobs=0, max_prompt_tokens=None):
-        from edgedistill.models.generate import chat_ids
+        from edgedistill.engines import plan
 
-        encoded = [chat_ids(self.tokenizer, c) for c in conversations]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        encoded, too_long, todo = plan(self.tokenizer, conversations, max_prompt_tokens)
+        for i in too_long:
+            yield Answer(i, None, 0, "prompt_too_long")
         rng = np.random.default_rng(gen.seed)
-        todo = []
-        for i in order:
-            if max_prompt_tokens is not None and len(encoded[i]) > max_prompt_tokens:
-                yield Answer(i, None, 0, "prompt_too_long")
-            else:
-                todo.append(i)
         batch = self._batch(512)
         for start in range(0, len(todo), gen.batch_size):
             idx = todo[start : start + gen.batch_size]

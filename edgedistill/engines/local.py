@@ -15,21 +15,15 @@ def answers(model, tokenizer, conversations: Sequence[Sequence[dict]], settings,
     import torch
 
     from edgedistill.data.tensors import left_pad
-    from edgedistill.engines import topk_rows
-    from edgedistill.models.generate import chat_ids
+    from edgedistill.engines import plan, topk_rows
 
-    encoded = [chat_ids(tokenizer, c) for c in conversations]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    encoded, too_long, todo = plan(tokenizer, conversations, max_prompt_tokens)
+    for i in too_long:
+        yield Answer(i, None, 0, "prompt_too_long")
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     if settings.do_sample:
         torch.manual_seed(settings.seed)
-    todo = []
-    for i in order:
-        if max_prompt_tokens is not None and len(encoded[i]) > max_prompt_tokens:
-            yield Answer(i, None, 0, "prompt_too_long")
-        else:
-            todo.append(i)
     for start in range(0, len(todo), settings.batch_size):
         idx = todo[start : start + settings.batch_size]
         ids, mask = left_pad([encoded[i] for i in idx], pad)  # (B, T)
