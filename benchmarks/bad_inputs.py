@@ -37,7 +37,7 @@ def snapshot(root: Path) -> set[str]:
 
 def build_workspace(w: Path, teacher: Path) -> dict:
     """Every broken input the cases use, made once. Returns name -> path."""
-    from edgedistill.data.generate import model_fingerprint
+    from edgedistill.models.fingerprint import model_fingerprint
 
     f: dict[str, Path] = {}
 

@@ -44,7 +44,8 @@ def main() -> None:
     from edgedistill.data import default_data_dir
     from edgedistill.data.stage import GenerateSettings, generate_data
     from edgedistill.distill import logit_cache
-    from edgedistill.distill.dataset import collate, encode, load_generations
+    from edgedistill.distill.dataset import encode, load_generations
+    from edgedistill.tensors import collate
     from edgedistill.distill.losses import bins, get, masked_mean
     from edgedistill.distill.stage import CacheSettings, DistillSettings, PruneSettings, cache_logits, distill, prune
     from edgedistill.models import DEFAULT_TEACHER, load_model

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 @torch.inference_mode()
 def features(model, tok, prompts, batch_size: int = 16) -> torch.Tensor:
     """(prompts, layers + 1, hidden): every layer's hidden state at the last prompt token."""
-    from edgedistill.data.tensors import left_pad
+    from edgedistill.tensors import left_pad
 
     model.eval()
     texts = [tok.apply_chat_template(list(p.messages), tokenize=False, add_generation_prompt=True) for p in prompts]

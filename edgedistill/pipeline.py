@@ -127,7 +127,7 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     OUT/settings.yaml)."""
     from edgedistill.bench import BenchSettings, bench
     from edgedistill.data import default_data_dir
-    from edgedistill.data.generate import model_fingerprint
+    from edgedistill.models.fingerprint import model_fingerprint
     from edgedistill.data.stage import GenerateSettings, generate_data, select_prompts
     from edgedistill.engines import identity
     from edgedistill.distill.stage import DistillSettings, PruneSettings, distill, prune

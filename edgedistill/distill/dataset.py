@@ -15,14 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from edgedistill.data.load import DataError, read_jsonl
-from edgedistill.data.tensors import left_pad  # noqa: F401  (re-exported: the trainer samples with it)
+from edgedistill.tensors import IGNORE
 
 log = logging.getLogger(__name__)
-
-IGNORE = -100
 
 
 @dataclass
@@ -95,18 +91,3 @@ def encode(tokenizer, records: Sequence[dict], max_length: int) -> Encoded:
     return enc
 
 
-def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch: input_ids (B, T), attention_mask (B, T), labels (B, T)."""
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[i, :n] = torch.tensor(e["input_ids"])
-        labels[i, :n] = torch.tensor(e["labels"])
-        mask[i, :n] = 1
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    if "cache_index" in examples[0]:  # row of each sequence in a teacher-logit cache
-        batch["cache_index"] = torch.tensor([e["cache_index"] for e in examples])
-    return batch

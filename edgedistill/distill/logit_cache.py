@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgedistill.distill.dataset import IGNORE, Encoded, collate
+from edgedistill.distill.dataset import Encoded
+from edgedistill.tensors import IGNORE
 from edgedistill.errors import EdgeDistillError
 
 FORMAT = "edgedistill-topk-v1"

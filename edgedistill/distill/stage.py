@@ -214,7 +214,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     with distill.json (steps, parameters, held-out mean KL and top-1 agreement) and settings.yaml; checkpoints and
     metrics.jsonl stay in OUT. `teacher`: an already loaded (model, tokenizer) of s.teacher. Returns distill.json's
     content."""
-    from edgedistill.data.generate import spec_fingerprint
+    from edgedistill.models.fingerprint import spec_fingerprint
     from edgedistill.distill import logit_cache as lc
     from edgedistill.distill.dataset import encode, load_generations
     from edgedistill.distill.train import agreement_with_teacher, train

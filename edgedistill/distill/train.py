@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from edgedistill.checked import read_json
-from edgedistill.distill.dataset import IGNORE, collate, examples_fingerprint, left_pad
+from edgedistill.distill.dataset import examples_fingerprint
+from edgedistill.tensors import IGNORE, collate, left_pad
 from edgedistill.distill.losses import LossConfig, masked_sum, per_token_objective
 from edgedistill.errors import EdgeDistillError
 from edgedistill.paths import write_text_atomic

@@ -70,7 +70,7 @@ class LlamaCppEngine(Engine):
     def identity(cls, spec: EngineSpec) -> tuple[str, str, dict]:
         """A registry / Hugging Face teacher keeps its own fingerprint (its GGUF is made from it, the type is
         recorded); a .gguf teacher is the file's."""
-        from edgedistill.data.generate import model_fingerprint, spec_fingerprint
+        from edgedistill.models.fingerprint import model_fingerprint, spec_fingerprint
         from edgedistill.models.locate import resolve
 
         ref = resolve(spec.model, pull=True)
@@ -224,7 +224,7 @@ class LlamaCppEngine(Engine):
         return int(rng.choice(keep, p=q))
 
     def score(self, examples, k, *, batch_size=4, progress=None):
-        from edgedistill.distill.dataset import IGNORE
+        from edgedistill.tensors import IGNORE
 
         if not 1 <= k <= self.n_vocab:
             raise EngineError(f"k={k} must be between 1 and the vocabulary size {self.n_vocab}")

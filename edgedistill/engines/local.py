@@ -14,7 +14,7 @@ def answers(model, tokenizer, conversations: Sequence[Sequence[dict]], settings,
     `logprobs` > 0 each answer carries the top-k log-probabilities of every generated token."""
     import torch
 
-    from edgedistill.data.tensors import left_pad
+    from edgedistill.tensors import left_pad
     from edgedistill.engines import plan, topk_rows
 
     encoded, too_long, todo = plan(tokenizer, conversations, max_prompt_tokens)
@@ -72,7 +72,7 @@ class TorchEngine(Engine):
     @classmethod
     def identity(cls, spec: EngineSpec) -> tuple[str, str, dict]:
         """Records made by this engine carry no engine settings: data from before the engines stays valid."""
-        from edgedistill.data.generate import spec_fingerprint
+        from edgedistill.models.fingerprint import spec_fingerprint
         from edgedistill.models.locate import resolve
 
         ref = resolve(spec.model, pull=True)
@@ -90,7 +90,7 @@ def score_rows(model, tokenizer, examples, k: int, *, batch_size: int = 4):
     """Per example, teacher-forced through `model`: (ids (n, k), logprobs (n, k)) at its n response positions."""
     import torch
 
-    from edgedistill.distill.dataset import IGNORE, collate
+    from edgedistill.tensors import IGNORE, collate
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model.eval()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from edgedistill.distill.dataset import IGNORE, collate
+from edgedistill.tensors import IGNORE, collate
 from edgedistill.errors import EdgeDistillError
 
 DEPTH = 0.6  # default: the block at this share of each model's depth

@@ -115,7 +115,8 @@ def encode_records(tokenizer, records: Sequence[dict], max_length: int) -> list[
     """distill.dataset.encode, plus what the phase's objective reads: `avoid` (position and token of the
     unlikelihood term: where the response and the text it must not become part ways), `group` (kind/category:
     the decision hint's groups) and `refuse` (a refusal: the refusal weight)."""
-    from edgedistill.distill.dataset import IGNORE, encode
+    from edgedistill.distill.dataset import encode
+    from edgedistill.tensors import IGNORE
 
     by_id = {r["id"]: r for r in records}
     examples = encode(tokenizer, records, max_length).examples
@@ -136,10 +137,10 @@ def encode_records(tokenizer, records: Sequence[dict], max_length: int) -> list[
 
 
 def collate_records(examples: Sequence[dict], pad_id: int) -> dict:
-    """distill.dataset.collate plus `avoid` (B, 2; -1 for none) and `refuse` (B,) bool."""
+    """tensors.collate plus `avoid` (B, 2; -1 for none) and `refuse` (B,) bool."""
     import torch
 
-    from edgedistill.distill.dataset import collate
+    from edgedistill.tensors import collate
 
     batch = collate(examples, pad_id)
     batch["avoid"] = torch.tensor([e.get("avoid", [-1, -1]) for e in examples])
@@ -159,7 +160,7 @@ def safety_trainer(hint, s: ReapplySettings):
             def objective(self, model, inputs, on_policy: bool):
                 import torch
 
-                from edgedistill.distill.dataset import IGNORE
+                from edgedistill.tensors import IGNORE
                 from edgedistill.distill.losses import LossConfig, masked_sum, per_token_objective
                 from edgedistill.safety.hint import capturing, hidden_after, last_prompt_index, prompt_mask
 
@@ -255,7 +256,7 @@ def reapply(s: ReapplySettings, *, teacher=None, progress=None, resume: bool = F
         log.info("hint: student block %d -> teacher block %d, fitted on %d records", *layers, len(examples))
     best = out / ".best"
     picker = checkpoint_picker(held, tok, s.pick_every, best, s.judge_tokens, log=say) if s.pick_every else None
-    from edgedistill.data.generate import spec_fingerprint
+    from edgedistill.models.fingerprint import spec_fingerprint
 
     inputs = {"teacher": spec_fingerprint(s.teacher), "student_init": spec_fingerprint(s.student),
               "settings": s.to_dict()}

@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from edgedistill.distill.dataset import IGNORE, collate, encode
+from edgedistill.distill.dataset import encode
+from edgedistill.tensors import IGNORE, collate
 from edgedistill.models.generate import chat_ids
 from edgedistill.distill.losses import LossConfig
 from edgedistill.distill.pruning import StudentShape, derive_student

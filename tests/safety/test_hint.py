@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgedistill.distill.dataset import IGNORE, collate, encode
+from edgedistill.distill.dataset import encode
+from edgedistill.tensors import IGNORE, collate
 from edgedistill.safety.hint import (decision_basis, default_layers, fit_hint_map, hidden_after, last_prompt_index,
                                     prompt_mask)
 from edgedistill.safety.reapply import ReapplySettings, collate_records, encode_records, safety_trainer
