@@ -10,7 +10,7 @@ data, how closely their log-probabilities agree, and whether a student cares whi
      (k = V) on --agree-seqs sequences: mean KL(torch || engine) per response token, top-1 agreement; and the
      top-64 caches `cache-logits` writes from each, compared the same way on the k + 1 bins of torch's top 64;
   3. students: the 10-layer K-quant friendly student pruned once, distilled --steps steps (run's settings) from
-     the torch engine's data (seeds 0 and 1: the seed noise) and from the llama.cpp F16 engine's data (seed 0);
+     the torch engine's data and from the llama.cpp F16 engine's data, seeds 0 and 1 each (the seed noise);
      held-out KL and top-1 against the live teacher on the validation prompts' torch answers.
 
     .venv/bin/python benchmarks/teacher_engines.py   # writes benchmarks/results/distill/teacher_engines.{json,md}
@@ -192,7 +192,7 @@ def students(work: Path, data: dict[str, Path], validation: Path, steps: int) ->
         prune(PruneSettings(teacher=TEACHER, out=student, layers=10, hw_friendly=True, max_tokens=8192),
               teacher=teacher)
     rows = []
-    for label, seed in (("torch float32", 0), ("torch float32", 1), ("llama.cpp F16", 0)):
+    for label, seed in ((label, seed) for seed in (0, 1) for label in ("torch float32", "llama.cpp F16")):
         out = work / f"distill-{label.replace(' ', '_')}-seed{seed}"
         if out.exists():
             import shutil
