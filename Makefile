@@ -31,6 +31,8 @@ $(STAMP): pyproject.toml constraints.txt
 	  done; echo; \
 	  wait $$pid || { tail -40 $(VENV)/llama-build.log; echo "error: llama-cpp-python build failed (full log: $(VENV)/llama-build.log)"; exit 1; }
 	$(PIP) install --quiet -e '.[full,dev]' -c constraints.txt
+	@# llama.cpp's own converter (and the tools' sources), from the sdist of the llama-cpp-python installed above
+	$(BIN)/python -m edgedistill.formats.llamacpp_source
 	@touch $(STAMP)
 	@echo "environment ready in $(VENV)"
 

@@ -31,14 +31,18 @@ def teacher_gguf(ref, gguf_type: str, fingerprint: str, loaded=None) -> Path:
     folder = ensure_writable_dir(home() / "engines")
     f16 = folder / f"{fingerprint}-f16.gguf"
     if not f16.exists():
-        from edgedistill.formats.gguf import write_gguf
+        from edgedistill.formats.gguf import convert, write_gguf
         from edgedistill.models.locate import load_model
 
         log.info("writing %s as GGUF for the llama.cpp engine (once)", ref.spec)
-        model, tok = loaded or load_model(ref)
+        name = ref.name or Path(ref.location).name
         with atomic_file(f16) as tmp:
-            write_gguf(model, tok, tmp, dtype="f16", name=ref.name or Path(ref.location).name)
-        del model
+            if ref.kind == "hf_dir":
+                convert(ref.path, tmp, dtype="f16", name=name)
+            else:
+                model, tok = loaded or load_model(ref)
+                write_gguf(model, tok, tmp, dtype="f16", name=name)
+                del model
     if gguf_type == "f16":
         return f16
     out = folder / f"{fingerprint}-{gguf_type}.gguf"

@@ -1,4 +1,4 @@
-"""GGUF schemes: F16 written by formats/gguf.py; every quantized type made from that F16 file by llama.cpp's own
+"""GGUF schemes: F16 written by llama.cpp's own converter (formats/gguf.py); every quantized type made from that F16 file by llama.cpp's own
 quantizer (`llama_model_quantize`, as exposed by llama-cpp-python), so the files are what llama.cpp itself makes.
 
 K-quants work on rows in super-blocks of 256 values; a tensor whose rows are not a multiple of 256 (the teacher's
@@ -26,12 +26,12 @@ MODEL_FILE = "model.gguf"
 
 def _f16(ctx: BuildContext) -> Path:
     """The F16 file of this export run, written once and shared by all GGUF variants."""
-    from edgedistill.formats.gguf import write_gguf
+    from edgedistill.formats.gguf import convert
 
     path = ctx.work_dir / "model-f16.gguf"
     if not path.exists():
         with atomic_file(path) as tmp:
-            write_gguf(ctx.model, ctx.tokenizer, tmp, dtype="f16", name=ctx.options.get("name", "model"))
+            convert(ctx.model_dir, tmp, dtype="f16", name=ctx.options.get("name", "model"))
     return path
 
 

@@ -135,15 +135,16 @@ def _assert_clean_failure(proc, out: Path, *words):
 
 
 def test_unsupported_architecture(tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import OPTConfig, OPTForCausalLM
 
     tok = tiny.build_tokenizer()
-    m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64))
-    m.save_pretrained(tmp_path / "gpt2")
-    tok.save_pretrained(tmp_path / "gpt2")
+    m = OPTForCausalLM(OPTConfig(num_hidden_layers=1, hidden_size=32, ffn_dim=64, num_attention_heads=2,
+                                 word_embed_proj_dim=32, vocab_size=len(tok), max_position_embeddings=64))
+    m.save_pretrained(tmp_path / "opt")
+    tok.save_pretrained(tmp_path / "opt")
     out = tmp_path / "out"
-    _assert_clean_failure(run_cli("export", str(tmp_path / "gpt2"), "--out", str(out), "--variant", "gguf:q8_0"),
-                          out, "gpt2", "llama")
+    _assert_clean_failure(run_cli("export", str(tmp_path / "opt"), "--out", str(out), "--variant", "gguf:q8_0"),
+                          out, "OPTForCausalLM", "converter")
 
 
 def test_missing_tokenizer(tmp_path, tiny_model_dir):
