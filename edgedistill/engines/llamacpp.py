@@ -28,8 +28,11 @@ def teacher_gguf(ref, gguf_type: str, fingerprint: str, loaded=None) -> Path:
 
     if gguf_type not in GGUF_TYPES:
         raise EngineError(f"--teacher-gguf-type {gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}")
+    from edgedistill.formats.llamacpp_source import version
+
     folder = ensure_writable_dir(home() / "engines")
-    f16 = folder / f"{fingerprint}-f16.gguf"
+    stem = f"{fingerprint}-llama.cpp-{version()}"  # a newer converter writes the file anew
+    f16 = folder / f"{stem}-f16.gguf"
     if not f16.exists():
         from edgedistill.formats.gguf import convert, write_gguf
         from edgedistill.models.locate import load_model
@@ -45,7 +48,7 @@ def teacher_gguf(ref, gguf_type: str, fingerprint: str, loaded=None) -> Path:
                 del model
     if gguf_type == "f16":
         return f16
-    out = folder / f"{fingerprint}-{gguf_type}.gguf"
+    out = folder / f"{stem}-{gguf_type}.gguf"
     if not out.exists():
         from edgedistill.quantize.gguf import llama_quantize
 

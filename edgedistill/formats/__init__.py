@@ -1,3 +1,3 @@
 """formats: the float writers every scheme starts from, below both quantize/ (which builds on them) and export/
-(which orchestrates): gguf.py writes an F16 GGUF (llama layout, tokenizer metadata, chat template), onnx.py
+(which orchestrates): gguf.py runs llama.cpp's own converter (sources from llamacpp_source.py), onnx.py
 exports an fp32 ONNX with its KV cache."""
