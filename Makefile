@@ -33,6 +33,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet -e '.[full,dev]' -c constraints.txt
 	@# llama.cpp's own converter (and the tools' sources), from the sdist of the llama-cpp-python installed above
 	$(BIN)/python -m edgedistill.formats.llamacpp_source
+	@echo "building llama.cpp's llama-imatrix and llama-quantize from the same sources (a few minutes the first time, then cached)"
+	$(BIN)/python -m edgedistill.formats.llamacpp_tools
 	@touch $(STAMP)
 	@echo "environment ready in $(VENV)"
 

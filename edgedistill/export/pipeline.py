@@ -52,6 +52,10 @@ class ExportSettings(Settings):
     head_bits: int | None = setting(None, "onnx int4: bits of the output projection [default 4; 8 keeps it at 8 "
                                           "bits].", choices=(4, 8))
 
+    imatrix: bool = setting(False, "gguf q4_0/q4_k_m/q5_k_m: weight llama.cpp's quantizer by an importance matrix "
+                                   "that llama-imatrix computes on the train prompts (the file goes into the bundle).")
+    imatrix_chunks: int = setting(32, "gguf --imatrix: chunks of 512 calibration tokens.", min=1, max=4096)
+
     def extra_problems(self) -> list[str]:
         return [] if self.variants else ["no variants given"]
 
@@ -59,7 +63,8 @@ class ExportSettings(Settings):
     def options(self) -> dict:
         """What the scheme builders read (BuildContext.options)."""
         return {"block_size": self.block_size, "symmetric": self.symmetric, "accuracy_level": self.accuracy_level,
-                "algorithm": self.algorithm, "head_bits": self.head_bits}
+                "algorithm": self.algorithm, "head_bits": self.head_bits, "imatrix": self.imatrix,
+                "imatrix_chunks": self.imatrix_chunks if self.imatrix else None}
 
 
 @dataclass
@@ -126,10 +131,13 @@ def _export(spec: str, out: Path, settings: ExportSettings, schemes, step) -> li
             model_dir = work / "source"
             model.save_pretrained(model_dir, safe_serialization=True)
             tokenizer.save_pretrained(model_dir)
+        imatrix_text = None
         if any(s.format == "gguf" for s in schemes):
             from edgedistill.formats.gguf import check_model_dir
 
             check_model_dir(model_dir)  # an architecture the converter does not know fails now, not after the others
+            if settings.imatrix and any("imatrix" in s.options for s in schemes):
+                imatrix_text = calibration_text(settings.data_dir, tokenizer)  # no train prompts: fail before work
         source = _source_record(spec, ref, model_dir, model)
 
         step(f"reference logits: {settings.chunks} held-out chunks of {settings.chunk_len} tokens")
@@ -140,7 +148,7 @@ def _export(spec: str, out: Path, settings: ExportSettings, schemes, step) -> li
         for s in schemes:
             step(f"{s.key}: building")
             ctx = BuildContext(model=model, tokenizer=tokenizer, model_dir=model_dir, out_dir=Path(), work_dir=work,
-                               options={**settings.options, "name": source["name"],
+                               options={**settings.options, "name": source["name"], "imatrix_text": imatrix_text,
                                         "trust_remote_code": settings.trust_remote_code},
                                threads=settings.threads)
             results.append(_one_variant(s, ctx, out, settings, chunks, reference, source, step))
@@ -149,6 +157,27 @@ def _export(spec: str, out: Path, settings: ExportSettings, schemes, step) -> li
         return results
     finally:
         remove_scratch(work)
+
+
+def calibration_text(data_dir: Path | None, tokenizer) -> str:
+    """The importance matrix's calibration text: every domain's train-split prompts in the model's chat format.
+    Validation reads the domain texts, never these prompts, so the matrix is not fitted to what judges it."""
+    from edgedistill.data import default_data_dir
+    from edgedistill.data.load import load_prompts
+
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    files = sorted(data_dir.glob("*/prompts/train.jsonl"))
+    if not files:
+        raise EdgeDistillError(f"no */prompts/train.jsonl under {data_dir}: the importance matrix needs train prompts")
+    parts = []
+    for f in files:
+        for p in load_prompts(f)[0]:
+            msgs = list(p.messages)
+            if getattr(tokenizer, "chat_template", None):
+                parts.append(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+            else:
+                parts.append("\n".join(m["content"] for m in msgs))
+    return "\n".join(parts)
 
 
 class _Failed(Exception):
@@ -214,10 +243,15 @@ def _record(s: Scheme, main: Path, ctx: BuildContext, metrics: dict, reasons: li
     params = source["parameters"]
     quant = {}
     if s.format == "gguf":
-        from edgedistill.quantize.gguf import MAIN_TYPES, fallback_share, tensor_report
+        from edgedistill.quantize.gguf import (IMATRIX_CHUNK, IMATRIX_FILE, MAIN_TYPES, fallback_share,
+                                               tensor_report)
 
         quant = tensor_report(main)
         quant["fallback_share"] = fallback_share(quant, MAIN_TYPES[s.name])
+        if (main.parent / IMATRIX_FILE).is_file():
+            quant["imatrix"] = {"file": IMATRIX_FILE, "tool": "llama-imatrix", "chunks": ctx.options["imatrix_chunks"],
+                                "chunk_tokens": IMATRIX_CHUNK,
+                                "calibration": "train-split prompts of every domain, in the model's chat format"}
     return {
         "format": s.format,
         "scheme": s.name,

@@ -53,10 +53,10 @@ def _valid(path: Path) -> bool:
 
 def source_dir(*, fetch: bool = True) -> Path:
     """The llama.cpp tree of the installed llama-cpp-python's version, fetched into the cache if none is found."""
-    for path in candidates():
+    explicit = os.environ.get("EDGEDISTILL_LLAMA_CPP_SRC")
+    for path in candidates()[:1] if explicit else candidates():  # a folder the user names is the only one
         if _valid(path):
             return path
-    explicit = os.environ.get("EDGEDISTILL_LLAMA_CPP_SRC")
     if explicit:
         raise EdgeDistillError(f"EDGEDISTILL_LLAMA_CPP_SRC={explicit} is not a llama.cpp {version()} tree made by "
                                "`python -m edgedistill.formats.llamacpp_source --into DIR`; unset it or make it so")

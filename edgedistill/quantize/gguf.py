@@ -60,32 +60,67 @@ sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref
 def llama_quantize(src: Path, dst: Path, ftype_name: str, threads: int | None = None) -> None:
     """Run llama.cpp's quantizer: src (F16/F32 GGUF) -> dst at LLAMA_FTYPE_<ftype_name>, in a child process that
     stops at once (and leaves no dst) on Ctrl-C or any error here."""
+    _run_tool([sys.executable, "-c", _CHILD, str(src), str(dst), ftype_name, str(threads or os.cpu_count() or 1)],
+              f"quantizer ({ftype_name}, on {Path(src).name})", dst)
+
+
+IMATRIX_FILE = "imatrix.gguf"
+IMATRIX_CHUNK = 512  # tokens per llama-imatrix chunk
+
+
+def _imatrix(ctx: BuildContext) -> Path:
+    """llama.cpp's importance matrix of the F16 file over the calibration text (options["imatrix_text"], made by
+    the export pipeline), computed once per export run by llama.cpp's own llama-imatrix."""
+    from edgedistill.formats.llamacpp_tools import tool
+
+    path = ctx.work_dir / IMATRIX_FILE
+    if path.exists():
+        return path
+    text = ctx.work_dir / "imatrix-calibration.txt"
+    text.write_text(ctx.options["imatrix_text"], encoding="utf-8")
+    chunks = int(ctx.options.get("imatrix_chunks") or 32)
+    with atomic_file(path) as tmp:
+        _run_tool([str(tool("llama-imatrix")), "-m", str(_f16(ctx)), "-f", str(text), "-o", str(tmp),
+                   "-c", str(IMATRIX_CHUNK), "-b", str(IMATRIX_CHUNK), "--chunks", str(chunks), "--no-ppl",
+                   "--parse-special", "-t", str(ctx.threads or os.cpu_count() or 1)], "llama-imatrix", tmp)
+    return path
+
+
+def _run_tool(cmd: list[str], what: str, out: Path) -> None:
+    """Run a llama.cpp tool as a child process that is killed (leaving no `out`) on Ctrl-C; its log is kept for
+    --verbose, its last lines go into the error."""
     import subprocess
 
-    cmd = [sys.executable, "-c", _CHILD, str(src), str(dst), ftype_name, str(threads or os.cpu_count() or 1)]
-    with tempfile.TemporaryFile(mode="w+", errors="replace") as log_file:  # its per-tensor log: --verbose shows it
+    with tempfile.TemporaryFile(mode="w+", errors="replace") as log_file:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
         try:
             rc = proc.wait()
         except BaseException:
             proc.kill()
             proc.wait()
-            Path(dst).unlink(missing_ok=True)
+            Path(out).unlink(missing_ok=True)
             raise
         log_file.seek(0)
         text = log_file.read()
-    log.debug("llama.cpp quantizer (%s):\n%s", ftype_name, text)
-    if rc != 0 or not Path(dst).exists():
-        Path(dst).unlink(missing_ok=True)
+    log.debug("%s:\n%s", what, text)
+    if rc != 0 or not Path(out).exists():
+        Path(out).unlink(missing_ok=True)
         tail = " | ".join(ln.strip() for ln in text.splitlines()[-3:] if ln.strip())
-        raise EdgeDistillError(f"llama.cpp's quantizer failed ({ftype_name}, return code {rc}) on {src.name}"
-                               + (f": {tail}" if tail else ""))
+        raise EdgeDistillError(f"llama.cpp's {what} failed (return code {rc})" + (f": {tail}" if tail else ""))
 
 
-def _quantized(ftype_name: str):
+def _quantized(ftype_name: str, takes_imatrix: bool = False):
     def build(ctx: BuildContext) -> Path:
         out = ctx.out_dir / MODEL_FILE
-        llama_quantize(_f16(ctx), out, ftype_name, ctx.threads)
+        if takes_imatrix and ctx.options.get("imatrix"):
+            from edgedistill.formats.llamacpp_tools import tool
+
+            imatrix = _imatrix(ctx)
+            _run_tool([str(tool("llama-quantize")), "--imatrix", str(imatrix), str(_f16(ctx)), str(out), ftype_name,
+                       str(ctx.threads or os.cpu_count() or 1)], "llama-quantize", out)
+            shutil.copyfile(imatrix, ctx.out_dir / IMATRIX_FILE)  # the bundle says what its 4 bits were fitted to
+        else:
+            llama_quantize(_f16(ctx), out, ftype_name, ctx.threads)
         return out
 
     return build
@@ -123,12 +158,16 @@ register(Scheme("gguf", "f16", "16-bit floats, norms in F32: reproduces the torc
                 max_kl=0.005, min_top1=0.97, exact=True, nominal_bits=16))
 register(Scheme("gguf", "q8_0", "8-bit blocks of 32 with one scale (llama.cpp Q8_0)", _quantized("Q8_0"),
                 max_kl=0.03, min_top1=0.90, nominal_bits=8.5))
-register(Scheme("gguf", "q5_k_m", "llama.cpp Q5_K_M: 5-bit K-quants, some tensors at 6 bits", _quantized("Q5_K_M"),
-                max_kl=0.15, min_top1=0.80, nominal_bits=5.7))
-register(Scheme("gguf", "q4_k_m", "llama.cpp Q4_K_M: 4-bit K-quants, some tensors at 6 bits", _quantized("Q4_K_M"),
-                max_kl=0.25, min_top1=0.75, nominal_bits=4.9))
-register(Scheme("gguf", "q4_0", "4-bit blocks of 32 with one scale (llama.cpp Q4_0)", _quantized("Q4_0"),
-                max_kl=0.6, min_top1=0.60, nominal_bits=4.5))
+_IMATRIX = ("imatrix", "imatrix_chunks")  # the options of the types llama.cpp fits to an importance matrix
+register(Scheme("gguf", "q5_k_m", "llama.cpp Q5_K_M: 5-bit K-quants, some tensors at 6 bits",
+                _quantized("Q5_K_M", takes_imatrix=True), max_kl=0.15, min_top1=0.80, nominal_bits=5.7,
+                options=_IMATRIX))
+register(Scheme("gguf", "q4_k_m", "llama.cpp Q4_K_M: 4-bit K-quants, some tensors at 6 bits",
+                _quantized("Q4_K_M", takes_imatrix=True), max_kl=0.25, min_top1=0.75, nominal_bits=4.9,
+                options=_IMATRIX))
+register(Scheme("gguf", "q4_0", "4-bit blocks of 32 with one scale (llama.cpp Q4_0)",
+                _quantized("Q4_0", takes_imatrix=True), max_kl=0.6, min_top1=0.60, nominal_bits=4.5,
+                options=_IMATRIX))
 
 MAIN_TYPES = {"f16": ("F16",), "q8_0": ("Q8_0",), "q5_k_m": ("Q5_K", "Q6_K"), "q4_k_m": ("Q4_K", "Q6_K"),
               "q4_0": ("Q4_0",)}

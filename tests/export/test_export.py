@@ -106,6 +106,27 @@ def test_exact_formats_reproduce_greedy_generation_of_a_peaked_model(tmp_path):
         assert r.metrics["top1_agreement"] > 0.97
 
 
+def test_importance_matrix_from_llama_imatrix_goes_into_the_bundle_and_changes_the_weights(tmp_path, exported):
+    """--imatrix: llama.cpp's llama-imatrix over the train prompts, applied by llama-quantize; the bundle holds the
+    matrix, the manifest says how it was made, and the 4-bit weights differ from those made without it."""
+    import gguf
+
+    model, plain_out, _ = exported
+    out = tmp_path / "b"
+    r = export_model(str(model), out, ExportSettings(variants=["gguf:q4_0"], chunks=2, chunk_len=64, imatrix=True,
+                                                     imatrix_chunks=2))[0]
+    assert r.passed, r.error
+    manifest = json.loads((out / "gguf-q4_0" / MANIFEST).read_text())
+    assert manifest["quantization"]["imatrix"]["chunks"] == 2 and "imatrix.gguf" in manifest["files"]
+    assert manifest["quantization"]["options"] == {"imatrix": True, "imatrix_chunks": 2}
+    matrix = gguf.GGUFReader(str(out / "gguf-q4_0" / "imatrix.gguf"))
+    assert any(t.name.endswith(".in_sum2") for t in matrix.tensors)  # llama.cpp's imatrix layout, per weight
+    with_m = {t.name: bytes(t.data) for t in gguf.GGUFReader(str(out / "gguf-q4_0" / "model.gguf")).tensors}
+    without = {t.name: bytes(t.data) for t in gguf.GGUFReader(str(plain_out / "gguf-q4_0" / "model.gguf")).tensors}
+    assert with_m.keys() == without.keys()
+    assert with_m["blk.0.ffn_down.weight"] != without["blk.0.ffn_down.weight"]
+
+
 @pytest.mark.parametrize("key", ["gguf:q4_0", "onnx:int4"])
 def test_a_variant_over_its_tolerance_is_not_written_unless_forced(tmp_path, monkeypatch, key):
     from edgedistill import quantize

@@ -1,0 +1,110 @@
+"""llama.cpp's own command-line tools (`llama-imatrix`, `llama-quantize`), built from the llama.cpp sources of the
+installed llama-cpp-python (formats/llamacpp_source.py), so the files they read and write are that version's.
+
+llama-cpp-python ships the library only; the importance matrix needs llama.cpp's `llama-imatrix` and a quantizer
+that reads its file (`llama-quantize --imatrix`). They are built once, statically linked (the binaries can be
+copied), with cmake and ninja from the pinned set, into `<cache>/llama.cpp/<version>-tools`, and copied into the
+environment (`<environment>/libexec/edgedistill/llama.cpp-<version>`) by `make install`, which runs
+`python -m edgedistill.formats.llamacpp_tools`. First found wins: the environment, then the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from edgedistill import paths
+from edgedistill.errors import EdgeDistillError
+from edgedistill.formats.llamacpp_source import source_dir, version
+
+TOOLS = ("llama-imatrix", "llama-quantize")
+_CMAKE_ARGS = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_COMMON=ON",
+               "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+               "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_UI=OFF"]
+
+
+def candidates() -> list[Path]:
+    v = version()
+    return [Path(sys.prefix) / "libexec" / "edgedistill" / f"llama.cpp-{v}", paths.home() / "llama.cpp" / f"{v}-tools"]
+
+
+def _complete(folder: Path) -> bool:
+    return all(os.access(folder / t, os.X_OK) for t in TOOLS)
+
+
+def tool(name: str, *, build: bool = True) -> Path:
+    """The path of llama.cpp tool `name`, built into the cache first if no copy is found."""
+    if name not in TOOLS:
+        raise ValueError(name)
+    for folder in candidates():
+        if _complete(folder):
+            return folder / name
+    if not build:
+        raise EdgeDistillError(f"llama.cpp's {name} is not built; run `make install` or "
+                               "`python -m edgedistill.formats.llamacpp_tools`")
+    return build_into(candidates()[-1]) / name
+
+
+def _cmake() -> list[str]:
+    for exe in (Path(sys.executable).parent / "cmake", shutil.which("cmake")):
+        if exe and Path(exe).is_file():
+            return [str(exe)]
+    raise EdgeDistillError("building llama.cpp's tools needs cmake; install edgedistill's [dev] extra or cmake")
+
+
+def build_into(dest: Path, *, jobs: int | None = None) -> Path:
+    """Configure and build the tools from the vendored sources; the binaries land in dest atomically."""
+    src = source_dir()
+    paths.ensure_writable_dir(dest.parent, "folder")
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.build-") as build:
+        gen = ["-G", "Ninja"] if shutil.which("ninja", path=f"{Path(sys.executable).parent}{os.pathsep}"
+                                                          f"{os.environ.get('PATH', '')}") else []
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        log_path = Path(build) / "build.log"
+        with open(log_path, "w") as log_file:
+            for cmd in ([*_cmake(), "-S", str(src), "-B", build, *gen, *_CMAKE_ARGS],
+                        [*_cmake(), "--build", build, "--target", *TOOLS, "-j", str(jobs or os.cpu_count() or 1)]):
+                rc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env).returncode
+                if rc != 0:
+                    tail = log_path.read_text(errors="replace").splitlines()[-3:]
+                    raise EdgeDistillError(f"building llama.cpp's tools failed ({' '.join(cmd[:2])} ... returned "
+                                           f"{rc}): {' | '.join(t.strip() for t in tail)}")
+        with paths.atomic_dir(dest, "folder") as tmp:
+            for t in TOOLS:
+                built = next(Path(build).rglob(t), None)
+                if built is None:
+                    raise EdgeDistillError(f"building llama.cpp's tools made no {t}")
+                shutil.copy2(built, tmp / t)
+    return dest
+
+
+def install_into_environment() -> Path:
+    """make install: the tools into this environment, from the cache (building them there first if needed)."""
+    env_dir, cache_dir = candidates()
+    if _complete(env_dir):
+        return env_dir
+    if not _complete(cache_dir):
+        build_into(cache_dir)
+    with paths.atomic_dir(env_dir, "folder") as tmp:
+        for t in TOOLS:
+            shutil.copy2(cache_dir / t, tmp / t)
+    return env_dir
+
+
+def main() -> int:
+    try:
+        where = install_into_environment()
+    except EdgeDistillError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(f"llama.cpp {version()} tools ({', '.join(TOOLS)}) in {where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
