@@ -8,6 +8,9 @@ perplexity ratio. Variants over their tolerance are still measured (--force) and
     .venv/bin/python benchmarks/export_variants.py                 # the default teacher
     .venv/bin/python benchmarks/export_variants.py --model build/bench-distill/runs/10L-hw-forward_kl/student \\
         --out benchmarks/results/export_variants_student.json
+    # GGUF only, plus the 4/5-bit types again with llama.cpp's importance matrix (--imatrix), same held-out text
+    .venv/bin/python benchmarks/export_variants.py --variants gguf:f16,gguf:q8_0,gguf:q5_k_m,gguf:q4_k_m,gguf:q4_0 \
+        --with-imatrix --out benchmarks/results/export/export_gguf_imatrix.json
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--chunk-len", type=int, default=512)
+    ap.add_argument("--with-imatrix", action="store_true",
+                    help="export the types that take an importance matrix a second time with --imatrix")
+    ap.add_argument("--imatrix-chunks", type=int, default=32)
     ap.add_argument("--work", type=Path, default=Path("build/bench-export"))
     ap.add_argument("--out", type=Path, default=HERE / "results" / "export" / "export_variants.json")
     args = ap.parse_args()
@@ -45,19 +51,29 @@ def main() -> None:
     def step(msg):
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
-    results = export_model(args.model, args.work, ExportSettings(variants=args.variants.split(","), chunks=args.chunks,
+    variants = args.variants.split(",")
+    results = export_model(args.model, args.work, ExportSettings(variants=variants, chunks=args.chunks,
                                                                  chunk_len=args.chunk_len, force=True), on_step=step)
+    labels = list(variants)
+    if args.with_imatrix:
+        from edgedistill.quantize import get
+
+        again = [v for v in variants if "imatrix" in get(v).options]
+        results += export_model(args.model, args.work / "imatrix", ExportSettings(
+            variants=again, chunks=args.chunks, chunk_len=args.chunk_len, force=True, imatrix=True,
+            imatrix_chunks=args.imatrix_chunks), on_step=step)
+        labels += [f"{v} +imatrix" for v in again]
     rows = []
-    for r in results:
+    for label, r in zip(labels, results):
         m, man = r.metrics, r.manifest or {}
         q = man.get("quantization", {})
-        rows.append({"variant": r.key, "passed": r.passed, "failures": r.error, "model_bytes": man.get("model_bytes"),
+        rows.append({"variant": label, "passed": r.passed, "failures": r.error, "model_bytes": man.get("model_bytes"),
                      "bits_per_weight": man.get("bits_per_weight"),
                      "tensor_bits_per_weight": q.get("tensor_bits_per_weight"),
                      "fallback_share": q.get("fallback_share"), "tensor_types": q.get("tensor_types"),
                      "mean_kl": m["mean_kl"], "top1_agreement": m["top1_agreement"], "ppl_ratio": m["ppl_ratio"],
                      "ppl_reference": m["ppl_reference"], "greedy_match": m["greedy_match"],
-                     "tolerance": man.get("validation", {}).get("tolerance")})
+                     "tolerance": man.get("validation", {}).get("tolerance"), "imatrix": q.get("imatrix")})
     report = {"benchmark": "export_variants", **run_record(), "model": args.model,
               "parameters": (results[0].manifest or {}).get("parameters") if results else None,
               "held_out": {"chunks": args.chunks, "chunk_len": args.chunk_len,
