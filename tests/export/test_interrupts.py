@@ -27,6 +27,17 @@ def _dead_pid() -> int:
     return p.pid
 
 
+def _cmdline(proc) -> str:
+    """A child's command line, or "" for one that has just ended (the converter's child, not yet reaped by its
+    parent, is a zombie whose command line cannot be read)."""
+    import psutil
+
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def _sigint_default() -> None:
     """In the CLI process under test: SIGINT as in a terminal, even if this test run ignores it (started in the
     background by a non-interactive shell, which sets SIGINT to ignored and children inherit that)."""
@@ -69,7 +80,7 @@ def test_sigint_during_a_real_quantization_exits_130_with_nothing_written(real_t
     me = psutil.Process(proc.pid)
     deadline, child = time.monotonic() + 600, None
     while child is None and time.monotonic() < deadline and proc.poll() is None:
-        child = next((c for c in me.children() if "llama_model_quantize" in " ".join(c.cmdline())), None)
+        child = next((c for c in me.children() if "llama_model_quantize" in _cmdline(c)), None)
         time.sleep(0.05)
     assert child is not None, proc.communicate()
     proc.send_signal(signal.SIGINT)
