@@ -109,8 +109,7 @@ def measure_importance(model, batches: Sequence[torch.Tensor], progress=None) ->
             layer.register_forward_hook(post, with_kwargs=True),
             layer.mlp.down_proj.register_forward_pre_hook(ffn),
             layer.self_attn.o_proj.register_forward_pre_hook(attn),
-            layer.input_layernorm.register_forward_hook(norm),
-            layer.post_attention_layernorm.register_forward_hook(norm),
+            *(m.register_forward_hook(norm) for m in _block_norms(layer)),
         ]
     handles.append(model.model.norm.register_forward_hook(norm))
     task = progress.add_task("measuring importance", total=len(batches)) if progress else None
@@ -131,6 +130,11 @@ def measure_importance(model, batches: Sequence[torch.Tensor], progress=None) ->
         channels=(chan_abs / n).tolist(),
         tokens=count["tokens"],
     )
+
+
+def _block_norms(layer) -> list:
+    """The hidden-size norms of a block: two in Llama-style blocks, four in Gemma's (pre/post attention and FFN)."""
+    return [m for name, m in layer.named_children() if name.endswith("layernorm")]
 
 
 def _top(scores: Sequence[float], k: int) -> list[int]:
@@ -163,6 +167,7 @@ def check_shape(model, shape: StudentShape) -> StudentShape:
         )
     if problems:
         raise EdgeDistillError("; ".join(problems))
+    _pick_layers([0.0] * cfg.num_hidden_layers, full.layers, *_student_pattern(model, full.layers))  # feasible?
     return full
 
 
@@ -188,7 +193,7 @@ def hardware_friendly(model, layers: int | None = None) -> StudentShape:
 def plan(model, imp: Importance, shape: StudentShape) -> PruningPlan:
     cfg, _ = _cfg(model)
     s = check_shape(model, shape)
-    keep_layers = _top(imp.layers, s.layers)
+    keep_layers = _pick_layers(imp.layers, s.layers, *_student_pattern(model, s.layers))
     group = cfg.num_attention_heads // cfg.num_key_value_heads
     per = s.heads // s.kv_heads
     keep_heads, keep_kv, keep_neurons = [], [], []
@@ -206,30 +211,86 @@ def plan(model, imp: Importance, shape: StudentShape) -> PruningPlan:
     return PruningPlan(keep_layers, _top(imp.channels, s.hidden), keep_neurons, keep_heads, keep_kv, asdict(s))
 
 
-_LAYER_TENSORS = {"input_layernorm.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight",
-                  "mlp.up_proj.weight", "mlp.down_proj.weight",
-                  *(f"self_attn.{x}_proj.weight" for x in "qkvo")}
+# Per-block tensors pruning knows how to slice, by layout: separate or fused projections, optional biases on
+# q/k/v/o, per-head q/k norms (kept whole: head_dim is never pruned), and any number of hidden-size norms.
+_ATTN = ({"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"},
+         {"self_attn.qkv_proj.weight"})
+_MLP = ({"mlp.gate_proj.weight", "mlp.up_proj.weight"}, {"mlp.gate_up_proj.weight"})
+_OPTIONAL = {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias", "self_attn.o_proj.bias",
+             "self_attn.qkv_proj.bias", "self_attn.q_norm.weight", "self_attn.k_norm.weight"}
+
+
+def _layer_names(model) -> set[str]:
+    return {n[len("model.layers.0."):] for n, _ in model.named_parameters() if n.startswith("model.layers.0.")}
 
 
 def check_prunable(model) -> None:
-    """The weights pruning knows how to slice: Llama-style blocks (separate q/k/v/o and gate/up/down projections,
-    two RMS norms, no biases). Anything else is refused up front, naming the tensors it does not know."""
+    """Refuse, up front and naming what is wrong, a model pruning cannot slice: a family not in the registry, or
+    a block holding tensors of a layout it does not know."""
+    from edgedistill.models.families import family_of
+
+    family_of(model.config, "pruning")
     names = [n for n, _ in model.named_parameters()]
-    layer0 = {n[len("model.layers.0."):] for n in names if n.startswith("model.layers.0.")}
-    other = sorted(layer0 - _LAYER_TENSORS)
-    missing = sorted(_LAYER_TENSORS - layer0)
-    if other or missing or "model.embed_tokens.weight" not in names:
+    layer0 = _layer_names(model)
+    known = {"self_attn.o_proj.weight", "mlp.down_proj.weight", *_OPTIONAL, *(n for n in layer0 if n.endswith(
+        "layernorm.weight"))}
+    problems = [f"no {' or '.join(sorted(' + '.join(sorted(x)) for x in group))}"
+                for group in (_ATTN, _MLP) if not any(x <= layer0 for x in group)]
+    known |= set().union(*_ATTN, *_MLP)
+    problems += sorted(layer0 - known)[:4]
+    problems += ["no model.embed_tokens"] if "model.embed_tokens.weight" not in names else []
+    problems += [f"no {x}" for x in ("self_attn.o_proj.weight", "mlp.down_proj.weight") if x not in layer0]
+    if problems:
         kind = getattr(model.config, "model_type", "?")
-        detail = ", ".join(other[:4] + [f"no {m}" for m in missing[:2]]) or "no model.embed_tokens"
-        raise UnsupportedError(f"pruning does not handle {kind} models yet ({detail}); prune a Llama-architecture "
-                               "teacher, or distill into a student you made yourself (edgedistill distill --student)")
+        raise UnsupportedError(f"pruning cannot slice this {kind} model's blocks ({', '.join(problems)}); distill "
+                               "into a student you made yourself (edgedistill distill --student)")
+
+
+def _pick_layers(scores: Sequence[float], k: int, types: Sequence[str] | None, pattern: Sequence[str] | None
+                 ) -> list[int]:
+    """The most important blocks; with a sliding-window pattern, the best ordered choice whose attention types
+    follow `pattern` (the j-th kept block has the type llama.cpp will give layer j), found by dynamic programming."""
+    if not pattern or types is None:
+        return _top(scores, k)
+    n, neg = len(scores), float("-inf")
+    best = [[neg] * (k + 1) for _ in range(n + 1)]  # best[i][j]: j of the first i blocks kept, types matching
+    for i in range(n + 1):
+        best[i][0] = 0.0
+    for i in range(1, n + 1):
+        for j in range(1, min(i, k) + 1):
+            take = best[i - 1][j - 1] + scores[i - 1] if types[i - 1] == pattern[j - 1] else neg
+            best[i][j] = max(best[i - 1][j], take)
+    if best[n][k] == neg:
+        need = {t: list(pattern).count(t) for t in set(pattern)}
+        raise EdgeDistillError(f"no {k} of the teacher's blocks follow the sliding-window pattern a {k}-layer student "
+                               f"needs ({need}); choose another layer count")
+    out, j = [], k
+    for i in range(n, 0, -1):
+        if j and best[i][j] != best[i - 1][j]:
+            out.append(i - 1)
+            j -= 1
+    return sorted(out)
+
+
+def _student_pattern(model, layers: int) -> tuple[list[str] | None, list[str] | None]:
+    """(the teacher's layer types, the types a `layers`-block student must have), or Nones without a pattern."""
+    from edgedistill.models.families import family_of, swa_pattern
+
+    types = getattr(model.config, "layer_types", None)
+    pattern = swa_pattern(family_of(model.config, "pruning"), layers)
+    if types is None or pattern is None or len(set(types)) == 1 and len(set(pattern)) == 1 and types[0] == pattern[0]:
+        return None, None
+    return list(types), pattern
 
 
 def apply_plan(model, p: PruningPlan):
     """A new, smaller model holding the selected slices of `model`'s weights."""
     from transformers import AutoModelForCausalLM
 
+    from edgedistill.models.families import family_of
+
     cfg, head_dim = _cfg(model)
+    fam = family_of(cfg, "pruning")
     new_cfg = cfg.__class__.from_dict(cfg.to_dict())
     s = p.shape
     new_cfg.num_hidden_layers = s["layers"]
@@ -242,9 +303,13 @@ def apply_plan(model, p: PruningPlan):
         new_cfg.layer_types = [cfg.layer_types[i] for i in p.keep_layers]
     student = AutoModelForCausalLM.from_config(new_cfg, dtype=torch.float32)
     c = torch.tensor(p.keep_channels)
+    n_q, n_kv = cfg.num_attention_heads * head_dim, cfg.num_key_value_heads * head_dim
+    # Gemma scales embeddings by sqrt(hidden): with fewer channels the embeddings enter the residual smaller by
+    # `shrink`, so every block output (each passes a post-norm first) is scaled the same way (see Family)
+    shrink = (s["hidden"] / cfg.hidden_size) ** 0.5 if fam.scaled_embeddings else 1.0
 
     def rows(idx_heads, d):  # weight rows of whole heads
-        return torch.tensor([h * d + j for h in idx_heads for j in range(d)])
+        return torch.tensor([h * d + j for h in idx_heads for j in range(d)], dtype=torch.long)
 
     sd_t = model.state_dict()
     new = {
@@ -255,21 +320,38 @@ def apply_plan(model, p: PruningPlan):
         new["lm_head.weight"] = sd_t["lm_head.weight"][:, c]
     for j, i in enumerate(p.keep_layers):
         src, dst = f"model.layers.{i}.", f"model.layers.{j}."
-        q = rows(p.keep_heads[j], head_dim)
-        kv = rows(p.keep_kv[j], head_dim)
+        t = {k[len(src):]: v for k, v in sd_t.items() if k.startswith(src)}
+        q, kv = rows(p.keep_heads[j], head_dim), rows(p.keep_kv[j], head_dim)
         f = torch.tensor(p.keep_neurons[j])
-        new[dst + "input_layernorm.weight"] = sd_t[src + "input_layernorm.weight"][c]
-        new[dst + "post_attention_layernorm.weight"] = sd_t[src + "post_attention_layernorm.weight"][c]
-        new[dst + "self_attn.q_proj.weight"] = sd_t[src + "self_attn.q_proj.weight"][q][:, c]
-        new[dst + "self_attn.k_proj.weight"] = sd_t[src + "self_attn.k_proj.weight"][kv][:, c]
-        new[dst + "self_attn.v_proj.weight"] = sd_t[src + "self_attn.v_proj.weight"][kv][:, c]
-        new[dst + "self_attn.o_proj.weight"] = sd_t[src + "self_attn.o_proj.weight"][c][:, q]
-        new[dst + "mlp.gate_proj.weight"] = sd_t[src + "mlp.gate_proj.weight"][f][:, c]
-        new[dst + "mlp.up_proj.weight"] = sd_t[src + "mlp.up_proj.weight"][f][:, c]
-        new[dst + "mlp.down_proj.weight"] = sd_t[src + "mlp.down_proj.weight"][c][:, f]
-        for bias in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            if src + f"self_attn.{bias}.bias" in sd_t:
-                raise EdgeDistillError("pruning models with attention biases is not supported yet")
+        out = {}
+        for name, w in t.items():
+            if name.endswith("layernorm.weight"):
+                w = w[c]
+                if shrink != 1.0 and name.startswith("post_"):  # Gemma's (1 + w) scale, times `shrink`
+                    w = (1 + w) * shrink - 1
+                out[name] = w
+            elif name in ("self_attn.q_norm.weight", "self_attn.k_norm.weight"):
+                out[name] = w
+        for x, r in (("q", q), ("k", kv), ("v", kv)):
+            if f"self_attn.{x}_proj.weight" in t:
+                out[f"self_attn.{x}_proj.weight"] = t[f"self_attn.{x}_proj.weight"][r][:, c]
+            if f"self_attn.{x}_proj.bias" in t:
+                out[f"self_attn.{x}_proj.bias"] = t[f"self_attn.{x}_proj.bias"][r]
+        fused = torch.cat([q, n_q + kv, n_q + n_kv + kv])  # Phi-3's qkv_proj: rows [q; k; v]
+        for kind in ("weight", "bias"):
+            if f"self_attn.qkv_proj.{kind}" in t:
+                w = t[f"self_attn.qkv_proj.{kind}"][fused]
+                out[f"self_attn.qkv_proj.{kind}"] = w[:, c] if kind == "weight" else w
+        out["self_attn.o_proj.weight"] = t["self_attn.o_proj.weight"][c][:, q]
+        if "self_attn.o_proj.bias" in t:
+            out["self_attn.o_proj.bias"] = t["self_attn.o_proj.bias"][c]
+        if "mlp.gate_up_proj.weight" in t:  # Phi-3: rows [gate; up]
+            out["mlp.gate_up_proj.weight"] = t["mlp.gate_up_proj.weight"][torch.cat([f, cfg.intermediate_size + f])][:, c]
+        else:
+            out["mlp.gate_proj.weight"] = t["mlp.gate_proj.weight"][f][:, c]
+            out["mlp.up_proj.weight"] = t["mlp.up_proj.weight"][f][:, c]
+        out["mlp.down_proj.weight"] = t["mlp.down_proj.weight"][c][:, f]
+        new.update({dst + k: v for k, v in out.items()})
     missing, unexpected = student.load_state_dict({k: v.clone().contiguous() for k, v in new.items()}, strict=False)
     missing = [m for m in missing if not (m == "lm_head.weight" and cfg.tie_word_embeddings)]
     if missing or unexpected:

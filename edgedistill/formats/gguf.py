@@ -118,15 +118,38 @@ def convert(model_dir: Path, out: Path, *, dtype: str = "f16", name: str | None 
         raise UnsupportedError(f"GGUF conversion writes {' or '.join(OUT_TYPES)}, not {dtype!r}; other types are "
                                "quantized from f16")
     check_model_dir(model_dir)
-    args = [str(model_dir), "--outfile", str(out), "--outtype", dtype]
-    if name:
-        args += ["--model-name", name]
-    proc = _run(args, fallback=_fallback_pre(Path(model_dir)))
+    with tempfile.TemporaryDirectory(prefix="edgedistill-gguf-view-") as tmp:
+        view = _converter_view(Path(model_dir), Path(tmp))
+        args = [str(view), "--outfile", str(out), "--outtype", dtype]
+        args += ["--model-name", name or Path(model_dir).name]
+        proc = _run(args, fallback=_fallback_pre(Path(model_dir)))
     log.debug("llama.cpp converter:\n%s", proc.stderr)
     if proc.returncode != 0 or not Path(out).is_file():
         Path(out).unlink(missing_ok=True)
         raise EdgeDistillError(f"llama.cpp's converter failed on {model_dir}: {_last_line(proc.stderr)}")
     return Path(out)
+
+
+def _converter_view(model_dir: Path, tmp: Path) -> Path:
+    """The folder the converter reads. transformers 5 no longer writes `added_tokens_decoder` into
+    tokenizer_config.json, and that is where the converter learns which SentencePiece pieces are special (Gemma's
+    <start_of_turn>, Phi-3's <|end|>): without it they become plain text in the GGUF vocabulary. For such a folder
+    the view is a folder of links to its files with that table restored from tokenizer.json's added tokens."""
+    try:
+        conf = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+        added = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens") or []
+    except (OSError, ValueError):
+        return model_dir
+    if "added_tokens_decoder" in conf or not added:
+        return model_dir
+    for f in model_dir.iterdir():
+        if f.name != "tokenizer_config.json":
+            (tmp / f.name).symlink_to(f.resolve())
+    conf["added_tokens_decoder"] = {str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip",
+                                                                     "single_word", "special") if k in t}
+                                    for t in added}
+    (tmp / "tokenizer_config.json").write_text(json.dumps(conf, indent=2), encoding="utf-8")
+    return tmp
 
 
 def write_gguf(model, tokenizer, out: Path, *, dtype: str = "f16", name: str = "model") -> Path:

@@ -27,7 +27,7 @@ MODEL_FILE = "model.onnx"
 CONFIG_FILE = "genai_config.json"
 # Architectures the builder has a module for; the tests here take llama through export and the runtime (the
 # other families get their tests with the family registry).
-SUPPORTED_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2")
+SUPPORTED_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text")
 PRECISIONS = ("fp32", "int8", "int4")
 
 
@@ -38,6 +38,30 @@ def check_model(config: dict) -> None:
             f"ONNX export supports {', '.join(SUPPORTED_ARCHS)}, not {config.get('model_type')!r}; "
             "export this model to GGUF instead (--variant gguf:q8_0)"
         )
+
+
+# The builder in a child process, as `python -m onnxruntime_genai.models.builder` but for one shim: its Gemma 3
+# path reads `config.rope_theta` and `config.rope_local_base_freq`, which transformers 5 keeps per layer type in
+# `rope_parameters`; the config the builder loads gets both back from there.
+_DRIVER = r"""
+import runpy, sys
+import transformers
+
+_load = transformers.AutoConfig.from_pretrained.__func__
+
+def from_pretrained(cls, *args, **kwargs):
+    config = _load(cls, *args, **kwargs)
+    text = getattr(config, "text_config", config)
+    rope = getattr(text, "rope_parameters", None) or {}
+    if "sliding_attention" in rope and "full_attention" in rope:
+        text.rope_theta = rope["full_attention"]["rope_theta"]
+        text.rope_local_base_freq = rope["sliding_attention"]["rope_theta"]
+    return config
+
+transformers.AutoConfig.from_pretrained = classmethod(from_pretrained)
+sys.argv[0] = "builder"
+runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__", alter_sys=True)
+"""
 
 
 def build_onnx(model_dir: Path, out_dir: Path, precision: str, options: dict | None = None, *,
@@ -54,7 +78,7 @@ def build_onnx(model_dir: Path, out_dir: Path, precision: str, options: dict | N
     cache = out_dir / ".builder-cache"
     extra = {"hf_token": "false", "hf_remote": str(bool(trust_remote_code)).lower()}
     extra.update({k: _text(v) for k, v in (options or {}).items() if v is not None})
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(out_dir),
+    cmd = [sys.executable, "-c", _DRIVER, "-i", str(model_dir), "-o", str(out_dir),
            "-p", precision, "-e", "cpu", "-c", str(cache), "--extra_options", *(f"{k}={v}" for k, v in extra.items())]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
     log.debug("running %s", " ".join(cmd))

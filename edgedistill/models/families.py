@@ -1,0 +1,72 @@
+"""Model families: what each stage needs to know about an architecture beyond its config.
+
+One entry per family, keyed by the `model_type` values of its transformers configs. tests/test_families.py
+takes a tiny model of every entry through the whole trip (prune, distill, GGUF and ONNX export, runtime); an entry
+without a tiny model there fails the suite. A model of an unknown type is refused by the stages that need the
+family (pruning, ONNX), up front, in one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgedistill.errors import UnsupportedError
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    # llama.cpp lays out sliding-window layers by a fixed period for this family: with period p, layer i uses the
+    # window unless i % p == p - 1 (Gemma 2: every other layer, Gemma 3: five in six). 0: no per-layer pattern.
+    swa_period: int = 0
+    # embeddings multiplied by sqrt(hidden size), and block outputs normed before the residual (Gemma): pruning
+    # the hidden size rescales the post-norms so the residual stream keeps its proportions
+    scaled_embeddings: bool = False
+    # the reason onnxruntime-genai's model builder cannot write this family; None: it can
+    onnx_refused: str | None = None
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in [
+    Family("llama", ("llama",)),
+    Family("mistral", ("mistral",)),
+    Family("qwen2", ("qwen2",)),
+    Family("qwen3", ("qwen3",)),
+    Family("gemma2", ("gemma2",), swa_period=2, scaled_embeddings=True),
+    Family("gemma3", ("gemma3_text",), swa_period=6, scaled_embeddings=True),
+    Family("phi3", ("phi3",)),
+]}
+
+_BY_TYPE = {t: f for f in FAMILIES.values() for t in f.model_types}
+
+
+def family_of(config, stage: str) -> Family:
+    """The family of a transformers config (or its dict); `stage` names what needs it, for the message."""
+    model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+    fam = _BY_TYPE.get(model_type)
+    if fam is None:
+        raise UnsupportedError(f"{stage} does not support {model_type!r} models; it supports the families "
+                               f"{', '.join(FAMILIES)} (see the README's family table)")
+    return fam
+
+
+def swa_pattern(fam: Family, layers: int) -> list[str] | None:
+    """The per-layer attention types llama.cpp assumes for `layers` blocks of `fam` (None: no pattern)."""
+    if not fam.swa_period:
+        return None
+    p = fam.swa_period
+    return ["full_attention" if i % p == p - 1 else "sliding_attention" for i in range(layers)]
+
+
+def end_of_generation_ids(model, tokenizer) -> list[int]:
+    """Every id the model declares as ending its output: the tokenizer's eos, the config's and the generation
+    config's eos ids (Llama 3's <|eot_id|>, Gemma's <end_of_turn>, Phi-3's <|end|> are declared there)."""
+    ids: set[int] = set()
+    sources = [getattr(tokenizer, "eos_token_id", None), getattr(getattr(model, "config", None), "eos_token_id", None),
+               getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
+    for v in sources:
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    return sorted(ids)
