@@ -10,6 +10,7 @@ from pathlib import Path
 from edgedistill.data import grading
 from edgedistill.data.generate import GenerationSettings, chat_batches
 from edgedistill.data.load import DataError, EvalItem, load_eval
+from edgedistill.models.generate import prompt_text
 
 # Prompts that ask for reasoning get room to reason; the others need a word or a number.
 SHORT_ANSWER_TOKENS = 48
@@ -129,8 +130,7 @@ def choice_accuracy(model_spec: str, items: Sequence[EvalItem], *, progress=None
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     device = next(model.parameters()).device
     for it in todo:
-        context = tok.apply_chat_template([{"role": "user", "content": it.prompt}], add_generation_prompt=True,
-                                          tokenize=False)
+        context = prompt_text(tok, [{"role": "user", "content": it.prompt}])
         lead = ""
         if wants_reasoning(it):
             context, lead = context + "Answer:", " "

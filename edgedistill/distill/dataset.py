@@ -63,15 +63,16 @@ def load_generations(paths: Sequence[Path]) -> list[dict]:
 
 
 def encode(tokenizer, records: Sequence[dict], max_length: int) -> Encoded:
-    """Tokenize prompt (chat template, generation prompt added) and response + end-of-turn separately, so no
+    """Tokenize prompt (chat template, generation prompt added) and response + end of turn separately, so no
     BPE merge crosses the boundary, then build aligned labels."""
     if tokenizer.eos_token is None:
         raise DataError("the tokenizer has no end-of-sequence token; set eos_token in tokenizer_config.json")
-    enc = Encoded([])
+    from edgedistill.models.generate import prompt_text, turn_end
+
+    enc, end = Encoded([]), turn_end(tokenizer)
     for rec in records:
-        prompt = tokenizer.apply_chat_template(rec["messages"], add_generation_prompt=True, tokenize=False)
-        p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-        r_ids = tokenizer(rec["response"] + tokenizer.eos_token, add_special_tokens=False).input_ids
+        p_ids = tokenizer(prompt_text(tokenizer, rec["messages"]), add_special_tokens=False).input_ids
+        r_ids = tokenizer(rec["response"] + end, add_special_tokens=False).input_ids
         ids = p_ids + r_ids
         if len(ids) > max_length:
             enc.truncated += 1

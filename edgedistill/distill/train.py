@@ -27,7 +27,7 @@ import torch
 from edgedistill.checked import read_json
 from edgedistill.distill.dataset import examples_fingerprint
 from edgedistill.tensors import IGNORE, collate, left_pad
-from edgedistill.distill.losses import LossConfig, masked_sum, per_token_objective
+from edgedistill.distill.losses import LossConfig, masked_sum, per_token_objective, shared_rows
 from edgedistill.errors import EdgeDistillError
 from edgedistill.paths import write_text_atomic
 
@@ -71,20 +71,23 @@ class TrainConfig:
 
 
 def check_compatible(teacher, t_tok, student, s_tok, teacher_vocab: int | None = None) -> None:
-    """One tokenizer for both, or distillation compares different tokens."""
+    """One tokenizer for both, or distillation compares different tokens. The models' output rows may differ
+    past the tokenizer (embeddings padded to a round size, as in Qwen2.5: 151,936 or 152,064 rows for one
+    tokenizer): the logits are compared on the rows both have (`shared_rows`), which must cover the tokenizer."""
     # Without a teacher model or cache (cross-entropy alone) no logits are compared: only the tokenizers must agree.
     tv = teacher_vocab or (teacher.config.vocab_size if teacher is not None else None)
     sv = student.config.vocab_size
-    if tv is not None and tv != sv:
-        raise EdgeDistillError(
-            f"teacher vocab {tv} != student vocab {sv}: distillation needs one tokenizer; pass a student built "
-            "from the teacher (edgedistill prune) or one trained with the teacher's tokenizer"
-        )
     if t_tok.get_vocab() != s_tok.get_vocab():
         raise EdgeDistillError(
-            "teacher and student tokenizers have the same size but different tokens: distillation needs one "
-            "tokenizer; save the student with the teacher's tokenizer files"
+            f"teacher and student tokenizers differ ({len(t_tok)} and {len(s_tok)} tokens, not the same ones): "
+            "distillation needs one tokenizer; pass a student built from the teacher (edgedistill prune) or save "
+            "the student with the teacher's tokenizer files"
         )
+    short = [f"{who} has {rows} output rows" for who, rows in (("teacher", tv), ("student", sv))
+             if rows is not None and rows < len(s_tok)]
+    if short:
+        raise EdgeDistillError(f"the tokenizer has {len(s_tok)} tokens but the {' and the '.join(short)}: the model "
+                               "cannot produce every token; resize its embeddings to the tokenizer")
 
 
 def _make_trainer_class():
@@ -94,12 +97,12 @@ def _make_trainer_class():
         """The generic distillation step. A method with an objective of its own (safety.reapply's SafetyTrainer)
         subclasses it and overrides `objective`; normalisation, on-policy sampling and the token count stay here."""
 
-        def __init__(self, *args, teacher, loss_cfg: LossConfig, cfg: TrainConfig, pad_id: int, eos_id: int,
+        def __init__(self, *args, teacher, loss_cfg: LossConfig, cfg: TrainConfig, pad_id: int, eos_ids: list[int],
                      cache=None, **kw):
             super().__init__(*args, **kw)
             self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
             self.cache = cache
-            self.loss_cfg, self.cfg, self.pad_id, self.eos_id = loss_cfg, cfg, pad_id, eos_id
+            self.loss_cfg, self.cfg, self.pad_id, self.eos_ids = loss_cfg, cfg, pad_id, set(eos_ids)
             self.model_accepts_loss_kwargs = True  # we use num_items_in_batch ourselves (see compute_loss)
             self.tokens_seen = 0
             self._policy_step, self._policy_on = -1, False
@@ -134,12 +137,13 @@ def _make_trainer_class():
             room = max(1, min(self.cfg.on_policy_max_new_tokens, self.cfg.max_length - width))
             out = unwrapped.generate(left, attention_mask=mask, max_new_tokens=room, do_sample=True,
                                      temperature=self.cfg.on_policy_temperature, top_k=0, top_p=1.0,
-                                     pad_token_id=self.pad_id, eos_token_id=self.eos_id)
+                                     pad_token_id=self.pad_id, eos_token_id=list(self.eos_ids))
             examples = []
             for row, p in enumerate(prompts):
                 new = out[row, width:].tolist()
-                if self.eos_id in new:
-                    new = new[: new.index(self.eos_id) + 1]
+                stop = next((n for n, t in enumerate(new) if t in self.eos_ids), None)
+                if stop is not None:
+                    new = new[: stop + 1]
                 full = p + new
                 lab = [IGNORE] * len(full)
                 for t in range(len(p) - 1, len(full) - 1):
@@ -297,6 +301,8 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
     if trainer_factory is not None:
         cls, extra_kw = trainer_factory(cls, args.device)
     collate_fn = collator or collate
+    from edgedistill.models.families import end_of_generation_ids
+
     trainer = cls(
         model=student,
         args=args,
@@ -307,7 +313,7 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
         loss_cfg=loss_cfg,
         cfg=cfg,
         pad_id=pad,
-        eos_id=s_tok.eos_token_id,
+        eos_ids=end_of_generation_ids(student, s_tok),
         callbacks=_callbacks(cfg, run_dir / "metrics.jsonl", progress, trainer_ref) + list(extra_callbacks),
         **extra_kw,
     )
@@ -365,6 +371,7 @@ def agreement_with_teacher(teacher, student, examples: list[dict], pad_id: int, 
         ids, mask = b["input_ids"], b["attention_mask"]
         t = teacher(input_ids=ids.to(teacher.device), attention_mask=mask.to(teacher.device)).logits
         s = student(input_ids=ids.to(student.device), attention_mask=mask.to(student.device)).logits
+        s, t = shared_rows(s, t)
         t, s = torch.log_softmax(t.float().cpu(), -1), torch.log_softmax(s.float().cpu(), -1)
         m = b["labels"] != IGNORE  # (B, T)
         kl = (t.exp() * (t - s)).sum(-1)  # (B, T)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedistill.engines import Answer, Engine, EngineError, EngineSpec, log_softmax, register, topk_rows
+from edgedistill.runtime.gguf import eog_ids
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,7 @@ class LlamaCppEngine(Engine):
         self._vocab = llama_cpp.llama_model_get_vocab(self._model.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.context = self._model.n_ctx_train()
-        self.eog = {self.tokenizer.eos_token_id} | {t for t in range(self.n_vocab)
-                                                     if llama_cpp.llama_vocab_is_eog(self._vocab, t)}
+        self.eog = {self.tokenizer.eos_token_id} | eog_ids(self._model.model)
 
     def _context(self, n_ctx: int, n_seq: int):
         import llama_cpp

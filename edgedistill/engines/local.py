@@ -20,7 +20,10 @@ def answers(model, tokenizer, conversations: Sequence[Sequence[dict]], settings,
     encoded, too_long, todo = plan(tokenizer, conversations, max_prompt_tokens)
     for i in too_long:
         yield Answer(i, None, 0, "prompt_too_long")
-    eos = tokenizer.eos_token_id
+    from edgedistill.models.families import end_of_generation_ids
+
+    ends = end_of_generation_ids(model, tokenizer)  # Gemma's <end_of_turn>, Llama 3's <|eot_id|>, ... with eos
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else ends[0]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     if settings.do_sample:
         torch.manual_seed(settings.seed)
@@ -29,7 +32,7 @@ def answers(model, tokenizer, conversations: Sequence[Sequence[dict]], settings,
         ids, mask = left_pad([encoded[i] for i in idx], pad)  # (B, T)
         width = ids.shape[1]
         kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample, pad_token_id=pad,
-                      eos_token_id=eos, return_dict_in_generate=True, output_logits=logprobs > 0)
+                      eos_token_id=ends, return_dict_in_generate=True, output_logits=logprobs > 0)
         if settings.do_sample:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
         else:
@@ -40,8 +43,9 @@ def answers(model, tokenizer, conversations: Sequence[Sequence[dict]], settings,
         steps = torch.stack(out.logits, 1).float().log_softmax(-1).numpy() if logprobs else None  # (B, n, V)
         for row, i in enumerate(idx):
             toks = new[row].tolist()
-            if eos in toks:
-                n, finish = toks.index(eos), "stop"
+            stop = next((n for n, t in enumerate(toks) if t in ends), None)
+            if stop is not None:
+                n, finish = stop, "stop"
                 kept = toks[: n + 1]
             else:
                 toks = [t for t in toks if t != pad] if pad != eos else toks

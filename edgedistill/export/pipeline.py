@@ -164,6 +164,7 @@ def calibration_text(data_dir: Path | None, tokenizer) -> str:
     Validation reads the domain texts, never these prompts, so the matrix is not fitted to what judges it."""
     from edgedistill.data import default_data_dir
     from edgedistill.data.load import load_prompts
+    from edgedistill.models.generate import prompt_text
 
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     files = sorted(data_dir.glob("*/prompts/train.jsonl"))
@@ -172,11 +173,7 @@ def calibration_text(data_dir: Path | None, tokenizer) -> str:
     parts = []
     for f in files:
         for p in load_prompts(f)[0]:
-            msgs = list(p.messages)
-            if getattr(tokenizer, "chat_template", None):
-                parts.append(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
-            else:
-                parts.append("\n".join(m["content"] for m in msgs))
+            parts.append(prompt_text(tokenizer, p.messages))
     return "\n".join(parts)
 
 

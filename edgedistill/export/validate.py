@@ -177,11 +177,7 @@ def greedy_prompts(tokenizer) -> list[list[int]]:
     out = []
     for text in GREEDY_PROMPTS:
         msgs = [{"role": "user", "content": text}]
-        if tokenizer.chat_template:
-            ids = chat_ids(tokenizer, msgs)
-        else:
-            ids = tokenizer(text)["input_ids"]
-        out.append(list(ids))
+        out.append(chat_ids(tokenizer, msgs))
     return out
 
 

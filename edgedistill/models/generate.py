@@ -2,22 +2,48 @@
 
 from __future__ import annotations
 
-from edgedistill.errors import InvalidModelError
+
+
+def prompt_text(tokenizer, messages) -> str:
+    """`messages` as the model reads them before its reply: rendered with its chat template, or, for a base model
+    without one, as a plain completion prompt (the contents joined by newlines, as the runtime renders it)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    from edgedistill.runtime.text import render
+
+    return render(None, list(messages), {})
+
+
+def turn_end(tokenizer) -> str:
+    """The token that closes the model's turn: the first special token its chat template writes after an
+    assistant message (Gemma's <end_of_turn>, Llama 3's <|eot_id|>, Phi-3's <|end|>, ChatML's <|im_end|>), or eos
+    for a model without a template. Training responses end with it, as the teacher's own turns do."""
+    eos = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        return eos
+    marker = "edgedistill-reply-7f3a"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}],
+                                             tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render an assistant turn: fall back to eos
+        return eos
+    tail = text.split(marker, 1)[1] if marker in text else ""
+    specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    specials |= set(tokenizer.all_special_tokens) | {eos}
+    found = [(tail.find(s), s) for s in specials if s and s in tail]
+    return min(found)[1] if found else eos
 
 
 def chat_ids(tokenizer, messages) -> list[int]:
-    """Token ids of `messages` rendered with the model's chat template, ready for the reply (the rendered text
-    holds its own special tokens, so none are added when it is encoded)."""
-    text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    """Token ids of `messages` rendered for the reply (prompt_text; the rendered text holds its own special
+    tokens, so none are added when it is encoded)."""
+    return list(tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"])
 
 
 def chat_input_ids(tokenizer, prompt: str, system: str | None = None):
     """Token ids (1, T) of one user turn rendered with the model's chat template, ready for the reply."""
     import torch
 
-    if not tokenizer.chat_template:
-        raise InvalidModelError("this model has no chat template; give it one in tokenizer_config.json")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     return torch.tensor([chat_ids(tokenizer, messages)])
 
@@ -27,6 +53,7 @@ def answer(model_spec, prompt: str, *, max_new_tokens: int = 64, system: str | N
     """The model's greedy reply to `prompt`. `loaded` = (model, tokenizer) skips loading."""
     import torch
 
+    from edgedistill.models.families import end_of_generation_ids
     from edgedistill.models.locate import load_model
 
     model, tokenizer = loaded or load_model(model_spec, trust_remote_code=trust_remote_code)
@@ -38,5 +65,6 @@ def answer(model_spec, prompt: str, *, max_new_tokens: int = 64, system: str | N
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=end_of_generation_ids(model, tokenizer),
         )
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()

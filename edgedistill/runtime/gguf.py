@@ -10,6 +10,15 @@ from edgedistill.runtime import GenerationConfig, LoadedModel
 from edgedistill.runtime.text import chat_template
 
 
+def eog_ids(model) -> set[int]:
+    """Every id llama.cpp ends generation on for this model: eos, end-of-turn (Gemma's <end_of_turn>, Llama 3's
+    <|eot_id|>, Phi-3's <|end|>, ChatML's <|im_end|>) and the others its vocabulary marks."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    return {t for t in range(llama_cpp.llama_vocab_n_tokens(vocab)) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+
+
 class GGUFModel(LoadedModel):
     def __init__(self, path: Path, manifest: dict, threads: int | None = None, n_ctx: int = 2048):
         import llama_cpp
@@ -18,7 +27,7 @@ class GGUFModel(LoadedModel):
         self.llm = llama_cpp.Llama(str(path / manifest["model_file"]), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
                                    verbose=False)
         self.template, self.special = chat_template(path)
-        self.eos_ids = {self.llm.token_eos()}
+        self.eos_ids = eog_ids(self.llm.model)
 
     def encode(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode(), add_bos=False, special=True)

@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from edgedistill.models.generate import prompt_text
 from edgedistill.safety.judge import REFUSALS
 
 
@@ -24,7 +25,7 @@ def scores(model, tok, prompts, text: str) -> torch.Tensor:
     want = tok(text, add_special_tokens=False).input_ids
     out = []
     for p in prompts:
-        chat = tok.apply_chat_template(list(p.messages), tokenize=False, add_generation_prompt=True)
+        chat = prompt_text(tok, p.messages)
         ids = tok(chat, add_special_tokens=False).input_ids
         x = torch.tensor([ids + want], device=model.device)
         logp = model(input_ids=x).logits[0].float().log_softmax(-1)

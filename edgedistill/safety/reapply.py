@@ -116,16 +116,18 @@ def encode_records(tokenizer, records: Sequence[dict], max_length: int) -> list[
     unlikelihood term: where the response and the text it must not become part ways), `group` (kind/category:
     the decision hint's groups) and `refuse` (a refusal: the refusal weight)."""
     from edgedistill.distill.dataset import encode
+    from edgedistill.models.generate import turn_end
     from edgedistill.tensors import IGNORE
 
+    end = turn_end(tokenizer)
     by_id = {r["id"]: r for r in records}
     examples = encode(tokenizer, records, max_length).examples
     for ex in examples:
         rec = by_id[ex["id"]]
         start = next(t for t, x in enumerate(ex["labels"]) if x != IGNORE)  # last prompt position
         if rec.get("avoid"):
-            r_ids = tokenizer(rec["response"] + tokenizer.eos_token, add_special_tokens=False).input_ids
-            a_ids = tokenizer(rec["avoid"] + tokenizer.eos_token, add_special_tokens=False).input_ids
+            r_ids = tokenizer(rec["response"] + end, add_special_tokens=False).input_ids
+            a_ids = tokenizer(rec["avoid"] + end, add_special_tokens=False).input_ids
             j = next((j for j, (a, r) in enumerate(zip(a_ids, r_ids)) if a != r), None)
             if j is not None and start + j < len(ex["input_ids"]) - 1:
                 ex["avoid"] = [start + j, a_ids[j]]  # position, token to push down there

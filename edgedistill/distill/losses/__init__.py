@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from edgedistill.distill.losses import forward_kl, jsd, reverse_kl, skew_kl, tvd  # noqa: F401  (register)
-from edgedistill.distill.losses.base import bins, check_params, get, losses, masked_mean, masked_sum
+from edgedistill.distill.losses.base import bins, check_params, get, losses, masked_mean, masked_sum, shared_rows
 from edgedistill.errors import EdgeDistillError
 
 
@@ -54,4 +54,5 @@ def per_token_objective(cfg: LossConfig, student_logits: torch.Tensor, teacher, 
     return out
 
 
-__all__ = ["LossConfig", "bins", "get", "losses", "masked_mean", "masked_sum", "per_token_objective"]
+__all__ = ["LossConfig", "bins", "get", "losses", "masked_mean", "masked_sum", "per_token_objective",
+           "shared_rows"]

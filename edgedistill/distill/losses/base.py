@@ -86,6 +86,12 @@ def log_mix(a_logp: torch.Tensor, b_logp: torch.Tensor, w: float) -> torch.Tenso
     return torch.logaddexp(a_logp + math.log(w), b_logp + math.log1p(-w))
 
 
+def shared_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both logits cut to the output rows both models have (padded vocabularies of one tokenizer)."""
+    v = min(student_logits.shape[-1], teacher_logits.shape[-1])
+    return student_logits[..., :v], teacher_logits[..., :v]
+
+
 def bins(student_logits: torch.Tensor, teacher: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
          temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Aligned float32 log-probabilities (student, teacher).
@@ -94,9 +100,11 @@ def bins(student_logits: torch.Tensor, teacher: torch.Tensor | tuple[torch.Tenso
     (B, T, k)) from the logit cache. For top-k both distributions are collapsed to k+1 bins: the k teacher
     tokens and "everything else", so every divergence stays finite and exact on that partition.
     """
-    s_logp = torch.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, T, V)
     if isinstance(teacher, torch.Tensor):
-        return s_logp, torch.log_softmax(teacher.float() / temperature, dim=-1)
+        student_logits, teacher = shared_rows(student_logits, teacher)
+        return (torch.log_softmax(student_logits.float() / temperature, dim=-1),
+                torch.log_softmax(teacher.float() / temperature, dim=-1))
+    s_logp = torch.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, T, V)
     t_topk, ids = teacher
     t_topk = t_topk.float()
     if temperature != 1.0:
@@ -105,7 +113,9 @@ def bins(student_logits: torch.Tensor, teacher: torch.Tensor | tuple[torch.Tenso
     t_rest = torch.log1p(-t_topk.exp().sum(-1).clamp(max=1 - 1e-6))  # (B, T)
     t = torch.cat([t_topk, t_rest.unsqueeze(-1)], -1)
     t = t - torch.logsumexp(t, -1, keepdim=True)  # (B, T, k+1), sums to 1
-    s_topk = s_logp.gather(-1, ids.long())  # (B, T, k)
+    ids = ids.long()
+    outside = ids >= s_logp.shape[-1]  # a padded row the student does not have: a probability it cannot give
+    s_topk = s_logp.gather(-1, ids.masked_fill(outside, 0)).masked_fill(outside, -30.0)  # (B, T, k)
     s_rest = torch.log1p(-s_topk.exp().sum(-1).clamp(max=1 - 1e-6))
     return torch.cat([s_topk, s_rest.unsqueeze(-1)], -1), t
 
