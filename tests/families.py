@@ -52,9 +52,9 @@ class TinyFamily:
     config: Callable  # (vocab_size, special ids) -> a transformers config
     tok: Tok
     vocab_pad: int = 0  # config.vocab_size rows past the tokenizer (Qwen2.5 pads its embedding)
-    supports: dict = field(default_factory=dict)
+    layers: int = 4
 
-    def build(self, out: Path, *, layers: int = 4, seed: int = 0) -> Path:
+    def build(self, out: Path, *, layers: int | None = None, seed: int = 0) -> Path:
         import torch
         from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -62,7 +62,7 @@ class TinyFamily:
         tok = build_tokenizer(self.tok, out)
         ids = {name: tok.convert_tokens_to_ids(getattr(self.tok, name)) for name in ("bos", "eos", "pad")}
         end = sorted({ids["eos"], tok.convert_tokens_to_ids(self.tok.end_of_turn)})
-        cfg = self.config(vocab_size=len(tok) + self.vocab_pad, layers=layers)
+        cfg = self.config(vocab_size=len(tok) + self.vocab_pad, layers=layers or self.layers)
         cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = ids["bos"], end if len(end) > 1 else end[0], ids["pad"]
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
@@ -195,9 +195,9 @@ TINY: dict[str, TinyFamily] = {f.name: f for f in [
     TinyFamily("qwen2", _qwen2, _QWEN_TOK, vocab_pad=61),
     TinyFamily("qwen3", _qwen3, _QWEN_TOK),
     TinyFamily("gemma2", _gemma2, _GEMMA_TOK),
-    TinyFamily("gemma3", _gemma3, _GEMMA_TOK),
+    TinyFamily("gemma3", _gemma3, _GEMMA_TOK, layers=7),  # five sliding-window layers, a global one, a sliding one
     TinyFamily("phi3", _phi3, Tok("spm", ("<unk>", "<s>", "</s>", "<|endoftext|>", "<|user|>", "<|assistant|>",
                                           "<|end|>"),
                                   bos="<s>", eos="<|endoftext|>", pad="<|endoftext|>", unk="<unk>", end_of_turn="<|end|>",
-                                  template=PHI3, extra={"rstrip": ("<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>")})),
+                                  template=PHI3, extra={"rstrip": ("<|user|>", "<|assistant|>", "<|end|>")})),
 ]}

@@ -165,6 +165,12 @@ def check_shape(model, shape: StudentShape) -> StudentShape:
             f"heads={full.heads} with kv_heads={full.kv_heads} needs {full.heads / full.kv_heads:g} query heads per "
             f"key/value head; the teacher has {group} per group, so heads must be kv_heads x 1..{group}"
         )
+    from edgedistill.models.families import family_of
+
+    if family_of(cfg, "pruning").attention_is_hidden and full.heads * head_dim != full.hidden:
+        problems.append(f"a {cfg.model_type} student needs heads x head_dim = hidden (llama.cpp's {cfg.model_type} "
+                        f"loader sizes attention by the hidden size): heads={full.heads} x {head_dim} != "
+                        f"hidden={full.hidden}; choose hidden={full.heads * head_dim} or heads=hidden/{head_dim}")
     if problems:
         raise EdgeDistillError("; ".join(problems))
     _pick_layers([0.0] * cfg.num_hidden_layers, full.layers, *_student_pattern(model, full.layers))  # feasible?
@@ -380,7 +386,7 @@ def derive_student(teacher: str, shape: StudentShape, texts: Sequence[str], out_
                    max_tokens: int = 16384, progress=None, loaded=None, extra_files: dict | None = None) -> Path:
     """Prune `teacher` to `shape` using importance measured on `texts`; save an HF directory with pruning.json
     (`extra_files`: name -> a function that writes that file, inside the same atomic step)."""
-    from edgedistill.models.locate import load_model
+    from edgedistill.models.locate import load_model, save_tokenizer
     from edgedistill.paths import atomic_dir
 
     out_dir = Path(out_dir)
@@ -394,7 +400,7 @@ def derive_student(teacher: str, shape: StudentShape, texts: Sequence[str], out_
     student = apply_plan(model, p)
     with atomic_dir(out_dir) as tmp:
         student.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         record = {
             "teacher": str(teacher),
             "teacher_parameters": model.num_parameters(),

@@ -218,7 +218,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     from edgedistill.distill import logit_cache as lc
     from edgedistill.distill.dataset import encode, load_generations
     from edgedistill.distill.train import agreement_with_teacher, train
-    from edgedistill.models.locate import load_model, load_tokenizer
+    from edgedistill.models.locate import load_model, load_tokenizer, save_tokenizer
     from edgedistill.paths import atomic_dir, check_writable_dir
 
     say = echo or log.info
@@ -279,7 +279,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     report["loss"], report["train"] = loss_cfg.__dict__, cfg.__dict__
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        s_pair[1].save_pretrained(tmp)
+        save_tokenizer(s_pair[1], tmp)
         (tmp / "distill.json").write_text(json.dumps(report, indent=2) + "\n")
         write_settings(s, tmp / "settings.yaml")
     write_settings(s, out / "settings.yaml")

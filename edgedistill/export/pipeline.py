@@ -114,6 +114,7 @@ def export_model(spec: str, out: Path, settings: ExportSettings,
 
 def _export(spec: str, out: Path, settings: ExportSettings, schemes, step) -> list[VariantResult]:
     from edgedistill.models import load_model, resolve
+    from edgedistill.models.locate import save_tokenizer
 
     for s in schemes:
         if (out / bundle_name(s)).exists():
@@ -130,7 +131,7 @@ def _export(spec: str, out: Path, settings: ExportSettings, schemes, step) -> li
         if ref.kind != "hf_dir":  # the ONNX builder and bitsandbytes read a directory: write the float32 model once
             model_dir = work / "source"
             model.save_pretrained(model_dir, safe_serialization=True)
-            tokenizer.save_pretrained(model_dir)
+            save_tokenizer(tokenizer, model_dir)
         imatrix_text = None
         if any(s.format == "gguf" for s in schemes):
             from edgedistill.formats.gguf import check_model_dir
@@ -191,7 +192,9 @@ def _one_variant(s: Scheme, ctx: BuildContext, out: Path, settings: ExportSettin
             ctx.out_dir = tmp
             main = s.build(ctx)
             if not (tmp / "tokenizer.json").exists():
-                ctx.tokenizer.save_pretrained(tmp)
+                from edgedistill.models.locate import save_tokenizer
+
+                save_tokenizer(ctx.tokenizer, tmp)
             step(f"{s.key}: validating in {s.runtime}")
             metrics = _validate(s, main, ctx, chunks, reference, settings)
             reasons = _over_tolerance(s, metrics)

@@ -117,11 +117,16 @@ def convert(model_dir: Path, out: Path, *, dtype: str = "f16", name: str | None 
     if dtype not in OUT_TYPES:
         raise UnsupportedError(f"GGUF conversion writes {' or '.join(OUT_TYPES)}, not {dtype!r}; other types are "
                                "quantized from f16")
-    check_model_dir(model_dir)
+    from edgedistill.models.families import find_family
+
+    fam = find_family(check_model_dir(model_dir))
+    name = name or Path(model_dir).name
+    if fam and fam.gguf_name_tag and fam.gguf_name_tag not in name.lower().replace("-", ""):
+        name = f"{name}-{fam.gguf_name_tag}"  # llama.cpp keys the family's token rules on the name
     with tempfile.TemporaryDirectory(prefix="edgedistill-gguf-view-") as tmp:
         view = _converter_view(Path(model_dir), Path(tmp))
         args = [str(view), "--outfile", str(out), "--outtype", dtype]
-        args += ["--model-name", name or Path(model_dir).name]
+        args += ["--model-name", name]
         proc = _run(args, fallback=_fallback_pre(Path(model_dir)))
     log.debug("llama.cpp converter:\n%s", proc.stderr)
     if proc.returncode != 0 or not Path(out).is_file():
@@ -157,7 +162,9 @@ def write_gguf(model, tokenizer, out: Path, *, dtype: str = "f16", name: str = "
     folder first: the converter reads folders)."""
     with tempfile.TemporaryDirectory(prefix="edgedistill-gguf-src-") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        from edgedistill.models.locate import save_tokenizer
+
+        save_tokenizer(tokenizer, Path(tmp))
         return convert(Path(tmp), out, dtype=dtype, name=name)
 
 

@@ -41,8 +41,8 @@ def check_model(config: dict) -> None:
 
 
 # The builder in a child process, as `python -m onnxruntime_genai.models.builder` but for one shim: its Gemma 3
-# path reads `config.rope_theta` and `config.rope_local_base_freq`, which transformers 5 keeps per layer type in
-# `rope_parameters`; the config the builder loads gets both back from there.
+# path reads `config.rope_theta`, `config.rope_local_base_freq` and one flat `rope_parameters`, which transformers 5
+# keeps per layer type in `rope_parameters`; the config the builder loads gets them back from there.
 _DRIVER = r"""
 import runpy, sys
 import transformers
@@ -56,6 +56,7 @@ def from_pretrained(cls, *args, **kwargs):
     if "sliding_attention" in rope and "full_attention" in rope:
         text.rope_theta = rope["full_attention"]["rope_theta"]
         text.rope_local_base_freq = rope["sliding_attention"]["rope_theta"]
+        text.rope_parameters = dict(rope["full_attention"])  # the builder reads one flat set (its scaling type)
     return config
 
 transformers.AutoConfig.from_pretrained = classmethod(from_pretrained)

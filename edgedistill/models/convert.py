@@ -14,6 +14,7 @@ from pathlib import Path
 from edgedistill import __version__
 from edgedistill.errors import InvalidModelError
 from edgedistill.models import gguf_file
+from edgedistill.models.locate import save_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def convert_gguf_to_hf(path: Path, out_dir: Path, *, source: dict | None = None)
     model, tokenizer = load_gguf(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    save_tokenizer(tokenizer, out_dir)
     provenance = {"converted_from": Path(path).name, "edgedistill_version": __version__, "conversion": CONVERSION,
                   **(source or {})}
     (out_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")

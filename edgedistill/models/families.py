@@ -23,6 +23,12 @@ class Family:
     # embeddings multiplied by sqrt(hidden size), and block outputs normed before the residual (Gemma): pruning
     # the hidden size rescales the post-norms so the residual stream keeps its proportions
     scaled_embeddings: bool = False
+    # llama.cpp's loader for this architecture sizes the attention projections by the hidden size, so a pruned
+    # student must keep heads x head_dim == hidden (Qwen2, Phi-3); elsewhere the widths are free
+    attention_is_hidden: bool = False
+    # llama.cpp gives this family's special tokens their whitespace rules (Phi-3's rstrip) only when the GGUF's
+    # general.name contains this tag: the converter's name for a student gets it
+    gguf_name_tag: str | None = None
     # the reason onnxruntime-genai's model builder cannot write this family; None: it can
     onnx_refused: str | None = None
 
@@ -30,11 +36,11 @@ class Family:
 FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("llama", ("llama",)),
     Family("mistral", ("mistral",)),
-    Family("qwen2", ("qwen2",)),
+    Family("qwen2", ("qwen2",), attention_is_hidden=True),
     Family("qwen3", ("qwen3",)),
     Family("gemma2", ("gemma2",), swa_period=2, scaled_embeddings=True),
     Family("gemma3", ("gemma3_text",), swa_period=6, scaled_embeddings=True),
-    Family("phi3", ("phi3",)),
+    Family("phi3", ("phi3",), attention_is_hidden=True, gguf_name_tag="phi3"),
 ]}
 
 _BY_TYPE = {t: f for f in FAMILIES.values() for t in f.model_types}
@@ -42,12 +48,18 @@ _BY_TYPE = {t: f for f in FAMILIES.values() for t in f.model_types}
 
 def family_of(config, stage: str) -> Family:
     """The family of a transformers config (or its dict); `stage` names what needs it, for the message."""
-    model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
-    fam = _BY_TYPE.get(model_type)
+    fam = find_family(config)
     if fam is None:
+        model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
         raise UnsupportedError(f"{stage} does not support {model_type!r} models; it supports the families "
                                f"{', '.join(FAMILIES)} (see the README's family table)")
     return fam
+
+
+def find_family(config) -> Family | None:
+    """The family of a config (or its dict), None when none is registered."""
+    model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+    return _BY_TYPE.get(model_type)
 
 
 def swa_pattern(fam: Family, layers: int) -> list[str] | None:

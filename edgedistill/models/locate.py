@@ -151,3 +151,24 @@ def load_model(spec: str | ModelRef, *, dtype=None, trust_remote_code: bool = Fa
         raise InvalidModelError(f"cannot load {ref.spec}: {str(e).splitlines()[0]}") from None
     model.eval()
     return model, tokenizer
+
+
+# SentencePiece model files: transformers 5 loads them but writes only tokenizer.json, while llama.cpp's converter
+# reads a SentencePiece tokenizer (Gemma, Phi-3, Mistral) from tokenizer.model.
+_ORIGINAL_TOKENIZER_FILES = ("tokenizer.model",)
+
+
+def save_tokenizer(tokenizer, out_dir: Path) -> None:
+    """tokenizer.save_pretrained, plus the original tokenizer files transformers no longer writes, copied from
+    the folder the tokenizer was loaded from."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    sources = [Path(p).parent for p in [getattr(tokenizer, "vocab_file", None),
+                                        getattr(tokenizer, "init_kwargs", {}).get("vocab_file")] if p]
+    sources.append(Path(getattr(tokenizer, "name_or_path", "") or "."))
+    for name in _ORIGINAL_TOKENIZER_FILES:
+        src = next((d / name for d in sources if (d / name).is_file()), None)
+        if src is not None and not (out_dir / name).exists():
+            shutil.copy2(src, out_dir / name)

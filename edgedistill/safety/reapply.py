@@ -278,7 +278,9 @@ def reapply(s: ReapplySettings, *, teacher=None, progress=None, resume: bool = F
             best.rename(tmp)
         else:
             model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
+            from edgedistill.models.locate import save_tokenizer
+
+            save_tokenizer(tok, tmp)
         (tmp / "reapply.json").write_text(json.dumps(report, indent=2) + "\n")
         write_settings(s, tmp / "settings.yaml")
     write_settings(s, out / "settings.yaml")

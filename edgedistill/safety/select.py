@@ -47,7 +47,9 @@ def checkpoint_picker(prompts: Sequence[SafetyPrompt], tokenizer, every: int, be
                 shutil.rmtree(nxt, ignore_errors=True)
                 with atomic_dir(nxt) as tmp:  # a failed save leaves the previous best as it was
                     model.save_pretrained(tmp, safe_serialization=True)
-                    tokenizer.save_pretrained(tmp)
+                    from edgedistill.models.locate import save_tokenizer
+
+                    save_tokenizer(tokenizer, tmp)
                 shutil.rmtree(final, ignore_errors=True)
                 nxt.rename(final)
                 self.best = entry
