@@ -201,3 +201,44 @@ TINY: dict[str, TinyFamily] = {f.name: f for f in [
                                   bos="<s>", eos="<|endoftext|>", pad="<|endoftext|>", unk="<unk>", end_of_turn="<|end|>",
                                   template=PHI3, extra={"rstrip": ("<|user|>", "<|assistant|>", "<|end|>")})),
 ]}
+
+
+def build_chatty(name: str, out: Path, *, steps: int = 200, seed: int = 0) -> tuple[Path, dict[str, str]]:
+    """A tiny model of family `name` fitted to reply to each question with one corpus sentence, close its turn
+    with the family's end-of-turn token and then, as an unstopped model would, go on with an invented user turn
+    and eos. Returns the folder and {question: the reply}."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    fam = TINY[name]
+    fam.build(out, layers=2, seed=seed)
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    sentences = sorted(set(_CORPUS))
+    replies = {f"Question {i}?": s for i, s in enumerate(sentences)}
+    rows = []
+    for q, s in replies.items():
+        prompt = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+        full = tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": s},
+                                        {"role": "user", "content": "Invented question?"}], tokenize=False)
+        p = tok(prompt, add_special_tokens=False).input_ids
+        rows.append((p, tok(full[len(prompt):] + fam.tok.eos, add_special_tokens=False).input_ids))
+    width = max(len(p) + len(r) for p, r in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for n, (p, r) in enumerate(rows):
+        ids[n, : len(p) + len(r)] = torch.tensor(p + r)
+        labels[n, len(p) : len(p) + len(r)] = torch.tensor(r)
+        mask[n, : len(p) + len(r)] = 1
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    return out, replies

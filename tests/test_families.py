@@ -73,3 +73,71 @@ def test_the_whole_trip(name, tmp_path):
             got = list(m.generate_ids(ids, runtime.GenerationConfig(max_tokens=12, temperature=0, ignore_eos=True)))
         n = 4 if "q8_0" in r.path.name else 12  # 8-bit weights may flip a near-tie later in a random model
         assert got[:n] == want[:n], (r.path.name, got, want)
+
+
+@pytest.mark.parametrize("engine", ["torch", "llama.cpp"])
+def test_teacher_data_ends_at_the_end_of_turn_not_at_eos(engine, tmp_path):
+    """A Llama-3-style teacher closes its turn with <|eot_id|>, not eos (<|end_of_text|>), and, left to run,
+    invents the user's next turn. Every engine stops at the end of turn, the answers hold no invented turn, and
+    the training examples end where the teacher's turn ends."""
+    from edgedistill.data.stage import GenerateSettings, generate_data
+    from edgedistill.distill.dataset import encode
+    from edgedistill.models import load_model
+    from tests.families import build_chatty
+
+    teacher, replies = build_chatty("llama", tmp_path / "teacher")
+    tok = load_model(str(teacher))[1]
+    assert tok.eos_token == "<|end_of_text|>"
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "messages": [{"role": "user", "content": q}]}) + "\n"
+                               for i, q in enumerate(replies)))
+    generate_data(GenerateSettings(teacher=str(teacher), prompts=[prompts], out=tmp_path / "gen.jsonl",
+                                   max_new_tokens=60, batch_size=4, teacher_engine=engine))
+    records = [json.loads(x) for x in (tmp_path / "gen.jsonl").read_text().splitlines()]
+    assert [r["finish_reason"] for r in records] == ["stop"] * len(replies)
+    assert [r["response"] for r in records] == list(replies.values())  # no "Invented question?"
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    assert all(e["input_ids"][-1] == eot for e in encode(tok, records, 128).examples)
+
+
+def test_every_bundle_stops_at_the_end_of_turn(tmp_path):
+    from edgedistill import runtime
+    from edgedistill.export.pipeline import ExportSettings, export_model
+    from tests.families import build_chatty
+
+    teacher, replies = build_chatty("llama", tmp_path / "teacher")
+    results = export_model(str(teacher), tmp_path / "bundles",
+                           ExportSettings(variants=["gguf:f16", "onnx:fp32"], chunks=1, chunk_len=32))
+    q, want = next(iter(replies.items()))
+    for r in results:
+        with runtime.load(r.path) as m:
+            assert m.chat([{"role": "user", "content": q}], max_tokens=60, temperature=0) == want, r.path.name
+
+
+def test_a_base_model_without_a_chat_template_makes_the_trip_with_plain_prompts(tmp_path):
+    from edgedistill import runtime
+    from edgedistill.data.stage import GenerateSettings, generate_data
+    from edgedistill.distill.dataset import encode
+    from edgedistill.export.pipeline import ExportSettings, export_model
+    from edgedistill.models import load_model
+    from edgedistill.models.generate import chat_ids
+
+    base = TINY["llama"].build(tmp_path / "base")
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    conf = json.loads((base / "tokenizer_config.json").read_text())
+    conf.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(conf))
+    tok = load_model(str(base))[1]
+    assert not tok.chat_template
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "messages": [{"role": "user", "content": "The capital of France"}]}) + "\n")
+    generate_data(GenerateSettings(teacher=str(base), prompts=[prompts], out=tmp_path / "gen.jsonl", max_new_tokens=8))
+    records = [json.loads(x) for x in (tmp_path / "gen.jsonl").read_text().splitlines()]
+    msgs = records[0]["messages"]
+    ex = encode(tok, records, 64).examples[0]
+    assert tok.decode(ex["input_ids"]).startswith("The capital of France\n")  # a completion prompt, no roles
+    assert ex["input_ids"][-1] == tok.eos_token_id
+    (result,) = export_model(str(base), tmp_path / "bundles", ExportSettings(variants=["gguf:f16"], chunks=1,
+                                                                             chunk_len=32))
+    with runtime.load(result.path) as m:
+        assert m.encode(m.render_chat(msgs)) == chat_ids(tok, msgs)
