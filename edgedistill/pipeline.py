@@ -21,9 +21,10 @@ from pathlib import Path
 
 from edgedistill.checked import read_json
 from edgedistill.engines import EngineSettings
-from edgedistill.errors import EdgeDistillError
+from edgedistill.errors import EdgeDistillError, UnsupportedError
 from edgedistill.models.registry import DEFAULT_TEACHER
 from edgedistill.paths import check_writable_dir, write_text_atomic
+from edgedistill.quantize import refusal
 from edgedistill.settings import Settings, setting
 from edgedistill.settings import write as write_settings
 
@@ -154,6 +155,17 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     _claim(out / "teacher.json", {"teacher": settings.teacher, "fingerprint": t_key})
     write_settings(settings, out / "settings.yaml")
     teacher_pair = None
+    # what the teacher's family cannot be exported to is known now: skipped with its reason, not an abort later
+    # (a student has the teacher's architecture)
+    skipped = {k: why for k in target.formats if (why := refusal(k, teacher_dir)) is not None}
+    for k, why in skipped.items():
+        echo(f"   skipping {k}: {why}")
+    formats = [k for k in target.formats if k not in skipped]
+    if not formats:
+        raise UnsupportedError(f"the {target.name} profile allows only {', '.join(target.formats)}, and this teacher "
+                               f"can be exported to none of them ({next(iter(skipped.values()))})")
+    reference = _follow_family(settings.reference, ["gguf:f16", "onnx:fp32"], teacher_dir)
+    comparison = _follow_family(settings.comparison, ["gguf:q4_k_m", "onnx:int4"], teacher_dir)
 
     def teacher():
         nonlocal teacher_pair
@@ -218,13 +230,13 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
 
     # 5. export: the student in every variant the profile allows (forced: the profile's floor decides, in the
     #    bench), and the teacher's reference and comparison files.
-    x_key = _key("export", d_key, target.formats, settings.reference, settings.comparison)
+    x_key = _key("export", d_key, formats, reference, comparison)
 
     def export(folder: Path) -> dict:
-        res = export_model(str(student), folder / "student", ExportSettings(variants=list(target.formats), force=True,
+        res = export_model(str(student), folder / "student", ExportSettings(variants=formats, force=True,
                                                                           target=target.name, data_dir=data_dir))
         teach = export_model(str(teacher_dir), folder / "teacher",
-                           ExportSettings(variants=[settings.reference, settings.comparison], data_dir=data_dir))
+                             ExportSettings(variants=[reference, comparison], data_dir=data_dir))
         return {"student": {r.key: r.passed for r in res}, "teacher": {r.key: r.passed for r in teach}}
 
     export_folder, exported = st.run("export", x_key, export)
@@ -233,13 +245,13 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     b_settings = BenchSettings(repeats=settings.bench_repeats, new_tokens=settings.bench_new_tokens,
                                eval_every=settings.eval_every, data_dir=data_dir)
     b_key = _key("bench", x_key, as_dict(target), asdict(b_settings))
-    teacher_ref = export_folder / "teacher" / settings.reference.replace(":", "-")
-    comparison = export_folder / "teacher" / settings.comparison.replace(":", "-")
+    teacher_ref = export_folder / "teacher" / reference.replace(":", "-")
+    comparison_dir = export_folder / "teacher" / comparison.replace(":", "-")
     candidates = sorted(d for d in (export_folder / "student").iterdir() if (d / "manifest.json").exists())
 
     def run_bench(folder: Path) -> dict:
         with progress() as p:
-            report = bench(candidates, target, folder, b_settings, teacher=teacher_ref, comparison=[comparison],
+            report = bench(candidates, target, folder, b_settings, teacher=teacher_ref, comparison=[comparison_dir],
                            progress=p)
         return {"chosen": report["chosen"]}
 
@@ -251,7 +263,8 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     chosen = rows.get(report["chosen"]) if report["chosen"] else None
     comp = next((r for r in report["variants"] if r.get("comparison")), None)
     summary = {"target": target.name, "run_folder": str(out), "stages": st.record, "student": distilled,
-               "chosen": None, "versus_teacher": None, "bench": str(bench_folder / "bench.md")}
+               "chosen": None, "versus_teacher": None, "bench": str(bench_folder / "bench.md"),
+               "skipped_variants": skipped}
     final = out / "final"
     shutil.rmtree(final, ignore_errors=True)
     if chosen:
@@ -271,6 +284,15 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
                                          data_dir)
     (out / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def _follow_family(wanted: str, fallbacks: list[str], teacher_dir: Path) -> str:
+    """`wanted` when the teacher's family can be exported to it, else the first of `fallbacks` it can."""
+    for key in [wanted, *fallbacks]:
+        if refusal(key, teacher_dir) is None:
+            return key
+    raise UnsupportedError(f"the teacher can be exported to none of {', '.join([wanted, *fallbacks])}: "
+                           f"{refusal(wanted, teacher_dir)}")
 
 
 def _safety_gate(st: Stages, key: str, bundle: Path, chosen: dict, target, target_spec: str, data_dir: Path) -> dict:

@@ -141,3 +141,35 @@ def test_a_base_model_without_a_chat_template_makes_the_trip_with_plain_prompts(
                                                                              chunk_len=32))
     with runtime.load(result.path) as m:
         assert m.encode(m.render_chat(msgs)) == chat_ids(tok, msgs)
+
+
+def _one_line_exit_2(proc, out, *words):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+    assert not out.exists()
+
+
+def test_what_a_family_cannot_do_is_refused_in_one_line_before_any_work(tmp_path):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from tests import tiny
+    from tests.conftest import run_cli
+
+    tok = tiny.build_tokenizer()
+    OPTForCausalLM(OPTConfig(num_hidden_layers=1, hidden_size=32, ffn_dim=64, num_attention_heads=2,
+                             word_embed_proj_dim=32, vocab_size=len(tok))).save_pretrained(tmp_path / "opt")
+    tok.save_pretrained(tmp_path / "opt")
+    out = tmp_path / "student"
+    _one_line_exit_2(run_cli("prune", str(tmp_path / "opt"), "--layers", "1", "--out", str(out)), out,
+                     "pruning does not support 'opt' models", "llama", "phi3")
+    phi3 = TINY["phi3"].build(tmp_path / "phi3")  # llama.cpp's phi3 loader: heads x head_dim must be the hidden size
+    _one_line_exit_2(run_cli("prune", str(phi3), "--hidden", "48", "--heads", "2", "--kv-heads", "1",
+                             "--out", str(out)), out, "heads x head_dim = hidden", "hidden=32")
+    gemma = TINY["gemma3"].build(tmp_path / "gemma3")
+    for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
+        (gemma / f).unlink()
+    bundles = tmp_path / "bundles"
+    _one_line_exit_2(run_cli("export", str(gemma), "--variant", "gguf:q8_0", "--out", str(bundles)), bundles,
+                     "tokenizer")

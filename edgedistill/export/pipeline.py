@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgedistill.errors import EdgeDistillError, InvalidModelError
+from edgedistill.errors import EdgeDistillError, InvalidModelError, UnsupportedError
 from edgedistill.export import validate as V
 from edgedistill.export.bundle import source_hash, write_manifest
 from edgedistill.paths import atomic_dir, ensure_writable_dir, remove_scratch, scratch_dir
 from edgedistill.settings import Settings, setting
 from edgedistill.settings import write as write_settings
-from edgedistill.quantize import BuildContext, Scheme, get
+from edgedistill.quantize import BuildContext, Scheme, get, refusal
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +133,10 @@ def _export(spec: str, out: Path, settings: ExportSettings, schemes, step) -> li
             model.save_pretrained(model_dir, safe_serialization=True)
             save_tokenizer(tokenizer, model_dir)
         imatrix_text = None
+        for s in schemes:  # an architecture a format cannot write fails now, not after the other variants
+            if (why := refusal(s.key, model_dir)) is not None:
+                raise UnsupportedError(f"{s.key}: {why}")
         if any(s.format == "gguf" for s in schemes):
-            from edgedistill.formats.gguf import check_model_dir
-
-            check_model_dir(model_dir)  # an architecture the converter does not know fails now, not after the others
             if settings.imatrix and any("imatrix" in s.options for s in schemes):
                 imatrix_text = calibration_text(settings.data_dir, tokenizer)  # no train prompts: fail before work
         source = _source_record(spec, ref, model_dir, model)

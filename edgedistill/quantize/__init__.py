@@ -96,3 +96,24 @@ def get(key: str) -> Scheme:
 
 def _first(fmt: str) -> str:
     return next((s.name for s in _SCHEMES.values() if s.format == fmt), "")
+
+
+def refusal(key: str, model_dir: Path) -> str | None:
+    """Why the transformers model in `model_dir` cannot be exported as variant `key`, in one line (None: it can):
+    an architecture llama.cpp's converter or onnxruntime-genai's builder does not write."""
+    import json
+
+    scheme = get(key)
+    try:
+        if scheme.format == "gguf":
+            from edgedistill.formats.gguf import check_model_dir
+
+            check_model_dir(Path(model_dir))
+        elif scheme.format == "onnx":
+            from edgedistill.formats.onnx import check_model
+
+            check_model(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")))
+    except UnsupportedError as e:
+        return str(e)
+    return None
+

@@ -82,3 +82,26 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     with pytest.raises(EdgeDistillError, match=r"made with teacher .*fingerprint [0-9a-f]{16}.*fingerprint [0-9a-f]{16}"):
         run_pipeline(settings, echo=lambda m: None)
     assert (out / "distill" / "stage.json").read_text() == stamp
+
+
+def test_run_skips_a_variant_the_teachers_family_cannot_be_exported_to(tmp_path, monkeypatch):
+    """A family the ONNX builder does not write: the profile's ONNX variant is skipped with its reason (echoed and
+    in run.json), and the run goes on with the rest instead of aborting at export."""
+    from edgedistill.formats import onnx
+
+    monkeypatch.setattr(onnx, "SUPPORTED_ARCHS", tuple(a for a in onnx.SUPPORTED_ARCHS if a != "llama"))
+    teacher = tiny.build_model_dir(tmp_path / "teacher", init_std=0.15, layers=3)
+    profile = tmp_path / "tinybox.yaml"
+    profile.write_text(PROFILE.split("safety_floor:")[0])
+    said = []
+    summary = run_pipeline(RunSettings(target=str(profile), out=tmp_path / "run", teacher=str(teacher), train_prompts=2,
+                                       val_prompts=1, max_new_tokens=8, layers=2, hw_friendly=False, steps=1,
+                                       batch_size=2, grad_accum=1, bench_repeats=1, bench_new_tokens=8, eval_every=0,
+                                       comparison="gguf:q8_0"), echo=said.append)
+    assert list(summary["skipped_variants"]) == ["onnx:int8"]
+    assert "ONNX export supports" in summary["skipped_variants"]["onnx:int8"]
+    assert any(m.strip().startswith("skipping onnx:int8: ONNX export supports") for m in said)
+    assert summary["chosen"] is None or summary["chosen"]["name"] == "student/gguf:q8_0"
+    report = json.loads((tmp_path / "run" / "bench" / "bench.json").read_text())
+    assert {r["key"] for r in report["variants"][2:]} == {"gguf:q8_0"}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["skipped_variants"] == summary["skipped_variants"]
