@@ -34,12 +34,14 @@ def list_cmd() -> None:
     from edgedistill.models.locate import is_pulled, pulled_path
 
     table = Table(title=f"models (cache: {paths.models_dir()})")
-    for col in ("name", "description", "pulled", "size"):
+    table.add_column("name", no_wrap=True)  # a name is typed back in: never broken across lines
+    for col in ("description", "license", "pulled", "size"):
         table.add_column(col)
     for name, m in sorted(known_models().items()):
         pulled = is_pulled(name)
         size = _human(paths.dir_size(pulled_path(name))) if pulled else "-"
-        table.add_row(name + (" (default)" if name == DEFAULT_TEACHER else ""), m.description, "yes" if pulled else "no", size)
+        table.add_row(name + (" (default)" if name == DEFAULT_TEACHER else ""), m.description, m.license or "-",
+                      "yes" if pulled else "no", size)
     Console().print(table)
 
 

@@ -156,16 +156,18 @@ class ONNXRunner:
 
         self.rt, self.folder = rt, Path(folder)
         self.model = rt.open_model(self.folder, threads)
+        self.window = rt.sliding_window(self.folder)
 
     def logits(self, chunks) -> list[np.ndarray]:
-        return [self.rt.prompt_logits(self.model, list(ids)) for ids in chunks]
+        return [self.rt.prompt_logits(self.model, list(ids), self.window) for ids in chunks]
 
     def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
         from edgedistill.runtime import GenerationConfig
 
         # no id is treated as the end here: the runtime itself stops after an end-of-generation id, which is kept,
         # as torch's generate and llama.cpp keep it
-        return list(self.rt.generate_ids(self.model, list(prompt_ids), GenerationConfig(max_tokens=n), set()))
+        return list(self.rt.generate_ids(self.model, list(prompt_ids), GenerationConfig(max_tokens=n), set(),
+                                             self.window))
 
     def close(self) -> None:
         self.model = None

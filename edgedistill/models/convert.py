@@ -38,7 +38,7 @@ def load_gguf(path: Path, *, dtype=None):
     if not meta.get("tokenizer.ggml.tokens"):
         raise InvalidModelError(f"{path.name} carries no tokenizer (no tokenizer.ggml.tokens); it cannot be a teacher")
     try:
-        tokenizer = gguf_file.build_tokenizer(None, meta)
+        tokenizer = gguf_file.build_tokenizer(None, meta) or gguf_file.build_sentencepiece_tokenizer(meta)
         if tokenizer is None:
             log.warning("tokenizer of %s rebuilt by transformers' generic GGUF converter", path.name)
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -140,3 +140,78 @@ def build_tokenizer(reader, meta: dict[str, Any] | None = None):
     if template:
         hf.chat_template = template
     return hf
+
+
+def sentencepiece_model(meta: dict[str, Any]) -> bytes | None:
+    """The SentencePiece model (tokenizer.model bytes) llama.cpp's "llama" tokenizer of this file implements: its
+    pieces, scores and piece types, BPE merging by score, byte fallback when it has byte pieces, and the file's
+    space-prefix rule. None for other tokenizer models. Gemma, Mistral and Phi-3 GGUFs carry this kind; written as
+    tokenizer.model it is what transformers and llama.cpp's converter both read."""
+    if meta.get("tokenizer.ggml.model") != "llama" or not meta.get("tokenizer.ggml.tokens"):
+        return None
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    tokens = list(meta["tokenizer.ggml.tokens"])
+    scores = list(meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens))
+    types = list(meta.get("tokenizer.ggml.token_type") or [1] * len(tokens))
+    m = pb.ModelProto()
+    for piece, score, kind in zip(tokens, scores, types):
+        p = m.pieces.add()
+        p.piece, p.score = piece, float(score)
+        p.type = int(kind) if int(kind) in (1, 2, 3, 4, 5, 6) else 1  # llama.cpp's token types are SentencePiece's
+    t = m.trainer_spec
+    t.model_type = pb.TrainerSpec.BPE
+    t.vocab_size = len(tokens)
+    t.byte_fallback = any(int(k) == 6 for k in types)
+    for key, field in (("unknown", "unk_id"), ("bos", "bos_id"), ("eos", "eos_id"), ("padding", "pad_id")):
+        idx = meta.get(f"tokenizer.ggml.{key}_token_id")
+        setattr(t, field, int(idx) if idx is not None else -1)
+    n = m.normalizer_spec
+    n.name = "identity"
+    n.add_dummy_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+    n.remove_extra_whitespaces = False
+    n.escape_whitespaces = True
+    return m.SerializeToString()
+
+
+def build_sentencepiece_tokenizer(meta: dict[str, Any]):
+    """A transformers tokenizer for a GGUF with a SentencePiece ("llama") tokenizer, loaded from the
+    tokenizer.model that `sentencepiece_model` rebuilds; the bytes ride along on the tokenizer
+    (ORIGINAL_FILES) so that saving it writes tokenizer.model too. None for other tokenizer models."""
+    import json
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    spm = sentencepiece_model(meta)
+    if spm is None:
+        return None
+    tokens = list(meta["tokenizer.ggml.tokens"])
+
+    def tok(key: str) -> str | None:
+        idx = meta.get(f"tokenizer.ggml.{key}_token_id")
+        return tokens[int(idx)] if idx is not None and 0 <= int(idx) < len(tokens) else None
+
+    arch = str(meta.get("general.architecture", "llama"))
+    conf = {"tokenizer_class": "GemmaTokenizer" if arch.startswith("gemma") else "LlamaTokenizer",
+            "bos_token": tok("bos"), "eos_token": tok("eos"), "unk_token": tok("unknown"),
+            "pad_token": tok("padding") or tok("eos"), "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token")),
+            "add_eos_token": bool(meta.get("tokenizer.ggml.add_eos_token")), "legacy": True,
+            "model_max_length": int(meta.get(f"{arch}.context_length", 2048)), "clean_up_tokenization_spaces": False}
+    if conf["tokenizer_class"] == "GemmaTokenizer":
+        conf["mask_token"] = None
+    with tempfile.TemporaryDirectory(prefix="edgedistill-spm-") as tmp:
+        (Path(tmp) / "tokenizer.model").write_bytes(spm)
+        (Path(tmp) / "tokenizer_config.json").write_text(json.dumps(conf), encoding="utf-8")
+        hf = AutoTokenizer.from_pretrained(tmp)
+    hf.model_input_names = list(MODEL_INPUTS)
+    template = meta.get("tokenizer.chat_template")
+    if template:
+        hf.chat_template = template
+    setattr(hf, ORIGINAL_FILES, {"tokenizer.model": spm})
+    return hf
+
+
+# attribute of a tokenizer built here holding {file name: bytes} of original files to write beside it when saved
+ORIGINAL_FILES = "_edgedistill_original_files"
+

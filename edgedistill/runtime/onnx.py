@@ -37,20 +37,28 @@ def open_model(folder: Path, threads: int | None = None):
     return og.Model(config)
 
 
-def prompt_logits(model, ids: list[int]) -> np.ndarray:
+def sliding_window(folder: Path) -> int:
+    """The sliding-window size genai_config.json declares (Gemma 2/3), 0 for none: the runtime's key/value buffer
+    (max_length) must hold at least that many positions, however short the request."""
+    window = json.loads((Path(folder) / CONFIG_FILE).read_text())["model"]["decoder"].get("sliding_window") or {}
+    return int(window.get("window_size") or 0)
+
+
+def prompt_logits(model, ids: list[int], window: int = 0) -> np.ndarray:
     """Logits (T, V) of every position of `ids`, in one pass of the runtime's own loop."""
     import onnxruntime_genai as og
 
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids), do_sample=False)
+    params.set_search_options(max_length=max(len(ids), window), do_sample=False)
     gen = og.Generator(model, params)
     gen.append_tokens(np.asarray(ids, dtype=np.int32))
     return np.asarray(gen.get_output("logits"), dtype=np.float32)[0]
 
 
-def generate_ids(model, prompt_ids: list[int], cfg: GenerationConfig, eos_ids: set[int]) -> Iterator[int]:
+def generate_ids(model, prompt_ids: list[int], cfg: GenerationConfig, eos_ids: set[int], window: int = 0
+                 ) -> Iterator[int]:
     """Token ids, one at a time, until an end-of-generation id (not yielded; unless cfg.ignore_eos) or
-    cfg.max_tokens."""
+    cfg.max_tokens. `window`: the model's sliding window (sliding_window), a floor for the buffer."""
     import onnxruntime_genai as og
 
     params = og.GeneratorParams(model)
@@ -59,7 +67,7 @@ def generate_ids(model, prompt_ids: list[int], cfg: GenerationConfig, eos_ids: s
         raise BundleError(f"the prompt has {len(prompt_ids)} tokens; this model's context holds {context}: "
                           "shorten the prompt")
     total = min(len(prompt_ids) + cfg.max_tokens, context) if context else len(prompt_ids) + cfg.max_tokens
-    search = {"max_length": total, "batch_size": 1}
+    search = {"max_length": min(max(total, window), context) if context else max(total, window), "batch_size": 1}
     if cfg.temperature > 0:
         search.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
         if cfg.seed is not None:
@@ -67,7 +75,7 @@ def generate_ids(model, prompt_ids: list[int], cfg: GenerationConfig, eos_ids: s
     else:
         search["do_sample"] = False
     if cfg.ignore_eos:
-        search["min_length"] = total  # end-of-generation ids are masked until max_length
+        search["min_length"] = total  # end-of-generation ids are masked until the last token asked for
     params.set_search_options(**search)
     gen = og.Generator(model, params)
     gen.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
@@ -96,6 +104,7 @@ class ONNXModel(LoadedModel):
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.template, self.special = chat_template(path)
         self.eos_ids = eos_ids(path)
+        self.window = sliding_window(path)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -104,7 +113,7 @@ class ONNXModel(LoadedModel):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def generate_ids(self, prompt_ids: list[int], cfg: GenerationConfig) -> Iterator[int]:
-        return generate_ids(self.model, prompt_ids, cfg, self.eos_ids)
+        return generate_ids(self.model, prompt_ids, cfg, self.eos_ids, self.window)
 
     def close(self) -> None:
         self.model = None

@@ -129,7 +129,8 @@ def test_files_users_hand_us_are_read_through_one_checked_path(tmp_path, tiny_mo
         "distill, truncated cache": (["distill", *d, "--logit-cache", str(tmp_path / "cache"), "--out",
                                       str(tmp_path / "d2")], "truncated"),
         "bench, bad unit": (["bench", str(tmp_path), "--target", "laptop", "--bandwidth", "fast"], "bandwidth"),
-        "prune, phi3": (["prune", str(phi3), "--layers", "1", "--out", str(tmp_path / "p3")], "does not handle phi3"),
+        "prune, phi3 shape llama.cpp cannot load": (["prune", str(phi3), "--hidden", "48", "--heads", "2", "--kv-heads",
+                                                      "1", "--out", str(tmp_path / "p3")], "heads x head_dim = hidden"),
     }
     failures = {}
     for name, (args, expect) in cases.items():
