@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _isolated_home(request, tmp_path_factory, monkeypatch):
     """Every test gets its own empty cache, except real_teacher tests, which share the user's cache so the
     default teacher is pulled once per machine (as a user would)."""
-    if request.node.get_closest_marker("real_teacher") is None:
+    if request.node.get_closest_marker("real_teacher") is None and request.node.get_closest_marker("real_gemma") is None:
         monkeypatch.setenv("EDGEDISTILL_HOME", str(tmp_path_factory.mktemp("home")))
 
 

@@ -56,16 +56,20 @@ def held_out_chunks(tokenizer, n_chunks: int = 4, chunk_len: int = 256, data_dir
     folders = sorted(p for p in data_dir.glob("*/texts") if p.is_dir())
     if not folders:
         raise EdgeDistillError(f"no */texts folders under {data_dir}: validation needs held-out text")
+    from edgedistill.models.generate import leading_ids
+
     ids: list[int] = []
     for folder in folders:
         for _, text in load_texts(folder):
             ids += tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    lead = leading_ids(tokenizer)  # each window starts as the model expects a text to (Gemma: with <bos>)
+    chunk_len -= len(lead)
     n_windows = len(ids) // chunk_len
     if n_windows < 1:
         raise EdgeDistillError(f"the texts under {data_dir} hold {len(ids)} tokens, fewer than one chunk of {chunk_len}")
     n_chunks = min(n_chunks, n_windows)
     starts = [int(i * n_windows / n_chunks) * chunk_len for i in range(n_chunks)]
-    return [ids[s : s + chunk_len] for s in starts]
+    return [lead + ids[s : s + chunk_len] for s in starts]
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

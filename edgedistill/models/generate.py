@@ -4,14 +4,24 @@ from __future__ import annotations
 
 
 
+def leading_ids(tokenizer) -> list[int]:
+    """The ids the tokenizer puts before a text of its own accord (Gemma's and Llama's <bos>), [] for none. A
+    model trained with them is lost without them (Gemma 3 without <bos> repeats one word)."""
+    full = tokenizer("a", verbose=False)["input_ids"]
+    bare = tokenizer("a", add_special_tokens=False, verbose=False)["input_ids"]
+    return list(full[: len(full) - len(bare)]) if bare and full[len(full) - len(bare):] == bare else []
+
+
 def prompt_text(tokenizer, messages) -> str:
     """`messages` as the model reads them before its reply: rendered with its chat template, or, for a base model
-    without one, as a plain completion prompt (the contents joined by newlines, as the runtime renders it)."""
+    without one, as a plain completion prompt (the contents joined by newlines, after the tokenizer's leading
+    tokens, as the runtime renders it)."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
     from edgedistill.runtime.text import render
 
-    return render(None, list(messages), {})
+    lead = "".join(tokenizer.convert_ids_to_tokens(leading_ids(tokenizer)))
+    return render(None, list(messages), {"lead": lead})
 
 
 def turn_end(tokenizer) -> str:

@@ -23,13 +23,28 @@ def chat_template(folder: Path) -> tuple[str | None, dict]:
     for k, v in list(special.items()):
         if isinstance(v, dict):
             special[k] = v.get("content")
+    special["lead"] = _leading_text(folder)
     return template, special
+
+
+def _leading_text(folder: Path) -> str:
+    """The tokens tokenizer.json puts before a text of its own accord (Gemma's <bos>), as text: a prompt
+    rendered without a chat template starts with them, as it does in training."""
+    if not (folder / "tokenizer.json").is_file():
+        return ""
+    from tokenizers import Tokenizer
+
+    tk = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    full, bare = tk.encode("a").ids, tk.encode("a", add_special_tokens=False).ids
+    if not bare or full[len(full) - len(bare):] != bare:
+        return ""
+    return "".join(tk.id_to_token(i) for i in full[: len(full) - len(bare)])
 
 
 def render(template: str | None, messages: Sequence[dict], special: dict) -> str:
     """Messages -> prompt text with the generation prompt added; a plain join when the bundle has no template."""
     if not template:
-        return "\n".join(m["content"] for m in messages) + "\n"
+        return (special.get("lead") or "") + "\n".join(m["content"] for m in messages) + "\n"
     from jinja2.sandbox import ImmutableSandboxedEnvironment  # the template is data from a file: sandbox it
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)

