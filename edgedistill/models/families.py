@@ -52,7 +52,7 @@ def family_of(config, stage: str) -> Family:
     if fam is None:
         model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
         raise UnsupportedError(f"{stage} does not support {model_type!r} models; it supports the families "
-                               f"{', '.join(FAMILIES)} (see the README's family table)")
+                               f"{', '.join(FAMILIES)} (see docs/models.md, Model families)")
     return fam
 
 
