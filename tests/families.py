@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.tiny import _CORPUS
+from tests.tiny import _CORPUS, fit_replies
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -207,7 +207,6 @@ def build_chatty(name: str, out: Path, *, steps: int = 200, seed: int = 0) -> tu
     """A tiny model of family `name` fitted to reply to each question with one corpus sentence, close its turn
     with the family's end-of-turn token and then, as an unstopped model would, go on with an invented user turn
     and eos. Returns the folder and {question: the reply}."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     fam = TINY[name]
@@ -223,22 +222,6 @@ def build_chatty(name: str, out: Path, *, steps: int = 200, seed: int = 0) -> tu
                                         {"role": "user", "content": "Invented question?"}], tokenize=False)
         p = tok(prompt, add_special_tokens=False).input_ids
         rows.append((p, tok(full[len(prompt):] + fam.tok.eos, add_special_tokens=False).input_ids))
-    width = max(len(p) + len(r) for p, r in rows)
-    ids = torch.full((len(rows), width), tok.pad_token_id)
-    labels = torch.full((len(rows), width), -100)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for n, (p, r) in enumerate(rows):
-        ids[n, : len(p) + len(r)] = torch.tensor(p + r)
-        labels[n, len(p) : len(p) + len(r)] = torch.tensor(r)
-        mask[n, : len(p) + len(r)] = 1
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    fit_replies(model, rows, tok.pad_token_id, steps=steps, seed=seed)
     model.save_pretrained(out, safe_serialization=True)
     return out, replies

@@ -103,7 +103,6 @@ def write_small_gguf(path: Path, *, tensors: int = 4) -> Path:
 def build_chatty_model_dir(out: Path, *, steps: int = 150, seed: int = 0) -> Path:
     """A tiny model fitted for a few seconds to answer chat prompts with the corpus sentences, so its greedy
     answers are real words that end with <|im_end|> (a random tiny model emits stray bytes and never stops)."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     build_model_dir(out, seed=seed)
@@ -116,13 +115,23 @@ def build_chatty_model_dir(out: Path, *, steps: int = 150, seed: int = 0) -> Pat
             text = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
             p = tok(text, add_special_tokens=False).input_ids
             rows.append((p, tok(s + "<|im_end|>", add_special_tokens=False).input_ids))
+    fit_replies(model, rows, tok.pad_token_id, steps=steps, seed=seed)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def fit_replies(model, rows, pad_id: int, *, steps: int, seed: int = 0) -> None:
+    """Fit `model` in place, full batch, on (prompt ids, reply ids) rows: the loss is on the reply only, so the
+    model learns to reply."""
+    import torch
+
     width = max(len(p) + len(r) for p, r in rows)
-    ids = torch.full((len(rows), width), tok.pad_token_id)
+    ids = torch.full((len(rows), width), pad_id)
     labels = torch.full((len(rows), width), -100)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for n, (p, r) in enumerate(rows):
         ids[n, : len(p) + len(r)] = torch.tensor(p + r)
-        labels[n, len(p) : len(p) + len(r)] = torch.tensor(r)  # the answer only: the model learns to reply
+        labels[n, len(p) : len(p) + len(r)] = torch.tensor(r)
         mask[n, : len(p) + len(r)] = 1
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -133,5 +142,3 @@ def build_chatty_model_dir(out: Path, *, steps: int = 150, seed: int = 0) -> Pat
         loss.backward()
         opt.step()
     model.eval()
-    model.save_pretrained(out, safe_serialization=True)
-    return out
