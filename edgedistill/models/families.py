@@ -29,8 +29,6 @@ class Family:
     # llama.cpp gives this family's special tokens their whitespace rules (Phi-3's rstrip) only when the GGUF's
     # general.name contains this tag: the converter's name for a student gets it
     gguf_name_tag: str | None = None
-    # the reason onnxruntime-genai's model builder cannot write this family; None: it can
-    onnx_refused: str | None = None
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in [
