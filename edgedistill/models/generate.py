@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 
-
 def leading_ids(tokenizer) -> list[int]:
     """The ids the tokenizer puts before a text of its own accord (Gemma's and Llama's <bos>), [] for none. A
     model trained with them is lost without them (Gemma 3 without <bos> repeats one word)."""
-    full = tokenizer("a", verbose=False)["input_ids"]
-    bare = tokenizer("a", add_special_tokens=False, verbose=False)["input_ids"]
-    return list(full[: len(full) - len(bare)]) if bare and full[len(full) - len(bare):] == bare else []
+    from edgedistill.runtime.text import leading_part
+
+    return leading_part(tokenizer("a", verbose=False)["input_ids"],
+                        tokenizer("a", add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def prompt_text(tokenizer, messages) -> str:

@@ -35,10 +35,15 @@ def _leading_text(folder: Path) -> str:
     from tokenizers import Tokenizer
 
     tk = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    full, bare = tk.encode("a").ids, tk.encode("a", add_special_tokens=False).ids
-    if not bare or full[len(full) - len(bare):] != bare:
-        return ""
-    return "".join(tk.id_to_token(i) for i in full[: len(full) - len(bare)])
+    return "".join(tk.id_to_token(i) for i in leading_part(tk.encode("a").ids,
+                                                           tk.encode("a", add_special_tokens=False).ids))
+
+
+def leading_part(full: Sequence[int], bare: Sequence[int]) -> list[int]:
+    """The ids an encoding with special tokens (`full`) puts before the bare encoding of the same text, [] when
+    it is not a prefix of it."""
+    n = len(full) - len(bare)
+    return list(full[:n]) if bare and n >= 0 and list(full[n:]) == list(bare) else []
 
 
 def render(template: str | None, messages: Sequence[dict], special: dict) -> str:
