@@ -1,7 +1,7 @@
 """run: the whole trip for one device profile, stage by stage, reusing every stage whose inputs are unchanged.
 
-    pull -> generate -> prune -> distill -> export (every variant the profile allows, plus the teacher's
-    reference and comparison files) -> bench -> choose -> final bundle + report
+    pull -> generate -> prune -> distill -> export (every variant the profile allows, of the student and of the
+    teacher, plus the teacher's exact reference file) -> bench -> choose -> final bundle + report
 
 Each stage writes into its own folder under the run folder with a stage.json holding a key: the hash of the
 stage's inputs (upstream keys, data, options). A stage whose folder holds a complete result with the same key is
@@ -58,13 +58,16 @@ class RunSettings(EngineSettings):
     batch_size: int = setting(4, "Sequences per micro-batch.", min=1, cli=False)
     grad_accum: int = setting(2, "Micro-batches per optimizer step.", min=1, cli=False)
     lr: float = setting(5e-4, "Peak learning rate.", min=0, min_open=True, max=1)
-    comparison: str = setting("gguf:q4_k_m", "The teacher's own file the chosen student is measured against.",
-                              cli=False)
     reference: str = setting("gguf:f16", "The teacher's exact export: the quality reference in the bench.",
                              cli=False)
     bench_repeats: int = setting(3, "Timed generations per variant.", min=1)
     bench_new_tokens: int = setting(64, "Tokens per timed generation.", min=1, cli=False)
     eval_every: int = setting(6, "Graded eval on every n-th item in the bench (0: none).", min=0)
+    fidelity_prompts: int | None = setting(None, "Test prompts per domain for in-domain fidelity in the bench "
+                                                 "[default: all].", min=1)
+    teacher_variants: bool = setting(True, "Also export and bench the teacher's own quantized files the profile "
+                                           "allows, as candidates beside the student's.",
+                                     flag="--teacher-variants/--students-only")
     data_dir: Path | None = setting(None, "calibration_data folder.", exists="dir", flag="--data")
 
 
@@ -165,7 +168,6 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
         raise UnsupportedError(f"the {target.name} profile allows only {', '.join(target.formats)}, and this teacher "
                                f"can be exported to none of them ({next(iter(skipped.values()))})")
     reference = _follow_family(settings.reference, ["gguf:f16", "onnx:fp32"], teacher_dir)
-    comparison = _follow_family(settings.comparison, ["gguf:q4_k_m", "onnx:int4"], teacher_dir)
 
     def teacher():
         nonlocal teacher_pair
@@ -228,31 +230,40 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     echo(f"   student: {distilled['parameters'] / 1e6:.1f}M parameters after {distilled['steps']} steps, "
          f"held-out KL {distilled['validation']['mean_kl']:.3f}, top-1 {100 * distilled['validation']['top1_agreement']:.1f}%")
 
-    # 5. export: the student in every variant the profile allows (forced: the profile's floor decides, in the
-    #    bench), and the teacher's reference and comparison files.
-    x_key = _key("export", d_key, formats, reference, comparison)
+    # 5. export: the student and the teacher in every variant the profile allows (forced: the profile's floor
+    #    decides, in the bench), and the teacher's exact reference file. The teacher's files are exported once
+    #    per run folder and profile, whatever the student.
+    teacher_formats = [k for k in formats if k != reference] if settings.teacher_variants else []
+    tx_key = _key("export-teacher", t_key, teacher_formats, reference, str(data_dir))
+    x_key = _key("export", d_key, formats, str(data_dir))
+
+    def export_teacher(folder: Path) -> dict:
+        teach = export_model(str(teacher_dir), folder, ExportSettings(variants=[reference, *teacher_formats],
+                                                                      force=True, target=target.name,
+                                                                      data_dir=data_dir))
+        return {r.key: r.passed for r in teach}
 
     def export(folder: Path) -> dict:
         res = export_model(str(student), folder / "student", ExportSettings(variants=formats, force=True,
                                                                           target=target.name, data_dir=data_dir))
-        teach = export_model(str(teacher_dir), folder / "teacher",
-                             ExportSettings(variants=[reference, comparison], data_dir=data_dir))
-        return {"student": {r.key: r.passed for r in res}, "teacher": {r.key: r.passed for r in teach}}
+        return {r.key: r.passed for r in res}
 
+    teacher_folder, _ = st.run("export-teacher", tx_key, export_teacher)
     export_folder, exported = st.run("export", x_key, export)
 
     # 6. bench
     b_settings = BenchSettings(repeats=settings.bench_repeats, new_tokens=settings.bench_new_tokens,
-                               eval_every=settings.eval_every, data_dir=data_dir)
-    b_key = _key("bench", x_key, as_dict(target), asdict(b_settings))
-    teacher_ref = export_folder / "teacher" / reference.replace(":", "-")
-    comparison_dir = export_folder / "teacher" / comparison.replace(":", "-")
+                               eval_every=settings.eval_every, data_dir=data_dir,
+                               fidelity_prompts=settings.fidelity_prompts)
+    b_key = _key("bench", x_key, tx_key, as_dict(target), asdict(b_settings))
+    teacher_ref = teacher_folder / reference.replace(":", "-")
     candidates = sorted(d for d in (export_folder / "student").iterdir() if (d / "manifest.json").exists())
+    candidates += sorted(teacher_folder / k.replace(":", "-") for k in teacher_formats
+                         if (teacher_folder / k.replace(":", "-") / "manifest.json").exists())
 
     def run_bench(folder: Path) -> dict:
         with progress() as p:
-            report = bench(candidates, target, folder, b_settings, teacher=teacher_ref, comparison=[comparison_dir],
-                           progress=p)
+            report = bench(candidates, target, folder, b_settings, teacher=teacher_ref, progress=p)
         return {"chosen": report["chosen"]}
 
     bench_folder, _ = st.run("bench", b_key, run_bench)
@@ -261,23 +272,15 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     # 7. choose: the final bundle and the run report
     rows = {r["name"]: r for r in report["variants"]}
     chosen = rows.get(report["chosen"]) if report["chosen"] else None
-    comp = next((r for r in report["variants"] if r.get("comparison")), None)
     summary = {"target": target.name, "run_folder": str(out), "stages": st.record, "student": distilled,
-               "chosen": None, "versus_teacher": None, "bench": str(bench_folder / "bench.md"),
+               "chosen": None, "verdict": report["verdict"], "bench": str(bench_folder / "bench.md"),
                "skipped_variants": skipped}
     final = out / "final"
     shutil.rmtree(final, ignore_errors=True)
     if chosen:
         shutil.copytree(chosen["bundle"], final / Path(chosen["bundle"]).name)
-        summary["chosen"] = {"name": chosen["name"], "bundle": str(final / Path(chosen["bundle"]).name)}
-        if comp and comp.get("speed") and comp["speed"].get("decode_tokens_per_s"):
-            summary["versus_teacher"] = {
-                "teacher_file": comp["name"],
-                "decode_speedup": chosen["speed"]["decode_tokens_per_s"] / comp["speed"]["decode_tokens_per_s"],
-                "peak_rss_ratio": chosen["speed"]["peak_rss_bytes"] / comp["speed"]["peak_rss_bytes"],
-            }
-    else:
-        summary["closest"] = _closest(report)
+        summary["chosen"] = {"name": chosen["name"], "bundle": str(final / Path(chosen["bundle"]).name),
+                             "teacher_variant": chosen.get("teacher_variant", False)}
     if chosen and target.safety_floor is not None:
         summary["safety"] = _safety_gate(st, _key("safety", b_key, chosen["name"], asdict(target.safety_floor)),
                                          final / Path(chosen["bundle"]).name, chosen, target, str(settings.target),
@@ -316,16 +319,6 @@ def _safety_gate(st: Stages, key: str, bundle: Path, chosen: dict, target, targe
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(manifest_path)
     return info
-
-
-def _closest(report: dict) -> dict | None:
-    """The candidate that misses the fewest budgets, and by how much (for the message when none meets all)."""
-    cands = [r for r in report["variants"] if r["budgets"] and r["allowed"] and not r.get("comparison")]
-    if not cands:
-        return None
-    best = min(cands, key=lambda r: sum(not c["pass"] for c in r["budgets"].values()))
-    return {"name": best["name"], "misses": {k: {"value": c["value"], "limit": c["limit"]}
-                                             for k, c in best["budgets"].items() if not c["pass"]}}
 
 
 class _NoProgress:

@@ -1,4 +1,5 @@
-"""Small statistics the benchmarks and reports share: can a difference in items right be told from chance?"""
+"""Small statistics the benchmarks and reports share: can a difference be told from chance, and how sure is
+a measured figure (bootstrap intervals over prompts, chunks or items)?"""
 
 from __future__ import annotations
 
@@ -29,3 +30,27 @@ def graded_comparison(results: dict, best: str) -> dict:
         out[size] = {"items": ce["items"], "ce_correct": ce["correct"], "best_correct": kd["correct"],
                      "best_minus_ce": kd["correct"] - ce["correct"], "fisher_p": p, "resolved": p < 0.05}
     return out
+
+
+def bootstrap_ratio(numerators, denominators=None, *, level: float = 0.95, resamples: int = 2000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """Σ numerators / Σ denominators and its percentile bootstrap interval, resampling whole units (prompts,
+    chunks, items) with replacement: the positions of one prompt are not independent, the prompts are.
+
+    Without denominators each unit counts 1 (a plain mean). Returns (estimate, low, high); one unit gives an
+    interval of zero width, said so by the caller (`units` beside it)."""
+    import numpy as np
+
+    a = np.asarray(numerators, dtype=np.float64)
+    n = np.ones_like(a) if denominators is None else np.asarray(denominators, dtype=np.float64)
+    if a.size == 0 or n.sum() <= 0:
+        raise ValueError("bootstrap_ratio needs at least one unit with a positive denominator")
+    est = float(a.sum() / n.sum())
+    if a.size == 1:
+        return est, est, est
+    idx = np.random.default_rng(seed).integers(0, a.size, size=(resamples, a.size))
+    den = n[idx].sum(1)
+    ratios = a[idx].sum(1) / np.where(den > 0, den, np.nan)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.nanpercentile(ratios, [tail, 100 - tail])
+    return est, float(lo), float(hi)

@@ -1,9 +1,13 @@
 """bench: every bundle through its real runtime, in its own process, under a device profile's limits.
 
 For each bundle: a speed process (load time, peak RSS, time to first token, prefill and decode tokens/s,
-per-token p50/p95), killed if its resident memory goes over the profile's budget; then a quality process
-(logits on held-out chunks, compared here with the teacher's; greedy answers to graded eval items). Budgets are
-checked with their margins, and `choose` picks the best-quality variant that meets every one.
+per-token p50/p95), killed if its resident memory goes over the profile's budget; then a quality process:
+fidelity to the teacher's reference bundle in-domain (its answers to the test prompts, teacher-forced) and on
+general text, and greedy answers to graded items (score, and agreement with the teacher's answers), every figure
+with a 95% bootstrap interval (bench.fidelity). Budgets and floors are checked with their margins (a floor whose
+interval straddles it is "uncertain", not passed), and `choose` picks, among the variants that meet every one,
+the first by the profile's objective (bench.objectives). The teacher's own quantized files are candidates like
+the students', and the verdict says when quantizing the teacher is enough.
 
 Runtime-only: numpy, tokenizers, onnxruntime / llama-cpp-python, psutil (matplotlib for the charts if present).
 """
@@ -27,7 +31,7 @@ from edgedistill.settings import write as write_settings
 from edgedistill.targets import Target, as_dict
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: in-domain fidelity, answer agreement, intervals, teacher variants as candidates
 OVER_MEMORY = "over memory budget"
 
 
@@ -37,8 +41,12 @@ class BenchSettings(Settings):
     new_tokens: int = setting(64, "Tokens generated per timed run.", min=8)
     prompt_tokens: int = setting(128, "Prompt length of the timed runs (the profile's time-to-first-token budget "
                                       "is for 128).", min=1, cli=False)
-    chunks: int = setting(4, "Held-out chunks for KL / top-1 / perplexity.", min=1, max=64)
-    chunk_len: int = setting(256, "Tokens per chunk.", min=16, max=4096)
+    chunks: int = setting(16, "General-text windows for KL / top-1 / perplexity.", min=1, max=256)
+    chunk_len: int = setting(256, "Tokens per window.", min=16, max=4096)
+    fidelity_prompts: int | None = setting(None, "Test prompts per domain the teacher answers for in-domain "
+                                                 "fidelity [default: all].", min=1)
+    fidelity_new_tokens: int = setting(128, "Length of the teacher's answers scored for in-domain fidelity.", min=1,
+                                       max=2048)
     eval_every: int = setting(6, "Graded eval on every n-th item (0: no graded eval).", min=0)
     threads: int | None = setting(None, "Threads [default: the profile's, at most this machine's cores].", min=1)
     bandwidth: str | None = setting(None, "Memory bandwidth for the roofline: a value (15GB/s) or 'measure' (this "
@@ -126,45 +134,63 @@ def run_worker(job: dict, work: Path, memory_budget: int | None, timeout_s: floa
 
 # --- budgets, selection, Pareto front --------------------------------------------------------------------------
 
-def _check(value, limit, higher_is_better: bool, missing: str = "not measured") -> dict:
+def _check(value, limit, higher_is_better: bool, missing: str = "not measured", ci=None) -> dict:
+    """One budget: pass / fail, or "uncertain" when the value's 95% interval straddles the limit (not passed)."""
     if value is None:
-        return {"value": None, "limit": limit, "pass": False, "margin": None, "note": missing}
+        return {"value": None, "limit": limit, "status": "fail", "pass": False, "margin": None, "note": missing}
     ok = value >= limit if higher_is_better else value <= limit
+    status = "pass" if ok else "fail"
+    if ci is not None and ci[0] < ci[1] and ci[0] <= limit <= ci[1]:
+        status = "uncertain"
     margin = (value - limit) if higher_is_better else (limit - value)
-    return {"value": value, "limit": limit, "pass": bool(ok), "margin": margin,
-            "margin_share": margin / limit if limit else None}
+    out = {"value": value, "limit": limit, "status": status, "pass": status == "pass", "margin": margin,
+           "margin_share": margin / limit if limit else None}
+    if ci is not None:
+        out["ci"] = list(ci)
+    return out
 
 
 def check_budgets(row: dict, target: Target, graded_eval: bool = True) -> dict:
-    """Pass/fail of every budget of the profile, with the margin (positive: inside the budget). Without a graded
-    eval (graded_eval False) the eval-share floor is left out rather than passed or failed."""
+    """Every budget and floor of the profile for one row, with the margin (positive: inside) and, for quality,
+    the interval. Quality counts only against the teacher: export-time numbers against a bundle's own source do
+    not. Without a graded eval (graded_eval False) the answer-agreement floor is left out, not passed."""
     q, lat = target.quality_floor, target.latency
     sp, qu = row.get("speed") or {}, row.get("quality") or {}
     vs_teacher = qu.get("against") == "reference"
     missing = "not measured" if not qu or vs_teacher else "not measured against the teacher (pass --teacher)"
+    dom = ((qu.get("in_domain") or {}).get("overall") or {}) if vs_teacher else {}
+    gen = (qu.get("general") or {}) if vs_teacher else {}
+    agree = ((qu.get("graded") or {}).get("answer_agreement") or {}) if vs_teacher else {}
+
+    def fid(block: dict, key: str, limit, higher: bool, why: str = missing) -> dict:
+        return _check(block.get(key), limit, higher, why, block.get(f"{key}_ci"))
+
     checks = {
         "memory": _check(sp.get("peak_rss_bytes"), target.memory_budget_bytes, False),
         "time_to_first_token": _check(sp.get("ttft_s"), lat.time_to_first_token_s, False),
         "decode_tokens_per_s": _check(sp.get("decode_tokens_per_s"), lat.min_decode_tokens_per_s, True),
-        # the floor is relative to the teacher: export-time numbers against a bundle's own source do not count
-        "mean_kl": _check(qu.get("mean_kl") if vs_teacher else None, q.max_mean_kl, False, missing),
-        "top1_agreement": _check(qu.get("top1_agreement") if vs_teacher else None, q.min_top1_agreement, True,
-                                 missing),
+        "in_domain_mean_kl": fid(dom, "mean_kl", q.max_mean_kl, False),
+        "in_domain_top1": fid(dom, "top1_agreement", q.min_top1_agreement, True),
     }
     if graded_eval:
-        checks["eval_share"] = _check(qu.get("eval_share"), q.min_eval_share, True)
+        checks["answer_agreement"] = _check(agree.get("value"), q.min_answer_agreement, True,
+                                            missing if vs_teacher and not agree else
+                                            (qu.get("graded_note") or missing), agree.get("ci"))
+    if q.general_max_mean_kl is not None:
+        checks["general_mean_kl"] = fid(gen, "mean_kl", q.general_max_mean_kl, False)
+    if q.general_min_top1_agreement is not None:
+        checks["general_top1"] = fid(gen, "top1_agreement", q.general_min_top1_agreement, True)
     return checks
 
 
-def choose(rows: list[dict]) -> dict | None:
-    """The allowed, non-reference variant with the best quality (top-1 agreement, then lower KL, then faster
-    decode) among those that pass every budget; None when none does."""
+def choose(rows: list[dict], objective: str = "fastest") -> dict | None:
+    """The allowed, non-reference variant the profile's objective ranks first among those that pass every budget
+    and floor (an "uncertain" floor is not passed); None when none does."""
+    from edgedistill.bench.objectives import OBJECTIVES
+
     ok = [r for r in rows if r["allowed"] and not r["reference"] and not r.get("comparison") and r["budgets"]
           and all(c["pass"] for c in r["budgets"].values())]
-    if not ok:
-        return None
-    return max(ok, key=lambda r: (r["quality"]["top1_agreement"], -r["quality"]["mean_kl"],
-                                  r["speed"]["decode_tokens_per_s"]))
+    return max(ok, key=OBJECTIVES[objective].key) if ok else None
 
 
 def pareto(points: list[tuple[str, float, float]]) -> set[str]:
@@ -210,21 +236,25 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
           teacher: Path | None = None, comparison: list[Path] = (), progress=None) -> dict:
     """Measure every bundle under `target`; write bench.json, bench.md and charts to out_dir; return the report.
 
-    teacher: the quality reference (measured without a memory cap). comparison: bundles measured like the others
-    but never chosen (e.g. the teacher's own quantized file, to compare the chosen student against). The settings
-    are also written to out_dir/settings.yaml."""
+    teacher: the quality reference (measured without a memory cap), an exact export of the teacher. Its greedy
+    answers to the test prompts are the in-domain fidelity set (bench.fidelity). bundles: the candidates, the
+    teacher's own quantized files among them where wanted. comparison: bundles measured like the others but
+    never chosen. The settings are also written to out_dir/settings.yaml."""
     settings = settings or BenchSettings()
+    from edgedistill.bench import fidelity
     from edgedistill.data import default_data_dir
     from edgedistill.data.evaluate import REASONING_TOKENS, SHORT_ANSWER_TOKENS, find_eval_sets, load_eval_items
     from edgedistill.data.evaluate import wants_reasoning
-    from edgedistill.export.validate import compare, held_out_chunks
+    from edgedistill.export.validate import held_out_chunks
+    from edgedistill.paths import check_writable_dir
     from edgedistill.runinfo import run_record
 
     if not bundles:
         raise EdgeDistillError("no bundles given: pass one or more folders made by `edgedistill export`")
-    from edgedistill.paths import check_writable_dir
-
-    check_writable_dir(Path(out_dir), "--out")  # before a measurement that would be lost at the end
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgeDistillError(f"--out {out_dir} is a file; give a folder for the report")
+    check_writable_dir(out_dir, "--out")  # before a measurement that would be lost at the end
     infos = [_bundle_info(Path(b)) for b in bundles]
     comps = [_bundle_info(Path(b)) for b in comparison]
     ref_info = _bundle_info(Path(teacher)) if teacher else None
@@ -244,22 +274,29 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     tok = _Tok(Path(every[0]["bundle"]))
     prompt = held_out_chunks(tok, 1, settings.prompt_tokens, data_dir)[0]
     chunks = held_out_chunks(tok, settings.chunks, settings.chunk_len, data_dir)
-    items = []
+    domain: list[dict] = []
+    if ref_info:
+        prompts = fidelity.test_prompts(data_dir, settings.fidelity_prompts)
+        if prompts:
+            log.info("the reference answers %d test prompts (cached after the first time)", len(prompts))
+            domain = fidelity.teacher_answers(Path(ref_info["bundle"]), prompts, settings.fidelity_new_tokens,
+                                              threads=threads)
+    eval_items, items = {}, []
     if settings.eval_every:
         for it in load_eval_items(find_eval_sets(data_dir))[:: settings.eval_every]:
+            eval_items[it.id] = it
             items.append({"item": {**asdict(it), "choices": list(it.choices)},
                           "max_tokens": REASONING_TOKENS if wants_reasoning(it) else SHORT_ANSWER_TOKENS})
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EdgeDistillError(f"--out {out_dir} is a file; give a folder for the report")
     work = Path(tempfile.mkdtemp(prefix="edgedistill-bench-"))
-    n_ctx = max(settings.prompt_tokens + settings.new_tokens + 8, settings.chunk_len, min(target.context_length, 2048))
+    longest = max([len(c) for c in chunks] + [len(d["ids"]) for d in domain])
+    n_ctx = max(settings.prompt_tokens + settings.new_tokens + 8, longest, min(target.context_length, 2048))
     base = {"threads": threads, "n_ctx": n_ctx}
     names: dict = {}
     order = ([(ref_info, "reference")] if ref_info else []) + [(i, "comparison") for i in comps] + [
         (i, "candidate") for i in infos]
     task = progress.add_task("bench", total=len(order)) if progress else None
     rows: list[dict] = []
+    ref_row = None
     try:
         for info, role in order:
             is_ref = role == "reference"
@@ -268,7 +305,8 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
                 progress.update(task, description=f"bench {label}")
             log.info("%s: speed under a %.0f MB budget", label, target.memory_budget_bytes / 1e6)
             row = {"name": label, **{k: v for k, v in info.items() if k != "tokenizer_sha256"}, "reference": is_ref,
-                   "comparison": role == "comparison", "allowed": info["key"] in target.formats}
+                   "comparison": role == "comparison", "allowed": info["key"] in target.formats,
+                   "teacher_variant": bool(ref_info) and not is_ref and info["source"] == ref_info["source"]}
             sp = run_worker({**base, "phase": "speed", "bundle": info["bundle"], "prompt_ids": prompt,
                              "new_tokens": settings.new_tokens, "repeats": settings.repeats},
                             work, target.memory_budget_bytes if not is_ref else None, settings.timeout_s,
@@ -285,77 +323,128 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
                 if sp["status"] == OVER_MEMORY:
                     row["speed"] = {"peak_rss_bytes": sp["polled_peak_rss_bytes"]}
             fast_enough = (row["speed"] or {}).get("decode_tokens_per_s", 0) >= target.latency.min_decode_tokens_per_s
-            qjob = {**base, "phase": "quality", "bundle": info["bundle"], "chunks": chunks,
-                    "logits_dir": str(work / f"logits-{len(rows)}"),
+            qjob = {**base, "phase": "quality", "bundle": info["bundle"], "general": chunks, "domain": domain,
+                    "save_dir": str(work / "reference") if is_ref else None,
+                    "reference_dir": str(work / "reference") if ref_row else None,
                     "eval_items": items if (is_ref or (sp["status"] == "ok" and fast_enough)) else []}
             qu = run_worker(qjob, work, None, settings.timeout_s, settings.poll_s) if sp["status"] == "ok" else None
-            row["quality"] = _quality(qu, row, rows, chunks, compare, items)
+            row["quality"] = _quality(qu, row, ref_row, domain, eval_items, bool(items))
+            if is_ref:
+                ref_row = row
             rows.append(row)
             if progress:
                 progress.advance(task)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    ref = next((r for r in rows if r["reference"]), None)
     for r in rows:
-        q = r["quality"]
-        ref_score = (ref["quality"] or {}).get("eval_score") if ref else None
-        if q and ref_score is not None and q.get("eval_score") is not None:
-            # a reference that scores 0 is matched by any score: the share is 1, said so in the report
-            q["eval_share"] = q["eval_score"] / ref_score if ref_score > 0 else 1.0
-            if ref_score == 0:
-                q["eval_note"] = "the reference scored 0 on the graded items: eval share set to 1"
-        r["budgets"] = check_budgets(r, target, graded_eval=bool(items) and ref is not None) if not r["reference"] else {}
+        r["budgets"] = check_budgets(r, target, graded_eval=bool(items) and ref_row is not None) if not r["reference"] else {}
         r["meets_all_budgets"] = bool(r["budgets"]) and all(c["pass"] for c in r["budgets"].values())
-    chosen = choose(rows)
+        r["uncertain"] = sorted(k for k, c in r["budgets"].items() if c["status"] == "uncertain")
+    chosen = choose(rows, target.objective)
     report = {"schema_version": SCHEMA_VERSION, "benchmark": "edgedistill bench", **run_record(),
-              "target": as_dict(target), "threads": threads, "machine_cores": os.cpu_count(),
-              "bandwidth_bytes_per_s": bandwidth, "bandwidth_source": bandwidth_source,
+              "target": as_dict(target), "objective": target.objective, "threads": threads,
+              "machine_cores": os.cpu_count(), "bandwidth_bytes_per_s": bandwidth, "bandwidth_source": bandwidth_source,
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
-              "quality_reference": ref["name"] if ref else None, "eval_items": len(items),
-              "budgets_left_out": [] if items and ref else ["eval_share (needs --teacher and a graded eval)"],
+              "quality_reference": ref_row["name"] if ref_row else None,
+              "fidelity": {"in_domain_prompts": len(domain),
+                           "in_domain_answer_tokens": sum(len(d["ids"]) - d["start"] for d in domain),
+                           "general_windows": len(chunks), "general_tokens": sum(len(c) for c in chunks),
+                           "interval": "95% percentile bootstrap over prompts / windows / items (2,000 resamples)"},
+              "eval_items": len(items),
+              "budgets_left_out": [] if items and ref_row else ["answer_agreement (needs --teacher and a graded eval)"],
               "variants": rows, "chosen": chosen["name"] if chosen else None}
+    report["verdict"] = verdict(report)
     write_report(report, out_dir)
     write_settings(settings, Path(out_dir) / "settings.yaml")
     return report
 
 
-def _quality(qu: dict | None, row: dict, done: list[dict], chunks, compare, items) -> dict | None:
-    """KL / top-1 / perplexity against the reference row's logits (the first row when --teacher was given)."""
-    import numpy as np
+def _quality(qu: dict | None, row: dict, ref_row: dict | None, domain: list[dict], eval_items: dict,
+             graded: bool) -> dict | None:
+    """In-domain and general-text fidelity to the reference, with intervals; graded score and answer agreement."""
+    from edgedistill.bench import fidelity
+    from edgedistill.data import grading
 
     if qu is None or qu["status"] != "ok":
         return None
     res = qu["result"]
-    logits_dir = Path(res["logits_dir"])
     out: dict = {}
-    ref_dir = done[0].get("_logits") if done and done[0]["reference"] else None
-    if row["reference"]:
-        row["_logits"] = logits_dir
-    elif ref_dir is not None:
-        m = compare((np.load(ref_dir / f"chunk{i}.npy") for i in range(len(chunks))),
-                    (np.load(logits_dir / f"chunk{i}.npy") for i in range(len(chunks))), chunks)
-        out.update(mean_kl=m.mean_kl, top1_agreement=m.top1_agreement, ppl=m.ppl, ppl_ratio=m.ppl_ratio,
-                   positions=m.positions, against="reference")
-    if not row["reference"] and ref_dir is None:  # no teacher given: the export-time metrics, vs the bundle's source
+    if row["reference"] or ref_row is not None:
+        out["against"] = "itself" if row["reference"] else "reference"
+        if res["domain"]:
+            out["in_domain"] = fidelity.by_domain(res["domain"], [d["domain"] for d in domain])
+        out["general"] = fidelity.summarize(res["general"])
+    else:  # no teacher given: the export-time metrics, against the bundle's own source
         from edgedistill.runtime.bundle import open_bundle
 
         v = open_bundle(row["bundle"], verify=False).get("validation") or {}
-        out.update(mean_kl=v.get("mean_kl"), top1_agreement=v.get("top1_agreement"), ppl_ratio=v.get("ppl_ratio"),
-                   against="source model (export-time validation)")
-    if row["reference"]:
-        ppl = compare((np.load(logits_dir / f"chunk{i}.npy") for i in range(len(chunks))),
-                      (np.load(logits_dir / f"chunk{i}.npy") for i in range(len(chunks))), chunks).ppl
-        out.update(mean_kl=0.0, top1_agreement=1.0, ppl=ppl, ppl_ratio=1.0, against="itself")
+        out["against"] = "source model (export-time validation)"
+        out["general"] = {"mean_kl": v.get("mean_kl"), "top1_agreement": v.get("top1_agreement"),
+                          "ppl_ratio": v.get("ppl_ratio")}
     if res["eval"]:
         by: dict = {}
         for a in res["eval"]:
             by.setdefault(a["domain"], []).append(a["correct"])
-        out["eval_score"] = sum(a["correct"] for a in res["eval"]) / len(res["eval"])
-        out["eval_by_domain"] = {d: sum(v) / len(v) for d, v in sorted(by.items())}
-        out["eval_items"] = len(res["eval"])
-    elif items:
-        out["eval_note"] = "skipped: below the profile's decode speed"
+        items = [eval_items[a["id"]] for a in res["eval"]]
+        g = {"score": fidelity.share([a["correct"] for a in res["eval"]]),
+             "chance": sum(map(grading.chance, items)) / len(items),
+             "by_domain": {d: sum(v) / len(v) for d, v in sorted(by.items())}}
+        if row["reference"]:
+            row["_answers"] = {a["id"]: a["answer"] for a in res["eval"]}
+        elif ref_row is not None and ref_row.get("_answers"):
+            ref = ref_row["_answers"]
+            g["answer_agreement"] = fidelity.share([grading.same_answer(it, a["answer"], ref.get(a["id"]))
+                                                    for it, a in zip(items, res["eval"]) if a["id"] in ref])
+        out["graded"] = g
+    elif graded:
+        out["graded_note"] = "graded items skipped: below the profile's decode speed"
     return out
+
+
+def verdict(report: dict) -> list[str]:
+    """Two or three plain lines: what was chosen and why, whether quantizing the teacher is enough for the
+    device or only a student fits, and what the nearest miss lacks."""
+    rows = [r for r in report["variants"] if not r["reference"] and not r.get("comparison") and r["allowed"]]
+    t = report["target"]["name"]
+    obj = report["objective"]
+    by_name = {r["name"]: r for r in rows}
+    chosen = by_name.get(report["chosen"]) if report["chosen"] else None
+    passing = [r for r in rows if r["meets_all_budgets"]]
+    teacher_ok = [r for r in passing if r.get("teacher_variant")]
+    student_ok = [r for r in passing if not r.get("teacher_variant")]
+    lines = []
+    if chosen:
+        sp = chosen["speed"]["decode_tokens_per_s"]
+        lines.append(f"{t}: chosen {chosen['name']} ({obj}: {sp:.0f} decode tokens/s, "
+                     f"{chosen['speed']['peak_rss_bytes'] / 1e6:.0f} MB) — it meets every budget and floor.")
+        if chosen.get("teacher_variant"):
+            lines.append(f"Quantizing the teacher is enough for {t}" + (
+                f"; no student variant meets every floor" if not student_ok else
+                f"; {len(student_ok)} student variant(s) also meet it but rank lower on {obj}") + ".")
+        elif teacher_ok:
+            best = max(teacher_ok, key=lambda r: r["speed"]["decode_tokens_per_s"])
+            lines.append(f"The student is worth it on {obj}: {sp / best['speed']['decode_tokens_per_s']:.2f}x the "
+                         f"decode speed of the best teacher variant that also qualifies ({best['name']}).")
+        else:
+            lines.append(f"Only a student fits {t}: no quantized teacher variant meets every budget.")
+    else:
+        lines.append(f"{t}: no variant meets every budget and floor; nothing is chosen.")
+    misses = [r for r in rows if r is not chosen and not r["meets_all_budgets"] and r["budgets"]]
+    if misses:
+        near = min(misses, key=lambda r: (sum(not c["pass"] for c in r["budgets"].values()),
+                                          -(r["speed"] or {}).get("decode_tokens_per_s", 0)))
+        parts = []
+        for k, c in near["budgets"].items():
+            if c["pass"]:
+                continue
+            if c["value"] is None:
+                parts.append(f"{k} {c['note']}")
+                continue
+            ci = f" [{c['ci'][0]:.3g}, {c['ci'][1]:.3g}]" if c.get("ci") else ""
+            parts.append(f"{k} {c['value']:.3g}{ci} vs {c['limit']:.3g}" + (" (uncertain)" if c["status"] ==
+                                                                             "uncertain" else ""))
+        lines.append(f"Nearest miss: {near['name']}: " + "; ".join(parts) + ".")
+    return lines
 
 
 # --- reports ---------------------------------------------------------------------------------------------------
@@ -365,7 +454,7 @@ def write_report(report: dict, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for r in report["variants"]:
-        r.pop("_logits", None)
+        r.pop("_answers", None)
     files = {"bench.json": json.dumps(report, indent=2, default=str) + "\n", "bench.md": markdown(report)}
     for name, text in files.items():
         tmp = out_dir / f".{name}.tmp"
@@ -381,36 +470,61 @@ def _fmt(v, spec: str, scale: float = 1.0) -> str:
     return "—" if v is None else format(v * scale, spec)
 
 
+def _ci(block: dict | None, key: str, spec: str, scale: float = 1.0) -> str:
+    """value [low, high] of block[key] and block[key + '_ci'] (or a share's value / ci), '—' when absent."""
+    if not block:
+        return "—"
+    v, ci = (block.get("value"), block.get("ci")) if key == "value" else (block.get(key), block.get(f"{key}_ci"))
+    if v is None:
+        return "—"
+    text = format(v * scale, spec)
+    return f"{text} [{format(ci[0] * scale, spec)}, {format(ci[1] * scale, spec)}]" if ci else text
+
+
 def markdown(report: dict) -> str:
-    t = report["target"]
+    t, f = report["target"], report.get("fidelity") or {}
     lines = [f"# bench: {t['name']}", "",
              f"{t['description']}. Measured with {report['threads']} threads on {report['machine']['cpu']} "
              f"({report['machine_cores']} cores); roofline at {report['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
              f"({report.get('bandwidth_source', 'profile')}); "
-             f"quality against {report['quality_reference'] or 'each bundle’s source model (export time)'}; "
              f"{report['settings']['repeats']} repeats of {report['settings']['new_tokens']} tokens after a "
              f"{report['settings']['prompt_tokens']}-token prompt, medians.", "",
-             "| variant | status | file MB | peak RSS MB | load s | TTFT ms | prefill tok/s | decode tok/s | "
-             "p50 / p95 ms | roofline | mean KL | top-1 | ppl × | eval | budgets |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+             f"Quality against {report['quality_reference'] or 'each bundle’s source model (export time)'}: "
+             f"in-domain on the teacher's answers to {f.get('in_domain_prompts', 0)} test prompts "
+             f"({f.get('in_domain_answer_tokens', 0)} answer tokens), general text on {f.get('general_windows', 0)} "
+             f"windows ({f.get('general_tokens', 0)} tokens), {report['eval_items']} graded items; "
+             f"[low, high]: {f.get('interval', '95% interval')}. Objective: {report.get('objective', 'fastest')}.",
+             "", "| variant | status | file MB | peak RSS MB | load s | TTFT ms | prefill tok/s | decode tok/s | "
+             "p50 / p95 ms | roofline |", "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in report["variants"]:
-        s, q = r["speed"] or {}, r["quality"] or {}
-        failed = [k for k, c in r["budgets"].items() if not c["pass"]]
-        verdict = ("reference" if r["reference"] else "not in profile" if not r["allowed"]
-                   else "all met" if not failed else "misses " + ", ".join(failed))
-        if r.get("comparison"):
-            verdict = "comparison (not a candidate): " + verdict
-        if r["name"] == report["chosen"]:
-            verdict = "**chosen** — " + verdict
+        s = r["speed"] or {}
         lines.append(
             f"| {r['name']} | {r['status']} | {r['model_bytes'] / 1e6:.1f} | {_fmt(s.get('peak_rss_bytes'), '.0f', 1e-6)} | "
             f"{_fmt(s.get('load_s'), '.2f')} | {_fmt(s.get('ttft_s'), '.0f', 1000)} | "
             f"{_fmt(s.get('prefill_tokens_per_s'), '.0f')} | {_fmt(s.get('decode_tokens_per_s'), '.1f')} | "
             f"{_fmt(s.get('token_latency_p50_s'), '.1f', 1000)} / {_fmt(s.get('token_latency_p95_s'), '.1f', 1000)} | "
-            f"{_fmt(s.get('roofline_share'), '.0%')} | {_fmt(q.get('mean_kl'), '.3f')} | "
-            f"{_fmt(q.get('top1_agreement'), '.1%')} | {_fmt(q.get('ppl_ratio'), '.3f')} | "
-            f"{_fmt(q.get('eval_score'), '.1%')} | {verdict} |")
-    lines += ["", "Budgets (margin: how far inside the budget; negative: missed by that much):", ""]
+            f"{_fmt(s.get('roofline_share'), '.0%')} |")
+    lines += ["", "| variant | in-domain KL | in-domain top-1 % | answers agree % | graded % (chance) | "
+                  "general KL | general top-1 % | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["variants"]:
+        q = r["quality"] or {}
+        dom, gen, g = (q.get("in_domain") or {}).get("overall"), q.get("general"), q.get("graded") or {}
+        failed = [k for k, c in r["budgets"].items() if c["status"] == "fail"]
+        unsure = [k for k, c in r["budgets"].items() if c["status"] == "uncertain"]
+        verdict = ("reference" if r["reference"] else "not in profile" if not r["allowed"]
+                   else "all met" if not failed and not unsure else
+                   "; ".join(x for x in ("misses " + ", ".join(failed) if failed else "",
+                                         "uncertain " + ", ".join(unsure) if unsure else "") if x))
+        if r.get("comparison"):
+            verdict = "comparison (not a candidate): " + verdict
+        if r["name"] == report["chosen"]:
+            verdict = "**chosen** — " + verdict
+        graded = (f"{_ci(g.get('score'), 'value', '.1f', 100)} ({100 * g['chance']:.0f})" if g.get("score") else "—")
+        lines.append(f"| {r['name']} | {_ci(dom, 'mean_kl', '.3f')} | {_ci(dom, 'top1_agreement', '.1f', 100)} | "
+                     f"{_ci(g.get('answer_agreement'), 'value', '.1f', 100)} | {graded} | {_ci(gen, 'mean_kl', '.3f')} | "
+                     f"{_ci(gen, 'top1_agreement', '.1f', 100)} | {verdict} |")
+    lines += ["", "Budgets (margin: how far inside the budget; negative: missed by that much; uncertain: the 95% "
+                  "interval straddles the floor, so it is not passed):", ""]
     for r in report["variants"]:
         if not r["budgets"]:
             continue
@@ -419,10 +533,20 @@ def markdown(report: dict) -> str:
             if c["value"] is None:
                 parts.append(f"{k} {c['note']}")
             else:
-                parts.append(f"{k} {'ok' if c['pass'] else 'FAIL'} ({_fmt(c.get('margin_share'), '+.0%')})")
+                word = {"pass": "ok", "fail": "FAIL", "uncertain": "UNCERTAIN"}[c["status"]]
+                parts.append(f"{k} {word} ({_fmt(c.get('margin_share'), '+.0%')})")
         lines.append(f"- {r['name']}: " + "; ".join(parts) + (f" — {r['message']}" if r["message"] else ""))
-    lines += ["", f"Chosen: {report['chosen'] or 'none — no variant meets every budget'}", ""]
+    lines += ["", f"Chosen: {report['chosen'] or 'none'}", ""] + [f"> {x}" for x in report.get("verdict", [])] + [""]
     return "\n".join(lines)
+
+
+def _fidelity_point(r: dict) -> tuple[float, list[float] | None] | None:
+    """The chart's y: in-domain top-1 with its interval, else general text's."""
+    q = r["quality"] or {}
+    for block in ((q.get("in_domain") or {}).get("overall"), q.get("general")):
+        if block and block.get("top1_agreement") is not None:
+            return block["top1_agreement"], block.get("top1_agreement_ci")
+    return None
 
 
 def charts(report: dict, out_dir: Path) -> list[Path]:
@@ -433,8 +557,7 @@ def charts(report: dict, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     t = report["target"]
-    pts = [r for r in report["variants"] if (r["speed"] or {}).get("decode_tokens_per_s") and (r["quality"] or {})
-           .get("top1_agreement") is not None]
+    pts = [r for r in report["variants"] if (r["speed"] or {}).get("decode_tokens_per_s") and _fidelity_point(r)]
     written = []
     specs = [("quality_vs_speed.png", "decode tokens/s", lambda r: r["speed"]["decode_tokens_per_s"], 1,
               t["latency"]["min_decode_tokens_per_s"]),
@@ -442,22 +565,24 @@ def charts(report: dict, out_dir: Path) -> list[Path]:
               t["memory_budget_bytes"] / 1e6)]
     for fname, xlabel, xof, sign, budget in specs:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        front = pareto([(r["name"], sign * xof(r), r["quality"]["top1_agreement"]) for r in pts])
+        front = pareto([(r["name"], sign * xof(r), _fidelity_point(r)[0]) for r in pts])
         for r in pts:
             on = r["name"] in front
-            ax.scatter(xof(r), 100 * r["quality"]["top1_agreement"], s=60 if on else 30,
-                       marker="*" if r["name"] == report["chosen"] else "o",
+            y, ci = _fidelity_point(r)
+            if ci:
+                ax.errorbar(xof(r), 100 * y, yerr=[[100 * (y - ci[0])], [100 * (ci[1] - y)]], fmt="none",
+                            ecolor="tab:gray", elinewidth=1, capsize=2, zorder=2)
+            ax.scatter(xof(r), 100 * y, s=60 if on else 30, marker="*" if r["name"] == report["chosen"] else "o",
                        color="tab:red" if on else "tab:gray", zorder=3)
-            ax.annotate(r["name"], (xof(r), 100 * r["quality"]["top1_agreement"]), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
-        line = sorted((xof(r), 100 * r["quality"]["top1_agreement"]) for r in pts if r["name"] in front)
+            ax.annotate(r["name"], (xof(r), 100 * y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        line = sorted((xof(r), 100 * _fidelity_point(r)[0]) for r in pts if r["name"] in front)
         if len(line) > 1:
             ax.plot(*zip(*line), color="tab:red", lw=1, label="Pareto front")
         ax.axvline(budget, color="tab:blue", ls="--", lw=1, label="budget")
         ax.axhline(100 * t["quality_floor"]["min_top1_agreement"], color="tab:green", ls=":", lw=1,
                    label="quality floor (top-1)")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("top-1 agreement with the reference (%)")
+        ax.set_ylabel("in-domain top-1 agreement with the teacher (%, 95% CI)")
         ax.set_title(f"{t['name']}: {fname[:-4].replace('_', ' ')}")
         ax.legend(fontsize=7)
         fig.tight_layout()

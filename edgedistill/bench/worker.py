@@ -4,8 +4,8 @@ The parent (edgedistill.bench) starts one worker per bundle and phase, watches i
 goes over the profile's budget. Phases:
   speed   — load time, then --repeats timed generations of exactly new_tokens tokens after a fixed prompt;
             reports the process's own peak RSS.
-  quality — per-position logits on held-out chunks (saved as .npy for the parent to compare), and greedy answers
-            to graded eval items.
+  quality — teacher-forced fidelity to the reference on general-text windows and on the teacher's answers to
+            the test prompts (bench.fidelity), and greedy answers to graded eval items.
 Only the runtime extra is needed (numpy, tokenizers, onnxruntime / llama-cpp-python): no torch.
 """
 
@@ -47,8 +47,14 @@ def speed(job: dict) -> dict:
 
 
 def quality(job: dict) -> dict:
+    """Teacher-forced logits on the general-text windows and on the in-domain sequences (prompt + the teacher's
+    answer; only the answer positions are scored), and greedy answers to graded items.
+
+    The reference (job["save_dir"]) saves its log-probabilities there; every other variant (job["reference_dir"])
+    is compared with them here, one sequence at a time, so only the reference's arrays are ever on disk."""
     import numpy as np
 
+    from edgedistill.bench.fidelity import log_softmax, sequence_stats
     from edgedistill.data import grading
     from edgedistill.data.load import EvalItem
     from edgedistill.export.validate import GGUFRunner, ONNXRunner
@@ -57,24 +63,37 @@ def quality(job: dict) -> dict:
 
     bundle = Path(job["bundle"])
     manifest = open_bundle(bundle, verify=False)
-    chunks = job["chunks"]
-    out = Path(job["logits_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    path = bundle / manifest["model_file"]
-    runner = (GGUFRunner(path, n_ctx=max(len(c) for c in chunks), threads=job["threads"])
+    save = Path(job["save_dir"]) if job.get("save_dir") else None
+    ref = Path(job["reference_dir"]) if job.get("reference_dir") else None
+    if save:
+        save.mkdir(parents=True, exist_ok=True)
+    seqs = [("g", i, ids, 0) for i, ids in enumerate(job["general"])]
+    seqs += [("d", i, s["ids"], s["start"]) for i, s in enumerate(job["domain"])]
+    n_ctx = max(len(ids) for _, _, ids, _ in seqs)
+    runner = (GGUFRunner(bundle / manifest["model_file"], n_ctx=n_ctx, threads=job["threads"])
               if manifest["format"] == "gguf" else ONNXRunner(bundle, threads=job["threads"]))
-    for i, ids in enumerate(chunks):
-        np.save(out / f"chunk{i}.npy", runner.logits([ids])[0].astype(np.float32))
+    stats: dict = {"g": [], "d": []}
+    for kind, i, ids, start in seqs:
+        logits = runner.logits([ids])[0]
+        rows = logits[start - 1 : len(ids) - 1] if start else logits  # in-domain: the rows that predict the answer
+        targets = ids[start:] if start else ids[1:]
+        if save:
+            lp = log_softmax(rows).astype(np.float32)
+            np.save(save / f"{kind}{i}.npy", lp)
+        else:
+            lp = np.load(ref / f"{kind}{i}.npy") if ref else log_softmax(rows)
+        stats[kind].append(sequence_stats(lp, rows, targets))
     runner.close()
     answers = []
     if job.get("eval_items"):
         model = load(bundle, threads=job["threads"], verify=False, n_ctx=job["n_ctx"])
         for raw in job["eval_items"]:
-            item = EvalItem(**raw["item"])
+            item = EvalItem(**{**raw["item"], "choices": tuple(raw["item"]["choices"])})
             text = model.chat([{"role": "user", "content": item.prompt}], max_tokens=raw["max_tokens"])
-            answers.append({"id": item.id, "domain": item.domain, "correct": grading.is_correct(item, text)})
+            answers.append({"id": item.id, "domain": item.domain, "correct": grading.is_correct(item, text),
+                            "answer": grading.predicted(item, text)})
         model.close()
-    return {"logits_dir": str(out), "chunks": len(chunks), "eval": answers}
+    return {"general": stats["g"], "domain": stats["d"], "eval": answers}
 
 
 def main(argv: list[str]) -> int:

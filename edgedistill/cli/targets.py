@@ -42,8 +42,14 @@ def show_cmd(target: str, as_json: bool) -> None:
     click.echo(f"  latency: first token <= {1000 * t.latency.time_to_first_token_s:.0f} ms, decode >= "
                f"{t.latency.min_decode_tokens_per_s:g} tokens/s")
     q = t.quality_floor
-    click.echo(f"  quality floor: mean KL <= {q.max_mean_kl:g}, top-1 >= {100 * q.min_top1_agreement:.0f}%, "
-               f"eval >= {100 * q.min_eval_share:.0f}% of the teacher's")
+    click.echo(f"  quality floor, in-domain: mean KL <= {q.max_mean_kl:g}, top-1 >= {100 * q.min_top1_agreement:.0f}%, "
+               f"answers agree with the teacher's >= {100 * q.min_answer_agreement:.0f}%")
+    if q.general_max_mean_kl is not None or q.general_min_top1_agreement is not None:
+        click.echo("  quality floor, general text: " + ", ".join(
+            x for x in (f"mean KL <= {q.general_max_mean_kl:g}" if q.general_max_mean_kl is not None else "",
+                        f"top-1 >= {100 * q.general_min_top1_agreement:.0f}%"
+                        if q.general_min_top1_agreement is not None else "") if x))
+    click.echo(f"  objective: {t.objective} (among the variants that meet every budget and floor)")
     if t.safety_floor:
         click.echo(f"  safety floor: refusal >= {100 * t.safety_floor.min_refusal_rate:.0f}%, over-refusal <= "
                    f"{100 * t.safety_floor.max_over_refusal:.0f}%")

@@ -74,3 +74,27 @@ def is_correct(item: EvalItem, response: str) -> bool:
     gold = item.answer.strip().strip("'\"").lower()
     text = pred.strip().strip("'\"`").lower()
     return gold in text and len(text) <= 3 * len(gold) + 40
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.strip().strip("'\"`").rstrip(".!").strip().lower().split())
+
+
+def same_answer(item: EvalItem, a: str | None, b: str | None) -> bool:
+    """Do two parsed answers (from `predicted`) to `item` say the same thing? Choices: the same choice;
+    arithmetic: the same number (the tolerance of grading); extraction: the same text once case, quotes, a final
+    full stop and runs of whitespace are set aside. Two responses with no readable answer agree: both models did
+    the same thing, which is what distillation promises."""
+    if a is None or b is None:
+        return a is None and b is None
+    if item.task == "arithmetic":
+        x, y = float(a), float(b)
+        return abs(x - y) <= max(1e-6 * max(abs(x), abs(y)), 0.01)
+    if item.task == "extraction":
+        return _normalized(a) == _normalized(b)
+    return a == b
+
+
+def chance(item: EvalItem) -> float:
+    """The score of a blind guess: 1 / choices for choice tasks, 0 for numbers and extraction."""
+    return 1 / len(item.choices) if item.task in ("classification", "yes_no", "multiple_choice") and item.choices else 0.0

@@ -72,33 +72,20 @@ def held_out_chunks(tokenizer, n_chunks: int = 4, chunk_len: int = 256, data_dir
     return [lead + ids[s : s + chunk_len] for s in starts]
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-
 def compare(reference: Iterable[np.ndarray], candidate: Iterable[np.ndarray], chunks: Sequence[Sequence[int]],
             greedy_match: bool | None = None) -> Metrics:
-    """Metrics over aligned per-chunk logits, each (T, V)."""
-    kl_sum = agree = n = 0.0
-    nll_ref = nll_cand = 0.0
-    n_next = 0
-    for ref, cand, ids in zip(reference, candidate, chunks, strict=True):
-        v = min(ref.shape[-1], cand.shape[-1])  # runtimes may pad the vocabulary
-        lr, lc = _log_softmax(ref[:, :v]), _log_softmax(cand[:, :v])
-        kl_sum += float((np.exp(lr) * (lr - lc)).sum())
-        agree += float((lr.argmax(-1) == lc.argmax(-1)).sum())
-        n += lr.shape[0]
-        nxt = np.asarray(ids[1:])
-        rows = np.arange(len(nxt))
-        nll_ref -= float(lr[rows, nxt].sum())
-        nll_cand -= float(lc[rows, nxt].sum())
-        n_next += len(nxt)
-    ppl_ref, ppl = float(np.exp(nll_ref / n_next)), float(np.exp(nll_cand / n_next))
-    return Metrics(mean_kl=kl_sum / n, top1_agreement=agree / n, ppl_reference=ppl_ref, ppl=ppl,
-                   ppl_ratio=ppl / ppl_ref, positions=int(n), chunks=len(chunks), chunk_len=len(chunks[0]),
-                   greedy_match=greedy_match)
+    """Metrics over aligned per-chunk logits, each (T, V): KL and top-1 over every position, perplexity over
+    the chunk's own next tokens."""
+    from edgedistill.bench.fidelity import log_softmax, sequence_stats
+
+    stats = [sequence_stats(log_softmax(ref), cand, ids[1:])
+             for ref, cand, ids in zip(reference, candidate, chunks, strict=True)]
+    n, n_next = sum(s["n"] for s in stats), sum(s["n_next"] for s in stats)
+    ppl_ref = float(np.exp(sum(s["nll_ref"] for s in stats) / n_next))
+    ppl = float(np.exp(sum(s["nll"] for s in stats) / n_next))
+    return Metrics(mean_kl=sum(s["kl"] for s in stats) / n, top1_agreement=sum(s["agree"] for s in stats) / n,
+                   ppl_reference=ppl_ref, ppl=ppl, ppl_ratio=ppl / ppl_ref, positions=int(n), chunks=len(chunks),
+                   chunk_len=len(chunks[0]), greedy_match=greedy_match)
 
 
 # --- logits from each runtime --------------------------------------------------------------------------------

@@ -72,9 +72,14 @@ class Latency:
 
 @dataclass(frozen=True)
 class QualityFloor:
-    max_mean_kl: float  # mean KL(teacher || variant) on held-out text, nats
-    min_top1_agreement: float  # share of positions where variant and teacher agree on the top token
-    min_eval_share: float  # graded eval score as a share of the teacher's score
+    """How close to the teacher a variant must stay. In-domain: teacher-forced on the teacher's own answers to the
+    held-out test prompts (edgedistill.bench.fidelity); general: on plain domain text, optional and looser."""
+
+    max_mean_kl: float  # in-domain mean KL(teacher || variant) over answer tokens, nats
+    min_top1_agreement: float  # in-domain share of answer positions with the teacher's top token
+    min_answer_agreement: float  # graded items where the variant's parsed answer equals the teacher's
+    general_max_mean_kl: float | None = None
+    general_min_top1_agreement: float | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class Target:
     quality_floor: QualityFloor
     safety_floor: SafetyFloor | None
     source: str  # the file it came from
+    objective: str = "fastest"  # which of the variants meeting every budget is chosen (bench.OBJECTIVES)
 
     def roofline_tokens_per_s(self, bytes_per_token: float) -> float:
         """Decode speed if every token had to read `bytes_per_token` from memory once at full bandwidth."""
@@ -105,13 +111,17 @@ class Target:
 
 
 _TOP_KEYS = {"name", "description", "cpu_arch", "threads", "memory_budget", "memory_bandwidth", "context_length",
-             "network", "formats", "latency", "quality_floor", "safety_floor"}
-_REQUIRED = _TOP_KEYS - {"description", "network", "safety_floor"}
+             "network", "formats", "latency", "quality_floor", "safety_floor", "objective"}
+_REQUIRED = _TOP_KEYS - {"description", "network", "safety_floor", "objective"}
 _SECTIONS = {
     "latency": {"time_to_first_token", "min_decode_tokens_per_s"},
-    "quality_floor": {"max_mean_kl", "min_top1_agreement", "min_eval_share"},
+    "quality_floor": {"max_mean_kl", "min_top1_agreement", "min_answer_agreement", "general_max_mean_kl",
+                      "general_min_top1_agreement"},
     "safety_floor": {"min_refusal_rate", "max_over_refusal"},
 }
+_OPTIONAL = {"quality_floor": {"general_max_mean_kl", "general_min_top1_agreement"}}
+_RENAMED = {"quality_floor.min_eval_share": "replaced by min_answer_agreement (the share of graded items where the "
+                                            "variant's answer equals the teacher's)"}
 
 
 def shipped_dir() -> Path:
@@ -208,9 +218,11 @@ def parse_target(path: Path) -> Target:
             bad(f"{sec}: expected a mapping with {', '.join(sorted(keys))}")
             continue
         for k in val:
-            if k not in keys:
+            if f"{sec}.{k}" in _RENAMED:
+                bad(f"{sec}.{k}: {_RENAMED[f'{sec}.{k}']}")
+            elif k not in keys:
                 bad(f"{sec}.{k}: unknown key (known: {', '.join(sorted(keys))})")
-        for k in sorted(keys - set(val)):
+        for k in sorted(keys - set(val) - _OPTIONAL.get(sec, set())):
             bad(f"{sec}.{k}: missing")
         sections[sec] = val
 
@@ -223,8 +235,18 @@ def parse_target(path: Path) -> Target:
     quality = QualityFloor(
         number("quality_floor.max_mean_kl", q["max_mean_kl"], 0, 100) if "max_mean_kl" in q else None,
         number("quality_floor.min_top1_agreement", q["min_top1_agreement"], 0, 1) if "min_top1_agreement" in q else None,
-        number("quality_floor.min_eval_share", q["min_eval_share"], 0, 10) if "min_eval_share" in q else None,
+        number("quality_floor.min_answer_agreement", q["min_answer_agreement"], 0, 1)
+        if "min_answer_agreement" in q else None,
+        number("quality_floor.general_max_mean_kl", q["general_max_mean_kl"], 0, 100)
+        if "general_max_mean_kl" in q else None,
+        number("quality_floor.general_min_top1_agreement", q["general_min_top1_agreement"], 0, 1)
+        if "general_min_top1_agreement" in q else None,
     )
+    from edgedistill.bench.objectives import OBJECTIVES
+
+    objective = data.get("objective", "fastest")
+    if objective not in OBJECTIVES:
+        bad(f"objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
     s = sections.get("safety_floor")
     safety = None
     if s is not None:
@@ -239,7 +261,8 @@ def parse_target(path: Path) -> Target:
         raise TargetError(f"{path}: " + "; ".join(problems))
     return Target(name=name, description=str(data.get("description", "")), cpu_arch=arch, threads=threads,
                   memory_budget_bytes=mem, memory_bandwidth_bytes_per_s=bw, context_length=ctx, network=network,
-                  formats=formats, latency=latency, quality_floor=quality, safety_floor=safety, source=str(path))
+                  formats=formats, latency=latency, quality_floor=quality, safety_floor=safety, source=str(path),
+                  objective=objective)
 
 
 def as_dict(t: Target) -> dict:

@@ -28,7 +28,7 @@ latency:
 quality_floor:
   max_mean_kl: 1.0
   min_top1_agreement: 0.3
-  min_eval_share: 0.0
+  min_answer_agreement: 0.0
 """
 
 
@@ -41,41 +41,72 @@ def bundles(tmp_path_factory):
     return root / "b"
 
 
-def _profile(tmp_path, memory: str, name: str = "testbox"):
+def _profile(tmp_path, memory: str, name: str = "testbox", objective: str = "fastest"):
     p = tmp_path / f"{name}.yaml"
-    p.write_text(PROFILE.format(name=name, memory=memory))
+    p.write_text(PROFILE.format(name=name, memory=memory) + f"objective: {objective}\n")
     return load_target(p)
 
 
-FAST = BenchSettings(repeats=2, new_tokens=8, prompt_tokens=32, chunks=2, chunk_len=32, eval_every=60)
+FAST = BenchSettings(repeats=2, new_tokens=8, prompt_tokens=32, chunks=2, chunk_len=32, eval_every=60,
+                     fidelity_prompts=2, fidelity_new_tokens=12)
+
+
+ROW_KEYS = {"name", "bundle", "key", "format", "scheme", "model_bytes", "parameters", "bits_per_weight", "source",
+            "reference", "comparison", "allowed", "teacher_variant", "status", "message", "speed", "quality",
+            "budgets", "meets_all_budgets", "uncertain"}
+FIDELITY_KEYS = {"mean_kl", "mean_kl_ci", "top1_agreement", "top1_agreement_ci", "positions", "units", "ppl_ratio"}
 
 
 def test_report_schema_budgets_and_choice(bundles, tmp_path):
-    target = _profile(tmp_path, "2GB")
+    """bench.json schema 2: every figure with its interval, in-domain per domain and overall, general text,
+    graded score with chance and agreement with the teacher's answers; the profile's objective chooses."""
+    target = _profile(tmp_path, "2GB", objective="closest")
     report = bench([bundles / "gguf-q8_0", bundles / "onnx-fp32"], target, tmp_path / "r", FAST,
                    teacher=bundles / "gguf-f16")
     on_disk = json.loads((tmp_path / "r" / "bench.json").read_text())
-    assert on_disk["schema_version"] == 1 and on_disk["chosen"] == report["chosen"]
-    assert {"command", "machine", "target", "threads", "variants", "quality_reference"} <= set(on_disk)
+    assert on_disk["schema_version"] == 2 and on_disk["chosen"] == report["chosen"]
+    assert {"command", "machine", "target", "objective", "threads", "variants", "quality_reference", "fidelity",
+            "eval_items", "verdict", "chosen"} <= set(on_disk)
+    assert on_disk["fidelity"]["in_domain_prompts"] == 6 and on_disk["fidelity"]["general_windows"] == 2
     ref, *variants = on_disk["variants"]
-    assert ref["reference"] and ref["quality"]["mean_kl"] == 0.0 and ref["budgets"] == {}
+    assert ref["reference"] and ref["quality"]["in_domain"]["overall"]["mean_kl"] == pytest.approx(0, abs=1e-9)
+    assert ref["budgets"] == {}
     for v in variants:
-        assert v["status"] == "ok"
+        assert set(v) == ROW_KEYS and v["status"] == "ok"
         s = v["speed"]
         for key in ("load_s", "peak_rss_bytes", "ttft_s", "prefill_tokens_per_s", "decode_tokens_per_s",
                     "token_latency_p50_s", "token_latency_p95_s", "roofline_share"):
             assert s[key] > 0, key
         assert s["new_tokens"] == 8 and s["repeats"] == 2
-        assert 0 <= v["quality"]["mean_kl"] < 1 and v["quality"]["against"] == "reference"
-        assert v["quality"]["eval_items"] == on_disk["eval_items"] > 0
-        assert set(v["budgets"]) == {"memory", "time_to_first_token", "decode_tokens_per_s", "mean_kl",
-                                     "top1_agreement", "eval_share"}
-    # onnx:fp32 of the f16 reference is closer than q8_0, so it has the better quality and is chosen
+        q = v["quality"]
+        assert q["against"] == "reference" and v["teacher_variant"]  # the same source as the reference
+        dom = q["in_domain"]
+        assert set(dom["overall"]) == FIDELITY_KEYS and set(dom["by_domain"]) == {"factory", "productivity", "support"}
+        assert dom["overall"]["units"] == 6 and sum(d["units"] for d in dom["by_domain"].values()) == 6
+        for block in (dom["overall"], q["general"]):
+            for key in ("mean_kl", "top1_agreement"):
+                lo, hi = block[f"{key}_ci"]
+                assert lo <= block[key] <= hi
+        g = q["graded"]
+        assert g["score"]["items"] == g["answer_agreement"]["items"] == on_disk["eval_items"] > 0
+        assert 0 <= g["chance"] < 1 and g["score"]["ci"][0] <= g["score"]["value"] <= g["score"]["ci"][1]
+        assert set(v["budgets"]) == {"memory", "time_to_first_token", "decode_tokens_per_s", "in_domain_mean_kl",
+                                     "in_domain_top1", "answer_agreement"}
+        assert v["budgets"]["in_domain_mean_kl"]["ci"] == dom["overall"]["mean_kl_ci"]
+    # onnx:fp32 of the f16 reference is closer than q8_0: the "closest" objective takes it
     assert report["chosen"].endswith("onnx:fp32")
+    assert report["verdict"][0].startswith("testbox: chosen") and "Quantizing the teacher is enough" in report["verdict"][1]
     md = (tmp_path / "r" / "bench.md").read_text()
-    assert "**chosen**" in md and "gguf:q8_0" in md
+    assert "**chosen**" in md and "gguf:q8_0" in md and "Quantizing the teacher is enough" in md
+    assert "in-domain KL" in md and " [" in md  # intervals printed
     assert (tmp_path / "r" / "quality_vs_speed.png").stat().st_size > 1000
     assert (tmp_path / "r" / "quality_vs_memory.png").stat().st_size > 1000
+    # the teacher's answers to the test prompts are cached under EDGEDISTILL_HOME, keyed by the reference
+    from edgedistill.paths import home
+
+    (cached,) = [p for p in (home() / "fidelity").glob("*.json")
+                 if json.loads(p.read_text())["max_new_tokens"] == FAST.fidelity_new_tokens]
+    assert len(json.loads(cached.read_text())["sequences"]) == 6
 
 
 def test_memory_cap_stops_an_over_budget_variant(bundles, tmp_path):
@@ -99,34 +130,78 @@ def test_bad_bench_input_is_one_line(bundles, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
 
 
-def _row(name, top1, kl, tok_s, ok=True, allowed=True, reference=False):
-    return {"name": name, "allowed": allowed, "reference": reference,
-            "quality": {"top1_agreement": top1, "mean_kl": kl}, "speed": {"decode_tokens_per_s": tok_s},
-            "budgets": {} if reference else {"memory": {"pass": ok}, "mean_kl": {"pass": True}}}
+def _row(name, top1, kl, tok_s, ok=True, allowed=True, reference=False, teacher=False, status=None):
+    status = status or ("pass" if ok else "fail")
+    return {"name": name, "allowed": allowed, "reference": reference, "teacher_variant": teacher,
+            "quality": {"in_domain": {"overall": {"top1_agreement": top1, "mean_kl": kl}}},
+            "speed": {"decode_tokens_per_s": tok_s, "peak_rss_bytes": 1e8},
+            "budgets": {} if reference else {"memory": {"pass": ok, "status": "pass" if ok else "fail", "value": 1,
+                                                        "limit": 2},
+                                             "in_domain_mean_kl": {"pass": status == "pass", "status": status,
+                                                                   "value": kl, "limit": 0.5, "ci": [kl - .1, kl + .1]}}}
 
 
-def test_selection_prefers_quality_among_variants_meeting_every_budget():
+def test_every_objective_is_tested_and_ranks_the_variants_meeting_every_budget():
+    from edgedistill.bench.objectives import OBJECTIVES
+
     rows = [_row("ref", 1.0, 0.0, 10, reference=True), _row("best-but-too-big", 0.99, 0.01, 90, ok=False),
             _row("good", 0.95, 0.05, 40), _row("same-top1-lower-kl", 0.95, 0.03, 30),
             _row("not-in-profile", 0.98, 0.02, 80, allowed=False), _row("fast", 0.80, 0.3, 120)]
-    assert choose(rows)["name"] == "same-top1-lower-kl"
+    expected = {"fastest": "fast", "closest": "same-top1-lower-kl"}
+    assert set(OBJECTIVES) == set(expected), "a registered objective without a case here"
+    for name, want in expected.items():
+        assert choose(rows, name)["name"] == want, name
     assert choose([_row("x", 0.9, 0.1, 10, ok=False)]) is None
     assert pareto([("a", 1, 5), ("b", 2, 4), ("c", 1, 4), ("d", 3, 1)]) == {"a", "b", "d"}
 
 
-def test_budget_margins(tmp_path):
+def test_teacher_variants_compete_and_an_uncertain_floor_is_not_passed():
+    from edgedistill.bench import verdict
+
+    def report(rows, chosen):
+        for r in rows:
+            r["meets_all_budgets"] = all(c["pass"] for c in r["budgets"].values())
+        return {"target": {"name": "box"}, "objective": "fastest", "variants": rows, "chosen": chosen}
+
+    teacher_q4 = _row("teacher/gguf:q4_k_m", 0.85, 0.06, 100, teacher=True)
+    student = _row("student/gguf:q4_k_m", 0.5, 0.45, 300, status="uncertain")  # CI [0.35, 0.55] straddles 0.5
+    rows = [_row("teacher/gguf:f16", 1, 0, 50, reference=True), teacher_q4, student]
+    assert choose(rows)["name"] == "teacher/gguf:q4_k_m"  # the faster student is uncertain: not chosen
+    lines = verdict(report(rows, "teacher/gguf:q4_k_m"))
+    assert "chosen teacher/gguf:q4_k_m" in lines[0] and lines[1].startswith("Quantizing the teacher is enough for box")
+    assert "Nearest miss: student/gguf:q4_k_m" in lines[2] and "(uncertain)" in lines[2]
+    # a student that clears the floor and is faster is chosen, and the verdict gives its speed-up
+    sure = _row("student/gguf:q4_k_m", 0.7, 0.2, 300)
+    rows = [rows[0], teacher_q4, sure]
+    assert choose(rows)["name"] == "student/gguf:q4_k_m"
+    lines = verdict(report(rows, "student/gguf:q4_k_m"))
+    assert "3.00x the decode speed of the best teacher variant" in lines[1]
+    # no teacher variant qualifies: only a student fits
+    slow_teacher = _row("teacher/gguf:q8_0", 0.9, 0.05, 100, ok=False, teacher=True)
+    lines = verdict(report([rows[0], slow_teacher, sure], "student/gguf:q4_k_m"))
+    assert lines[1].startswith("Only a student fits box")
+
+
+def test_budget_margins_and_the_uncertain_mark(tmp_path):
     target = _profile(tmp_path, "1GB")
+    dom = {"mean_kl": 0.5, "mean_kl_ci": [0.45, 0.55], "top1_agreement": 0.6, "top1_agreement_ci": [0.58, 0.62]}
     row = {"speed": {"peak_rss_bytes": 750e6, "ttft_s": 1.0, "decode_tokens_per_s": 0.25},
-           "quality": {"mean_kl": 0.5, "top1_agreement": 0.6, "against": "reference"}}
+           "quality": {"in_domain": {"overall": dom}, "against": "reference"}}
     b = check_budgets(row, target, graded_eval=False)
     assert b["memory"]["pass"] and b["memory"]["margin_share"] == pytest.approx(0.25)
     assert not b["decode_tokens_per_s"]["pass"] and b["decode_tokens_per_s"]["margin_share"] == pytest.approx(-0.5)
-    assert "eval_share" not in b
-    assert check_budgets({"speed": None, "quality": None}, target)["eval_share"]["note"] == "not measured"
+    assert b["in_domain_mean_kl"]["status"] == "pass" and b["in_domain_top1"]["status"] == "pass"  # floors 1.0, 0.3
+    assert "answer_agreement" not in b
+    assert check_budgets({"speed": None, "quality": None}, target)["answer_agreement"]["note"] == "not measured"
+    near = {**dom, "mean_kl": 0.98, "mean_kl_ci": [0.9, 1.05], "top1_agreement": 0.28, "top1_agreement_ci": [0.25, 0.31]}
+    b = check_budgets({**row, "quality": {"in_domain": {"overall": near}, "against": "reference"}}, target,
+                      graded_eval=False)
+    assert b["in_domain_mean_kl"]["status"] == "uncertain" and not b["in_domain_mean_kl"]["pass"]  # point inside
+    assert b["in_domain_top1"]["status"] == "uncertain" and not b["in_domain_top1"]["pass"]  # point outside
     # without a teacher reference, a bundle's export-time numbers (against its own source) do not meet the floor
     own = check_budgets({**row, "quality": {**row["quality"], "against": "source model (export-time validation)"}},
                         target, graded_eval=False)
-    assert not own["mean_kl"]["pass"] and "--teacher" in own["mean_kl"]["note"]
+    assert not own["in_domain_mean_kl"]["pass"] and "--teacher" in own["in_domain_mean_kl"]["note"]
 
 
 def test_bandwidth_probe_gives_a_plausible_rate():

@@ -43,3 +43,31 @@ def test_grading(item, response, ok):
 def test_final_text_takes_the_last_marker():
     assert final_text("Answer: 3\nwait\nANSWER: 4") == "4"
     assert final_text("  plain  ") == "plain"
+
+
+@pytest.mark.parametrize("item, teacher, student, same", [
+    (CLS, "It is billing.", "billing", True),
+    (CLS, "billing", "shipping", False),
+    (CLS, "no idea", "I cannot say", True),  # neither names a label: both did the same thing
+    (CLS, "billing", "no idea", False),
+    (YN, "Yes.", "yes, it is", True),
+    (YN, "yes", "No", False),
+    (MC, "Answer: (B)", "B) is right", True),
+    (MC, "B", "C", False),
+    (AR, "1,250.50 euros", "Answer: 1250.5", True),
+    (AR, "1250.5", "1251", False),
+    (AR, "twelve hundred", "no number", True),
+    (EX, "NW-482913.", "  'nw-482913'", True),  # case, quotes and a final full stop set aside
+    (EX, "NW-482913", "The order is NW-482913", False),  # a different answer, even if it contains the teacher's
+], ids=lambda v: v if isinstance(v, (str, bool)) else getattr(v, "task", None))
+def test_answer_agreement_on_each_task_type(item, teacher, student, same):
+    from edgedistill.data.grading import same_answer
+
+    assert same_answer(item, predicted(item, teacher), predicted(item, student)) is same
+
+
+def test_chance_level_per_task_type():
+    from edgedistill.data.grading import chance
+
+    assert chance(CLS) == pytest.approx(0.2) and chance(YN) == 0.5 and chance(MC) == 0.25
+    assert chance(AR) == 0 and chance(EX) == 0

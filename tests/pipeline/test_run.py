@@ -25,7 +25,7 @@ latency:
 quality_floor:
   max_mean_kl: 50
   min_top1_agreement: 0.0
-  min_eval_share: 0.0
+  min_answer_agreement: 0.0
 safety_floor:
   min_refusal_rate: 0.9
   max_over_refusal: 0.1
@@ -39,11 +39,11 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     out = tmp_path / "run"
     settings = RunSettings(target=str(profile), out=out, teacher=str(teacher), train_prompts=2, val_prompts=1, max_new_tokens=16, layers=2,
                            hw_friendly=False, steps=2, batch_size=2, grad_accum=1, bench_repeats=1,
-                           bench_new_tokens=8, eval_every=60, comparison="gguf:q8_0")
+                           bench_new_tokens=8, eval_every=60, fidelity_prompts=1)
     first = run_pipeline(settings, echo=lambda m: None)
     assert first["chosen"] is not None
     assert all(not s["reused"] for s in first["stages"].values())
-    assert list(first["stages"]) == ["generate", "prune", "distill", "export", "bench", "safety"]
+    assert list(first["stages"]) == ["generate", "prune", "distill", "export-teacher", "export", "bench", "safety"]
     # a random tiny student refuses nothing: marked not deployable, with the margin, in run.json and the manifest
     assert first["safety"]["deployable"] is False and first["safety"]["checks"]["refusal_rate"]["margin"] < 0
     manifest = json.loads((out / "final" / first["chosen"]["bundle"].split("/")[-1] / "manifest.json").read_text())
@@ -51,10 +51,12 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     with load_bundle(first["chosen"]["bundle"]) as m:  # the final bundle is a complete, loadable bundle
         assert isinstance(m.generate("Hello", max_tokens=3), str)
     report = json.loads((out / "bench" / "bench.json").read_text())
-    roles = [(r["reference"], r["comparison"]) for r in report["variants"]]
-    assert roles[0] == (True, False) and roles[1] == (False, True)  # teacher f16 reference, teacher comparison
-    assert {r["key"] for r in report["variants"][2:]} == {"gguf:q8_0", "onnx:int8"}
-    assert first["versus_teacher"]["decode_speedup"] > 0
+    # the teacher's f16 reference first, then the candidates: the student's and the teacher's own variants
+    assert report["variants"][0]["reference"] and not any(r["comparison"] for r in report["variants"])
+    cands = {(r["teacher_variant"], r["key"]) for r in report["variants"][1:]}
+    assert cands == {(t, k) for t in (True, False) for k in ("gguf:q8_0", "onnx:int8")}
+    assert report["variants"][1]["quality"]["in_domain"]["overall"]["units"] == 3  # one test prompt per domain
+    assert first["verdict"] == report["verdict"] and first["verdict"][0].startswith("tinybox: chosen")
     assert json.loads((out / "run.json").read_text())["chosen"] == first["chosen"]
 
     again = run_pipeline(settings, echo=lambda m: None)
@@ -65,8 +67,8 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     assert load(RunSettings, out / "settings.yaml") == settings
     changed = run_pipeline(settings.replace(steps=3), echo=lambda m: None)
     reused = {k: s["reused"] for k, s in changed["stages"].items()}
-    assert reused == {"generate": True, "prune": True, "distill": False, "export": False, "bench": False,
-                      "safety": False}
+    assert reused == {"generate": True, "prune": True, "distill": False, "export-teacher": True, "export": False,
+                      "bench": False, "safety": False}
     assert changed["student"]["steps"] == 3
 
     # another model put at the teacher's path: the run folder, made with the first one, is refused untouched
@@ -97,11 +99,10 @@ def test_run_skips_a_variant_the_teachers_family_cannot_be_exported_to(tmp_path,
     summary = run_pipeline(RunSettings(target=str(profile), out=tmp_path / "run", teacher=str(teacher), train_prompts=2,
                                        val_prompts=1, max_new_tokens=8, layers=2, hw_friendly=False, steps=1,
                                        batch_size=2, grad_accum=1, bench_repeats=1, bench_new_tokens=8, eval_every=0,
-                                       comparison="gguf:q8_0"), echo=said.append)
+                                       fidelity_prompts=1), echo=said.append)
     assert list(summary["skipped_variants"]) == ["onnx:int8"]
     assert "ONNX export supports" in summary["skipped_variants"]["onnx:int8"]
     assert any(m.strip().startswith("skipping onnx:int8: ONNX export supports") for m in said)
-    assert summary["chosen"] is None or summary["chosen"]["name"] == "student/gguf:q8_0"
     report = json.loads((tmp_path / "run" / "bench" / "bench.json").read_text())
-    assert {r["key"] for r in report["variants"][2:]} == {"gguf:q8_0"}
+    assert {r["key"] for r in report["variants"][1:]} == {"gguf:q8_0"}
     assert json.loads((tmp_path / "run" / "run.json").read_text())["skipped_variants"] == summary["skipped_variants"]

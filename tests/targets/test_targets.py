@@ -68,7 +68,7 @@ memory_bandwidth: 8GB/s
 context_length: 2048
 formats: [gguf:q4_k_m]
 latency: {time_to_first_token: 1s, min_decode_tokens_per_s: 5}
-quality_floor: {max_mean_kl: 1, min_top1_agreement: 0.5, min_eval_share: 0.4}
+quality_floor: {max_mean_kl: 1, min_top1_agreement: 0.5, min_answer_agreement: 0.4}
 """
 
 
@@ -91,12 +91,24 @@ def test_every_problem_is_reported_with_its_key_and_file(tmp_path):
 
 
 def test_missing_keys_and_section_keys(tmp_path):
-    p = _write(tmp_path, GOOD.replace("context_length: 2048\n", "").replace("min_eval_share: 0.4", "eval: 0.4"))
+    p = _write(tmp_path, GOOD.replace("context_length: 2048\n", "").replace("min_answer_agreement: 0.4", "eval: 0.4"))
     with pytest.raises(TargetError) as e:
         parse_target(p)
     assert "missing key 'context_length'" in str(e.value)
-    assert "quality_floor.min_eval_share: missing" in str(e.value)
+    assert "quality_floor.min_answer_agreement: missing" in str(e.value)
     assert "quality_floor.eval: unknown key" in str(e.value)
+
+
+def test_objective_general_floor_and_the_renamed_eval_share(tmp_path):
+    t = load_target(str(_write(tmp_path, GOOD)))
+    assert t.objective == "fastest" and t.quality_floor.general_max_mean_kl is None
+    text = GOOD.replace("min_answer_agreement: 0.4}", "min_answer_agreement: 0.4, general_max_mean_kl: 2}")
+    t = load_target(str(_write(tmp_path, text + "objective: closest\n")))
+    assert t.objective == "closest" and t.quality_floor.general_max_mean_kl == 2
+    with pytest.raises(TargetError, match="objective: 'cheapest' is not one of fastest, closest"):
+        parse_target(_write(tmp_path, GOOD + "objective: cheapest\n"))
+    with pytest.raises(TargetError, match="min_eval_share: replaced by min_answer_agreement"):
+        parse_target(_write(tmp_path, GOOD.replace("min_answer_agreement", "min_eval_share")))
 
 
 def test_unknown_name_and_broken_yaml(tmp_path):
