@@ -1,6 +1,6 @@
 """run: the whole trip for one device profile, stage by stage, reusing every stage whose inputs are unchanged.
 
-    pull -> generate -> prune -> distill -> export (every variant the profile allows, of the student and of the
+    pull -> generate -> cache (the teacher's top-k log-probs) -> prune -> distill -> export (every variant the profile allows, of the student and of the
     teacher, plus the teacher's exact reference file) -> bench -> choose -> final bundle + report
 
 Each stage writes into its own folder under the run folder with a stage.json holding a key: the hash of the
@@ -53,6 +53,9 @@ class RunSettings(EngineSettings):
     kd_weight: float = setting(0.5, "Forward-KL weight; the rest is cross-entropy on the teacher's tokens (the best "
                                     "of the measured objectives).", min=0, max=1)
     steps: int = setting(40, "Distillation steps.", min=1)
+    logit_cache: bool = setting(True, "Distill from the teacher's top-64 log-probs of its answers, scored once by "
+                                      "the teacher engine (torch or llama.cpp), instead of running the teacher at "
+                                      "every step (openai: always live).", flag="--logit-cache/--live-teacher")
     max_time_s: float | None = setting(None, "Distillation time budget, e.g. 20m.", min=0, min_open=True,
                                        kind="duration", flag="--max-time")
     batch_size: int = setting(4, "Sequences per micro-batch.", min=1, cli=False)
@@ -198,6 +201,22 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
 
     data_folder, _ = st.run("generate", g_key, gen)
 
+    # 2b. the teacher's top-64 log-probs of its train answers, scored once by the same engine
+    use_cache = settings.logit_cache and settings.teacher_engine != "openai"
+    c_key = _key("cache", g_key, settings.teacher_engine, settings.teacher_gguf_type)
+
+    def run_cache(folder: Path) -> dict:
+        from edgedistill.distill.stage import CacheSettings, cache_logits
+
+        s = CacheSettings(teacher=str(teacher_dir), data=[data_folder / "teacher-train.jsonl"], out=folder / "cache",
+                          k=64, max_length=512, teacher_engine=settings.teacher_engine,
+                          teacher_gguf_type=settings.teacher_gguf_type)
+        with progress() as p:
+            meta = cache_logits(s, progress=p)
+        return {k: meta.get(k) for k in ("k", "tokens", "bytes_per_token", "teacher_mass_in_top_k")}
+
+    cache_folder = st.run("cache", c_key, run_cache)[0] if use_cache else None
+
     # 3. prune: the hardware-friendly shape at the given depth, or the teacher's widths
     p_key = _key("prune", t_key, settings.layers, settings.hw_friendly, str(data_dir))
 
@@ -210,7 +229,7 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     prune_folder, shape = st.run("prune", p_key, run_prune)
 
     # 4. distill
-    d_key = _key("distill", p_key, g_key, settings.loss, settings.loss_params, settings.kd_weight, settings.steps,
+    d_key = _key("distill", p_key, g_key, c_key if use_cache else None, settings.loss, settings.loss_params, settings.kd_weight, settings.steps,
                  settings.max_time_s, settings.batch_size, settings.grad_accum, settings.lr)
 
     def run_distill(folder: Path) -> dict:
@@ -220,7 +239,8 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
                             beta=settings.loss_params.get("beta"), alpha=settings.loss_params.get("alpha"),
                             kd_weight=settings.kd_weight, max_steps=settings.steps, max_time=settings.max_time_s,
                             batch_size=settings.batch_size, grad_accum=settings.grad_accum, lr=settings.lr,
-                            save_steps=100_000, warmup_steps=min(6, settings.steps // 4), keep_checkpoints=False)
+                            save_steps=100_000, warmup_steps=min(6, settings.steps // 4), keep_checkpoints=False,
+                            logit_cache=cache_folder / "cache" if cache_folder else None)
         with training_progress() as p:
             report = distill(s, teacher=teacher(), progress=p)
         return {k: report[k] for k in ("steps", "parameters", "validation")}

@@ -186,7 +186,7 @@ def check_budgets(row: dict, target: Target, graded_eval: bool = True) -> dict:
 def choose(rows: list[dict], objective: str = "fastest") -> dict | None:
     """The allowed, non-reference variant the profile's objective ranks first among those that pass every budget
     and floor (an "uncertain" floor is not passed); None when none does."""
-    from edgedistill.bench.objectives import OBJECTIVES
+    from edgedistill.targets.objectives import OBJECTIVES
 
     ok = [r for r in rows if r["allowed"] and not r["reference"] and not r.get("comparison") and r["budgets"]
           and all(c["pass"] for c in r["budgets"].values())]

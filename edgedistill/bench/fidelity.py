@@ -22,31 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgedistill.export.validate import log_softmax, sequence_stats  # noqa: F401  (the shared per-sequence sums)
+
 log = logging.getLogger(__name__)
 ANSWERS_FORMAT = "edgedistill-teacher-answers-v1"
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-
-def sequence_stats(ref_lp: np.ndarray, cand_logits: np.ndarray, targets) -> dict:
-    """Sums over the scored rows of one sequence. ref_lp: the reference's log-probabilities (T, V); cand_logits:
-    the variant's logits at the same rows; targets: the next token of each row (the last row may have none).
-
-    Returns kl (Σ KL(ref || cand)), agree (rows with the same argmax), n (rows), nll_ref and nll (Σ next-token
-    negative log-likelihood of each model over the rows with a target), n_next."""
-    v = min(ref_lp.shape[-1], cand_logits.shape[-1])  # runtimes may pad the vocabulary
-    lr = ref_lp[:, :v].astype(np.float64)
-    lr = lr - np.log(np.exp(lr).sum(-1, keepdims=True))  # renormalised over the shared rows
-    lc = log_softmax(cand_logits[:, :v])
-    t = np.asarray(targets, dtype=np.int64)[: lr.shape[0]]
-    rows = np.arange(len(t))
-    return {"kl": float((np.exp(lr) * (lr - lc)).sum()), "agree": int((lr.argmax(-1) == lc.argmax(-1)).sum()),
-            "n": int(lr.shape[0]), "nll_ref": float(-lr[rows, t].sum()), "nll": float(-lc[rows, t].sum()),
-            "n_next": int(len(t))}
 
 
 def summarize(stats: list[dict], *, level: float = 0.95) -> dict:

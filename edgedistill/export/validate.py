@@ -72,12 +72,33 @@ def held_out_chunks(tokenizer, n_chunks: int = 4, chunk_len: int = 256, data_dir
     return [lead + ids[s : s + chunk_len] for s in starts]
 
 
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def sequence_stats(ref_lp: np.ndarray, cand_logits: np.ndarray, targets) -> dict:
+    """Sums over the scored rows of one sequence. ref_lp: the reference's log-probabilities (T, V); cand_logits:
+    the variant's logits at the same rows; targets: the next token of each row (the last row may have none).
+
+    Returns kl (Σ KL(ref || cand)), agree (rows with the same argmax), n (rows), nll_ref and nll (Σ next-token
+    negative log-likelihood of each model over the rows with a target), n_next."""
+    v = min(ref_lp.shape[-1], cand_logits.shape[-1])  # runtimes may pad the vocabulary
+    lr = ref_lp[:, :v].astype(np.float64)
+    lr = lr - np.log(np.exp(lr).sum(-1, keepdims=True))  # renormalised over the shared rows
+    lc = log_softmax(cand_logits[:, :v])
+    t = np.asarray(targets, dtype=np.int64)[: lr.shape[0]]
+    rows = np.arange(len(t))
+    return {"kl": float((np.exp(lr) * (lr - lc)).sum()), "agree": int((lr.argmax(-1) == lc.argmax(-1)).sum()),
+            "n": int(lr.shape[0]), "nll_ref": float(-lr[rows, t].sum()), "nll": float(-lc[rows, t].sum()),
+            "n_next": int(len(t))}
+
+
 def compare(reference: Iterable[np.ndarray], candidate: Iterable[np.ndarray], chunks: Sequence[Sequence[int]],
             greedy_match: bool | None = None) -> Metrics:
     """Metrics over aligned per-chunk logits, each (T, V): KL and top-1 over every position, perplexity over
     the chunk's own next tokens."""
-    from edgedistill.bench.fidelity import log_softmax, sequence_stats
-
     stats = [sequence_stats(log_softmax(ref), cand, ids[1:])
              for ref, cand, ids in zip(reference, candidate, chunks, strict=True)]
     n, n_next = sum(s["n"] for s in stats), sum(s["n_next"] for s in stats)

@@ -242,7 +242,7 @@ def parse_target(path: Path) -> Target:
         number("quality_floor.general_min_top1_agreement", q["general_min_top1_agreement"], 0, 1)
         if "general_min_top1_agreement" in q else None,
     )
-    from edgedistill.bench.objectives import OBJECTIVES
+    from edgedistill.targets.objectives import OBJECTIVES
 
     objective = data.get("objective", "fastest")
     if objective not in OBJECTIVES:

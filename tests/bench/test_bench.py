@@ -142,7 +142,7 @@ def _row(name, top1, kl, tok_s, ok=True, allowed=True, reference=False, teacher=
 
 
 def test_every_objective_is_tested_and_ranks_the_variants_meeting_every_budget():
-    from edgedistill.bench.objectives import OBJECTIVES
+    from edgedistill.targets.objectives import OBJECTIVES
 
     rows = [_row("ref", 1.0, 0.0, 10, reference=True), _row("best-but-too-big", 0.99, 0.01, 90, ok=False),
             _row("good", 0.95, 0.05, 40), _row("same-top1-lower-kl", 0.95, 0.03, 30),

@@ -43,7 +43,9 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     first = run_pipeline(settings, echo=lambda m: None)
     assert first["chosen"] is not None
     assert all(not s["reused"] for s in first["stages"].values())
-    assert list(first["stages"]) == ["generate", "prune", "distill", "export-teacher", "export", "bench", "safety"]
+    assert list(first["stages"]) == ["generate", "cache", "prune", "distill", "export-teacher", "export", "bench",
+                                     "safety"]
+    assert first["stages"]["cache"]["info"]["k"] == 64  # the student learnt from the teacher's cached top-64
     # a random tiny student refuses nothing: marked not deployable, with the margin, in run.json and the manifest
     assert first["safety"]["deployable"] is False and first["safety"]["checks"]["refusal_rate"]["margin"] < 0
     manifest = json.loads((out / "final" / first["chosen"]["bundle"].split("/")[-1] / "manifest.json").read_text())
@@ -67,7 +69,7 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     assert load(RunSettings, out / "settings.yaml") == settings
     changed = run_pipeline(settings.replace(steps=3), echo=lambda m: None)
     reused = {k: s["reused"] for k, s in changed["stages"].items()}
-    assert reused == {"generate": True, "prune": True, "distill": False, "export-teacher": True, "export": False,
+    assert reused == {"generate": True, "cache": True, "prune": True, "distill": False, "export-teacher": True, "export": False,
                       "bench": False, "safety": False}
     assert changed["student"]["steps"] == 3
 
