@@ -418,8 +418,10 @@ def verdict(report: dict) -> list[str]:
         lines.append(f"{t}: chosen {chosen['name']} ({obj}: {sp:.0f} decode tokens/s, "
                      f"{chosen['speed']['peak_rss_bytes'] / 1e6:.0f} MB) — it meets every budget and floor.")
         if chosen.get("teacher_variant"):
+            students = [r for r in rows if not r.get("teacher_variant")]
             lines.append(f"Quantizing the teacher is enough for {t}" + (
-                f"; no student variant meets every floor" if not student_ok else
+                "; no student was benched" if not students else
+                "; no student variant meets every budget and floor" if not student_ok else
                 f"; {len(student_ok)} student variant(s) also meet it but rank lower on {obj}") + ".")
         elif teacher_ok:
             best = max(teacher_ok, key=lambda r: r["speed"]["decode_tokens_per_s"])
