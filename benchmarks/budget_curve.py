@@ -238,7 +238,8 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         seqs, _ = test_sequences(work, threads)
         files = teacher_data(work, args.train_prompts, 8, threads)
-        caches = {"many": build_cache(work, files["train"], "many"), "demo": build_cache(work, files["train-demo"], "demo")}
+        caches = {"many": build_cache(work, files["train"], "many"),
+                  "demo": build_cache(work, files["train-demo"], "demo")}
         teacher = load_model(TEACHER)
         init = work / "student-init"
         if not (init / "config.json").exists():

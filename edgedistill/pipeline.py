@@ -1,7 +1,8 @@
 """run: the whole trip for one device profile, stage by stage, reusing every stage whose inputs are unchanged.
 
-    pull -> generate -> cache (the teacher's top-k log-probs) -> prune -> distill -> export (every variant the profile allows, of the student and of the
-    teacher, plus the teacher's exact reference file) -> bench -> choose -> final bundle + report
+    pull -> generate -> cache (the teacher's top-k log-probs) -> prune -> distill -> export (every variant the
+    profile allows, of the student and of the teacher, plus the teacher's exact reference file) -> bench ->
+    choose -> final bundle + report
 
 Each stage writes into its own folder under the run folder with a stage.json holding a key: the hash of the
 stage's inputs (upstream keys, data, options). A stage whose folder holds a complete result with the same key is
@@ -229,8 +230,9 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     prune_folder, shape = st.run("prune", p_key, run_prune)
 
     # 4. distill
-    d_key = _key("distill", p_key, g_key, c_key if use_cache else None, settings.loss, settings.loss_params, settings.kd_weight, settings.steps,
-                 settings.max_time_s, settings.batch_size, settings.grad_accum, settings.lr)
+    d_key = _key("distill", p_key, g_key, c_key if use_cache else None, settings.loss, settings.loss_params,
+                 settings.kd_weight, settings.steps, settings.max_time_s, settings.batch_size, settings.grad_accum,
+                 settings.lr)
 
     def run_distill(folder: Path) -> dict:
         s = DistillSettings(teacher=str(teacher_dir), student=str(prune_folder / "student"),

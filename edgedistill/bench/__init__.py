@@ -337,7 +337,8 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for r in rows:
-        r["budgets"] = check_budgets(r, target, graded_eval=bool(items) and ref_row is not None) if not r["reference"] else {}
+        graded = bool(items) and ref_row is not None
+        r["budgets"] = {} if r["reference"] else check_budgets(r, target, graded_eval=graded)
         r["meets_all_budgets"] = bool(r["budgets"]) and all(c["pass"] for c in r["budgets"].values())
         r["uncertain"] = sorted(k for k, c in r["budgets"].items() if c["status"] == "uncertain")
     chosen = choose(rows, target.objective)
@@ -523,7 +524,8 @@ def markdown(report: dict) -> str:
             verdict = "**chosen** — " + verdict
         graded = (f"{_ci(g.get('score'), 'value', '.1f', 100)} ({100 * g['chance']:.0f})" if g.get("score") else "—")
         lines.append(f"| {r['name']} | {_ci(dom, 'mean_kl', '.3f')} | {_ci(dom, 'top1_agreement', '.1f', 100)} | "
-                     f"{_ci(g.get('answer_agreement'), 'value', '.1f', 100)} | {graded} | {_ci(gen, 'mean_kl', '.3f')} | "
+                     f"{_ci(g.get('answer_agreement'), 'value', '.1f', 100)} | {graded} | "
+                     f"{_ci(gen, 'mean_kl', '.3f')} | "
                      f"{_ci(gen, 'top1_agreement', '.1f', 100)} | {verdict} |")
     lines += ["", "Budgets (margin: how far inside the budget; negative: missed by that much; uncertain: the 95% "
                   "interval straddles the floor, so it is not passed):", ""]

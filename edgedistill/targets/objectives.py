@@ -1,6 +1,7 @@
 """What a profile optimises among the variants that meet every budget and floor: a registry, one entry each.
 
-A profile names one (`objective: fastest`, the default); `edgedistill.bench.choose` takes the variant with the largest key.
+A profile names one (`objective: fastest`, the default); `edgedistill.bench.choose` takes the variant with the
+largest key.
 Each entry's key reads only measured figures of a bench row."""
 
 from __future__ import annotations

@@ -194,7 +194,8 @@ def test_budget_margins_and_the_uncertain_mark(tmp_path):
     assert b["in_domain_mean_kl"]["status"] == "pass" and b["in_domain_top1"]["status"] == "pass"  # floors 1.0, 0.3
     assert "answer_agreement" not in b
     assert check_budgets({"speed": None, "quality": None}, target)["answer_agreement"]["note"] == "not measured"
-    near = {**dom, "mean_kl": 0.98, "mean_kl_ci": [0.9, 1.05], "top1_agreement": 0.28, "top1_agreement_ci": [0.25, 0.31]}
+    near = {**dom, "mean_kl": 0.98, "mean_kl_ci": [0.9, 1.05], "top1_agreement": 0.28,
+            "top1_agreement_ci": [0.25, 0.31]}
     b = check_budgets({**row, "quality": {"in_domain": {"overall": near}, "against": "reference"}}, target,
                       graded_eval=False)
     assert b["in_domain_mean_kl"]["status"] == "uncertain" and not b["in_domain_mean_kl"]["pass"]  # point inside
