@@ -47,7 +47,7 @@ DEMO := build/demo
 # The demo's recipe (measured: benchmarks/results/distill/budget_curve.md): more teacher answers from the fast
 # engine, read from a logit cache, instead of many epochs over 24 answers with a live teacher.
 DEMO_TRAIN := 32
-DEMO_STEPS := 40
+DEMO_STEPS := 80
 DEMO_FIDELITY := 12
 ED := $(BIN)/edgedistill
 

@@ -147,7 +147,7 @@ def floor_of(profile: str) -> dict:
 
     t = load_target(profile)
     return {"max_mean_kl": t.quality_floor.max_mean_kl, "min_top1_agreement": t.quality_floor.min_top1_agreement,
-            "source": t.source}
+            "source": f"targets/{Path(t.source).name}"}
 
 
 def plot(report: dict, path: Path) -> None:
@@ -210,7 +210,15 @@ def sentence(report: dict) -> str:
             f"at this batch; {p['train_flops'] + p['teacher_cache_flops']:.2g} FLOPs with the teacher's cache): "
             f"about {p['cpu_hours']:.3g} hours on this CPU at {p['cpu_tokens_per_s']:.0f} tokens/s, "
             f"{p['gpu_hours']:.2g} hours on {p['gpu']['name']} at {100 * p['gpu']['utilisation']:.0f}% of peak. "
-            f"An extrapolation of a power law far past the measured range: an order of magnitude, not a promise.")
+            f"That many tokens are about {p['train_tokens'] / report['tokens_per_answer']:.2g} teacher answers, "
+            f"not epochs over the {report['budgets'][0]['answers']} used here (at 40 steps, the demo's 24 answers "
+            f"gave KL {report['lever'][0]['in_domain']['overall']['mean_kl']:.2f} against "
+            f"{_at(report, 40):.2f} for {report['budgets'][0]['answers']}). An extrapolation of a power law far "
+            f"past the measured range: an order of magnitude, not a promise.")
+
+
+def _at(report: dict, steps: int) -> float:
+    return next(r["in_domain"]["overall"]["mean_kl"] for r in report["budgets"] if r["steps"] == steps)
 
 
 def main() -> None:
@@ -268,6 +276,7 @@ def main() -> None:
                   "test_prompts": len(seqs), "test_positions": sum(len(s["ids"]) - s["start"] for s in seqs),
                   "settings": vars(args) | {"work": str(args.work)}, "budgets": rows, "lever": lever}
     report["floor"] = floor_of(args.profile)
+    report["tokens_per_answer"] = report["budgets"][-1]["train_tokens"] / (report["budgets"][-1]["steps"] * 8)
     rows = report["budgets"]
     tps = float(np.median([r["train_tokens"] / r["train_s"] for r in rows]))
     report["fit"] = fit(rows, report["floor"], rows[0]["parameters"], report["teacher_parameters"], tps)
