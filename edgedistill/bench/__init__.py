@@ -174,8 +174,7 @@ def check_budgets(row: dict, target: Target, graded_eval: bool = True) -> dict:
     }
     if graded_eval:
         checks["answer_agreement"] = _check(agree.get("value"), q.min_answer_agreement, True,
-                                            missing if vs_teacher and not agree else
-                                            (qu.get("graded_note") or missing), agree.get("ci"))
+                                            qu.get("graded_note") or missing, agree.get("ci"))
     if q.general_max_mean_kl is not None:
         checks["general_mean_kl"] = fid(gen, "mean_kl", q.general_max_mean_kl, False)
     if q.general_min_top1_agreement is not None:

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgedistill.export.validate import log_softmax, sequence_stats  # noqa: F401  (the shared per-sequence sums)
-
 log = logging.getLogger(__name__)
 ANSWERS_FORMAT = "edgedistill-teacher-answers-v1"
 

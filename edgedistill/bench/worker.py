@@ -54,7 +54,7 @@ def quality(job: dict) -> dict:
     is compared with them here, one sequence at a time, so only the reference's arrays are ever on disk."""
     import numpy as np
 
-    from edgedistill.bench.fidelity import log_softmax, sequence_stats
+    from edgedistill.export.validate import log_softmax, sequence_stats
     from edgedistill.data import grading
     from edgedistill.data.load import EvalItem
     from edgedistill.export.validate import GGUFRunner, ONNXRunner

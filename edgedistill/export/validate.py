@@ -86,7 +86,8 @@ def sequence_stats(ref_lp: np.ndarray, cand_logits: np.ndarray, targets) -> dict
     negative log-likelihood of each model over the rows with a target), n_next."""
     v = min(ref_lp.shape[-1], cand_logits.shape[-1])  # runtimes may pad the vocabulary
     lr = ref_lp[:, :v].astype(np.float64)
-    lr = lr - np.log(np.exp(lr).sum(-1, keepdims=True))  # renormalised over the shared rows
+    # renormalised in float64: over the shared rows, and for log-probs stored in float32 (the bench's reference)
+    lr = lr - np.log(np.exp(lr).sum(-1, keepdims=True))
     lc = log_softmax(cand_logits[:, :v])
     t = np.asarray(targets, dtype=np.int64)[: lr.shape[0]]
     rows = np.arange(len(t))
