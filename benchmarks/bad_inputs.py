@@ -113,7 +113,7 @@ def build_workspace(w: Path, teacher: Path) -> dict:
     f["cache-ok"] = ok_cache
     cut_cache = w / "cache-cut"
     shutil.copytree(ok_cache, cut_cache)
-    t = cut_cache / "topk.safetensors"
+    t = cut_cache / "shard-00000.safetensors"
     t.write_bytes(t.read_bytes()[: t.stat().st_size // 2])
     f["cache-cut"] = cut_cache
     no_meta = w / "cache-no-meta"

@@ -1,26 +1,29 @@
 """Offline logit KD: run the teacher once, keep its top-k log-probabilities per response token, train from them.
 
 Layout of a cache folder:
-  cache.json          what it was made from (teacher id and fingerprint, the engine and its settings, data
-                      fingerprint, k, sizes, coverage)
-  topk.safetensors    ids (N, k) uint16 (int32 for vocabularies over 65,536), logprobs (N, k) float16,
-                      tail_mass (N,) float16 (the teacher's probability outside its top k),
-                      offsets (S + 1,) int64: rows offsets[i]:offsets[i+1] are sequence i's response tokens
+  cache.json                    what it was made from (teacher id and fingerprint, the engine and its settings,
+                                data fingerprint, k, sizes, coverage) and its shards
+  shard-00000.safetensors ...   consecutive sequences each: ids (n, k) uint16 (int32 for vocabularies over
+                                65,536), logprobs (n, k) float16, tail_mass (n,) float16 (the teacher's probability
+                                outside its top k), offsets (s + 1,) int64: rows offsets[j]:offsets[j+1] are the
+                                shard's j-th sequence's response tokens
 
-N is the number of response tokens (prompt tokens are never trained on, so they are not stored). At k = 64 and
-a vocabulary under 65,536 that is 64 x (2 + 2) + 2 = 258 bytes per token. The rows come from any teacher engine:
-scored teacher-forced (torch, llama.cpp) or read from the records of a served teacher's answers (openai). Training reads the cache instead of the
-teacher; the loss then compares k + 1 bins (the teacher's top k and "the rest"), see losses.base.bins.
+Only response tokens are stored (prompt tokens are never trained on). At k = 64 and a vocabulary under 65,536 that
+is 64 x (2 + 2) + 2 = 258 bytes per token. A shard holds about `shard_tokens` tokens (default 2^20, 258 MB at
+k = 64). Training memory-maps the shards and reads the rows of each batch only, so the cache never sits in memory
+whole, and several processes (DDP ranks) share one copy through the page cache. The rows come from any teacher
+engine: scored teacher-forced (torch, llama.cpp) or read from the records of a served teacher's answers (openai).
+The loss then compares k + 1 bins (the teacher's top k and "the rest"), see losses.base.bins.
 
 A cache is keyed by the teacher's fingerprint and by the exact token sequences it was computed on; training
-with other data or another teacher is refused.
+with other data or another teacher is refused. Version-1 caches (one topk.safetensors) are still read.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +33,30 @@ from edgedistill.distill.dataset import Encoded
 from edgedistill.tensors import IGNORE
 from edgedistill.errors import EdgeDistillError
 
-FORMAT = "edgedistill-topk-v1"
+FORMAT = "edgedistill-topk-v2"
+_V1 = "edgedistill-topk-v1"
+SHARD_TOKENS = 1 << 20  # response tokens per shard file
 
 
 class StaleCacheError(EdgeDistillError):
-    """A cache that does not belong to the data or teacher it is used with."""
+    """A cache that does not belong to the data or teacher it is used with, or a damaged one."""
 
 
-@dataclass
 class LogitCache:
-    meta: dict
-    ids: torch.Tensor  # (N, k) int64
-    logprobs: torch.Tensor  # (N, k) float32
-    offsets: torch.Tensor  # (S + 1,)
+    """An opened cache: the description and its memory-mapped shards. Rows are read per batch."""
+
+    def __init__(self, meta: dict, shards: list[tuple[int, np.ndarray, object]]):
+        self.meta = meta
+        self._shards = shards  # (first sequence, local offsets (s + 1,), safe_open handle) in sequence order
+        self._firsts = [first for first, _, _ in shards]
+
+    def rows(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sequence i's (ids (n, k), log-probs (n, k)) as stored, read from its shard."""
+        if not 0 <= i < self.meta["sequences"]:
+            raise IndexError(f"sequence {i} is not in the cache ({self.meta['sequences']} sequences)")
+        first, offsets, f = self._shards[bisect.bisect_right(self._firsts, i) - 1]
+        a, b = int(offsets[i - first]), int(offsets[i - first + 1])
+        return f.get_slice("ids")[a:b], f.get_slice("logprobs")[a:b]
 
     def teacher_for(self, indices: list[int], labels: torch.Tensor):
         """Dense-shaped top-k tensors for a batch: (log-probs (B, T, k), ids (B, T, k)). Positions that are not
@@ -56,11 +70,12 @@ class LogitCache:
             if i < 0:
                 continue
             pos = (labels[row] != IGNORE).nonzero().squeeze(-1)
-            a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-            if b - a != len(pos):
-                raise StaleCacheError(f"cache row {i} holds {b - a} tokens, the batch has {len(pos)}; rebuild the cache")
-            lp[row, pos] = self.logprobs[a:b]
-            ids[row, pos] = self.ids[a:b]
+            r_ids, r_lp = self.rows(i)
+            if len(r_ids) != len(pos):
+                raise StaleCacheError(f"cache row {i} holds {len(r_ids)} tokens, the batch has {len(pos)}; rebuild "
+                                      "the cache")
+            lp[row, pos] = torch.from_numpy(r_lp.astype(np.float32))
+            ids[row, pos] = torch.from_numpy(r_ids.astype(np.int64))
         return lp, ids
 
 
@@ -68,58 +83,79 @@ FILLER_LOGPROB = -30.0  # the log-probability of padding entries: no mass, but f
 
 
 def build(rows, teacher_id: str, teacher_fingerprint: str, data: Encoded, out_dir: Path, *, k: int, vocab: int,
-          engine: dict | None = None, filled: int = 0, progress=None, extra_files: dict | None = None) -> dict:
+          engine: dict | None = None, filled: int = 0, progress=None, extra_files: dict | None = None,
+          shard_tokens: int = SHARD_TOKENS) -> dict:
     """Write the cache folder atomically from `rows`: per example of `data`, in order, (ids (n, k), logprobs
-    (n, k)) of the teacher's top k at its n response positions. `engine`: what made them (recorded); `filled`:
-    positions that had no teacher top-k and hold the label alone. `extra_files`: name -> a function that writes
-    that file, inside the same atomic step. Returns cache.json's content."""
+    (n, k)) of the teacher's top k at its n response positions. Rows are written out a shard at a time (about
+    `shard_tokens` tokens each), so building holds one shard in memory. `engine`: what made them (recorded);
+    `filled`: positions that had no teacher top-k and hold the label alone. `extra_files`: name -> a function that
+    writes that file, inside the same atomic step. Returns cache.json's content."""
     from safetensors.numpy import save_file
 
     from edgedistill.paths import atomic_dir
 
     if not 1 <= k <= vocab:
         raise EdgeDistillError(f"k={k} must be between 1 and the vocabulary size {vocab}")
+    if shard_tokens < 1:
+        raise EdgeDistillError(f"shard_tokens={shard_tokens} must be at least 1")
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise EdgeDistillError(f"{out_dir} already exists; delete it or choose another --out")
     id_dtype = np.uint16 if vocab <= 65536 else np.int32
-    all_ids, all_lp, offsets = [], [], [0]
     task = progress.add_task(f"teacher top-{k} log-probs", total=len(data.examples)) if progress else None
-    for ex, (ids, lps) in zip(data.examples, rows, strict=True):
-        n = sum(1 for x in ex["labels"] if x != IGNORE)
-        if ids.shape != (n, k) or lps.shape != (n, k):
-            raise StaleCacheError(f"example {ex['id']}: the teacher gave {ids.shape} top-k rows for {n} response "
-                                  f"tokens at k={k}")
-        all_lp.append(np.asarray(lps, dtype=np.float16))
-        all_ids.append(np.asarray(ids).astype(id_dtype))
-        offsets.append(offsets[-1] + n)
-        if progress:
-            progress.advance(task)
-    n = offsets[-1]
-    ids = np.concatenate(all_ids)
-    lps = np.concatenate(all_lp)
-    tail = np.clip(1.0 - np.exp(lps.astype(np.float64)).sum(-1), 0.0, 1.0).astype(np.float16)  # (N,)
-    meta = {
-        "format": FORMAT,
-        "teacher": teacher_id,
-        "teacher_fingerprint": teacher_fingerprint,
-        "engine": engine or {"engine": "torch"},
-        "data_fingerprint": data.fingerprint(),
-        "vocab_size": vocab,
-        "k": k,
-        "sequences": len(data.examples),
-        "tokens": n,
-        "positions_without_teacher_topk": filled,
-        "bytes_per_token": (ids.nbytes + lps.nbytes + tail.nbytes) / max(n, 1),
-        "teacher_mass_in_top_k": float(1.0 - tail.astype(np.float64).mean()) if n else 0.0,
-    }
+    shards: list[dict] = []
+    total, nbytes, mass_out = 0, 0, 0.0
     with atomic_dir(out_dir) as tmp:
-        save_file({"ids": ids, "logprobs": lps, "tail_mass": tail, "offsets": np.asarray(offsets, dtype=np.int64)},
-                  str(tmp / "topk.safetensors"))
+        buf_ids, buf_lp, offsets, first = [], [], [0], 0
+
+        def flush(end: int) -> None:
+            nonlocal total, nbytes, mass_out
+            ids = np.concatenate(buf_ids) if buf_ids else np.zeros((0, k), id_dtype)
+            lps = np.concatenate(buf_lp) if buf_lp else np.zeros((0, k), np.float16)
+            tail = np.clip(1.0 - np.exp(lps.astype(np.float64)).sum(-1), 0.0, 1.0).astype(np.float16)
+            name = f"shard-{len(shards):05d}.safetensors"
+            save_file({"ids": ids, "logprobs": lps, "tail_mass": tail, "offsets": np.asarray(offsets, np.int64)},
+                      str(tmp / name))
+            shards.append({"file": name, "first_sequence": first, "sequences": end - first, "tokens": len(ids),
+                           "bytes": os.path.getsize(tmp / name)})
+            total, nbytes = total + len(ids), nbytes + ids.nbytes + lps.nbytes + tail.nbytes
+            mass_out += float(tail.astype(np.float64).sum())
+
+        n_seq = 0
+        for n_seq, (ex, (ids, lps)) in enumerate(zip(data.examples, rows, strict=True), 1):
+            n = sum(1 for x in ex["labels"] if x != IGNORE)
+            if ids.shape != (n, k) or lps.shape != (n, k):
+                raise StaleCacheError(f"example {ex['id']}: the teacher gave {ids.shape} top-k rows for {n} response "
+                                      f"tokens at k={k}")
+            buf_lp.append(np.asarray(lps, dtype=np.float16))
+            buf_ids.append(np.asarray(ids).astype(id_dtype))
+            offsets.append(offsets[-1] + n)
+            if offsets[-1] >= shard_tokens:
+                flush(n_seq)
+                buf_ids, buf_lp, offsets, first = [], [], [0], n_seq
+            if progress:
+                progress.advance(task)
+        if len(offsets) > 1 or not shards:
+            flush(n_seq)
+        meta = {
+            "format": FORMAT,
+            "teacher": teacher_id,
+            "teacher_fingerprint": teacher_fingerprint,
+            "engine": engine or {"engine": "torch"},
+            "data_fingerprint": data.fingerprint(),
+            "vocab_size": vocab,
+            "k": k,
+            "sequences": len(data.examples),
+            "tokens": total,
+            "positions_without_teacher_topk": filled,
+            "bytes_per_token": nbytes / max(total, 1),
+            "teacher_mass_in_top_k": 1.0 - mass_out / total if total else 0.0,
+            "shards": shards,
+        }
         (tmp / "cache.json").write_text(json.dumps(meta, indent=2) + "\n")
         for name, write in (extra_files or {}).items():
             write(tmp / name)
-    meta["file_bytes"] = os.path.getsize(out_dir / "topk.safetensors")
+    meta["file_bytes"] = sum(sh["bytes"] for sh in shards)
     return meta
 
 
@@ -174,7 +210,7 @@ def describe(cache_dir: Path) -> dict:
         raise EdgeDistillError(f"{cache_dir} is not a logit cache (no cache.json); make one with "
                                "`edgedistill cache-logits`")
     meta = read_json(cache_dir / "cache.json", "logit cache description")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, _V1):
         meta = meta if isinstance(meta, dict) else {}
         raise EdgeDistillError(f"{cache_dir}: unknown cache format {meta.get('format')!r} (this version reads {FORMAT})")
     return meta
@@ -185,10 +221,57 @@ def served(meta: dict) -> bool:
     return (meta.get("engine") or {}).get("engine") == "openai"
 
 
-def load(cache_dir: Path, data: Encoded, teacher_fingerprint: str | None = None) -> LogitCache:
-    """Open a cache and prove it belongs to `data` (and to the teacher, when its fingerprint is given)."""
-    from edgedistill.checked import load_safetensors_numpy
+def _shard_list(cache_dir: Path, meta: dict) -> list[dict]:
+    if meta["format"] == _V1:  # one file, global offsets
+        return [{"file": "topk.safetensors", "first_sequence": 0, "sequences": meta.get("sequences"),
+                 "tokens": meta.get("tokens")}]
+    shards = meta.get("shards")
+    if not isinstance(shards, list) or not shards:
+        raise StaleCacheError(f"{cache_dir}/cache.json lists no shards; rebuild the cache")
+    return shards
 
+
+def open_shards(cache_dir: Path, meta: dict) -> list[tuple[int, np.ndarray, object]]:
+    """Every shard checked before any is read: present, not truncated (the header's promise against the file's
+    size), its shapes as cache.json says, the shards covering the sequences in order. Returns (first sequence,
+    offsets, an open memory-mapped handle) per shard."""
+    from safetensors import safe_open
+
+    from edgedistill.checked import check_safetensors
+
+    cache_dir = Path(cache_dir)
+    fix = "rebuild the cache with `edgedistill cache-logits` or copy it again"
+    out, expect_first = [], 0
+    for sh in _shard_list(cache_dir, meta):
+        path = cache_dir / str(sh.get("file"))
+        if not path.is_file():
+            raise StaleCacheError(f"{cache_dir}: shard {sh.get('file')} is missing; {fix}")
+        if "bytes" in sh and path.stat().st_size != sh["bytes"]:
+            raise StaleCacheError(f"{path} has {path.stat().st_size} bytes, cache.json says {sh['bytes']}: the shard is "
+                                  f"truncated or replaced; {fix}")
+        header = check_safetensors(path, StaleCacheError)
+        shape = lambda name: tuple((header.get(name) or {}).get("shape") or ())  # noqa: E731
+        n, s = sh.get("tokens"), sh.get("sequences")
+        if (not {"ids", "logprobs", "offsets"} <= set(header) or shape("ids") != (n, meta["k"])
+                or shape("logprobs") != (n, meta["k"]) or shape("offsets") != ((s or 0) + 1,)
+                or sh.get("first_sequence") != expect_first):
+            raise StaleCacheError(f"{path} does not match cache.json; {fix}")
+        f = safe_open(str(path), framework="numpy")
+        offsets = f.get_tensor("offsets")
+        if int(offsets[0]) != 0 or int(offsets[-1]) != n or np.any(np.diff(offsets) < 0):
+            raise StaleCacheError(f"{path}: its offsets do not match its rows; {fix}")
+        out.append((expect_first, offsets, f))
+        expect_first += s
+    if expect_first != meta.get("sequences") or sum(sh.get("tokens") or 0 for sh in _shard_list(cache_dir, meta)) \
+            != meta.get("tokens"):
+        raise StaleCacheError(f"{cache_dir}: the shards hold {expect_first} sequences, cache.json says "
+                              f"{meta.get('sequences')}; {fix}")
+    return out
+
+
+def load(cache_dir: Path, data: Encoded, teacher_fingerprint: str | None = None) -> LogitCache:
+    """Open a cache (memory-mapped) and prove it belongs to `data` (and to the teacher, when its fingerprint is
+    given) and that every shard is whole."""
     cache_dir = Path(cache_dir)
     meta = describe(cache_dir)
     if meta.get("data_fingerprint") != data.fingerprint():
@@ -199,20 +282,20 @@ def load(cache_dir: Path, data: Encoded, teacher_fingerprint: str | None = None)
     if teacher_fingerprint is not None and meta.get("teacher_fingerprint") != teacher_fingerprint:
         raise StaleCacheError(f"{cache_dir} was made by teacher {meta.get('teacher')!r} ({meta.get('teacher_fingerprint')}), "
                               f"not this teacher ({teacher_fingerprint}); rebuild it")
-    arrays = load_safetensors_numpy(cache_dir / "topk.safetensors", StaleCacheError)
-    if not {"ids", "logprobs", "offsets"} <= set(arrays):  # tail_mass: written since the teacher engines; not needed to train
-        raise StaleCacheError(f"{cache_dir}: topk.safetensors lacks ids/logprobs/offsets; rebuild the cache")
-    ids = torch.from_numpy(arrays["ids"].astype(np.int64))
-    lp = torch.from_numpy(arrays["logprobs"].astype(np.float32))
-    offsets = torch.from_numpy(arrays["offsets"])
-    if ids.shape != lp.shape or ids.shape[0] != meta.get("tokens") or len(offsets) != (meta.get("sequences") or 0) + 1:
-        raise StaleCacheError(f"{cache_dir}: topk.safetensors does not match cache.json; rebuild the cache")
-    return LogitCache(meta, ids, lp, offsets)
+    return LogitCache(meta, open_shards(cache_dir, meta))
 
 
 def load_arrays(cache_dir: Path) -> dict[str, np.ndarray]:
-    """The cache's arrays as stored (ids, logprobs, tail_mass, offsets), for inspection and comparisons."""
-    from edgedistill.checked import load_safetensors_numpy
-
-    describe(cache_dir)
-    return load_safetensors_numpy(Path(cache_dir) / "topk.safetensors", StaleCacheError)
+    """The whole cache in memory as one set of arrays (ids, logprobs, tail_mass, offsets over all sequences), for
+    inspection and comparisons; training reads shards per batch instead."""
+    meta = describe(cache_dir)
+    parts = {"ids": [], "logprobs": [], "tail_mass": []}
+    offsets = [np.zeros(1, np.int64)]
+    for _, off, f in open_shards(Path(cache_dir), meta):
+        for name in parts:
+            if name in f.keys():
+                parts[name].append(f.get_tensor(name))
+        offsets.append(off[1:] + offsets[-1][-1])
+    out = {name: np.concatenate(v) for name, v in parts.items() if v}
+    out["offsets"] = np.concatenate(offsets)
+    return out

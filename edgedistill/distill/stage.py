@@ -93,6 +93,8 @@ class CacheSettings(EngineSettings):
     k: int = setting(64, "Log-probabilities kept per token (openai: at most what the records hold).", min=1)
     max_length: int = setting(512, "Tokens per sequence, as for distill.", min=8)
     batch_size: int = setting(4, "Sequences per teacher pass (torch engine).", min=1)
+    shard_tokens: int = setting(1 << 20, "Response tokens per shard file (training memory-maps the shards and "
+                                         "reads one batch's rows at a time).", min=1)
 
 
 def cache_logits(s: CacheSettings, *, progress=None) -> dict:
@@ -130,14 +132,15 @@ def cache_logits(s: CacheSettings, *, progress=None) -> dict:
         rows, filled = lc.rows_from_records(records, data, k, len(tok))
         return lc.build(rows, teacher_id, fingerprint, data, Path(s.out), k=k, vocab=len(tok),
                         engine={**engine, "url": s.teacher_url, "from": "records"}, filled=filled, progress=progress,
-                        extra_files=extra)
+                        extra_files=extra, shard_tokens=s.shard_tokens)
     e = open_engine(spec)
     try:
         data = encode(e.tokenizer, records, s.max_length)
         vocab = getattr(e, "n_vocab", None) or e.model.config.vocab_size
         rows = e.score(data.examples, s.k, batch_size=s.batch_size)
         return lc.build(rows, e.teacher_id, e.fingerprint, data, Path(s.out), k=s.k, vocab=vocab,
-                        engine={"engine": e.name, **e.settings}, progress=progress, extra_files=extra)
+                        engine={"engine": e.name, **e.settings}, progress=progress, extra_files=extra,
+                        shard_tokens=s.shard_tokens)
     finally:
         e.close()
 
@@ -179,6 +182,15 @@ class DistillSettings(Settings):
     keep_checkpoints: bool = setting(True, "Keep OUT/checkpoints after the student is written.")
     logit_cache: Path | None = setting(None, "Train from the teacher's cached top-k log-probs (edgedistill "
                                              "cache-logits) instead of running it.", exists="dir")
+    precision: str = setting("auto", "Training precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, "
+                                     "fp16 (GPU only). The teacher runs in it too; divergences are float32.",
+                             choices=("auto", "fp32", "bf16", "fp16"))
+    gradient_checkpointing: bool = setting(False, "Recompute the student's activations in the backward pass (less "
+                                                  "memory, about a third more compute).")
+    kd_chunk: int = setting(0, "Apply the output heads this many response positions at a time, so full-vocabulary "
+                               "logits never exist whole (0: full logits).", min=0)
+    attention: str | None = setting(None, "Attention implementation passed to transformers (e.g. sdpa, eager, "
+                                          "flash_attention_2); default: transformers' choice.")
 
     def loss_config(self):
         from edgedistill.distill.losses import LossConfig
@@ -190,23 +202,29 @@ class DistillSettings(Settings):
         return {k: v for k, v in (("beta", self.beta), ("alpha", self.alpha)) if v is not None}
 
     def train_config(self):
-        from edgedistill.distill.train import TrainConfig
+        from edgedistill.distill.train import TrainConfig, resolve_precision
 
         return TrainConfig(max_steps=self.max_steps, max_time_s=self.max_time, batch_size=self.batch_size,
                            grad_accum=self.grad_accum, learning_rate=self.lr, warmup_steps=self.warmup_steps,
                            max_length=self.max_length, seed=self.seed, save_steps=self.save_steps,
-                           on_policy=self.on_policy, on_policy_max_new_tokens=self.on_policy_max_new_tokens)
+                           on_policy=self.on_policy, on_policy_max_new_tokens=self.on_policy_max_new_tokens,
+                           kd_chunk=self.kd_chunk, precision=resolve_precision(self.precision),
+                           gradient_checkpointing=self.gradient_checkpointing)
 
     def extra_problems(self) -> list[str]:
         from edgedistill.distill.losses import check_params, get, losses
 
         if self.loss not in losses():
             return []  # reported by the field's own check
+        problems = []
         try:
             check_params(get(self.loss), self.loss_params)
         except EdgeDistillError as e:
-            return [str(e)]
-        return []
+            problems.append(str(e))
+        if self.kd_chunk > self.max_length:
+            problems.append(f"--kd-chunk {self.kd_chunk} exceeds --max-length {self.max_length}: a chunk is at most "
+                            "one sequence's positions (the last chunk may be shorter, so it need not divide it)")
+        return problems
 
 
 def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=None, echo=None) -> dict:
@@ -239,7 +257,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
         if {r.get("teacher_fingerprint") for r in records} != {meta["teacher_fingerprint"]}:
             raise lc.StaleCacheError(f"{s.logit_cache} was made from {meta['teacher']!r}'s records, and --data holds "
                                      "other teachers' answers; pass the records the cache was made from")
-        s_pair = load_model(s.student)
+        s_pair = load_model(s.student, attn_implementation=s.attention)
         t_pair, teacher_fp = (None, s_pair[1]), meta["teacher_fingerprint"]
     else:
         if teacher is not None:
@@ -247,8 +265,8 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
         elif meta is not None and s.on_policy == 0 and not s.validation:
             t_pair = (None, load_tokenizer(s.teacher))  # the cache stands in for the teacher model
         else:
-            t_pair = load_model(s.teacher)
-        s_pair = load_model(s.student)
+            t_pair = load_model(s.teacher, attn_implementation=s.attention)
+        s_pair = load_model(s.student, attn_implementation=s.attention)
         teacher_fp = spec_fingerprint(s.teacher)
     train_set = encode(t_pair[1], records, s.max_length)  # what a logit cache was built on
     inputs = {"teacher": teacher_fp, "student_init": spec_fingerprint(s.student)}

@@ -34,6 +34,10 @@ from edgedistill.paths import write_text_atomic
 log = logging.getLogger(__name__)
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How long and how hard to train. Flags override a YAML/JSON config, which overrides these defaults."""
@@ -52,6 +56,10 @@ class TrainConfig:
     on_policy: float = 0.0  # λ: share of steps trained on the student's own samples
     on_policy_max_new_tokens: int = 128
     on_policy_temperature: float = 1.0  # sampling temperature of the student (not the loss temperature)
+    kd_chunk: int = 0  # apply the output head this many response positions at a time (0: full logits)
+    precision: str = "fp32"  # fp32, bf16 or fp16 (resolved from auto by the stage)
+    gradient_checkpointing: bool = False
+
     def __post_init__(self) -> None:
         problems = []
         for name, lo in (("max_steps", 1), ("batch_size", 1), ("grad_accum", 1), ("max_length", 8), ("save_steps", 1),
@@ -66,8 +74,56 @@ class TrainConfig:
             problems.append(f"max_time_s={self.max_time_s} must be positive")
         if not 0 < self.on_policy_temperature <= 5:
             problems.append(f"on_policy_temperature={self.on_policy_temperature} must be in (0, 5]")
+        if not 0 <= self.kd_chunk <= self.max_length:
+            problems.append(f"kd_chunk={self.kd_chunk} must be in [0, max_length={self.max_length}] (0: full logits)")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
         if problems:
             raise EdgeDistillError("; ".join(problems))
+
+
+def _cpu_has_native_bf16() -> bool:
+    cpu = getattr(torch, "cpu", None)
+    return any(bool(getattr(cpu, f, lambda: False)()) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def resolve_precision(asked: str, device_type: str | None = None) -> str:
+    """auto -> bf16 on a GPU that has it, else fp32; an explicit choice the device cannot run is refused in one
+    line (before any model loads). device_type: "cuda" or "cpu" (default: cuda when one is visible)."""
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device_type == "cuda"
+    gpu_bf16 = cuda and torch.cuda.is_bf16_supported()
+    if asked == "auto":
+        return "bf16" if gpu_bf16 else "fp32"
+    if asked == "fp16" and not cuda:
+        raise EdgeDistillError("--precision fp16 needs a CUDA GPU (mixed fp16 training does not run on CPU); use "
+                               "--precision fp32 or auto")
+    if asked == "bf16" and cuda and not gpu_bf16:
+        raise EdgeDistillError("--precision bf16: this GPU has no bf16 (it needs compute capability 8.0 or newer); "
+                               "use --precision fp16 or fp32")
+    if asked == "bf16" and not cuda and not _cpu_has_native_bf16():
+        raise EdgeDistillError("--precision bf16: this CPU has no native bf16 (no AVX512-BF16 or AMX), where it runs "
+                               "about 100x slower than fp32; use --precision fp32 or auto")
+    if asked not in PRECISIONS:
+        raise EdgeDistillError(f"--precision {asked!r}: choose auto, {', '.join(PRECISIONS)}")
+    return asked
+
+
+def check_launch(env=None) -> None:
+    """Under a launcher (accelerate launch, torchrun), the processes it started must fit this machine: a GPU
+    process per visible GPU at most, and GPU configs only where there are GPUs. One line, before any model loads."""
+    env = os.environ if env is None else env
+    local = int(env.get("LOCAL_WORLD_SIZE") or 0)
+    if local <= 1 and int(env.get("WORLD_SIZE") or 1) <= 1:
+        return
+    use_cpu = str(env.get("ACCELERATE_USE_CPU", "")).lower() in ("1", "true", "yes")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not use_cpu and gpus == 0 and env.get("ACCELERATE_DYNAMO_BACKEND") is not None:
+        raise EdgeDistillError(f"the launcher started {local or env.get('WORLD_SIZE')} GPU processes but this machine "
+                               "has no GPU; use a config with use_cpu: true (examples/accelerate/cpu-2proc.yaml)")
+    if gpus and local > gpus:
+        raise EdgeDistillError(f"the launcher started {local} processes on this node but it has {gpus} GPU(s); set "
+                               f"num_processes to at most {gpus} per node in the accelerate config")
 
 
 def check_compatible(teacher, t_tok, student, s_tok, teacher_vocab: int | None = None) -> None:
@@ -88,6 +144,34 @@ def check_compatible(teacher, t_tok, student, s_tok, teacher_vocab: int | None =
     if short:
         raise EdgeDistillError(f"the tokenizer has {len(s_tok)} tokens but the {' and the '.join(short)}: the model "
                                "cannot produce every token; resize its embeddings to the tokenizer")
+
+
+def kd_objective(model, ids, mask, labels, loss_cfg: LossConfig, *, teacher=None, topk=None, chunk: int = 0,
+                 unwrapped=None):
+    """One micro-batch's summed objective over its response tokens -> (total, the student's output). The teacher
+    is a live model, a cached top-k pair ((B, T, k) log-probs, ids), or neither (cross-entropy alone). chunk > 0:
+    the output heads are applied that many response positions at a time, so neither model's full-vocabulary
+    logits exist (losses.chunked); `unwrapped` is the student module under its wrapper (DDP)."""
+    from edgedistill.distill.losses import chunked
+
+    if chunk > 0:
+        view = topk
+        if teacher is not None:
+            with torch.no_grad():
+                t_head, t_cap = chunked.head_of(teacher)
+                t_hidden, _ = chunked.final_hidden(teacher, t_head, input_ids=ids, attention_mask=mask)
+            view = (t_head, t_cap, t_hidden)  # the teacher's head is applied per chunk too
+        s_head, s_cap = chunked.head_of(unwrapped if unwrapped is not None else model)
+        hidden, out = chunked.final_hidden(model, s_head, input_ids=ids, attention_mask=mask)
+        return chunked.chunked_objective(loss_cfg, per_token_objective, s_head, s_cap, hidden, view, labels,
+                                         labels != IGNORE, chunk), out
+    view = topk
+    if teacher is not None:
+        with torch.no_grad():
+            view = teacher(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+    out = model(input_ids=ids, attention_mask=mask)
+    per_token = per_token_objective(loss_cfg, out.logits, view, labels)  # (B, T), float32
+    return masked_sum(per_token, labels != IGNORE), out
 
 
 def _make_trainer_class():
@@ -131,7 +215,7 @@ def _make_trainer_class():
                 resp = (labels != IGNORE).nonzero()
                 start = int(resp[0]) + 1 if len(resp) else int((ids != self.pad_id).sum())
                 prompts.append(ids[:start].tolist())
-            device = inputs["input_ids"].device
+            device = unwrapped.device  # the model's, whatever device the batch came on
             left, mask = left_pad(prompts, self.pad_id, device)
             width = left.shape[1]
             room = max(1, min(self.cfg.on_policy_max_new_tokens, self.cfg.max_length - width))
@@ -160,17 +244,22 @@ def _make_trainer_class():
             on the student's own samples the divergence alone (their labels are the student's guesses)."""
             ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
             loss_cfg = dataclasses.replace(self.loss_cfg, kd_weight=1.0) if on_policy else self.loss_cfg
+            topk = teacher = None
             if loss_cfg.kd_weight == 0:
-                teacher_view = None  # cross-entropy only: the teacher's logits are not needed
+                pass  # cross-entropy only: the teacher's logits are not needed
             elif self.cache is not None and not on_policy:
                 lp, tid = self.cache.teacher_for(inputs["cache_index"].tolist(), labels.cpu())
-                teacher_view = (lp.to(ids.device), tid.to(ids.device))  # top-k (B, T, k) from the cache
+                topk = (lp.to(ids.device), tid.to(ids.device))  # top-k (B, T, k) from the cache
             else:
-                with torch.no_grad():
-                    teacher_view = self.teacher(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
-            out = model(input_ids=ids, attention_mask=mask)
-            per_token = per_token_objective(loss_cfg, out.logits, teacher_view, labels)  # (B, T), float32
-            return masked_sum(per_token, labels != IGNORE), out
+                teacher = self.teacher
+            return kd_objective(model, ids, mask, labels, loss_cfg, teacher=teacher, topk=topk,
+                                chunk=self.cfg.kd_chunk if self.chunked else 0,
+                                unwrapped=self.accelerator.unwrap_model(model))
+
+        @property
+        def chunked(self) -> bool:
+            """Under FSDP the head's weight is resharded after forward: the full-logits path is used there."""
+            return self.cfg.kd_chunk > 0 and not self.is_fsdp_enabled
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             on_policy = model.training and self._on_policy_now()
@@ -295,6 +384,10 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,
+        bf16=cfg.precision == "bf16",  # autocast; the student's weights and the optimizer stay float32
+        fp16=cfg.precision == "fp16",
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
     )
     trainer_ref: dict = {}
     cls, extra_kw = _make_trainer_class(), {}
@@ -308,7 +401,8 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
         args=args,
         train_dataset=train_examples,
         data_collator=lambda batch: collate_fn(batch, pad),
-        teacher=teacher.to(args.device) if teacher is not None else None,
+        # the frozen teacher in the training precision (no master weights needed); divergences are float32
+        teacher=teacher.to(args.device, dtype=DTYPES[cfg.precision]) if teacher is not None else None,
         cache=cache,
         loss_cfg=loss_cfg,
         cfg=cfg,

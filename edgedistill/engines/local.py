@@ -29,7 +29,7 @@ def answers(model, tokenizer, conversations: Sequence[Sequence[dict]], settings,
         torch.manual_seed(settings.seed)
     for start in range(0, len(todo), settings.batch_size):
         idx = todo[start : start + settings.batch_size]
-        ids, mask = left_pad([encoded[i] for i in idx], pad)  # (B, T)
+        ids, mask = left_pad([encoded[i] for i in idx], pad, model.device)  # (B, T), where the model is
         width = ids.shape[1]
         kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample, pad_token_id=pad,
                       eos_token_id=ends, return_dict_in_generate=True, output_logits=logprobs > 0)
@@ -40,7 +40,7 @@ def answers(model, tokenizer, conversations: Sequence[Sequence[dict]], settings,
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=mask, **kwargs)
         new = out.sequences[:, width:]  # (B, new_tokens)
-        steps = torch.stack(out.logits, 1).float().log_softmax(-1).numpy() if logprobs else None  # (B, n, V)
+        steps = torch.stack(out.logits, 1).float().log_softmax(-1).cpu().numpy() if logprobs else None  # (B, n, V)
         for row, i in enumerate(idx):
             toks = new[row].tolist()
             stop = next((n for n, t in enumerate(toks) if t in ends), None)

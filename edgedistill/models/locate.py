@@ -128,8 +128,10 @@ def load_tokenizer(spec: str | ModelRef, *, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
 
 
-def load_model(spec: str | ModelRef, *, dtype=None, trust_remote_code: bool = False, pull: bool = True):
-    """(model, tokenizer) in float32 for any spec. trust_remote_code stays off unless the caller asks."""
+def load_model(spec: str | ModelRef, *, dtype=None, trust_remote_code: bool = False, pull: bool = True,
+               attn_implementation: str | None = None):
+    """(model, tokenizer) in float32 for any spec. trust_remote_code stays off unless the caller asks;
+    attn_implementation (sdpa, eager, ...) is transformers' choice unless given."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -138,12 +140,16 @@ def load_model(spec: str | ModelRef, *, dtype=None, trust_remote_code: bool = Fa
     if ref.kind == "gguf":
         from edgedistill.models.convert import load_gguf
 
-        return load_gguf(ref.path, dtype=dtype)
+        model, tok = load_gguf(ref.path, dtype=dtype)
+        if attn_implementation:
+            model.set_attn_implementation(attn_implementation)
+        return model, tok
     check_model_folder(ref.path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            ref.location, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+            ref.location, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
+            **({"attn_implementation": attn_implementation} if attn_implementation else {}),
         )
     except OSError as e:
         raise InvalidModelError(f"cannot load {ref.spec}: {str(e).splitlines()[0]}") from None

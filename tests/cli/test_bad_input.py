@@ -110,7 +110,7 @@ def test_files_users_hand_us_are_read_through_one_checked_path(tmp_path, tiny_mo
     proc = run_cli("cache-logits", "--teacher", str(tiny_model_dir), "--data", str(gen), "--out",
                    str(tmp_path / "cache"), "--k", "4")
     assert proc.returncode == 0, proc.stderr
-    topk = tmp_path / "cache" / "topk.safetensors"
+    topk = tmp_path / "cache" / "shard-00000.safetensors"
     topk.write_bytes(topk.read_bytes()[: topk.stat().st_size // 2])
     phi3 = _tiny_phi3(tmp_path / "phi3")
     d = ["--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(gen)]

@@ -1,6 +1,8 @@
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from edgedistill.distill import logit_cache
 from edgedistill.distill.dataset import encode
@@ -41,9 +43,66 @@ def test_build_and_load(setup, tmp_path):
     assert meta["engine"] == {"engine": "torch"} and meta["positions_without_teacher_topk"] == 0
     assert 0 < meta["teacher_mass_in_top_k"] <= 1
     cache = logit_cache.load(tmp_path / "c", data, "fp1")
-    assert cache.ids.shape == (data.response_tokens, 16)
+    assert cache.meta["tokens"] == data.response_tokens and len(meta["shards"]) == 1
+    ids, lps = cache.rows(0)
+    assert ids.shape == lps.shape == (sum(x != -100 for x in data.examples[0]["labels"]), 16)
     with pytest.raises(EdgeDistillError, match="already exists"):
         _build(teacher, data, tmp_path / "c", 16)
+
+
+def test_shards_read_as_one_cache(setup, tmp_path):
+    """A cache cut into many shards gives every batch exactly what the one-shard cache gives, and its arrays
+    concatenate to the same ones."""
+    _, _, _, teacher, data = setup
+    _build(teacher, data, tmp_path / "one", 8)
+    from edgedistill.engines.local import score_rows
+
+    meta = logit_cache.build(score_rows(teacher[0], teacher[1], data.examples, 8), "tiny", "fp1", data,
+                             tmp_path / "many", k=8, vocab=teacher[0].config.vocab_size, shard_tokens=20)
+    assert len(meta["shards"]) >= 3 and sum(s["sequences"] for s in meta["shards"]) == len(data.examples)
+    one, many = logit_cache.load(tmp_path / "one", data), logit_cache.load(tmp_path / "many", data)
+    from edgedistill.tensors import collate
+
+    batch = collate(data.examples[2:7], 0)
+    for a, b in zip(one.teacher_for(list(range(2, 7)), batch["labels"]), many.teacher_for(list(range(2, 7)), batch["labels"])):
+        assert torch.equal(a, b)
+    arrays = [logit_cache.load_arrays(tmp_path / n) for n in ("one", "many")]
+    for name in ("ids", "logprobs", "tail_mass", "offsets"):
+        assert np.array_equal(arrays[0][name], arrays[1][name]), name
+
+
+def test_a_missing_or_truncated_shard_is_refused_before_training(setup, tmp_path):
+    from edgedistill.engines.local import score_rows
+
+    _, _, _, teacher, data = setup
+    meta = logit_cache.build(score_rows(teacher[0], teacher[1], data.examples, 4), "tiny", "fp1", data,
+                             tmp_path / "c", k=4, vocab=teacher[0].config.vocab_size, shard_tokens=20)
+    second = tmp_path / "c" / meta["shards"][1]["file"]
+    body = second.read_bytes()
+    second.write_bytes(body[:-10])
+    with pytest.raises(logit_cache.StaleCacheError, match="truncated or replaced"):
+        logit_cache.load(tmp_path / "c", data)
+    second.unlink()
+    with pytest.raises(logit_cache.StaleCacheError, match=r"shard shard-00001.safetensors is missing"):
+        logit_cache.load(tmp_path / "c", data)
+
+
+def test_a_version_1_cache_is_still_read(setup, tmp_path):
+    """Caches written before shards (one topk.safetensors with global offsets) load and give the same rows."""
+    from safetensors.numpy import save_file
+
+    _, _, _, teacher, data = setup
+    _build(teacher, data, tmp_path / "new", 8)
+    arrays = logit_cache.load_arrays(tmp_path / "new")
+    old = tmp_path / "old"
+    old.mkdir()
+    save_file(arrays, str(old / "topk.safetensors"))
+    meta = json.loads((tmp_path / "new" / "cache.json").read_text())
+    meta.pop("shards")
+    (old / "cache.json").write_text(json.dumps({**meta, "format": "edgedistill-topk-v1"}))
+    a, b = logit_cache.load(old, data), logit_cache.load(tmp_path / "new", data)
+    for i in range(len(data.examples)):
+        assert all(np.array_equal(x, y) for x, y in zip(a.rows(i), b.rows(i)))
 
 
 def test_stale_cache_is_refused(setup, tmp_path):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from edgedistill.distill.losses import forward_kl, jsd, reverse_kl, skew_kl, tvd  # noqa: F401  (register)
-from edgedistill.distill.losses.base import bins, check_params, get, losses, masked_mean, masked_sum, shared_rows
+from edgedistill.distill.losses.base import bins, check_params, get, losses, masked_mean, masked_sum, shared_rows, wide
 from edgedistill.errors import EdgeDistillError
 
 
@@ -41,14 +41,14 @@ class LossConfig:
 def per_token_objective(cfg: LossConfig, student_logits: torch.Tensor, teacher, targets: torch.Tensor | None):
     """Per-position loss (B, T) in float32. teacher: dense logits or a top-k (log-probs, ids) pair; targets
     (B, T) are the next-token ids for the cross-entropy part (ignored positions may hold any id)."""
-    out = torch.zeros(student_logits.shape[:2], dtype=torch.float32, device=student_logits.device)
+    out = torch.zeros(student_logits.shape[:2], dtype=wide(student_logits).dtype, device=student_logits.device)
     if cfg.kd_weight > 0:
         s, t = bins(student_logits, teacher, cfg.temperature)
         out = out + cfg.kd_weight * cfg.temperature**2 * get(cfg.name).fn(s, t, **cfg.params)
     if cfg.kd_weight < 1:
         if targets is None:
             raise EdgeDistillError("kd_weight < 1 needs target tokens for the cross-entropy part")
-        logp = torch.log_softmax(student_logits.float(), -1)
+        logp = torch.log_softmax(wide(student_logits), -1)
         ce = -logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
         out = out + (1 - cfg.kd_weight) * ce
     return out

@@ -71,6 +71,11 @@ def check_params(spec: LossSpec, given: dict) -> dict:
     return out
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 at least: divergences never run in bf16/fp16 (float64 stays float64, for exact tests)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def kl(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
     """KL(p || q) over the last axis, with 0·log 0 = 0."""
     p = p_logp.exp()
@@ -102,11 +107,11 @@ def bins(student_logits: torch.Tensor, teacher: torch.Tensor | tuple[torch.Tenso
     """
     if isinstance(teacher, torch.Tensor):
         student_logits, teacher = shared_rows(student_logits, teacher)
-        return (torch.log_softmax(student_logits.float() / temperature, dim=-1),
-                torch.log_softmax(teacher.float() / temperature, dim=-1))
-    s_logp = torch.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, T, V)
+        return (torch.log_softmax(wide(student_logits) / temperature, dim=-1),
+                torch.log_softmax(wide(teacher) / temperature, dim=-1))
+    s_logp = torch.log_softmax(wide(student_logits) / temperature, dim=-1)  # (B, T, V)
     t_topk, ids = teacher
-    t_topk = t_topk.float()
+    t_topk = wide(t_topk)
     if temperature != 1.0:
         # Re-temper the cached log-probs; the rest bin keeps its share of the re-tempered mass approximately.
         t_topk = t_topk / temperature

@@ -1,0 +1,88 @@
+"""--precision, --gradient-checkpointing and --kd-chunk: what each device accepts, refused in one line before any
+work, and the training paths each one takes."""
+
+import json
+
+import pytest
+import torch
+
+from edgedistill.distill import train as tr
+from edgedistill.distill.dataset import encode
+from edgedistill.distill.losses import LossConfig
+from edgedistill.errors import EdgeDistillError
+from edgedistill.models import load_model
+from tests import tiny
+
+RECORDS = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"Alarm E{i} on line {i}?"}],
+            "response": f"Stop line {i}, check the guard, then clear alarm E{i}."} for i in range(6)]
+
+
+def test_what_each_device_accepts(monkeypatch):
+    assert tr.resolve_precision("auto", "cpu") == "fp32"
+    assert tr.resolve_precision("fp32", "cpu") == "fp32"
+    with pytest.raises(EdgeDistillError, match="fp16 needs a CUDA GPU"):
+        tr.resolve_precision("fp16", "cpu")
+    monkeypatch.setattr(tr, "_cpu_has_native_bf16", lambda: False)
+    with pytest.raises(EdgeDistillError, match="this CPU has no native bf16"):
+        tr.resolve_precision("bf16", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert tr.resolve_precision("auto", "cuda") == "fp32"
+    assert tr.resolve_precision("fp16", "cuda") == "fp16"
+    with pytest.raises(EdgeDistillError, match="this GPU has no bf16"):
+        tr.resolve_precision("bf16", "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert tr.resolve_precision("auto", "cuda") == "bf16"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("precision")
+    t_dir = tiny.build_model_dir(root / "t", layers=2, hidden=64, seed=1, init_std=0.2)
+    s_dir = tiny.build_model_dir(root / "s", layers=1, hidden=64, seed=2, init_std=0.2)
+    gen = root / "gen.jsonl"
+    gen.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    return root, t_dir, s_dir, gen
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"precision": "fp16"}, "fp16 needs a CUDA GPU"),
+    ({"kd_chunk": 999, "max_length": 64}, "--kd-chunk 999 exceeds --max-length 64"),
+])
+def test_bad_settings_stop_before_any_work(setup, tmp_path, flags, message):
+    from edgedistill.distill.stage import DistillSettings, distill
+
+    _, t_dir, s_dir, gen = setup
+    with pytest.raises(EdgeDistillError, match=message):
+        distill(DistillSettings(teacher=str(t_dir), student=str(s_dir), data=[gen], out=tmp_path / "run",
+                                max_steps=1, **flags))
+    assert not (tmp_path / "run").exists()
+
+
+def _losses(setup, out, **cfg):
+    root, t_dir, s_dir, _ = setup
+    teacher = load_model(str(t_dir))
+    data = encode(teacher[1], RECORDS, 64)
+    base = dict(max_steps=3, batch_size=3, grad_accum=1, learning_rate=3e-3, warmup_steps=0, logging_steps=1,
+                save_steps=100, max_length=64)
+    student, trainer = tr.train(teacher, load_model(str(s_dir)), data.examples, out, LossConfig(kd_weight=0.5),
+                                tr.TrainConfig(**{**base, **cfg}))
+    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x], trainer
+
+
+def test_gradient_checkpointing_gives_the_same_losses(setup, tmp_path):
+    plain, _ = _losses(setup, tmp_path / "plain")
+    ckpt, trainer = _losses(setup, tmp_path / "ckpt", gradient_checkpointing=True)
+    assert trainer.model.is_gradient_checkpointing
+    assert ckpt == pytest.approx(plain, rel=1e-5)
+
+
+def test_the_bf16_path_runs_the_teacher_in_bf16(setup, tmp_path, monkeypatch):
+    """On a CPU with native bf16 the path is allowed; here it is forced to run (emulated, slowly, on a tiny
+    model) to prove the autocast and the teacher's dtype, with losses near fp32's."""
+    monkeypatch.setattr(tr, "_cpu_has_native_bf16", lambda: True)
+    assert tr.resolve_precision("bf16", "cpu") == "bf16"
+    plain, _ = _losses(setup, tmp_path / "fp32")
+    half, trainer = _losses(setup, tmp_path / "bf16", precision="bf16", kd_chunk=16)
+    assert trainer.args.bf16 and trainer.teacher.dtype == torch.bfloat16
+    assert next(trainer.model.parameters()).dtype == torch.float32  # master weights stay float32
+    assert half == pytest.approx(plain, rel=0.05)
