@@ -187,8 +187,13 @@ class DistillSettings(Settings):
                              choices=("auto", "fp32", "bf16", "fp16"))
     gradient_checkpointing: bool = setting(False, "Recompute the student's activations in the backward pass (less "
                                                   "memory, about a third more compute).")
-    kd_chunk: int = setting(0, "Apply the output heads this many response positions at a time, so full-vocabulary "
-                               "logits never exist whole (0: full logits).", min=0)
+    kd_chunk: int | None = setting(None, "Apply the output heads this many response positions of a micro-batch at a "
+                                         "time, so full-vocabulary logits never exist whole (0: full logits; ignored "
+                                         "under FSDP). Default: 256, or a micro-batch's positions if fewer.", min=0)
+    fsdp: str = setting("", "FSDP options for a run under torchrun on GPUs, e.g. 'full_shard auto_wrap' (FSDP2, wrapped "
+                            "by decoder layer); under `accelerate launch` its config file decides instead.")
+    shard_teacher: bool = setting(False, "Under FSDP, shard the teacher as well (default: each process holds a whole "
+                                         "copy).")
     attention: str | None = setting(None, "Attention implementation passed to transformers (e.g. sdpa, eager, "
                                           "flash_attention_2); default: transformers' choice.")
 
@@ -208,8 +213,13 @@ class DistillSettings(Settings):
                            grad_accum=self.grad_accum, learning_rate=self.lr, warmup_steps=self.warmup_steps,
                            max_length=self.max_length, seed=self.seed, save_steps=self.save_steps,
                            on_policy=self.on_policy, on_policy_max_new_tokens=self.on_policy_max_new_tokens,
-                           kd_chunk=self.kd_chunk, precision=resolve_precision(self.precision),
-                           gradient_checkpointing=self.gradient_checkpointing)
+                           kd_chunk=self.chunk, precision=resolve_precision(self.precision),
+                           gradient_checkpointing=self.gradient_checkpointing, fsdp=self.fsdp,
+                           shard_teacher=self.shard_teacher)
+
+    @property
+    def chunk(self) -> int:
+        return min(256, self.batch_size * self.max_length) if self.kd_chunk is None else self.kd_chunk
 
     def extra_problems(self) -> list[str]:
         from edgedistill.distill.losses import check_params, get, losses
@@ -221,9 +231,10 @@ class DistillSettings(Settings):
             check_params(get(self.loss), self.loss_params)
         except EdgeDistillError as e:
             problems.append(str(e))
-        if self.kd_chunk > self.max_length:
-            problems.append(f"--kd-chunk {self.kd_chunk} exceeds --max-length {self.max_length}: a chunk is at most "
-                            "one sequence's positions (the last chunk may be shorter, so it need not divide it)")
+        if self.kd_chunk is not None and self.kd_chunk > self.batch_size * self.max_length:
+            problems.append(f"--kd-chunk {self.kd_chunk} exceeds a micro-batch's {self.batch_size} x {self.max_length} "
+                            "positions (--batch-size x --max-length); choose at most that (the last chunk may be "
+                            "shorter, so it need not divide it)")
         return problems
 
 
@@ -239,6 +250,9 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     from edgedistill.models.locate import load_model, load_tokenizer, save_tokenizer
     from edgedistill.paths import atomic_dir, check_writable_dir
 
+    from edgedistill.distill.train import check_launch
+
+    check_launch()  # under a launcher: its processes fit this machine
     say = echo or log.info
     out = Path(s.out)
     final = out / "student"

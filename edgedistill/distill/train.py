@@ -59,6 +59,8 @@ class TrainConfig:
     kd_chunk: int = 0  # apply the output head this many response positions at a time (0: full logits)
     precision: str = "fp32"  # fp32, bf16 or fp16 (resolved from auto by the stage)
     gradient_checkpointing: bool = False
+    fsdp: str = ""  # FSDP options for transformers' Trainer (e.g. "full_shard auto_wrap"); "" = off (DDP or one process)
+    shard_teacher: bool = False  # under FSDP: shard the teacher too (else each process holds a whole copy)
 
     def __post_init__(self) -> None:
         problems = []
@@ -74,8 +76,12 @@ class TrainConfig:
             problems.append(f"max_time_s={self.max_time_s} must be positive")
         if not 0 < self.on_policy_temperature <= 5:
             problems.append(f"on_policy_temperature={self.on_policy_temperature} must be in (0, 5]")
-        if not 0 <= self.kd_chunk <= self.max_length:
-            problems.append(f"kd_chunk={self.kd_chunk} must be in [0, max_length={self.max_length}] (0: full logits)")
+        if not 0 <= self.kd_chunk <= self.batch_size * self.max_length:
+            problems.append(f"kd_chunk={self.kd_chunk} must be in [0, batch_size x max_length = "
+                            f"{self.batch_size * self.max_length}] (0: full logits)")
+        if self.fsdp and not torch.cuda.is_available():
+            problems.append("--fsdp needs GPUs: accelerate runs FSDP only across accelerators, and on CPU processes it "
+                            "would fall back to DDP silently; drop --fsdp (torchrun then runs DDP)")
         if self.precision not in PRECISIONS:
             problems.append(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
         if problems:
@@ -118,9 +124,10 @@ def check_launch(env=None) -> None:
         return
     use_cpu = str(env.get("ACCELERATE_USE_CPU", "")).lower() in ("1", "true", "yes")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if not use_cpu and gpus == 0 and env.get("ACCELERATE_DYNAMO_BACKEND") is not None:
-        raise EdgeDistillError(f"the launcher started {local or env.get('WORLD_SIZE')} GPU processes but this machine "
-                               "has no GPU; use a config with use_cpu: true (examples/accelerate/cpu-2proc.yaml)")
+    if gpus == 0 and not use_cpu and env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise EdgeDistillError("the accelerate config asks for FSDP but this machine has no GPU (accelerate runs FSDP "
+                               "only across accelerators); on CPU run DDP: torchrun --nproc_per_node N -m edgedistill "
+                               "distill ...")
     if gpus and local > gpus:
         raise EdgeDistillError(f"the launcher started {local} processes on this node but it has {gpus} GPU(s); set "
                                f"num_processes to at most {gpus} per node in the accelerate config")
@@ -185,6 +192,9 @@ def _make_trainer_class():
                      cache=None, **kw):
             super().__init__(*args, **kw)
             self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
+            if self.teacher is not None and cfg.shard_teacher and self.is_fsdp_enabled:
+                # sharded like the student, gathered layer by layer in its forward; frozen, so no optimizer state
+                self.teacher = self.accelerator.prepare_model(self.teacher, evaluation_mode=True)
             self.cache = cache
             self.loss_cfg, self.cfg, self.pad_id, self.eos_ids = loss_cfg, cfg, pad_id, set(eos_ids)
             self.model_accepts_loss_kwargs = True  # we use num_items_in_batch ourselves (see compute_loss)
@@ -388,6 +398,7 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
         fp16=cfg.precision == "fp16",
         gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        **_fsdp_args(cfg, student),
     )
     trainer_ref: dict = {}
     cls, extra_kw = _make_trainer_class(), {}
@@ -424,6 +435,17 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
             raise EdgeDistillError(f"--resume: no checkpoint in {ckpt}")
     trainer.train(resume_from_checkpoint=last)
     return trainer.accelerator.unwrap_model(trainer.model), trainer
+
+
+def _fsdp_args(cfg: TrainConfig, student) -> dict:
+    """FSDP version 2, wrapped by decoder layer (the model's own no-split modules), when asked."""
+    if not cfg.fsdp:
+        return {}
+    layers = list(getattr(student, "_no_split_modules", None) or [])
+    config = {"version": 2, "reshard_after_forward": "full_shard" in cfg.fsdp.split()}
+    if layers:
+        config["transformer_layer_cls_to_wrap"] = layers
+    return {"fsdp": cfg.fsdp, "fsdp_config": config}
 
 
 # Budget fields may change on --resume (to train longer); everything else must be what the checkpoints were made with.

@@ -1,6 +1,9 @@
-"""A tiny distillation job for the distributed test: run with `python -m torch.distributed.run --nproc_per_node N`
-or plainly for one process. Writes the student's weights (rank 0) to the path given."""
+"""A tiny distillation job for the distributed tests: run with `python -m torch.distributed.run --nproc_per_node N`
+or plainly for one process. Writes the student's weights (rank 0) to the path given, and job.json beside them
+(world size, whether FSDP and the chunked loss were on). Optional: a logit cache folder to train from (the
+teacher is then not loaded) and a kd_chunk."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,17 +15,34 @@ from edgedistill.distill.train import TrainConfig, train
 from edgedistill.models import load_model
 
 
-def main(teacher_dir: str, student_dir: str, out: str, per_device_batch: int) -> None:
+def records():
+    return [{"id": f"r{i}", "messages": [{"role": "user", "content": f"Question {i}: where is order NW-{i}{i}?"}],
+             "response": "It ships on Monday. " * (1 + i)} for i in range(4)]
+
+
+def main(teacher_dir: str, student_dir: str, out: str, per_device_batch: int, cache_dir: str = "",
+         kd_chunk: int = 0) -> None:
+    import json
+
+    from edgedistill.distill import logit_cache
+
     torch.manual_seed(0)
     teacher, student = load_model(teacher_dir), load_model(student_dir)
-    recs = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"Question {i}: where is order NW-{i}{i}?"}],
-             "response": "It ships on Monday. " * (1 + i)} for i in range(4)]
-    examples = encode(teacher[1], recs, 96).examples
+    data = encode(teacher[1], records(), 96)
+    examples = data.examples
+    cache = logit_cache.load(Path(cache_dir), data) if cache_dir else None
+    if cache is not None:
+        teacher = (None, teacher[1])
     # 4 examples = one global batch per step, so every step sees every example whatever the sampler order.
     cfg = TrainConfig(max_steps=3, batch_size=per_device_batch, grad_accum=1, learning_rate=1e-2, warmup_steps=0,
-                      save_steps=100, logging_steps=1)
-    model, trainer = train(teacher, student, examples, Path(out).parent / "run", LossConfig("jsd", {"beta": 0.5}), cfg)
+                      save_steps=100, logging_steps=1, kd_chunk=kd_chunk, fsdp=os.environ.get("JOB_FSDP", ""),
+                      shard_teacher=bool(os.environ.get("JOB_SHARD_TEACHER")))
+    model, trainer = train(teacher, student, examples, Path(out).parent / "run", LossConfig("jsd", {"beta": 0.5}), cfg,
+                           cache=cache)
     if trainer.is_world_process_zero():
+        Path(out).with_name("job.json").write_text(json.dumps({
+            "world_size": trainer.accelerator.num_processes, "fsdp": bool(trainer.is_fsdp_enabled),
+            "chunked": bool(trainer.chunked)}))
         from safetensors.torch import save_file
 
         save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, out)
@@ -34,4 +54,4 @@ def main(teacher_dir: str, student_dir: str, out: str, per_device_batch: int) ->
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), *(sys.argv[5:6]), *map(int, sys.argv[6:7]))

@@ -110,5 +110,5 @@ def test_training_with_chunks_matches_training_without(pair):
 
 
 def test_a_chunk_longer_than_the_sequence_is_refused():
-    with pytest.raises(EdgeDistillError, match=r"kd_chunk=600 must be in \[0, max_length=512\]"):
-        TrainConfig(kd_chunk=600)
+    with pytest.raises(EdgeDistillError, match=r"kd_chunk=5000 must be in \[0, batch_size x max_length = 2048\]"):
+        TrainConfig(kd_chunk=5000)

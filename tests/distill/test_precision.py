@@ -46,9 +46,10 @@ def setup(tmp_path_factory):
 
 @pytest.mark.parametrize("flags, message", [
     ({"precision": "fp16"}, "fp16 needs a CUDA GPU"),
-    ({"kd_chunk": 999, "max_length": 64}, "--kd-chunk 999 exceeds --max-length 64"),
+    ({"kd_chunk": 999, "max_length": 64, "batch_size": 2}, r"--kd-chunk 999 exceeds a micro-batch's 2 x 64"),
 ])
 def test_bad_settings_stop_before_any_work(setup, tmp_path, flags, message):
+    """Each refused in one line before a model loads, nothing written; the default chunk fits any batch."""
     from edgedistill.distill.stage import DistillSettings, distill
 
     _, t_dir, s_dir, gen = setup
@@ -56,6 +57,7 @@ def test_bad_settings_stop_before_any_work(setup, tmp_path, flags, message):
         distill(DistillSettings(teacher=str(t_dir), student=str(s_dir), data=[gen], out=tmp_path / "run",
                                 max_steps=1, **flags))
     assert not (tmp_path / "run").exists()
+    assert DistillSettings(student="s", data=[gen], out=tmp_path, batch_size=1, max_length=64).chunk == 64
 
 
 def _losses(setup, out, **cfg):
