@@ -201,6 +201,20 @@ def _make_trainer_class():
             self.tokens_seen = 0
             self._policy_step, self._policy_on = -1, False
 
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            """transformers maps a resumed optimizer to args.device when several processes train; on CPU that is
+            "cpu:N", a location torch.load cannot restore to. Several CPU processes load it to "cpu" instead."""
+            if (checkpoint is None or self.args.world_size == 1 or self.args.device.type != "cpu"
+                    or self.is_fsdp_enabled):
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+
+            folder = Path(checkpoint)
+            if (folder / OPTIMIZER_NAME).is_file() and (folder / SCHEDULER_NAME).is_file():
+                self.optimizer.load_state_dict(torch.load(folder / OPTIMIZER_NAME, map_location="cpu",
+                                                          weights_only=True))
+                self.lr_scheduler.load_state_dict(torch.load(folder / SCHEDULER_NAME, weights_only=True))
+
         def _on_policy_now(self) -> bool:
             """Decided once per optimizer step, from a seeded RNG, identically on every process."""
             if self.cfg.on_policy <= 0:

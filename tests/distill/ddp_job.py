@@ -1,7 +1,8 @@
 """A tiny distillation job for the distributed tests: run with `python -m torch.distributed.run --nproc_per_node N`
 or plainly for one process. Writes the student's weights (rank 0) to the path given, and job.json beside them
 (world size, whether FSDP and the chunked loss were on). Optional: a logit cache folder to train from (the
-teacher is then not loaded) and a kd_chunk."""
+teacher is then not loaded) and a kd_chunk. Environment: JOB_FSDP, JOB_SHARD_TEACHER, JOB_SAVE_STEPS (checkpoint
+every N steps) and JOB_RESUME (continue the run folder from its last checkpoint)."""
 
 import os
 import sys
@@ -35,10 +36,10 @@ def main(teacher_dir: str, student_dir: str, out: str, per_device_batch: int, ca
         teacher = (None, teacher[1])
     # 4 examples = one global batch per step, so every step sees every example whatever the sampler order.
     cfg = TrainConfig(max_steps=3, batch_size=per_device_batch, grad_accum=1, learning_rate=1e-2, warmup_steps=0,
-                      save_steps=100, logging_steps=1, kd_chunk=kd_chunk, fsdp=os.environ.get("JOB_FSDP", ""),
-                      shard_teacher=bool(os.environ.get("JOB_SHARD_TEACHER")))
+                      save_steps=int(os.environ.get("JOB_SAVE_STEPS", "100")), logging_steps=1, kd_chunk=kd_chunk,
+                      fsdp=os.environ.get("JOB_FSDP", ""), shard_teacher=bool(os.environ.get("JOB_SHARD_TEACHER")))
     model, trainer = train(teacher, student, examples, Path(out).parent / "run", LossConfig("jsd", {"beta": 0.5}), cfg,
-                           cache=cache)
+                           cache=cache, resume=bool(os.environ.get("JOB_RESUME")))
     if trainer.is_world_process_zero():
         Path(out).with_name("job.json").write_text(json.dumps({
             "world_size": trainer.accelerator.num_processes, "fsdp": bool(trainer.is_fsdp_enabled),

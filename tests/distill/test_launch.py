@@ -1,9 +1,10 @@
 """Launchers: the shipped accelerate configs load, a launch that does not fit the machine is refused in one line,
 FSDP's settings reach transformers, and 2 CPU processes (torchrun, gloo) training from a sharded, memory-mapped
-cache with the chunked loss match 1 process."""
+cache with the chunked loss match 1 process, and a 2-process job resumes from its checkpoint."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,35 @@ def test_two_processes_from_a_sharded_cache_with_chunks_match_one(tmp_path):
     for x, y in zip(runs["one"][1], runs["two"][1]):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+
+
+def test_a_two_process_run_resumes_from_its_checkpoint_under_the_same_launcher(tmp_path):
+    """A 2-process torchrun job checkpointed every step, cut after step 2 (its last checkpoint removed), and resumed
+    under the same launcher ends with the weights of the uninterrupted job: optimizer, schedule and data order come
+    back from the checkpoint on every rank."""
+    from safetensors.torch import load_file
+
+    t_dir = tiny.build_model_dir(tmp_path / "t", layers=2, hidden=64, seed=1, init_std=0.2)
+    s_dir = tiny.build_model_dir(tmp_path / "s", layers=1, hidden=64, seed=2, init_std=0.2)
+    job = str(REPO / "tests" / "distill" / "ddp_job.py")
+    out = tmp_path / "job" / "w.safetensors"
+    out.parent.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "JOB_SAVE_STEPS": "1"}
+
+    def launch(**extra):
+        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            job, str(t_dir), str(s_dir), str(out), "2"], env={**env, **extra}, capture_output=True,
+                           text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return load_file(str(out))
+
+    whole = launch()
+    ckpt = tmp_path / "job" / "run" / "checkpoints"
+    assert {"checkpoint-2", "checkpoint-3"} <= {p.name for p in ckpt.glob("checkpoint-*")}
+    shutil.rmtree(ckpt / "checkpoint-3")
+    out.unlink()
+    resumed = launch(JOB_RESUME="1")
+    changed = load_file(str(s_dir / "model.safetensors"))
+    assert any(not torch.equal(changed[k], whole[k]) for k in whole if k in changed)  # training moved the weights
+    for k in whole:
+        torch.testing.assert_close(resumed[k], whole[k], rtol=1e-5, atol=1e-6)
