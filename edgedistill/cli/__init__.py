@@ -82,10 +82,11 @@ def _register() -> None:
     from edgedistill.cli.models import models
     from edgedistill.cli.run import run_cmd
     from edgedistill.cli.safety import safety
+    from edgedistill.cli.serve import serve_cmd
     from edgedistill.cli.targets import targets
 
     for command in (models, generate_cmd, data, eval_cmd, prune_cmd, cache_logits_cmd, distill_cmd, export_cmd,
-                    targets, bench_cmd, safety, run_cmd):
+                    targets, bench_cmd, safety, run_cmd, serve_cmd):
         cli.add_command(command)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgedistill.runtime.bundle import BundleError, open_bundle
 
-__all__ = ["load", "GenerationConfig", "BundleError", "LoadedModel"]
+__all__ = ["load", "GenerationConfig", "BundleError", "LoadedModel", "Completion"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,16 @@ class GenerationConfig:
             raise EdgeDistillError("; ".join(problems))
 
 
+@dataclass
+class Completion:
+    """What a generation produced besides its text, filled in as it runs: token counts and why it ended
+    ("stop": end of turn or a stop string; "length": max_tokens reached; None while it runs)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+
 class LoadedModel:
     """What every backend offers: generate (text in, text out), stream (pieces of text), chat (messages).
 
@@ -54,6 +64,7 @@ class LoadedModel:
     path: Path
     template: str | None
     special: dict
+    context_length: int  # positions the loaded model holds: prompt and answer together
 
     def encode(self, text: str) -> list[int]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -65,29 +76,41 @@ class LoadedModel:
         raise NotImplementedError
 
     def stream(self, prompt: str, **kw) -> Iterator[str]:
+        cfg = GenerationConfig(**{**kw, "stop": tuple(kw.get("stop") or ())})
+        return self.stream_ids(self.encode(prompt), cfg)
+
+    def stream_ids(self, prompt_ids: list[int], cfg: GenerationConfig, done: Completion | None = None
+                   ) -> Iterator[str]:
+        """Text pieces of the answer to `prompt_ids`; `done`, when given, receives the counts and the finish
+        reason as the generation goes (complete once the iterator is exhausted)."""
         from edgedistill.runtime.text import StopText
 
-        cfg = GenerationConfig(**{**kw, "stop": tuple(kw.get("stop") or ())})
+        done = done if done is not None else Completion()
+        done.prompt_tokens, done.completion_tokens, done.finish_reason = len(prompt_ids), 0, None
         stop = StopText(cfg.stop)
         # Detokenize a short window, not the whole output per token: the text of out[prefix:] beyond the text of
         # out[prefix:read] is new. Keeping a few tokens of context in the window keeps leading spaces and
         # multi-token characters right for every tokenizer.
         out: list[int] = []
         prefix = read = 0
-        for tid in self.generate_ids(self.encode(prompt), cfg):
+        for tid in self.generate_ids(prompt_ids, cfg):
             out.append(tid)
+            done.completion_tokens += 1
             before = self.decode(out[prefix:read])
             text = self.decode(out[prefix:])
             if text.endswith("\ufffd") or len(text) <= len(before):  # half a character: wait for the rest
                 continue
             piece = stop.feed(text[len(before):])
             prefix, read = max(0, read - 4), len(out)
+            if stop.done:
+                done.finish_reason = "stop"
             if piece:
                 yield piece
             if stop.done:
                 return
         tail = self.decode(out[prefix:])[len(self.decode(out[prefix:read])):] if read < len(out) else ""
         rest = stop.feed(tail) + stop.flush()  # a trailing incomplete character, as decoded
+        done.finish_reason = "stop" if stop.done or len(out) < cfg.max_tokens else "length"
         if rest:
             yield rest
 

@@ -28,6 +28,8 @@ class GGUFModel(LoadedModel):
                                    verbose=False)
         self.template, self.special = chat_template(path)
         self.eos_ids = eog_ids(self.llm.model)
+        trained = int(llama_cpp.llama_model_n_ctx_train(self.llm.model))
+        self.context_length = min(int(self.llm.n_ctx()), trained or int(self.llm.n_ctx()))  # no further than trained
 
     def encode(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode(), add_bos=False, special=True)

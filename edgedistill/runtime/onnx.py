@@ -89,6 +89,12 @@ def generate_ids(model, prompt_ids: list[int], cfg: GenerationConfig, eos_ids: s
         yield tid
 
 
+def context_length(folder: Path) -> int:
+    """The positions genai_config.json gives the model (its search max_length, else its context length)."""
+    cfg = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    return int((cfg.get("search") or {}).get("max_length") or cfg["model"].get("context_length") or 0)
+
+
 def eos_ids(folder: Path) -> set[int]:
     """The end-of-generation ids genai_config.json declares."""
     eos = json.loads((Path(folder) / CONFIG_FILE).read_text())["model"].get("eos_token_id")
@@ -105,6 +111,7 @@ class ONNXModel(LoadedModel):
         self.template, self.special = chat_template(path)
         self.eos_ids = eos_ids(path)
         self.window = sliding_window(path)
+        self.context_length = context_length(path)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
