@@ -6,6 +6,10 @@ Needs only the runtime extra (no torch, no network):
     .rt/bin/python examples/support_desk.py build/demo/bundles/gguf-q8_0
     .rt/bin/python examples/support_desk.py BUNDLE --ask "My order NW-1234 is late. What can I do?"
 
+Or against a running `edgedistill serve BUNDLE` (any OpenAI-compatible endpoint; needs the openai package):
+
+    .rt/bin/python examples/support_desk.py --url http://127.0.0.1:8080/v1 --ask "Where is my order?"
+
 Type a question and press Enter; an empty line or Ctrl-D ends the session, /reset forgets the conversation.
 """
 
@@ -20,6 +24,31 @@ from edgedistill.runtime import BundleError, load
 SYSTEM = ("You are the support desk assistant of a company that sells and services workshop equipment. "
           "Answer briefly and concretely. If you do not know something about a customer's order, say what "
           "information you need.")
+
+
+class Remote:
+    """The chat_stream of a loaded bundle, answered by an OpenAI-compatible endpoint such as `edgedistill serve`."""
+
+    def __init__(self, url: str, key: str | None, model: str | None):
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=url, api_key=key or "none", max_retries=2)
+        self.model = model or self.client.models.list().data[0].id
+        self.manifest = {"format": "remote", "scheme": self.model}
+
+    def chat_stream(self, messages, *, max_tokens, temperature, top_p, seed, stop):
+        stream = self.client.chat.completions.create(model=self.model, messages=messages, stream=True,
+                                                     max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                                     seed=seed, stop=stop)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                yield chunk.choices[0].delta.content
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.client.close()
 
 
 def answer(model, history: list[dict], question: str, args) -> str:
@@ -43,7 +72,11 @@ def answer(model, history: list[dict], question: str, args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Offline support-desk assistant over an edgedistill bundle.")
-    ap.add_argument("bundle", help="folder made by `edgedistill export` (GGUF or ONNX)")
+    ap.add_argument("bundle", nargs="?", help="folder made by `edgedistill export` (GGUF or ONNX)")
+    ap.add_argument("--url", help="ask a running endpoint instead (e.g. http://127.0.0.1:8080/v1 from `edgedistill "
+                                  "serve`)")
+    ap.add_argument("--model", help="with --url: the model id [default: the first the endpoint lists]")
+    ap.add_argument("--api-key-env", help="with --url: environment variable holding the endpoint's API key")
     ap.add_argument("--ask", action="append", default=[], help="answer this question and exit (repeatable: one "
                                                                  "conversation)")
     ap.add_argument("--max-tokens", type=int, default=200)
@@ -54,8 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-turns", type=int, default=3, help="earlier exchanges kept in the prompt")
     ap.add_argument("--timing", action="store_true", help="print time to first piece after each answer")
     args = ap.parse_args(argv)
+    if (args.bundle is None) == (args.url is None):
+        ap.error("give a bundle folder or --url, not both")
     try:
-        model = load(args.bundle, threads=args.threads)
+        if args.url:
+            import os
+
+            import openai
+
+            try:
+                model = Remote(args.url, os.environ.get(args.api_key_env or "", ""), args.model)
+            except openai.APIError as e:
+                raise BundleError(f"{args.url}: {getattr(e, 'message', e)}") from None
+        else:
+            model = load(args.bundle, threads=args.threads)
     except BundleError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -74,6 +74,20 @@ def api_key(s: ServeSettings, environ=None) -> str | None:
     return key
 
 
+def exposure_warning(host: str, key: str | None) -> str | None:
+    """A warning line when `host` is reachable from other machines (not loopback), None otherwise."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    if loopback:
+        return None
+    return (f"warning: listening on {host}: other machines on the network can reach this endpoint"
+            + ("" if key else ", and it asks for no API key (--api-key-env)"))
+
+
 def deployment_check(manifest: dict, bundle: Path, allow: bool) -> str | None:
     """Refuses a bundle whose manifest marks it not deployable unless `allow`; returns a warning line then."""
     dep = manifest.get("deployment") or {}
@@ -107,8 +121,6 @@ def load_for_serving(s: ServeSettings):
 
 def serve(s: ServeSettings, *, echo=print) -> None:
     """Load the bundle and serve it until SIGTERM or Ctrl-C. `echo` receives the start-up and shutdown lines."""
-    import ipaddress
-
     from edgedistill.serve.app import build_app
     from edgedistill.serve.server import run
 
@@ -116,13 +128,9 @@ def serve(s: ServeSettings, *, echo=print) -> None:
     model, warning = load_for_serving(s)
     if warning:
         echo(warning)
-    try:
-        loopback = s.host == "localhost" or ipaddress.ip_address(s.host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        echo(f"warning: listening on {s.host}: other machines on the network can reach this endpoint"
-             + ("" if key else ", and it asks for no API key (--api-key-env)"))
+    exposed = exposure_warning(s.host, key)
+    if exposed:
+        echo(exposed)
     app = build_app(model, s, key=key)
     try:
         run(app, s, echo=echo)

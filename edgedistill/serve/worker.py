@@ -59,6 +59,7 @@ class Job:
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
+        self.expired = False  # cancelled because its time ran out while the client waited
         self.done = Completion(prompt_tokens=len(prompt_ids))
 
     def put(self, item) -> None:
@@ -76,6 +77,7 @@ class Job:
                 try:
                     item = await asyncio.wait_for(self.queue.get(), timeout=max(left, 0.001))
                 except asyncio.TimeoutError:
+                    self.expired = True
                     raise TimedOut(f"the request took longer than the server's timeout of {self.timeout:g} s "
                                    "(--timeout); ask for fewer tokens or try again when the server is less busy"
                                    ) from None
@@ -126,40 +128,41 @@ class Worker:
         return job
 
     def _run(self, job: Job) -> None:
-        start, outcome = time.monotonic(), "completed"
+        start, outcome, last = time.monotonic(), "completed", _END
         try:
-            if job.cancelled.is_set():
-                outcome = "cancelled"
-                return
-            for piece in self.model.stream_ids(job.prompt_ids, job.cfg, job.done):
-                job.put(piece)
-                now = time.monotonic()
-                if job.cancelled.is_set():
-                    outcome = "cancelled"
-                    return
-                if now > job.deadline:
-                    outcome = "timed_out"
-                    job.put(TimedOut(f"the generation took longer than the server's timeout of {job.timeout:g} s "
-                                     "(--timeout); ask for fewer tokens"))
-                    return
-                if self.drain_deadline is not None and now > self.drain_deadline:
-                    outcome = "cancelled"
-                    job.put(Draining("the server shut down before this answer was complete (its shutdown grace "
-                                     "period ran out); retry the request"))
-                    return
-            job.put(_END)
+            outcome, last = self._generate(job)
         except ServeError as e:
-            outcome = "failed"
-            job.put(e)
+            outcome, last = "failed", e
         except Exception as e:  # the runtime refused the request (e.g. an ONNX prompt over its context)
             outcome = "failed"
-            job.put(BadRequest(str(e)) if type(e).__name__ == "BundleError" else ServeError(f"generation failed: {e}"))
+            last = BadRequest(str(e)) if type(e).__name__ == "BundleError" else ServeError(f"generation failed: {e}")
         finally:
+            # the slot is free before the client hears the end: its next request never finds the queue full
             with self.lock:
                 self.pending -= 1
                 self.counts[outcome] += 1
                 if outcome == "completed":
                     self.durations.append(time.monotonic() - start)
+            if last is not None:
+                job.put(last)
+
+    def _generate(self, job: Job):
+        """(outcome, the item that ends the job's queue or None)."""
+        gone = lambda: ("timed_out" if job.expired else "cancelled", None)  # noqa: E731
+        if job.cancelled.is_set():
+            return gone()
+        for piece in self.model.stream_ids(job.prompt_ids, job.cfg, job.done):
+            job.put(piece)
+            now = time.monotonic()
+            if job.cancelled.is_set():
+                return gone()
+            if now > job.deadline:
+                return "timed_out", TimedOut(f"the generation took longer than the server's timeout of "
+                                             f"{job.timeout:g} s (--timeout); ask for fewer tokens")
+            if self.drain_deadline is not None and now > self.drain_deadline:
+                return "cancelled", Draining("the server shut down before this answer was complete (its shutdown "
+                                             "grace period ran out); retry the request")
+        return "completed", _END
 
     def drain(self, grace: float) -> None:
         """Refuse new requests; running ones may go on for `grace` seconds more."""
