@@ -20,19 +20,8 @@ from starlette.exceptions import HTTPException
 
 from edgedistill.runtime import GenerationConfig
 from edgedistill.serve.schemas import ChatRequest, CompletionRequest, parse
-from edgedistill.serve.worker import BadRequest, ServeError, Worker
-
-
-class PayloadTooLarge(ServeError):
-    status, type_, code = 413, "invalid_request_error", "request_too_large"
-
-
-class Unauthorized(ServeError):
-    status, type_, code = 401, "authentication_error", "invalid_api_key"
-
-
-class NotFound(ServeError):
-    status, type_, code = 404, "not_found_error", "model_not_found"
+from edgedistill.serve.errors import BadRequest, NotFound, PayloadTooLarge, ServeError, Unauthorized
+from edgedistill.serve.worker import Worker
 
 
 def error_body(e: ServeError) -> dict:

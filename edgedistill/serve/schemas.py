@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgedistill.serve.worker import BadRequest
+from edgedistill.serve.errors import BadRequest
 
 # Asked for with a value other than these, a parameter is refused: the answer would not be what the client expects.
 UNSUPPORTED = {"tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None,),

@@ -19,32 +19,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from edgedistill.runtime import Completion, GenerationConfig
-
-
-class ServeError(Exception):
-    """An error a request ends with, and the HTTP status, OpenAI error type and code it is reported as."""
-
-    status, type_, code = 500, "server_error", None
-
-    def __init__(self, message: str, *, retry_after: int | None = None, param: str | None = None):
-        super().__init__(message)
-        self.retry_after, self.param = retry_after, param
-
-
-class BadRequest(ServeError):
-    status, type_ = 400, "invalid_request_error"
-
-
-class Busy(ServeError):
-    status, type_, code = 429, "rate_limit_error", "queue_full"
-
-
-class Draining(ServeError):
-    status, type_, code = 503, "server_error", "shutting_down"
-
-
-class TimedOut(ServeError):
-    status, type_, code = 504, "timeout_error", "timeout"
+from edgedistill.serve.errors import BadRequest, Busy, Draining, ServeError, TimedOut
 
 
 _END = object()
