@@ -115,7 +115,7 @@ def build_app(model, s, *, key: str | None = None) -> FastAPI:
         return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
                 "total_tokens": done.prompt_tokens + done.completion_tokens}
 
-    def answer(req, job, kind: str):
+    async def answer(req, job, kind: str):
         rid, created = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
         obj = "chat.completion" if kind == "chat" else "text_completion"
 
@@ -130,14 +130,12 @@ def build_app(model, s, *, key: str | None = None) -> FastAPI:
                                         "created": created, "model": model_id, "choices": choices, **extra})}
 
         if not req.stream:
-            async def whole():
-                text = await job.text()
-                msg = ({"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text})
-                return JSONResponse({"id": rid, "object": obj, "created": created, "model": model_id,
-                                     "choices": [{"index": 0, **msg, "logprobs": None,
-                                                  "finish_reason": job.done.finish_reason}],
-                                     "usage": usage(job.done)})
-            return whole()
+            text = await job.text()
+            msg = ({"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text})
+            return JSONResponse({"id": rid, "object": obj, "created": created, "model": model_id,
+                                 "choices": [{"index": 0, **msg, "logprobs": None,
+                                              "finish_reason": job.done.finish_reason}],
+                                 "usage": usage(job.done)})
 
         async def events():
             try:
@@ -159,14 +157,12 @@ def build_app(model, s, *, key: str | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         req, job = await prepare(request, ChatRequest, lambda r: model.render_chat(r.plain_messages()))
-        result = answer(req, job, "chat")
-        return await result if not req.stream else result
+        return await answer(req, job, "chat")
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         req, job = await prepare(request, CompletionRequest, lambda r: r.text())
-        result = answer(req, job, "completion")
-        return await result if not req.stream else result
+        return await answer(req, job, "completion")
 
     @app.get("/v1/models")
     async def models(request: Request):

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from edgedistill.runtime import Completion, GenerationConfig
+from edgedistill.runtime import BundleError, Completion, GenerationConfig
 from edgedistill.serve.errors import BadRequest, Busy, Draining, ServeError, TimedOut
 
 
@@ -110,7 +110,7 @@ class Worker:
             outcome, last = "failed", e
         except Exception as e:  # the runtime refused the request (e.g. an ONNX prompt over its context)
             outcome = "failed"
-            last = BadRequest(str(e)) if type(e).__name__ == "BundleError" else ServeError(f"generation failed: {e}")
+            last = BadRequest(str(e)) if isinstance(e, BundleError) else ServeError(f"generation failed: {e}")
         finally:
             # the slot is free before the client hears the end: its next request never finds the queue full
             with self.lock:
