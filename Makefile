@@ -8,10 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
-# llama-cpp-python compiles llama.cpp from source. Skip everything but the library (tools, examples, tests,
-# server, the multimodal helper) to shorten the build; pip caches the built wheel for later installs.
-LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF \
-	-DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF
+# llama-cpp-python compiles llama.cpp from source, with the fixed CPU baseline of edgedistill/formats/llamacpp_build.py
+# (never -march=native: the build must run on the next machine), into a wheel cached under those flags.
+LLAMA_WHEEL := $(BIN)/python -m edgedistill.formats.llamacpp_build wheel -c constraints.txt
 
 .PHONY: demo test install clean-venv example
 
@@ -24,16 +23,11 @@ $(STAMP): pyproject.toml constraints.txt
 	@# torch first and exactly pinned: the CPU build. A looser request would fetch a multi-GB CUDA build.
 	$(PIP) install --quiet torch==2.13.0 -c constraints.txt
 	@echo "building llama-cpp-python (compiles llama.cpp: about 9 minutes on 2 cores the first time, then cached)"
-	@CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -v llama-cpp-python -c constraints.txt > $(VENV)/llama-build.log 2>&1 & pid=$$!; \
-	  while kill -0 $$pid 2>/dev/null; do \
-	    step=$$(grep -oE '^ *\[[0-9]+/[0-9]+\]' $(VENV)/llama-build.log | tail -1 | tr -d ' ' || true); \
-	    if [ -n "$$step" ]; then printf '\r  llama.cpp compile step %s ' "$$step"; fi; sleep 5; \
-	  done; echo; \
-	  wait $$pid || { tail -40 $(VENV)/llama-build.log; echo "error: llama-cpp-python build failed (full log: $(VENV)/llama-build.log)"; exit 1; }
+	wheel=$$($(LLAMA_WHEEL) --log $(VENV)/llama-build.log) && $(PIP) install --quiet "$$wheel" -c constraints.txt
 	$(PIP) install --quiet -e '.[full,dev]' -c constraints.txt
 	@# llama.cpp's own converter (and the tools' sources), from the sdist of the llama-cpp-python installed above
 	$(BIN)/python -m edgedistill.formats.llamacpp_source
-	@echo "building llama.cpp's llama-imatrix and llama-quantize from the same sources (a few minutes the first time, then cached)"
+	@echo "building llama.cpp's llama-imatrix, llama-quantize and llama-bench from the same sources (a few minutes the first time, then cached)"
 	$(BIN)/python -m edgedistill.formats.llamacpp_tools
 	@touch $(STAMP)
 	@echo "environment ready in $(VENV)"
@@ -81,8 +75,8 @@ example:
 	rm -rf $(RT_VENV)
 	$(PYTHON) -m venv $(RT_VENV)
 	$(RT_VENV)/bin/python -m pip --disable-pip-version-check install --quiet --upgrade pip
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(RT_VENV)/bin/python -m pip --disable-pip-version-check install --quiet \
-	  '.[runtime]' -c constraints.txt
+	wheel=$$($(LLAMA_WHEEL) --log $(RT_VENV)/llama-build.log) && $(RT_VENV)/bin/python -m pip \
+	  --disable-pip-version-check install --quiet "$$wheel" '.[runtime]' -c constraints.txt
 	@! $(RT_VENV)/bin/python -c "import torch" 2>/dev/null || { echo "error: torch is in the runtime-only venv"; exit 1; }
 	@! $(RT_VENV)/bin/python -c "import transformers" 2>/dev/null || { echo "error: transformers is in the runtime-only venv"; exit 1; }
 	cd /tmp && $(CURDIR)/$(RT_VENV)/bin/python $(CURDIR)/examples/support_desk.py $(abspath $(BUNDLE)) --timing \

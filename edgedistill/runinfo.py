@@ -12,6 +12,28 @@ from pathlib import Path
 from edgedistill import __version__
 
 
+# The CPU features that decide which kernels llama.cpp, onnxruntime and torch can take (x86 and arm64 names as
+# /proc/cpuinfo spells them).
+CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
+                "avx512_vbmi", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp",
+                "fphp", "asimdhp", "i8mm", "bf16", "sve", "sve2", "sme")
+
+
+def cpu_features(cpuinfo: str | None = None) -> list[str]:
+    """Which of CPU_FEATURES this CPU has (from /proc/cpuinfo's flags / Features line; empty where unreadable)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    have: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            have.update(value.split())
+    return [f for f in CPU_FEATURES if f in have]
+
+
 def machine() -> dict:
     import psutil
 
@@ -25,6 +47,7 @@ def machine() -> dict:
         pass
     return {
         "cpu": cpu,
+        "cpu_features": cpu_features(),
         "arch": platform.machine(),
         "logical_cores": os.cpu_count(),
         "ram_bytes": psutil.virtual_memory().total,

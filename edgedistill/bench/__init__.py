@@ -31,7 +31,8 @@ from edgedistill.settings import write as write_settings
 from edgedistill.targets import Target, as_dict
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 2  # 2: in-domain fidelity, answer agreement, intervals, teacher variants as candidates
+SCHEMA_VERSION = 3  # 2: in-domain fidelity, answer agreement, intervals, teacher variants as candidates;
+# 3: cold timings, llama-bench beside GGUF rows, the runtime's system info, the machine's CPU features
 OVER_MEMORY = "over memory budget"
 
 
@@ -305,7 +306,8 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
             log.info("%s: speed under a %.0f MB budget", label, target.memory_budget_bytes / 1e6)
             row = {"name": label, **{k: v for k, v in info.items() if k != "tokenizer_sha256"}, "reference": is_ref,
                    "comparison": role == "comparison", "allowed": info["key"] in target.formats,
-                   "teacher_variant": bool(ref_info) and not is_ref and info["source"] == ref_info["source"]}
+                   "teacher_variant": bool(ref_info) and not is_ref and info["source"] == ref_info["source"],
+                   "runtime": None}
             sp = run_worker({**base, "phase": "speed", "bundle": info["bundle"], "prompt_ids": prompt,
                              "new_tokens": settings.new_tokens, "repeats": settings.repeats},
                             work, target.memory_budget_bytes if not is_ref else None, settings.timeout_s,
@@ -317,6 +319,9 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
                 s.pop("decode_tokens_per_s_all", None)
                 roof = bandwidth / info["model_bytes"]
                 row["speed"] = {**s, "roofline_tokens_per_s": roof, "roofline_share": s["decode_tokens_per_s"] / roof}
+                row["runtime"] = row["speed"].pop("runtime", None)
+                if info["format"] == "gguf":
+                    row["llama_bench"] = _llama_bench(info, row["speed"], settings, threads)
             else:
                 row["speed"] = None
                 if sp["status"] == OVER_MEMORY:
@@ -357,6 +362,26 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     write_report(report, out_dir)
     write_settings(settings, Path(out_dir) / "settings.yaml")
     return report
+
+
+def _llama_bench(info: dict, speed: dict, settings: BenchSettings, threads: int) -> dict:
+    """llama.cpp's llama-bench on the same file, prompt length, token count and threads, beside the bench's own
+    figures (their ratios close to 1 say the bench's timing means what llama.cpp users quote). Left out, and said
+    so, where the tool is not built (a device with the runtime extra only)."""
+    from edgedistill.formats.llamacpp_tools import llama_bench
+    from edgedistill.runtime.bundle import open_bundle
+
+    model = Path(info["bundle"]) / open_bundle(info["bundle"], verify=False)["model_file"]
+    try:
+        lb = llama_bench(model, prompt_tokens=settings.prompt_tokens, new_tokens=settings.new_tokens,
+                         threads=threads, repeats=settings.repeats)
+    except EdgeDistillError as e:
+        return {"note": f"not measured: {e}"}
+    pp = lb.get(f"pp{settings.prompt_tokens}_tokens_per_s")
+    tg = lb.get(f"tg{settings.new_tokens}_tokens_per_s")
+    lb["prefill_ratio"] = speed["prefill_tokens_per_s"] / pp if pp else None  # bench / llama-bench
+    lb["decode_ratio"] = speed["decode_tokens_per_s"] / tg if tg else None
+    return lb
 
 
 def _quality(qu: dict | None, row: dict, ref_row: dict | None, domain: list[dict], eval_items: dict,
@@ -487,7 +512,7 @@ def markdown(report: dict) -> str:
     t, f = report["target"], report.get("fidelity") or {}
     lines = [f"# bench: {t['name']}", "",
              f"{t['description']}. Measured with {report['threads']} threads on {report['machine']['cpu']} "
-             f"({report['machine_cores']} cores); roofline at {report['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
+             f"({report['machine_cores']} cores; {' '.join(report['machine'].get('cpu_features') or []) or 'features unknown'}); roofline at {report['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
              f"({report.get('bandwidth_source', 'profile')}); "
              f"{report['settings']['repeats']} repeats of {report['settings']['new_tokens']} tokens after a "
              f"{report['settings']['prompt_tokens']}-token prompt, medians.", "",
@@ -496,8 +521,11 @@ def markdown(report: dict) -> str:
              f"({f.get('in_domain_answer_tokens', 0)} answer tokens), general text on {f.get('general_windows', 0)} "
              f"windows ({f.get('general_tokens', 0)} tokens), {report['eval_items']} graded items; "
              f"[low, high]: {f.get('interval', '95% interval')}. Objective: {report.get('objective', 'fastest')}.",
+             "", "Speed is cold: each timed run computes its whole prompt (no cached prefix), after one warm-up run. "
+             "llama-bench: llama.cpp's own pp/tg figures for the same GGUF file, prompt, tokens and threads.",
              "", "| variant | status | file MB | peak RSS MB | load s | TTFT ms | prefill tok/s | decode tok/s | "
-             "p50 / p95 ms | roofline |", "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "p50 / p95 ms | roofline | llama-bench pp / tg tok/s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in report["variants"]:
         s = r["speed"] or {}
         lines.append(
@@ -505,7 +533,15 @@ def markdown(report: dict) -> str:
             f"{_fmt(s.get('load_s'), '.2f')} | {_fmt(s.get('ttft_s'), '.0f', 1000)} | "
             f"{_fmt(s.get('prefill_tokens_per_s'), '.0f')} | {_fmt(s.get('decode_tokens_per_s'), '.1f')} | "
             f"{_fmt(s.get('token_latency_p50_s'), '.1f', 1000)} / {_fmt(s.get('token_latency_p95_s'), '.1f', 1000)} | "
-            f"{_fmt(s.get('roofline_share'), '.0%')} |")
+            f"{_fmt(s.get('roofline_share'), '.0%')} | {_llama_bench_cell(r, report)} |")
+    runtimes = {}
+    for r in report["variants"]:
+        info = r.get("runtime") or {}
+        line = info.get("system_info") or (f"providers {', '.join(info['providers'])}" if info.get("providers") else "")
+        if line:
+            runtimes.setdefault(f"{info['runtime']}: {line}", None)
+    if runtimes:
+        lines += ["", "What the runtimes use on this CPU:", ""] + [f"- {x}" for x in runtimes]
     lines += ["", "| variant | in-domain KL | in-domain top-1 % | answers agree % | graded % (chance) | "
                   "general KL | general top-1 % | verdict |", "|---|---|---|---|---|---|---|---|"]
     for r in report["variants"]:
@@ -541,6 +577,15 @@ def markdown(report: dict) -> str:
         lines.append(f"- {r['name']}: " + "; ".join(parts) + (f" — {r['message']}" if r["message"] else ""))
     lines += ["", f"Chosen: {report['chosen'] or 'none'}", ""] + [f"> {x}" for x in report.get("verdict", [])] + [""]
     return "\n".join(lines)
+
+
+def _llama_bench_cell(r: dict, report: dict) -> str:
+    lb = r.get("llama_bench")
+    if not lb:
+        return "—"
+    st = report["settings"]
+    pp, tg = lb.get(f"pp{st['prompt_tokens']}_tokens_per_s"), lb.get(f"tg{st['new_tokens']}_tokens_per_s")
+    return "not built" if pp is None and tg is None else f"{_fmt(pp, '.0f')} / {_fmt(tg, '.1f')}"
 
 
 def _fidelity_point(r: dict) -> tuple[float, list[float] | None] | None:

@@ -2,8 +2,9 @@
 
 The parent (edgedistill.bench) starts one worker per bundle and phase, watches its memory, and kills it when it
 goes over the profile's budget. Phases:
-  speed   — load time, then --repeats timed generations of exactly new_tokens tokens after a fixed prompt;
-            reports the process's own peak RSS.
+  speed   — load time, then --repeats timed generations of exactly new_tokens tokens after a fixed prompt, each
+            cold (the whole prompt computed, runtime.measure); reports the process's own peak RSS and what the
+            runtime uses on this CPU (llama.cpp's system info line, onnxruntime's providers).
   quality — teacher-forced fidelity to the reference on general-text windows and on the teacher's answers to
             the test prompts (bench.fidelity), and greedy answers to graded eval items.
 Only the runtime extra is needed (numpy, tokenizers, onnxruntime / llama-cpp-python): no torch.
@@ -42,8 +43,9 @@ def speed(job: dict) -> dict:
     ids = list(job["prompt_ids"])
     time_generation(model, ids, 4)  # warm-up
     runs = [time_generation(model, ids, job["new_tokens"]) for _ in range(job["repeats"])]
+    info = model.runtime_info()
     model.close()
-    return {"load_s": load_s, **summarize(runs), "peak_rss_bytes": _peak_rss_bytes()}
+    return {"load_s": load_s, **summarize(runs), "peak_rss_bytes": _peak_rss_bytes(), "runtime": info}
 
 
 def quality(job: dict) -> dict:

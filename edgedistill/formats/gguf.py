@@ -125,14 +125,41 @@ def convert(model_dir: Path, out: Path, *, dtype: str = "f16", name: str | None 
         name = f"{name}-{fam.gguf_name_tag}"  # llama.cpp keys the family's token rules on the name
     with tempfile.TemporaryDirectory(prefix="edgedistill-gguf-view-") as tmp:
         view = _converter_view(Path(model_dir), Path(tmp))
+        meta = Path(tmp) / ".edgedistill-metadata.json"
+        meta.write_text(json.dumps(provenance(Path(model_dir), name)))
         args = [str(view), "--outfile", str(out), "--outtype", dtype]
-        args += ["--model-name", name]
+        args += ["--model-name", name, "--metadata", str(meta)]
         proc = _run(args, fallback=_fallback_pre(Path(model_dir)))
     log.debug("llama.cpp converter:\n%s", proc.stderr)
     if proc.returncode != 0 or not Path(out).is_file():
         Path(out).unlink(missing_ok=True)
         raise EdgeDistillError(f"llama.cpp's converter failed on {model_dir}: {_last_line(proc.stderr)}")
     return Path(out)
+
+
+def provenance(model_dir: Path, name: str) -> dict:
+    """The GGUF `general.*` keys edgedistill adds through the converter's metadata override: the name, and for a
+    student made here its base model (the distilled student's starting point, or the teacher it was pruned from),
+    the teacher, and tags saying how it was made. The size label is the converter's own, from the parameter count.
+    (llama-bench's "llama ?B" column is not from these keys: llama.cpp names a size only for the layer counts of
+    the models it knows.)"""
+    meta: dict = {"general.name": name}
+    records = {}
+    for f in ("distill.json", "pruning.json"):
+        try:
+            records[f] = json.loads((model_dir / f).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass
+    distilled, pruned = records.get("distill.json") or {}, records.get("pruning.json") or {}
+    teacher = distilled.get("teacher") or pruned.get("teacher")
+    base = distilled.get("student_init") or pruned.get("teacher")
+    if base:
+        meta["general.base_models"] = [{"name": str(base)}]
+    if teacher:
+        how = "distilled" if distilled else "pruned"
+        meta["general.description"] = f"{how} by edgedistill from the teacher {teacher}"
+        meta["general.tags"] = ["edgedistill", "distillation" if distilled else "pruning"]
+    return meta
 
 
 def _converter_view(model_dir: Path, tmp: Path) -> Path:

@@ -75,6 +75,19 @@ class LoadedModel:
     def generate_ids(self, prompt_ids: list[int], cfg: GenerationConfig) -> Iterator[int]:  # pragma: no cover
         raise NotImplementedError
 
+    def reset(self) -> None:
+        """Forget any prompt the backend keeps computed between calls, so that the next generation computes its
+        whole prompt (llama.cpp reuses the longest cached prefix; a timed run must not)."""
+
+    def prompt_tokens_computed(self) -> int | None:
+        """Prompt tokens the last generation computed (a cached prefix is not computed again); None: unknown."""
+        return None
+
+    def runtime_info(self) -> dict:
+        """The runtime and what it uses on this machine (versions, CPU features or providers), so that figures from
+        two machines can be told apart."""
+        return {}
+
     def stream(self, prompt: str, **kw) -> Iterator[str]:
         cfg = GenerationConfig(**{**kw, "stop": tuple(kw.get("stop") or ())})
         return self.stream_ids(self.encode(prompt), cfg)

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgedistill.runtime import GenerationConfig, LoadedModel
+from edgedistill.runtime import BundleError, GenerationConfig, LoadedModel
 from edgedistill.runtime.text import chat_template
 
 
@@ -19,9 +19,36 @@ def eog_ids(model) -> set[int]:
     return {t for t in range(llama_cpp.llama_vocab_n_tokens(vocab)) if llama_cpp.llama_vocab_is_eog(vocab, t)}
 
 
+def system_info() -> dict:
+    """llama.cpp's own line of the CPU features this build uses (e.g. "CPU : SSE3 = 1 | AVX2 = 1 | ..."), with the
+    llama-cpp-python version."""
+    from importlib import metadata
+
+    import llama_cpp
+
+    return {"runtime": "llama.cpp", "llama_cpp_python": metadata.version("llama_cpp_python"),
+            "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
+
+
+def check_cpu(features: list[str] | None = None, machine: str | None = None) -> None:
+    """edgedistill's llama.cpp is built for x86-64 CPUs with AVX2 (formats/llamacpp_build.py): on an older one its
+    first instruction of those would kill the process (SIGILL). Refuse in one line instead."""
+    import platform
+
+    from edgedistill.runinfo import cpu_features
+
+    machine = (machine or platform.machine()).lower()
+    features = cpu_features() if features is None else features
+    if machine in ("x86_64", "amd64") and features and not {"avx2", "fma", "f16c"} <= set(features):
+        raise BundleError("this CPU has no AVX2/FMA/F16C, which edgedistill's llama.cpp build needs (x86-64 CPUs "
+                          "from 2013 on have them); use an ONNX bundle on this machine")
+
+
 class GGUFModel(LoadedModel):
     def __init__(self, path: Path, manifest: dict, threads: int | None = None, n_ctx: int = 2048):
         import llama_cpp
+
+        check_cpu()
 
         self.path, self.manifest = path, manifest
         self.llm = llama_cpp.Llama(str(path / manifest["model_file"]), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
@@ -40,12 +67,28 @@ class GGUFModel(LoadedModel):
     def generate_ids(self, prompt_ids: list[int], cfg: GenerationConfig) -> Iterator[int]:
         if cfg.seed is not None:
             self.llm.set_seed(cfg.seed)
+        import llama_cpp
+
+        llama_cpp.llama_perf_context_reset(self.llm.ctx)  # counts what this generation computes
         sampling = ({"temp": 0.0, "top_k": 1} if cfg.temperature <= 0
                     else {"temp": cfg.temperature, "top_p": cfg.top_p, "top_k": 0})
         for n, tid in enumerate(self.llm.generate(prompt_ids, repeat_penalty=1.0, reset=True, **sampling)):
             if n >= cfg.max_tokens or (tid in self.eos_ids and not cfg.ignore_eos):
                 return
             yield tid
+
+    def runtime_info(self) -> dict:
+        return system_info()
+
+    def reset(self) -> None:
+        self.llm.reset()  # the next generate() finds no cached prefix and computes the whole prompt
+
+    def prompt_tokens_computed(self) -> int:
+        """From llama.cpp's own counters: tokens decoded in batches of more than one since the generation began
+        (the prompt; each new token is a batch of one). A prompt found whole in the cache reads as 1."""
+        import llama_cpp
+
+        return int(llama_cpp.llama_perf_context(self.llm.ctx).n_p_eval)
 
     def close(self) -> None:
         if self.llm is not None:

@@ -120,7 +120,20 @@ class ONNXModel(LoadedModel):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def generate_ids(self, prompt_ids: list[int], cfg: GenerationConfig) -> Iterator[int]:
+        self._computed = len(prompt_ids)  # a new generator each call: nothing is cached between calls
         return generate_ids(self.model, prompt_ids, cfg, self.eos_ids, self.window)
+
+    def runtime_info(self) -> dict:
+        from importlib import metadata
+
+        import onnxruntime
+
+        return {"runtime": "onnxruntime-genai", "onnxruntime": onnxruntime.__version__,
+                "onnxruntime_genai": metadata.version("onnxruntime-genai"),
+                "providers": onnxruntime.get_available_providers()}
+
+    def prompt_tokens_computed(self) -> int | None:
+        return getattr(self, "_computed", None)
 
     def close(self) -> None:
         self.model = None

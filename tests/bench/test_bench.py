@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import platform
 
 import pytest
 
 from edgedistill.bench import OVER_MEMORY, BenchSettings, bench, check_budgets, choose, pareto
 from edgedistill.export.pipeline import ExportSettings, export_model
+from edgedistill.runinfo import CPU_FEATURES
 from edgedistill.targets import load_target
 from tests import tiny
 from tests.conftest import run_cli
@@ -53,7 +55,7 @@ FAST = BenchSettings(repeats=2, new_tokens=8, prompt_tokens=32, chunks=2, chunk_
 
 ROW_KEYS = {"name", "bundle", "key", "format", "scheme", "model_bytes", "parameters", "bits_per_weight", "source",
             "reference", "comparison", "allowed", "teacher_variant", "status", "message", "speed", "quality",
-            "budgets", "meets_all_budgets", "uncertain"}
+            "budgets", "meets_all_budgets", "uncertain", "runtime"}
 FIDELITY_KEYS = {"mean_kl", "mean_kl_ci", "top1_agreement", "top1_agreement_ci", "positions", "units", "ppl_ratio"}
 
 
@@ -64,16 +66,25 @@ def test_report_schema_budgets_and_choice(bundles, tmp_path):
     report = bench([bundles / "gguf-q8_0", bundles / "onnx-fp32"], target, tmp_path / "r", FAST,
                    teacher=bundles / "gguf-f16")
     on_disk = json.loads((tmp_path / "r" / "bench.json").read_text())
-    assert on_disk["schema_version"] == 2 and on_disk["chosen"] == report["chosen"]
+    assert on_disk["schema_version"] == 3 and on_disk["chosen"] == report["chosen"]
     assert {"command", "machine", "target", "objective", "threads", "variants", "quality_reference", "fidelity",
             "eval_items", "verdict", "chosen"} <= set(on_disk)
     assert on_disk["fidelity"]["in_domain_prompts"] == 6 and on_disk["fidelity"]["general_windows"] == 2
     ref, *variants = on_disk["variants"]
     assert ref["reference"] and ref["quality"]["in_domain"]["overall"]["mean_kl"] == pytest.approx(0, abs=1e-9)
     assert ref["budgets"] == {}
+    assert set(on_disk["machine"]["cpu_features"]) <= set(CPU_FEATURES)
     for v in variants:
-        assert set(v) == ROW_KEYS and v["status"] == "ok"
+        gguf = v["format"] == "gguf"
+        assert set(v) == ROW_KEYS | ({"llama_bench"} if gguf else set()) and v["status"] == "ok"
         s = v["speed"]
+        assert s["cold"] and s["prompt_tokens_computed"] == s["prompt_tokens"] == 32  # no cached prefix timed
+        if gguf:  # llama.cpp's own line of what it uses, and its own benchmark of the same file
+            assert "AVX2 = 1" in v["runtime"]["system_info"] or platform.machine() != "x86_64"
+            assert "AMX_INT8 = 1" not in v["runtime"]["system_info"]
+            assert v["llama_bench"]["pp32_tokens_per_s"] > 0 and v["llama_bench"]["tg8_tokens_per_s"] > 0
+        else:
+            assert "CPUExecutionProvider" in v["runtime"]["providers"]
         for key in ("load_s", "peak_rss_bytes", "ttft_s", "prefill_tokens_per_s", "decode_tokens_per_s",
                     "token_latency_p50_s", "token_latency_p95_s", "roofline_share"):
             assert s[key] > 0, key
@@ -100,6 +111,7 @@ def test_report_schema_budgets_and_choice(bundles, tmp_path):
     md = (tmp_path / "r" / "bench.md").read_text()
     assert "**chosen**" in md and "gguf:q8_0" in md and "Quantizing the teacher is enough" in md
     assert "in-domain KL" in md and " [" in md  # intervals printed
+    assert "Speed is cold" in md and "- llama.cpp: CPU : " in md and "llama-bench pp / tg" in md
     assert (tmp_path / "r" / "quality_vs_speed.png").stat().st_size > 1000
     assert (tmp_path / "r" / "quality_vs_memory.png").stat().st_size > 1000
     # the teacher's answers to the test prompts are cached under EDGEDISTILL_HOME, keyed by the reference
@@ -219,3 +231,19 @@ def test_bench_settings_are_checked_first_in_one_line(bundles, tmp_path):
     with pytest.raises(Exception, match="bandwidth"):
         BenchSettings(bandwidth="15 GB")
     assert BenchSettings(bandwidth="15GB/s").bandwidth == "15GB/s"
+
+
+def test_the_cold_prefill_agrees_with_llama_bench(tmp_path_factory, tmp_path):
+    """The bench's prefill rate (prompt tokens over the cold time to first token) and llama.cpp's own llama-bench
+    ppN on the same file, prompt length and threads: within 25% of each other, as a ratio measured in one run.
+    Served from llama.cpp's prompt cache (the bug this guards against) the bench claimed about 20x llama-bench."""
+    root = tmp_path_factory.mktemp("llama-bench")
+    model = tiny.build_model_dir(root / "m", layers=4, hidden=256, heads=8, kv_heads=4, intermediate=768,
+                                 init_std=0.15)
+    export_model(str(model), root / "b", ExportSettings(variants=["gguf:f16"], chunks=1, chunk_len=32))
+    settings = BenchSettings(repeats=5, new_tokens=16, prompt_tokens=256, chunks=1, chunk_len=32, eval_every=0)
+    report = bench([root / "b" / "gguf-f16"], _profile(tmp_path, "2GB"), tmp_path / "r", settings)
+    (v,) = report["variants"]
+    lb = v["llama_bench"]
+    assert v["speed"]["prompt_tokens_computed"] == 256 and lb["pp256_tokens_per_s"] > 0
+    assert 0.75 <= lb["prefill_ratio"] <= 1.25, (v["speed"]["prefill_tokens_per_s"], lb["pp256_tokens_per_s"])

@@ -18,20 +18,43 @@ RECORDS = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"Alarm E{i}
 
 
 def test_what_each_device_accepts(monkeypatch):
-    assert tr.resolve_precision("auto", "cpu") == "fp32"
-    assert tr.resolve_precision("fp32", "cpu") == "fp32"
+    assert tr.resolve_precision("fp32", "cpu")[0] == "fp32"
     with pytest.raises(EdgeDistillError, match="fp16 needs a CUDA GPU"):
         tr.resolve_precision("fp16", "cpu")
     monkeypatch.setattr(tr, "_cpu_has_native_bf16", lambda: False)
     with pytest.raises(EdgeDistillError, match="this CPU has no native bf16"):
         tr.resolve_precision("bf16", "cpu")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert tr.resolve_precision("auto", "cuda") == "fp32"
-    assert tr.resolve_precision("fp16", "cuda") == "fp16"
+    assert tr.resolve_precision("auto", "cuda")[0] == "fp32"
+    assert tr.resolve_precision("fp16", "cuda")[0] == "fp16"
     with pytest.raises(EdgeDistillError, match="this GPU has no bf16"):
         tr.resolve_precision("bf16", "cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert tr.resolve_precision("auto", "cuda") == "bf16"
+    assert tr.resolve_precision("auto", "cuda")[0] == "bf16"
+
+
+@pytest.mark.parametrize("native, speedup, chosen, why", [
+    (True, 12.9, "bf16", "measured 12.9x fp32's speed"),  # AMX: bf16 matmuls about 13x fp32's
+    (True, 1.3, "fp32", "measured 1.30x fp32's speed"),  # AVX512-BF16 without AMX: not worth the rounding
+    (False, 0.01, "fp32", "no native bf16"),  # AMD EPYC (AVX2): bf16 is emulated, about 100x slower
+])
+def test_auto_on_a_cpu_takes_bf16_only_where_the_probe_measures_it_faster(monkeypatch, native, speedup, chosen, why):
+    monkeypatch.setattr(tr, "_cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(tr, "cpu_bf16_speedup", lambda: speedup)
+    got, reason = tr.resolve_precision("auto", "cpu")
+    assert got == chosen and why in reason
+
+
+def test_the_probe_measures_this_cpu():
+    """The probe's ratio is a real measurement: about 13x where the CPU has AMX, well under 2x where bf16 is
+    emulated (AVX512-BF16 alone may land either side: no claim there)."""
+    ratio = tr.cpu_bf16_speedup()
+    assert ratio > 0
+    flags = open("/proc/cpuinfo").read()
+    if "amx_tile" in flags:
+        assert ratio >= tr.BF16_MIN_SPEEDUP, f"bf16/fp32 speed ratio {ratio:.2f} on a CPU with AMX"
+    elif "avx512_bf16" not in flags:  # bf16 emulated in software
+        assert ratio < tr.BF16_MIN_SPEEDUP, f"bf16/fp32 speed ratio {ratio:.2f} on a CPU without native bf16"
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +105,7 @@ def test_the_bf16_path_runs_the_teacher_in_bf16(setup, tmp_path, monkeypatch):
     """On a CPU with native bf16 the path is allowed; here it is forced to run (emulated, slowly, on a tiny
     model) to prove the autocast and the teacher's dtype, with losses near fp32's."""
     monkeypatch.setattr(tr, "_cpu_has_native_bf16", lambda: True)
-    assert tr.resolve_precision("bf16", "cpu") == "bf16"
+    assert tr.resolve_precision("bf16", "cpu")[0] == "bf16"
     plain, _ = _losses(setup, tmp_path / "fp32")
     half, trainer = _losses(setup, tmp_path / "bf16", precision="bf16", kd_chunk=16)
     assert trainer.args.bf16 and trainer.teacher.dtype == torch.bfloat16

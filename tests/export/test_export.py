@@ -253,3 +253,29 @@ def test_bundle_tokenizer_behaves_like_the_source_in_transformers(exported, key)
         with torch.inference_mode():
             out_ids = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
         assert out_ids.shape[1] == enc["input_ids"].shape[1] + 4
+
+
+def test_gguf_files_carry_name_size_and_provenance(tmp_path, tiny_model_dir):
+    """general.name and general.size_label in every GGUF written; a distilled student also names its base model,
+    its teacher and how it was made (llama.cpp's provenance keys)."""
+    import gguf
+
+    from edgedistill.formats.gguf import convert
+
+    student = tmp_path / "student"
+    shutil.copytree(tiny_model_dir, student)
+    (student / "distill.json").write_text(json.dumps({"teacher": "smollm2-135m-instruct",
+                                                      "student_init": "runs/prune/student"}))
+
+    def fields(path: Path) -> dict:
+        r = gguf.GGUFReader(path)
+        return {k: f.contents() for k, f in r.fields.items() if k.startswith("general.")}
+
+    plain = fields(convert(tiny_model_dir, tmp_path / "plain.gguf", name="tiny-llama"))
+    assert plain["general.name"] == "tiny-llama" and plain["general.size_label"]
+    assert "general.base_model.count" not in plain
+    got = fields(convert(student, tmp_path / "student.gguf", name="student"))
+    assert got["general.name"] == "student" and got["general.size_label"] == plain["general.size_label"]
+    assert got["general.base_model.count"] == 1 and got["general.base_model.0.name"] == "runs/prune/student"
+    assert "teacher smollm2-135m-instruct" in got["general.description"]
+    assert got["general.tags"] == ["edgedistill", "distillation"]

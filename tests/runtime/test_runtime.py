@@ -211,6 +211,24 @@ def test_timed_generation_yields_exactly_the_tokens_asked_for(bundles, fmt):
     assert s["decode_tokens_per_s"] > 0 and s["ttft_s"] > 0 and s["prompt_tokens"] == len(ids)
     assert s["token_latency_p50_s"] <= s["token_latency_p95_s"]
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5 and percentile([5.0], 95) == 5.0
+    # every timed run computed the whole prompt, the same prompt three times over included
+    assert [r.prompt_tokens_computed for r in runs] == [len(ids)] * 3 and s["prompt_tokens_computed"] == len(ids)
+
+
+def test_a_timed_run_served_from_the_prompt_cache_fails_the_measurement(bundles, monkeypatch):
+    """llama.cpp keeps the last prompt computed and reuses its longest matching prefix: without the reset before
+    each timed run, the same prompt again costs nothing and the time to first token would flatter the file."""
+    from edgedistill.runtime.gguf import GGUFModel
+    from edgedistill.runtime.measure import time_generation
+
+    _, out = bundles
+    with load(out / "gguf-f16") as m:
+        ids = m.encode("The line stopped at station four because the guard was open, so the operator")
+        assert time_generation(m, ids, 4).prompt_tokens_computed == len(ids)
+        monkeypatch.setattr(GGUFModel, "reset", lambda self: None)  # as before the fix
+        with pytest.raises(RuntimeError, match=f"computed 1 of its {len(ids)} prompt tokens"):
+            time_generation(m, ids, 4)
+        assert m.prompt_tokens_computed() < len(ids)
 
 
 def test_support_desk_example_runs_without_torch(bundles):

@@ -1,0 +1,173 @@
+"""What the portable llama.cpp build costs against `-march=native` on this machine, measured with llama-bench.
+
+edgedistill compiles llama.cpp (the runtime and its tools) for a fixed x86-64 baseline, AVX2 without AVX-512 or AMX
+(edgedistill/formats/llamacpp_build.py), so that one build runs on every CPU from AVX2 up and never takes ggml's
+AMX path (it crashes on Q8_0/Q4 weights, llama.cpp issue 20824). This script builds llama-bench from the same
+llama.cpp sources in two more ways and runs all of them on the same files, interleaved, in one run:
+
+  portable  the installed tools' llama-bench (the build every edgedistill install uses)
+  native    GGML_NATIVE=ON (-march=native: what llama.cpp and llama-cpp-python do by default; AMX where present)
+  avx512    the portable flags plus AVX-512 (F, VBMI, VNNI, BF16), still no AMX (only on a CPU with AVX-512)
+
+Files: the default teacher's Q4_K_M and a 10-layer student pruned from it (`edgedistill prune --layers 10
+--hw-friendly`), its Q4_K_M (exported by export_model), and both as Q8_0 (the type of the reported crash).
+Figures: llama-bench's pp128 and tg64 (tokens/s, its own warm-up and --reps repeats), median over --rounds
+rounds; ratios to the portable build of the same round. A build that crashes on a file is recorded as such.
+
+    .venv/bin/python benchmarks/cpu_build.py            # writes benchmarks/results/runtime/cpu_build.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edgedistill.formats import llamacpp_tools
+from edgedistill.formats.llamacpp_build import cpu_flags
+from edgedistill.runinfo import cpu_features, run_record, write_result
+
+HERE = Path(__file__).resolve().parent
+AVX512 = ("AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def build_flags() -> dict[str, list[str]]:
+    portable = cpu_flags()
+    builds = {"native": ["-DGGML_NATIVE=ON"]}
+    if "avx512f" in cpu_features():
+        builds["avx512"] = [f for f in portable if f.split("=")[0][2:].removeprefix("GGML_") not in AVX512] + [
+            f"-DGGML_{f}=ON" for f in AVX512]
+    return builds
+
+
+def build(name: str, flags: list[str], work: Path) -> Path:
+    """llama-bench from the installed llama-cpp-python's llama.cpp sources, with `flags` for the CPU."""
+    exe = work / f"llama-bench-{name}"
+    if exe.exists():
+        return exe
+    src = llamacpp_tools.source_dir()
+    tree = work / f"build-{name}"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    args = [a for a in llamacpp_tools.cmake_args() if not a.startswith("-DGGML_")] + flags
+    log(f"building llama-bench ({name}): {' '.join(flags)}")
+    for cmd in (["cmake", "-S", str(src), "-B", str(tree), "-G", "Ninja", *args],
+                ["cmake", "--build", str(tree), "--target", "llama-bench", "-j", str(os.cpu_count() or 1)]):
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    built = next(p for p in [tree / "bin" / "llama-bench", *tree.rglob("llama-bench")] if p.is_file())
+    built.rename(exe)
+    return exe
+
+
+def files(work: Path, threads: int) -> dict[str, Path]:
+    from edgedistill.export.pipeline import ExportSettings, export_model
+
+    student = work / "student-10l"
+    if not (student / "config.json").exists():
+        log("pruning the 10-layer student")
+        subprocess.run([sys.executable, "-m", "edgedistill", "prune", "smollm2-135m-instruct", "--layers", "10",
+                        "--hw-friendly", "--out", str(student)], check=True)
+    out = {}
+    for who, spec in (("teacher", "smollm2-135m-instruct"), ("student", str(student))):
+        dest = work / f"{who}-bundles"
+        variants = ["gguf:q4_k_m", "gguf:q8_0"]
+        if not all((dest / v.replace(":", "-") / "manifest.json").exists() for v in variants):
+            log(f"exporting {who}: {', '.join(variants)}")
+            export_model(spec, dest, ExportSettings(variants=variants, chunks=2, chunk_len=128, threads=threads,
+                                                    force=True))
+        for v in variants:
+            folder = dest / v.replace(":", "-")
+            out[f"{who} {v}"] = folder / json.loads((folder / "manifest.json").read_text())["model_file"]
+    return out
+
+
+def run_bench(exe: Path, model: Path, args) -> dict:
+    cmd = [str(exe), "-m", str(model), "-p", str(args.prompt), "-n", str(args.new_tokens), "-t", str(args.threads),
+           "-r", str(args.reps), "-o", "json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        why = (f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+               else f"exit {proc.returncode}")
+        return {"error": why}
+    rows = json.loads(proc.stdout)
+    pp = next(r for r in rows if r["n_gen"] == 0)
+    tg = next(r for r in rows if r["n_prompt"] == 0)
+    return {"pp": pp["avg_ts"], "tg": tg["avg_ts"], "model_type": pp.get("model_type")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3, help="llama-bench -r")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--work", type=Path, default=Path("build/cpu_build"))
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "runtime" / "cpu_build.json")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    models = files(args.work, args.threads)
+    exes = {"portable": llamacpp_tools.tool("llama-bench")}
+    flags = {"portable": cpu_flags(), **build_flags()}
+    for name in flags:
+        if name != "portable":
+            exes[name] = build(name, flags[name], args.work)
+    raw: dict = {m: {b: [] for b in exes} for m in models}
+    for r in range(args.rounds):
+        for m, path in models.items():
+            for b, exe in exes.items():
+                res = run_bench(exe, path, args)
+                raw[m][b].append(res)
+                log(f"round {r + 1} {m} {b}: {res}")
+    table = {}
+    for m in models:
+        table[m] = {}
+        for b in exes:
+            ok = [x for x in raw[m][b] if "error" not in x]
+            if len(ok) < len(raw[m][b]):
+                table[m][b] = {"error": next(x["error"] for x in raw[m][b] if "error" in x),
+                               "failed_rounds": len(raw[m][b]) - len(ok)}
+                continue
+            table[m][b] = {f"{k}_tokens_per_s": statistics.median(x[k] for x in ok) for k in ("pp", "tg")}
+            table[m][b].update({f"{k}_min": min(x[k] for x in ok) for k in ("pp", "tg")})
+            table[m][b].update({f"{k}_max": max(x[k] for x in ok) for k in ("pp", "tg")})
+            table[m][b]["model_type"] = ok[0]["model_type"]
+        base = table[m]["portable"]
+        for b in exes:
+            if b != "portable" and "error" not in table[m][b] and "error" not in base:
+                # per round, then the median: the builds of one round ran back to back on the same machine state
+                for k in ("pp", "tg"):
+                    table[m][b][f"{k}_ratio_to_portable"] = statistics.median(
+                        x[k] / y[k] for x, y in zip(raw[m][b], raw[m]["portable"]))
+    report = {"benchmark": "cpu_build", **run_record(), "settings": vars(args) | {"work": str(args.work),
+                                                                                   "out": str(args.out)},
+              "builds": {b: " ".join(f) for b, f in flags.items()}, "results": table, "raw": raw}
+    write_result(args.out, report)
+    md = [f"# llama.cpp builds on {report['machine']['cpu']}", "",
+          f"CPU features: {' '.join(report['machine']['cpu_features'])}; {args.threads} threads; llama-bench "
+          f"pp{args.prompt} / tg{args.new_tokens}, {args.reps} reps, median of {args.rounds} interleaved rounds "
+          f"(tokens/s; ratio: to the portable build, per round, median).", "",
+          "| file | build | pp tok/s | tg tok/s | pp ratio | tg ratio |", "|---|---|---:|---:|---:|---:|"]
+    for m, per in table.items():
+        for b, x in per.items():
+            if "error" in x:
+                md.append(f"| {m} | {b} | {x['error']} ({x['failed_rounds']} of {args.rounds} rounds) | | | |")
+            else:
+                md.append(f"| {m} | {b} | {x['pp_tokens_per_s']:.0f} | {x['tg_tokens_per_s']:.1f} | "
+                          f"{x.get('pp_ratio_to_portable', 1):.3f} | {x.get('tg_ratio_to_portable', 1):.3f} |")
+    md += ["", "Builds:", ""] + [f"- {b}: `{f}`" for b, f in report["builds"].items()] + [""]
+    args.out.with_suffix(".md").write_text("\n".join(md))
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
