@@ -1,5 +1,5 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both set up .venv first (once; later runs reuse it
-# until pyproject.toml or constraints.txt change).
+# until pyproject.toml, constraints.txt or llama.cpp's build flags change).
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
@@ -16,14 +16,14 @@ LLAMA_WHEEL := $(BIN)/python -m edgedistill.formats.llamacpp_build wheel -c cons
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt edgedistill/formats/llamacpp_build.py
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
 	@test -x $(BIN)/python || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	$(PIP) install --quiet --upgrade pip
 	@# torch first and exactly pinned: the CPU build. A looser request would fetch a multi-GB CUDA build.
 	$(PIP) install --quiet torch==2.13.0 -c constraints.txt
 	@echo "building llama-cpp-python (compiles llama.cpp: about 9 minutes on 2 cores the first time, then cached)"
-	wheel=$$($(LLAMA_WHEEL) --log $(VENV)/llama-build.log) && $(PIP) install --quiet "$$wheel" -c constraints.txt
+	wheel=$$($(LLAMA_WHEEL) --log $(VENV)/llama-build.log) && $(PIP) install --quiet --force-reinstall --no-deps "$$wheel"
 	$(PIP) install --quiet -e '.[full,dev]' -c constraints.txt
 	@# llama.cpp's own converter (and the tools' sources), from the sdist of the llama-cpp-python installed above
 	$(BIN)/python -m edgedistill.formats.llamacpp_source

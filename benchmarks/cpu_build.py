@@ -1,18 +1,20 @@
-"""What the portable llama.cpp build costs against `-march=native` on this machine, measured with llama-bench.
+"""What edgedistill's llama.cpp build costs against `-march=native` and gains against the plain AVX2 baseline, on this
+machine, measured with llama-bench.
 
-edgedistill compiles llama.cpp (the runtime and its tools) for a fixed x86-64 baseline, AVX2 without AVX-512 or AMX
-(edgedistill/formats/llamacpp_build.py), so that one build runs on every CPU from AVX2 up and never takes ggml's
-AMX path (it crashes on Q8_0/Q4 weights, llama.cpp issue 20824). This script builds llama-bench from the same
-llama.cpp sources in two more ways and runs all of them on the same files, interleaved, in one run:
+edgedistill compiles llama.cpp (the runtime and its tools) without `-march=native`: AVX2 on every x86-64, AVX-512
+(with its VBMI / VNNI / BF16 extensions) where the machine has it, AMX never (edgedistill/formats/llamacpp_build.py),
+so that ggml's AMX path (it crashes on Q8_0/Q4 weights, llama.cpp issue 20824) is never taken and a build never
+holds instructions the CPU lacks. This script builds llama-bench from the same llama.cpp sources in two more ways
+and runs all of them on the same files, interleaved, in one run:
 
-  portable  the installed tools' llama-bench (the build every edgedistill install uses)
-  native    GGML_NATIVE=ON (-march=native: what llama.cpp and llama-cpp-python do by default; AMX where present)
-  avx512    the portable flags plus AVX-512 (F, VBMI, VNNI, BF16), still no AMX (only on a CPU with AVX-512)
+  installed  the installed tools' llama-bench (what every edgedistill install on this CPU uses)
+  avx2       the x86-64 baseline every edgedistill install gets (only where the installed build is above it)
+  native     GGML_NATIVE=ON (-march=native: what llama.cpp and llama-cpp-python do by default; AMX where present)
 
-Files: the default teacher's Q4_K_M and a 10-layer student pruned from it (`edgedistill prune --layers 10
---hw-friendly`), its Q4_K_M (exported by export_model), and both as Q8_0 (the type of the reported crash).
-Figures: llama-bench's pp128 and tg64 (tokens/s, its own warm-up and --reps repeats), median over --rounds
-rounds; ratios to the portable build of the same round. A build that crashes on a file is recorded as such.
+Files: the default teacher's Q4_K_M and Q8_0 (Q8_0: the type of the reported crash) and those of a 10-layer
+student pruned from it (`edgedistill prune --layers 10 --hw-friendly`), exported by export_model. Figures:
+llama-bench's pp128 and tg64 (tokens/s, its own warm-up and --reps repeats), median over --rounds rounds; ratios
+to the installed build of the same round. A build that crashes on a file is recorded as such.
 
     .venv/bin/python benchmarks/cpu_build.py            # writes benchmarks/results/runtime/cpu_build.{json,md}
 """
@@ -34,7 +36,6 @@ from edgedistill.formats.llamacpp_build import cpu_flags
 from edgedistill.runinfo import cpu_features, run_record, write_result
 
 HERE = Path(__file__).resolve().parent
-AVX512 = ("AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16")
 
 
 def log(msg: str) -> None:
@@ -42,12 +43,10 @@ def log(msg: str) -> None:
 
 
 def build_flags() -> dict[str, list[str]]:
-    portable = cpu_flags()
-    builds = {"native": ["-DGGML_NATIVE=ON"]}
-    if "avx512f" in cpu_features():
-        builds["avx512"] = [f for f in portable if f.split("=")[0][2:].removeprefix("GGML_") not in AVX512] + [
-            f"-DGGML_{f}=ON" for f in AVX512]
-    return builds
+    """The builds beside the installed one: the AVX2 baseline (where the installed build is above it) and native."""
+    installed = cpu_flags()
+    baseline = cpu_flags(features=[f for f in cpu_features() if not f.startswith("avx512")])
+    return ({"avx2": baseline} if baseline != installed else {}) | {"native": ["-DGGML_NATIVE=ON"]}
 
 
 def build(name: str, flags: list[str], work: Path) -> Path:
@@ -116,10 +115,10 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     models = files(args.work, args.threads)
-    exes = {"portable": llamacpp_tools.tool("llama-bench")}
-    flags = {"portable": cpu_flags(), **build_flags()}
+    exes = {"installed": llamacpp_tools.tool("llama-bench")}
+    flags = {"installed": cpu_flags(), **build_flags()}
     for name in flags:
-        if name != "portable":
+        if name != "installed":
             exes[name] = build(name, flags[name], args.work)
     raw: dict = {m: {b: [] for b in exes} for m in models}
     for r in range(args.rounds):
@@ -141,13 +140,13 @@ def main() -> None:
             table[m][b].update({f"{k}_min": min(x[k] for x in ok) for k in ("pp", "tg")})
             table[m][b].update({f"{k}_max": max(x[k] for x in ok) for k in ("pp", "tg")})
             table[m][b]["model_type"] = ok[0]["model_type"]
-        base = table[m]["portable"]
+        base = table[m]["installed"]
         for b in exes:
-            if b != "portable" and "error" not in table[m][b] and "error" not in base:
+            if b != "installed" and "error" not in table[m][b] and "error" not in base:
                 # per round, then the median: the builds of one round ran back to back on the same machine state
                 for k in ("pp", "tg"):
-                    table[m][b][f"{k}_ratio_to_portable"] = statistics.median(
-                        x[k] / y[k] for x, y in zip(raw[m][b], raw[m]["portable"]))
+                    table[m][b][f"{k}_ratio_to_installed"] = statistics.median(
+                        x[k] / y[k] for x, y in zip(raw[m][b], raw[m]["installed"]))
     report = {"benchmark": "cpu_build", **run_record(), "settings": vars(args) | {"work": str(args.work),
                                                                                    "out": str(args.out)},
               "builds": {b: " ".join(f) for b, f in flags.items()}, "results": table, "raw": raw}
@@ -155,7 +154,7 @@ def main() -> None:
     md = [f"# llama.cpp builds on {report['machine']['cpu']}", "",
           f"CPU features: {' '.join(report['machine']['cpu_features'])}; {args.threads} threads; llama-bench "
           f"pp{args.prompt} / tg{args.new_tokens}, {args.reps} reps, median of {args.rounds} interleaved rounds "
-          f"(tokens/s; ratio: to the portable build, per round, median).", "",
+          f"(tokens/s; ratio: to the installed build, per round, median).", "",
           "| file | build | pp tok/s | tg tok/s | pp ratio | tg ratio |", "|---|---|---:|---:|---:|---:|"]
     for m, per in table.items():
         for b, x in per.items():
@@ -163,7 +162,7 @@ def main() -> None:
                 md.append(f"| {m} | {b} | {x['error']} ({x['failed_rounds']} of {args.rounds} rounds) | | | |")
             else:
                 md.append(f"| {m} | {b} | {x['pp_tokens_per_s']:.0f} | {x['tg_tokens_per_s']:.1f} | "
-                          f"{x.get('pp_ratio_to_portable', 1):.3f} | {x.get('tg_ratio_to_portable', 1):.3f} |")
+                          f"{x.get('pp_ratio_to_installed', 1):.3f} | {x.get('tg_ratio_to_installed', 1):.3f} |")
     md += ["", "Builds:", ""] + [f"- {b}: `{f}`" for b, f in report["builds"].items()] + [""]
     args.out.with_suffix(".md").write_text("\n".join(md))
     log(f"wrote {args.out}")

@@ -6,11 +6,13 @@ path for Q4/Q8 weights, which crashes (`ggml_backend_amx_mul_mat`, llama.cpp iss
 results (llama.cpp PR 16315); and a wheel built on an AVX-512 machine dies with SIGILL on an AVX2-only one. Upstream's
 release builds dispatch at run time between CPU variants (`GGML_BACKEND_DL` + `GGML_CPU_ALL_VARIANTS`), but
 llama-cpp-python neither installs the variant libraries nor loads them (no `ggml_backend_load_all` binding), so
-the build here is a fixed baseline instead:
+the build here is fixed per CPU tier instead:
 
-- x86-64: AVX2 with FMA, F16C and BMI2 (Haswell, 2013, and every AMD Zen): the level of every current laptop and
-  server. AVX-512 and AMX are off: an AVX-512 build would not run on AVX2-only CPUs, and AMX is the crashing path.
-  benchmarks/cpu_build.py measures what this costs against `-march=native` on the machine at hand.
+- x86-64: AVX2 with FMA, F16C and BMI2 (Haswell, 2013, and every AMD Zen) always; AVX-512 (and its VBMI, VNNI and
+  BF16 extensions) only where the build machine has it, since it measured up to 1.4x faster prefill
+  (benchmarks/cpu_build.py); AMX never. So there are a few fixed x86 builds, not one per machine, and the flags name
+  the cache folder: an AVX-512 wheel is never handed to an AVX2-only machine, and a runtime that finds itself on a
+  CPU lacking what it was compiled for refuses in one line (runtime.gguf.check_cpu) instead of dying with SIGILL.
 - every other architecture (arm64 phones and single-board computers): only `GGML_NATIVE=OFF`, so the compiler's
   baseline for the target (armv8-a on arm64) is used; no x86 flag is passed. docs/export.md says how to build on
   or for a device.
@@ -35,23 +37,49 @@ from pathlib import Path
 
 PACKAGE = "llama-cpp-python"
 X86 = ("x86_64", "amd64", "i686", "i386", "x86")
-# The x86-64 baseline: on (AVX2 level) and off (above it, AMX included), spelled out so that no default of
-# llama.cpp's CMake (which differs between its versions) can switch one on.
-_X86_ON = ("SSE42", "AVX", "AVX2", "FMA", "F16C", "BMI2")
-_X86_OFF = ("AVX_VNNI", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AMX_TILE", "AMX_INT8", "AMX_BF16")
+# x86-64: the baseline every build has (AVX2 level), the AVX-512 tier a build gets where the machine has all of it
+# (each extension on where present), and what no build turns on. Spelled out so that no default of llama.cpp's CMake
+# (which differs between its versions) can switch one on. Keys: ggml's option names; values: /proc/cpuinfo's.
+_X86_BASE = ("SSE42", "AVX", "AVX2", "FMA", "F16C", "BMI2")
+_AVX512_BASE = ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")  # what ggml's GGML_AVX512 compiles for
+_AVX512_EXT = {"AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni", "AVX512_BF16": "avx512_bf16"}
+_X86_NEVER = ("AVX_VNNI", "AMX_TILE", "AMX_INT8", "AMX_BF16")  # AMX: the crashing path; AVX-VNNI: not measured
+# llama.cpp's system-info names -> /proc/cpuinfo's, for what a build can have compiled in
+SYSTEM_INFO_FEATURES = {"AVX": "avx", "AVX2": "avx2", "FMA": "fma", "F16C": "f16c", "BMI2": "bmi2",
+                        "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni",
+                        "AVX512_BF16": "avx512_bf16", "AVX_VNNI": "avx_vnni", "AMX_INT8": "amx_int8"}
 # What llama-cpp-python needs: the library only (its own tools, examples, tests, server and the multimodal helper
 # would double the compile time).
 LIBRARY_ONLY = ("-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TESTS=OFF",
                 "-DLLAMA_BUILD_SERVER=OFF", "-DLLAVA_BUILD=OFF")
 
 
-def cpu_flags(machine: str | None = None) -> list[str]:
-    """The CMake flags that fix the CPU features llama.cpp is compiled for on `machine` (platform.machine())."""
+def cpu_flags(machine: str | None = None, features: list[str] | None = None) -> list[str]:
+    """The CMake flags that fix the CPU features llama.cpp is compiled for on `machine` (platform.machine()) with
+    `features` (/proc/cpuinfo's names; default: this CPU's). x86-64: AVX2 always; AVX-512 and its VBMI / VNNI / BF16
+    extensions where the CPU has them (benchmarks/results/runtime/cpu_build.md: up to 1.4x prefill); AMX never.
+    Other architectures: GGML_NATIVE=OFF only (the compiler's baseline)."""
     machine = (machine or platform.machine()).lower()
     flags = ["-DGGML_NATIVE=OFF"]
-    if machine in X86:
-        flags += [f"-DGGML_{f}=ON" for f in _X86_ON] + [f"-DGGML_{f}=OFF" for f in _X86_OFF]
-    return flags
+    if machine not in X86:
+        return flags
+    if features is None:
+        from edgedistill.runinfo import cpu_features
+
+        features = cpu_features()
+    have = set(features)
+    avx512 = set(_AVX512_BASE) <= have
+    flags += [f"-DGGML_{f}=ON" for f in _X86_BASE]
+    flags.append(f"-DGGML_AVX512={'ON' if avx512 else 'OFF'}")
+    flags += [f"-DGGML_{k}={'ON' if avx512 and v in have else 'OFF'}" for k, v in _AVX512_EXT.items()]
+    return flags + [f"-DGGML_{f}=OFF" for f in _X86_NEVER]
+
+
+def missing_features(system_info: str, features: list[str]) -> list[str]:
+    """The instruction sets a loaded llama.cpp says it was compiled with ("AVX512 = 1" in its system-info line) that
+    this CPU lacks: a build made on another machine, which would die with SIGILL at its first such instruction."""
+    compiled = {k for k, v in re.findall(r"(\w+) = (\d+)", system_info) if v != "0"}
+    return sorted(k for k, v in SYSTEM_INFO_FEATURES.items() if k in compiled and v not in set(features))
 
 
 def flags_key(flags: list[str]) -> str:

@@ -30,18 +30,20 @@ def system_info() -> dict:
             "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
 
 
-def check_cpu(features: list[str] | None = None, machine: str | None = None) -> None:
-    """edgedistill's llama.cpp is built for x86-64 CPUs with AVX2 (formats/llamacpp_build.py): on an older one its
-    first instruction of those would kill the process (SIGILL). Refuse in one line instead."""
-    import platform
-
+def check_cpu(system_info_line: str | None = None, features: list[str] | None = None) -> None:
+    """Refuse in one line, instead of dying with SIGILL, a llama.cpp build that uses instructions this CPU lacks
+    (built on another machine: formats/llamacpp_build.py builds AVX-512 only where the build machine has it)."""
+    from edgedistill.formats.llamacpp_build import missing_features
     from edgedistill.runinfo import cpu_features
 
-    machine = (machine or platform.machine()).lower()
     features = cpu_features() if features is None else features
-    if machine in ("x86_64", "amd64") and features and not {"avx2", "fma", "f16c"} <= set(features):
-        raise BundleError("this CPU has no AVX2/FMA/F16C, which edgedistill's llama.cpp build needs (x86-64 CPUs "
-                          "from 2013 on have them); use an ONNX bundle on this machine")
+    if not features:  # /proc/cpuinfo unreadable: nothing to compare with
+        return
+    line = system_info()["system_info"] if system_info_line is None else system_info_line
+    missing = missing_features(line, features)
+    if missing:
+        raise BundleError(f"this llama.cpp build uses {', '.join(missing)}, which this CPU lacks (it was built on "
+                          "another machine); rebuild it here: make clean-venv && make install")
 
 
 class GGUFModel(LoadedModel):

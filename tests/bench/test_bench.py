@@ -240,7 +240,7 @@ def test_the_cold_prefill_agrees_with_llama_bench(tmp_path_factory, tmp_path):
     root = tmp_path_factory.mktemp("llama-bench")
     model = tiny.build_model_dir(root / "m", layers=4, hidden=256, heads=8, kv_heads=4, intermediate=768,
                                  init_std=0.15)
-    export_model(str(model), root / "b", ExportSettings(variants=["gguf:f16"], chunks=1, chunk_len=32))
+    export_model(str(model), root / "b", ExportSettings(variants=["gguf:f16"], chunks=1, chunk_len=32, force=True))
     settings = BenchSettings(repeats=5, new_tokens=16, prompt_tokens=256, chunks=1, chunk_len=32, eval_every=0)
     report = bench([root / "b" / "gguf-f16"], _profile(tmp_path, "2GB"), tmp_path / "r", settings)
     (v,) = report["variants"]
