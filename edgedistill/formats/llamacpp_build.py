@@ -44,10 +44,6 @@ _X86_BASE = ("SSE42", "AVX", "AVX2", "FMA", "F16C", "BMI2")
 _AVX512_BASE = ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")  # what ggml's GGML_AVX512 compiles for
 _AVX512_EXT = {"AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni", "AVX512_BF16": "avx512_bf16"}
 _X86_NEVER = ("AVX_VNNI", "AMX_TILE", "AMX_INT8", "AMX_BF16")  # AMX: the crashing path; AVX-VNNI: not measured
-# llama.cpp's system-info names -> /proc/cpuinfo's, for what a build can have compiled in
-SYSTEM_INFO_FEATURES = {"AVX": "avx", "AVX2": "avx2", "FMA": "fma", "F16C": "f16c", "BMI2": "bmi2",
-                        "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni",
-                        "AVX512_BF16": "avx512_bf16", "AVX_VNNI": "avx_vnni", "AMX_INT8": "amx_int8"}
 # What llama-cpp-python needs: the library only (its own tools, examples, tests, server and the multimodal helper
 # would double the compile time).
 LIBRARY_ONLY = ("-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TESTS=OFF",
@@ -73,13 +69,6 @@ def cpu_flags(machine: str | None = None, features: list[str] | None = None) -> 
     flags.append(f"-DGGML_AVX512={'ON' if avx512 else 'OFF'}")
     flags += [f"-DGGML_{k}={'ON' if avx512 and v in have else 'OFF'}" for k, v in _AVX512_EXT.items()]
     return flags + [f"-DGGML_{f}=OFF" for f in _X86_NEVER]
-
-
-def missing_features(system_info: str, features: list[str]) -> list[str]:
-    """The instruction sets a loaded llama.cpp says it was compiled with ("AVX512 = 1" in its system-info line) that
-    this CPU lacks: a build made on another machine, which would die with SIGILL at its first such instruction."""
-    compiled = {k for k, v in re.findall(r"(\w+) = (\d+)", system_info) if v != "0"}
-    return sorted(k for k, v in SYSTEM_INFO_FEATURES.items() if k in compiled and v not in set(features))
 
 
 def flags_key(flags: list[str]) -> str:

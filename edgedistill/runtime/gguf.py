@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,10 +31,22 @@ def system_info() -> dict:
             "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
 
 
+# llama.cpp's system-info names of the instruction sets a build can have compiled in -> /proc/cpuinfo's names
+SYSTEM_INFO_FEATURES = {"AVX": "avx", "AVX2": "avx2", "FMA": "fma", "F16C": "f16c", "BMI2": "bmi2",
+                        "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni",
+                        "AVX512_BF16": "avx512_bf16", "AVX_VNNI": "avx_vnni", "AMX_INT8": "amx_int8"}
+
+
+def missing_features(system_info: str, features: list[str]) -> list[str]:
+    """The instruction sets a loaded llama.cpp says it was compiled with ("AVX512 = 1" in its system-info line) that
+    this CPU lacks: a build made on another machine, which would die with SIGILL at its first such instruction."""
+    compiled = {k for k, v in re.findall(r"(\w+) = (\d+)", system_info) if v != "0"}
+    return sorted(k for k, v in SYSTEM_INFO_FEATURES.items() if k in compiled and v not in set(features))
+
+
 def check_cpu(system_info_line: str | None = None, features: list[str] | None = None) -> None:
     """Refuse in one line, instead of dying with SIGILL, a llama.cpp build that uses instructions this CPU lacks
     (built on another machine: formats/llamacpp_build.py builds AVX-512 only where the build machine has it)."""
-    from edgedistill.formats.llamacpp_build import missing_features
     from edgedistill.runinfo import cpu_features
 
     features = cpu_features() if features is None else features

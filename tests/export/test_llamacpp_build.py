@@ -73,11 +73,11 @@ def test_the_installed_runtime_uses_what_this_cpu_has_and_never_amx():
     """llama.cpp's own system-info line: the features compiled in. On x86 AVX2 is in, AVX-512 as far as this CPU has
     it, AMX never; nothing this CPU lacks."""
     from edgedistill.runinfo import cpu_features
-    from edgedistill.runtime.gguf import system_info
+    from edgedistill.runtime.gguf import missing_features, system_info
 
     info = system_info()["system_info"]
     assert "AMX_INT8 = 1" not in info
-    assert lb.missing_features(info, cpu_features()) == []
+    assert missing_features(info, cpu_features()) == []
     if platform.machine().lower() in lb.X86:
         assert "AVX2 = 1" in info and "FMA = 1" in info
         assert ("AVX512 = 1" in info) == ("avx512f" in cpu_features() and "avx512bw" in cpu_features())
