@@ -99,27 +99,25 @@ BF16_MIN_SPEEDUP = 2.0  # auto takes bf16 on a CPU only where its matmuls are at
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_bf16_speedup(n: int = 512, repeats: int = 3) -> float:
-    """How much faster this CPU multiplies n x n matrices in bf16 than in fp32 (best of `repeats`, with torch's
-    threads). At n=512 about 4x on an Intel Xeon with AMX (11x at 768), about 0.01x on AMD EPYC without
-    AVX512-BF16, where a bf16 call after the warm-up over 10x slower than fp32 ends the probe (about 0.6 s there)."""
-    def best(dtype: torch.dtype, give_up_after: float = float("inf")) -> float:
+def cpu_bf16_speedup(repeats: int = 3) -> float:
+    """How much faster this CPU multiplies matrices in bf16 than in fp32, with torch's threads: a 256 x 256 check
+    first, which ends the probe where bf16 is slower (emulated in software: about 0.01x on AMD EPYC without
+    AVX512-BF16, 0.1 s), then best of `repeats` at 1024 x 1024, large enough that timer noise and thread wake-ups do
+    not decide it (Intel Xeon with AMX: about 10x; at 512 the same machine read anywhere from 3x to 25x)."""
+    def best(n: int, dtype: torch.dtype, reps: int) -> float:
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         a @ b  # warm-up: the first call picks (and may compile) the kernel
-        t = time.perf_counter()
-        a @ b
-        second = time.perf_counter() - t
-        if second > give_up_after:
-            return second
-        times = [second]
-        for _ in range(repeats):
+        times = []
+        for _ in range(reps):
             t = time.perf_counter()
             a @ b
             times.append(time.perf_counter() - t)
         return min(times)
 
-    fp32 = best(torch.float32)
-    return fp32 / max(best(torch.bfloat16, give_up_after=10 * fp32 + 0.01), 1e-9)
+    small = best(256, torch.float32, 1) / max(best(256, torch.bfloat16, 1), 1e-9)
+    if small < 1:
+        return small
+    return best(1024, torch.float32, repeats) / max(best(1024, torch.bfloat16, repeats), 1e-9)
 
 
 def resolve_precision(asked: str, device_type: str | None = None) -> tuple[str, str]:
