@@ -101,9 +101,9 @@ BF16_MIN_SPEEDUP = 2.0  # auto takes bf16 on a CPU only where its matmuls are at
 @functools.lru_cache(maxsize=1)
 def cpu_bf16_speedup(repeats: int = 3) -> float:
     """How much faster this CPU multiplies matrices in bf16 than in fp32, with torch's threads: a 256 x 256 check
-    first, which ends the probe where bf16 is slower (emulated in software: about 0.01x on AMD EPYC without
-    AVX512-BF16, 0.1 s), then best of `repeats` at 1024 x 1024, large enough that timer noise and thread wake-ups do
-    not decide it (Intel Xeon with AMX: about 10x; at 512 the same machine read anywhere from 3x to 25x)."""
+    first, which ends the probe where bf16 is slower (emulated in software, as on AMD EPYC without AVX512-BF16),
+    then best of `repeats` at 1024 x 1024, large enough that timer noise and thread wake-ups do
+    not decide it (Intel Xeon with AMX: 6x to 12x measured; at 512 the same machine read anywhere from 3x to 25x)."""
     def best(n: int, dtype: torch.dtype, reps: int) -> float:
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         a @ b  # warm-up: the first call picks (and may compile) the kernel
