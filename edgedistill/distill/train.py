@@ -101,9 +101,10 @@ BF16_MIN_SPEEDUP = 2.0  # auto takes bf16 on a CPU only where its matmuls are at
 @functools.lru_cache(maxsize=1)
 def cpu_bf16_speedup(repeats: int = 3) -> float:
     """How much faster this CPU multiplies matrices in bf16 than in fp32, with torch's threads: a 256 x 256 check
-    first, which ends the probe where bf16 is slower (emulated in software, as on AMD EPYC without AVX512-BF16),
-    then best of `repeats` at 1024 x 1024, large enough that timer noise and thread wake-ups do
-    not decide it (Intel Xeon with AMX: 6x to 12x measured; at 512 the same machine read anywhere from 3x to 25x)."""
+    first, which ends the probe where bf16 is less than half as fast (emulated in software, as on AMD EPYC without
+    AVX512-BF16), then best of `repeats` at 1024 x 1024, large enough that timer noise and thread wake-ups do
+    not decide it (Intel Xeon with AMX: 6x to 12x, 3x to 4x with llama.cpp's threads in the same process; at 512
+    the same machine read anywhere from 3x to 25x)."""
     def best(n: int, dtype: torch.dtype, reps: int) -> float:
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         a @ b  # warm-up: the first call picks (and may compile) the kernel
@@ -114,8 +115,8 @@ def cpu_bf16_speedup(repeats: int = 3) -> float:
             times.append(time.perf_counter() - t)
         return min(times)
 
-    small = best(256, torch.float32, 1) / max(best(256, torch.bfloat16, 1), 1e-9)
-    if small < 1:
+    small = best(256, torch.float32, repeats) / max(best(256, torch.bfloat16, repeats), 1e-9)
+    if small < 0.5:  # emulated bf16 is far slower; native bf16 at this size read 0.9x to 2x here (timer noise)
         return small
     return best(1024, torch.float32, repeats) / max(best(1024, torch.bfloat16, repeats), 1e-9)
 
