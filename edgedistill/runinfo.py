@@ -15,7 +15,8 @@ from edgedistill import __version__
 # The CPU features that decide which kernels llama.cpp, onnxruntime and torch can take (x86 and arm64 names as
 # /proc/cpuinfo spells them).
 CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx_vnni", "avx512f", "avx512cd", "avx512dq",
-                "avx512bw", "avx512vl", "avx512vbmi", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp",
+                "avx512bw", "avx512vl", "avx512vbmi", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
+                "asimd", "asimddp",
                 "fphp", "asimdhp", "i8mm", "bf16", "sve", "sve2", "sme")
 
 

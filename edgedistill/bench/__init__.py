@@ -508,11 +508,15 @@ def _ci(block: dict | None, key: str, spec: str, scale: float = 1.0) -> str:
     return f"{text} [{format(ci[0] * scale, spec)}, {format(ci[1] * scale, spec)}]" if ci else text
 
 
+def _features(report: dict) -> str:
+    return " ".join(report["machine"].get("cpu_features") or []) or "features unknown"
+
+
 def markdown(report: dict) -> str:
     t, f = report["target"], report.get("fidelity") or {}
     lines = [f"# bench: {t['name']}", "",
              f"{t['description']}. Measured with {report['threads']} threads on {report['machine']['cpu']} "
-             f"({report['machine_cores']} cores; {' '.join(report['machine'].get('cpu_features') or []) or 'features unknown'}); roofline at {report['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
+             f"({report['machine_cores']} cores; {_features(report)}); roofline at {report['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
              f"({report.get('bandwidth_source', 'profile')}); "
              f"{report['settings']['repeats']} repeats of {report['settings']['new_tokens']} tokens after a "
              f"{report['settings']['prompt_tokens']}-token prompt, medians.", "",

@@ -1,5 +1,6 @@
-"""llama.cpp's own command-line tools (`llama-imatrix`, `llama-quantize`, `llama-bench`), built from the llama.cpp sources of the
-installed llama-cpp-python (formats/llamacpp_source.py), so the files they read and write are that version's.
+"""llama.cpp's own command-line tools (`llama-imatrix`, `llama-quantize`, `llama-bench`), built from the llama.cpp
+sources of the installed llama-cpp-python (formats/llamacpp_source.py), so the files they read and write are that
+version's.
 
 llama-cpp-python ships the library only; the importance matrix needs llama.cpp's `llama-imatrix` and a quantizer
 that reads its file (`llama-quantize --imatrix`), and the bench quotes `llama-bench`'s pp/tg figures beside its own.
@@ -25,8 +26,8 @@ from edgedistill.formats.llamacpp_source import source_dir, version
 
 TOOLS = ("llama-imatrix", "llama-quantize", "llama-bench")
 _TOOL_ARGS = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_COMMON=ON",
-               "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-               "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_UI=OFF"]
+              "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+              "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_UI=OFF"]
 
 
 def cmake_args(machine: str | None = None) -> list[str]:

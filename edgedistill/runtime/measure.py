@@ -1,6 +1,7 @@
 """Timing of one generation through a loaded bundle: time to first token, prefill and decode speed, per-token
-latency. Every timed generation is cold: the whole prompt is computed (no cached prefix), as llama-bench's ppN. Runtime-only (numpy-free even), so the same measurement runs on a device that has only the runtime
-extra installed.
+latency. Every timed generation is cold: the whole prompt is computed (no cached prefix), as llama-bench's ppN.
+Runtime-only (numpy-free even), so the same measurement runs on a device that has only the runtime extra
+installed.
 """
 
 from __future__ import annotations

@@ -87,7 +87,8 @@ def test_a_build_from_another_machine_is_refused_in_one_line_not_killed():
     from edgedistill.runtime import BundleError
     from edgedistill.runtime.gguf import check_cpu
 
-    avx512_build = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | AVX512 = 1 | AVX512_VNNI = 1 | REPACK = 1"
+    avx512_build = ("CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | AVX512 = 1 | AVX512_VNNI = 1 | "
+                    "REPACK = 1")
     with pytest.raises(BundleError, match="uses AVX512, AVX512_VNNI, which this CPU lacks"):
         check_cpu(avx512_build, AVX2_CPU)
     check_cpu(avx512_build, AMX_CPU)
