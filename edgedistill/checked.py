@@ -29,6 +29,36 @@ def read_text(path: Path, what: str = "file", error=EdgeDistillError) -> str:
         raise error(f"{what} {path} is not UTF-8 text (byte {e.start}, line {line}); save it as UTF-8") from None
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key, first: int, second: int):
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+def _unique_keys_loader():
+    """PyYAML's safe loader, refusing a mapping that sets one key twice (plain YAML keeps the last value silently,
+    so a typo'd second `threads:` would win unseen)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: later keys may override what it brings
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the constructor below says so
+                    continue
+                if first is not None:
+                    raise _DuplicateKey(key, first, key_node.start_mark.line + 1)
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
 def read_yaml_mapping(path: Path, what: str = "settings file", error=EdgeDistillError) -> dict:
     """A YAML file holding one mapping: unreadable, non-UTF-8, malformed, too deeply nested or not a mapping
     gives a one-line `error` naming the file."""
@@ -36,7 +66,9 @@ def read_yaml_mapping(path: Path, what: str = "settings file", error=EdgeDistill
 
     text = read_text(path, what, error)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_keys_loader())
+    except _DuplicateKey as e:
+        raise error(f"{what} {path} sets {e.key!r} twice (line {e.first} and line {e.second}); keep one") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from edgedistill.errors import EdgeDistillError
 from edgedistill.settings import Settings, SettingsError, load, read_yaml_mapping, setting, write
 
 
@@ -63,3 +64,17 @@ def test_bad_files_give_one_line(tmp_path, content, words):
 def test_a_missing_file_is_one_line(tmp_path):
     with pytest.raises(SettingsError, match="cannot read settings file"):
         read_yaml_mapping(tmp_path / "nope.yaml")
+
+
+def test_a_yaml_key_set_twice_is_refused_naming_it_and_both_lines(tmp_path):
+    p = tmp_path / "twice.yaml"
+    p.write_text("steps: 40\nlr: 0.001\nsteps: 80\n")
+    with pytest.raises(EdgeDistillError, match=r"sets 'steps' twice \(line 1 and line 3\); keep one"):
+        read_yaml_mapping(p)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("latency:\n  time_to_first_token: 1s\n  time_to_first_token: 2s\n")
+    with pytest.raises(EdgeDistillError, match=r"'time_to_first_token' twice \(line 2 and line 3\)"):
+        read_yaml_mapping(nested)
+    merged = tmp_path / "merged.yaml"  # a merge key's values may be overridden: not a duplicate
+    merged.write_text("base: &b {threads: 2, memory: 1GB}\nbox:\n  <<: *b\n  threads: 4\n")
+    assert read_yaml_mapping(merged)["box"] == {"threads": 4, "memory": "1GB"}
