@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import signal
 import statistics
 import subprocess
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 
 from edgedistill.formats import llamacpp_tools
-from edgedistill.formats.llamacpp_build import cpu_flags
+from edgedistill.formats.llamacpp_build import cpu_flags, flags_key
 from edgedistill.runinfo import cpu_features, run_record, write_result
 
 HERE = Path(__file__).resolve().parent
@@ -50,12 +51,14 @@ def build_flags() -> dict[str, list[str]]:
 
 
 def build(name: str, flags: list[str], work: Path) -> Path:
-    """llama-bench from the installed llama-cpp-python's llama.cpp sources, with `flags` for the CPU."""
-    exe = work / f"llama-bench-{name}"
+    """llama-bench from the installed llama-cpp-python's llama.cpp sources, with `flags` for the CPU. The binary is
+    named by its flags and this CPU's features: the -march=native comparison build is made for this machine only,
+    and a work folder carried to another CPU builds it again there instead of running it."""
+    exe = work / f"llama-bench-{name}-{flags_key([*flags, platform.machine(), *cpu_features()])}"
     if exe.exists():
         return exe
     src = llamacpp_tools.source_dir()
-    tree = work / f"build-{name}"
+    tree = work / f"build-{exe.name}"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     args = [a for a in llamacpp_tools.cmake_args() if not a.startswith("-DGGML_")] + flags
     log(f"building llama-bench ({name}): {' '.join(flags)}")
