@@ -20,6 +20,12 @@ CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx_vnni", "avx
                 "fphp", "asimdhp", "i8mm", "bf16", "sve", "sve2", "sme")
 
 
+# ggml's names of the x86 instruction sets (its CMake options and its system-info line) -> /proc/cpuinfo's
+GGML_CPU_FEATURES = {"AVX": "avx", "AVX2": "avx2", "FMA": "fma", "F16C": "f16c", "BMI2": "bmi2",
+                     "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni",
+                     "AVX512_BF16": "avx512_bf16", "AVX_VNNI": "avx_vnni", "AMX_INT8": "amx_int8"}
+
+
 def cpu_features(cpuinfo: str | None = None) -> list[str]:
     """Which of CPU_FEATURES this CPU has (from /proc/cpuinfo's flags / Features line; empty where unreadable)."""
     if cpuinfo is None:

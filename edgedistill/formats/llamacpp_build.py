@@ -39,10 +39,11 @@ PACKAGE = "llama-cpp-python"
 X86 = ("x86_64", "amd64", "i686", "i386", "x86")
 # x86-64: the baseline every build has (AVX2 level), the AVX-512 tier a build gets where the machine has all of it
 # (each extension on where present), and what no build turns on. Spelled out so that no default of llama.cpp's CMake
-# (which differs between its versions) can switch one on. Keys: ggml's option names; values: /proc/cpuinfo's.
+# (which differs between its versions) can switch one on. ggml's names; runinfo.GGML_CPU_FEATURES maps them to
+# /proc/cpuinfo's.
 _X86_BASE = ("SSE42", "AVX", "AVX2", "FMA", "F16C", "BMI2")
 _AVX512_BASE = ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")  # what ggml's GGML_AVX512 compiles for
-_AVX512_EXT = {"AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni", "AVX512_BF16": "avx512_bf16"}
+_AVX512_EXT = ("AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16")  # each on where /proc/cpuinfo has it
 _X86_NEVER = ("AVX_VNNI", "AMX_TILE", "AMX_INT8", "AMX_BF16")  # AMX: the crashing path; AVX-VNNI: not measured
 # What llama-cpp-python needs: the library only (its own tools, examples, tests, server and the multimodal helper
 # would double the compile time).
@@ -55,19 +56,17 @@ def cpu_flags(machine: str | None = None, features: list[str] | None = None) -> 
     `features` (/proc/cpuinfo's names; default: this CPU's). x86-64: AVX2 always; AVX-512 and its VBMI / VNNI / BF16
     extensions where the CPU has them (benchmarks/results/runtime/cpu_build.md: up to 1.4x prefill); AMX never.
     Other architectures: GGML_NATIVE=OFF only (the compiler's baseline)."""
+    from edgedistill.runinfo import GGML_CPU_FEATURES, cpu_features  # stdlib only: runs before the dependencies
+
     machine = (machine or platform.machine()).lower()
     flags = ["-DGGML_NATIVE=OFF"]
     if machine not in X86:
         return flags
-    if features is None:
-        from edgedistill.runinfo import cpu_features
-
-        features = cpu_features()
-    have = set(features)
+    have = set(cpu_features() if features is None else features)
     avx512 = set(_AVX512_BASE) <= have
     flags += [f"-DGGML_{f}=ON" for f in _X86_BASE]
     flags.append(f"-DGGML_AVX512={'ON' if avx512 else 'OFF'}")
-    flags += [f"-DGGML_{k}={'ON' if avx512 and v in have else 'OFF'}" for k, v in _AVX512_EXT.items()]
+    flags += [f"-DGGML_{k}={'ON' if avx512 and GGML_CPU_FEATURES[k] in have else 'OFF'}" for k in _AVX512_EXT]
     return flags + [f"-DGGML_{f}=OFF" for f in _X86_NEVER]
 
 

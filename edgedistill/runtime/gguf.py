@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -31,17 +32,13 @@ def system_info() -> dict:
             "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
 
 
-# llama.cpp's system-info names of the instruction sets a build can have compiled in -> /proc/cpuinfo's names
-SYSTEM_INFO_FEATURES = {"AVX": "avx", "AVX2": "avx2", "FMA": "fma", "F16C": "f16c", "BMI2": "bmi2",
-                        "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni",
-                        "AVX512_BF16": "avx512_bf16", "AVX_VNNI": "avx_vnni", "AMX_INT8": "amx_int8"}
-
-
 def missing_features(system_info: str, features: list[str]) -> list[str]:
     """The instruction sets a loaded llama.cpp says it was compiled with ("AVX512 = 1" in its system-info line) that
     this CPU lacks: a build made on another machine, which would die with SIGILL at its first such instruction."""
+    from edgedistill.runinfo import GGML_CPU_FEATURES
+
     compiled = {k for k, v in re.findall(r"(\w+) = (\d+)", system_info) if v != "0"}
-    return sorted(k for k, v in SYSTEM_INFO_FEATURES.items() if k in compiled and v not in set(features))
+    return sorted(k for k, v in GGML_CPU_FEATURES.items() if k in compiled and v not in set(features))
 
 
 def check_cpu(system_info_line: str | None = None, features: list[str] | None = None) -> None:
@@ -59,11 +56,16 @@ def check_cpu(system_info_line: str | None = None, features: list[str] | None = 
                           "another machine); rebuild it here: make clean-venv && make install")
 
 
+@functools.lru_cache(maxsize=1)
+def _check_this_cpu() -> None:
+    check_cpu()  # neither the CPU nor the loaded library changes within a process: once
+
+
 class GGUFModel(LoadedModel):
     def __init__(self, path: Path, manifest: dict, threads: int | None = None, n_ctx: int = 2048):
         import llama_cpp
 
-        check_cpu()
+        _check_this_cpu()
 
         self.path, self.manifest = path, manifest
         self.llm = llama_cpp.Llama(str(path / manifest["model_file"]), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
