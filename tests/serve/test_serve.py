@@ -5,6 +5,7 @@ real model whose pace the test controls; SIGTERM; the example app's --url mode."
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -171,14 +172,18 @@ class Paced:
 
     def __init__(self, model):
         self.model, self.gate, self.tokens = model, threading.Event(), 0
+        self.hold_after: int | None = None  # close the gate again once this many tokens have passed
 
     def __getattr__(self, name):
         return getattr(self.model, name)
 
     def stream_ids(self, ids, cfg, done=None):
-        for piece in self.model.stream_ids(ids, cfg, done):
+        # past the end of turn too: a sampled end can never finish a request the test means to cancel
+        for piece in self.model.stream_ids(ids, dataclasses.replace(cfg, ignore_eos=True), done):
             self.gate.wait(30)
             self.tokens += 1
+            if self.tokens == self.hold_after:
+                self.gate.clear()
             yield piece
 
 
@@ -262,14 +267,21 @@ def test_timeouts_disconnects_and_the_drain_end_requests_cleanly(bundles):
         # a client that leaves mid-stream: its generation stops at the next token
         model.gate.clear()
         model.tokens = 0
+        jobs = []
+        submit = worker.submit
+        worker.submit = lambda *a: jobs.append(submit(*a)) or jobs[-1]
         with httpx.stream("POST", url + "/chat/completions", json={"model": fmt, "messages": MSGS, "max_tokens": 200,
                                                                    "stream": True, "temperature": 0.8}) as r:
             lines = r.iter_lines()
             assert next(lines).startswith("data: ")  # the role chunk: the request is running
+            model.hold_after = 1  # the second token waits until the server has seen the client go
             model.gate.set()
             _wait(lambda: model.tokens >= 1, "no token was generated")
+        _wait(lambda: jobs[0].cancelled.is_set(), "the server did not notice the client leave")
+        model.gate.set()
         _wait(lambda: worker.pending == 0, "the generation of a gone client did not stop")
-        assert model.tokens < 200 and _health(url)["cancelled"] == 1
+        assert model.tokens == 2 and _health(url)["cancelled"] == 1
+        worker.submit = submit
 
     model = Paced(load(bundles / fmt))
     with in_process(model, bundles / fmt, timeout=30.0) as (url, worker):
