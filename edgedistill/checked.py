@@ -15,6 +15,25 @@ from pathlib import Path
 from edgedistill.errors import EdgeDistillError, InvalidModelError
 
 
+def url_problem(value: str) -> str | None:
+    """What is wrong with `value` as an http(s) server address (None when nothing is): a URL the HTTP client would
+    fail on deep inside a request (an unclosed [IPv6 bracket, a port that is no number) is refused here, first."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # parsed lazily: a bad port raises here
+    except ValueError as e:
+        return f"{value!r} is not a valid URL ({e})"
+    if parts.scheme not in ("http", "https"):
+        return f"{value!r} is not an http:// or https:// URL"
+    if not parts.hostname:
+        return f"{value!r} names no host"
+    if port == 0:
+        return f"{value!r} has port 0"
+    return None
+
+
 def read_text(path: Path, what: str = "file", error=EdgeDistillError) -> str:
     """The file's text, decoded as UTF-8."""
     path = Path(path)
@@ -29,6 +48,31 @@ def read_text(path: Path, what: str = "file", error=EdgeDistillError) -> str:
         raise error(f"{what} {path} is not UTF-8 text (byte {e.start}, line {line}); save it as UTF-8") from None
 
 
+# A settings file or profile has tens of values; one whose aliases (&a ... *a) would expand to more is an alias bomb
+# ("billion laughs"), refused before anything walks or prints its expansion.
+MAX_YAML_VALUES = 100_000
+
+
+class _TooLarge(Exception):
+    def __init__(self, count: int):
+        super().__init__(count)
+        self.count = count
+
+
+def _expanded_size(node, sizes: dict) -> int:
+    """How many values `node` stands for with every alias written out (each shared node counted once per use, its
+    size computed once): a linear walk of the composed graph, however large the expansion."""
+    key = id(node)
+    if key not in sizes:
+        sizes[key] = 1  # a node met again while being sized (a recursive alias) counts once
+        value = node.value if isinstance(node.value, list) else []
+        children = [n for pair in value for n in (pair if isinstance(pair, tuple) else (pair,))]
+        sizes[key] = 1 + sum(_expanded_size(c, sizes) for c in children)
+        if sizes[key] > MAX_YAML_VALUES:
+            raise _TooLarge(sizes[key])
+    return sizes[key]
+
+
 class _DuplicateKey(Exception):
     def __init__(self, key, first: int, second: int):
         super().__init__(key)
@@ -41,6 +85,10 @@ def _unique_keys_loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
+        def construct_document(self, node):
+            _expanded_size(node, {})
+            return super().construct_document(node)
+
         def construct_mapping(self, node, deep=False):
             seen: dict = {}
             for key_node, _ in node.value:
@@ -69,6 +117,9 @@ def read_yaml_mapping(path: Path, what: str = "settings file", error=EdgeDistill
         data = yaml.load(text, Loader=_unique_keys_loader())
     except _DuplicateKey as e:
         raise error(f"{what} {path} sets {e.key!r} twice (line {e.first} and line {e.second}); keep one") from None
+    except _TooLarge as e:
+        raise error(f"{what} {path} expands through its aliases (&name / *name) to over {MAX_YAML_VALUES:,} values "
+                    f"(at least {e.count:,}); a {what} holds a few dozen: write the values out") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -160,7 +211,15 @@ def check_model_folder(folder: Path) -> tuple[dict, dict]:
     if not isinstance(config, dict):
         raise InvalidModelError(f"{folder / 'config.json'} must hold a JSON object")
     headers = {f: check_safetensors(f) for f in sorted(folder.glob("*.safetensors"))}
+    missing = []
+    if not headers:
+        pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
+        missing.append("no weights (*.safetensors" + (f"; {pickled[0]} is a pickle, which edgedistill never loads: "
+                                                      "convert it to safetensors where it came from" if pickled else "")
+                       + ")")
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise InvalidModelError(f"{folder} has a config and weights but no tokenizer files ({', '.join(TOKENIZER_FILES)}"
-                                "): copy them from where the model came from")
+        missing.append(f"no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    if missing:
+        raise InvalidModelError(f"{folder} has a config.json but {' and '.join(missing)}: copy what is missing from "
+                                "where the model came from")
     return config, headers

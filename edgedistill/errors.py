@@ -31,6 +31,10 @@ class CacheError(EdgeDistillError):
     """The cache folder cannot be used (not writable, not a directory, ...)."""
 
 
+class DiskFullError(CacheError):
+    """A write failed for want of space (a full disk, a quota, a file-size limit); the output was not written."""
+
+
 class UnsupportedError(EdgeDistillError):
     """A model, format or scheme combination this tool does not implement (it never silently falls back)."""
 

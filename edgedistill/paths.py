@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
+import resource
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgedistill.errors import CacheError
+from edgedistill.errors import CacheError, DiskFullError
 
 
 def home() -> Path:
@@ -116,9 +119,14 @@ def scratch_dir(parent: Path, prefix: str) -> Path:
     import socket
 
     clean_stale(parent)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
-    owner = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid())}
-    tmp.with_name(tmp.name + OWNER_SUFFIX).write_text(json.dumps(owner))
+    with disk_full_named(parent):
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid())}
+        try:
+            tmp.with_name(tmp.name + OWNER_SUFFIX).write_text(json.dumps(owner))
+        except BaseException:
+            remove_scratch(tmp)
+            raise
     return tmp
 
 
@@ -150,6 +158,92 @@ def clean_stale(parent: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
+def scratch(parent: Path, prefix: str) -> Iterator[Path]:
+    """scratch_dir for the duration of the block, removed at its end."""
+    tmp = scratch_dir(parent, prefix)
+    try:
+        yield tmp
+    finally:
+        remove_scratch(tmp)
+
+
+def temp_dir(name: str):
+    """A marked temporary folder (see scratch) in the system's temporary folder, for the block's duration."""
+    return scratch(Path(tempfile.gettempdir()), f".edgedistill-{name}-")
+
+
+# --- a full disk --------------------------------------------------------------------------------------------------
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# how a child process (Python's OSError, C's strerror) says it ran out of space
+_NO_SPACE_TEXT = tuple(os.strerror(n) for n in sorted(_NO_SPACE))
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """An error that means a write found no space: an OSError with errno ENOSPC / EDQUOT / EFBIG, or another
+    library's error (safetensors, torch) whose text says so."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e.errno in _NO_SPACE
+    return any(t in str(e) for t in _NO_SPACE_TEXT)
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes free to us on the filesystem holding `path` (or its nearest existing parent)."""
+    probe = Path(path).absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def disk_full_error(path: Path, cause: str) -> DiskFullError:
+    """The one-line error for a write to `path` that found no space: what failed, and the space left there."""
+    free = free_bytes(path)
+    left = f"{free / 2**20:,.0f} MiB" if free is not None else "an unknown amount"
+    e = DiskFullError(f"no space to write {path} ({cause}); {left} free on its filesystem (a file-size limit, "
+                      "ulimit -f, can also cause this); free some space or write somewhere else")
+    e.cause = cause
+    return e
+
+
+# numpy's tofile (the GGUF writer's) reports a short write without an errno
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+LOW_SPACE_BYTES = 16 * 2**20
+
+
+def raise_if_disk_full(output: str, path: Path) -> None:
+    """Raise disk_full_error for `path` when a child that failed while writing it ran out of space: its `output`
+    says so, or it wrote short and the filesystem is (nearly) full or the file reached the file-size limit."""
+    cause = next((t for t in _NO_SPACE_TEXT if t in output), None)
+    if cause is None and _SHORT_WRITE.search(output):
+        free, limit = free_bytes(path), resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        size = Path(path).stat().st_size if Path(path).is_file() else 0
+        if free is not None and free < LOW_SPACE_BYTES:
+            cause = "the filesystem is full"
+        elif limit != resource.RLIM_INFINITY and size >= limit:
+            cause = f"the file reached the file-size limit of {limit:,} bytes"
+    if cause is not None:
+        raise disk_full_error(path, cause) from None
+
+
+@contextlib.contextmanager
+def disk_full_named(path: Path) -> Iterator[None]:
+    """Inside the block, an error that means no space (is_disk_full) becomes disk_full_error naming `path` (an
+    inner block's error is renamed too: the outermost path is the output the user asked for)."""
+    try:
+        yield
+    except DiskFullError as e:  # named by an inner write: the outer name is the one the user gave
+        raise disk_full_error(path, getattr(e, "cause", "no space")) from None
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[-1][:200]
+        raise disk_full_error(path, cause) from None
+
+
+@contextlib.contextmanager
 def atomic_dir(final: Path, what: str = "output folder") -> Iterator[Path]:
     """Yield a fresh temporary directory next to `final`; on success it is renamed to `final` in one step,
     on any error (or Ctrl-C) it is removed (and after a kill, by the next run here: see scratch_dir). Readers
@@ -158,7 +252,8 @@ def atomic_dir(final: Path, what: str = "output folder") -> Iterator[Path]:
     parent = ensure_writable_dir(final.parent, what)
     tmp = scratch_dir(parent, f".{final.name}.partial-")
     try:
-        yield tmp
+        with disk_full_named(final):
+            yield tmp
         if final.exists():
             raise CacheError(f"{final} appeared while it was being written; remove it and try again")
         os.replace(tmp, final)
@@ -174,7 +269,8 @@ def atomic_file(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.partial")
     try:
-        yield tmp
+        with disk_full_named(final):
+            yield tmp
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -182,8 +278,33 @@ def atomic_file(final: Path) -> Iterator[Path]:
 
 def write_text_atomic(final: Path, text: str) -> None:
     """`final` holds `text` afterwards, or what it held before (see atomic_file)."""
-    with atomic_file(final) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    write_texts_atomic({Path(final): text})
+
+
+def write_texts_atomic(texts: dict[Path, str]) -> None:
+    """Every file of `texts` ({path: text}) written, or none changed: each is written to a temporary file beside it
+    first, and only once all are complete are they renamed into place (a rename needs no space). Folders made on
+    the way are removed again when the writing fails."""
+    made: list[Path] = []
+    tmps: dict[Path, Path] = {}
+    try:
+        for final, text in texts.items():
+            final = Path(final)
+            missing = [p for p in [final.parent, *final.parent.parents] if not p.exists()]
+            final.parent.mkdir(parents=True, exist_ok=True)
+            made += reversed(missing)
+            tmps[final] = final.with_name(f".{final.name}.partial")
+            with disk_full_named(final):
+                tmps[final].write_text(text, encoding="utf-8")
+        for final, tmp in tmps.items():
+            os.replace(tmp, final)
+        made = []
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def dir_size(path: Path) -> int:

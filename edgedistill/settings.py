@@ -29,7 +29,7 @@ def setting(default=None, help: str = "", *, min=None, max=None, min_open: bool 
             cli: bool = True):
     """A settings field. `min`/`max` bound numbers (`min_open`: strictly above min), `choices` names the allowed
     values (a tuple, or a callable returning one), `required` must be given (by the file or a flag), `exists`
-    ("file" | "dir" | "any") paths that must exist, `kind` a CLI parser ("duration": 90s, 20m, 1.5h; "pair": S:T),
+    ("file" | "dir" | "any") paths that must exist, `kind` a parser or check ("duration": 90s, 20m, 1.5h; "pair": S:T; "url": an http(s) URL),
     `flag` the command-line name when it is not the field's, `cli` False for settings only a file sets."""
     meta = {"help": help, "min": min, "max": max, "min_open": min_open, "choices": choices, "required": required,
             "exists": exists, "kind": kind, "flag": flag, "cli": cli}
@@ -164,6 +164,11 @@ def _check_field(f, value) -> list[str]:
         for v in (value if isinstance(value, (list, tuple)) else [value]):
             if v not in allowed:
                 out.append(f"{name}={v!r} is not one of {', '.join(map(str, allowed))}")
+    if m.get("kind") == "url" and isinstance(value, str):
+        from edgedistill.checked import url_problem
+
+        if (problem := url_problem(value)) is not None:
+            out.append(f"{name}: {problem}; give the server's base URL, e.g. http://127.0.0.1:8080/v1")
     exists = m.get("exists")
     if exists:
         for p in (value if isinstance(value, (list, tuple)) else [value]):

@@ -41,3 +41,9 @@ def run_cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedPr
     return subprocess.run(
         [sys.executable, "-m", "edgedistill", *args], capture_output=True, text=True, env=full_env, cwd=REPO, **kw
     )
+
+
+def ours(folder: Path) -> list[Path]:
+    """What is in `folder` (a command's $TMPDIR) other than onnxruntime's own session-id file `.ses` (one fixed
+    name, rewritten in place by every onnxruntime session: not a temporary file)."""
+    return sorted(p for p in Path(folder).iterdir() if p.name != ".ses")

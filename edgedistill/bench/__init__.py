@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edgedistill import children
 from edgedistill.errors import EdgeDistillError
+from edgedistill.paths import remove_scratch, scratch_dir
 from edgedistill.settings import Settings, setting
 from edgedistill.settings import write as write_settings
 from edgedistill.targets import Target, as_dict
@@ -97,29 +98,28 @@ def run_worker(job: dict, work: Path, memory_budget: int | None, timeout_s: floa
     name = f"{job['phase']}-{abs(hash(job['bundle'])) % 10**8}"
     job = {**job, "out": str(work / f"{name}.json")}
     (work / f"{name}.job.json").write_text(json.dumps(job))
-    stderr = open(work / f"{name}.log", "w")
     env = {**os.environ, "OMP_NUM_THREADS": str(job.get("threads") or 1)}
-    proc = subprocess.Popen([sys.executable, "-m", "edgedistill.bench.worker", str(work / f"{name}.job.json")],
-                            stdout=subprocess.DEVNULL, stderr=stderr, env=env)
-    ps = psutil.Process(proc.pid)
     peak, status, start = 0, None, time.monotonic()
-    while proc.poll() is None:
-        try:
-            rss = ps.memory_info().rss
-        except psutil.Error:
-            break
-        peak = max(peak, rss)
-        if memory_budget is not None and rss > memory_budget:
-            proc.kill()
-            status = OVER_MEMORY
-            break
-        if time.monotonic() - start > timeout_s:
-            proc.kill()
-            status = "timed out"
-            break
-        time.sleep(poll_s)
-    proc.wait()
-    stderr.close()
+    with open(work / f"{name}.log", "w") as stderr, children.started(
+            [sys.executable, "-m", "edgedistill.bench.worker", str(work / f"{name}.job.json")],
+            stdout=subprocess.DEVNULL, stderr=stderr, env=env) as proc:
+        ps = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                rss = ps.memory_info().rss
+            except psutil.Error:
+                break
+            peak = max(peak, rss)
+            if memory_budget is not None and rss > memory_budget:
+                proc.kill()
+                status = OVER_MEMORY
+                break
+            if time.monotonic() - start > timeout_s:
+                proc.kill()
+                status = "timed out"
+                break
+            time.sleep(poll_s)
+        proc.wait()
     out = Path(job["out"])
     if status is None:
         status = "ok" if proc.returncode == 0 and out.exists() else "failed"
@@ -287,7 +287,7 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
             eval_items[it.id] = it
             items.append({"item": {**asdict(it), "choices": list(it.choices)},
                           "max_tokens": REASONING_TOKENS if wants_reasoning(it) else SHORT_ANSWER_TOKENS})
-    work = Path(tempfile.mkdtemp(prefix="edgedistill-bench-"))
+    work = scratch_dir(Path(tempfile.gettempdir()), ".edgedistill-bench-")
     longest = max([len(c) for c in chunks] + [len(d["ids"]) for d in domain])
     n_ctx = max(settings.prompt_tokens + settings.new_tokens + 8, longest, min(target.context_length, 2048))
     base = {"threads": threads, "n_ctx": n_ctx}
@@ -339,7 +339,7 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
             if progress:
                 progress.advance(task)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_scratch(work)
     for r in rows:
         graded = bool(items) and ref_row is not None
         r["budgets"] = {} if r["reference"] else check_budgets(r, target, graded_eval=graded)

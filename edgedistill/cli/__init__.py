@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import traceback
 
 import click
 
 from edgedistill import __version__
 from edgedistill.errors import EdgeDistillError
+from edgedistill.paths import is_disk_full
 
 
 # Imported only by commands of the full toolchain, absent from `edgedistill[runtime]`.
@@ -27,13 +29,18 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except EdgeDistillError as e:
             _fail(ctx, str(e), e.exit_code)
+        except Terminated:
+            _fail(ctx, "terminated", 128 + signal.SIGTERM)
         except KeyboardInterrupt:
             _fail(ctx, "interrupted", 130)
         except OSError as e:  # the machine refused a file operation (full disk, read-only, gone): the user's to fix
-            if e.filename is None:
+            if e.filename is not None:
+                where = e.filename + (f" -> {e.filename2}" if e.filename2 else "")
+                _fail(ctx, f"{where}: {e.strerror or e}", 2)
+            elif is_disk_full(e):  # a write with no file name (outputs name theirs: paths.atomic_dir)
+                _fail(ctx, f"a write found no space ({e.strerror or e}); free some space (df -h) and run again", 2)
+            else:
                 raise
-            where = e.filename + (f" -> {e.filename2}" if e.filename2 else "")
-            _fail(ctx, f"{where}: {e.strerror or e}", 2)
         except ModuleNotFoundError as e:
             if e.name and e.name.split(".")[0] in _FULL_ONLY:
                 _fail(ctx, f"this command needs {e.name}, which the runtime-only install lacks; "
@@ -44,11 +51,33 @@ class _Group(click.Group):
         return list(self.commands)  # in the order of the pipeline, not alphabetical
 
 
+# An error line quotes what it refuses; a huge value (a YAML alias bomb expanded, a megabyte line) is cut in the
+# middle so that the line stays a line.
+MAX_MESSAGE_CHARS = 1000
+
+
 def _fail(ctx: click.Context, message: str, code: int) -> None:
     if (ctx.obj or {}).get("verbose"):
         traceback.print_exc()
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {_capped(message)}", err=True)
     ctx.exit(code)
+
+
+def _capped(message: str) -> str:
+    message = " ".join(message.split("\n"))
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    half = MAX_MESSAGE_CHARS // 2
+    return f"{message[:half]} [... {len(message) - 2 * half:,} characters cut ...] {message[-half:]}"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so that the same clean-up runs (children stopped, temporary
+    folders removed) instead of the process vanishing at once."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -98,6 +127,7 @@ def main() -> None:
     like every other error: `error: ...` and where the help is, exit code 2."""
     import sys
 
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         rv = cli.main(prog_name="edgedistill", standalone_mode=False)
     except click.UsageError as e:
@@ -110,5 +140,8 @@ def main() -> None:
     except click.Abort:
         click.echo("error: interrupted", err=True)
         sys.exit(130)
+    except Terminated:
+        click.echo("error: terminated", err=True)
+        sys.exit(128 + signal.SIGTERM)
     sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -56,6 +56,8 @@ def settings_options(cls, *, skip: tuple[str, ...] = ()):
             elif m.get("kind") == "pair":
                 kw["callback"] = lambda ctx, p, v: None if v is None else parse_pair(v)
                 kw["metavar"] = "S:T"
+            elif m.get("kind") == "url":
+                kw["metavar"] = "URL"
             elif tp is bool:
                 name = _flag(f)
                 decl = name if "/" in name else f"{name}/--no-{name[2:]}"

@@ -54,11 +54,11 @@ class LoadReport:
         return s + (f", {len(self.skipped)} skipped" if self.skipped else "")
 
 
-def _bad(path: Path, line: int, why: str) -> str:
+def bad_line(path: Path, line: int, why: str) -> str:
     return f"{path}:{line}: {why}"
 
 
-def _messages(obj: dict) -> tuple[dict, ...]:
+def parse_messages(obj: dict) -> tuple[dict, ...]:
     """Accept {"messages": [...]} (chat) or {"prompt": "..."} (a single user turn)."""
     if "messages" in obj:
         msgs = obj["messages"]
@@ -79,12 +79,12 @@ def _messages(obj: dict) -> tuple[dict, ...]:
     raise ValueError("needs 'messages' (a chat) or 'prompt' (a string)")
 
 
-def _parse_prompt(obj: dict, domain: str) -> Prompt:
+def parse_prompt(obj: dict, domain: str) -> Prompt:
     if not isinstance(obj.get("id"), str) or not obj["id"]:
         raise ValueError("needs a string 'id'")
     return Prompt(
         id=obj["id"],
-        messages=_messages(obj),
+        messages=parse_messages(obj),
         category=str(obj.get("category", "")),
         reasoning=bool(obj.get("reasoning", False)),
         domain=str(obj.get("domain", domain)),
@@ -126,12 +126,14 @@ def read_jsonl(path: Path, on_bad=None) -> Iterable[tuple[int, Any]]:
         if problem is None:
             yield n, obj
         elif on_bad is None:
-            raise DataError(_bad(path, n, problem))
+            raise DataError(bad_line(path, n, problem))
         else:
-            on_bad(_bad(path, n, problem))
+            on_bad(bad_line(path, n, problem))
 
 
-def _load(path: Path, parse, strict: bool, domain: str | None) -> tuple[list, LoadReport]:
+def load_records(path: Path, parse, strict: bool = True, domain: str | None = None) -> tuple[list, LoadReport]:
+    """The records of a JSON-lines file, each line through `parse(object, domain)` (a ValueError: that line is
+    refused, or skipped when not `strict`; ids must be unique). The one path every data file's lines take."""
     path = Path(path)
     domain = domain if domain is not None else _domain_of(path)
     report, out, seen = LoadReport(str(path)), [], set()
@@ -143,7 +145,7 @@ def _load(path: Path, parse, strict: bool, domain: str | None) -> tuple[list, Lo
             if rec.id in seen:
                 raise ValueError(f"duplicate id {rec.id!r}")
         except ValueError as e:
-            msg = _bad(path, n, str(e))
+            msg = bad_line(path, n, str(e))
             if strict:
                 raise DataError(msg) from None
             report.skipped.append(msg)
@@ -169,11 +171,11 @@ def _domain_of(path: Path) -> str:
 
 
 def load_prompts(path: Path, *, strict: bool = True, domain: str | None = None) -> tuple[list[Prompt], LoadReport]:
-    return _load(path, _parse_prompt, strict, domain)
+    return load_records(path, parse_prompt, strict, domain)
 
 
 def load_eval(path: Path, *, strict: bool = True, domain: str | None = None) -> tuple[list[EvalItem], LoadReport]:
-    return _load(path, _parse_eval, strict, domain)
+    return load_records(path, _parse_eval, strict, domain)
 
 
 def load_texts(path: Path) -> list[tuple[str, str]]:

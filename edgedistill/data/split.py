@@ -9,7 +9,7 @@ from pathlib import Path
 from edgedistill.data import SPLITS
 from edgedistill.data.dedup import assign_splits, groups
 from edgedistill.data.load import DataError, Prompt, load_prompts
-from edgedistill.paths import ensure_writable_dir, write_text_atomic
+from edgedistill.paths import check_writable_dir, write_texts_atomic
 
 
 def prompt_text(p: Prompt) -> str:
@@ -35,11 +35,12 @@ def split_prompts(src: Path, out_dir: Path, fractions=(0.8, 0.1, 0.1), threshold
     names = assign_splits([p.id for p in prompts], texts, fractions, threshold, SPLITS)
     labels = groups(texts, threshold)
     dup_groups = sum(1 for lab in set(labels) if labels.count(lab) > 1)
-    ensure_writable_dir(Path(out_dir), "--out-dir")
-    counts = {}
+    check_writable_dir(Path(out_dir), "--out-dir")
+    counts, texts = {}, {}
     for split in SPLITS:
         chosen = [p for p, s in zip(prompts, names) if s == split]
         counts[split] = len(chosen)
-        write_text_atomic(out_dir / f"{split}.jsonl",
-                          "".join(json.dumps(_record(p), ensure_ascii=False) + "\n" for p in chosen))
+        texts[Path(out_dir) / f"{split}.jsonl"] = "".join(json.dumps(_record(p), ensure_ascii=False) + "\n"
+                                                          for p in chosen)
+    write_texts_atomic(texts)  # the three files, or none of them
     return SplitReport(counts, dup_groups)

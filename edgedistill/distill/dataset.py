@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgedistill.data.load import DataError, read_jsonl
+from edgedistill.data.load import DataError, bad_line, parse_messages, read_jsonl
 from edgedistill.tensors import IGNORE
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,13 @@ def load_generations(paths: Sequence[Path]) -> list[dict]:
     out, seen = [], set()
     for path in paths:
         for n, rec in read_jsonl(Path(path)):
-            if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list) or not isinstance(rec.get("response"), str):
-                raise DataError(f"{path}:{n}: a training record needs 'messages' (list) and 'response' (string); "
-                                "make them with `edgedistill generate`")
+            try:
+                if not isinstance(rec, dict) or "messages" not in rec or not isinstance(rec.get("response"), str):
+                    raise ValueError("a training record needs 'messages' (list) and 'response' (string); make them "
+                                     "with `edgedistill generate`")
+                parse_messages(rec)  # the messages, checked as every prompt file's are
+            except ValueError as e:
+                raise DataError(bad_line(Path(path), n, str(e))) from None
             rid = str(rec.get("id", f"{Path(path).name}:{n}"))
             if rid in seen:
                 raise DataError(f"{path}:{n}: duplicate id {rid!r}")

@@ -58,7 +58,8 @@ class EngineSettings(Settings):
     teacher_engine: str = setting("torch", "What runs the teacher: torch (in process, float32), llama.cpp (a GGUF in "
                                            "process, fast on CPUs) or openai (an OpenAI-compatible server).",
                                   choices=ENGINE_NAMES)
-    teacher_url: str | None = setting(None, "openai engine: the server's base URL, e.g. http://127.0.0.1:8080/v1.")
+    teacher_url: str | None = setting(None, "openai engine: the server's base URL, e.g. http://127.0.0.1:8080/v1.",
+                                      kind="url")
     teacher_model: str | None = setting(None, "openai engine: the served model's name.")
     api_key_env: str | None = setting(None, "openai engine: environment variable holding the API key (never "
                                             "logged or written).")
@@ -79,8 +80,6 @@ class EngineSettings(Settings):
         if self.teacher_engine == "openai":
             if not self.teacher_url or not self.teacher_model:
                 return ["--teacher-engine openai needs --teacher-url and --teacher-model"]
-            if not self.teacher_url.startswith(("http://", "https://")):
-                return [f"--teacher-url {self.teacher_url!r} must start with http:// or https://"]
             if self.teacher_extra_body is not None:
                 import json
 

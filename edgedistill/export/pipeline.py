@@ -17,7 +17,7 @@ from pathlib import Path
 from edgedistill.errors import EdgeDistillError, InvalidModelError, UnsupportedError
 from edgedistill.export import validate as V
 from edgedistill.export.bundle import source_hash, write_manifest
-from edgedistill.paths import atomic_dir, ensure_writable_dir, remove_scratch, scratch_dir
+from edgedistill.paths import atomic_dir, disk_full_named, ensure_writable_dir, remove_scratch, scratch_dir
 from edgedistill.settings import Settings, setting
 from edgedistill.settings import write as write_settings
 from edgedistill.quantize import BuildContext, Scheme, get, refusal
@@ -106,7 +106,8 @@ def export_model(spec: str, out: Path, settings: ExportSettings,
     created = not top.exists()
     out = ensure_writable_dir(out, "--out folder")
     try:
-        return _export(spec, out, settings, schemes, step)
+        with disk_full_named(out):
+            return _export(spec, out, settings, schemes, step)
     finally:
         if created and top.is_dir() and not any(p.is_file() for p in top.rglob("*")):  # failed or interrupted
             shutil.rmtree(top, ignore_errors=True)

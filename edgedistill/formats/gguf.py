@@ -19,10 +19,10 @@ import json
 import logging
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError, InvalidModelError, UnsupportedError
+from edgedistill.paths import temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +58,11 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def _run(args: list[str], fallback: str = "") -> subprocess.CompletedProcess:
+def _run(args: list[str], fallback: str = "", output: Path | None = None) -> subprocess.CompletedProcess:
+    from edgedistill import children
     from edgedistill.formats.llamacpp_source import source_dir
 
-    cmd = [sys.executable, "-c", _DRIVER, str(source_dir()), fallback, *args]
-    with tempfile.TemporaryFile(mode="w+", errors="replace") as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True)
-        try:
-            out, _ = proc.communicate()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        err.seek(0)
-        return subprocess.CompletedProcess(cmd, proc.returncode, out, err.read())
+    return children.run([sys.executable, "-c", _DRIVER, str(source_dir()), fallback, *args], output=output)
 
 
 @functools.lru_cache(maxsize=1)
@@ -123,13 +114,17 @@ def convert(model_dir: Path, out: Path, *, dtype: str = "f16", name: str | None 
     name = name or Path(model_dir).name
     if fam and fam.gguf_name_tag and fam.gguf_name_tag not in name.lower().replace("-", ""):
         name = f"{name}-{fam.gguf_name_tag}"  # llama.cpp keys the family's token rules on the name
-    with tempfile.TemporaryDirectory(prefix="edgedistill-gguf-view-") as tmp:
-        view = _converter_view(Path(model_dir), Path(tmp))
-        meta = Path(tmp) / ".edgedistill-metadata.json"
+    with temp_dir("gguf-view") as tmp:
+        view = _converter_view(Path(model_dir), tmp)
+        meta = tmp / ".edgedistill-metadata.json"
         meta.write_text(json.dumps(provenance(Path(model_dir), name)))
         args = [str(view), "--outfile", str(out), "--outtype", dtype]
         args += ["--model-name", name, "--metadata", str(meta)]
-        proc = _run(args, fallback=_fallback_pre(Path(model_dir)))
+        try:
+            proc = _run(args, fallback=_fallback_pre(Path(model_dir)), output=Path(out))
+        except BaseException:
+            Path(out).unlink(missing_ok=True)
+            raise
     log.debug("llama.cpp converter:\n%s", proc.stderr)
     if proc.returncode != 0 or not Path(out).is_file():
         Path(out).unlink(missing_ok=True)
@@ -187,12 +182,12 @@ def _converter_view(model_dir: Path, tmp: Path) -> Path:
 def write_gguf(model, tokenizer, out: Path, *, dtype: str = "f16", name: str = "model") -> Path:
     """Write an in-memory transformers model and its tokenizer to `out` as one GGUF file (saved to a temporary
     folder first: the converter reads folders)."""
-    with tempfile.TemporaryDirectory(prefix="edgedistill-gguf-src-") as tmp:
+    with temp_dir("gguf-src") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         from edgedistill.models.locate import save_tokenizer
 
-        save_tokenizer(tokenizer, Path(tmp))
-        return convert(Path(tmp), out, dtype=dtype, name=name)
+        save_tokenizer(tokenizer, tmp)
+        return convert(tmp, out, dtype=dtype, name=name)
 
 
 def _fallback_pre(model_dir: Path) -> str:

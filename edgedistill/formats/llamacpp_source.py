@@ -15,14 +15,12 @@ their files. The tree is fetched once by pip and kept in one of these places, fi
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tarfile
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from edgedistill import paths
+from edgedistill import children, paths
 from edgedistill.errors import EdgeDistillError, OfflineError
 
 PACKAGE = "llama_cpp_python"
@@ -71,10 +69,10 @@ def fetch_into(dest: Path) -> Path:
     vendored llama.cpp into dest, atomically."""
     v = version()
     paths.ensure_writable_dir(dest.parent, "folder")
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".llama.cpp-{v}.download-") as dl:
+    with paths.scratch(dest.parent, f".llama.cpp-{v}.download-") as dl:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "--disable-pip-version-check",
-               "--quiet", "--dest", dl, f"llama-cpp-python=={v}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+               "--quiet", "--dest", str(dl), f"llama-cpp-python=={v}"]
+        proc = children.run(cmd, output=dest)
         archives = sorted(Path(dl).glob("*.tar.gz"))
         if proc.returncode != 0 or not archives:
             lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip().startswith("ERROR")]

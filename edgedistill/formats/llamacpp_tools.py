@@ -16,10 +16,9 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from edgedistill import paths
+from edgedistill import children, paths
 from edgedistill.errors import EdgeDistillError
 from edgedistill.formats.llamacpp_build import cpu_flags, flags_key
 from edgedistill.formats.llamacpp_source import source_dir, version
@@ -68,16 +67,16 @@ def build_into(dest: Path, *, jobs: int | None = None) -> Path:
     """Configure and build the tools from the vendored sources; the binaries land in dest atomically."""
     src = source_dir()
     paths.ensure_writable_dir(dest.parent, "folder")
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.build-") as build:
+    with paths.scratch(dest.parent, f".{dest.name}.build-") as build:
         gen = ["-G", "Ninja"] if shutil.which("ninja", path=f"{Path(sys.executable).parent}{os.pathsep}"
                                                           f"{os.environ.get('PATH', '')}") else []
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         log_path = Path(build) / "build.log"
         with open(log_path, "w") as log_file:
-            for cmd in ([*_cmake(), "-S", str(src), "-B", build, *gen, *cmake_args()],
-                        [*_cmake(), "--build", build, "--target", *TOOLS, "-j", str(jobs or os.cpu_count() or 1)]):
-                rc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env).returncode
+            for cmd in ([*_cmake(), "-S", str(src), "-B", str(build), *gen, *cmake_args()],
+                        [*_cmake(), "--build", str(build), "--target", *TOOLS, "-j", str(jobs or os.cpu_count() or 1)]):
+                with children.started(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env) as proc:
+                    rc = proc.wait()
                 if rc != 0:
                     tail = log_path.read_text(errors="replace").splitlines()[-3:]
                     raise EdgeDistillError(f"building llama.cpp's tools failed ({' '.join(cmd[:2])} ... returned "
@@ -102,7 +101,7 @@ def llama_bench(model: Path, *, prompt_tokens: int, new_tokens: int, threads: in
     cmd = [str(exe), "-m", str(model), "-p", str(prompt_tokens), "-n", str(new_tokens), "-t", str(threads),
            "-r", str(repeats), "-o", "json"]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout_s)
+        proc = children.run(cmd, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise EdgeDistillError(f"llama-bench on {model} took over {timeout_s:.0f} s") from None
     if proc.returncode != 0:

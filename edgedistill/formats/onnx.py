@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+from edgedistill import children
 from edgedistill.errors import EdgeDistillError, UnsupportedError
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def build_onnx(model_dir: Path, out_dir: Path, precision: str, options: dict | N
            "-p", precision, "-e", "cpu", "-c", str(cache), "--extra_options", *(f"{k}={v}" for k, v in extra.items())]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
     log.debug("running %s", " ".join(cmd))
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    done = children.run(cmd, env=env, output=out_dir)
     _remove_tree(cache)
     if done.returncode != 0 or not (out_dir / MODEL_FILE).exists():
         lines = [ln for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]

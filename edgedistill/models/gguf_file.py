@@ -179,9 +179,10 @@ def build_sentencepiece_tokenizer(meta: dict[str, Any]):
     tokenizer.model that `sentencepiece_model` rebuilds; the bytes ride along on the tokenizer
     (ORIGINAL_FILES) so that saving it writes tokenizer.model too. None for other tokenizer models."""
     import json
-    import tempfile
 
     from transformers import AutoTokenizer
+
+    from edgedistill.paths import temp_dir
 
     spm = sentencepiece_model(meta)
     if spm is None:
@@ -200,9 +201,9 @@ def build_sentencepiece_tokenizer(meta: dict[str, Any]):
             "model_max_length": int(meta.get(f"{arch}.context_length", 2048)), "clean_up_tokenization_spaces": False}
     if conf["tokenizer_class"] == "GemmaTokenizer":
         conf["mask_token"] = None
-    with tempfile.TemporaryDirectory(prefix="edgedistill-spm-") as tmp:
-        (Path(tmp) / "tokenizer.model").write_bytes(spm)
-        (Path(tmp) / "tokenizer_config.json").write_text(json.dumps(conf), encoding="utf-8")
+    with temp_dir("spm") as tmp:
+        (tmp / "tokenizer.model").write_bytes(spm)
+        (tmp / "tokenizer_config.json").write_text(json.dumps(conf), encoding="utf-8")
         hf = AutoTokenizer.from_pretrained(tmp)
     hf.model_input_names = list(MODEL_INPUTS)
     template = meta.get("tokenizer.chat_template")

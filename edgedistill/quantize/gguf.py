@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError
@@ -87,26 +86,20 @@ def _imatrix(ctx: BuildContext) -> Path:
 
 
 def _run_tool(cmd: list[str], what: str, out: Path) -> None:
-    """Run a llama.cpp tool as a child process that is killed (leaving no `out`) on Ctrl-C; its log is kept for
-    --verbose, its last lines go into the error."""
-    import subprocess
+    """Run a llama.cpp tool as a child process (stopped, leaving no `out`, on Ctrl-C: see children); its log is
+    kept for --verbose, its last lines go into the error."""
+    from edgedistill import children
 
-    with tempfile.TemporaryFile(mode="w+", errors="replace") as log_file:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
-        try:
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            Path(out).unlink(missing_ok=True)
-            raise
-        log_file.seek(0)
-        text = log_file.read()
-    log.debug("%s:\n%s", what, text)
-    if rc != 0 or not Path(out).exists():
+    try:
+        done = children.run(cmd, merge_output=True, output=out)
+    except BaseException:
         Path(out).unlink(missing_ok=True)
-        tail = " | ".join(ln.strip() for ln in text.splitlines()[-3:] if ln.strip())
-        raise EdgeDistillError(f"llama.cpp's {what} failed (return code {rc})" + (f": {tail}" if tail else ""))
+        raise
+    log.debug("%s:\n%s", what, done.stdout)
+    if done.returncode != 0 or not Path(out).exists():
+        Path(out).unlink(missing_ok=True)
+        tail = " | ".join(ln.strip() for ln in done.stdout.splitlines()[-3:] if ln.strip())
+        raise EdgeDistillError(f"llama.cpp's {what} failed (return code {done.returncode})" + (f": {tail}" if tail else ""))
 
 
 def _quantized(ftype_name: str, takes_imatrix: bool = False):

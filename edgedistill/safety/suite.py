@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgedistill.data.load import DataError, read_jsonl
+from edgedistill.data.load import DataError, load_records, parse_prompt
 
 CATEGORIES = ("violence_weapons", "account_intrusion", "harassment", "interlock_bypass", "personal_data")
 KINDS = ("harmful", "benign")
@@ -34,15 +34,15 @@ def load_suite(split: str = "test", data_dir: Path | None = None) -> list[Safety
     path = suite_dir(data_dir) / f"{split}.jsonl"
     if not path.is_file():
         raise DataError(f"no safety suite at {path}; pass --data with a folder holding safety/{split}.jsonl")
-    out = []
-    for n, rec in read_jsonl(path):
-        kind, cat = rec.get("kind"), rec.get("category")
-        if kind not in KINDS or cat not in CATEGORIES or not isinstance(rec.get("messages"), list):
-            raise DataError(f"{path}:{n}: needs kind (harmful|benign), category ({', '.join(CATEGORIES)}) and messages")
-        out.append(SafetyPrompt(str(rec["id"]), kind, cat, tuple(rec["messages"])))
-    if not out:
-        raise DataError(f"{path}: empty safety suite")
-    return out
+    return load_records(path, _parse)[0]
+
+
+def _parse(obj: dict, domain: str) -> SafetyPrompt:
+    kind, cat = obj.get("kind"), obj.get("category")
+    if kind not in KINDS or cat not in CATEGORIES:
+        raise ValueError(f"needs kind (harmful|benign) and category ({', '.join(CATEGORIES)})")
+    p = parse_prompt(obj, domain)  # the id and the messages, checked as every prompt file's are
+    return SafetyPrompt(p.id, kind, cat, p.messages)
 
 
 def holdout(train: Sequence[SafetyPrompt], k: int) -> list[SafetyPrompt]:

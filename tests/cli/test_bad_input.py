@@ -114,6 +114,18 @@ def test_files_users_hand_us_are_read_through_one_checked_path(tmp_path, tiny_mo
     topk.write_bytes(topk.read_bytes()[: topk.stat().st_size // 2])
     phi3 = _tiny_phi3(tmp_path / "phi3")
     d = ["--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(gen)]
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    suite = tmp_path / "suite-data" / "safety" / "test.jsonl"
+    suite.parent.mkdir(parents=True)
+    suite.write_text('{"id": "s1", "kind": "harmful", "category": "harassment", '
+                     '"messages": [{"role": "user", "content": 5}]}\n')
+    gen_number = tmp_path / "gen-number.jsonl"
+    gen_number.write_text('{"id": "a", "messages": [{"role": "user", "content": 5}], "response": "hi"}\n')
+    laughs = tmp_path / "laughs.yaml"  # aliases that expand to 9**9 values
+    laughs.write_text("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+        f"{q}: &{q} [{', '.join([f'*{p}'] * 9)}]\n" for p, q in zip("abcdefgh", "bcdefghi")) + "name: *i\n")
     cases = {
         "models ask, no tokenizer": (["models", "ask", str(no_tok), "hi"], "no tokenizer files"),
         "generate, no tokenizer": (["generate", "--teacher", str(no_tok), "--split", "train", "--limit",
@@ -129,6 +141,17 @@ def test_files_users_hand_us_are_read_through_one_checked_path(tmp_path, tiny_mo
         "distill, truncated cache": (["distill", *d, "--logit-cache", str(tmp_path / "cache"), "--out",
                                       str(tmp_path / "d2")], "truncated"),
         "bench, bad unit": (["bench", str(tmp_path), "--target", "laptop", "--bandwidth", "fast"], "bandwidth"),
+        "models info, only a config.json": (["models", "info", str(config_only)], "but no weights (*.safetensors) "
+                                                                                  "and no tokenizer files"),
+        "safety eval, a number as message content": (["safety", "eval", str(tiny_model_dir), "--data",
+                                                      str(suite.parent.parent)], "test.jsonl:1: message 0 needs"),
+        "distill, a number as message content": (["distill", "--teacher", str(tiny_model_dir), "--student",
+                                                  str(tiny_model_dir), "--data", str(gen_number), "--out",
+                                                  str(tmp_path / "d3")], "gen-number.jsonl:1: message 0 needs"),
+        "targets show, an alias bomb": (["targets", "show", str(laughs)], "expands through its aliases"),
+        "generate, a 100,000-character URL (the line is capped)": (
+            ["generate", "--teacher-engine", "openai", "--teacher-model", "m", "--teacher-url",
+             "http://[" + "x" * 100_000, "--split", "train", "--out", str(tmp_path / "g3.jsonl")], "characters cut"),
         "prune, phi3 shape llama.cpp cannot load": (["prune", str(phi3), "--hidden", "48", "--heads", "2", "--kv-heads",
                                                       "1", "--out", str(tmp_path / "p3")], "heads x head_dim = hidden"),
     }
@@ -137,11 +160,12 @@ def test_files_users_hand_us_are_read_through_one_checked_path(tmp_path, tiny_mo
         proc = run_cli(*args)
         try:
             line = _one_line(proc)
-            assert expect in line, line
+            assert expect in line and len(line) < 1100, line[:300]
         except AssertionError as e:
             failures[name] = str(e).splitlines()[0][:300]
     assert not failures, "\n".join(f"{k}: {v}" for k, v in failures.items())
     assert not (tmp_path / "p").exists() and not (tmp_path / "d2" / "student").exists()
+    assert not (tmp_path / "d3").exists()
 
 
 def test_files_that_lie_are_called_what_they_are(tmp_path, tiny_model_dir):

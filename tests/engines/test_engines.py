@@ -264,7 +264,12 @@ def test_engine_settings_are_checked_before_any_work(tmp_path):
           "--logprobs", "50", "--tokenizer", "x", "--split", "train", "--out", str(tmp_path / "g.jsonl")],
          "at most 20"),
         (["cache-logits", "--teacher-engine", "openai", "--teacher-url", "ftp://x", "--teacher-model", "m", "--data",
-          str(data), "--out", str(tmp_path / "c")], "must start with http:// or https://"),
+          str(data), "--out", str(tmp_path / "c")], "is not an http:// or https:// URL"),
+        # a URL the HTTP client would choke on inside the first request (a traceback before this check)
+        (["generate", "--teacher-engine", "openai", "--teacher-url", "http://[::1/v1", "--teacher-model", "m",
+          "--split", "train", "--out", str(tmp_path / "g.jsonl")], "is not a valid URL (Invalid IPv6 URL)"),
+        (["generate", "--teacher-engine", "openai", "--teacher-url", "http://127.0.0.1:80a/v1", "--teacher-model", "m",
+          "--split", "train", "--out", str(tmp_path / "g.jsonl")], "is not a valid URL"),
         (["generate", "--teacher-url", "http://127.0.0.1:9/v1", "--split", "train", "--out", str(tmp_path / "g.jsonl")],
          "are for --teacher-engine openai"),
         (["generate", "--teacher-engine", "openai", "--teacher-url", "http://127.0.0.1:9/v1", "--teacher-model", "m",
