@@ -1,16 +1,20 @@
 """A broad bad-input sweep over every command, as a new user would make the mistakes: tried / handled / failed.
 
-Each case runs the real `edgedistill` entry point in a fresh process on a deliberately broken input (files that
-are cut, mis-encoded, absurdly nested, of the wrong kind or from another model; values out of range or in the
-wrong unit; outputs that cannot be written or already exist; bundles that were tampered with). A case is
-*handled* when the command exits with code 2 (1 where the command's documented answer is "not deployable"),
-prints exactly one line on stderr starting with "error: ", shows no traceback, and leaves nothing new in the
-workspace (no output, no hidden temporary file). Anything else is *failed*, by kind: traceback, silent success
-(exit 0 on bad input), several lines, other exit code, leftover.
+Each case runs the real `edgedistill` entry point in a fresh process, in its own process group, with its
+temporary folder ($TMPDIR) inside the workspace, on a deliberately broken input (files that are cut, mis-encoded,
+absurdly nested, of the wrong kind or from another model, alias bombs, malformed URLs; values out of range or in
+the wrong unit; outputs that cannot be written or already exist; bundles that were tampered with) or under a
+fault: a full disk (a file-size limit, and a small tmpfs where this runs as root), SIGINT or SIGTERM once a child
+process (bench worker, converter, quantizer, ONNX builder) or the server runs, SIGKILL mid-export and a rerun.
+A case is *handled* when the command exits with its expected code (2 for bad input; 130 / 143 after SIGINT /
+SIGTERM; 0 for serve's drain), prints exactly one line on stderr starting with "error: " when it fails, shows no
+traceback, leaves nothing new in the workspace or its $TMPDIR (no output, no hidden temporary file) and no
+process in its group. Anything else is *failed*, by kind: traceback, silent success (exit 0 on bad input),
+several lines, other exit code, leftover, process left running.
 
     .venv/bin/python benchmarks/bad_inputs.py     # writes benchmarks/results/reliability/bad_inputs.json
 
-Uses the default teacher (pulled once into the cache) where a real model is needed; about 5 minutes here.
+Uses the default teacher (pulled once into the cache) where a real model is needed; about 10 minutes here.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import signal
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgedistill.runinfo import run_record, write_result
@@ -31,8 +38,92 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
+# onnxruntime's own session-id file in $TMPDIR: one fixed name, rewritten in place, not a temporary file of ours
+NOT_OURS = {".ses"}
+
+
 def snapshot(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.name not in NOT_OURS}
+
+
+@dataclass
+class Fault:
+    """How a case is run beyond its arguments: a file-size limit (bytes), a signal sent once a descendant whose
+    command line holds `marker` runs (or a stdout line starting with it), and for SIGKILL the rerun that must
+    succeed and leave only `keep` (a path in the workspace)."""
+
+    fsize: int | None = None
+    signal: int | None = None
+    marker: str = ""
+    rerun: bool = False
+    keep: str = ""
+
+
+def _group(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group `pgid`."""
+    left = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            left.append(int(stat.parent.name))
+    return left
+
+
+def _wait_for(proc: subprocess.Popen, marker: str, timeout: float = 600) -> bool:
+    """Until a descendant of `proc` has `marker` in its command line, or `proc` prints a line starting with it."""
+    import psutil
+
+    me, deadline = psutil.Process(proc.pid), time.monotonic() + timeout
+    if marker.startswith("stdout:"):
+        for line in proc.stdout:
+            if line.startswith(marker[len("stdout:"):]) or time.monotonic() > deadline:
+                return True
+        return False
+    while proc.poll() is None and time.monotonic() < deadline:
+        for c in me.children(recursive=True):
+            try:
+                if marker in " ".join(c.cmdline()):
+                    return True
+            except psutil.Error:
+                continue
+        time.sleep(0.02)
+    return False
+
+
+def run_case(argv: list[str], env: dict, fault: Fault | None) -> tuple[subprocess.CompletedProcess, list[int]]:
+    """One run of the CLI in its own process group; returns what it printed and the processes it left behind
+    (killed afterwards)."""
+    fault = fault or Fault()
+
+    def setup() -> None:
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # as in a terminal, even when this sweep runs in background
+        if fault.fsize is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fault.fsize, fault.fsize))
+
+    cmd = [sys.executable, "-m", "edgedistill", *argv]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+                            preexec_fn=setup)
+    try:
+        if fault.signal is not None:
+            if not _wait_for(proc, fault.marker):
+                raise SystemExit(f"{argv}: {fault.marker} never ran; the case cannot be tried: {proc.stderr.read()}")
+            proc.send_signal(fault.signal)
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    deadline = time.monotonic() + (5 if fault.signal == signal.SIGKILL else 2)
+    while (left := _group(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if left:
+        os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out or "", err or ""), left
 
 
 def build_workspace(w: Path, teacher: Path) -> dict:
@@ -137,6 +228,26 @@ def build_workspace(w: Path, teacher: Path) -> dict:
         f[b.name] = b
     # an output place nothing can be written to (a folder path under a plain file: refused for root too)
     file("blocker", "a file, not a folder\n")
+    # odd values in files that are otherwise fine
+    suite = file("suite-number/safety/test.jsonl", '{"id": "s1", "kind": "harmful", "category": "harassment", '
+                 '"messages": [{"role": "user", "content": 5}]}\n')
+    f["suite-number"] = suite.parent.parent
+    file("gen-number.jsonl", json.dumps({**rec, "messages": [{"role": "user", "content": 5}]}) + "\n")
+    file("laughs.yaml", "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+        f"{q}: &{q} [{', '.join([f'*{p}'] * 9)}]\n" for p, q in zip("abcdefgh", "bcdefghi")) + "name: *i\n")
+    file("dup-key.yaml", text + "\nthreads: 3\n")
+    (w / "config-only").mkdir()
+    shutil.copy(teacher / "config.json", w / "config-only" / "config.json")
+    f["config-only"] = w / "config-only"
+    file("prompts-300k.jsonl", "".join(json.dumps({"id": f"p{i}", "prompt": f"question {i}: " + "where is it " * 40})
+                                       + "\n" for i in range(600)))
+    # a real bundle for the signal cases
+    proc = subprocess.run([sys.executable, "-m", "edgedistill", "export", str(teacher), "--variant", "gguf:q8_0",
+                           "--chunks", "1", "--chunk-len", "32", "--out", str(w / "bundle-ok")], capture_output=True,
+                          text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"could not build the bundle the cases need: {proc.stderr[-500:]}")
+    f["bundle-ok"] = w / "bundle-ok" / "gguf-q8_0"
     existing = w / "existing-out"
     existing.mkdir()
     (existing / "keep.txt").write_text("the user's file\n")
@@ -148,17 +259,17 @@ USAGE_CASES = {"no such command", "unknown option", "missing argument", "int fla
                "choice flag bad", "distill max-time 5 parsecs"}
 
 
-def cases(f: dict, teacher: Path) -> list[tuple[str, list[str], int]]:
-    """(name, arguments, expected exit code). Only USAGE_CASES may be answered by click's usage check; any other
-    case answered so is a broken case (a misspelt flag), not a handled one."""
+def cases(f: dict, teacher: Path, tmpfs: Path | None) -> list[tuple[str, list[str], int, Fault | None]]:
+    """(name, arguments, expected exit code, fault). Only USAGE_CASES may be answered by click's usage check; any
+    other case answered so is a broken case (a misspelt flag), not a handled one."""
     T = str(teacher)
     blk = str(f["blocker"])
     ok_gen, ok_p = str(f["gen-ok.jsonl"]), str(f["prompts-ok.jsonl"])
     out = lambda name: str(Path(blk).parent / "outs" / name)  # noqa: E731  (must not exist afterwards)
-    c: list[tuple[str, list[str], int]] = []
+    c: list[tuple[str, list[str], int, Fault | None]] = []
 
-    def add(name, args, code=2):
-        c.append((name, [str(a) for a in args], code))
+    def add(name, args, code=2, fault=None):
+        c.append((name, [str(a) for a in args], code, fault))
 
     # click usage
     add("no such command", ["nosuch"])
@@ -255,24 +366,83 @@ def cases(f: dict, teacher: Path) -> list[tuple[str, list[str], int]]:
     add("run teacher gguf", ["run", "--target", "laptop", "--teacher", f["magic.gguf"], "--out", out("run")])
     add("run --out blocked", ["run", "--target", "laptop", "--out", f"{blk}/run"])
     add("run --config latin-1", ["run", "--config", f["latin1.yaml"], "--target", "laptop", "--out", out("run")])
+    # odd values: URLs, numbers where text belongs, alias bombs, keys set twice, folders with only a config
+    o = ["--teacher-engine", "openai", "--teacher-model", "m", "--prompts", ok_p]
+    add("generate url unclosed [ipv6", ["generate", *o, "--teacher-url", "http://[::1/v1", "--out", out("g.jsonl")])
+    add("generate url port not a number", ["generate", *o, "--teacher-url", "http://127.0.0.1:80a/v1", "--out",
+                                           out("g.jsonl")])
+    add("generate url 100k characters", ["generate", *o, "--teacher-url", "http://[" + "x" * 100_000, "--out",
+                                         out("g.jsonl")])
+    add("safety eval content a number", ["safety", "eval", T, "--data", f["suite-number"]])
+    add("distill content a number", ["distill", "--student", T, "--data", f["gen-number.jsonl"], "--out", out("d")])
+    add("models info config only", ["models", "info", f["config-only"]])
+    add("export config only", ["export", f["config-only"], "--variant", "gguf:q8_0", "--out", out("e")])
+    add("targets show alias bomb", ["targets", "show", f["laughs.yaml"]])
+    add("distill --config alias bomb", [*d, "--config", f["laughs.yaml"], "--out", out("d")])
+    add("targets show key twice", ["targets", "show", f["dup-key.yaml"]])
+    # a full disk: a file-size limit (EFBIG), and a real one (ENOSPC) on a small tmpfs where one could be mounted
+    quick = ["--chunks", "1", "--chunk-len", "32"]
+    mb = 2**20
+    add("full disk (limit): data split", ["data", "split", f["prompts-300k.jsonl"], "--out-dir", out("s")],
+        fault=Fault(fsize=100_000))
+    add("full disk (limit): export gguf q8_0", ["export", T, "--variant", "gguf:q8_0", *quick, "--out", out("e")],
+        fault=Fault(fsize=50 * mb))
+    add("full disk (limit): export onnx fp32", ["export", T, "--variant", "onnx:fp32", *quick, "--out", out("e")],
+        fault=Fault(fsize=50 * mb))
+    add("full disk (limit): prune", ["prune", T, "--layers", "2", "--out", out("p")], fault=Fault(fsize=50 * mb))
+    add("full disk (limit): cache-logits", ["cache-logits", "--data", ok_gen, "--k", "8", "--out", out("c")],
+        fault=Fault(fsize=4096))
+    if tmpfs is not None:
+        add("full disk (tmpfs): export gguf q8_0", ["export", T, "--variant", "gguf:q8_0", *quick, "--out",
+                                                     tmpfs / "e"])
+        add("full disk (tmpfs): data split", ["data", "split", f["prompts-300k.jsonl"], "--out-dir", tmpfs / "s"])
+    # signals while children run: every child stops with the command; SIGKILL's children die with it
+    bench = ["bench", f["bundle-ok"], "--target", "laptop", "--out", out("b")]
+    add("SIGINT bench while its worker runs", bench, 130, Fault(signal=signal.SIGINT, marker="edgedistill.bench.worker"))
+    add("SIGTERM bench while its worker runs", bench, 143, Fault(signal=signal.SIGTERM,
+                                                                 marker="edgedistill.bench.worker"))
+    exp = ["export", T, *quick, "--out", out("e")]
+    add("SIGINT export while the converter runs", [*exp, "--variant", "gguf:q8_0"], 130,
+        Fault(signal=signal.SIGINT, marker="convert_hf_to_gguf"))
+    add("SIGTERM export while the quantizer runs", [*exp, "--variant", "gguf:q8_0"], 143,
+        Fault(signal=signal.SIGTERM, marker="llama_model_quantize"))
+    add("SIGTERM export while the ONNX builder runs", [*exp, "--variant", "onnx:fp32"], 143,
+        Fault(signal=signal.SIGTERM, marker="onnxruntime_genai.models.builder"))
+    add("SIGTERM serve (drains, exit 0)", ["serve", f["bundle-ok"], "--port", "0"], 0,
+        Fault(signal=signal.SIGTERM, marker="stdout:serving "))
+    add("SIGINT serve (drains, exit 0)", ["serve", f["bundle-ok"], "--port", "0"], 0,
+        Fault(signal=signal.SIGINT, marker="stdout:serving "))
+    add("SIGKILL export while the converter runs, then rerun", [*exp, "--variant", "gguf:q8_0"], 0,
+        Fault(signal=signal.SIGKILL, marker="convert_hf_to_gguf", rerun=True, keep="outs/e"))
     return c
 
 
-def classify(name: str, proc, expected: int, leftovers: list[str]) -> str:
+def classify(name: str, proc, expected: int, leftovers: list[str], left_running: list[int], fault) -> str:
     err = proc.stderr.strip().splitlines()
     if name not in USAGE_CASES and err and err[-1].endswith("--help)"):
         return "broken case"
     if "Traceback (most recent call last)" in proc.stderr:
         return "traceback"
-    if proc.returncode == 0:
+    if left_running:
+        return "process left running"
+    if proc.returncode == 0 and expected != 0:
         return "silent success"
     if proc.returncode != expected:
         return f"exit {proc.returncode}"
-    if len(err) != 1 or not err[0].startswith("error: "):
+    if expected != 0 and (len(err) != 1 or not err[0].startswith("error: ")):
         return "not one line"
     if leftovers:
         return "leftover"
     return "handled"
+
+
+def _mount_tmpfs(where: Path, size: str) -> Path | None:
+    """A small tmpfs at `where` (a real full disk), or None where this process may not mount one."""
+    where.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return None
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    return where if done.returncode == 0 else None
 
 
 def main() -> None:
@@ -289,31 +459,47 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgedistill-bad-inputs-") as tmp:
         w = Path(tmp)
         f = build_workspace(w, Path(teacher))
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        for name, argv, expected in cases(f, Path(teacher)):
-            if args.only and args.only not in name:
-                continue
-            before = snapshot(w)
-            t = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "edgedistill", *argv], capture_output=True, text=True,
-                                  cwd=REPO, env=env, timeout=900)
-            leftovers = sorted(snapshot(w) - before)
-            verdict = classify(name, proc, expected, leftovers)
-            results.append({"case": name, "args": argv, "exit_code": proc.returncode, "verdict": verdict,
-                            "stderr": proc.stderr.strip()[-600:].replace(tmp, "$W"), "leftovers": leftovers,
-                            "seconds": round(time.perf_counter() - t, 2)})
-            print(f"{verdict:>14}  {name}: {proc.stderr.strip().splitlines()[-1:] or ['(nothing on stderr)']}"
-                  .replace(tmp, "$W")[:200], flush=True)
-            for p in leftovers:  # a case's leftovers must not be blamed on the next case
-                q = w / p
-                shutil.rmtree(q, ignore_errors=True) if q.is_dir() else q.unlink(missing_ok=True)
+        tmpfs = _mount_tmpfs(w / "tmpfs", "64m")
+        (w / "sys-tmp").mkdir()
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(w / "sys-tmp")}
+        try:
+            for name, argv, expected, fault in cases(f, Path(teacher), tmpfs):
+                if args.only and args.only not in name:
+                    continue
+                before = snapshot(w)
+                t = time.perf_counter()
+                proc, left_running = run_case(argv, env, fault)
+                if fault is not None and fault.rerun:  # after SIGKILL: the rerun must succeed and clean up
+                    first = proc.returncode
+                    proc, again = run_case(argv, env, None)
+                    left_running += again
+                    proc.stderr += f"\n(first run: exit {first})" if proc.returncode else ""
+                kept = fault.keep if fault is not None else None
+                leftovers = sorted(p for p in snapshot(w) - before if not (kept and p.startswith(kept)))
+                verdict = classify(name, proc, expected, leftovers, left_running, fault)
+                results.append({"case": name, "args": [a[:200] for a in argv], "exit_code": proc.returncode,
+                                "verdict": verdict, "stderr": proc.stderr.strip()[-600:].replace(tmp, "$W"),
+                                "leftovers": leftovers, "processes_left_running": len(left_running),
+                                "fault": None if fault is None else {
+                                    "file_size_limit": fault.fsize, "rerun": fault.rerun,
+                                    "signal": None if fault.signal is None else signal.Signals(fault.signal).name},
+                                "seconds": round(time.perf_counter() - t, 2)})
+                print(f"{verdict:>14}  {name}: {proc.stderr.strip().splitlines()[-1:] or ['(nothing on stderr)']}"
+                      .replace(tmp, "$W")[:200], flush=True)
+                for p in leftovers + ([kept] if kept else []):  # not to be blamed on the next case
+                    q = w / p
+                    shutil.rmtree(q, ignore_errors=True) if q.is_dir() else q.unlink(missing_ok=True)
+        finally:
+            if tmpfs is not None:
+                subprocess.run(["umount", str(tmpfs)], capture_output=True)
     counts: dict[str, int] = {}
     for r in results:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
     summary = {"tried": len(results), "handled": counts.get("handled", 0),
                "failed": len(results) - counts.get("handled", 0), "by_verdict": counts,
                "tracebacks": counts.get("traceback", 0), "silent_successes": counts.get("silent success", 0),
-               "leftovers": counts.get("leftover", 0)}
+               "leftovers": counts.get("leftover", 0), "processes_left_running": counts.get("process left running", 0),
+               "full_disk_on_tmpfs": tmpfs is not None}
     print(f"tried {summary['tried']}, handled {summary['handled']}, failed {summary['failed']} {counts}")
     write_result(args.out, {**run_record(), "seconds": round(time.perf_counter() - t0, 1), "summary": summary,
                             "cases": results})

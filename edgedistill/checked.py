@@ -203,16 +203,17 @@ def load_safetensors_numpy(path: Path, error=InvalidModelError) -> dict:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "spiece.model")
 
 
-def check_model_folder(folder: Path) -> tuple[dict, dict]:
-    """A Hugging Face model folder we can load: a readable config.json, complete weight files, tokenizer files.
-    Returns what it read: (config, {weight file: its tensor headers})."""
+def check_model_folder(folder: Path, weights: bool = True) -> tuple[dict, dict]:
+    """A Hugging Face model folder we can load: a readable config.json, complete weight files (unless only its
+    tokenizer is wanted: weights=False), tokenizer files. Returns what it read: (config, {weight file: its tensor
+    headers})."""
     folder = Path(folder)
     config = read_json(folder / "config.json", "model config", InvalidModelError)
     if not isinstance(config, dict):
         raise InvalidModelError(f"{folder / 'config.json'} must hold a JSON object")
     headers = {f: check_safetensors(f) for f in sorted(folder.glob("*.safetensors"))}
     missing = []
-    if not headers:
+    if not headers and weights:
         pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
         missing.append("no weights (*.safetensors" + (f"; {pickled[0]} is a pickle, which edgedistill never loads: "
                                                       "convert it to safetensors where it came from" if pickled else "")

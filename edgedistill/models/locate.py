@@ -124,7 +124,7 @@ def load_tokenizer(spec: str | ModelRef, *, trust_remote_code: bool = False):
         tok = gguf_file.build_tokenizer(None, gguf_file.metadata(gguf_file.open_gguf(ref.path)))
         return tok if tok is not None else AutoTokenizer.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name)
     if ref.kind == "hf_dir":
-        check_model_folder(ref.path)
+        check_model_folder(ref.path, weights=False)
     return AutoTokenizer.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
 
 
