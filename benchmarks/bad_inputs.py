@@ -239,8 +239,10 @@ def build_workspace(w: Path, teacher: Path) -> dict:
     (w / "config-only").mkdir()
     shutil.copy(teacher / "config.json", w / "config-only" / "config.json")
     f["config-only"] = w / "config-only"
-    file("prompts-300k.jsonl", "".join(json.dumps({"id": f"p{i}", "prompt": f"question {i}: " + "where is it " * 40})
-                                       + "\n" for i in range(600)))
+    file("prompts-2m.jsonl", "".join(json.dumps({"id": f"p{i}", "prompt": f"question {i}: " + "where is it " * 50})
+                                     + "\n" for i in range(3000)))
+    file("gen-long.jsonl", json.dumps({**rec, "response": "It is on its way, packed and tracked. " * 200,
+                                       "teacher_fingerprint": model_fingerprint(teacher)}) + "\n")
     # a real bundle for the signal cases
     proc = subprocess.run([sys.executable, "-m", "edgedistill", "export", str(teacher), "--variant", "gguf:q8_0",
                            "--chunks", "1", "--chunk-len", "32", "--out", str(w / "bundle-ok")], capture_output=True,
@@ -383,19 +385,20 @@ def cases(f: dict, teacher: Path, tmpfs: Path | None) -> list[tuple[str, list[st
     # a full disk: a file-size limit (EFBIG), and a real one (ENOSPC) on a small tmpfs where one could be mounted
     quick = ["--chunks", "1", "--chunk-len", "32"]
     mb = 2**20
-    add("full disk (limit): data split", ["data", "split", f["prompts-300k.jsonl"], "--out-dir", out("s")],
+    add("full disk (limit): data split", ["data", "split", f["prompts-2m.jsonl"], "--out-dir", out("s")],
         fault=Fault(fsize=100_000))
     add("full disk (limit): export gguf q8_0", ["export", T, "--variant", "gguf:q8_0", *quick, "--out", out("e")],
         fault=Fault(fsize=50 * mb))
     add("full disk (limit): export onnx fp32", ["export", T, "--variant", "onnx:fp32", *quick, "--out", out("e")],
         fault=Fault(fsize=50 * mb))
     add("full disk (limit): prune", ["prune", T, "--layers", "2", "--out", out("p")], fault=Fault(fsize=50 * mb))
-    add("full disk (limit): cache-logits", ["cache-logits", "--data", ok_gen, "--k", "8", "--out", out("c")],
-        fault=Fault(fsize=4096))
+    add("full disk (limit): cache-logits", ["cache-logits", "--data", f["gen-long.jsonl"], "--k", "64", "--out",
+                                             out("c")], fault=Fault(fsize=100_000))
     if tmpfs is not None:
-        add("full disk (tmpfs): export gguf q8_0", ["export", T, "--variant", "gguf:q8_0", *quick, "--out",
-                                                     tmpfs / "e"])
-        add("full disk (tmpfs): data split", ["data", "split", f["prompts-300k.jsonl"], "--out-dir", tmpfs / "s"])
+        add("full disk (tmpfs 64 MiB): export gguf q8_0", ["export", T, "--variant", "gguf:q8_0", *quick, "--out",
+                                                            tmpfs / "64m" / "e"])
+        add("full disk (tmpfs 1 MiB): data split", ["data", "split", f["prompts-2m.jsonl"], "--out-dir",
+                                                     tmpfs / "1m" / "s"])
     # signals while children run: every child stops with the command; SIGKILL's children die with it
     bench = ["bench", f["bundle-ok"], "--target", "laptop", "--out", out("b")]
     add("SIGINT bench while its worker runs", bench, 130, Fault(signal=signal.SIGINT, marker="edgedistill.bench.worker"))
@@ -413,7 +416,7 @@ def cases(f: dict, teacher: Path, tmpfs: Path | None) -> list[tuple[str, list[st
     add("SIGINT serve (drains, exit 0)", ["serve", f["bundle-ok"], "--port", "0"], 0,
         Fault(signal=signal.SIGINT, marker="stdout:serving "))
     add("SIGKILL export while the converter runs, then rerun", [*exp, "--variant", "gguf:q8_0"], 0,
-        Fault(signal=signal.SIGKILL, marker="convert_hf_to_gguf", rerun=True, keep="outs/e"))
+        Fault(signal=signal.SIGKILL, marker="convert_hf_to_gguf", rerun=True, keep="outs"))
     return c
 
 
@@ -429,26 +432,39 @@ def classify(name: str, proc, expected: int, leftovers: list[str], left_running:
         return "silent success"
     if proc.returncode != expected:
         return f"exit {proc.returncode}"
-    if expected != 0 and (len(err) != 1 or not err[0].startswith("error: ")):
+    # a case under a fault did real work first: its progress lines may precede the one error line
+    errors = [ln for ln in err if ln.startswith("error")]
+    one = len(errors) == 1 and err[-1].startswith("error: ") if fault is not None else len(err) == 1
+    if expected != 0 and (not one or not err[-1].startswith("error: ")):
         return "not one line"
     if leftovers:
         return "leftover"
     return "handled"
 
 
-def _mount_tmpfs(where: Path, size: str) -> Path | None:
-    """A small tmpfs at `where` (a real full disk), or None where this process may not mount one."""
-    where.mkdir()
+def _mount_tmpfs(where: Path) -> Path | None:
+    """Two small tmpfs under `where` (real full disks: 64m/ and 1m/), or None where this process may not mount."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return None
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
-    return where if done.returncode == 0 else None
+    for size in ("64m", "1m"):
+        (where / size).mkdir(parents=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where / size)],
+                              capture_output=True)
+        if done.returncode != 0:
+            _unmount(where)
+            return None
+    return where
+
+
+def _unmount(where: Path) -> None:
+    for size in ("64m", "1m"):
+        subprocess.run(["umount", str(where / size)], capture_output=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=HERE / "results" / "reliability" / "bad_inputs.json")
-    ap.add_argument("--only", default=None, help="only cases whose name contains this")
+    ap.add_argument("--only", action="append", default=[], help="only cases whose name contains this (repeatable)")
     args = ap.parse_args()
 
     from edgedistill.models import DEFAULT_TEACHER
@@ -459,12 +475,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgedistill-bad-inputs-") as tmp:
         w = Path(tmp)
         f = build_workspace(w, Path(teacher))
-        tmpfs = _mount_tmpfs(w / "tmpfs", "64m")
+        tmpfs = _mount_tmpfs(w / "tmpfs")
         (w / "sys-tmp").mkdir()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(w / "sys-tmp")}
         try:
             for name, argv, expected, fault in cases(f, Path(teacher), tmpfs):
-                if args.only and args.only not in name:
+                if args.only and not any(o in name for o in args.only):
                     continue
                 before = snapshot(w)
                 t = time.perf_counter()
@@ -491,7 +507,7 @@ def main() -> None:
                     shutil.rmtree(q, ignore_errors=True) if q.is_dir() else q.unlink(missing_ok=True)
         finally:
             if tmpfs is not None:
-                subprocess.run(["umount", str(tmpfs)], capture_output=True)
+                _unmount(tmpfs)
     counts: dict[str, int] = {}
     for r in results:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1

@@ -198,13 +198,14 @@ def free_bytes(path: Path) -> int | None:
         return None
 
 
-def disk_full_error(path: Path, cause: str) -> DiskFullError:
-    """The one-line error for a write to `path` that found no space: what failed, and the space left there."""
-    free = free_bytes(path)
+def disk_full_error(path: Path, cause: str, free: int | None = None) -> DiskFullError:
+    """The one-line error for a write to `path` that found no space: what failed, and the space left there when it
+    failed (`free`, measured now when not given)."""
+    free = free_bytes(path) if free is None else free
     left = f"{free / 2**20:,.0f} MiB" if free is not None else "an unknown amount"
     e = DiskFullError(f"no space to write {path} ({cause}); {left} free on its filesystem (a file-size limit, "
                       "ulimit -f, can also cause this); free some space or write somewhere else")
-    e.cause = cause
+    e.cause, e.free = cause, free
     return e
 
 
@@ -235,7 +236,7 @@ def disk_full_named(path: Path) -> Iterator[None]:
     try:
         yield
     except DiskFullError as e:  # named by an inner write: the outer name is the one the user gave
-        raise disk_full_error(path, getattr(e, "cause", "no space")) from None
+        raise disk_full_error(path, getattr(e, "cause", "no space"), getattr(e, "free", None)) from None
     except Exception as e:
         if not is_disk_full(e):
             raise
@@ -249,16 +250,32 @@ def atomic_dir(final: Path, what: str = "output folder") -> Iterator[Path]:
     on any error (or Ctrl-C) it is removed (and after a kill, by the next run here: see scratch_dir). Readers
     therefore see either nothing or the complete result. `what` names the location in the error when final's
     folder is not writable."""
-    parent = ensure_writable_dir(final.parent, what)
-    tmp = scratch_dir(parent, f".{final.name}.partial-")
+    with folders_made(final.parent):
+        parent = ensure_writable_dir(final.parent, what)
+        tmp = scratch_dir(parent, f".{final.name}.partial-")
+        try:
+            with disk_full_named(final):
+                yield tmp
+            if final.exists():
+                raise CacheError(f"{final} appeared while it was being written; remove it and try again")
+            os.replace(tmp, final)
+        finally:
+            remove_scratch(tmp)
+
+
+@contextlib.contextmanager
+def folders_made(folder: Path) -> Iterator[None]:
+    """For a block that may create `folder` and its missing parents: when the block fails, those it created are
+    removed again (if empty), so that a failed command leaves no empty folders behind."""
+    folder = Path(folder).absolute()
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]  # deepest first
     try:
-        with disk_full_named(final):
-            yield tmp
-        if final.exists():
-            raise CacheError(f"{final} appeared while it was being written; remove it and try again")
-        os.replace(tmp, final)
-    finally:
-        remove_scratch(tmp)
+        yield
+    except BaseException:
+        for d in missing:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
 
 
 @contextlib.contextmanager
@@ -266,14 +283,15 @@ def atomic_file(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final` to write one file to; on success it replaces `final` in one step, on
     any error it is removed: readers see the old file or the new one, never half of it."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.partial")
-    try:
-        with disk_full_named(final):
-            yield tmp
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with folders_made(final.parent):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.partial")
+        try:
+            with disk_full_named(final):
+                yield tmp
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(final: Path, text: str) -> None:
@@ -285,26 +303,21 @@ def write_texts_atomic(texts: dict[Path, str]) -> None:
     """Every file of `texts` ({path: text}) written, or none changed: each is written to a temporary file beside it
     first, and only once all are complete are they renamed into place (a rename needs no space). Folders made on
     the way are removed again when the writing fails."""
-    made: list[Path] = []
     tmps: dict[Path, Path] = {}
-    try:
-        for final, text in texts.items():
-            final = Path(final)
-            missing = [p for p in [final.parent, *final.parent.parents] if not p.exists()]
-            final.parent.mkdir(parents=True, exist_ok=True)
-            made += reversed(missing)
-            tmps[final] = final.with_name(f".{final.name}.partial")
-            with disk_full_named(final):
-                tmps[final].write_text(text, encoding="utf-8")
-        for final, tmp in tmps.items():
-            os.replace(tmp, final)
-        made = []
-    finally:
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
-        for d in reversed(made):
-            with contextlib.suppress(OSError):
-                d.rmdir()
+    with contextlib.ExitStack() as made:
+        try:
+            for final, text in texts.items():
+                final = Path(final)
+                made.enter_context(folders_made(final.parent))
+                final.parent.mkdir(parents=True, exist_ok=True)
+                tmps[final] = final.with_name(f".{final.name}.partial")
+                with disk_full_named(final):
+                    tmps[final].write_text(text, encoding="utf-8")
+            for final, tmp in tmps.items():
+                os.replace(tmp, final)
+        finally:
+            for tmp in tmps.values():
+                tmp.unlink(missing_ok=True)
 
 
 def dir_size(path: Path) -> int:

@@ -14,6 +14,7 @@ import click
 
 from edgedistill import __version__
 from edgedistill.errors import EdgeDistillError
+from edgedistill import paths
 from edgedistill.paths import is_disk_full
 
 
@@ -92,6 +93,8 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
+    # torch keeps its compile cache in the system's temporary folder unless told otherwise: keep it with ours
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(paths.home() / "torchinductor"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
         # transformers and huggingface_hub are chatty about things the user cannot act on.
