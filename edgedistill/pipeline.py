@@ -4,9 +4,11 @@
     profile allows, of the student and of the teacher, plus the teacher's exact reference file) -> bench ->
     choose -> final bundle + report
 
-Each stage writes into its own folder under the run folder with a stage.json holding a key: the hash of the
-stage's inputs (upstream keys, data, options). A stage whose folder holds a complete result with the same key is
-skipped; a changed key reruns it and every stage after it.
+`plan_run` resolves the run's settings into each stage's own settings (StageSpec) before any model loads; each
+stage's key is derived from them (every field that changes what the stage makes, defaults included) and from the
+keys of what it reads (READS), never listed by hand. Each stage writes into its own folder under the run folder
+with a stage.json holding its key. A stage whose folder holds a complete result with the same key is skipped; a
+changed key reruns it and every stage that reads it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from edgedistill.errors import EdgeDistillError, UnsupportedError
 from edgedistill.models.registry import DEFAULT_TEACHER
 from edgedistill.paths import check_writable_dir, write_text_atomic
 from edgedistill.quantize import refusal
-from edgedistill.settings import Settings, setting
+from edgedistill.settings import Settings, default_of, setting
 from edgedistill.settings import write as write_settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ class RunSettings(EngineSettings):
                                   choices=("torch", "llama.cpp", "openai"))
     target: str = setting(None, "Device profile: a shipped name or a .yaml file.", required=True)
     out: Path | None = setting(None, "Run folder [default: runs/<target>]. Stages whose inputs are unchanged are "
-                                     "reused from it.")
+                                     "reused from it.", key=False)
     teacher: str = setting(DEFAULT_TEACHER, "Registry name or Hugging Face folder.")
     train_prompts: int | None = setting(8, "Train prompts per domain the teacher answers (null in a file: all).",
                                         min=1)
@@ -130,18 +132,85 @@ def _engine_words(s: RunSettings) -> str:
     return "torch engine (the teacher in float32, in process)"
 
 
-def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) -> dict:
-    """The whole trip for settings.target; returns the run summary (also written to OUT/run.json, the settings to
-    OUT/settings.yaml)."""
-    from edgedistill.bench import BenchSettings, bench
+# Which stages read which: a stage's key holds the keys of the stages it reads, so a change reruns it and every stage
+# after it, and nothing else.
+READS = {"generate": (), "cache": ("generate",), "prune": (), "distill": ("prune", "generate", "cache"),
+         "export-teacher": (), "export": ("distill",), "bench": ("export", "export-teacher")}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage's settings before it runs: its class and the fields `run` sets (built when the stage runs, once the
+    files it reads exist). `resolved` is every field, defaults included: what the stage will run with."""
+
+    cls: type
+    given: dict
+
+    def resolved(self) -> dict:
+        """Every field that changes what the stage makes (setting(key=False) ones left out), defaults included."""
+        return {f.name: self.given.get(f.name, default_of(f)) for f in fields(self.cls) if f.metadata.get("key", True)}
+
+    def build(self) -> Settings:
+        return self.cls(**self.given)
+
+
+@dataclass
+class Plan:
+    """Everything `run` decides before any model loads: the profile, the teacher, the variants, the prompts, and per
+    stage its settings (outputs in its own folder under the run folder) and reuse key."""
+
+    target: object
+    out: Path
+    teacher_dir: Path
+    teacher_key: str
+    data_dir: Path
+    formats: list[str]
+    skipped: dict[str, str]
+    reference: str
+    teacher_formats: list[str]
+    prompts: dict
+    use_cache: bool
+    stages: dict[str, StageSpec | dict]
+    keys: dict[str, str]
+
+
+def stage_key(name: str, stage: StageSpec | dict, upstream: list, plan_root: Path, teacher_dir: Path) -> str:
+    """A stage's reuse key, derived (never listed by hand): the hash of every field of its resolved settings and
+    of the keys of what it reads (`upstream`: the teacher's fingerprint, earlier stages). The output location is
+    left out; paths inside the run folder are taken relative to it and the teacher's path is its fingerprint
+    (upstream), so that moving the run folder or the cache reuses what it can."""
+
+    def portable(v):
+        if isinstance(v, StageSpec):
+            return portable(v.resolved())
+        if isinstance(v, Path):
+            v = str(v)
+        if isinstance(v, (list, tuple)):
+            return [portable(x) for x in v]
+        if isinstance(v, dict):
+            return {k: portable(x) for k, x in v.items()}
+        if isinstance(v, str) and v == str(teacher_dir):
+            return "<teacher>"
+        if isinstance(v, str) and v.startswith(str(plan_root) + "/"):
+            return "<run>/" + v[len(str(plan_root)) + 1:]
+        return v
+
+    fields_ = stage.resolved() if isinstance(stage, StageSpec) else dict(stage)
+    fields_.pop("out", None)
+    return _key(name, upstream, portable(fields_))
+
+
+def plan_run(settings: RunSettings) -> Plan:
+    """Resolve `settings` into the stages' settings and keys, reading files (the profile, the teacher's fingerprint,
+    the prompts) but loading no model."""
+    from edgedistill.bench import BenchSettings
     from edgedistill.data import default_data_dir
-    from edgedistill.models.fingerprint import model_fingerprint
-    from edgedistill.data.stage import GenerateSettings, generate_data, select_prompts
+    from edgedistill.data.stage import GenerateSettings, select_prompts
+    from edgedistill.distill.stage import CacheSettings, DistillSettings, PruneSettings
     from edgedistill.engines import identity
-    from edgedistill.distill.stage import DistillSettings, PruneSettings, distill, prune
-    from edgedistill.export.pipeline import ExportSettings, export_model
-    from edgedistill.models.locate import load_model, resolve
-    from edgedistill.progress import training_progress
+    from edgedistill.export.pipeline import ExportSettings
+    from edgedistill.models.fingerprint import model_fingerprint
+    from edgedistill.models.locate import resolve
     from edgedistill.targets import as_dict, load_target
 
     target = load_target(settings.target)
@@ -149,29 +218,87 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     if out.exists() and not out.is_dir():
         raise EdgeDistillError(f"--out {out} is a file; give a folder for the run")
     data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
-    st = Stages(out, echo)
-    progress = progress_factory or (lambda: _NoProgress())
     check_writable_dir(out, "--out")  # before anything loads
-
-    # 1. pull
     ref = resolve(settings.teacher, pull=True)
     if ref.kind != "hf_dir":
         raise EdgeDistillError(f"run needs a registry teacher or a Hugging Face model folder, not {settings.teacher!r}")
     teacher_dir = Path(ref.path)
     t_key = model_fingerprint(teacher_dir)
-    _claim(out / "teacher.json", {"teacher": settings.teacher, "fingerprint": t_key})
-    write_settings(settings, out / "settings.yaml")
-    teacher_pair = None
     # what the teacher's family cannot be exported to is known now: skipped with its reason, not an abort later
     # (a student has the teacher's architecture)
     skipped = {k: why for k in target.formats if (why := refusal(k, teacher_dir)) is not None}
-    for k, why in skipped.items():
-        echo(f"   skipping {k}: {why}")
     formats = [k for k in target.formats if k not in skipped]
     if not formats:
         raise UnsupportedError(f"the {target.name} profile allows only {', '.join(target.formats)}, and this teacher "
                                f"can be exported to none of them ({next(iter(skipped.values()))})")
     reference = _follow_family(settings.reference, ["gguf:f16", "onnx:fp32"], teacher_dir)
+    teacher_formats = [k for k in formats if k != reference] if settings.teacher_variants else []
+    use_cache = settings.logit_cache and settings.teacher_engine != "openai"
+    folder = {name: out / name for name in READS}
+
+    # generate: the prompts are read once, here: they key the stage and are what the teacher answers
+    engine = {f.name: getattr(settings, f.name) for f in fields(EngineSettings)}
+    gen = {split: StageSpec(GenerateSettings, dict(teacher=str(teacher_dir), split=split, limit=n, data_dir=data_dir,
+                                                   out=folder["generate"] / f"teacher-{split}.jsonl",
+                                                   max_new_tokens=settings.max_new_tokens, **engine))
+           for split, n in (("train", settings.train_prompts), ("validation", settings.val_prompts))}
+    prompts = {split: select_prompts(s.build()) for split, s in gen.items()}
+    train_data, val_data = gen["train"].given["out"], gen["validation"].given["out"]
+    cache_dir = folder["cache"] / "cache"
+    student_init = folder["prune"] / "student"
+    stages: dict[str, Settings | dict] = {
+        "generate": {"splits": gen, "prompts": {split: [(p.id, p.messages) for p in v] for split, v in prompts.items()},
+                     "engine": identity(gen["train"].build().engine_spec(str(teacher_dir)))[2]},
+        "cache": StageSpec(CacheSettings, dict(teacher=str(teacher_dir), data=[train_data], out=cache_dir, k=64,
+                                               max_length=512, teacher_engine=settings.teacher_engine,
+                                               teacher_gguf_type=settings.teacher_gguf_type)),
+        "prune": StageSpec(PruneSettings, dict(teacher=str(teacher_dir), out=student_init, layers=settings.layers,
+                                               hw_friendly=settings.hw_friendly, data_dir=data_dir, max_tokens=8192)),
+        "distill": StageSpec(DistillSettings, dict(
+            teacher=str(teacher_dir), student=str(student_init), data=[train_data], validation=[val_data],
+            out=folder["distill"], loss=settings.loss, beta=settings.loss_params.get("beta"),
+            alpha=settings.loss_params.get("alpha"), kd_weight=settings.kd_weight, max_steps=settings.steps,
+            max_time=settings.max_time_s, batch_size=settings.batch_size, grad_accum=settings.grad_accum,
+            lr=settings.lr, save_steps=100_000, warmup_steps=min(6, settings.steps // 4), keep_checkpoints=False,
+            logit_cache=cache_dir if use_cache else None)),
+        "export-teacher": StageSpec(ExportSettings, dict(variants=[reference, *teacher_formats], force=True,
+                                                         target=target.name, data_dir=data_dir)),
+        "export": StageSpec(ExportSettings, dict(variants=formats, force=True, target=target.name, data_dir=data_dir)),
+        "bench": {"settings": StageSpec(BenchSettings, dict(repeats=settings.bench_repeats,
+                                                            new_tokens=settings.bench_new_tokens,
+                                                            eval_every=settings.eval_every, data_dir=data_dir,
+                                                            fidelity_prompts=settings.fidelity_prompts)),
+                  "target": as_dict(target)},
+    }
+    keys: dict[str, str] = {}
+    for name, reads in READS.items():
+        if name == "cache" and not use_cache:
+            continue
+        upstream = [t_key, *(keys.get(r) for r in reads)]
+        keys[name] = stage_key(name, stages[name], upstream, out, teacher_dir)
+    return Plan(target, out, teacher_dir, t_key, data_dir, formats, skipped, reference, teacher_formats, prompts,
+                use_cache, stages, keys)
+
+
+def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) -> dict:
+    """The whole trip for settings.target; returns the run summary (also written to OUT/run.json, the settings to
+    OUT/settings.yaml)."""
+    from edgedistill.bench import bench
+    from edgedistill.data.stage import generate_data
+    from edgedistill.distill.stage import cache_logits, distill, prune
+    from edgedistill.export.pipeline import export_model
+    from edgedistill.models.locate import load_model
+    from edgedistill.progress import training_progress
+
+    plan = plan_run(settings)
+    target, out, teacher_dir, keys, stages = plan.target, plan.out, plan.teacher_dir, plan.keys, plan.stages
+    st = Stages(out, echo)
+    progress = progress_factory or (lambda: _NoProgress())
+    _claim(out / "teacher.json", {"teacher": settings.teacher, "fingerprint": plan.teacher_key})
+    write_settings(settings, out / "settings.yaml")
+    for k, why in plan.skipped.items():
+        echo(f"   skipping {k}: {why}")
+    teacher_pair = None
 
     def teacher():
         nonlocal teacher_pair
@@ -179,75 +306,43 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
             teacher_pair = load_model(str(teacher_dir))
         return teacher_pair
 
-    # 2. generate (the prompts are read once, here: they key the stage and are what the teacher answers)
-    gen_settings = {split: GenerateSettings(teacher=str(teacher_dir), split=split, limit=n, data_dir=data_dir,
-                                            out=Path("teacher-" + split + ".jsonl"),
-                                            max_new_tokens=settings.max_new_tokens)
-                    for split, n in (("train", settings.train_prompts), ("validation", settings.val_prompts))}
-    engine = {f.name: getattr(settings, f.name) for f in fields(EngineSettings)}
-    gen_settings = {split: s.replace(**engine) for split, s in gen_settings.items()}
-    prompts = {split: select_prompts(s) for split, s in gen_settings.items()}
-    g_key = _key("generate", t_key, {s: [(p.id, p.messages) for p in v] for s, v in prompts.items()},
-                 settings.max_new_tokens, identity(gen_settings["train"].engine_spec(str(teacher_dir)))[2])
+    # 2. generate
     echo(f"   teacher data from the {_engine_words(settings)}")
 
     def gen(folder: Path) -> dict:
         info = {}
-        for split, s in gen_settings.items():
-            s = s.replace(out=folder / s.out)
+        for split, spec in stages["generate"]["splits"].items():
             with progress() as p:
-                r = generate_data(s, teacher=teacher(), prompts=prompts[split], progress=p)
-            info[split] = {"prompts": len(prompts[split]), "written": r.written, "hit_max_tokens": r.hit_max_tokens}
+                r = generate_data(spec.build(), teacher=teacher(), prompts=plan.prompts[split], progress=p)
+            info[split] = {"prompts": len(plan.prompts[split]), "written": r.written,
+                           "hit_max_tokens": r.hit_max_tokens}
         return info
 
-    data_folder, _ = st.run("generate", g_key, gen)
+    st.run("generate", keys["generate"], gen)
 
     # 2b. the teacher's top-64 log-probs of its train answers, scored once by the same engine
-    use_cache = settings.logit_cache and settings.teacher_engine != "openai"
-    c_key = _key("cache", g_key, settings.teacher_engine, settings.teacher_gguf_type)
-
     def run_cache(folder: Path) -> dict:
-        from edgedistill.distill.stage import CacheSettings, cache_logits
-
-        s = CacheSettings(teacher=str(teacher_dir), data=[data_folder / "teacher-train.jsonl"], out=folder / "cache",
-                          k=64, max_length=512, teacher_engine=settings.teacher_engine,
-                          teacher_gguf_type=settings.teacher_gguf_type)
         with progress() as p:
-            meta = cache_logits(s, progress=p)
+            meta = cache_logits(stages["cache"].build(), progress=p)
         return {k: meta.get(k) for k in ("k", "tokens", "bytes_per_token", "teacher_mass_in_top_k")}
 
-    cache_folder = st.run("cache", c_key, run_cache)[0] if use_cache else None
+    if plan.use_cache:
+        st.run("cache", keys["cache"], run_cache)
 
     # 3. prune: the hardware-friendly shape at the given depth, or the teacher's widths
-    p_key = _key("prune", t_key, settings.layers, settings.hw_friendly, str(data_dir))
-
     def run_prune(folder: Path) -> dict:
-        s = PruneSettings(teacher=str(teacher_dir), out=folder / "student", layers=settings.layers,
-                          hw_friendly=settings.hw_friendly, data_dir=data_dir, max_tokens=8192)
         with progress() as p:
-            return prune(s, teacher=teacher(), progress=p)["shape"]
+            return prune(stages["prune"].build(), teacher=teacher(), progress=p)["shape"]
 
-    prune_folder, shape = st.run("prune", p_key, run_prune)
+    st.run("prune", keys["prune"], run_prune)
 
     # 4. distill
-    d_key = _key("distill", p_key, g_key, c_key if use_cache else None, settings.loss, settings.loss_params,
-                 settings.kd_weight, settings.steps, settings.max_time_s, settings.batch_size, settings.grad_accum,
-                 settings.lr)
-
     def run_distill(folder: Path) -> dict:
-        s = DistillSettings(teacher=str(teacher_dir), student=str(prune_folder / "student"),
-                            data=[data_folder / "teacher-train.jsonl"],
-                            validation=[data_folder / "teacher-validation.jsonl"], out=folder, loss=settings.loss,
-                            beta=settings.loss_params.get("beta"), alpha=settings.loss_params.get("alpha"),
-                            kd_weight=settings.kd_weight, max_steps=settings.steps, max_time=settings.max_time_s,
-                            batch_size=settings.batch_size, grad_accum=settings.grad_accum, lr=settings.lr,
-                            save_steps=100_000, warmup_steps=min(6, settings.steps // 4), keep_checkpoints=False,
-                            logit_cache=cache_folder / "cache" if cache_folder else None)
         with training_progress() as p:
-            report = distill(s, teacher=teacher(), progress=p)
+            report = distill(stages["distill"].build(), teacher=teacher(), progress=p)
         return {k: report[k] for k in ("steps", "parameters", "validation")}
 
-    distill_folder, distilled = st.run("distill", d_key, run_distill)
+    distill_folder, distilled = st.run("distill", keys["distill"], run_distill)
     student = distill_folder / "student"
     echo(f"   student: {distilled['parameters'] / 1e6:.1f}M parameters after {distilled['steps']} steps, "
          f"held-out KL {distilled['validation']['mean_kl']:.3f}, top-1 {100 * distilled['validation']['top1_agreement']:.1f}%")
@@ -255,32 +350,20 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     # 5. export: the student and the teacher in every variant the profile allows (forced: the profile's floor
     #    decides, in the bench), and the teacher's exact reference file. The teacher's files are exported once
     #    per run folder and profile, whatever the student.
-    teacher_formats = [k for k in formats if k != reference] if settings.teacher_variants else []
-    tx_key = _key("export-teacher", t_key, teacher_formats, reference, str(data_dir))
-    x_key = _key("export", d_key, formats, str(data_dir))
-
     def export_teacher(folder: Path) -> dict:
-        teach = export_model(str(teacher_dir), folder, ExportSettings(variants=[reference, *teacher_formats],
-                                                                      force=True, target=target.name,
-                                                                      data_dir=data_dir))
-        return {r.key: r.passed for r in teach}
+        return {r.key: r.passed for r in export_model(str(teacher_dir), folder, stages["export-teacher"].build())}
 
     def export(folder: Path) -> dict:
-        res = export_model(str(student), folder / "student", ExportSettings(variants=formats, force=True,
-                                                                          target=target.name, data_dir=data_dir))
-        return {r.key: r.passed for r in res}
+        return {r.key: r.passed for r in export_model(str(student), folder / "student", stages["export"].build())}
 
-    teacher_folder, _ = st.run("export-teacher", tx_key, export_teacher)
-    export_folder, exported = st.run("export", x_key, export)
+    teacher_folder, _ = st.run("export-teacher", keys["export-teacher"], export_teacher)
+    export_folder, exported = st.run("export", keys["export"], export)
 
     # 6. bench
-    b_settings = BenchSettings(repeats=settings.bench_repeats, new_tokens=settings.bench_new_tokens,
-                               eval_every=settings.eval_every, data_dir=data_dir,
-                               fidelity_prompts=settings.fidelity_prompts)
-    b_key = _key("bench", x_key, tx_key, as_dict(target), asdict(b_settings))
-    teacher_ref = teacher_folder / reference.replace(":", "-")
+    b_settings = stages["bench"]["settings"].build()
+    teacher_ref = teacher_folder / plan.reference.replace(":", "-")
     candidates = sorted(d for d in (export_folder / "student").iterdir() if (d / "manifest.json").exists())
-    candidates += sorted(teacher_folder / k.replace(":", "-") for k in teacher_formats
+    candidates += sorted(teacher_folder / k.replace(":", "-") for k in plan.teacher_formats
                          if (teacher_folder / k.replace(":", "-") / "manifest.json").exists())
 
     def run_bench(folder: Path) -> dict:
@@ -288,7 +371,7 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
             report = bench(candidates, target, folder, b_settings, teacher=teacher_ref, progress=p)
         return {"chosen": report["chosen"]}
 
-    bench_folder, _ = st.run("bench", b_key, run_bench)
+    bench_folder, _ = st.run("bench", keys["bench"], run_bench)
     report = json.loads((bench_folder / "bench.json").read_text())
 
     # 7. choose: the final bundle and the run report
@@ -296,7 +379,7 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     chosen = rows.get(report["chosen"]) if report["chosen"] else None
     summary = {"target": target.name, "run_folder": str(out), "stages": st.record, "student": distilled,
                "chosen": None, "verdict": report["verdict"], "bench": str(bench_folder / "bench.md"),
-               "skipped_variants": skipped}
+               "skipped_variants": plan.skipped}
     final = out / "final"
     shutil.rmtree(final, ignore_errors=True)
     if chosen:
@@ -304,10 +387,11 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
         summary["chosen"] = {"name": chosen["name"], "bundle": str(final / Path(chosen["bundle"]).name),
                              "teacher_variant": chosen.get("teacher_variant", False)}
     if chosen and target.safety_floor is not None:
-        summary["safety"] = _safety_gate(st, _key("safety", b_key, chosen["name"], asdict(target.safety_floor)),
+        summary["safety"] = _safety_gate(st, _key("safety", keys["bench"], chosen["name"],
+                                                  asdict(target.safety_floor)),
                                          final / Path(chosen["bundle"]).name, chosen, target, str(settings.target),
-                                         data_dir)
-    (out / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+                                         plan.data_dir)
+    write_text_atomic(out / "run.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
 

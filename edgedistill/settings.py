@@ -26,13 +26,15 @@ class SettingsError(EdgeDistillError):
 
 def setting(default=None, help: str = "", *, min=None, max=None, min_open: bool = False, choices=None,
             required: bool = False, exists: str | None = None, kind: str | None = None, flag: str | None = None,
-            cli: bool = True):
+            cli: bool = True, key: bool = True):
     """A settings field. `min`/`max` bound numbers (`min_open`: strictly above min), `choices` names the allowed
     values (a tuple, or a callable returning one), `required` must be given (by the file or a flag), `exists`
     ("file" | "dir" | "any") paths that must exist, `kind` a parser or check ("duration": 90s, 20m, 1.5h; "pair": S:T; "url": an http(s) URL),
-    `flag` the command-line name when it is not the field's, `cli` False for settings only a file sets."""
+    `flag` the command-line name when it is not the field's, `cli` False for settings only a file sets, `key` False
+    for settings that do not change what a stage makes (how it runs: retries, checkpoint cadence), left out of the
+    reuse keys `run` derives from settings."""
     meta = {"help": help, "min": min, "max": max, "min_open": min_open, "choices": choices, "required": required,
-            "exists": exists, "kind": kind, "flag": flag, "cli": cli}
+            "exists": exists, "kind": kind, "flag": flag, "cli": cli, "key": key}
     if isinstance(default, (list, dict, set)):
         value = default
         return field(default_factory=lambda: type(value)(value), metadata=meta)

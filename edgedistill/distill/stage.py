@@ -178,8 +178,8 @@ class DistillSettings(Settings):
     warmup_steps: int = setting(10, "Learning-rate warm-up steps.", min=0)
     max_length: int = setting(512, "Tokens per sequence; longer ones are truncated (and counted).", min=8)
     seed: int = setting(0, "Seed of initialisation-free randomness: data order, on-policy steps.")
-    save_steps: int = setting(50, "Checkpoint every N steps (for --resume).", min=1)
-    keep_checkpoints: bool = setting(True, "Keep OUT/checkpoints after the student is written.")
+    save_steps: int = setting(50, "Checkpoint every N steps (for --resume).", min=1, key=False)
+    keep_checkpoints: bool = setting(True, "Keep OUT/checkpoints after the student is written.", key=False)
     logit_cache: Path | None = setting(None, "Train from the teacher's cached top-k log-probs (edgedistill "
                                              "cache-logits) instead of running it.", exists="dir")
     precision: str = setting("auto", "Training precision: auto (bf16 on a GPU that has it and on a CPU where a short "

@@ -59,15 +59,17 @@ class EngineSettings(Settings):
                                            "process, fast on CPUs) or openai (an OpenAI-compatible server).",
                                   choices=ENGINE_NAMES)
     teacher_url: str | None = setting(None, "openai engine: the server's base URL, e.g. http://127.0.0.1:8080/v1.",
-                                      kind="url")
+                                      kind="url", key=False)  # the served model's name is its identity
     teacher_model: str | None = setting(None, "openai engine: the served model's name.")
     api_key_env: str | None = setting(None, "openai engine: environment variable holding the API key (never "
-                                            "logged or written).")
+                                            "logged or written).", key=False)
     tokenizer: str | None = setting(None, "openai engine: local model whose tokenizer the served tokens are aligned "
                                           "to (the student's), needed for --logprobs.")
-    concurrency: int = setting(4, "openai engine: requests in flight at most.", min=1, max=256)
-    teacher_timeout: float = setting(120.0, "openai engine: seconds one request may take.", min=0, min_open=True)
-    retries: int = setting(4, "openai engine: retries with backoff on 429/5xx and lost connections.", min=0, max=20)
+    concurrency: int = setting(4, "openai engine: requests in flight at most.", min=1, max=256, key=False)
+    teacher_timeout: float = setting(120.0, "openai engine: seconds one request may take.", min=0, min_open=True,
+                                     key=False)
+    retries: int = setting(4, "openai engine: retries with backoff on 429/5xx and lost connections.", min=0, max=20,
+                           key=False)
     teacher_gguf_type: str = setting("f16", "llama.cpp engine on a registry / Hugging Face teacher: the GGUF it runs "
                                             "(f16 exact, q8_0 faster).", choices=("f16", "q8_0"))
     sequence_level_fallback: bool = setting(False, "openai engine: keep the text alone (sequence-level KD) when the "

@@ -108,3 +108,95 @@ def test_run_skips_a_variant_the_teachers_family_cannot_be_exported_to(tmp_path,
     report = json.loads((tmp_path / "run" / "bench" / "bench.json").read_text())
     assert {r["key"] for r in report["variants"][1:]} == {"gguf:q8_0"}
     assert json.loads((tmp_path / "run" / "run.json").read_text())["skipped_variants"] == summary["skipped_variants"]
+
+
+def _another(f, value, settings):
+    """A valid value of RunSettings field `f` other than `value`."""
+    import typing
+
+    from edgedistill.settings import _base, _hints
+
+    special = {"teacher_engine": "torch", "loss": "jsd", "loss_params": {"beta": 0.3}, "reference": "onnx:fp32",
+               "teacher_model": "m", "tokenizer": str(settings.teacher), "teacher_extra_body": '{"x": 1}',
+               "data_dir": None}
+    if f.name in special:
+        return special[f.name]
+    choices = f.metadata.get("choices")
+    if choices and not callable(choices):
+        return next(c for c in choices if c != value)
+    tp = _base(_hints(RunSettings)[f.name])
+    if tp is bool:
+        return not value
+    if tp is int:
+        return (value or 1) + 1
+    if tp is float:
+        return (value or 1.0) * 0.5
+    raise AssertionError(f"no other value for {f.name} ({typing.get_type_hints(RunSettings)[f.name]})")
+
+
+def test_every_run_setting_reruns_its_stage_and_those_after_it(tmp_path):
+    """Stage keys are derived from each stage's resolved settings: every RunSettings field that can change what a
+    stage makes changes that stage's key, and then exactly the stages that read it (pipeline.READS) change too."""
+    import dataclasses
+
+    from edgedistill.pipeline import READS, plan_run
+
+    teacher = tiny.build_model_dir(tmp_path / "teacher", init_std=0.15, layers=3)
+    profile = tmp_path / "tinybox.yaml"
+    profile.write_text(PROFILE)
+    data = tmp_path / "data"
+    import shutil
+
+    from edgedistill.data import default_data_dir
+
+    shutil.copytree(default_data_dir(), data)
+    base = RunSettings(target=str(profile), out=tmp_path / "run", teacher=str(teacher), train_prompts=2,
+                       val_prompts=1, data_dir=data)
+    keys = plan_run(base).keys
+
+    def after(stage: str) -> set[str]:
+        later = {stage}
+        for name, reads in READS.items():
+            if later & set(reads):
+                later |= after(name)
+        return later
+
+    untested = []
+    for f in dataclasses.fields(RunSettings):
+        if f.name in ("target", "teacher"):  # the profile and the teacher: checked below, and by _claim
+            continue
+        if not f.metadata.get("key", True):
+            continue
+        changes = {f.name: _another(f, getattr(base, f.name), base)}
+        if f.name in ("teacher_model", "teacher_extra_body", "tokenizer", "sequence_level_fallback"):
+            changes.update(teacher_engine="openai", teacher_url="http://127.0.0.1:9/v1",
+                           **({} if f.name == "teacher_model" else {"teacher_model": "m"}))
+        if f.name == "loss_params":
+            changes["loss"] = "jsd"
+        other = plan_run(base.replace(**changes)).keys
+        if f.name in ("teacher_model", "teacher_extra_body", "tokenizer", "sequence_level_fallback"):
+            ref = dict(changes)
+            ref.pop(f.name)
+            ref.setdefault("teacher_model", "m")
+            if f.name == "teacher_model":
+                ref["teacher_model"] = "n"
+            keys_ref = plan_run(base.replace(**ref)).keys
+        elif f.name == "loss_params":
+            keys_ref = plan_run(base.replace(loss="jsd")).keys
+        else:
+            keys_ref = keys
+        changed = {s for s in READS if keys_ref.get(s) != other.get(s)}
+        if not changed:
+            untested.append(f.name)
+            continue
+        first = [s for s in READS if s in changed and not (set(READS[s]) & changed)]
+        present = set(keys_ref) | set(other)  # no cache stage with the openai engine or --live-teacher
+        assert changed == set().union(*(after(s) for s in first)) & present, (f.name, changed)
+    assert not untested, f"these settings reach no stage key: {untested}"
+    # the data and the profile key what reads them
+    (data / "support" / "prompts" / "train.jsonl").write_text(
+        '{"id": "new", "prompt": "A new question?"}\n' + (data / "support" / "prompts" / "train.jsonl").read_text())
+    assert plan_run(base).keys["generate"] != keys["generate"]
+    profile.write_text(PROFILE.replace("min_decode_tokens_per_s: 0.5", "min_decode_tokens_per_s: 0.7"))
+    moved = plan_run(base).keys
+    assert {s for s in READS if moved[s] != keys[s]} == {"generate", "cache", "distill", "export", "bench"}
