@@ -181,7 +181,11 @@ def test_cli_reapply_runs_the_recipe_writes_its_settings_and_reruns_from_them(tm
     assert "safety phase: 2 refusals x2" in proc.stderr and "4 held-out prompts" in proc.stderr
     rep = json.loads((out / "student" / "reapply.json").read_text())
     assert rep["steps"] == 2 and rep["held_out"] == {"harmful": 2, "benign": 2} and rep["hint_layers"] == [1, 2]
-    assert [e["step"] for e in rep["curve"]] == [1, 2] and rep["picked"]["step"] in (1, 2)
+    assert [e["step"] for e in rep["curve"]] == [1, 2]
+    # the picked checkpoint is the curve's best by the picker's rule (refusal minus over-refusal; the earlier wins a
+    # tie), not merely one of the steps
+    best = min(rep["curve"], key=lambda e: (e["over_refusal"] - e["refusal_rate"], e["step"]))
+    assert rep["picked"] == best
     assert load_model(str(out / "student"))[0].config.num_hidden_layers == 1
     written = yaml.safe_load((out / "student" / "settings.yaml").read_text())
     assert written["steps"] == 2 and written["hint_layers"] == [1, 2] and written["decision_weight"] == 10.0
