@@ -1,0 +1,181 @@
+"""bench.json, bench.md and the charts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from edgedistill.bench.budgets import pareto
+
+log = logging.getLogger(__name__)
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    """bench.json, bench.md and (with matplotlib) two charts, written to a temp folder and moved into place."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for r in report["variants"]:
+        r.pop("_answers", None)
+    files = {"bench.json": json.dumps(report, indent=2, default=str) + "\n", "bench.md": markdown(report)}
+    for name, text in files.items():
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out_dir / name)
+    try:
+        charts(report, out_dir)
+    except ImportError:
+        log.warning("matplotlib is not installed: bench.json and bench.md written, no charts")
+
+
+def _fmt(v, spec: str, scale: float = 1.0) -> str:
+    return "—" if v is None else format(v * scale, spec)
+
+
+def _ci(block: dict | None, key: str, spec: str, scale: float = 1.0) -> str:
+    """value [low, high] of block[key] and block[key + '_ci'] (or a share's value / ci), '—' when absent."""
+    if not block:
+        return "—"
+    v, ci = (block.get("value"), block.get("ci")) if key == "value" else (block.get(key), block.get(f"{key}_ci"))
+    if v is None:
+        return "—"
+    text = format(v * scale, spec)
+    return f"{text} [{format(ci[0] * scale, spec)}, {format(ci[1] * scale, spec)}]" if ci else text
+
+
+def _features(report: dict) -> str:
+    return " ".join(report["machine"].get("cpu_features") or []) or "features unknown"
+
+
+def markdown(report: dict) -> str:
+    t, f = report["target"], report.get("fidelity") or {}
+    lines = [f"# bench: {t['name']}", "",
+             f"{t['description']}. Measured with {report['threads']} threads on {report['machine']['cpu']} "
+             f"({report['machine_cores']} cores; {_features(report)}); roofline at {report['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
+             f"({report.get('bandwidth_source', 'profile')}); "
+             f"{report['settings']['repeats']} repeats of {report['settings']['new_tokens']} tokens after a "
+             f"{report['settings']['prompt_tokens']}-token prompt, medians.", "",
+             f"Quality against {report['quality_reference'] or 'each bundle’s source model (export time)'}: "
+             f"in-domain on the teacher's answers to {f.get('in_domain_prompts', 0)} test prompts "
+             f"({f.get('in_domain_answer_tokens', 0)} answer tokens), general text on {f.get('general_windows', 0)} "
+             f"windows ({f.get('general_tokens', 0)} tokens), {report['eval_items']} graded items; "
+             f"[low, high]: {f.get('interval', '95% interval')}. Objective: {report.get('objective', 'fastest')}.",
+             "", "Speed is cold: each timed run computes its whole prompt (no cached prefix), after one warm-up run. "
+             "llama-bench: llama.cpp's own pp/tg figures for the same GGUF file, prompt, tokens and threads.",
+             "", "| variant | status | file MB | peak RSS MB | load s | TTFT ms | prefill tok/s | decode tok/s | "
+             "p50 / p95 ms | roofline | llama-bench pp / tg tok/s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    for r in report["variants"]:
+        s = r["speed"] or {}
+        lines.append(
+            f"| {r['name']} | {r['status']} | {r['model_bytes'] / 1e6:.1f} | {_fmt(s.get('peak_rss_bytes'), '.0f', 1e-6)} | "
+            f"{_fmt(s.get('load_s'), '.2f')} | {_fmt(s.get('ttft_s'), '.0f', 1000)} | "
+            f"{_fmt(s.get('prefill_tokens_per_s'), '.0f')} | {_fmt(s.get('decode_tokens_per_s'), '.1f')} | "
+            f"{_fmt(s.get('token_latency_p50_s'), '.1f', 1000)} / {_fmt(s.get('token_latency_p95_s'), '.1f', 1000)} | "
+            f"{_fmt(s.get('roofline_share'), '.0%')} | {_llama_bench_cell(r, report)} |")
+    runtimes = {}
+    for r in report["variants"]:
+        info = r.get("runtime") or {}
+        line = info.get("system_info") or (f"providers {', '.join(info['providers'])}" if info.get("providers") else "")
+        if line:
+            runtimes.setdefault(f"{info['runtime']}: {line}", None)
+    if runtimes:
+        lines += ["", "What the runtimes use on this CPU:", ""] + [f"- {x}" for x in runtimes]
+    lines += ["", "| variant | in-domain KL | in-domain top-1 % | answers agree % | graded % (chance) | "
+                  "general KL | general top-1 % | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["variants"]:
+        q = r["quality"] or {}
+        dom, gen, g = (q.get("in_domain") or {}).get("overall"), q.get("general"), q.get("graded") or {}
+        failed = [k for k, c in r["budgets"].items() if c["status"] == "fail"]
+        unsure = [k for k, c in r["budgets"].items() if c["status"] == "uncertain"]
+        verdict = ("reference" if r["reference"] else "not in profile" if not r["allowed"]
+                   else "all met" if not failed and not unsure else
+                   "; ".join(x for x in ("misses " + ", ".join(failed) if failed else "",
+                                         "uncertain " + ", ".join(unsure) if unsure else "") if x))
+        if r.get("comparison"):
+            verdict = "comparison (not a candidate): " + verdict
+        if r["name"] == report["chosen"]:
+            verdict = "**chosen** — " + verdict
+        graded = (f"{_ci(g.get('score'), 'value', '.1f', 100)} ({100 * g['chance']:.0f})" if g.get("score") else "—")
+        lines.append(f"| {r['name']} | {_ci(dom, 'mean_kl', '.3f')} | {_ci(dom, 'top1_agreement', '.1f', 100)} | "
+                     f"{_ci(g.get('answer_agreement'), 'value', '.1f', 100)} | {graded} | "
+                     f"{_ci(gen, 'mean_kl', '.3f')} | "
+                     f"{_ci(gen, 'top1_agreement', '.1f', 100)} | {verdict} |")
+    lines += ["", "Budgets (margin: how far inside the budget; negative: missed by that much; uncertain: the 95% "
+                  "interval straddles the floor, so it is not passed):", ""]
+    for r in report["variants"]:
+        if not r["budgets"]:
+            continue
+        parts = []
+        for k, c in r["budgets"].items():
+            if c["value"] is None:
+                parts.append(f"{k} {c['note']}")
+            else:
+                word = {"pass": "ok", "fail": "FAIL", "uncertain": "UNCERTAIN"}[c["status"]]
+                parts.append(f"{k} {word} ({_fmt(c.get('margin_share'), '+.0%')})")
+        lines.append(f"- {r['name']}: " + "; ".join(parts) + (f" — {r['message']}" if r["message"] else ""))
+    lines += ["", f"Chosen: {report['chosen'] or 'none'}", ""] + [f"> {x}" for x in report.get("verdict", [])] + [""]
+    return "\n".join(lines)
+
+
+def _llama_bench_cell(r: dict, report: dict) -> str:
+    lb = r.get("llama_bench")
+    if not lb:
+        return "—"
+    st = report["settings"]
+    pp, tg = lb.get(f"pp{st['prompt_tokens']}_tokens_per_s"), lb.get(f"tg{st['new_tokens']}_tokens_per_s")
+    return "not built" if pp is None and tg is None else f"{_fmt(pp, '.0f')} / {_fmt(tg, '.1f')}"
+
+
+def _fidelity_point(r: dict) -> tuple[float, list[float] | None] | None:
+    """The chart's y: in-domain top-1 with its interval, else general text's."""
+    q = r["quality"] or {}
+    for block in ((q.get("in_domain") or {}).get("overall"), q.get("general")):
+        if block and block.get("top1_agreement") is not None:
+            return block["top1_agreement"], block.get("top1_agreement_ci")
+    return None
+
+
+def charts(report: dict, out_dir: Path) -> list[Path]:
+    """quality_vs_speed.png and quality_vs_memory.png: one point per variant, Pareto front marked, budgets drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = report["target"]
+    pts = [r for r in report["variants"] if (r["speed"] or {}).get("decode_tokens_per_s") and _fidelity_point(r)]
+    written = []
+    specs = [("quality_vs_speed.png", "decode tokens/s", lambda r: r["speed"]["decode_tokens_per_s"], 1,
+              t["latency"]["min_decode_tokens_per_s"]),
+             ("quality_vs_memory.png", "peak RSS (MB)", lambda r: r["speed"]["peak_rss_bytes"] / 1e6, -1,
+              t["memory_budget_bytes"] / 1e6)]
+    for fname, xlabel, xof, sign, budget in specs:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        front = pareto([(r["name"], sign * xof(r), _fidelity_point(r)[0]) for r in pts])
+        for r in pts:
+            on = r["name"] in front
+            y, ci = _fidelity_point(r)
+            if ci:
+                ax.errorbar(xof(r), 100 * y, yerr=[[100 * (y - ci[0])], [100 * (ci[1] - y)]], fmt="none",
+                            ecolor="tab:gray", elinewidth=1, capsize=2, zorder=2)
+            ax.scatter(xof(r), 100 * y, s=60 if on else 30, marker="*" if r["name"] == report["chosen"] else "o",
+                       color="tab:red" if on else "tab:gray", zorder=3)
+            ax.annotate(r["name"], (xof(r), 100 * y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        line = sorted((xof(r), 100 * _fidelity_point(r)[0]) for r in pts if r["name"] in front)
+        if len(line) > 1:
+            ax.plot(*zip(*line), color="tab:red", lw=1, label="Pareto front")
+        ax.axvline(budget, color="tab:blue", ls="--", lw=1, label="budget")
+        ax.axhline(100 * t["quality_floor"]["min_top1_agreement"], color="tab:green", ls=":", lw=1,
+                   label="quality floor (top-1)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("in-domain top-1 agreement with the teacher (%, 95% CI)")
+        ax.set_title(f"{t['name']}: {fname[:-4].replace('_', ' ')}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / fname
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,248 @@
+"""The whole bench: every bundle through its worker processes, the quality against the teacher's reference, the
+budgets checked and the report written."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from edgedistill.bench.budgets import check_budgets, choose, verdict
+from edgedistill.bench.report import write_report
+from edgedistill.bench.settings import OVER_MEMORY, SCHEMA_VERSION, BenchSettings
+from edgedistill.bench.supervise import measure_bandwidth, run_worker
+from edgedistill.errors import EdgeDistillError
+from edgedistill.paths import remove_scratch, scratch_dir
+from edgedistill.settings import write as write_settings
+from edgedistill.targets import Target, as_dict
+
+log = logging.getLogger(__name__)
+
+
+def _bundle_info(path: Path) -> dict:
+    from edgedistill.runtime.bundle import open_bundle
+
+    m = open_bundle(path, verify=True)
+    return {"bundle": str(path), "key": f"{m['format']}:{m['scheme']}", "format": m["format"], "scheme": m["scheme"],
+            "model_bytes": m["model_bytes"], "parameters": m.get("parameters"),
+            "bits_per_weight": m.get("bits_per_weight"), "source": (m.get("source") or {}).get("name"),
+            "tokenizer_sha256": (m["files"].get("tokenizer.json") or {}).get("sha256")}
+
+
+def _label(info: dict, names: dict) -> str:
+    base = f"{info['source']}/{info['key']}"
+    names[base] = names.get(base, 0) + 1
+    return base if names[base] == 1 else f"{base}#{names[base]}"
+
+
+class _Tok:
+    """The bundle's tokenizer, called the way validate.held_out_chunks calls a Hugging Face tokenizer."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        self.t = Tokenizer.from_file(str(path / "tokenizer.json"))
+
+    def __call__(self, text, add_special_tokens=False, verbose=False):
+        return {"input_ids": self.t.encode(text, add_special_tokens=add_special_tokens).ids}
+
+
+def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSettings | None = None,
+          teacher: Path | None = None, comparison: list[Path] = (), progress=None) -> dict:
+    """Measure every bundle under `target`; write bench.json, bench.md and charts to out_dir; return the report.
+
+    teacher: the quality reference (measured without a memory cap), an exact export of the teacher. Its greedy
+    answers to the test prompts are the in-domain fidelity set (bench.fidelity). bundles: the candidates, the
+    teacher's own quantized files among them where wanted. comparison: bundles measured like the others but
+    never chosen. The settings are also written to out_dir/settings.yaml."""
+    settings = settings or BenchSettings()
+    from edgedistill.bench import fidelity
+    from edgedistill.data import default_data_dir
+    from edgedistill.data.evaluate import (
+        REASONING_TOKENS,
+        SHORT_ANSWER_TOKENS,
+        find_eval_sets,
+        load_eval_items,
+        wants_reasoning,
+    )
+    from edgedistill.export.validate import held_out_chunks
+    from edgedistill.paths import check_writable_dir
+    from edgedistill.runinfo import run_record
+
+    if not bundles:
+        raise EdgeDistillError("no bundles given: pass one or more folders made by `edgedistill export`")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgeDistillError(f"--out {out_dir} is a file; give a folder for the report")
+    check_writable_dir(out_dir, "--out")  # before a measurement that would be lost at the end
+    infos = [_bundle_info(Path(b)) for b in bundles]
+    comps = [_bundle_info(Path(b)) for b in comparison]
+    ref_info = _bundle_info(Path(teacher)) if teacher else None
+    every = infos + comps + ([ref_info] if ref_info else [])
+    if len({i["tokenizer_sha256"] for i in every}) > 1:
+        raise EdgeDistillError("the bundles do not share one tokenizer; bench compares variants of one teacher's family")
+    threads = settings.threads or min(target.threads, os.cpu_count() or 1)
+    bandwidth_source = "profile"
+    bandwidth = target.memory_bandwidth_bytes_per_s
+    if settings.bandwidth == "measure":
+        bandwidth, bandwidth_source = measure_bandwidth(), "measured on this machine (numpy copy, one thread)"
+    elif settings.bandwidth:
+        from edgedistill.targets import parse_bandwidth
+
+        bandwidth, bandwidth_source = parse_bandwidth(settings.bandwidth, "bandwidth"), "given"
+    data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
+    tok = _Tok(Path(every[0]["bundle"]))
+    prompt = held_out_chunks(tok, 1, settings.prompt_tokens, data_dir)[0]
+    chunks = held_out_chunks(tok, settings.chunks, settings.chunk_len, data_dir)
+    domain: list[dict] = []
+    if ref_info:
+        prompts = fidelity.test_prompts(data_dir, settings.fidelity_prompts)
+        if prompts:
+            log.info("the reference answers %d test prompts (cached after the first time)", len(prompts))
+            domain = fidelity.teacher_answers(Path(ref_info["bundle"]), prompts, settings.fidelity_new_tokens,
+                                              threads=threads)
+    eval_items, items = {}, []
+    if settings.eval_every:
+        for it in load_eval_items(find_eval_sets(data_dir))[:: settings.eval_every]:
+            eval_items[it.id] = it
+            items.append({"item": {**asdict(it), "choices": list(it.choices)},
+                          "max_tokens": REASONING_TOKENS if wants_reasoning(it) else SHORT_ANSWER_TOKENS})
+    work = scratch_dir(Path(tempfile.gettempdir()), ".edgedistill-bench-")
+    longest = max([len(c) for c in chunks] + [len(d["ids"]) for d in domain])
+    n_ctx = max(settings.prompt_tokens + settings.new_tokens + 8, longest, min(target.context_length, 2048))
+    base = {"threads": threads, "n_ctx": n_ctx}
+    names: dict = {}
+    order = ([(ref_info, "reference")] if ref_info else []) + [(i, "comparison") for i in comps] + [
+        (i, "candidate") for i in infos]
+    task = progress.add_task("bench", total=len(order)) if progress else None
+    rows: list[dict] = []
+    ref_row = None
+    try:
+        for info, role in order:
+            is_ref = role == "reference"
+            label = _label(info, names) + ("" if role == "candidate" else f" ({role})")
+            if progress:
+                progress.update(task, description=f"bench {label}")
+            log.info("%s: speed under a %.0f MB budget", label, target.memory_budget_bytes / 1e6)
+            row = {"name": label, **{k: v for k, v in info.items() if k != "tokenizer_sha256"}, "reference": is_ref,
+                   "comparison": role == "comparison", "allowed": info["key"] in target.formats,
+                   "teacher_variant": bool(ref_info) and not is_ref and info["source"] == ref_info["source"],
+                   "runtime": None}
+            sp = run_worker({**base, "phase": "speed", "bundle": info["bundle"], "prompt_ids": prompt,
+                             "new_tokens": settings.new_tokens, "repeats": settings.repeats},
+                            work, target.memory_budget_bytes if not is_ref else None, settings.timeout_s,
+                            settings.poll_s)
+            row["status"], row["message"] = sp["status"], sp["message"]
+            if sp["status"] == "ok":
+                s = sp["result"]
+                s["peak_rss_bytes"] = max(s["peak_rss_bytes"], sp["polled_peak_rss_bytes"])
+                s.pop("decode_tokens_per_s_all", None)
+                roof = bandwidth / info["model_bytes"]
+                row["speed"] = {**s, "roofline_tokens_per_s": roof, "roofline_share": s["decode_tokens_per_s"] / roof}
+                row["runtime"] = row["speed"].pop("runtime", None)
+                if info["format"] == "gguf":
+                    row["llama_bench"] = _llama_bench(info, row["speed"], settings, threads)
+            else:
+                row["speed"] = None
+                if sp["status"] == OVER_MEMORY:
+                    row["speed"] = {"peak_rss_bytes": sp["polled_peak_rss_bytes"]}
+            fast_enough = (row["speed"] or {}).get("decode_tokens_per_s", 0) >= target.latency.min_decode_tokens_per_s
+            qjob = {**base, "phase": "quality", "bundle": info["bundle"], "general": chunks, "domain": domain,
+                    "save_dir": str(work / "reference") if is_ref else None,
+                    "reference_dir": str(work / "reference") if ref_row else None,
+                    "eval_items": items if (is_ref or (sp["status"] == "ok" and fast_enough)) else []}
+            qu = run_worker(qjob, work, None, settings.timeout_s, settings.poll_s) if sp["status"] == "ok" else None
+            row["quality"] = _quality(qu, row, ref_row, domain, eval_items, bool(items))
+            if is_ref:
+                ref_row = row
+            rows.append(row)
+            if progress:
+                progress.advance(task)
+    finally:
+        remove_scratch(work)
+    for r in rows:
+        graded = bool(items) and ref_row is not None
+        r["budgets"] = {} if r["reference"] else check_budgets(r, target, graded_eval=graded)
+        r["meets_all_budgets"] = bool(r["budgets"]) and all(c["pass"] for c in r["budgets"].values())
+        r["uncertain"] = sorted(k for k, c in r["budgets"].items() if c["status"] == "uncertain")
+    chosen = choose(rows, target.objective)
+    report = {"schema_version": SCHEMA_VERSION, "benchmark": "edgedistill bench", **run_record(),
+              "target": as_dict(target), "objective": target.objective, "threads": threads,
+              "machine_cores": os.cpu_count(), "bandwidth_bytes_per_s": bandwidth, "bandwidth_source": bandwidth_source,
+              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+              "quality_reference": ref_row["name"] if ref_row else None,
+              "fidelity": {"in_domain_prompts": len(domain),
+                           "in_domain_answer_tokens": sum(len(d["ids"]) - d["start"] for d in domain),
+                           "general_windows": len(chunks), "general_tokens": sum(len(c) for c in chunks),
+                           "interval": "95% percentile bootstrap over prompts / windows / items (2,000 resamples)"},
+              "eval_items": len(items),
+              "budgets_left_out": [] if items and ref_row else ["answer_agreement (needs --teacher and a graded eval)"],
+              "variants": rows, "chosen": chosen["name"] if chosen else None}
+    report["verdict"] = verdict(report)
+    write_report(report, out_dir)
+    write_settings(settings, Path(out_dir) / "settings.yaml")
+    return report
+
+
+def _llama_bench(info: dict, speed: dict, settings: BenchSettings, threads: int) -> dict:
+    """llama.cpp's llama-bench on the same file, prompt length, token count and threads, beside the bench's own
+    figures (their ratios close to 1 say the bench's timing means what llama.cpp users quote). Left out, and said
+    so, where the tool is not built (a device with the runtime extra only)."""
+    from edgedistill.formats.llamacpp_tools import llama_bench
+    from edgedistill.runtime.bundle import open_bundle
+
+    model = Path(info["bundle"]) / open_bundle(info["bundle"], verify=False)["model_file"]
+    try:
+        lb = llama_bench(model, prompt_tokens=settings.prompt_tokens, new_tokens=settings.new_tokens,
+                         threads=threads, repeats=settings.repeats)
+    except EdgeDistillError as e:
+        return {"note": f"not measured: {e}"}
+    pp = lb.get(f"pp{settings.prompt_tokens}_tokens_per_s")
+    tg = lb.get(f"tg{settings.new_tokens}_tokens_per_s")
+    lb["prefill_ratio"] = speed["prefill_tokens_per_s"] / pp if pp else None  # bench / llama-bench
+    lb["decode_ratio"] = speed["decode_tokens_per_s"] / tg if tg else None
+    return lb
+
+
+def _quality(qu: dict | None, row: dict, ref_row: dict | None, domain: list[dict], eval_items: dict,
+             graded: bool) -> dict | None:
+    """In-domain and general-text fidelity to the reference, with intervals; graded score and answer agreement."""
+    from edgedistill.bench import fidelity
+    from edgedistill.data import grading
+
+    if qu is None or qu["status"] != "ok":
+        return None
+    res = qu["result"]
+    out: dict = {}
+    if row["reference"] or ref_row is not None:
+        out["against"] = "itself" if row["reference"] else "reference"
+        if res["domain"]:
+            out["in_domain"] = fidelity.by_domain(res["domain"], [d["domain"] for d in domain])
+        out["general"] = fidelity.summarize(res["general"])
+    else:  # no teacher given: the export-time metrics, against the bundle's own source
+        from edgedistill.runtime.bundle import open_bundle
+
+        v = open_bundle(row["bundle"], verify=False).get("validation") or {}
+        out["against"] = "source model (export-time validation)"
+        out["general"] = {"mean_kl": v.get("mean_kl"), "top1_agreement": v.get("top1_agreement"),
+                          "ppl_ratio": v.get("ppl_ratio")}
+    if res["eval"]:
+        by: dict = {}
+        for a in res["eval"]:
+            by.setdefault(a["domain"], []).append(a["correct"])
+        items = [eval_items[a["id"]] for a in res["eval"]]
+        g = {"score": fidelity.share([a["correct"] for a in res["eval"]]),
+             "chance": sum(map(grading.chance, items)) / len(items),
+             "by_domain": {d: sum(v) / len(v) for d, v in sorted(by.items())}}
+        if row["reference"]:
+            row["_answers"] = {a["id"]: a["answer"] for a in res["eval"]}
+        elif ref_row is not None and ref_row.get("_answers"):
+            ref = ref_row["_answers"]
+            g["answer_agreement"] = fidelity.share([grading.same_answer(it, a["answer"], ref.get(a["id"]))
+                                                    for it, a in zip(items, res["eval"]) if a["id"] in ref])
+        out["graded"] = g
+    elif graded:
+        out["graded_note"] = "graded items skipped: below the profile's decode speed"
+    return out

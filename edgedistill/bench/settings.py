@@ -1,0 +1,47 @@
+"""bench's settings, and the names its report uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgedistill.errors import EdgeDistillError
+from edgedistill.settings import Settings, setting
+
+
+SCHEMA_VERSION = 3  # 2: in-domain fidelity, answer agreement, intervals, teacher variants as candidates;
+# 3: cold timings, llama-bench beside GGUF rows, the runtime's system info, the machine's CPU features
+OVER_MEMORY = "over memory budget"
+
+
+@dataclass(frozen=True)
+class BenchSettings(Settings):
+    repeats: int = setting(3, "Timed generations per variant (after one warm-up); medians reported.", min=1)
+    new_tokens: int = setting(64, "Tokens generated per timed run.", min=8)
+    prompt_tokens: int = setting(128, "Prompt length of the timed runs (the profile's time-to-first-token budget "
+                                      "is for 128).", min=1, cli=False)
+    chunks: int = setting(16, "General-text windows for KL / top-1 / perplexity.", min=1, max=256)
+    chunk_len: int = setting(256, "Tokens per window.", min=16, max=4096)
+    fidelity_prompts: int | None = setting(None, "Test prompts per domain the teacher answers for in-domain "
+                                                 "fidelity [default: all].", min=1)
+    fidelity_new_tokens: int = setting(128, "Length of the teacher's answers scored for in-domain fidelity.", min=1,
+                                       max=2048)
+    eval_every: int = setting(6, "Graded eval on every n-th item (0: no graded eval).", min=0)
+    threads: int | None = setting(None, "Threads [default: the profile's, at most this machine's cores].", min=1)
+    bandwidth: str | None = setting(None, "Memory bandwidth for the roofline: a value (15GB/s) or 'measure' (this "
+                                          "machine, numpy copy) [default: the profile's].")
+    data_dir: Path | None = setting(None, "calibration_data folder (held-out texts and eval sets).", exists="dir",
+                                    flag="--data")
+    timeout_s: float = setting(3600.0, "Per worker process.", min=0, min_open=True, cli=False)
+    poll_s: float = setting(0.01, "Memory watch interval.", min=0, min_open=True, cli=False)
+
+    def extra_problems(self) -> list[str]:
+        if self.bandwidth in (None, "measure"):
+            return []
+        from edgedistill.targets import parse_bandwidth
+
+        try:
+            parse_bandwidth(self.bandwidth, "bandwidth")
+        except (ValueError, EdgeDistillError):
+            return [f"bandwidth={self.bandwidth!r} must be a bandwidth like 15GB/s or 'measure'"]
+        return []
