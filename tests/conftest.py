@@ -47,3 +47,10 @@ def ours(folder: Path) -> list[Path]:
     """What is in `folder` (a command's $TMPDIR) other than onnxruntime's own session-id file `.ses` (one fixed
     name, rewritten in place by every onnxruntime session: not a temporary file)."""
     return sorted(p for p in Path(folder).iterdir() if p.name != ".ses")
+
+
+def pytest_collection_modifyitems(items):
+    """The real teachers' tests are slow too: `-m "not slow"` is the whole quick loop."""
+    for item in items:
+        if item.get_closest_marker("real_teacher") or item.get_closest_marker("real_gemma"):
+            item.add_marker(pytest.mark.slow)

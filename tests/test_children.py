@@ -18,6 +18,8 @@ from edgedistill.export.pipeline import ExportSettings, export_model
 from tests import tiny
 from tests.conftest import REPO, ours
 
+pytestmark = pytest.mark.slow  # end-to-end trips over shared tiny bundles: make test, not the quick loop
+
 
 def _group(pgid: int) -> list[int]:
     """The live (not zombie) processes whose process group is `pgid`."""

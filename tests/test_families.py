@@ -11,6 +11,8 @@ import torch
 from edgedistill.models.families import FAMILIES
 from tests.families import TINY
 
+pytestmark = pytest.mark.slow  # end-to-end trips over shared tiny bundles: make test, not the quick loop
+
 TEXT = ("Where is my order? The parcel was due on Monday. Machine M-204 raised alarm E17: spindle temperature high. "
         "Please summarize the shift handover notes for line 3. Refund requests are processed within 5 business "
         "days. Lock out and tag out the press before maintenance. ") * 12

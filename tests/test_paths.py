@@ -55,6 +55,7 @@ def _file_size_limit(limit: int):
 
 @pytest.mark.parametrize("case", ["data split (written here)", "export (written by llama.cpp's converter)",
                                   "export (written by the ONNX builder)"])
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_leaves_nothing(case, tmp_path, tiny_model_dir):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"question {i}: " + "where is my order " * 40})
@@ -80,6 +81,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(case, tmp_path, tiny_model_d
     assert ours(sys_tmp) == []
 
 
+@pytest.mark.slow
 def test_a_killed_runs_temporary_folders_are_removed_by_the_next_run_and_only_those(tmp_path, tiny_model_dir):
     """What a SIGKILLed export leaves in the system's temporary folder (the converter's view of the model folder),
     marked with its dead owner, goes at the next run; a folder without our mark is never touched."""

@@ -59,6 +59,7 @@ ROW_KEYS = {"name", "bundle", "key", "format", "scheme", "model_bytes", "paramet
 FIDELITY_KEYS = {"mean_kl", "mean_kl_ci", "top1_agreement", "top1_agreement_ci", "positions", "units", "ppl_ratio"}
 
 
+@pytest.mark.slow
 def test_report_schema_budgets_and_choice(bundles, tmp_path):
     """bench.json schema 2: every figure with its interval, in-domain per domain and overall, general text,
     graded score with chance and agreement with the teacher's answers; the profile's objective chooses."""
@@ -122,6 +123,7 @@ def test_report_schema_budgets_and_choice(bundles, tmp_path):
     assert len(json.loads(cached.read_text())["sequences"]) == 6
 
 
+@pytest.mark.slow
 def test_memory_cap_stops_an_over_budget_variant(bundles, tmp_path):
     """40 MB is less than the interpreter and runtime need: the process is killed, not left to grow."""
     target = _profile(tmp_path, "40MB", "tiny-box")
@@ -136,6 +138,7 @@ def test_memory_cap_stops_an_over_budget_variant(bundles, tmp_path):
     assert proc.returncode == 1 and "over memory budget" in proc.stdout and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_bench_input_is_one_line(bundles, tmp_path):
     proc = run_cli("bench", str(tmp_path), "--target", "laptop")
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and "no bundle here" in proc.stderr
@@ -239,6 +242,7 @@ def test_bandwidth_probe_gives_a_plausible_rate():
     assert 1 / 1.6 < rate / (2 * src.nbytes / best) < 1.6
 
 
+@pytest.mark.slow
 def test_bench_settings_are_checked_first_in_one_line(bundles, tmp_path):
     proc = run_cli("bench", str(bundles / "gguf-q8_0"), "--target", "laptop", "--bandwidth", "fast", "--repeats", "0")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
@@ -248,6 +252,7 @@ def test_bench_settings_are_checked_first_in_one_line(bundles, tmp_path):
     assert BenchSettings(bandwidth="15GB/s").bandwidth == "15GB/s"
 
 
+@pytest.mark.slow
 def test_the_cold_prefill_agrees_with_llama_bench(tmp_path_factory, tmp_path):
     """The bench's prefill rate (prompt tokens over the cold time to first token) and llama.cpp's own llama-bench
     ppN on the same file, prompt length and threads: within 25% of each other, as a ratio measured in one run.

@@ -61,6 +61,7 @@ def _writing_commands(tmp_path, model):
     }
 
 
+@pytest.mark.slow
 def test_an_unwritable_output_is_refused_before_any_model_loads(tmp_path, broken_model):
     failures = {}
     for name, args in _writing_commands(tmp_path, broken_model).items():
@@ -94,6 +95,7 @@ def _tiny_phi3(out):
     return out
 
 
+@pytest.mark.slow
 def test_files_users_hand_us_are_read_through_one_checked_path(tmp_path, tiny_model_dir):
     """Missing tokenizer, bad encoding, truncated file, bad unit, deep nesting, unsupported layout: one line."""
     no_tok = _copy_model(tiny_model_dir, tmp_path / "no-tokenizer", drop=("tokenizer*", "special_tokens_map.json",
@@ -168,6 +170,7 @@ def test_files_users_hand_us_are_read_through_one_checked_path(tmp_path, tiny_mo
     assert not (tmp_path / "d3").exists()
 
 
+@pytest.mark.slow
 def test_files_that_lie_are_called_what_they_are(tmp_path, tiny_model_dir):
     """A weight file cut short, a GGUF that is only its magic, a prompts line that is not JSON under --skip-bad."""
     cut = _copy_model(tiny_model_dir, tmp_path / "cut")

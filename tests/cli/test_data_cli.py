@@ -115,6 +115,7 @@ def test_generate_a_split_of_every_domain(tiny_model_dir, tmp_path):
     assert both.returncode == 2 and "either --prompts" in both.stderr
 
 
+@pytest.mark.slow
 def test_prune_cli(tiny_model_dir, tmp_path):
     texts = tmp_path / "texts"
     texts.mkdir()
@@ -148,6 +149,7 @@ def student_and_generations(tiny_model_dir, tmp_path_factory):
     return student, gen
 
 
+@pytest.mark.slow
 def test_distill_cli(tiny_model_dir, student_and_generations, tmp_path):
     student, gen = student_and_generations
     out = tmp_path / "run"
@@ -192,6 +194,7 @@ def test_distill_has_no_safety_flags():
     assert "--safety" not in proc.stdout and "hint" not in proc.stdout and "refusal" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_cache_logits_then_distill_from_it(tiny_model_dir, student_and_generations, tmp_path):
     student, gen = student_and_generations
     proc = run_cli("cache-logits", "--teacher", str(tiny_model_dir), "--data", str(gen), "--out", str(tmp_path / "c"),

@@ -62,6 +62,7 @@ def test_fsdp_is_refused_on_cpu_and_reaches_transformers_where_asked(tmp_path, m
     assert args.fsdp_plugin_args["reshard_after_forward"] is True
 
 
+@pytest.mark.slow
 def test_two_processes_from_a_sharded_cache_with_chunks_match_one(tmp_path):
     from edgedistill.distill import logit_cache
     from edgedistill.distill.dataset import encode
@@ -98,6 +99,7 @@ def test_two_processes_from_a_sharded_cache_with_chunks_match_one(tmp_path):
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_a_two_process_run_resumes_from_its_checkpoint_under_the_same_launcher(tmp_path):
     """A 2-process torchrun job checkpointed every step, cut after step 2 (its last checkpoint removed), and resumed
     under the same launcher ends with the weights of the uninterrupted job: optimizer, schedule and data order come

@@ -175,6 +175,7 @@ def test_cross_entropy_alone_needs_no_teacher_model(pair, tmp_path):
         train((None, t_tok), load_model(str(pair[1])), examples, tmp_path / "c", LossConfig("forward_kl"), cfg)
 
 
+@pytest.mark.slow
 def test_two_process_job_matches_one_process(pair, tmp_path):
     """The same job under torch.distributed (2 CPU processes, gloo) and in one process: same weights."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

@@ -29,6 +29,7 @@ def exported(tmp_path_factory):
     return model, root / "bundles", {r.key: r for r in results}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ALL_SCHEMES)
 def test_scheme_round_trips_and_loads_in_its_runtime(exported, key):
     _, out, results = exported
@@ -94,6 +95,7 @@ def test_weight_only_onnx_computes_in_int8(exported, key):
     assert levels and set(levels) == {4}
 
 
+@pytest.mark.slow
 def test_exact_formats_reproduce_greedy_generation_of_a_peaked_model(tmp_path):
     """With larger weights the tiny model has confident, teacher-like outputs, so greedy decoding is a sharp test
     of the GGUF tensor layout (Q/K permutation, norms) and of the ONNX KV cache."""
@@ -127,6 +129,7 @@ def test_importance_matrix_from_llama_imatrix_goes_into_the_bundle_and_changes_t
     assert with_m["blk.0.ffn_down.weight"] != without["blk.0.ffn_down.weight"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["gguf:q4_0", "onnx:int4"])
 def test_a_variant_over_its_tolerance_is_not_written_unless_forced(tmp_path, monkeypatch, key):
     from edgedistill import quantize
@@ -155,6 +158,7 @@ def _assert_clean_failure(proc, out: Path, *words):
     assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith("keep")]
 
 
+@pytest.mark.slow
 def test_unsupported_architecture(tmp_path):
     from transformers import OPTConfig, OPTForCausalLM
 
@@ -219,6 +223,7 @@ def test_library_errors_are_typed(tmp_path, tiny_model_dir):
         export_model(str(tmp_path), tmp_path / "o", ExportSettings())
 
 
+@pytest.mark.slow
 def test_cli_exports_and_prints_the_table(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     proc = run_cli("export", str(tiny_model_dir), "--out", str(out), "--variant", "gguf:q8_0", "--variant",
@@ -255,6 +260,7 @@ def test_bundle_tokenizer_behaves_like_the_source_in_transformers(exported, key)
         assert out_ids.shape[1] == enc["input_ids"].shape[1] + 4
 
 
+@pytest.mark.slow
 def test_gguf_files_carry_name_size_and_provenance(tmp_path, tiny_model_dir):
     """general.name and general.size_label in every GGUF written; a distilled student also names its base model,
     its teacher and how it was made (llama.cpp's provenance keys)."""

@@ -91,6 +91,7 @@ def test_sigint_during_a_real_quantization_exits_130_with_nothing_written(real_t
     assert not out.exists(), list(out.iterdir())
 
 
+@pytest.mark.slow
 def test_a_rerun_removes_what_a_killed_run_left_and_only_that(tmp_path):
     model = tiny.build_model_dir(tmp_path / "m", init_std=0.15, layers=2)
     out = tmp_path / "out"
@@ -127,6 +128,7 @@ def test_an_interrupted_export_leaves_no_out_folder(tmp_path, monkeypatch):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_export_then_a_rerun_leaves_only_the_finished_bundle(tmp_path):
     model = tiny.build_model_dir(tmp_path / "m", init_std=0.15, layers=2)
     out = tmp_path / "out"

@@ -121,6 +121,7 @@ def test_read_only_cache_from_cli(read_only_dir):
     assert list(read_only_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_model_in_chunk_packages_is_assembled_verified_and_its_sentencepiece_tokenizer_rebuilt(tmp_path, monkeypatch):
     """As gemma3-270m ships: a Gemma GGUF (SentencePiece tokenizer) cut into chunk packages. The pull joins them
     in order while hashing, and the converted folder tokenizes as the original model did; a damaged chunk

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import json
 
 from edgedistill.pipeline import RunSettings, run_pipeline
@@ -32,6 +33,7 @@ safety_floor:
 """
 
 
+@pytest.mark.slow
 def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     teacher = tiny.build_model_dir(tmp_path / "teacher", init_std=0.15, layers=3)
     profile = tmp_path / "tinybox.yaml"
@@ -106,6 +108,7 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     assert (out / "distill" / "stage.json").read_text() == stamp
 
 
+@pytest.mark.slow
 def test_run_skips_a_variant_the_teachers_family_cannot_be_exported_to(tmp_path, monkeypatch):
     """A family the ONNX builder does not write: the profile's ONNX variant is skipped with its reason (echoed and
     in run.json), and the run goes on with the rest instead of aborting at export."""

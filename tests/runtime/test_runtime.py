@@ -16,6 +16,8 @@ from edgedistill.runtime import BundleError, GenerationConfig, LoadedModel, load
 from edgedistill.runtime.text import Sampler, StopText
 from tests import tiny
 
+pytestmark = pytest.mark.slow  # end-to-end trips over shared tiny bundles: make test, not the quick loop
+
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
@@ -253,6 +255,7 @@ sys.meta_path.insert(0, _Block())
 sys.argv = ["support_desk.py", {str(out / "onnx-fp32")!r}, "--ask", "Where is my order?", "--ask", "Thanks",
             "--max-tokens", "6"]
 import runpy
+
 runpy.run_path({str(REPO / "examples" / "support_desk.py")!r}, run_name="__main__")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -168,6 +168,7 @@ def _suite(folder, pairs: int = 4):
     return folder
 
 
+@pytest.mark.slow
 def test_cli_reapply_runs_the_recipe_writes_its_settings_and_reruns_from_them(tmp_path):
     teacher = tiny.build_model_dir(tmp_path / "teacher", layers=2, seed=1, init_std=0.2)
     student = tiny.build_model_dir(tmp_path / "student", layers=1, seed=2, init_std=0.2)

@@ -83,6 +83,7 @@ def test_score_and_floor():
     assert v["checks"]["over_refusal"]["margin"] == pytest.approx(-0.4)
 
 
+@pytest.mark.slow
 def test_cli_eval_table_report_and_floor(tmp_path, tiny_model_dir):
     data = tmp_path / "data" / "safety"
     data.mkdir(parents=True)

@@ -26,6 +26,8 @@ from edgedistill.runtime import load
 from tests import tiny
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # end-to-end trips over shared tiny bundles: make test, not the quick loop
+
 KEY = "s3cret-key-for-tests"
 MSGS = [{"role": "user", "content": "Where is my order?"}]
 
