@@ -27,7 +27,7 @@ from edgedistill.engines import EngineSettings
 from edgedistill.errors import EdgeDistillError, UnsupportedError
 from edgedistill.models.registry import DEFAULT_TEACHER
 from edgedistill.paths import check_writable_dir, write_text_atomic
-from edgedistill.quantize import refusal
+from edgedistill.quantize import unsupported_reason
 from edgedistill.settings import Settings, default_of, setting
 from edgedistill.settings import write as write_settings
 
@@ -102,9 +102,8 @@ class Stages:
         t = time.perf_counter()
         info = fn(folder) or {}
         rec = {"key": key, "seconds": round(time.perf_counter() - t, 1), "info": info}
-        tmp = folder / ".stage.json.tmp"
-        tmp.write_text(json.dumps(rec, indent=2, default=str) + "\n")
-        tmp.replace(stamp)  # written last: a stage killed half way has no stamp and reruns
+        write_text_atomic(stamp, json.dumps(rec, indent=2, default=str) + "\n")  # last: a stage killed half way
+        # has no stamp and reruns
         self.record[name] = {**rec, "reused": False}
         return folder, info
 
@@ -226,7 +225,7 @@ def plan_run(settings: RunSettings) -> Plan:
     t_key = model_fingerprint(teacher_dir)
     # what the teacher's family cannot be exported to is known now: skipped with its reason, not an abort later
     # (a student has the teacher's architecture)
-    skipped = {k: why for k in target.formats if (why := refusal(k, teacher_dir)) is not None}
+    skipped = {k: why for k in target.formats if (why := unsupported_reason(k, teacher_dir)) is not None}
     formats = [k for k in target.formats if k not in skipped]
     if not formats:
         raise UnsupportedError(f"the {target.name} profile allows only {', '.join(target.formats)}, and this teacher "
@@ -398,10 +397,10 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
 def _follow_family(wanted: str, fallbacks: list[str], teacher_dir: Path) -> str:
     """`wanted` when the teacher's family can be exported to it, else the first of `fallbacks` it can."""
     for key in [wanted, *fallbacks]:
-        if refusal(key, teacher_dir) is None:
+        if unsupported_reason(key, teacher_dir) is None:
             return key
     raise UnsupportedError(f"the teacher can be exported to none of {', '.join([wanted, *fallbacks])}: "
-                           f"{refusal(wanted, teacher_dir)}")
+                           f"{unsupported_reason(wanted, teacher_dir)}")
 
 
 def _safety_gate(st: Stages, key: str, bundle: Path, chosen: dict, target, target_spec: str, data_dir: Path) -> dict:
@@ -421,9 +420,7 @@ def _safety_gate(st: Stages, key: str, bundle: Path, chosen: dict, target, targe
     manifest_path = bundle / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["deployment"] = {"target": target.name, "deployable": info["deployable"], "safety": info["checks"]}
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(manifest_path)
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return info
 
 

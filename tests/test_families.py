@@ -39,7 +39,7 @@ def test_the_whole_trip(name, tmp_path):
     from edgedistill.export.pipeline import ExportSettings, export_model
     from edgedistill.models import load_model
     from edgedistill.models.generate import chat_ids
-    from edgedistill.quantize import refusal
+    from edgedistill.quantize import unsupported_reason
 
     fam = TINY[name]
     teacher = fam.build(tmp_path / "teacher")
@@ -61,7 +61,7 @@ def test_the_whole_trip(name, tmp_path):
                                      save_steps=100))
     assert report["steps"] == 3
     student = tmp_path / "run" / "student"
-    variants = [v for v in ("gguf:f16", "gguf:q8_0", "onnx:fp32") if refusal(v, student) is None]  # all, today
+    variants = [v for v in ("gguf:f16", "gguf:q8_0", "onnx:fp32") if unsupported_reason(v, student) is None]  # all, today
     results = export_model(str(student), tmp_path / "bundles", ExportSettings(variants=variants, chunks=1,
                                                                               chunk_len=32))
     assert [r.path is not None for r in results] == [True] * len(variants), [r.error for r in results]

@@ -114,8 +114,8 @@ def teacher_answers(reference: Path, prompts: list, max_new_tokens: int, *, thre
             seqs.append({"id": p.id, "domain": p.domain, "ids": ids + answer, "start": len(ids)})
     finally:
         model.close()
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"format": ANSWERS_FORMAT, "key": key, "reference_sha256": sha,
-                               "max_new_tokens": max_new_tokens, "sequences": seqs}))
-    tmp.replace(path)
+    from edgedistill.paths import write_text_atomic
+
+    write_text_atomic(path, json.dumps({"format": ANSWERS_FORMAT, "key": key, "reference_sha256": sha,
+                                        "max_new_tokens": max_new_tokens, "sequences": seqs}))
     return seqs

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from edgedistill.bench.budgets import pareto
+from edgedistill.paths import write_texts_atomic
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +18,8 @@ def write_report(report: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for r in report["variants"]:
         r.pop("_answers", None)
-    files = {"bench.json": json.dumps(report, indent=2, default=str) + "\n", "bench.md": markdown(report)}
-    for name, text in files.items():
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
+    write_texts_atomic({out_dir / "bench.json": json.dumps(report, indent=2, default=str) + "\n",
+                        out_dir / "bench.md": markdown(report)})
     try:
         charts(report, out_dir)
     except ImportError:

@@ -101,9 +101,9 @@ def quality(job: dict) -> dict:
 def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text())
     result = {"speed": speed, "quality": quality}[job["phase"]](job)
-    tmp = Path(job["out"] + ".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(job["out"])
+    from edgedistill.paths import write_text_atomic
+
+    write_text_atomic(Path(job["out"]), json.dumps(result))
     return 0
 
 

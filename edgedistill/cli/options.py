@@ -47,6 +47,8 @@ def settings_options(cls, *, skip: tuple[str, ...] = ()):
             m, tp = f.metadata, _base(hints[f.name])
             default = default_of(f)
             shown = "" if default in (None, [], ()) else f" [default: {_show(default)}]"
+            if m.get("required"):  # given by the flag or by --config: click cannot enforce it, the settings do
+                shown += " [required]"
             help_ = (m.get("help") or "") + shown
             kw: dict = {"default": None, "help": help_}
             origin = typing.get_origin(tp)

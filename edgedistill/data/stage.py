@@ -10,7 +10,7 @@ from pathlib import Path
 from edgedistill.engines import EngineSettings
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models.registry import DEFAULT_TEACHER
-from edgedistill.settings import Settings, setting
+from edgedistill.settings import setting
 from edgedistill.settings import write as write_settings
 
 log = logging.getLogger(__name__)

@@ -66,8 +66,8 @@ class EngineSettings(Settings):
     tokenizer: str | None = setting(None, "openai engine: local model whose tokenizer the served tokens are aligned "
                                           "to (the student's), needed for --logprobs.")
     concurrency: int = setting(4, "openai engine: requests in flight at most.", min=1, max=256, key=False)
-    teacher_timeout: float = setting(120.0, "openai engine: seconds one request may take.", min=0, min_open=True,
-                                     key=False)
+    teacher_timeout: float = setting(120.0, "openai engine: how long one request may take (90s, 2m; seconds in a "
+                                            "file).", min=0, min_open=True, kind="duration", key=False)
     retries: int = setting(4, "openai engine: retries with backoff on 429/5xx and lost connections.", min=0, max=20,
                            key=False)
     teacher_gguf_type: str = setting("f16", "llama.cpp engine on a registry / Hugging Face teacher: the GGUF it runs "

@@ -20,7 +20,7 @@ from edgedistill.export.bundle import source_hash, write_manifest
 from edgedistill.paths import atomic_dir, disk_full_named, ensure_writable_dir, remove_scratch, scratch_dir
 from edgedistill.settings import Settings, setting
 from edgedistill.settings import write as write_settings
-from edgedistill.quantize import BuildContext, Scheme, get, refusal
+from edgedistill.quantize import BuildContext, Scheme, get, unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def _export(spec: str, out: Path, settings: ExportSettings, schemes, step) -> li
             save_tokenizer(tokenizer, model_dir)
         imatrix_text = None
         for s in schemes:  # an architecture a format cannot write fails now, not after the other variants
-            if (why := refusal(s.key, model_dir)) is not None:
+            if (why := unsupported_reason(s.key, model_dir)) is not None:
                 raise UnsupportedError(f"{s.key}: {why}")
         if any(s.format == "gguf" for s in schemes):
             if settings.imatrix and any("imatrix" in s.options for s in schemes):

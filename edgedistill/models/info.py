@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from math import prod
-from pathlib import Path
 
 from edgedistill import paths
 from edgedistill.errors import InvalidModelError

@@ -98,7 +98,7 @@ def _first(fmt: str) -> str:
     return next((s.name for s in _SCHEMES.values() if s.format == fmt), "")
 
 
-def refusal(key: str, model_dir: Path) -> str | None:
+def unsupported_reason(key: str, model_dir: Path) -> str | None:
     """Why the transformers model in `model_dir` cannot be exported as variant `key`, in one line (None: it can):
     an architecture llama.cpp's converter or onnxruntime-genai's builder does not write."""
     import json

@@ -6,7 +6,6 @@ Only the standard library here: the runtime must import without torch or transfo
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import platform
 from pathlib import Path
