@@ -98,3 +98,25 @@ def test_a_killed_runs_temporary_folders_are_removed_by_the_next_run_and_only_th
                           capture_output=True, text=True, env={**os.environ, "TMPDIR": str(sys_tmp)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in sys_tmp.iterdir()) == [".edgedistill-not-marked"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_generate_in_one_line_and_a_rerun_continues(tmp_path, tiny_model_dir):
+    """generate's output is an append log (resumable by design): the full disk is one line naming it, the answers
+    written stay, and a rerun with space answers only the rest."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Where is order {i}?"}) + "\n"
+                               for i in range(12)))
+    out = tmp_path / "gen.jsonl"
+    args = [sys.executable, "-m", "edgedistill", "generate", "--teacher", str(tiny_model_dir), "--prompts",
+            str(prompts), "--max-new-tokens", "8", "--batch-size", "2", "--out", str(out)]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, preexec_fn=_file_size_limit(3000))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and last.startswith(f"error: no space to write {out}"), proc.stderr[-2000:]
+    written = [json.loads(x)["id"] for x in out.read_text().splitlines() if x.endswith("}")]
+    assert 0 < len(written) < 12
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    ids = [json.loads(x)["id"] for x in out.read_text().splitlines()]
+    assert sorted(ids) == sorted(f"p{i}" for i in range(12))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edgedistill.data.load import DataError, Prompt
 from edgedistill.errors import EdgeDistillError
-from edgedistill.paths import write_text_atomic
+from edgedistill.paths import disk_full_named, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,9 @@ def _answer_all(e, pending, out: Path, settings, logprobs, recorded, report, pro
     max_prompt = e.context - settings.max_new_tokens if e.context else None
     out.parent.mkdir(parents=True, exist_ok=True)
     task = progress.add_task(f"teacher answering {len(pending)} prompts", total=len(pending)) if progress else None
-    with open(out, "a", encoding="utf-8") as f:
+    # the file is an append log: a full disk stops it in one line naming it; what was written stays, and a rerun
+    # continues from there (a torn last line is dropped)
+    with disk_full_named(out), open(out, "a", encoding="utf-8") as f:
         for a in e.answer([p.messages for p in pending], settings, logprobs=logprobs, max_prompt_tokens=max_prompt):
             if progress:
                 progress.advance(task)
