@@ -1,15 +1,18 @@
-"""What edgedistill's llama.cpp build costs against `-march=native` and gains against the plain AVX2 baseline, on this
-machine, measured with llama-bench.
+"""What edgedistill's llama.cpp build gains against the plain AVX2 baseline, on this machine, measured with
+llama-bench.
 
 edgedistill compiles llama.cpp (the runtime and its tools) without `-march=native`: AVX2 on every x86-64, AVX-512
 (with its VBMI / VNNI / BF16 extensions) where the machine has it, AMX never (edgedistill/formats/llamacpp_build.py),
 so that ggml's AMX path (it crashes on Q8_0/Q4 weights, llama.cpp issue 20824) is never taken and a build never
-holds instructions the CPU lacks. This script builds llama-bench from the same llama.cpp sources in two more ways
-and runs all of them on the same files, interleaved, in one run:
+holds instructions the CPU lacks. This script builds llama-bench from the same llama.cpp sources once more and
+runs both on the same files, interleaved, in one run:
 
   installed  the installed tools' llama-bench (what every edgedistill install on this CPU uses)
   avx2       the x86-64 baseline every edgedistill install gets (only where the installed build is above it)
-  native     GGML_NATIVE=ON (-march=native: what llama.cpp and llama-cpp-python do by default; AMX where present)
+
+(Its version at commit 2983483 also built a GGML_NATIVE=ON (-march=native) llama-bench, to reproduce the reported
+crash: the `native` column of results/runtime/cpu_build.md, SIGSEGV on every file. No build here uses -march=native
+any more, not even for comparison.)
 
 Files: the default teacher's Q4_K_M and Q8_0 (Q8_0: the type of the reported crash) and those of a 10-layer
 student pruned from it (`edgedistill prune --layers 10 --hw-friendly`), exported by export_model. Figures:
@@ -44,16 +47,15 @@ def log(msg: str) -> None:
 
 
 def build_flags() -> dict[str, list[str]]:
-    """The builds beside the installed one: the AVX2 baseline (where the installed build is above it) and native."""
+    """The build beside the installed one: the AVX2 baseline (where the installed build is above it)."""
     installed = cpu_flags()
     baseline = cpu_flags(features=[f for f in cpu_features() if not f.startswith("avx512")])
-    return ({"avx2": baseline} if baseline != installed else {}) | {"native": ["-DGGML_NATIVE=ON"]}
+    return {"avx2": baseline} if baseline != installed else {}
 
 
 def build(name: str, flags: list[str], work: Path) -> Path:
     """llama-bench from the installed llama-cpp-python's llama.cpp sources, with `flags` for the CPU. The binary is
-    named by its flags and this CPU's features: the -march=native comparison build is made for this machine only,
-    and a work folder carried to another CPU builds it again there instead of running it."""
+    named by its flags and this CPU's features: a work folder carried to another CPU builds it again there."""
     exe = work / f"llama-bench-{name}-{flags_key([*flags, platform.machine(), *cpu_features()])}"
     if exe.exists():
         return exe
