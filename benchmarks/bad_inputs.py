@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgedistill.children import descendant_with, left_in_group
 from edgedistill.runinfo import run_record, write_result
 
 HERE = Path(__file__).resolve().parent
@@ -59,38 +60,15 @@ class Fault:
     keep: str = ""
 
 
-def _group(pgid: int) -> list[int]:
-    """Live (not zombie) processes in process group `pgid`."""
-    left = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            left.append(int(stat.parent.name))
-    return left
-
-
 def _wait_for(proc: subprocess.Popen, marker: str, timeout: float = 600) -> bool:
     """Until a descendant of `proc` has `marker` in its command line, or `proc` prints a line starting with it."""
-    import psutil
-
-    me, deadline = psutil.Process(proc.pid), time.monotonic() + timeout
     if marker.startswith("stdout:"):
+        deadline = time.monotonic() + timeout
         for line in proc.stdout:
             if line.startswith(marker[len("stdout:"):]) or time.monotonic() > deadline:
                 return True
         return False
-    while proc.poll() is None and time.monotonic() < deadline:
-        for c in me.children(recursive=True):
-            try:
-                if marker in " ".join(c.cmdline()):
-                    return True
-            except psutil.Error:
-                continue
-        time.sleep(0.02)
-    return False
+    return descendant_with(proc, marker, timeout) is not None
 
 
 def run_case(argv: list[str], env: dict, fault: Fault | None) -> tuple[subprocess.CompletedProcess, list[int]]:
@@ -118,9 +96,7 @@ def run_case(argv: list[str], env: dict, fault: Fault | None) -> tuple[subproces
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    deadline = time.monotonic() + (5 if fault.signal == signal.SIGKILL else 2)
-    while (left := _group(proc.pid)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    left = left_in_group(proc.pid, wait_s=5 if fault.signal == signal.SIGKILL else 2)
     if left:
         os.killpg(proc.pid, signal.SIGKILL)
     return subprocess.CompletedProcess(cmd, proc.returncode, out or "", err or ""), left

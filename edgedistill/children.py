@@ -79,6 +79,45 @@ def started(cmd: list[str], **kwargs) -> Iterator[subprocess.Popen]:
         stop(proc)
 
 
+def descendant_with(proc: subprocess.Popen, marker: str, timeout: float = 300):
+    """The first descendant of `proc` whose command line holds `marker`, waiting for one up to `timeout` seconds
+    (None if `proc` ended first or none came): how a check finds the child it means to interrupt."""
+    import time
+
+    import psutil
+
+    me, deadline = psutil.Process(proc.pid), time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        for c in me.children(recursive=True):
+            try:
+                if marker in " ".join(c.cmdline()):
+                    return c
+            except psutil.Error:
+                continue
+        time.sleep(0.02)
+    return None
+
+
+def left_in_group(pgid: int, wait_s: float = 0.0) -> list[int]:
+    """The live (not zombie) processes in process group `pgid` (Linux /proc), after waiting up to `wait_s` seconds for
+    them to go: what a command started in its own group left running."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                left.append(int(stat.parent.name))
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
+
+
 def run(cmd: list[str], *, env: dict | None = None, cwd: str | Path | None = None, timeout: float | None = None,
         merge_output: bool = False, output: Path | None = None) -> subprocess.CompletedProcess:
     """Run `cmd` to its end and return its exit code and output as text (stdout and stderr, or both in stdout

@@ -9,52 +9,16 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
+from edgedistill.children import descendant_with, left_in_group
 from edgedistill.export.pipeline import ExportSettings, export_model
 from tests import tiny
 from tests.conftest import REPO, ours
 
 pytestmark = pytest.mark.slow  # end-to-end trips over shared tiny bundles: make test, not the quick loop
-
-
-def _group(pgid: int) -> list[int]:
-    """The live (not zombie) processes whose process group is `pgid`."""
-    left = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            left.append(int(stat.parent.name))
-    return left
-
-
-def _wait_gone(pgid: int, timeout: float = 15) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (left := _group(pgid)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
-
-
-def _child_with(proc: subprocess.Popen, marker: str, timeout: float = 300):
-    """The first descendant of `proc` whose command line holds `marker` (None if `proc` ended first)."""
-    import psutil
-
-    me, deadline = psutil.Process(proc.pid), time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        for c in me.children(recursive=True):
-            try:
-                if marker in " ".join(c.cmdline()):
-                    return c
-            except psutil.Error:
-                continue
-        time.sleep(0.02)
-    return None
 
 
 def _own_group_default_sigint() -> None:
@@ -75,10 +39,10 @@ def test_a_sigkilled_parent_takes_its_children_along(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True,
                               preexec_fn=os.setpgrp)
     child_pid = int(parent.stdout.readline())
-    assert parent.pid in _group(parent.pid) and child_pid in _group(parent.pid)
+    assert {parent.pid, child_pid} <= set(left_in_group(parent.pid))
     parent.kill()
     parent.wait()
-    assert _wait_gone(parent.pid, timeout=5) == [], "the child outlived its SIGKILLed parent"
+    assert left_in_group(parent.pid, wait_s=5) == [], "the child outlived its SIGKILLed parent"
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +75,7 @@ def test_a_stopped_command_stops_its_children_and_leaves_nothing(case, model, bu
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(sys_tmp)},
                             preexec_fn=_own_group_default_sigint)
     try:
-        child = _child_with(proc, marker)
+        child = descendant_with(proc, marker)
         assert child is not None, proc.communicate()
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
@@ -120,6 +84,6 @@ def test_a_stopped_command_stops_its_children_and_leaves_nothing(case, model, bu
             os.killpg(proc.pid, signal.SIGKILL)
     code, word = (130, "interrupted") if sig == signal.SIGINT else (143, "terminated")
     assert proc.returncode == code and err.strip().splitlines()[-1] == f"error: {word}", err[-2000:]
-    assert _wait_gone(proc.pid, timeout=2) == [], f"{what} still running after {sig_name}"  # stopped, not waited for
+    assert left_in_group(proc.pid, wait_s=2) == [], f"{what} still running after {sig_name}"  # stopped, not waited for
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*")), list(out.rglob("*"))
     assert ours(sys_tmp) == []
