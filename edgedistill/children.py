@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import signal
 import subprocess
@@ -30,8 +29,8 @@ _PR_SET_PDEATHSIG = 1
 def _find_prctl():
     """libc's prctl, looked up once here (not in the child between fork and exec, where loading a library could
     deadlock); None where there is none (not Linux)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl
+    try:  # the process's own symbols hold libc's (find_library would start a subprocess at import)
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
 
