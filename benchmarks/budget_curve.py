@@ -61,7 +61,7 @@ def build_cache(work: Path, data: Path, name: str) -> Path:
     if not (out / "cache.json").exists():
         shutil.rmtree(out, ignore_errors=True)
         log(f"logit cache {name} (llama.cpp F16, top-64)")
-        cache_logits(CacheSettings(teacher=TEACHER, data=[data], out=out, k=64, max_length=512,
+        cache_logits(CacheSettings(teacher=TEACHER, generations=[data], out=out, k=64, max_length=512,
                                    teacher_engine="llama.cpp"))
     return out
 
@@ -111,8 +111,8 @@ def distill_one(work: Path, init: Path, cache: Path, data: Path, validation: Pat
 
     out = work / f"distill-{label}"
     shutil.rmtree(out, ignore_errors=True)
-    s = DistillSettings(teacher=TEACHER, student=str(init), data=[data], validation=[validation], out=out,
-                        loss="forward_kl", kd_weight=0.5, max_steps=steps, batch_size=4, grad_accum=2, lr=5e-4,
+    s = DistillSettings(teacher=TEACHER, student=str(init), generations=[data], validation=[validation], out=out,
+                        loss="forward_kl", kd_weight=0.5, steps=steps, batch_size=4, grad_accum=2, lr=5e-4,
                         warmup_steps=min(6, steps // 4), save_steps=100_000, keep_checkpoints=False,
                         logit_cache=cache)
     log(f"distilling {label}: {steps} steps from {cache.name}")
@@ -252,7 +252,7 @@ def main() -> None:
         teacher = load_model(TEACHER)
         init = work / "student-init"
         if not (init / "config.json").exists():
-            prune(PruneSettings(teacher=TEACHER, out=init, layers=10, hw_friendly=True, max_tokens=8192),
+            prune(PruneSettings(teacher=TEACHER, out=init, layers=10, hw_friendly=True, calibration_tokens=8192),
                   teacher=teacher)
         ref_lp = teacher_logprobs(teacher[0], seqs)
         rows, lever = [], []

@@ -99,7 +99,7 @@ def main() -> None:
         if path is None:
             path = work / f"teacher-{split}.jsonl"
             generate_data(GenerateSettings(split=split, limit=n, data_dir=data_dir, out=path,
-                                           max_new_tokens=args.max_new_tokens), teacher=teacher)
+                                           max_new_tokens=args.max_new_tokens, teacher_engine="torch"), teacher=teacher)
         paths[split] = path
         enc = encode(tok, load_generations([path]), 512)
         info[split] = {"file": str(path), "sequences": len(enc.examples), "response_tokens": enc.response_tokens}
@@ -108,8 +108,8 @@ def main() -> None:
     cache_dir = work / f"cache-k{args.k}"
     if not cache_dir.exists():
         t = time.perf_counter()
-        meta = cache_logits(CacheSettings(teacher=DEFAULT_TEACHER, data=[paths["train"]], out=cache_dir, k=args.k,
-                                          max_length=512))
+        meta = cache_logits(CacheSettings(teacher=DEFAULT_TEACHER, generations=[paths["train"]], out=cache_dir, k=args.k,
+                                          max_length=512, teacher_engine="torch"))
         meta["build_s"] = time.perf_counter() - t
         (work / "cache-build.json").write_text(json.dumps(meta, indent=2))
     cache_info = json.loads((work / "cache-build.json").read_text())
@@ -121,7 +121,7 @@ def main() -> None:
         inits[name] = work / f"init-{name}"
         if not inits[name].exists():
             prune(PruneSettings(teacher=DEFAULT_TEACHER, out=inits[name], layers=10, hw_friendly=hw,
-                                data_dir=data_dir, max_tokens=8192), teacher=teacher)
+                                data_dir=data_dir, calibration_tokens=8192), teacher=teacher)
 
     all_items = load_eval_items(find_eval_sets(data_dir))
     eval_items = all_items[:: args.eval_every]
@@ -148,10 +148,10 @@ def main() -> None:
         shutil.rmtree(rdir, ignore_errors=True)
         log(f"training {label}")
         use_cache = cache_dir if (kd > 0 and not live) else None
-        settings = DistillSettings(teacher=DEFAULT_TEACHER, student=str(inits[size]), data=[paths["train"]],
+        settings = DistillSettings(teacher=DEFAULT_TEACHER, student=str(inits[size]), generations=[paths["train"]],
                                    validation=[paths["validation"]] if save else [], out=rdir, loss=name,
                                    beta=params.get("beta"), alpha=params.get("alpha"), kd_weight=kd,
-                                   on_policy=on_policy, on_policy_max_new_tokens=64, max_steps=steps or args.steps,
+                                   on_policy=on_policy, on_policy_max_new_tokens=64, steps=steps or args.steps,
                                    batch_size=4, grad_accum=2, lr=args.lr, warmup_steps=6, max_length=512,
                                    save_steps=100_000, keep_checkpoints=False, logit_cache=use_cache)
         report = distill(settings, teacher=teacher)

@@ -59,7 +59,7 @@ def step_variant(args) -> dict:
     """One variant of part 1, in this process."""
     import torch
 
-    from edgedistill.distill.losses import LossConfig
+    from edgedistill.distill.settings import LossSettings
     from edgedistill.distill.train import kd_objective
     from edgedistill.tensors import IGNORE
 
@@ -76,7 +76,7 @@ def step_variant(args) -> dict:
         lp = torch.log_softmax(torch.randn(args.batch, args.length, 64, generator=g), -1)
         topk = (lp, torch.randint(0, args.vocab, (args.batch, args.length, 64), generator=g))
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
-    cfg = LossConfig("forward_kl", kd_weight=0.5)
+    cfg = LossSettings(loss="forward_kl", kd_weight=0.5)
     before = _status()
     times = []
     for _ in range(args.repeats):

@@ -61,7 +61,7 @@ def main() -> None:
     gen_path = work / "generations.jsonl"
     t = time.perf_counter()
     generate_data(GenerateSettings(split="train", limit=args.prompts, data_dir=data_dir, out=gen_path,
-                                   max_new_tokens=args.max_new_tokens), teacher=teacher)
+                                   max_new_tokens=args.max_new_tokens, teacher_engine="torch"), teacher=teacher)
     print(f"generations ready ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
 
     student_dir = work / "student-10L-hw"
@@ -75,7 +75,7 @@ def main() -> None:
         cdir = work / f"cache-k{k}"
         shutil.rmtree(cdir, ignore_errors=True)
         t = time.perf_counter()
-        meta = cache_logits(CacheSettings(teacher=DEFAULT_TEACHER, data=[gen_path], out=cdir, k=k, max_length=512))
+        meta = cache_logits(CacheSettings(teacher=DEFAULT_TEACHER, generations=[gen_path], out=cdir, k=k, max_length=512, teacher_engine="torch"))
         caches[k] = {**meta, "build_s": time.perf_counter() - t}
 
     # What top-k costs: the untrained student's forward KL against the full teacher vs the k+1-bin version.
@@ -99,8 +99,8 @@ def main() -> None:
         for mode in speeds:
             run = work / f"run-{mode}-{r}"
             shutil.rmtree(run, ignore_errors=True)
-            got = distill(DistillSettings(teacher=DEFAULT_TEACHER, student=str(student_dir), data=[gen_path], out=run,
-                                        max_steps=args.steps, batch_size=4, grad_accum=1, lr=1e-4, warmup_steps=0,
+            got = distill(DistillSettings(teacher=DEFAULT_TEACHER, student=str(student_dir), generations=[gen_path], out=run, kd_weight=1.0,
+                                        steps=args.steps, batch_size=4, grad_accum=1, lr=1e-4, warmup_steps=0,
                                         save_steps=10_000, keep_checkpoints=False,
                                         logit_cache=work / "cache-k64" if mode == "cache_k64" else None),
                         teacher=teacher if mode == "live_teacher" else None)

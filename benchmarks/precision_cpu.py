@@ -65,7 +65,7 @@ def main() -> None:
     teacher = load_model(TEACHER)
     init = work / "student-init"
     if not (init / "config.json").exists():
-        prune(PruneSettings(teacher=TEACHER, out=init, layers=10, hw_friendly=True, max_tokens=8192), teacher=teacher)
+        prune(PruneSettings(teacher=TEACHER, out=init, layers=10, hw_friendly=True, calibration_tokens=8192), teacher=teacher)
     ref_lp = teacher_logprobs(teacher[0], seqs)
     probe = cpu_bf16_speedup()
     auto = resolve_precision("auto", "cpu")
@@ -75,8 +75,8 @@ def main() -> None:
         for precision in ("fp32", "bf16"):
             out = work / f"distill-{precision}-seed{seed}"
             shutil.rmtree(out, ignore_errors=True)
-            s = DistillSettings(teacher=TEACHER, student=str(init), data=[data], out=out, loss="forward_kl",
-                                kd_weight=0.5, max_steps=args.steps, batch_size=4, grad_accum=2, lr=5e-4,
+            s = DistillSettings(teacher=TEACHER, student=str(init), generations=[data], out=out, loss="forward_kl",
+                                kd_weight=0.5, steps=args.steps, batch_size=4, grad_accum=2, lr=5e-4,
                                 warmup_steps=min(6, args.steps // 4), save_steps=100_000, keep_checkpoints=False,
                                 logit_cache=cache, precision=precision, seed=seed)
             log(f"distilling: {precision}, seed {seed}, {args.steps} steps")

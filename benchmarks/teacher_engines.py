@@ -61,7 +61,7 @@ def start_server(gguf: Path, threads: int):
 
 
 def throughput(work: Path, prompts, max_new: int, threads: int) -> tuple[list[dict], dict[str, Path]]:
-    from edgedistill.data.generate import GenerationSettings, generate
+    from edgedistill.data.generate import DecodeSettings, generate
     from edgedistill.engines import EngineSpec
     from edgedistill.engines.llamacpp import LlamaCppEngine
 
@@ -87,7 +87,7 @@ def throughput(work: Path, prompts, max_new: int, threads: int) -> tuple[list[di
             ("openai -> llama.cpp server F16 + top-20", EngineSpec("openai", None, tokenizer=TEACHER, **served), 20, 8),
         ]
         for label, spec, k, batch in cases:
-            gen = GenerationSettings(max_new_tokens=max_new, batch_size=batch)
+            gen = DecodeSettings(max_new_tokens=max_new, answer_batch=batch)
             out = work / f"train-{''.join(c if c.isalnum() else '_' for c in label)}.jsonl"
             out.unlink(missing_ok=True)
             log(f"throughput: {label}")
@@ -158,7 +158,7 @@ def agreement(work: Path, torch_file: Path, n_seqs: int, threads: int) -> dict:
             import shutil
 
             shutil.rmtree(folder)
-        cache_logits(CacheSettings(teacher=TEACHER, data=[torch_file], out=folder, k=64, max_length=512,
+        cache_logits(CacheSettings(teacher=TEACHER, generations=[torch_file], out=folder, k=64, max_length=512,
                                    teacher_engine=spec.engine, teacher_gguf_type=spec.gguf_type))
         caches[label] = lc.load_arrays(folder)
     c = caches["torch"]
@@ -189,7 +189,7 @@ def students(work: Path, data: dict[str, Path], validation: Path, steps: int) ->
     student = work / "student-init"
     if not (student / "config.json").exists():
         log("pruning the 10-layer student")
-        prune(PruneSettings(teacher=TEACHER, out=student, layers=10, hw_friendly=True, max_tokens=8192),
+        prune(PruneSettings(teacher=TEACHER, out=student, layers=10, hw_friendly=True, calibration_tokens=8192),
               teacher=teacher)
     rows = []
     for label, seed in ((label, seed) for seed in (0, 1) for label in ("torch float32", "llama.cpp F16")):
@@ -199,8 +199,8 @@ def students(work: Path, data: dict[str, Path], validation: Path, steps: int) ->
 
             shutil.rmtree(out)
         log(f"distilling from {label} data, seed {seed}")
-        s = DistillSettings(teacher=TEACHER, student=str(student), data=[data[label]], validation=[validation],
-                            out=out, loss="forward_kl", kd_weight=0.5, max_steps=steps, batch_size=4, grad_accum=2,
+        s = DistillSettings(teacher=TEACHER, student=str(student), generations=[data[label]], validation=[validation],
+                            out=out, loss="forward_kl", kd_weight=0.5, steps=steps, batch_size=4, grad_accum=2,
                             lr=5e-4, warmup_steps=min(6, steps // 4), seed=seed, save_steps=100_000,
                             keep_checkpoints=False)
         t0 = time.perf_counter()
@@ -241,7 +241,7 @@ def markdown(report: dict) -> str:
 def main() -> None:
     import torch
 
-    from edgedistill.data.generate import GenerationSettings, generate
+    from edgedistill.data.generate import DecodeSettings, generate
     from edgedistill.data.stage import GenerateSettings, select_prompts
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -257,16 +257,16 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    train = select_prompts(GenerateSettings(split="train", limit=args.prompts, out=args.work / "x.jsonl"))
+    train = select_prompts(GenerateSettings(split="train", limit=args.prompts, out=args.work / "x.jsonl", teacher_engine="torch"))
     rows, files = throughput(args.work, train, args.max_new_tokens, args.threads)
     report = {**run_record(), "threads": args.threads, "prompts": len(train), "max_new_tokens": args.max_new_tokens,
               "throughput": rows}
     report["agreement"] = agreement(args.work, files["torch float32"], args.agree_seqs, args.threads)
     if not args.skip_students:
         val = args.work / "validation-torch.jsonl"
-        val_prompts = select_prompts(GenerateSettings(split="validation", limit=args.val_prompts, out=val))
+        val_prompts = select_prompts(GenerateSettings(split="validation", limit=args.val_prompts, out=val, teacher_engine="torch"))
         log("validation answers (torch)")
-        generate(TEACHER, val_prompts, val, GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=8))
+        generate(TEACHER, val_prompts, val, DecodeSettings(max_new_tokens=args.max_new_tokens, answer_batch=8))
         report["students"] = students(args.work, files, val, args.steps)
     else:
         report["students"] = []

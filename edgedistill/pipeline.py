@@ -23,58 +23,50 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from edgedistill.checked import read_json
+from edgedistill.bench.settings import BenchSettings
+from edgedistill.data.generate import DecodeSettings
+from edgedistill.distill.settings import LossSettings, TrainSettings
+from edgedistill.distill.stage import PruneSettings
 from edgedistill.engines import EngineSettings
 from edgedistill.errors import EdgeDistillError, UnsupportedError
 from edgedistill.models.registry import DEFAULT_TEACHER
 from edgedistill.paths import check_writable_dir, write_text_atomic
 from edgedistill.quantize import unsupported_reason
-from edgedistill.settings import Settings, default_of, setting
+from edgedistill.settings import Settings, default_of, like, setting
 from edgedistill.settings import write as write_settings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RunSettings(EngineSettings):
-    teacher_engine: str = setting("llama.cpp", "What writes the teacher's answers: llama.cpp (its GGUF in process, "
-                                               "the fastest here: benchmarks/results/distill/teacher_engines), torch "
-                                               "or openai (the same teacher served elsewhere).",
-                                  choices=("torch", "llama.cpp", "openai"))
+class RunSettings(EngineSettings, TrainSettings, LossSettings):
+    """The stages' own knobs, inherited or taken by `like` from the stage that declares them (same help, range and
+    default as the stage command's flag), plus what only the whole trip has."""
+
     target: str = setting(None, "Device profile: a shipped name or a .yaml file.", required=True)
     out: Path | None = setting(None, "Run folder [default: runs/<target>]. Stages whose inputs are unchanged are "
                                      "reused from it.", key=False)
     teacher: str = setting(DEFAULT_TEACHER, "Registry name or Hugging Face folder.")
+    data_dir: Path | None = setting(None, "calibration_data folder.", exists="dir", flag="--data")
     train_prompts: int | None = setting(8, "Train prompts per domain the teacher answers (null in a file: all).",
                                         min=1)
     val_prompts: int | None = setting(4, "Validation prompts per domain.", min=1)
-    max_new_tokens: int = setting(128, "Length of the teacher's answers.", min=1, max=4096)
-    layers: int = setting(10, "Student depth.", min=1)
-    hw_friendly: bool = setting(True, "Student widths in multiples of 256 (real K-quants) or the teacher's widths.",
-                                flag="--hw-friendly/--teacher-width")
-    loss: str = setting("forward_kl", "The divergence.", cli=False)
-    loss_params: dict = setting({}, "Its parameters, e.g. {beta: 0.5} for jsd.", cli=False)
-    kd_weight: float = setting(0.5, "Forward-KL weight; the rest is cross-entropy on the teacher's tokens (the best "
-                                    "of the measured objectives).", min=0, max=1)
-    steps: int = setting(40, "Distillation steps.", min=1)
-    logit_cache: bool = setting(True, "Distill from the teacher's top-64 log-probs of its answers, scored once by "
-                                      "the teacher engine (torch or llama.cpp), instead of running the teacher at "
-                                      "every step (openai: always live).", flag="--logit-cache/--live-teacher")
-    max_time_s: float | None = setting(None, "Distillation time budget, e.g. 20m.", min=0, min_open=True,
-                                       kind="duration", flag="--max-time")
-    batch_size: int = setting(4, "Sequences per micro-batch.", min=1, cli=False)
-    grad_accum: int = setting(2, "Micro-batches per optimizer step.", min=1, cli=False)
-    lr: float = setting(5e-4, "Peak learning rate.", min=0, min_open=True, max=1)
+    max_new_tokens: int = like(DecodeSettings, "max_new_tokens")
+    layers: int | None = like(PruneSettings, "layers")
+    hw_friendly: bool = like(PruneSettings, "hw_friendly")
+    cached_teacher: bool = setting(True, "Distill from the teacher's top-64 log-probs of its answers, scored once by "
+                                         "the teacher engine (torch or llama.cpp), instead of running the teacher at "
+                                         "every step (openai: always live).", flag="--cached-teacher/--live-teacher",
+                                   aliases=("logit_cache",))
     reference: str = setting("gguf:f16", "The teacher's exact export: the quality reference in the bench.",
                              cli=False)
-    bench_repeats: int = setting(3, "Timed generations per variant.", min=1)
-    bench_new_tokens: int = setting(64, "Tokens per timed generation.", min=1, cli=False)
-    eval_every: int = setting(6, "Graded eval on every n-th item in the bench (0: none).", min=0)
-    fidelity_prompts: int | None = setting(None, "Test prompts per domain for in-domain fidelity in the bench "
-                                                 "[default: all].", min=1)
+    repeats: int = like(BenchSettings, "repeats")
+    new_tokens: int = like(BenchSettings, "new_tokens")
+    eval_every: int = like(BenchSettings, "eval_every")
+    fidelity_prompts: int | None = like(BenchSettings, "fidelity_prompts")
     teacher_variants: bool = setting(True, "Also export and bench the teacher's own quantized files the profile "
                                            "allows, as candidates beside the student's.",
                                      flag="--teacher-variants/--students-only")
-    data_dir: Path | None = setting(None, "calibration_data folder.", exists="dir", flag="--data")
 
 
 def _key(*parts) -> str:
@@ -199,13 +191,17 @@ def stage_key(name: str, stage: StageSpec | dict, upstream: list, plan_root: Pat
     return _key(name, upstream, portable(fields_))
 
 
+def _fields_of(settings: Settings, *classes) -> dict:
+    """The values `settings` holds for every field of `classes` (the knobs run inherits from a stage)."""
+    return {f.name: getattr(settings, f.name) for cls in classes for f in fields(cls)}
+
+
 def plan_run(settings: RunSettings) -> Plan:
     """Resolve `settings` into the stages' settings and keys, reading files (the profile, the teacher's fingerprint,
     the prompts) but loading no model."""
-    from edgedistill.bench import BenchSettings
     from edgedistill.data import default_data_dir
     from edgedistill.data.stage import GenerateSettings, select_prompts
-    from edgedistill.distill.stage import CacheSettings, DistillSettings, PruneSettings
+    from edgedistill.distill.stage import CacheSettings, DistillSettings
     from edgedistill.engines import identity
     from edgedistill.export.pipeline import ExportSettings
     from edgedistill.models.fingerprint import model_fingerprint
@@ -232,11 +228,11 @@ def plan_run(settings: RunSettings) -> Plan:
                                f"can be exported to none of them ({next(iter(skipped.values()))})")
     reference = _follow_family(settings.reference, ["gguf:f16", "onnx:fp32"], teacher_dir)
     teacher_formats = [k for k in formats if k != reference] if settings.teacher_variants else []
-    use_cache = settings.logit_cache and settings.teacher_engine != "openai"
+    use_cache = settings.cached_teacher and settings.teacher_engine != "openai"
     folder = {name: out / name for name in READS}
 
     # generate: the prompts are read once, here: they key the stage and are what the teacher answers
-    engine = {f.name: getattr(settings, f.name) for f in fields(EngineSettings)}
+    engine, train = _fields_of(settings, EngineSettings), _fields_of(settings, TrainSettings, LossSettings)
     gen = {split: StageSpec(GenerateSettings, dict(teacher=str(teacher_dir), split=split, limit=n, data_dir=data_dir,
                                                    out=folder["generate"] / f"teacher-{split}.jsonl",
                                                    max_new_tokens=settings.max_new_tokens, **engine))
@@ -248,23 +244,19 @@ def plan_run(settings: RunSettings) -> Plan:
     stages: dict[str, Settings | dict] = {
         "generate": {"splits": gen, "prompts": {split: [(p.id, p.messages) for p in v] for split, v in prompts.items()},
                      "engine": identity(gen["train"].build().engine_spec(str(teacher_dir)))[2]},
-        "cache": StageSpec(CacheSettings, dict(teacher=str(teacher_dir), data=[train_data], out=cache_dir, k=64,
-                                               max_length=512, teacher_engine=settings.teacher_engine,
+        "cache": StageSpec(CacheSettings, dict(teacher=str(teacher_dir), generations=[train_data], out=cache_dir, k=64,
+                                               max_length=settings.max_length, teacher_engine=settings.teacher_engine,
                                                teacher_gguf_type=settings.teacher_gguf_type)),
         "prune": StageSpec(PruneSettings, dict(teacher=str(teacher_dir), out=student_init, layers=settings.layers,
-                                               hw_friendly=settings.hw_friendly, data_dir=data_dir, max_tokens=8192)),
+                                               hw_friendly=settings.hw_friendly, data_dir=data_dir)),
         "distill": StageSpec(DistillSettings, dict(
-            teacher=str(teacher_dir), student=str(student_init), data=[train_data], validation=[val_data],
-            out=folder["distill"], loss=settings.loss, beta=settings.loss_params.get("beta"),
-            alpha=settings.loss_params.get("alpha"), kd_weight=settings.kd_weight, max_steps=settings.steps,
-            max_time=settings.max_time_s, batch_size=settings.batch_size, grad_accum=settings.grad_accum,
-            lr=settings.lr, save_steps=100_000, warmup_steps=min(6, settings.steps // 4), keep_checkpoints=False,
-            logit_cache=cache_dir if use_cache else None)),
+            teacher=str(teacher_dir), student=str(student_init), generations=[train_data], validation=[val_data],
+            out=folder["distill"], keep_checkpoints=False, logit_cache=cache_dir if use_cache else None, **train)),
         "export-teacher": StageSpec(ExportSettings, dict(variants=[reference, *teacher_formats], force=True,
                                                          target=target.name, data_dir=data_dir)),
         "export": StageSpec(ExportSettings, dict(variants=formats, force=True, target=target.name, data_dir=data_dir)),
-        "bench": {"settings": StageSpec(BenchSettings, dict(repeats=settings.bench_repeats,
-                                                            new_tokens=settings.bench_new_tokens,
+        "bench": {"settings": StageSpec(BenchSettings, dict(repeats=settings.repeats,
+                                                            new_tokens=settings.new_tokens,
                                                             eval_every=settings.eval_every, data_dir=data_dir,
                                                             fidelity_prompts=settings.fidelity_prompts)),
                   "target": as_dict(target)},

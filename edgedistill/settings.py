@@ -26,19 +26,40 @@ class SettingsError(EdgeDistillError):
 
 def setting(default=None, help: str = "", *, min=None, max=None, min_open: bool = False, choices=None,
             required: bool = False, exists: str | None = None, kind: str | None = None, flag: str | None = None,
-            cli: bool = True, key: bool = True):
+            cli: bool = True, key: bool = True, aliases: tuple[str, ...] = ()):
     """A settings field. `min`/`max` bound numbers (`min_open`: strictly above min), `choices` names the allowed
     values (a tuple, or a callable returning one), `required` must be given (by the file or a flag), `exists`
     ("file" | "dir" | "any") paths that must exist, `kind` a parser or check ("duration": 90s, 20m, 1.5h; "pair": S:T; "url": an http(s) URL),
     `flag` the command-line name when it is not the field's, `cli` False for settings only a file sets, `key` False
     for settings that do not change what a stage makes (how it runs: retries, checkpoint cadence), left out of the
-    reuse keys `run` derives from settings."""
+    reuse keys `run` derives from settings; `aliases` earlier names of the field, still read from files and flags
+    (--old-name) for one release with a one-line deprecation notice."""
     meta = {"help": help, "min": min, "max": max, "min_open": min_open, "choices": choices, "required": required,
-            "exists": exists, "kind": kind, "flag": flag, "cli": cli, "key": key}
+            "exists": exists, "kind": kind, "flag": flag, "cli": cli, "key": key, "aliases": tuple(aliases)}
     if isinstance(default, (list, dict, set)):
         value = default
         return field(default_factory=lambda: type(value)(value), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def like(cls, name: str, default=MISSING):
+    """The field `name` of the settings class `cls`, declared there once (help, range, flag, default), for a class
+    that takes that one knob of a stage without all the others; `default` only where a stage's measured recipe
+    differs (say why beside it and in the README)."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return setting(default_of(f) if default is MISSING else default, **dict(f.metadata))
+
+
+def deprecated(old: str, new: str) -> None:
+    """The one-line notice for a setting or flag used under its earlier name (on stderr, once per name)."""
+    import sys
+
+    if old not in _NOTICED:
+        _NOTICED.add(old)
+        print(f"note: {old} is deprecated and will be removed in the next release; use {new}", file=sys.stderr)
+
+
+_NOTICED: set[str] = set()
 
 
 @functools.cache
@@ -116,16 +137,22 @@ class Settings:
             value = _coerce(f.name, hints[f.name], getattr(self, f.name), problems)
             object.__setattr__(self, f.name, value)
             problems += _check_field(f, value)
-        try:  # constraints between fields too, so that every problem is reported at once
-            problems += [p for p in self.extra_problems() if p not in problems]
-        except Exception:  # a check that could not run on fields already reported as wrong
-            if not problems:
-                raise
+        # constraints between fields too, so that every problem is reported at once: each class a settings class is
+        # made of (inherited knob groups included) checks its own
+        for klass in type(self).__mro__:
+            if "extra_problems" not in vars(klass):
+                continue
+            try:
+                problems += [p for p in vars(klass)["extra_problems"](self) if p not in problems]
+            except Exception:  # a check that could not run on fields already reported as wrong
+                if not problems:
+                    raise
         if problems:
             raise SettingsError(f"{type(self).__name__}: " + "; ".join(problems))
 
     def extra_problems(self) -> list[str]:
-        """Constraints between fields (override); the per-field ones come from `setting(...)`."""
+        """Constraints between fields (override; every class in the MRO that defines it is asked, so a class need
+        not call its bases'); the per-field ones come from `setting(...)`."""
         return []
 
     def to_dict(self) -> dict:
@@ -193,9 +220,13 @@ def load(cls, config: Path | None = None, overrides: dict | None = None):
     """defaults < the YAML file `config` (its keys must be fields of `cls`) < `overrides` (flags the user gave:
     None means not given). Every problem of the merged settings is reported at once."""
     names = {f.name for f in fields(cls)}
+    renamed = {a: f.name for f in fields(cls) for a in (f.metadata.get("aliases") or ())}
     values: dict = {}
     if config is not None:
         data = read_yaml_mapping(config)
+        for old in [k for k in data if k in renamed and renamed[k] not in data]:
+            deprecated(f"the setting {old!r} ({config})", repr(renamed[old]))
+            data[renamed[old]] = data.pop(old)
         unknown = sorted(set(data) - names)
         if unknown:
             raise SettingsError(f"{config}: unknown setting(s) {', '.join(map(str, unknown))}; known: "

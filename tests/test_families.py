@@ -49,14 +49,14 @@ def test_the_whole_trip(name, tmp_path):
     # allows it, else in 32
     hidden = 32 if FAMILIES[name].attention_is_hidden else 48
     prune(PruneSettings(teacher=str(teacher), out=tmp_path / "pruned", layers=layers - 1, hidden=hidden, ffn=96,
-                        heads=2, kv_heads=1, calibration=tmp_path / "cal.txt", max_tokens=256))
+                        heads=2, kv_heads=1, calibration=tmp_path / "cal.txt", max_tokens=256, hw_friendly=False))
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "messages": [{"role": "user", "content": q}]}) + "\n"
                                for i, q in enumerate(QUESTIONS)))
     generate_data(GenerateSettings(teacher=str(teacher), prompts=[prompts], out=tmp_path / "gen.jsonl",
-                                   max_new_tokens=12, batch_size=6))
-    report = distill(DistillSettings(teacher=str(teacher), student=str(tmp_path / "pruned"), data=[tmp_path / "gen.jsonl"],
-                                     validation=[tmp_path / "gen.jsonl"], out=tmp_path / "run", max_steps=3,
+                                   max_new_tokens=12, batch_size=6, teacher_engine="torch"))
+    report = distill(DistillSettings(teacher=str(teacher), student=str(tmp_path / "pruned"), generations=[tmp_path / "gen.jsonl"],
+                                     validation=[tmp_path / "gen.jsonl"], out=tmp_path / "run", steps=3,
                                      batch_size=3, grad_accum=1, lr=1e-3, warmup_steps=0, max_length=96,
                                      save_steps=100))
     assert report["steps"] == 3
@@ -134,7 +134,7 @@ def test_a_base_model_without_a_chat_template_makes_the_trip_with_plain_prompts(
     assert not tok.chat_template
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"id": "p0", "messages": [{"role": "user", "content": "The capital of France"}]}) + "\n")
-    generate_data(GenerateSettings(teacher=str(base), prompts=[prompts], out=tmp_path / "gen.jsonl", max_new_tokens=8))
+    generate_data(GenerateSettings(teacher=str(base), prompts=[prompts], out=tmp_path / "gen.jsonl", max_new_tokens=8, teacher_engine="torch"))
     records = [json.loads(x) for x in (tmp_path / "gen.jsonl").read_text().splitlines()]
     msgs = records[0]["messages"]
     ex = encode(tok, records, 64).examples[0]
@@ -165,11 +165,11 @@ def test_what_a_family_cannot_do_is_refused_in_one_line_before_any_work(tmp_path
                              word_embed_proj_dim=32, vocab_size=len(tok))).save_pretrained(tmp_path / "opt")
     tok.save_pretrained(tmp_path / "opt")
     out = tmp_path / "student"
-    _one_line_exit_2(run_cli("prune", str(tmp_path / "opt"), "--layers", "1", "--out", str(out)), out,
+    _one_line_exit_2(run_cli("prune", "--teacher", str(tmp_path / "opt"), "--layers", "1", "--teacher-width", "--out", str(out)), out,
                      "pruning does not support 'opt' models", "llama", "phi3")
     phi3 = TINY["phi3"].build(tmp_path / "phi3")  # llama.cpp's phi3 loader: heads x head_dim must be the hidden size
-    _one_line_exit_2(run_cli("prune", str(phi3), "--hidden", "48", "--heads", "2", "--kv-heads", "1",
-                             "--out", str(out)), out, "heads x head_dim = hidden", "hidden=32")
+    _one_line_exit_2(run_cli("prune", "--teacher", str(phi3), "--hidden", "48", "--heads", "2", "--kv-heads", "1",
+                             "--teacher-width", "--out", str(out)), out, "heads x head_dim = hidden", "hidden=32")
     gemma = TINY["gemma3"].build(tmp_path / "gemma3")
     for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
         (gemma / f).unlink()

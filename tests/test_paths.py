@@ -109,7 +109,7 @@ def test_a_full_disk_stops_generate_in_one_line_and_a_rerun_continues(tmp_path, 
                                for i in range(12)))
     out = tmp_path / "gen.jsonl"
     args = [sys.executable, "-m", "edgedistill", "generate", "--teacher", str(tiny_model_dir), "--prompts",
-            str(prompts), "--max-new-tokens", "8", "--batch-size", "2", "--out", str(out)]
+            str(prompts), "--max-new-tokens", "8", "--answer-batch", "2", "--out", str(out)]
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, preexec_fn=_file_size_limit(3000))
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError
-from edgedistill.settings import Settings, setting
+from edgedistill.data.held_out import HeldOutSettings
+from edgedistill.settings import Settings, like, setting
 
 
 SCHEMA_VERSION = 3  # 2: in-domain fidelity, answer agreement, intervals, teacher variants as candidates;
@@ -20,8 +21,8 @@ class BenchSettings(Settings):
     new_tokens: int = setting(64, "Tokens generated per timed run.", min=8)
     prompt_tokens: int = setting(128, "Prompt length of the timed runs (the profile's time-to-first-token budget "
                                       "is for 128).", min=1, cli=False)
-    chunks: int = setting(16, "General-text windows for KL / top-1 / perplexity.", min=1, max=256)
-    chunk_len: int = setting(256, "Tokens per window.", min=16, max=4096)
+    chunks: int = like(HeldOutSettings, "chunks")
+    chunk_len: int = like(HeldOutSettings, "chunk_len")
     fidelity_prompts: int | None = setting(None, "Test prompts per domain the teacher answers for in-domain "
                                                  "fidelity [default: all].", min=1)
     fidelity_new_tokens: int = setting(128, "Length of the teacher's answers scored for in-domain fidelity.", min=1,

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgedistill.bench import BenchSettings
-from edgedistill.cli.options import settings_from, settings_options
+from edgedistill.cli.options import old_flag, settings_from, settings_options
 
 
 def expand_bundles(paths) -> list[Path]:
@@ -29,16 +29,17 @@ def expand_bundles(paths) -> list[Path]:
 @click.command("bench")
 @click.argument("bundles", nargs=-1, required=True, type=click.Path())
 @click.option("--target", "target_name", required=True, help="Device profile: a shipped name or a .yaml file.")
-@click.option("--teacher", type=click.Path(), default=None,
+@click.option("--reference", type=click.Path(), default=None,
               help="Reference bundle for quality (an exact export of the teacher: gguf:f16 or onnx:fp32).")
+@old_flag("--teacher", "--reference", type=click.Path())
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-report"), show_default=True,
               help="Folder for bench.json, bench.md, the charts and settings.yaml.")
 @settings_options(BenchSettings)
-def bench_cmd(bundles, target_name, teacher, out, **flags) -> None:
+def bench_cmd(bundles, target_name, reference, teacher_was, out, **flags) -> None:
     """Measure bundles in their real runtimes under a device profile's limits, one process each.
 
     Reports load time, peak RSS (a variant over the memory budget is stopped), time to first token, prefill and
-    decode tokens/s, per-token p50/p95, roofline share, and quality against --teacher; checks every budget and
+    decode tokens/s, per-token p50/p95, roofline share, and quality against --reference; checks every budget and
     names the best variant that meets them all. Needs only `pip install 'edgedistill[runtime]'`.
     """
     from edgedistill.bench import bench
@@ -48,6 +49,7 @@ def bench_cmd(bundles, target_name, teacher, out, **flags) -> None:
     settings = settings_from(BenchSettings, flags)  # before the profile: a bad setting fails first
     target = load_target(target_name)
     paths = expand_bundles(bundles)
+    teacher = reference or teacher_was
     if teacher:
         teacher = expand_bundles([teacher])[0]
         paths = [p for p in paths if p.resolve() != Path(teacher).resolve()]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgedistill.cli.options import settings_from, settings_options
+from edgedistill.cli.options import old_flag, settings_from, settings_options
 from edgedistill.data.stage import GenerateSettings
 from edgedistill.models.registry import DEFAULT_TEACHER
 
@@ -36,18 +36,23 @@ def generate_cmd(**flags):
 
 @click.command("eval")
 @click.argument("model", default=DEFAULT_TEACHER)
-@click.option("--teacher", default=None, help="Also score this model and show it beside MODEL.")
+@click.option("--compare", default=None, help="Also score this model and show it beside MODEL.")
+@old_flag("--teacher", "--compare")
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder with <domain>/eval.jsonl (default: the project's calibration_data/).")
 @click.option("--domain", "domains", multiple=True, help="Only these domains (repeatable).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="N items per domain, spread over the file (a quick look).")
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
-@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write every item's response and grade here.")
+@click.option("--answer-batch", type=click.IntRange(1, 1024), default=None,
+              help="Prompts the model answers together.  [default: 8]")
+@old_flag("--batch-size", "--answer-batch", type=click.IntRange(1, 1024))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write every item's response and grade to this JSON file.")
+@old_flag("--json-out", "--out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--by-likelihood", is_flag=True,
               help="Score only the items that list choices, by which choice the model finds most likely (no "
                    "generation); separates small models whose generated answers are all wrong.")
-def eval_cmd(model, teacher, data_dir, domains, limit, batch_size, json_out, by_likelihood):
+def eval_cmd(model, compare, teacher_was, data_dir, domains, limit, answer_batch, batch_size_was, out, json_out_was,
+             by_likelihood):
     """Score MODEL on the graded eval sets: accuracy per domain and per task type."""
     from rich.console import Console
     from rich.table import Table
@@ -56,10 +61,12 @@ def eval_cmd(model, teacher, data_dir, domains, limit, batch_size, json_out, by_
     from edgedistill.data import default_data_dir
     from edgedistill.data.evaluate import choice_accuracy, evaluate, find_eval_sets, load_eval_items
 
+    teacher, json_out = compare or teacher_was, out or json_out_was
+    batch_size = answer_batch or batch_size_was or 8
     if json_out:
         from edgedistill.paths import ensure_writable_file
 
-        ensure_writable_file(json_out, "--json-out")
+        ensure_writable_file(json_out, "--out")
     items = load_eval_items(find_eval_sets(data_dir or default_data_dir(), domains), limit)
     title = "graded eval"
     if by_likelihood:
@@ -103,15 +110,20 @@ def data() -> None:
 
 @data.command("split")
 @click.argument("prompts_path", type=_FILE)
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for train/validation/test.jsonl.  [required]")
+@old_flag("--out-dir", "--out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--fractions", default="0.8,0.1,0.1", show_default=True, help="train,validation,test shares.")
 @click.option("--threshold", type=click.FloatRange(0.05, 1.0), default=0.5, show_default=True,
               help="Word-trigram Jaccard similarity at which two prompts count as near-duplicates.")
-def split_cmd(prompts_path, out_dir, fractions, threshold):
+def split_cmd(prompts_path, out, out_dir_was, fractions, threshold):
     """Write train/validation/test.jsonl; near-duplicate prompts always land in the same split."""
     from edgedistill.data.split import split_prompts
     from edgedistill.errors import EdgeDistillError
 
+    out_dir = out or out_dir_was
+    if out_dir is None:
+        raise click.UsageError("Missing option '--out'.")
     try:
         fr = tuple(float(x) for x in fractions.split(","))
     except ValueError:

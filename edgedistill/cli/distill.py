@@ -9,14 +9,19 @@ from edgedistill.distill.stage import CacheSettings, DistillSettings, PruneSetti
 
 
 @click.command("prune")
-@click.argument("teacher", required=False)
-@settings_options(PruneSettings, skip=("teacher",))
-def prune_cmd(teacher, **flags):
-    """Derive a smaller student from TEACHER by depth and width pruning, chosen by measured importance."""
+@click.argument("teacher_arg", metavar="[TEACHER]", required=False)
+@settings_options(PruneSettings)
+def prune_cmd(teacher_arg, **flags):
+    """Derive a smaller student from --teacher by depth and width pruning, chosen by measured importance. (The
+    teacher as a first argument still works for one release.)"""
     from edgedistill.distill.stage import prune
     from edgedistill.progress import byte_progress
+    from edgedistill.settings import deprecated
 
-    s = settings_from(PruneSettings, {**flags, "teacher": teacher})
+    if teacher_arg is not None:
+        deprecated("prune TEACHER (the model as an argument)", "prune --teacher TEACHER")
+        flags["teacher"] = flags.get("teacher") or teacher_arg
+    s = settings_from(PruneSettings, flags)
     with byte_progress() as progress:
         rec = prune(s, progress=progress)
     sh = rec["shape"]

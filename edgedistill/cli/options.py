@@ -50,6 +50,8 @@ def settings_options(cls, *, skip: tuple[str, ...] = ()):
             if m.get("required"):  # given by the flag or by --config: click cannot enforce it, the settings do
                 shown += " [required]"
             help_ = (m.get("help") or "") + shown
+            for old in m.get("aliases") or ():  # an earlier name, hidden, read for one release with a notice
+                fn = _alias_option(f, tp, old)(fn)
             kw: dict = {"default": None, "help": help_}
             origin = typing.get_origin(tp)
             if m.get("kind") == "duration":
@@ -86,10 +88,41 @@ def settings_options(cls, *, skip: tuple[str, ...] = ()):
     return decorate
 
 
+_ALIAS = "__was__"
+
+
+def _alias_option(f, tp, old: str):
+    """A hidden flag under a field's earlier name, into a parameter settings_from folds into the field."""
+    name, dest = "--" + old.replace("_", "-"), f"{f.name}{_ALIAS}{old}"
+    if tp is bool:
+        return click.option(f"{name}/--no-{name[2:]}", dest, default=None, hidden=True)
+    kw: dict = {"default": None, "hidden": True}
+    if f.metadata.get("kind") == "duration":
+        kw["callback"] = lambda ctx, p, v: None if v is None else parse_duration(v)
+    elif typing.get_origin(tp) is list:
+        inner = (typing.get_args(tp) or (str,))[0]
+        kw.update(multiple=True, type=click.Path(path_type=Path) if inner is Path else None)
+    elif tp is Path:
+        kw["type"] = click.Path(path_type=Path)
+    elif tp in (int, float, str):
+        kw["type"] = tp
+    return click.option(name, dest, **kw)
+
+
 def settings_from(cls, kwargs: dict):
-    """The settings from `--config` and the flags the user gave (pops them out of `kwargs`)."""
+    """The settings from `--config` and the flags the user gave (pops them out of `kwargs`; a flag given under a
+    field's earlier name counts as the field's, with a one-line deprecation notice)."""
+    from edgedistill.settings import deprecated
+
     config = kwargs.pop("config", None)
     given = {}
+    for key in [k for k in kwargs if _ALIAS in k]:
+        field_name, old = key.split(_ALIAS)
+        v = kwargs.pop(key)
+        if v is not None and v != ():
+            deprecated("--" + old.replace("_", "-"), _flag(next(f for f in fields(cls) if f.name == field_name)))
+            if kwargs.get(field_name) in (None, ()):
+                kwargs[field_name] = v
     for f in fields(cls):
         if f.name in kwargs:
             v = kwargs.pop(f.name)
@@ -102,3 +135,17 @@ def _show(v) -> str:
     if isinstance(v, (list, tuple)):
         return ", ".join(map(str, v)) or "none"
     return str(v)
+
+
+def old_flag(old: str, new: str, **kw):
+    """A flag kept under its earlier name for one release: hidden, and a one-line notice when used. The command
+    receives it as a parameter named like `old` (without dashes) and folds it into `new`'s value."""
+    from edgedistill.settings import deprecated
+
+    def note(ctx, param, value):
+        if value is not None:
+            deprecated(old, new)
+        return value
+
+    return click.option(old, old.lstrip("-").replace("-", "_") + "_was", default=None, hidden=True, callback=note,
+                        expose_value=True, **kw)

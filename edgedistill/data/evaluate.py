@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgedistill.data import grading
-from edgedistill.data.generate import GenerationSettings, chat_batches
+from edgedistill.data.generate import DecodeSettings, chat_batches
 from edgedistill.data.load import DataError, EvalItem, load_eval
 from edgedistill.models.generate import prompt_text
 
@@ -94,8 +94,8 @@ def evaluate(model_spec: str, items: Sequence[EvalItem], *, batch_size: int = 8,
         group = [it for it in items if wants_reasoning(it) == reasoning]
         if not group:
             continue
-        settings = GenerationSettings(max_new_tokens=REASONING_TOKENS if reasoning else SHORT_ANSWER_TOKENS,
-                                      batch_size=batch_size)
+        settings = DecodeSettings(max_new_tokens=REASONING_TOKENS if reasoning else SHORT_ANSWER_TOKENS,
+                                      answer_batch=batch_size)
         convs = [[{"role": "user", "content": it.prompt}] for it in group]
         for i, text, _, _ in chat_batches(model, tokenizer, convs, settings):
             it = group[i]

@@ -10,47 +10,38 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgedistill.data.load import DataError, Prompt
 from edgedistill.errors import EdgeDistillError
 from edgedistill.paths import disk_full_named, write_text_atomic
+from edgedistill.settings import Settings, setting
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
-    """How the teacher writes. Sampling temperature here is not the distillation loss temperature."""
+class DecodeSettings(Settings):
+    """How the teacher writes: the decoding knobs of `generate`, declared once (GenerateSettings and `run` inherit
+    them). The sampling temperature here is not the distillation loss temperature."""
 
-    max_new_tokens: int = 256  # per response
-    do_sample: bool = False  # greedy by default: reproducible data
-    temperature: float = 0.7  # sampling only
-    top_p: float = 0.95  # sampling only
-    seed: int = 0
-    batch_size: int = 8
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not 1 <= self.max_new_tokens <= 8192:
-            problems.append(f"max_new_tokens={self.max_new_tokens} must be in 1..8192")
-        if not 0.0 < self.temperature <= 5.0:
-            problems.append(f"temperature={self.temperature} must be in (0, 5]")
-        if not 0.0 < self.top_p <= 1.0:
-            problems.append(f"top_p={self.top_p} must be in (0, 1]")
-        if not 1 <= self.batch_size <= 1024:
-            problems.append(f"batch_size={self.batch_size} must be in 1..1024")
-        if problems:
-            raise EdgeDistillError("; ".join(problems))
+    max_new_tokens: int = setting(128, "Tokens per answer at most.", min=1, max=8192)
+    sample: bool = setting(False, "Sample instead of greedy decoding (greedy: reproducible data).",
+                           flag="--sample/--greedy")
+    temperature: float = setting(0.7, "Sampling temperature (with --sample).", min=0, min_open=True, max=5)
+    top_p: float = setting(0.95, "Nucleus sampling mass (with --sample).", min=0, min_open=True, max=1)
+    seed: int = setting(0, "Seed of the randomness: sampling in generation, data order and on-policy steps in "
+                           "training.")
+    answer_batch: int = setting(8, "Prompts the engine answers together (torch and llama.cpp engines).", min=1,
+                                max=1024, aliases=("batch_size",))
 
     def recorded(self) -> dict:
-        """What goes into each record (sampling knobs only when sampling)."""
-        d = asdict(self)
-        d.pop("batch_size")
-        if not self.do_sample:
-            for k in ("temperature", "top_p", "seed"):
-                d.pop(k)
+        """What goes into each record (sampling knobs only when sampling), under the names records have always
+        carried (do_sample), so that files written before stay resumable."""
+        d = {"max_new_tokens": self.max_new_tokens, "do_sample": self.sample}
+        if self.sample:
+            d.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
         return d
 
 
@@ -64,7 +55,7 @@ class GenerateReport:
     text_only: int = 0  # with logprobs: answers kept without the teacher's top-k (tokens not their text's encoding)
 
 
-def chat_batches(model, tokenizer, conversations: Sequence[Sequence[dict]], settings: GenerationSettings,
+def chat_batches(model, tokenizer, conversations: Sequence[Sequence[dict]], settings: DecodeSettings,
                  max_prompt_tokens: int | None = None) -> Iterator[tuple[int, str | None, int, str]]:
     """Answer each conversation with `model`. Yields (index, text, new_tokens, finish_reason) as batches finish;
     text is None (finish_reason "prompt_too_long") for prompts longer than max_prompt_tokens."""
@@ -113,7 +104,7 @@ def _existing(out: Path, teacher_id: str, fingerprint: str, settings: dict) -> s
     return done
 
 
-def generate(teacher: str, prompts: Sequence[Prompt], out: Path, settings: GenerationSettings | None = None, *,
+def generate(teacher: str, prompts: Sequence[Prompt], out: Path, settings: DecodeSettings | None = None, *,
              trust_remote_code: bool = False, progress=None, loaded=None, engine=None,
              logprobs: int = 0) -> GenerateReport:
     """Have the teacher answer every prompt not yet in `out`, appending one JSONL record per prompt. `engine`: an
@@ -122,7 +113,7 @@ def generate(teacher: str, prompts: Sequence[Prompt], out: Path, settings: Gener
     served teacher."""
     from edgedistill.engines import EngineSpec, identity, open_engine
 
-    settings = settings or GenerationSettings()
+    settings = settings or DecodeSettings()
     spec = engine or EngineSpec("torch", teacher, trust_remote_code=trust_remote_code)
     out = Path(out)
     if not prompts:

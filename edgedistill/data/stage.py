@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgedistill.data.generate import DecodeSettings
 from edgedistill.engines import EngineSettings
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models.registry import DEFAULT_TEACHER
@@ -17,7 +18,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GenerateSettings(EngineSettings):
+class GenerateSettings(EngineSettings, DecodeSettings):
+    """The teacher engine and its decoding (declared in engines and data.generate), plus the prompts and the output."""
+
     teacher: str = setting(DEFAULT_TEACHER, "Registry name, Hugging Face folder, .gguf or hub id (torch and llama.cpp "
                                             "engines).")
     prompts: list[Path] = setting([], "Prompt JSONL (chat 'messages' or 'prompt'); repeatable.", exists="file")
@@ -26,12 +29,6 @@ class GenerateSettings(EngineSettings):
     data_dir: Path | None = setting(None, "Data folder for --split [default: the project's calibration_data].",
                                     exists="dir", flag="--data")
     out: Path = setting(None, "Output JSONL; a rerun skips prompts already answered there.", required=True)
-    max_new_tokens: int = setting(256, "Tokens per answer at most.", min=1, max=8192)
-    sample: bool = setting(False, "Sample instead of greedy decoding.", flag="--sample/--greedy")
-    temperature: float = setting(0.7, "Sampling temperature (with --sample).", min=0, min_open=True, max=5)
-    top_p: float = setting(0.95, "Nucleus sampling mass (with --sample).", min=0, min_open=True, max=1)
-    seed: int = setting(0, "Sampling seed.")
-    batch_size: int = setting(8, "Prompts answered together (torch and llama.cpp engines).", min=1, max=1024)
     logprobs: int = setting(0, "Also keep the teacher's top-K log-probabilities of every generated token (openai "
                                "servers give K <= 20), for `cache-logits` from a served teacher.", min=0, max=1024)
     limit: int | None = setting(None, "Only the first N prompts of each file.", min=1)
@@ -76,16 +73,14 @@ def generate_data(s: GenerateSettings, *, teacher=None, prompts=None, progress=N
     """The teacher answers every prompt of s.prompts (or of s.split in every domain) not yet in s.out. `teacher`:
     an already loaded (model, tokenizer) of s.teacher; `prompts`: select_prompts(s) when the caller already has
     them. Returns the GenerateReport (written, already there, skipped as too long, cut at max_new_tokens)."""
-    from edgedistill.data.generate import GenerationSettings, generate
+    from edgedistill.data.generate import generate
 
     from edgedistill.paths import ensure_writable_file
 
     ensure_writable_file(s.out, "--out")  # before the teacher loads
     if prompts is None:
         prompts = select_prompts(s, echo=echo)
-    gen = GenerationSettings(max_new_tokens=s.max_new_tokens, do_sample=s.sample, temperature=s.temperature,
-                             top_p=s.top_p, seed=s.seed, batch_size=s.batch_size)
-    r = generate(s.teacher, prompts, s.out, gen, trust_remote_code=s.trust_remote_code, progress=progress,
+    r = generate(s.teacher, prompts, s.out, s, trust_remote_code=s.trust_remote_code, progress=progress,
                  loaded=teacher, engine=s.engine_spec(s.teacher, s.trust_remote_code), logprobs=s.logprobs)
     write_settings(s, s.settings_path())
     return r

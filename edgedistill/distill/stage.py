@@ -14,19 +14,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgedistill.distill.settings import LossSettings, TrainSettings
 from edgedistill.engines import EngineSettings
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models.registry import DEFAULT_TEACHER
-from edgedistill.settings import Settings, setting
+from edgedistill.settings import Settings, like, setting
 from edgedistill.settings import write as write_settings
 
 log = logging.getLogger(__name__)
-
-
-def _loss_names() -> tuple[str, ...]:
-    from edgedistill.distill.losses import losses
-
-    return tuple(losses())
 
 
 # ---------------------------------------------------------------------------------------------------- prune
@@ -36,18 +31,20 @@ def _loss_names() -> tuple[str, ...]:
 class PruneSettings(Settings):
     teacher: str = setting(DEFAULT_TEACHER, "The model to cut the student from.")
     out: Path = setting(None, "New student folder.", required=True)
-    layers: int | None = setting(None, "Blocks to keep (the most important ones).", min=1)
+    layers: int | None = setting(None, "Blocks to keep (the most important ones) [default: a third of the teacher's, "
+                                       "10 of SmolLM2-135M's 30].", min=1)
     hidden: int | None = setting(None, "Hidden size.", min=1)
     ffn: int | None = setting(None, "FFN intermediate size.", min=1)
     heads: int | None = setting(None, "Query heads.", min=1)
     kv_heads: int | None = setting(None, "Key/value heads (groups).", min=1)
-    hw_friendly: bool = setting(False, "Largest widths whose rows are multiples of 256 (real llama.cpp K-quants); "
-                                       "explicit sizes win.")
+    hw_friendly: bool = setting(True, "Student widths in multiples of 256 (real llama.cpp K-quants; explicit sizes "
+                                      "win) or the teacher's widths.", flag="--hw-friendly/--teacher-width")
     calibration: Path | None = setting(None, "Text file or folder of .txt [default: every domain's texts/ in the "
                                              "data folder].", exists="any")
     data_dir: Path | None = setting(None, "Data folder whose */texts are the default calibration [default: the "
                                           "project's calibration_data].", exists="dir", flag="--data")
-    max_tokens: int = setting(16384, "Calibration tokens used to measure importance.", min=256)
+    calibration_tokens: int = setting(8192, "Calibration tokens used to measure importance.", min=256,
+                                      aliases=("max_tokens",))
 
 
 def prune(s: PruneSettings, *, teacher=None, progress=None) -> dict:
@@ -70,12 +67,13 @@ def prune(s: PruneSettings, *, teacher=None, progress=None) -> dict:
         texts = [t for _, t in load_texts(s.calibration)]
     loaded = teacher or load_model(s.teacher)
     check_prunable(loaded[0])
-    shape = StudentShape(s.layers, s.hidden, s.ffn, s.heads, s.kv_heads)
-    if s.hw_friendly:
-        hw = hardware_friendly(loaded[0], s.layers)
-        shape = StudentShape(s.layers, s.hidden or hw.hidden, s.ffn or hw.ffn, s.heads or hw.heads,
+    layers = s.layers or max(1, round(loaded[0].config.num_hidden_layers / 3))
+    shape = StudentShape(layers, s.hidden, s.ffn, s.heads, s.kv_heads)
+    if s.hw_friendly and None in (s.hidden, s.ffn, s.heads, s.kv_heads):  # explicit sizes win
+        hw = hardware_friendly(loaded[0], layers)
+        shape = StudentShape(layers, s.hidden or hw.hidden, s.ffn or hw.ffn, s.heads or hw.heads,
                              s.kv_heads or hw.kv_heads)
-    derive_student(s.teacher, shape, interleave_texts(texts), out, max_tokens=s.max_tokens, progress=progress,
+    derive_student(s.teacher, shape, interleave_texts(texts), out, max_tokens=s.calibration_tokens, progress=progress,
                    loaded=loaded, extra_files={"settings.yaml": lambda p: write_settings(s, p)})
     return json.loads((out / "pruning.json").read_text())
 
@@ -87,12 +85,12 @@ def prune(s: PruneSettings, *, teacher=None, progress=None) -> dict:
 class CacheSettings(EngineSettings):
     teacher: str = setting(DEFAULT_TEACHER, "The teacher whose log-probabilities are stored (torch and llama.cpp "
                                             "engines; with openai they come from the data's records).")
-    data: list[Path] = setting([], "Teacher generations (the same files, in the same order, as for distill).",
-                               required=True, exists="file")
+    generations: list[Path] = setting([], "Teacher generations (the same files, in the same order, as for distill).",
+                                      required=True, exists="file", aliases=("data",))
     out: Path = setting(None, "New cache folder.", required=True)
     k: int = setting(64, "Log-probabilities kept per token (openai: at most what the records hold).", min=1)
-    max_length: int = setting(512, "Tokens per sequence, as for distill.", min=8)
-    batch_size: int = setting(4, "Sequences per teacher pass (torch engine).", min=1)
+    max_length: int = like(TrainSettings, "max_length")  # the cache is read by a distill with the same length
+    batch_size: int = like(TrainSettings, "batch_size")
     shard_tokens: int = setting(1 << 20, "Response tokens per shard file (training memory-maps the shards and "
                                          "reads one batch's rows at a time).", min=1)
 
@@ -111,7 +109,7 @@ def cache_logits(s: CacheSettings, *, progress=None) -> dict:
         raise EdgeDistillError(f"{s.out} already exists; choose another --out or delete it")
     check_writable_dir(Path(s.out).parent, "--out folder")
     spec = s.engine_spec(s.teacher)
-    records = load_generations(s.data)
+    records = load_generations(s.generations)
     extra = {"settings.yaml": lambda p: write_settings(s, p)}
     if s.teacher_engine == "openai":
         teacher_id, fingerprint, engine = identity(spec)
@@ -149,96 +147,20 @@ def cache_logits(s: CacheSettings, *, progress=None) -> dict:
 
 
 @dataclass(frozen=True)
-class DistillSettings(Settings):
+class DistillSettings(TrainSettings, LossSettings):
+    """The objective and the loop (distill.settings, shared with `run`), plus what this stage reads and writes."""
+
     teacher: str = setting(DEFAULT_TEACHER, "The teacher (registry name, Hugging Face folder or .gguf).")
     student: str = setting(None, "Student model with the teacher's tokenizer, e.g. from `edgedistill prune`.",
                            required=True)
-    data: list[Path] = setting([], "Teacher generations (JSONL from `edgedistill generate`); repeatable.",
-                               required=True, exists="file")
+    generations: list[Path] = setting([], "Teacher generations (JSONL from `edgedistill generate`); repeatable.",
+                                      required=True, exists="file", aliases=("data",))
     validation: list[Path] = setting([], "Held-out generations for the final mean KL / top-1 agreement report; "
                                          "repeatable.", exists="file")
     out: Path = setting(None, "Run folder; the student is written to OUT/student.", required=True)
-    loss: str = setting("forward_kl", "A registered divergence: forward_kl, reverse_kl, jsd, skew_kl, "
-                                      "skew_reverse_kl, tvd.", choices=_loss_names)
-    beta: float | None = setting(None, "JSD interpolation (jsd only).")
-    alpha: float | None = setting(None, "Skew (skew_kl / skew_reverse_kl only).")
-    kd_weight: float = setting(1.0, "Share of the distillation loss; the rest is cross-entropy on the teacher's "
-                                    "tokens.", min=0, max=1)
-    loss_temperature: float = setting(1.0, "Softens both distributions inside the loss (not a sampling "
-                                           "temperature).", min=0.05, max=20)
-    on_policy: float = setting(0.0, "λ: share of steps on the student's own samples (those use the divergence "
-                                    "alone).", min=0, max=1)
-    on_policy_max_new_tokens: int = setting(128, "Length of the student's samples on on-policy steps.", min=1)
-    max_steps: int = setting(200, "Optimizer steps.", min=1)
-    max_time: float | None = setting(None, "Stop (and save) after this long, e.g. 20m.", min=0, min_open=True,
-                                     kind="duration")
-    batch_size: int = setting(4, "Sequences per micro-batch, per process.", min=1)
-    grad_accum: int = setting(4, "Micro-batches per optimizer step.", min=1)
-    lr: float = setting(2e-4, "Peak learning rate (cosine schedule).", min=0, min_open=True, max=1)
-    warmup_steps: int = setting(10, "Learning-rate warm-up steps.", min=0)
-    max_length: int = setting(512, "Tokens per sequence; longer ones are truncated (and counted).", min=8)
-    seed: int = setting(0, "Seed of initialisation-free randomness: data order, on-policy steps.")
-    save_steps: int = setting(50, "Checkpoint every N steps (for --resume).", min=1, key=False)
     keep_checkpoints: bool = setting(True, "Keep OUT/checkpoints after the student is written.", key=False)
     logit_cache: Path | None = setting(None, "Train from the teacher's cached top-k log-probs (edgedistill "
                                              "cache-logits) instead of running it.", exists="dir")
-    precision: str = setting("auto", "Training precision: auto (bf16 on a GPU that has it and on a CPU where a short "
-                                     "probe measures bf16 matmuls at least 2x faster than fp32, e.g. AMX; else fp32), "
-                                     "fp32, bf16, fp16 (GPU only). The teacher runs in it too; weights, optimizer "
-                                     "state and divergences stay float32.",
-                             choices=("auto", "fp32", "bf16", "fp16"))
-    gradient_checkpointing: bool = setting(False, "Recompute the student's activations in the backward pass (less "
-                                                  "memory, about a third more compute).")
-    kd_chunk: int | None = setting(None, "Apply the output heads this many response positions of a micro-batch at a "
-                                         "time, so full-vocabulary logits never exist whole (0: full logits; ignored "
-                                         "under FSDP). Default: 256, or a micro-batch's positions if fewer.", min=0)
-    fsdp: str = setting("", "FSDP options for a run under torchrun on GPUs, e.g. 'full_shard auto_wrap' (FSDP2, wrapped "
-                            "by decoder layer); under `accelerate launch` its config file decides instead.")
-    shard_teacher: bool = setting(False, "Under FSDP, shard the teacher as well (default: each process holds a whole "
-                                         "copy).")
-    attention: str | None = setting(None, "Attention implementation passed to transformers (e.g. sdpa, eager, "
-                                          "flash_attention_2); default: transformers' choice.")
-
-    def loss_config(self):
-        from edgedistill.distill.losses import LossConfig
-
-        return LossConfig(self.loss, self.loss_params, temperature=self.loss_temperature, kd_weight=self.kd_weight)
-
-    @property
-    def loss_params(self) -> dict:
-        return {k: v for k, v in (("beta", self.beta), ("alpha", self.alpha)) if v is not None}
-
-    def train_config(self):
-        from edgedistill.distill.train import TrainConfig, resolve_precision
-
-        precision, why = resolve_precision(self.precision)
-        return TrainConfig(max_steps=self.max_steps, max_time_s=self.max_time, batch_size=self.batch_size,
-                           grad_accum=self.grad_accum, learning_rate=self.lr, warmup_steps=self.warmup_steps,
-                           max_length=self.max_length, seed=self.seed, save_steps=self.save_steps,
-                           on_policy=self.on_policy, on_policy_max_new_tokens=self.on_policy_max_new_tokens,
-                           kd_chunk=self.chunk, precision=precision, precision_reason=why,
-                           gradient_checkpointing=self.gradient_checkpointing, fsdp=self.fsdp,
-                           shard_teacher=self.shard_teacher)
-
-    @property
-    def chunk(self) -> int:
-        return min(256, self.batch_size * self.max_length) if self.kd_chunk is None else self.kd_chunk
-
-    def extra_problems(self) -> list[str]:
-        from edgedistill.distill.losses import check_params, get, losses
-
-        if self.loss not in losses():
-            return []  # reported by the field's own check
-        problems = []
-        try:
-            check_params(get(self.loss), self.loss_params)
-        except EdgeDistillError as e:
-            problems.append(str(e))
-        if self.kd_chunk is not None and self.kd_chunk > self.batch_size * self.max_length:
-            problems.append(f"--kd-chunk {self.kd_chunk} exceeds a micro-batch's {self.batch_size} x {self.max_length} "
-                            "positions (--batch-size x --max-length); choose at most that (the last chunk may be "
-                            "shorter, so it need not divide it)")
-        return problems
 
 
 def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=None, echo=None) -> dict:
@@ -264,8 +186,10 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     check_writable_dir(out, "--out")  # before the models load
     if resume and not any((out / "checkpoints").glob("checkpoint-*")):
         raise EdgeDistillError(f"--resume: no checkpoint in {out / 'checkpoints'}; start the run without --resume")
-    loss_cfg, cfg = s.loss_config(), s.train_config()
-    records = load_generations(s.data)
+    from edgedistill.distill.train import resolve_precision
+
+    precision, why = resolve_precision(s.precision)  # an explicit choice this machine cannot run: refused now
+    records = load_generations(s.generations)
     meta = lc.describe(s.logit_cache) if s.logit_cache is not None else None
     if meta is not None and lc.served(meta):  # a served teacher: the cache is all there is of it
         if s.on_policy or s.validation:
@@ -290,11 +214,11 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     cache = None
     if s.logit_cache is not None:
         cache = lc.load(s.logit_cache, train_set, inputs["teacher"])
-    say(f"precision {cfg.precision} ({cfg.precision_reason})")
+    say(f"precision {precision} ({why})")
     say(f"{len(train_set.examples)} training sequences, {train_set.response_tokens} response tokens"
         + (f", {train_set.truncated} truncated to {s.max_length} tokens" if train_set.truncated else ""))
     t0 = time.perf_counter()
-    model, trainer = train(t_pair, s_pair, train_set.examples, out, loss_cfg, cfg, resume=resume, progress=progress,
+    model, trainer = train(t_pair, s_pair, train_set.examples, out, s, s, resume=resume, progress=progress,
                            cache=cache, inputs=inputs)
     report = {"teacher": s.teacher, "student_init": s.student, "steps": trainer.state.global_step,
               "train_s": round(time.perf_counter() - t0, 2), "train_tokens": int(trainer.tokens_seen),
@@ -312,7 +236,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
         dist.destroy_process_group()
         if not rank0:
             return report
-    report["loss"], report["train"] = loss_cfg.__dict__, cfg.__dict__
+    report["precision"] = {"used": precision, "why": why}
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         save_tokenizer(s_pair[1], tmp)

@@ -20,7 +20,6 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,66 +27,15 @@ import torch
 from edgedistill.checked import read_json
 from edgedistill.distill.dataset import examples_fingerprint
 from edgedistill.tensors import IGNORE, collate, left_pad
-from edgedistill.distill.losses import LossConfig, masked_sum, per_token_objective, shared_rows
+from edgedistill.distill.losses import masked_sum, per_token_objective, shared_rows
+from edgedistill.distill.settings import PRECISIONS, LossSettings, TrainSettings
 from edgedistill.errors import EdgeDistillError
 from edgedistill.paths import write_text_atomic
 
 log = logging.getLogger(__name__)
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How long and how hard to train. Flags override a YAML/JSON config, which overrides these defaults."""
-
-    max_steps: int = 200  # optimizer steps
-    max_time_s: float | None = None  # stop (and save) after this much wall time, whichever comes first
-    batch_size: int = 4  # sequences per micro-batch, per process
-    grad_accum: int = 4  # micro-batches per optimizer step
-    learning_rate: float = 2e-4
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    max_length: int = 512  # tokens per sequence; longer ones are truncated (and counted)
-    seed: int = 0
-    save_steps: int = 50  # checkpoint every N steps (for resume)
-    logging_steps: int = 5
-    on_policy: float = 0.0  # λ: share of steps trained on the student's own samples
-    on_policy_max_new_tokens: int = 128
-    on_policy_temperature: float = 1.0  # sampling temperature of the student (not the loss temperature)
-    kd_chunk: int = 0  # apply the output head this many response positions at a time (0: full logits)
-    precision: str = "fp32"  # fp32, bf16 or fp16 (resolved from auto by the stage)
-    precision_reason: str = ""  # why (resolve_precision), recorded in distill.json
-    gradient_checkpointing: bool = False
-    fsdp: str = ""  # FSDP options for transformers' Trainer (e.g. "full_shard auto_wrap"); "" = off (DDP or one process)
-    shard_teacher: bool = False  # under FSDP: shard the teacher too (else each process holds a whole copy)
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name, lo in (("max_steps", 1), ("batch_size", 1), ("grad_accum", 1), ("max_length", 8), ("save_steps", 1),
-                         ("logging_steps", 1), ("on_policy_max_new_tokens", 1)):
-            if getattr(self, name) < lo:
-                problems.append(f"{name}={getattr(self, name)} must be at least {lo}")
-        if not 0 < self.learning_rate < 1:
-            problems.append(f"learning_rate={self.learning_rate} must be in (0, 1)")
-        if not 0 <= self.on_policy <= 1:
-            problems.append(f"on_policy={self.on_policy} must be in [0, 1]")
-        if self.max_time_s is not None and self.max_time_s <= 0:
-            problems.append(f"max_time_s={self.max_time_s} must be positive")
-        if not 0 < self.on_policy_temperature <= 5:
-            problems.append(f"on_policy_temperature={self.on_policy_temperature} must be in (0, 5]")
-        if not 0 <= self.kd_chunk <= self.batch_size * self.max_length:
-            problems.append(f"kd_chunk={self.kd_chunk} must be in [0, batch_size x max_length = "
-                            f"{self.batch_size * self.max_length}] (0: full logits)")
-        if self.fsdp and not torch.cuda.is_available():
-            problems.append("--fsdp needs GPUs: accelerate runs FSDP only across accelerators, and on CPU processes it "
-                            "would fall back to DDP silently; drop --fsdp (torchrun then runs DDP)")
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
-        if problems:
-            raise EdgeDistillError("; ".join(problems))
 
 
 def _cpu_has_native_bf16() -> bool:
@@ -191,7 +139,7 @@ def check_compatible(teacher, t_tok, student, s_tok, teacher_vocab: int | None =
                                "cannot produce every token; resize its embeddings to the tokenizer")
 
 
-def kd_objective(model, ids, mask, labels, loss_cfg: LossConfig, *, teacher=None, topk=None, chunk: int = 0,
+def kd_objective(model, ids, mask, labels, loss_cfg: LossSettings, *, teacher=None, topk=None, chunk: int = 0,
                  unwrapped=None):
     """One micro-batch's summed objective over its response tokens -> (total, the student's output). The teacher
     is a live model, a cached top-k pair ((B, T, k) log-probs, ids), or neither (cross-entropy alone). chunk > 0:
@@ -226,7 +174,7 @@ def _make_trainer_class():
         """The generic distillation step. A method with an objective of its own (safety.reapply's SafetyTrainer)
         subclasses it and overrides `objective`; normalisation, on-policy sampling and the token count stay here."""
 
-        def __init__(self, *args, teacher, loss_cfg: LossConfig, cfg: TrainConfig, pad_id: int, eos_ids: list[int],
+        def __init__(self, *args, teacher, loss_cfg: LossSettings, cfg: TrainSettings, pad_id: int, eos_ids: list[int],
                      cache=None, **kw):
             super().__init__(*args, **kw)
             self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
@@ -343,7 +291,7 @@ def _make_trainer_class():
     return DistillTrainer
 
 
-def _callbacks(cfg: TrainConfig, metrics_path: Path, progress, trainer_ref: dict):
+def _callbacks(cfg: TrainSettings, metrics_path: Path, progress, trainer_ref: dict):
     from transformers import TrainerCallback
 
     class Budget(TrainerCallback):
@@ -353,8 +301,8 @@ def _callbacks(cfg: TrainConfig, metrics_path: Path, progress, trainer_ref: dict
             self.t0 = time.monotonic()
 
         def on_step_end(self, args, state, control, **kw):
-            if cfg.max_time_s is not None and time.monotonic() - self.t0 > cfg.max_time_s:
-                log.info("time budget of %.0f s spent at step %d", cfg.max_time_s, state.global_step)
+            if cfg.max_time is not None and time.monotonic() - self.t0 > cfg.max_time:
+                log.info("time budget of %.0f s spent at step %d", cfg.max_time, state.global_step)
                 control.should_training_stop = True
                 control.should_save = True
 
@@ -387,8 +335,8 @@ def _callbacks(cfg: TrainConfig, metrics_path: Path, progress, trainer_ref: dict
     return [Budget(), Metrics()]
 
 
-def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path, loss_cfg: LossConfig,
-          cfg: TrainConfig, *, resume: bool = False, progress=None, extra_callbacks=(), cache=None,
+def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path, loss_cfg: LossSettings,
+          cfg: TrainSettings, *, resume: bool = False, progress=None, extra_callbacks=(), cache=None,
           trainer_factory=None, collator=None, inputs: dict | None = None):
     """Distill into the student; checkpoints in run_dir/checkpoints, metrics in run_dir/metrics.jsonl.
     With `cache` (a LogitCache for exactly these examples, in this order) the teacher model may be None; so may it
@@ -401,6 +349,8 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
 
     teacher, t_tok = teacher_pair
     student, s_tok = student_pair
+    precision, _why = resolve_precision(cfg.precision)
+    cfg = cfg.replace(precision=precision, kd_chunk=cfg.chunk)  # what this run trains with, auto resolved
     ce_alone = loss_cfg.kd_weight == 0 and cfg.on_policy == 0
     if teacher is None and cache is None and not ce_alone:
         raise EdgeDistillError("distillation needs a teacher model or a teacher-logit cache")
@@ -423,18 +373,18 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
         raise EdgeDistillError(f"--resume: no checkpoint in {ckpt}")
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(run_dir, resume, {**(inputs or {}), **_run_inputs(train_examples, loss_cfg, cfg, cache)})
-    (run_dir / "config.json").write_text(json.dumps({"loss": asdict(loss_cfg), "train": asdict(cfg)}, indent=2) + "\n")
+    (run_dir / "config.json").write_text(json.dumps({"loss": loss_cfg.to_dict(), "train": cfg.to_dict()}, indent=2) + "\n")
     set_seed(cfg.seed)
     pad = s_tok.pad_token_id if s_tok.pad_token_id is not None else s_tok.eos_token_id
     args = TrainingArguments(
         output_dir=str(ckpt),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
+        learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_steps,
+        warmup_steps=cfg.warmup,
         lr_scheduler_type="cosine",
-        max_steps=cfg.max_steps,
+        max_steps=cfg.steps,
         logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps,
         save_total_limit=2,
@@ -489,7 +439,7 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
     return trainer.accelerator.unwrap_model(trainer.model), trainer
 
 
-def _fsdp_args(cfg: TrainConfig, student) -> dict:
+def _fsdp_args(cfg: TrainSettings, student) -> dict:
     """FSDP version 2, wrapped by decoder layer (the model's own no-split modules), when asked."""
     if not cfg.fsdp:
         return {}
@@ -502,12 +452,12 @@ def _fsdp_args(cfg: TrainConfig, student) -> dict:
 
 # Budget fields may change on --resume (to train longer), and the precision's reason holds a measured speed ratio;
 # everything else must be what the checkpoints were made with.
-_BUDGET = ("max_steps", "max_time_s", "save_steps", "logging_steps", "precision_reason")
+_BUDGET = ("steps", "max_time", "save_steps", "logging_steps")
 
 
-def _run_inputs(examples: list[dict], loss_cfg: LossConfig, cfg: TrainConfig, cache) -> dict:
-    return {"data": examples_fingerprint(examples), "loss": asdict(loss_cfg),
-            "train": {k: v for k, v in asdict(cfg).items() if k not in _BUDGET},
+def _run_inputs(examples: list[dict], loss_cfg: LossSettings, cfg: TrainSettings, cache) -> dict:
+    return {"data": examples_fingerprint(examples), "loss": loss_cfg.to_dict(),
+            "train": {k: v for k, v in cfg.to_dict().items() if k not in _BUDGET},
             "logit_cache": cache.meta["teacher_fingerprint"] + "/" + cache.meta["data_fingerprint"] if cache else None}
 
 

@@ -30,33 +30,12 @@ class EngineError(EdgeDistillError):
 
 
 @dataclass(frozen=True)
-class EngineSpec:
-    """Which teacher, through which engine. `model`: registry name, Hugging Face folder or .gguf (torch and
-    llama.cpp); for openai the served model's name is `served_model` and `tokenizer` names a local model whose
-    tokenizer the served tokens are aligned to (needed only for log-probabilities)."""
-
-    engine: str = "torch"
-    model: str | None = None
-    url: str | None = None
-    served_model: str | None = None
-    api_key_env: str | None = None
-    tokenizer: str | None = None
-    concurrency: int = 4
-    timeout_s: float = 120.0
-    retries: int = 4
-    gguf_type: str = "f16"
-    threads: int | None = None
-    trust_remote_code: bool = False
-    sequence_level_fallback: bool = False  # openai: keep the text alone when the tokens cannot be aligned
-    extra_body: dict | None = None  # openai: server-specific request fields, e.g. {"repeat_penalty": 1.0}
-
-
-@dataclass(frozen=True)
 class EngineSettings(Settings):
     """The teacher-engine fields shared by the stages that run the teacher (generate, cache-logits, run)."""
 
-    teacher_engine: str = setting("torch", "What runs the teacher: torch (in process, float32), llama.cpp (a GGUF in "
-                                           "process, fast on CPUs) or openai (an OpenAI-compatible server).",
+    teacher_engine: str = setting("llama.cpp", "What runs the teacher: llama.cpp (its GGUF in process, the fastest "
+                                               "here: benchmarks/results/distill/teacher_engines), torch (in process, "
+                                               "float32) or openai (an OpenAI-compatible server).",
                                   choices=ENGINE_NAMES)
     teacher_url: str | None = setting(None, "openai engine: the server's base URL, e.g. http://127.0.0.1:8080/v1.",
                                       kind="url", key=False)  # the served model's name is its identity
@@ -105,6 +84,38 @@ class EngineSettings(Settings):
                           timeout_s=self.teacher_timeout, retries=self.retries, gguf_type=self.teacher_gguf_type,
                           trust_remote_code=trust_remote_code, sequence_level_fallback=self.sequence_level_fallback,
                           extra_body=json.loads(self.teacher_extra_body) if self.teacher_extra_body else None)
+
+
+def _default(name: str):
+    """An EngineSettings field's default: EngineSpec's knobs are those settings, resolved, not declared again."""
+    from dataclasses import fields as fields_
+
+    from edgedistill.settings import default_of
+
+    return next(default_of(f) for f in fields_(EngineSettings) if f.name == name)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which teacher, through which engine: EngineSettings resolved for one teacher (`EngineSettings.engine_spec`).
+    `model`: registry name, Hugging Face folder or .gguf (torch and llama.cpp); for openai the served model's name is
+    `served_model` and `tokenizer` names a local model whose tokenizer the served tokens are aligned to (needed only
+    for log-probabilities)."""
+
+    engine: str
+    model: str | None = None
+    url: str | None = None
+    served_model: str | None = None
+    api_key_env: str | None = None
+    tokenizer: str | None = None
+    concurrency: int = _default("concurrency")
+    timeout_s: float = _default("teacher_timeout")
+    retries: int = _default("retries")
+    gguf_type: str = _default("teacher_gguf_type")
+    threads: int | None = None
+    trust_remote_code: bool = False
+    sequence_level_fallback: bool = False  # openai: keep the text alone when the tokens cannot be aligned
+    extra_body: dict | None = None  # openai: server-specific request fields, e.g. {"repeat_penalty": 1.0}
 
 
 @dataclass

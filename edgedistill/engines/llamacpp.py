@@ -176,8 +176,8 @@ class LlamaCppEngine(Engine):
             yield Answer(i, None, 0, "prompt_too_long")
         rng = np.random.default_rng(gen.seed)
         batch = self._batch(512)
-        for start in range(0, len(todo), gen.batch_size):
-            idx = todo[start : start + gen.batch_size]
+        for start in range(0, len(todo), gen.answer_batch):
+            idx = todo[start : start + gen.answer_batch]
             prompts = [encoded[i] for i in idx]
             per_seq = max(len(p) for p in prompts) + gen.max_new_tokens
             ctx = self._context(len(idx) * per_seq + 16, len(idx))
@@ -220,7 +220,7 @@ class LlamaCppEngine(Engine):
 
     @staticmethod
     def _pick(logp: np.ndarray, gen, rng) -> int:
-        if not gen.do_sample:
+        if not gen.sample:
             return int(np.argmax(logp))
         x = logp.astype(np.float64) / gen.temperature
         p = np.exp(x - x.max())

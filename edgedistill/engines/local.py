@@ -25,15 +25,15 @@ def answers(model, tokenizer, conversations: Sequence[Sequence[dict]], settings,
     ends = end_of_generation_ids(model, tokenizer)  # Gemma's <end_of_turn>, Llama 3's <|eot_id|>, ... with eos
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else ends[0]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    if settings.do_sample:
+    if settings.sample:
         torch.manual_seed(settings.seed)
-    for start in range(0, len(todo), settings.batch_size):
-        idx = todo[start : start + settings.batch_size]
+    for start in range(0, len(todo), settings.answer_batch):
+        idx = todo[start : start + settings.answer_batch]
         ids, mask = left_pad([encoded[i] for i in idx], pad, model.device)  # (B, T), where the model is
         width = ids.shape[1]
-        kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample, pad_token_id=pad,
+        kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.sample, pad_token_id=pad,
                       eos_token_id=ends, return_dict_in_generate=True, output_logits=logprobs > 0)
-        if settings.do_sample:
+        if settings.sample:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)

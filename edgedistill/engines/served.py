@@ -182,7 +182,7 @@ class OpenAIEngine(Engine):
         import openai
 
         kw = dict(model=self.spec.served_model, messages=list(messages), max_tokens=gen.max_new_tokens)
-        if gen.do_sample:
+        if gen.sample:
             kw.update(temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed + i)
         else:
             kw.update(temperature=0.0)

@@ -18,7 +18,9 @@ from edgedistill.errors import EdgeDistillError, InvalidModelError, UnsupportedE
 from edgedistill.export import validate as V
 from edgedistill.export.bundle import source_hash, write_manifest
 from edgedistill.paths import atomic_dir, disk_full_named, ensure_writable_dir, remove_scratch, scratch_dir
-from edgedistill.settings import Settings, setting
+from edgedistill.data.held_out import HeldOutSettings
+from edgedistill.data.stage import GenerateSettings
+from edgedistill.settings import Settings, like, setting
 from edgedistill.settings import write as write_settings
 from edgedistill.quantize import BuildContext, Scheme, get, unsupported_reason
 
@@ -31,14 +33,15 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 class ExportSettings(Settings):
     variants: list[str] = setting(["gguf:q4_k_m"], "FORMAT:SCHEME, e.g. gguf:q4_k_m or onnx:int4; repeatable "
                                                    "(--list shows them).", flag="--variant")
-    chunks: int = setting(4, "Held-out text chunks for validation.", min=1, max=256)
-    chunk_len: int = setting(256, "Tokens per chunk.", min=16, max=8192)
+    # the bench's windows (declared there); validation needs fewer: it checks the file, the bench ranks variants
+    chunks: int = like(HeldOutSettings, "chunks", 4)
+    chunk_len: int = like(HeldOutSettings, "chunk_len")
     threads: int | None = setting(None, "Runtime threads during validation [default: all].", min=1)
     force: bool = setting(False, "Write variants that fail validation too (their manifest says so).")
     data_dir: Path | None = setting(None, "Data folder for validation text and calibration [default: "
                                           "calibration_data].", exists="dir", flag="--data")
     target: str | None = setting(None, "Target profile name to record in the manifests.")
-    trust_remote_code: bool = setting(False, "Allow the model folder's own code (off unless asked).")
+    trust_remote_code: bool = like(GenerateSettings, "trust_remote_code")
     block_size: int | None = setting(None, "onnx int4/int8: weights per quantization block [default: 32].", min=16,
                                      max=256)
     symmetric: bool = setting(True, "onnx int4/int8: symmetric blocks, or with zero points.",

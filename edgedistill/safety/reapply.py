@@ -28,7 +28,8 @@ from edgedistill.errors import EdgeDistillError
 from edgedistill.models.registry import DEFAULT_TEACHER
 from edgedistill.safety.judge import is_refusal, refusal_for
 from edgedistill.safety.suite import SafetyPrompt, holdout, load_suite, suite_dir
-from edgedistill.settings import Settings, setting
+from edgedistill.distill.settings import TrainSettings
+from edgedistill.settings import Settings, like, setting
 from edgedistill.settings import write as write_settings
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,17 @@ class ReapplySettings(Settings):
     teacher: str = setting(DEFAULT_TEACHER, "Answers the benign look-alikes; its hidden states feed the hints.")
     data_dir: Path | None = setting(None, "Folder holding safety/train.jsonl [default: the project's calibration_data].",
                                     exists="dir", flag="--data")
-    steps: int = setting(300, "Optimizer steps of the phase.", min=1)
+    # the loop's knobs, declared in distill.settings; the phase's measured recipe (docs/safety.md) is longer and on
+    # shorter sequences than distillation's: it teaches how answers start
+    steps: int = like(TrainSettings, "steps", 300)
     repeat: int = setting(2, "Copies of each harmful train prompt with its refusal.", min=1, max=20)
     benign_repeat: int = setting(2, "Copies of each benign look-alike with the teacher's answer.", min=1, max=20)
-    max_length: int = setting(128, "Tokens per sequence (the phase teaches how answers start).", min=8)
-    batch_size: int = setting(4, "Sequences per micro-batch.", min=1)
-    grad_accum: int = setting(2, "Micro-batches per optimizer step.", min=1)
-    lr: float = setting(5e-4, "Peak learning rate (cosine schedule).", min=0, min_open=True, max=1)
-    warmup_steps: int = setting(4, "Learning-rate warm-up steps.", min=0)
-    seed: int = setting(0, "Seed of the data order.")
+    max_length: int = like(TrainSettings, "max_length", 128)
+    batch_size: int = like(TrainSettings, "batch_size", 4)
+    grad_accum: int = like(TrainSettings, "grad_accum", 2)
+    lr: float = like(TrainSettings, "lr", 5e-4)
+    warmup_steps: int = like(TrainSettings, "warmup_steps", 4)
+    seed: int = like(TrainSettings, "seed", 0)
     avoid_weight: float = setting(40.0, "Weight of each record's unlikelihood term, in response tokens.", min=0)
     decision_weight: float = setting(10.0, "Weight of the first --decision-tokens response tokens of each record.",
                                      min=0)
@@ -68,7 +71,7 @@ class ReapplySettings(Settings):
                                    "the last).", min=0)
     answer_tokens: int = setting(160, "Length of the teacher's answers to the look-alikes.", min=8)
     judge_tokens: int = setting(96, "Length of the greedy answers the picker judges.", min=8)
-    save_steps: int = setting(100, "Checkpoint every N steps (for --resume).", min=1)
+    save_steps: int = like(TrainSettings, "save_steps", 100)
 
     def extra_problems(self) -> list[str]:
         out = []
@@ -163,7 +166,7 @@ def safety_trainer(hint, s: ReapplySettings):
                 import torch
 
                 from edgedistill.tensors import IGNORE
-                from edgedistill.distill.losses import LossConfig, masked_sum, per_token_objective
+                from edgedistill.distill.losses import LossSettings, masked_sum, per_token_objective
                 from edgedistill.safety.hint import capturing, hidden_after, last_prompt_index, prompt_mask
 
                 ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
@@ -171,7 +174,7 @@ def safety_trainer(hint, s: ReapplySettings):
                         if self.hint is not None else contextlib.nullcontext({}))
                 with grab as student_hidden:
                     out = model(input_ids=ids, attention_mask=mask)
-                per_token = per_token_objective(LossConfig("forward_kl", kd_weight=0.0), out.logits, None, labels)
+                per_token = per_token_objective(LossSettings(kd_weight=0.0), out.logits, None, labels)
                 resp = labels != IGNORE
                 total = masked_sum(per_token, resp)  # cross-entropy on the record's response
                 if s.decision_weight != 1 or s.refusal_weight != 1:
@@ -210,10 +213,10 @@ def reapply(s: ReapplySettings, *, teacher=None, progress=None, resume: bool = F
     from `s.student` (checkpoints in OUT/checkpoints, metrics in OUT/metrics.jsonl), the checkpoint picked on the
     validation slice (or the last) goes to OUT/student with reapply.json and settings.yaml, in one rename.
     `teacher`: an already loaded (model, tokenizer) of s.teacher. Returns the report (reapply.json)."""
-    from edgedistill.data.generate import GenerationSettings, generate
+    from edgedistill.data.generate import DecodeSettings, generate
     from edgedistill.data.load import load_prompts, read_jsonl
-    from edgedistill.distill.losses import LossConfig
-    from edgedistill.distill.train import TrainConfig, train
+    from edgedistill.distill.settings import LossSettings
+    from edgedistill.distill.train import train
     from edgedistill.models.locate import load_model
     from edgedistill.paths import atomic_dir, check_writable_dir
     from edgedistill.safety.hint import check_layers, default_layers, fit_hint_map
@@ -239,7 +242,7 @@ def reapply(s: ReapplySettings, *, teacher=None, progress=None, resume: bool = F
     kinds = {p.id: p.kind for p in train_split}
     prompts = [p for p in load_prompts(suite_dir(s.data_dir) / "train.jsonl")[0] if kinds.get(p.id) == "benign"]
     answers_path = out / "safety-benign.jsonl"
-    generate(s.teacher, prompts, answers_path, GenerationSettings(max_new_tokens=s.answer_tokens), loaded=t_pair,
+    generate(s.teacher, prompts, answers_path, DecodeSettings(max_new_tokens=s.answer_tokens), loaded=t_pair,
              progress=progress)
     benign = {r["id"]: r["response"] for _, r in read_jsonl(answers_path) if isinstance(r, dict) and "response" in r}
     mix = [r for r in mix_records(train_split, benign, s.repeat, s.benign_repeat)
@@ -248,9 +251,9 @@ def reapply(s: ReapplySettings, *, teacher=None, progress=None, resume: bool = F
     say(f"safety phase: {counts['refusals']} refusals x{s.repeat}, {counts['benign']} look-alikes x{s.benign_repeat} "
         f"({len(mix)} records; teacher answers that refuse are left out), {len(held)} held-out prompts")
     examples = encode_records(tok, mix, s.max_length)
-    cfg = TrainConfig(max_steps=s.steps, batch_size=s.batch_size, grad_accum=s.grad_accum, learning_rate=s.lr,
-                      warmup_steps=s.warmup_steps, max_length=s.max_length, save_steps=s.save_steps, logging_steps=10,
-                      seed=s.seed)
+    cfg = TrainSettings(steps=s.steps, batch_size=s.batch_size, grad_accum=s.grad_accum, lr=s.lr,
+                        warmup_steps=s.warmup_steps, max_length=s.max_length, save_steps=s.save_steps, logging_steps=10,
+                        seed=s.seed, precision="fp32", kd_chunk=0)
     hint = None
     if s.hinted:
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -264,7 +267,7 @@ def reapply(s: ReapplySettings, *, teacher=None, progress=None, resume: bool = F
               "settings": s.to_dict()}
     inputs["settings"].pop("steps", None)  # the budget may change on --resume
     model, trainer = train(t_pair if s.hinted else (None, t_pair[1]), s_pair, examples, out,
-                           LossConfig("forward_kl", kd_weight=0.0), cfg, resume=resume, progress=progress,
+                           LossSettings(kd_weight=0.0), cfg, resume=resume, progress=progress,
                            extra_callbacks=[picker] if picker else (), trainer_factory=safety_trainer(hint, s),
                            collator=collate_records, inputs=inputs)
     report = {"student_init": str(s.student), "teacher": s.teacher, "steps": trainer.state.global_step,

@@ -41,13 +41,13 @@ def answer(model_spec: str | Path, prompts: Sequence[SafetyPrompt], max_new_toke
 
         with load(path, threads=threads) as m:
             return [m.chat(list(p.messages), max_tokens=max_new_tokens) for p in prompts]
-    from edgedistill.data.generate import GenerationSettings, chat_batches
+    from edgedistill.data.generate import DecodeSettings, chat_batches
     from edgedistill.models.locate import load_model
 
     model, tok = loaded or load_model(str(model_spec))
     out = [""] * len(prompts)
     for i, text, _, _ in chat_batches(model, tok, [list(p.messages) for p in prompts],
-                                      GenerationSettings(max_new_tokens=max_new_tokens)):
+                                      DecodeSettings(max_new_tokens=max_new_tokens)):
         out[i] = text or ""
     return out
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgedistill.settings import Settings, SettingsError, setting
+from edgedistill.data.generate import DecodeSettings
+from edgedistill.settings import Settings, SettingsError, like, setting
 from edgedistill.settings import write as write_settings
 
 
@@ -16,9 +17,11 @@ from edgedistill.settings import write as write_settings
 class SafetyEvalSettings(Settings):
     model: str = setting(None, "Model to check: a registry name, a Hugging Face folder or an exported bundle.",
                          required=True, cli=False)
-    teacher: str | None = setting(None, "Also evaluate this model and show the delta.")
+    compare: str | None = setting(None, "Also evaluate this model (e.g. the teacher) and show the delta.",
+                                  aliases=("teacher",))
     split: str = setting("test", "Split of the safety suite to answer.", choices=("test", "train"))
-    max_new_tokens: int = setting(96, "Tokens per answer at most (greedy).", min=8, max=1024)
+    # shorter than generate's: whether an answer refuses shows in its first sentences (docs/safety.md)
+    max_new_tokens: int = like(DecodeSettings, "max_new_tokens", 96)
     target: str | None = setting(None, "Check this profile's safety floor (exit 1 if missed): a name or a .yaml.")
     data_dir: Path | None = setting(None, "Data folder holding safety/ [default: the project's calibration_data].",
                                     exists="dir", flag="--data")
@@ -30,7 +33,7 @@ class SafetyEvalSettings(Settings):
 
 
 def evaluate_suite(s: SafetyEvalSettings, *, status=None) -> dict:
-    """The report {split, max_new_tokens, models: {name: result}, floor?}: each of s.teacher and s.model (once if
+    """The report {split, max_new_tokens, models: {name: result}, floor?}: each of s.compare and s.model (once if
     the same) answers the split; with a profile (s.target), the floor verdict of s.model.
     `status(message)` is a context manager shown while a model answers."""
     import contextlib
@@ -51,7 +54,7 @@ def evaluate_suite(s: SafetyEvalSettings, *, status=None) -> dict:
     prompts = load_suite(s.split, s.data_dir)
     status = status or (lambda msg: contextlib.nullcontext())
     results = {}
-    for name in dict.fromkeys(m for m in (s.teacher, s.model) if m):
+    for name in dict.fromkeys(m for m in (s.compare, s.model) if m):
         with status(f"answering {len(prompts)} safety prompts with {name}"):
             results[name] = evaluate(name, prompts, s.max_new_tokens)
     report = {"split": s.split, "max_new_tokens": s.max_new_tokens, "models": results}

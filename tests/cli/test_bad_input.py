@@ -45,19 +45,19 @@ def _writing_commands(tmp_path, model):
     (bundle / "manifest.json").write_text("{}")  # found as a bundle; read only after the --out check
     out = blocked / "out"
     return {
-        "generate": ["generate", "--teacher", str(model), "--split", "train", "--limit", "1", "--out",
+        "generate": ["generate", "--teacher-engine", "torch", "--teacher", str(model), "--split", "train", "--limit", "1", "--out",
                      str(out / "g.jsonl")],
-        "prune": ["prune", str(model), "--layers", "1", "--out", str(out)],
-        "cache-logits": ["cache-logits", "--teacher", str(model), "--data", str(gen), "--out", str(out)],
-        "distill": ["distill", "--teacher", str(model), "--student", str(model), "--data", str(gen), "--out",
+        "prune": ["prune", "--teacher", str(model), "--layers", "1", "--teacher-width", "--out", str(out)],
+        "cache-logits": ["cache-logits", "--teacher-engine", "torch", "--teacher", str(model), "--generations", str(gen), "--out", str(out)],
+        "distill": ["distill", "--teacher", str(model), "--student", str(model), "--generations", str(gen), "--out",
                     str(out)],
         "export": ["export", str(model), "--out", str(out)],
         "bench": ["bench", str(bundle), "--target", "laptop", "--out", str(out)],
-        "eval": ["eval", str(model), "--limit", "1", "--json-out", str(out / "graded.json")],
+        "eval": ["eval", str(model), "--limit", "1", "--out", str(out / "graded.json")],
         "run": ["run", "--target", "laptop", "--teacher", str(model), "--out", str(out)],
         "safety reapply": ["safety", "reapply", "--student", str(model), "--teacher", str(model), "--out", str(out)],
         "safety eval": ["safety", "eval", str(model), "--out", str(out / "safety.json")],
-        "data split": ["data", "split", str(prompts), "--out-dir", str(out)],
+        "data split": ["data", "split", str(prompts), "--out", str(out)],
     }
 
 
@@ -109,7 +109,7 @@ def test_files_users_hand_us_are_read_through_one_checked_path(tmp_path, tiny_mo
     gen = tmp_path / "gen.jsonl"
     gen.write_text('{"id": "a", "messages": [{"role": "user", "content": "Where is my order?"}], '
                    '"response": "It ships on Monday."}\n')
-    proc = run_cli("cache-logits", "--teacher", str(tiny_model_dir), "--data", str(gen), "--out",
+    proc = run_cli("cache-logits", "--teacher-engine", "torch", "--teacher", str(tiny_model_dir), "--generations", str(gen), "--out",
                    str(tmp_path / "cache"), "--k", "4")
     assert proc.returncode == 0, proc.stderr
     topk = tmp_path / "cache" / "shard-00000.safetensors"
@@ -130,11 +130,11 @@ def test_files_users_hand_us_are_read_through_one_checked_path(tmp_path, tiny_mo
         f"{q}: &{q} [{', '.join([f'*{p}'] * 9)}]\n" for p, q in zip("abcdefgh", "bcdefghi")) + "name: *i\n")
     cases = {
         "models ask, no tokenizer": (["models", "ask", str(no_tok), "hi"], "no tokenizer files"),
-        "generate, no tokenizer": (["generate", "--teacher", str(no_tok), "--split", "train", "--limit",
+        "generate, no tokenizer": (["generate", "--teacher-engine", "torch", "--teacher", str(no_tok), "--split", "train", "--limit",
                                                    "1", "--out", str(tmp_path / "g.jsonl")], "no tokenizer files"),
-        "prune, no tokenizer": (["prune", str(no_tok), "--layers", "1", "--out", str(tmp_path / "p")],
+        "prune, no tokenizer": (["prune", "--teacher", str(no_tok), "--layers", "1", "--teacher-width", "--out", str(tmp_path / "p")],
                                 "no tokenizer files"),
-        "generate, latin-1 prompts": (["generate", "--teacher", str(tiny_model_dir), "--prompts", str(latin1),
+        "generate, latin-1 prompts": (["generate", "--teacher-engine", "torch", "--teacher", str(tiny_model_dir), "--prompts", str(latin1),
                                        "--out", str(tmp_path / "g2.jsonl")], "not UTF-8"),
         "targets show, latin-1 profile": (["targets", "show", str(profile)], "not UTF-8"),
         "targets show, deep profile": (["targets", "show", str(deep)], "nested too deeply"),
@@ -148,14 +148,14 @@ def test_files_users_hand_us_are_read_through_one_checked_path(tmp_path, tiny_mo
         "safety eval, a number as message content": (["safety", "eval", str(tiny_model_dir), "--data",
                                                       str(suite.parent.parent)], "test.jsonl:1: message 0 needs"),
         "distill, a number as message content": (["distill", "--teacher", str(tiny_model_dir), "--student",
-                                                  str(tiny_model_dir), "--data", str(gen_number), "--out",
+                                                  str(tiny_model_dir), "--generations", str(gen_number), "--out",
                                                   str(tmp_path / "d3")], "gen-number.jsonl:1: message 0 needs"),
         "targets show, an alias bomb": (["targets", "show", str(laughs)], "expands through its aliases"),
         "generate, a 100,000-character URL (the line is capped)": (
             ["generate", "--teacher-engine", "openai", "--teacher-model", "m", "--teacher-url",
              "http://[" + "x" * 100_000, "--split", "train", "--out", str(tmp_path / "g3.jsonl")], "characters cut"),
-        "prune, phi3 shape llama.cpp cannot load": (["prune", str(phi3), "--hidden", "48", "--heads", "2", "--kv-heads",
-                                                      "1", "--out", str(tmp_path / "p3")], "heads x head_dim = hidden"),
+        "prune, phi3 shape llama.cpp cannot load": (["prune", "--teacher", str(phi3), "--hidden", "48", "--heads", "2", "--kv-heads",
+                                                      "1", "--teacher-width", "--out", str(tmp_path / "p3")], "heads x head_dim = hidden"),
     }
     failures = {}
     for name, (args, expect) in cases.items():
@@ -185,7 +185,7 @@ def test_files_that_lie_are_called_what_they_are(tmp_path, tiny_model_dir):
     prompts.write_text('{"id": "a", "prompt": "Where is my order?"}\n{"id": "b", "prompt": \n'
                        '{"id": "c", "prompt": "Hi"}\n')
     out = tmp_path / "g.jsonl"
-    proc = run_cli("generate", "--teacher", str(tiny_model_dir), "--prompts", str(prompts), "--skip-bad",
+    proc = run_cli("generate", "--teacher-engine", "torch", "--teacher", str(tiny_model_dir), "--prompts", str(prompts), "--skip-bad",
                    "--max-new-tokens", "4", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "skipped 1 malformed" in proc.stderr + proc.stdout

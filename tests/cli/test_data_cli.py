@@ -24,7 +24,7 @@ def test_generate_then_rerun(tiny_model_dir, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": "a", "prompt": "Where is my order?"}\n{"id": "b", "prompt": "Alarm E17 on M-204"}\n')
     out = tmp_path / "gen.jsonl"
-    args = ["generate", "--teacher", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(out),
+    args = ["generate", "--teacher-engine", "torch", "--teacher", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(out),
             "--max-new-tokens", "6"]
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
@@ -36,11 +36,11 @@ def test_generate_then_rerun(tiny_model_dir, tmp_path):
 def test_generate_bad_prompt_file(tiny_model_dir, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": "a", "prompt": "ok"}\n{"id": "b", "messages": "oops"}\n')
-    proc = run_cli("generate", "--teacher", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"))
+    proc = run_cli("generate", "--teacher-engine", "torch", "--teacher", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"))
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {prompts}:2: 'messages' must be a non-empty list"
     assert not (tmp_path / "o.jsonl").exists()
-    proc = run_cli("generate", "--teacher", str(tiny_model_dir), "--prompts", str(prompts), "--out",
+    proc = run_cli("generate", "--teacher-engine", "torch", "--teacher", str(tiny_model_dir), "--prompts", str(prompts), "--out",
                    str(tmp_path / "o.jsonl"), "--skip-bad", "--max-new-tokens", "2")
     assert proc.returncode == 0, proc.stderr
     assert "skipped 1 malformed records" in proc.stderr
@@ -49,8 +49,8 @@ def test_generate_bad_prompt_file(tiny_model_dir, tmp_path):
 def test_eval_with_teacher_column(tiny_model_dir, tmp_path):
     data = _eval_dir(tmp_path / "data")
     out = tmp_path / "eval.json"
-    proc = run_cli("eval", str(tiny_model_dir), "--teacher", str(tiny_model_dir), "--data", str(data),
-                   "--json-out", str(out))
+    proc = run_cli("eval", str(tiny_model_dir), "--compare", str(tiny_model_dir), "--data", str(data),
+                   "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert len(report["models"]) == 2
@@ -64,7 +64,7 @@ def test_eval_with_teacher_column(tiny_model_dir, tmp_path):
 def test_eval_by_likelihood(tiny_model_dir, tmp_path):
     data = _eval_dir(tmp_path / "data")
     out = tmp_path / "eval.json"
-    proc = run_cli("eval", str(tiny_model_dir), "--data", str(data), "--by-likelihood", "--json-out", str(out))
+    proc = run_cli("eval", str(tiny_model_dir), "--data", str(data), "--by-likelihood", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "choices by likelihood, chance 50.0%" in proc.stdout
     (row,) = json.loads(out.read_text())["models"]
@@ -88,13 +88,13 @@ def test_data_split(tmp_path):
              for i, w in enumerate("red green blue cyan magenta yellow black white grey pink".split())]
     lines.append({"id": "dup", "prompt": lines[0]["prompt"].upper()})
     src.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    proc = run_cli("data", "split", str(src), "--out-dir", str(tmp_path / "s"))
+    proc = run_cli("data", "split", str(src), "--out", str(tmp_path / "s"))
     assert proc.returncode == 0, proc.stderr
     assert "1 near-duplicate groups kept together" in proc.stdout
     where = {json.loads(ln)["id"]: s for s in ("train", "validation", "test")
              for ln in (tmp_path / "s" / f"{s}.jsonl").read_text().splitlines()}
     assert len(where) == 11 and where["p0"] == where["dup"]
-    bad = run_cli("data", "split", str(src), "--out-dir", str(tmp_path / "s"), "--fractions", "0.5,0.5")
+    bad = run_cli("data", "split", str(src), "--out", str(tmp_path / "s"), "--fractions", "0.5,0.5")
     assert bad.returncode == 2 and "three non-negative numbers" in bad.stderr
 
 
@@ -106,7 +106,7 @@ def test_generate_a_split_of_every_domain(tiny_model_dir, tmp_path):
             (data / dom / "prompts" / f"{split}.jsonl").write_text(
                 "".join(json.dumps({"id": f"{dom}-{split}-{i}", "prompt": f"{dom} question {i}"}) + "\n" for i in range(2)))
     out = tmp_path / "gen.jsonl"
-    proc = run_cli("generate", "--teacher", str(tiny_model_dir), "--split", "train", "--data", str(data),
+    proc = run_cli("generate", "--teacher-engine", "torch", "--teacher", str(tiny_model_dir), "--split", "train", "--data", str(data),
                    "--out", str(out), "--max-new-tokens", "3")
     assert proc.returncode == 0, proc.stderr
     ids = sorted(json.loads(ln)["id"] for ln in out.read_text().splitlines())
@@ -121,14 +121,14 @@ def test_prune_cli(tiny_model_dir, tmp_path):
     texts.mkdir()
     (texts / "a.txt").write_text("The press stopped on alarm E17 after the guard opened. " * 80)
     out = tmp_path / "student"
-    proc = run_cli("prune", str(tiny_model_dir), "--layers", "1", "--ffn", "64", "--calibration", str(texts),
-                   "--max-tokens", "256", "--out", str(out))
+    proc = run_cli("prune", "--teacher", str(tiny_model_dir), "--layers", "1", "--ffn", "64", "--calibration", str(texts),
+                   "--calibration-tokens", "256", "--teacher-width", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "layers 1, hidden 64, FFN 64" in proc.stdout
     assert json.loads((out / "pruning.json").read_text())["shape"]["layers"] == 1
-    again = run_cli("prune", str(tiny_model_dir), "--layers", "1", "--calibration", str(texts), "--out", str(out))
+    again = run_cli("prune", "--teacher", str(tiny_model_dir), "--layers", "1", "--calibration", str(texts), "--teacher-width", "--out", str(out))
     assert again.returncode == 2 and "already exists" in again.stderr
-    bad = run_cli("prune", str(tiny_model_dir), "--layers", "7", "--calibration", str(texts), "--out", str(tmp_path / "x"))
+    bad = run_cli("prune", "--teacher", str(tiny_model_dir), "--layers", "7", "--calibration", str(texts), "--teacher-width", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "layers=7 must be between 1 and the teacher's 2" in bad.stderr
     assert not (tmp_path / "x").exists()
 
@@ -141,8 +141,8 @@ def student_and_generations(tiny_model_dir, tmp_path_factory):
     texts.mkdir()
     (texts / "a.txt").write_text("The press stopped on alarm E17 after the guard opened. " * 80)
     student = root / "student0"
-    assert run_cli("prune", str(tiny_model_dir), "--layers", "1", "--calibration", str(texts), "--max-tokens", "256",
-                   "--out", str(student)).returncode == 0
+    assert run_cli("prune", "--teacher", str(tiny_model_dir), "--layers", "1", "--calibration", str(texts), "--calibration-tokens", "256",
+                   "--teacher-width", "--out", str(student)).returncode == 0
     gen = root / "gen.jsonl"
     gen.write_text("".join(json.dumps({"id": f"g{i}", "messages": [{"role": "user", "content": f"Status of order {i}?"}],
                                        "response": f"Order {i} ships Monday."}) + "\n" for i in range(8)))
@@ -153,8 +153,8 @@ def student_and_generations(tiny_model_dir, tmp_path_factory):
 def test_distill_cli(tiny_model_dir, student_and_generations, tmp_path):
     student, gen = student_and_generations
     out = tmp_path / "run"
-    args = ["distill", "--teacher", str(tiny_model_dir), "--student", str(student), "--data", str(gen),
-            "--validation", str(gen), "--out", str(out), "--loss", "jsd", "--beta", "0.3", "--max-steps", "3",
+    args = ["distill", "--teacher", str(tiny_model_dir), "--student", str(student), "--generations", str(gen),
+            "--validation", str(gen), "--out", str(out), "--loss", "jsd", "--beta", "0.3", "--steps", "3",
             "--batch-size", "4", "--grad-accum", "1"]
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
@@ -168,57 +168,57 @@ def test_distill_cli(tiny_model_dir, student_and_generations, tmp_path):
     assert bad.returncode == 2 and "forward_kl has no parameter 'beta'" in bad.stderr
     # the settings the run wrote, passed back with --config and only --out changed, reproduce the same run settings
     written = yaml.safe_load((out / "student" / "settings.yaml").read_text())
-    assert written["loss"] == "jsd" and written["beta"] == 0.3 and written["max_steps"] == 3
+    assert written["loss"] == "jsd" and written["beta"] == 0.3 and written["steps"] == 3
     assert yaml.safe_load((out / "settings.yaml").read_text()) == written
     proc = run_cli("distill", "--config", str(out / "settings.yaml"), "--out", str(tmp_path / "r3"))
     assert proc.returncode == 0, proc.stderr
     second = yaml.safe_load((tmp_path / "r3" / "student" / "settings.yaml").read_text())
     assert {**second, "out": None} == {**written, "out": None}
     # a flag overrides the file, which overrides the defaults
-    proc = run_cli("distill", "--config", str(out / "settings.yaml"), "--out", str(tmp_path / "r4"), "--max-steps", "1")
+    proc = run_cli("distill", "--config", str(out / "settings.yaml"), "--out", str(tmp_path / "r4"), "--steps", "1")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "r4" / "student" / "distill.json").read_text())["steps"] == 1
     bad_cfg = tmp_path / "bad.yaml"
-    bad_cfg.write_text("max_steps: 0\nlr: 2\nnot_a_setting: 1\n")
+    bad_cfg.write_text("steps: 0\nlr: 2\nnot_a_setting: 1\n")
     proc = run_cli("distill", "--config", str(bad_cfg))
     assert proc.returncode == 2 and "unknown setting(s) not_a_setting" in proc.stderr and "Traceback" not in proc.stderr
-    bad_cfg.write_text("max_steps: 0\nlr: 2\n")
+    bad_cfg.write_text("steps: 0\nlr: 2\n")
     proc = run_cli("distill", "--config", str(bad_cfg))
-    assert proc.returncode == 2 and "max_steps=0 must be at least 1" in proc.stderr and "lr=2.0 must be at most 1" in proc.stderr
+    assert proc.returncode == 2 and "steps=0 must be at least 1" in proc.stderr and "lr=2.0 must be at most 1" in proc.stderr
     assert "student is required" in proc.stderr  # every problem at once
 
 
 def test_distill_has_no_safety_flags():
     proc = run_cli("distill", "--help")
-    assert proc.returncode == 0 and "--max-steps" in proc.stdout
+    assert proc.returncode == 0 and "--steps" in proc.stdout
     assert "--safety" not in proc.stdout and "hint" not in proc.stdout and "refusal" not in proc.stdout
 
 
 @pytest.mark.slow
 def test_cache_logits_then_distill_from_it(tiny_model_dir, student_and_generations, tmp_path):
     student, gen = student_and_generations
-    proc = run_cli("cache-logits", "--teacher", str(tiny_model_dir), "--data", str(gen), "--out", str(tmp_path / "c"),
+    proc = run_cli("cache-logits", "--teacher-engine", "torch", "--teacher", str(tiny_model_dir), "--generations", str(gen), "--out", str(tmp_path / "c"),
                    "--k", "8")
     assert proc.returncode == 0, proc.stderr
     assert "34 bytes/token" in proc.stdout  # 8 x (2 + 2) + 2 (the tail mass)
-    proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(student), "--data", str(gen),
-                   "--logit-cache", str(tmp_path / "c"), "--out", str(tmp_path / "run"), "--max-steps", "2",
+    proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(student), "--generations", str(gen),
+                   "--logit-cache", str(tmp_path / "c"), "--out", str(tmp_path / "run"), "--steps", "2",
                    "--batch-size", "4", "--grad-accum", "1")
     assert proc.returncode == 0, proc.stderr
     other = tmp_path / "other.jsonl"
     other.write_text(gen.read_text().replace("Monday", "Friday"))
-    proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(student), "--data", str(other),
-                   "--logit-cache", str(tmp_path / "c"), "--out", str(tmp_path / "run2"), "--max-steps", "2")
+    proc = run_cli("distill", "--teacher", str(tiny_model_dir), "--student", str(student), "--generations", str(other),
+                   "--logit-cache", str(tmp_path / "c"), "--out", str(tmp_path / "run2"), "--steps", "2")
     assert proc.returncode == 2 and "computed on other training data" in proc.stderr
 
 
 def test_prune_into_an_existing_folder_is_refused_first(tiny_model_dir, tmp_path):
     (tmp_path / "s").mkdir()
-    proc = run_cli("prune", str(tiny_model_dir), "--layers", "1", "--out", str(tmp_path / "s"),
+    proc = run_cli("prune", "--teacher", str(tiny_model_dir), "--layers", "1", "--teacher-width", "--out", str(tmp_path / "s"),
                    "--calibration", str(tmp_path / "missing.txt"))
     # the --calibration path is checked by click first; with a real one, --out is refused before any loading
     assert proc.returncode == 2
     (tmp_path / "c.txt").write_text("text " * 100)
-    proc = run_cli("prune", "no-such-teacher", "--layers", "1", "--out", str(tmp_path / "s"),
+    proc = run_cli("prune", "--teacher", "no-such-teacher", "--layers", "1", "--teacher-width", "--out", str(tmp_path / "s"),
                    "--calibration", str(tmp_path / "c.txt"))
     assert proc.returncode == 2 and "already exists" in proc.stderr and "Traceback" not in proc.stderr

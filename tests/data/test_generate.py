@@ -3,7 +3,7 @@ import json
 import pytest
 
 from edgedistill.data import DataError, Prompt
-from edgedistill.data.generate import GenerationSettings, chat_batches, generate
+from edgedistill.data.generate import DecodeSettings, chat_batches, generate
 from edgedistill.errors import EdgeDistillError
 
 QUESTIONS = ["Where is my order?", "Machine M-204 raised alarm E17.", "Summarize the notes.",
@@ -26,14 +26,14 @@ def test_batched_equals_one_by_one(tiny):
     """Left padding with an attention mask must not change greedy answers."""
     model, tok = tiny
     convs = [p.messages for p in _prompts()]
-    one = {i: t for i, t, _, _ in chat_batches(model, tok, convs, GenerationSettings(max_new_tokens=12, batch_size=1))}
-    many = {i: t for i, t, _, _ in chat_batches(model, tok, convs, GenerationSettings(max_new_tokens=12, batch_size=4))}
+    one = {i: t for i, t, _, _ in chat_batches(model, tok, convs, DecodeSettings(max_new_tokens=12, answer_batch=1))}
+    many = {i: t for i, t, _, _ in chat_batches(model, tok, convs, DecodeSettings(max_new_tokens=12, answer_batch=4))}
     assert one == many
 
 
 def test_generate_is_resumable(tiny_model_dir, tiny, tmp_path):
     out = tmp_path / "gen.jsonl"
-    s = GenerationSettings(max_new_tokens=8, batch_size=2)
+    s = DecodeSettings(max_new_tokens=8, answer_batch=2)
     r = generate(str(tiny_model_dir), _prompts()[:3], out, s, loaded=tiny)
     assert (r.written, r.already_done) == (3, 0)
     recs = [json.loads(line) for line in out.read_text().splitlines()]
@@ -54,10 +54,10 @@ def test_generate_is_resumable(tiny_model_dir, tiny, tmp_path):
 
 def test_other_settings_are_refused(tiny_model_dir, tiny, tmp_path):
     out = tmp_path / "gen.jsonl"
-    generate(str(tiny_model_dir), _prompts()[:1], out, GenerationSettings(max_new_tokens=4), loaded=tiny)
+    generate(str(tiny_model_dir), _prompts()[:1], out, DecodeSettings(max_new_tokens=4), loaded=tiny)
     before = out.read_text()
     with pytest.raises(DataError, match="write to another --out or delete the file"):
-        generate(str(tiny_model_dir), _prompts(), out, GenerationSettings(max_new_tokens=5), loaded=tiny)
+        generate(str(tiny_model_dir), _prompts(), out, DecodeSettings(max_new_tokens=5), loaded=tiny)
     assert out.read_text() == before
 
 
@@ -69,7 +69,7 @@ def test_another_model_at_the_same_path_is_refused(tmp_path):
 
     teacher = tiny_models.build_model_dir(tmp_path / "teacher", seed=0)
     out = tmp_path / "gen.jsonl"
-    s = GenerationSettings(max_new_tokens=4)
+    s = DecodeSettings(max_new_tokens=4)
     generate(str(teacher), _prompts()[:1], out, s)
     before = out.read_text()
     shutil.rmtree(teacher)
@@ -82,7 +82,7 @@ def test_another_model_at_the_same_path_is_refused(tmp_path):
 def test_sampling_is_seeded(tiny):
     model, tok = tiny
     convs = [p.messages for p in _prompts()[:2]]
-    s = GenerationSettings(max_new_tokens=10, do_sample=True, temperature=1.5, seed=3)
+    s = DecodeSettings(max_new_tokens=10, sample=True, temperature=1.5, seed=3)
     a = list(chat_batches(model, tok, convs, s))
     b = list(chat_batches(model, tok, convs, s))
     assert a == b
@@ -91,10 +91,10 @@ def test_sampling_is_seeded(tiny):
 def test_prompt_longer_than_context_is_skipped(tiny_model_dir, tiny, tmp_path):
     long = Prompt(id="long", messages=({"role": "user", "content": "alarm " * 400},))
     r = generate(str(tiny_model_dir), [long, *_prompts()[:1]], tmp_path / "g.jsonl",
-                 GenerationSettings(max_new_tokens=4), loaded=tiny)
+                 DecodeSettings(max_new_tokens=4), loaded=tiny)
     assert (r.written, r.skipped_too_long) == (1, 1)
 
 
 def test_settings_are_validated():
     with pytest.raises(EdgeDistillError, match="temperature=0.*top_p=2"):
-        GenerationSettings(temperature=0, top_p=2)
+        DecodeSettings(temperature=0, top_p=2)

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from edgedistill.distill.dataset import encode
-from edgedistill.distill.losses import LossConfig
-from edgedistill.distill.train import TrainConfig, train
+from edgedistill.distill.settings import LossSettings
+from edgedistill.distill.train import TrainSettings, train
 from edgedistill.models import load_model
 
 
@@ -35,10 +35,10 @@ def main(teacher_dir: str, student_dir: str, out: str, per_device_batch: int, ca
     if cache is not None:
         teacher = (None, teacher[1])
     # 4 examples = one global batch per step, so every step sees every example whatever the sampler order.
-    cfg = TrainConfig(max_steps=3, batch_size=per_device_batch, grad_accum=1, learning_rate=1e-2, warmup_steps=0,
+    cfg = TrainSettings(steps=3, batch_size=per_device_batch, grad_accum=1, lr=1e-2, warmup_steps=0,
                       save_steps=int(os.environ.get("JOB_SAVE_STEPS", "100")), logging_steps=1, kd_chunk=kd_chunk,
-                      fsdp=os.environ.get("JOB_FSDP", ""), shard_teacher=bool(os.environ.get("JOB_SHARD_TEACHER")))
-    model, trainer = train(teacher, student, examples, Path(out).parent / "run", LossConfig("jsd", {"beta": 0.5}), cfg,
+                      fsdp=os.environ.get("JOB_FSDP", ""), shard_teacher=bool(os.environ.get("JOB_SHARD_TEACHER")), precision="fp32")
+    model, trainer = train(teacher, student, examples, Path(out).parent / "run", LossSettings(loss="jsd", beta=0.5, kd_weight=1.0), cfg,
                            cache=cache, resume=bool(os.environ.get("JOB_RESUME")))
     if trainer.is_world_process_zero():
         Path(out).with_name("job.json").write_text(json.dumps({

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from edgedistill.distill.dataset import encode
-from edgedistill.distill.losses import LossConfig, chunked, losses, per_token_objective
-from edgedistill.distill.train import TrainConfig, kd_objective, train
+from edgedistill.distill.losses import LossSettings, chunked, losses, per_token_objective
+from edgedistill.distill.train import TrainSettings, kd_objective, train
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models import load_model
 from edgedistill.tensors import IGNORE, collate
@@ -52,7 +52,7 @@ def test_chunked_equals_full_in_float64(pair, name, form):
     teacher, student = t[0].double().eval(), s[0].double().train()
     batch = collate(data.examples[:4], t[1].pad_token_id)
     for kd_weight in (1.0, 0.5):
-        cfg = LossConfig(name, kd_weight=kd_weight, temperature=1.5 if kd_weight < 1 else 1.0)
+        cfg = LossSettings(loss=name, kd_weight=kd_weight, loss_temperature=1.5 if kd_weight < 1 else 1.0)
         (a, ga), (b, gb) = _both(student, teacher, batch, cfg, form, chunk=5)
         assert float(b) == pytest.approx(float(a), rel=1e-6)
         for n in ga:
@@ -64,12 +64,12 @@ def test_chunked_cross_entropy_alone_and_an_empty_mask(pair):
     _, t, s, data = pair
     student = s[0].double()
     batch = collate(data.examples[:3], t[1].pad_token_id)
-    (a, ga), (b, gb) = _both(student, None, batch, LossConfig(kd_weight=0.0), None, chunk=64)
+    (a, ga), (b, gb) = _both(student, None, batch, LossSettings(kd_weight=0.0), None, chunk=64)
     assert float(b) == pytest.approx(float(a), rel=1e-6)
     head, cap = chunked.head_of(student)
     hidden, _ = chunked.final_hidden(student, head, input_ids=batch["input_ids"])
     none = torch.zeros_like(batch["labels"], dtype=torch.bool)
-    zero = chunked.chunked_objective(LossConfig(kd_weight=0.0), per_token_objective, head, cap, hidden, None,
+    zero = chunked.chunked_objective(LossSettings(kd_weight=0.0), per_token_objective, head, cap, hidden, None,
                                      batch["labels"], none, 8)
     assert float(zero.detach()) == 0.0 and zero.requires_grad
     student.float()
@@ -96,13 +96,13 @@ def test_the_head_gives_every_familys_logits(tmp_path):
 
 def test_training_with_chunks_matches_training_without(pair):
     root, t, s, data = pair
-    cfg = dict(max_steps=3, batch_size=3, grad_accum=2, learning_rate=3e-3, warmup_steps=0, logging_steps=1,
+    cfg = dict(steps=3, batch_size=3, grad_accum=2, lr=3e-3, warmup_steps=0, logging_steps=1,
                save_steps=100, max_length=64)
     logs = []
     for chunk in (0, 7):
         out = root / f"run-{chunk}"
-        train((t[0].float(), t[1]), load_model(str(root / "s")), data.examples, out, LossConfig(kd_weight=0.5),
-              TrainConfig(**cfg, kd_chunk=chunk))
+        train((t[0].float(), t[1]), load_model(str(root / "s")), data.examples, out, LossSettings(kd_weight=0.5),
+              TrainSettings(**cfg, kd_chunk=chunk, precision="fp32"))
         logs.append([json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x])
     assert len(logs[0]) == 3
     for a, b in zip(*logs):
@@ -110,5 +110,5 @@ def test_training_with_chunks_matches_training_without(pair):
 
 
 def test_a_chunk_longer_than_the_sequence_is_refused():
-    with pytest.raises(EdgeDistillError, match=r"kd_chunk=5000 must be in \[0, batch_size x max_length = 2048\]"):
-        TrainConfig(kd_chunk=5000)
+    with pytest.raises(EdgeDistillError, match=r"--kd-chunk 5000 exceeds a micro-batch.s 4 x 512 positions"):
+        TrainSettings(kd_chunk=5000, precision="fp32")

@@ -50,9 +50,9 @@ def test_fsdp_is_refused_on_cpu_and_reaches_transformers_where_asked(tmp_path, m
     from edgedistill.models import load_model
 
     with pytest.raises(EdgeDistillError, match="--fsdp needs GPUs"):
-        tr.TrainConfig(fsdp="full_shard auto_wrap")
+        tr.TrainSettings(fsdp="full_shard auto_wrap", precision="fp32", kd_chunk=0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    cfg = tr.TrainConfig(fsdp="full_shard auto_wrap")
+    cfg = tr.TrainSettings(fsdp="full_shard auto_wrap", precision="fp32", kd_chunk=0)
     student, _ = load_model(str(tiny.build_model_dir(tmp_path / "s", layers=1)))
     extra = tr._fsdp_args(cfg, student)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

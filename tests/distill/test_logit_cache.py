@@ -6,9 +6,9 @@ import torch
 
 from edgedistill.distill import logit_cache
 from edgedistill.distill.dataset import encode
-from edgedistill.distill.losses import LossConfig
+from edgedistill.distill.settings import LossSettings
 from edgedistill.distill.pruning import StudentShape, derive_student
-from edgedistill.distill.train import TrainConfig, train
+from edgedistill.distill.train import TrainSettings, train
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models import load_model
 from tests import tiny
@@ -124,9 +124,9 @@ def test_training_from_a_full_vocab_cache_matches_the_live_teacher(setup, tmp_pa
     vocab = teacher[0].config.vocab_size
     _build(teacher, data, tmp_path / "c", vocab)
     cache = logit_cache.load(tmp_path / "c", data)
-    cfg = TrainConfig(max_steps=4, batch_size=4, grad_accum=1, learning_rate=3e-3, warmup_steps=0, logging_steps=1,
-                      save_steps=100)
-    loss = LossConfig("reverse_kl")
+    cfg = TrainSettings(steps=4, batch_size=4, grad_accum=1, lr=3e-3, warmup_steps=0, logging_steps=1,
+                      save_steps=100, precision="fp32", kd_chunk=0)
+    loss = LossSettings(loss="reverse_kl", kd_weight=1.0)
     train(load_model(str(t_dir)), load_model(str(s_dir)), data.examples, tmp_path / "live", loss, cfg)
     train((None, teacher[1]), load_model(str(s_dir)), data.examples, tmp_path / "cached", loss, cfg, cache=cache)
     logs = [[json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
@@ -141,8 +141,8 @@ def test_cache_without_teacher_refuses_on_policy(setup, tmp_path):
     _build(teacher, data, tmp_path / "c", 4)
     cache = logit_cache.load(tmp_path / "c", data)
     with pytest.raises(EdgeDistillError, match="on-policy steps need the live teacher"):
-        train((None, teacher[1]), load_model(str(s_dir)), data.examples, tmp_path / "r", LossConfig(),
-              TrainConfig(max_steps=1, on_policy=0.5), cache=cache)
+        train((None, teacher[1]), load_model(str(s_dir)), data.examples, tmp_path / "r", LossSettings(kd_weight=1.0),
+              TrainSettings(steps=1, on_policy=0.5, precision="fp32", kd_chunk=0), cache=cache)
 
 
 def test_a_cache_from_another_model_at_the_same_path_is_refused(setup, tmp_path):
@@ -157,10 +157,10 @@ def test_a_cache_from_another_model_at_the_same_path_is_refused(setup, tmp_path)
     shutil.copytree(t_dir, teacher)
     gen = tmp_path / "gen.jsonl"
     gen.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    cache_logits(CacheSettings(teacher=str(teacher), data=[gen], out=tmp_path / "cache", k=8, max_length=96))
+    cache_logits(CacheSettings(teacher=str(teacher), generations=[gen], out=tmp_path / "cache", k=8, max_length=96, teacher_engine="torch"))
     shutil.rmtree(teacher)
     tiny.build_model_dir(teacher, layers=3, hidden=64, heads=4, kv_heads=2, seed=5, init_std=0.2)
     with pytest.raises(logit_cache.StaleCacheError, match=r"\([0-9a-f]{16}\), not this teacher \([0-9a-f]{16}\)"):
-        distill(DistillSettings(teacher=str(teacher), student=str(s_dir), data=[gen], logit_cache=tmp_path / "cache",
-                                out=tmp_path / "run", max_steps=1, max_length=96))
+        distill(DistillSettings(teacher=str(teacher), student=str(s_dir), generations=[gen], logit_cache=tmp_path / "cache",
+                                out=tmp_path / "run", steps=1, max_length=96))
     assert not (tmp_path / "run" / "student").exists()

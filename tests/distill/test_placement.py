@@ -48,12 +48,12 @@ def tiny_pair(tmp_path):
 
 
 def test_teacher_generation(tiny_pair):
-    from edgedistill.data.generate import GenerationSettings
+    from edgedistill.data.generate import DecodeSettings
     from edgedistill.engines.local import answers
 
     model, tok, _ = tiny_pair
     convs = [r["messages"] for r in RECORDS]
-    _placed(lambda: list(answers(_on_meta(model), tok, convs, GenerationSettings(max_new_tokens=4), logprobs=2)))
+    _placed(lambda: list(answers(_on_meta(model), tok, convs, DecodeSettings(max_new_tokens=4), logprobs=2)))
 
 
 def test_cache_building(tiny_pair):
@@ -72,14 +72,14 @@ def test_validation(tiny_pair):
 
 
 def test_on_policy_sampling(tiny_pair):
-    from edgedistill.distill.train import TrainConfig, _make_trainer_class
+    from edgedistill.distill.train import TrainSettings, _make_trainer_class
     from edgedistill.tensors import collate
 
     model, tok, data = tiny_pair
     meta = _on_meta(model)
     batch = collate(data.examples, tok.pad_token_id)  # where the data loader leaves it: the model decides
     fake = types.SimpleNamespace(accelerator=types.SimpleNamespace(unwrap_model=lambda m: m), pad_id=tok.pad_token_id,
-                                 cfg=TrainConfig(on_policy=1.0, on_policy_max_new_tokens=4), eos_ids={tok.eos_token_id})
+                                 cfg=TrainSettings(on_policy=1.0, on_policy_max_new_tokens=4, precision="fp32", kd_chunk=0), eos_ids={tok.eos_token_id})
     cls = _make_trainer_class()
     _placed(lambda: cls._student_samples(fake, meta, batch))
 

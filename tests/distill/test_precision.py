@@ -8,7 +8,7 @@ import torch
 
 from edgedistill.distill import train as tr
 from edgedistill.distill.dataset import encode
-from edgedistill.distill.losses import LossConfig
+from edgedistill.distill.settings import LossSettings
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models import load_model
 from tests import tiny
@@ -77,20 +77,20 @@ def test_bad_settings_stop_before_any_work(setup, tmp_path, flags, message):
 
     _, t_dir, s_dir, gen = setup
     with pytest.raises(EdgeDistillError, match=message):
-        distill(DistillSettings(teacher=str(t_dir), student=str(s_dir), data=[gen], out=tmp_path / "run",
-                                max_steps=1, **flags))
+        distill(DistillSettings(teacher=str(t_dir), student=str(s_dir), generations=[gen], out=tmp_path / "run",
+                                steps=1, **flags))
     assert not (tmp_path / "run").exists()
-    assert DistillSettings(student="s", data=[gen], out=tmp_path, batch_size=1, max_length=64).chunk == 64
+    assert DistillSettings(student="s", generations=[gen], out=tmp_path, batch_size=1, max_length=64).chunk == 64
 
 
 def _losses(setup, out, **cfg):
     root, t_dir, s_dir, _ = setup
     teacher = load_model(str(t_dir))
     data = encode(teacher[1], RECORDS, 64)
-    base = dict(max_steps=3, batch_size=3, grad_accum=1, learning_rate=3e-3, warmup_steps=0, logging_steps=1,
-                save_steps=100, max_length=64)
-    student, trainer = tr.train(teacher, load_model(str(s_dir)), data.examples, out, LossConfig(kd_weight=0.5),
-                                tr.TrainConfig(**{**base, **cfg}))
+    base = dict(steps=3, batch_size=3, grad_accum=1, lr=3e-3, warmup_steps=0, logging_steps=1,
+                save_steps=100, max_length=64, precision="fp32", kd_chunk=0)
+    student, trainer = tr.train(teacher, load_model(str(s_dir)), data.examples, out, LossSettings(kd_weight=0.5),
+                                tr.TrainSettings(**{**base, **cfg}))
     return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x], trainer
 
 

@@ -10,9 +10,9 @@ import torch
 from edgedistill.distill.dataset import encode
 from edgedistill.tensors import IGNORE, collate
 from edgedistill.models.generate import chat_ids
-from edgedistill.distill.losses import LossConfig
+from edgedistill.distill.settings import LossSettings
 from edgedistill.distill.pruning import StudentShape, derive_student
-from edgedistill.distill.train import TrainConfig, agreement_with_teacher, check_compatible, train
+from edgedistill.distill.train import TrainSettings, agreement_with_teacher, check_compatible, train
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models import load_model
 from tests import tiny
@@ -53,14 +53,14 @@ def test_training_brings_the_student_closer(pair, tmp_path):
     teacher, student = load_model(str(pair[0])), load_model(str(pair[1]))
     ex = encode(teacher[1], RECORDS, 96).examples
     before = agreement_with_teacher(teacher[0], student[0], ex, pad_id=teacher[1].pad_token_id)
-    model, _ = train(teacher, student, ex, tmp_path / "run", LossConfig("forward_kl"),
-                     TrainConfig(max_steps=30, batch_size=4, grad_accum=1, learning_rate=5e-3, warmup_steps=0,
-                                 logging_steps=5, save_steps=100))
+    model, _ = train(teacher, student, ex, tmp_path / "run", LossSettings(loss="forward_kl", kd_weight=1.0),
+                     TrainSettings(steps=30, batch_size=4, grad_accum=1, lr=5e-3, warmup_steps=0,
+                                 logging_steps=5, save_steps=100, precision="fp32", kd_chunk=0))
     after = agreement_with_teacher(teacher[0], model, ex, pad_id=teacher[1].pad_token_id)
     assert after["mean_kl"] < 0.5 * before["mean_kl"], (before, after)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [5, 10, 15, 20, 25, 30]
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["loss"]["name"] == "forward_kl"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["loss"]["loss"] == "forward_kl"
 
 
 def test_resume_matches_an_uninterrupted_run(pair, tmp_path):
@@ -71,8 +71,8 @@ def test_resume_matches_an_uninterrupted_run(pair, tmp_path):
             if state.global_step == 4:
                 control.should_training_stop = True
 
-    cfg = TrainConfig(max_steps=8, batch_size=2, grad_accum=2, learning_rate=3e-3, warmup_steps=2, save_steps=4)
-    loss = LossConfig("skew_kl", {"alpha": 0.1}, kd_weight=0.8)
+    cfg = TrainSettings(steps=8, batch_size=2, grad_accum=2, lr=3e-3, warmup_steps=2, save_steps=4, precision="fp32", kd_chunk=0)
+    loss = LossSettings(loss="skew_kl", alpha=0.1, kd_weight=0.8)
 
     def fresh():
         teacher, student = load_model(str(pair[0])), load_model(str(pair[1]))
@@ -88,7 +88,7 @@ def test_resume_matches_an_uninterrupted_run(pair, tmp_path):
     # data or other settings are refused with both values named.
     for inputs, kw, named in (({"teacher": "bbbb"}, {}, "teacher: checkpoints 'aaaa', now 'bbbb'"),
                               ({"teacher": "aaaa"}, {"examples": ex[:-1]}, "data: checkpoints"),
-                              ({"teacher": "aaaa"}, {"cfg": dataclasses.replace(cfg, learning_rate=1e-3)}, "train:")):
+                              ({"teacher": "aaaa"}, {"cfg": dataclasses.replace(cfg, lr=1e-3)}, "train:")):
         with pytest.raises(EdgeDistillError, match=named):
             train(*fresh()[:2], kw.get("examples", ex), tmp_path / "b", loss, kw.get("cfg", cfg), resume=True,
                   inputs=inputs)
@@ -102,9 +102,9 @@ def test_resume_matches_an_uninterrupted_run(pair, tmp_path):
 def test_on_policy_steps_run(pair, tmp_path):
     teacher, student = load_model(str(pair[0])), load_model(str(pair[1]))
     ex = encode(teacher[1], RECORDS[:4], 96).examples
-    _, trainer = train(teacher, student, ex, tmp_path / "run", LossConfig("reverse_kl"),
-                       TrainConfig(max_steps=3, batch_size=2, grad_accum=1, on_policy=1.0, on_policy_max_new_tokens=6,
-                                   warmup_steps=0, save_steps=100))
+    _, trainer = train(teacher, student, ex, tmp_path / "run", LossSettings(loss="reverse_kl", kd_weight=1.0),
+                       TrainSettings(steps=3, batch_size=2, grad_accum=1, on_policy=1.0, on_policy_max_new_tokens=6,
+                                   warmup_steps=0, save_steps=100, precision="fp32", kd_chunk=0))
     assert trainer.state.global_step == 3
 
 
@@ -116,9 +116,9 @@ def test_on_policy_samples_keep_each_prompt(pair, tmp_path):
                                     "and has not arrived; what should I do next?"}],
         "response": "Check the tracking page."}]
     ex = encode(teacher[1], records, 160).examples
-    _, trainer = train(teacher, student, ex, tmp_path / "run", LossConfig("forward_kl"),
-                       TrainConfig(max_steps=1, batch_size=2, grad_accum=1, on_policy=1.0, on_policy_max_new_tokens=5,
-                                   warmup_steps=0, save_steps=100))
+    _, trainer = train(teacher, student, ex, tmp_path / "run", LossSettings(loss="forward_kl", kd_weight=1.0),
+                       TrainSettings(steps=1, batch_size=2, grad_accum=1, on_policy=1.0, on_policy_max_new_tokens=5,
+                                   warmup_steps=0, save_steps=100, precision="fp32", kd_chunk=0))
     batch = collate(ex, trainer.pad_id)
     sampled = trainer._student_samples(trainer.model, batch)
     for row, e in enumerate(ex):
@@ -161,8 +161,8 @@ def test_cross_entropy_alone_needs_no_teacher_model(pair, tmp_path):
     the teacher model loaded (its logits are never used). A divergence without teacher or cache is refused."""
     t_tok = load_model(str(pair[0]))[1]
     examples = encode(t_tok, RECORDS[:8], max_length=64).examples
-    cfg = TrainConfig(max_steps=2, batch_size=4, grad_accum=1, learning_rate=1e-3, warmup_steps=0, logging_steps=1)
-    ce = LossConfig("forward_kl", kd_weight=0.0)
+    cfg = TrainSettings(steps=2, batch_size=4, grad_accum=1, lr=1e-3, warmup_steps=0, logging_steps=1, precision="fp32", kd_chunk=0)
+    ce = LossSettings(loss="forward_kl", kd_weight=0.0)
     alone, _ = train((None, t_tok), load_model(str(pair[1])), examples, tmp_path / "a", ce, cfg)
     with_teacher, _ = train(load_model(str(pair[0])), load_model(str(pair[1])), examples, tmp_path / "b", ce, cfg)
     before = load_model(str(pair[1]))[0].state_dict()
@@ -172,7 +172,7 @@ def test_cross_entropy_alone_needs_no_teacher_model(pair, tmp_path):
         moved |= not torch.equal(w, before[name])
     assert moved
     with pytest.raises(EdgeDistillError, match="needs a teacher model or a teacher-logit cache"):
-        train((None, t_tok), load_model(str(pair[1])), examples, tmp_path / "c", LossConfig("forward_kl"), cfg)
+        train((None, t_tok), load_model(str(pair[1])), examples, tmp_path / "c", LossSettings(loss="forward_kl", kd_weight=1.0), cfg)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgedistill.data import Prompt
-from edgedistill.data.generate import GenerationSettings, generate
+from edgedistill.data.generate import DecodeSettings, generate
 from edgedistill.engines import EngineError, EngineSpec, engines, open_engine
 from tests import tiny
 from tests.conftest import run_cli
@@ -18,7 +18,7 @@ from tests.engines.conftest import FailingProxy, HangingServer
 
 QUESTIONS = ["Where is my order?", "Lock out the press", "Machine M-204 raised alarm E17.", "Question 3?",
              "Refunds please", "Question 5?"]
-GEN = GenerationSettings(max_new_tokens=24, batch_size=4)
+GEN = DecodeSettings(max_new_tokens=24, answer_batch=4)
 NO_PENALTY = {"repeat_penalty": 1.0}  # llama.cpp's server penalises repeats by default (1.1): not greedy
 
 
@@ -92,7 +92,7 @@ def test_llamacpp_scores_like_torch(chatty, tmp_path):
     generate(str(chatty[0]), _prompts(), gen, GEN, loaded=chatty[2])
     caches = {}
     for name in ("torch", "llama.cpp"):
-        meta = cache_logits(CacheSettings(teacher=str(chatty[0]), data=[gen], out=tmp_path / name, k=8, max_length=96,
+        meta = cache_logits(CacheSettings(teacher=str(chatty[0]), generations=[gen], out=tmp_path / name, k=8, max_length=96,
                                           teacher_engine=name))
         assert meta["engine"]["engine"] == name and meta["positions_without_teacher_topk"] == 0
         caches[name] = lc.load_arrays(tmp_path / name)
@@ -109,7 +109,7 @@ def test_served_logprobs_become_a_cache_a_student_trains_from(chatty, serve, tmp
     server = serve(chatty[1], "chatty")
     gen = tmp_path / "gen.jsonl"
     generate(None, _prompts(), gen, GEN, engine=_spec("openai", chatty, server), logprobs=5)
-    meta = cache_logits(CacheSettings(data=[gen], out=tmp_path / "cache", k=64, max_length=96, teacher_engine="openai",
+    meta = cache_logits(CacheSettings(generations=[gen], out=tmp_path / "cache", k=64, max_length=96, teacher_engine="openai",
                                       teacher_url=server.url, teacher_model="chatty", tokenizer=str(chatty[0])))
     assert meta["k"] == 5 and meta["engine"]["from"] == "records" and meta["teacher"] == "chatty"
     assert meta["positions_without_teacher_topk"] == len(QUESTIONS)  # each answer's end-of-turn token
@@ -117,7 +117,7 @@ def test_served_logprobs_become_a_cache_a_student_trains_from(chatty, serve, tmp
     served = lc.load_arrays(tmp_path / "cache")
 
     # The same positions scored by the torch teacher: its top-5 distribution is the server's (KL near 0).
-    cache_logits(CacheSettings(teacher=str(chatty[0]), data=[gen], out=tmp_path / "local", k=5, max_length=96))
+    cache_logits(CacheSettings(teacher=str(chatty[0]), generations=[gen], out=tmp_path / "local", k=5, max_length=96, teacher_engine="torch"))
     local = lc.load_arrays(tmp_path / "local")
     keep = served["logprobs"][:, 0] < 0  # positions the server reported (not label-only fills)
     p, q = np.exp(local["logprobs"][keep].astype(np.float64)), np.exp(served["logprobs"][keep].astype(np.float64))
@@ -128,11 +128,11 @@ def test_served_logprobs_become_a_cache_a_student_trains_from(chatty, serve, tmp
     local_gen = tmp_path / "local.jsonl"  # the same prompts answered by the local teacher: not the cache's records
     generate(str(chatty[0]), _prompts(), local_gen, GEN, loaded=chatty[2])
     with pytest.raises(lc.StaleCacheError, match="other teachers' answers"):
-        distill(DistillSettings(student=str(student), data=[local_gen], logit_cache=tmp_path / "cache",
-                                out=tmp_path / "stale", max_steps=1, max_length=96))
+        distill(DistillSettings(student=str(student), generations=[local_gen], logit_cache=tmp_path / "cache",
+                                out=tmp_path / "stale", steps=1, max_length=96))
     assert not (tmp_path / "stale" / "student").exists()
-    report = distill(DistillSettings(student=str(student), data=[gen], logit_cache=tmp_path / "cache",
-                                     out=tmp_path / "run", max_steps=2, batch_size=2, grad_accum=1, max_length=96,
+    report = distill(DistillSettings(student=str(student), generations=[gen], logit_cache=tmp_path / "cache",
+                                     out=tmp_path / "run", steps=2, batch_size=2, grad_accum=1, max_length=96,
                                      warmup_steps=0))
     assert report["steps"] == 2 and (tmp_path / "run" / "student" / "config.json").is_file()
 
@@ -236,7 +236,7 @@ def test_real_teacher_through_its_server_and_in_process(real_teacher, serve, tmp
 
     prompts = [Prompt(id="a", messages=({"role": "user", "content": "What is the capital of France?"},)),
                Prompt(id="b", messages=({"role": "user", "content": "My parcel arrived damaged. What can I do?"},))]
-    g = GenerationSettings(max_new_tokens=32, batch_size=2)
+    g = DecodeSettings(max_new_tokens=32, answer_batch=2)
     local = generate("smollm2-135m-instruct", prompts, tmp_path / "local.jsonl", g,
                      engine=EngineSpec("llama.cpp", "smollm2-135m-instruct"), logprobs=5)
     assert local.written == 2
@@ -263,7 +263,7 @@ def test_engine_settings_are_checked_before_any_work(tmp_path):
         (["generate", "--teacher-engine", "openai", "--teacher-url", "http://127.0.0.1:9/v1", "--teacher-model", "m",
           "--logprobs", "50", "--tokenizer", "x", "--split", "train", "--out", str(tmp_path / "g.jsonl")],
          "at most 20"),
-        (["cache-logits", "--teacher-engine", "openai", "--teacher-url", "ftp://x", "--teacher-model", "m", "--data",
+        (["cache-logits", "--teacher-engine", "openai", "--teacher-url", "ftp://x", "--teacher-model", "m", "--generations",
           str(data), "--out", str(tmp_path / "c")], "is not an http:// or https:// URL"),
         # a URL the HTTP client would choke on inside the first request (a traceback before this check)
         (["generate", "--teacher-engine", "openai", "--teacher-url", "http://[::1/v1", "--teacher-model", "m",

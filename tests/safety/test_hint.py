@@ -10,8 +10,8 @@ from edgedistill.tensors import IGNORE, collate
 from edgedistill.safety.hint import (decision_basis, default_layers, fit_hint_map, hidden_after, last_prompt_index,
                                     prompt_mask)
 from edgedistill.safety.reapply import ReapplySettings, collate_records, encode_records, safety_trainer
-from edgedistill.distill.losses import LossConfig
-from edgedistill.distill.train import TrainConfig, train
+from edgedistill.distill.settings import LossSettings
+from edgedistill.distill.train import TrainSettings, train
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models import load_model
 from tests import tiny
@@ -93,9 +93,9 @@ def without_and_with(models, tmp_path, examples, measure, field, decision=False)
                             **{"hint_weight": 0.0, "hint_decision_weight": 0.0, field: weight})
         hint = fit_hint_map(teacher, student[0], examples, pad, (1, 3), decision=decision) if weight else None
         model, trainer = train((teacher, tok), student, examples, tmp_path / f"run{weight}",
-                               LossConfig("forward_kl", kd_weight=0.0),
-                               TrainConfig(max_steps=30, batch_size=8, grad_accum=1, learning_rate=3e-3, warmup_steps=0,
-                                           save_steps=100), trainer_factory=safety_trainer(hint, s),
+                               LossSettings(loss="forward_kl", kd_weight=0.0),
+                               TrainSettings(steps=30, batch_size=8, grad_accum=1, lr=3e-3, warmup_steps=0,
+                                           save_steps=100, precision="fp32", kd_chunk=0), trainer_factory=safety_trainer(hint, s),
                                collator=collate_records)
         assert (trainer.hint is not None) == (weight > 0)
         errors[weight] = (before, measure(start, teacher, model, examples, pad))

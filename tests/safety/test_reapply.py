@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from edgedistill.distill.losses import LossConfig, per_token_objective
-from edgedistill.distill.train import TrainConfig, train
+from edgedistill.distill.losses import LossSettings, per_token_objective
+from edgedistill.distill.train import TrainSettings, train
 from edgedistill.models import load_model
 from edgedistill.safety import REFUSALS, SafetyPrompt, is_refusal, refusal_for
 from edgedistill.safety.reapply import (ReapplySettings, collate_records, encode_records, mix_counts, mix_records,
@@ -60,9 +60,9 @@ def phase_trainer(model_dir, tmp_path, examples, **weights):
     """A one-step phase through train() with the phase's trainer, its settings the recipe's but for `weights`."""
     teacher, student = load_model(str(model_dir)), load_model(str(model_dir))
     s = ReapplySettings(student="s", out=tmp_path, **{"hint_weight": 0.0, "hint_decision_weight": 0.0, **weights})
-    _, trainer = train((None, teacher[1]), student, examples, tmp_path / "run", LossConfig("forward_kl", kd_weight=0.0),
-                       TrainConfig(max_steps=1, batch_size=1, grad_accum=1, warmup_steps=0, save_steps=100,
-                                   learning_rate=1e-9), trainer_factory=safety_trainer(None, s),
+    _, trainer = train((None, teacher[1]), student, examples, tmp_path / "run", LossSettings(loss="forward_kl", kd_weight=0.0),
+                       TrainSettings(steps=1, batch_size=1, grad_accum=1, warmup_steps=0, save_steps=100,
+                                   lr=1e-9, precision="fp32", kd_chunk=0), trainer_factory=safety_trainer(None, s),
                        collator=collate_records)
     return trainer
 
@@ -96,7 +96,7 @@ def test_the_phase_is_cross_entropy_then_the_decision_and_refusal_weights(pair, 
                 got = float(trainer.compute_loss(model, batch))
                 logits = model(input_ids=batch["input_ids"]).logits
             resp = batch["labels"] != -100
-            ce = per_token_objective(LossConfig("forward_kl", kd_weight=0.0), logits, None, batch["labels"])[resp]
+            ce = per_token_objective(LossSettings(loss="forward_kl", kd_weight=0.0), logits, None, batch["labels"])[resp]
             assert len(ce) > 3
             want = (float(ce.sum()) + (times[row] - 1) * float(ce[:3].sum())) / len(ce)
             assert got == pytest.approx(want, rel=1e-4)
@@ -143,9 +143,9 @@ def test_checkpoint_picker_keeps_the_largest_refusal_minus_over_refusal(pair, tm
     picker = checkpoint_picker(held, student[1], 1, tmp_path / "best")
     ex = encode_records(student[1], RECORDS, 128)
     s = ReapplySettings(student="s", out=tmp_path, hint_weight=0.0, hint_decision_weight=0.0)
-    model, _ = train((None, teacher[1]), student, ex, tmp_path / "run", LossConfig("forward_kl", kd_weight=0.0),
-                     TrainConfig(max_steps=len(plan), batch_size=1, grad_accum=1, warmup_steps=0, save_steps=100,
-                                 learning_rate=0.05), trainer_factory=safety_trainer(None, s),
+    model, _ = train((None, teacher[1]), student, ex, tmp_path / "run", LossSettings(loss="forward_kl", kd_weight=0.0),
+                     TrainSettings(steps=len(plan), batch_size=1, grad_accum=1, warmup_steps=0, save_steps=100,
+                                 lr=0.05, precision="fp32", kd_chunk=0), trainer_factory=safety_trainer(None, s),
                      collator=collate_records, extra_callbacks=[picker])
     assert [e["step"] for e in picker.curve] == [1, 2, 3, 4, 5]
     assert picker.best["step"] == 3  # 100 - 0 points; step 4 ties and is later

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgedistill.distill.losses import LossConfig, bins, get, losses, masked_mean, masked_sum, per_token_objective
+from edgedistill.distill.losses import LossSettings, bins, get, losses, masked_mean, masked_sum, per_token_objective
 from edgedistill.errors import EdgeDistillError
 
 NAMES = sorted(losses())
@@ -97,7 +97,7 @@ def test_skew_at_zero_is_plain_kl():
 
 
 def test_padding_is_ignored():
-    cfg = LossConfig("jsd", {"beta": 0.3}, temperature=2.0, kd_weight=0.7)
+    cfg = LossSettings(loss="jsd", beta=0.3, loss_temperature=2.0, kd_weight=0.7)
     s, t = _logits(9), _logits(10)
     targets = torch.randint(0, 11, (2, 5))
     mask = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]])
@@ -111,7 +111,7 @@ def test_padding_is_ignored():
 
 def test_empty_mask_is_zero_with_a_graph():
     s = _logits(11).requires_grad_()
-    loss = masked_mean(per_token_objective(LossConfig(), s, _logits(12), None), torch.zeros(2, 5))
+    loss = masked_mean(per_token_objective(LossSettings(kd_weight=1.0), s, _logits(12), None), torch.zeros(2, 5))
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(s.grad, torch.zeros_like(s))
@@ -120,7 +120,7 @@ def test_empty_mask_is_zero_with_a_graph():
 def test_normalised_over_the_whole_accumulation_step():
     """Two micro-batches with different token counts: summing each with the step's token count equals the
     loss of the full batch; averaging per-micro-batch means (the known bug) does not."""
-    cfg = LossConfig("forward_kl")
+    cfg = LossSettings(loss="forward_kl", kd_weight=1.0)
     s, t = _logits(13, (4, 6, 11)), _logits(14, (4, 6, 11))
     mask = torch.tensor([[1] * 6, [1] * 6, [1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
     full = masked_mean(per_token_objective(cfg, s, t, None), mask)
@@ -155,24 +155,24 @@ def test_topk_bins_sum_to_one_and_stay_finite():
 def test_cross_entropy_only():
     s = _logits(19)
     targets = torch.randint(0, 11, (2, 5))
-    got = per_token_objective(LossConfig(kd_weight=0.0), s, None, targets)
+    got = per_token_objective(LossSettings(kd_weight=0.0), s, None, targets)
     ref = torch.nn.functional.cross_entropy(s.reshape(-1, 11), targets.reshape(-1), reduction="none").reshape(2, 5)
     assert torch.allclose(got, ref, atol=1e-6)
 
 
 def test_config_is_validated_all_at_once():
-    with pytest.raises(EdgeDistillError, match=r"temperature 0.*kd_weight 2.*beta=3"):
-        LossConfig("jsd", {"beta": 3}, temperature=0, kd_weight=2)
+    with pytest.raises(EdgeDistillError, match=r"kd_weight=2.0 must be at most 1.*loss_temperature=0.0 must be at least 0.05.*beta=3"):
+        LossSettings(loss="jsd", beta=3, loss_temperature=0, kd_weight=2)
     with pytest.raises(EdgeDistillError, match="has no parameter 'beta'"):
-        LossConfig("forward_kl", {"beta": 0.5})
+        LossSettings(loss="forward_kl", beta=0.5, kd_weight=1.0)
     with pytest.raises(EdgeDistillError, match="unknown loss 'l2'.*forward_kl"):
-        LossConfig("l2")
+        LossSettings(loss="l2", kd_weight=1.0)
 
 
 def test_bf16_inputs_are_computed_in_float32():
     s, t = _logits(20).bfloat16(), _logits(21).bfloat16()
-    out = per_token_objective(LossConfig("reverse_kl"), s, t, None)
+    out = per_token_objective(LossSettings(loss="reverse_kl", kd_weight=1.0), s, t, None)
     assert out.dtype == torch.float32
-    ref = per_token_objective(LossConfig("reverse_kl"), s.float(), t.float(), None)
+    ref = per_token_objective(LossSettings(loss="reverse_kl", kd_weight=1.0), s.float(), t.float(), None)
     assert torch.allclose(out, ref)
     assert np.isfinite(out.numpy()).all()
