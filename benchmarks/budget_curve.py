@@ -82,7 +82,7 @@ def test_sequences(work: Path, threads: int) -> tuple[list[dict], Path]:
 def teacher_logprobs(teacher, seqs: list[dict]) -> list[np.ndarray]:
     import torch
 
-    from edgedistill.export.validate import log_softmax
+    from edgedistill.runtime.logits import log_softmax
 
     out = []
     with torch.inference_mode():
@@ -96,7 +96,7 @@ def in_domain(student, seqs: list[dict], ref_lp: list[np.ndarray]) -> dict:
     import torch
 
     from edgedistill.bench.fidelity import by_domain
-    from edgedistill.export.validate import sequence_stats
+    from edgedistill.runtime.logits import sequence_stats
 
     stats = []
     with torch.inference_mode():

@@ -12,7 +12,6 @@ Q4_0 file; see each YAML for the reasons of the others) and never moved to where
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 

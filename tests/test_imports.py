@@ -60,3 +60,12 @@ def test_subpackages_import_each_other_without_cycles():
 def test_the_graph_sees_imports_inside_functions():
     # the check above is only as good as the parser: a lazy import inside a function must count
     assert "edgedistill.distill.stage" in imports()["edgedistill.pipeline"]
+
+
+def test_the_bench_worker_needs_only_the_runtime():
+    """The process that measures a bundle (on this machine or, later, on the device) imports the runtime and the
+    data it grades with, never the export, quantize or training code."""
+    got = {unit(t) for t in imports()["edgedistill.bench.worker"]}
+    assert got and got <= {"edgedistill.runtime", "edgedistill.data", "edgedistill.paths", "edgedistill.stats",
+                           "edgedistill.errors", "edgedistill.children", "edgedistill.runinfo"}, got
+    assert "edgedistill.runtime" in got

@@ -56,15 +56,12 @@ def quality(job: dict) -> dict:
     is compared with them here, one sequence at a time, so only the reference's arrays are ever on disk."""
     import numpy as np
 
-    from edgedistill.export.validate import log_softmax, sequence_stats
     from edgedistill.data import grading
     from edgedistill.data.load import EvalItem
-    from edgedistill.export.validate import GGUFRunner, ONNXRunner
     from edgedistill.runtime import load
-    from edgedistill.runtime.bundle import open_bundle
+    from edgedistill.runtime.logits import log_softmax, open_logits, sequence_stats
 
     bundle = Path(job["bundle"])
-    manifest = open_bundle(bundle, verify=False)
     save = Path(job["save_dir"]) if job.get("save_dir") else None
     ref = Path(job["reference_dir"]) if job.get("reference_dir") else None
     if save:
@@ -72,8 +69,7 @@ def quality(job: dict) -> dict:
     seqs = [("g", i, ids, 0) for i, ids in enumerate(job["general"])]
     seqs += [("d", i, s["ids"], s["start"]) for i, s in enumerate(job["domain"])]
     n_ctx = max(len(ids) for _, _, ids, _ in seqs)
-    runner = (GGUFRunner(bundle / manifest["model_file"], n_ctx=n_ctx, threads=job["threads"])
-              if manifest["format"] == "gguf" else ONNXRunner(bundle, threads=job["threads"]))
+    runner = open_logits(bundle, n_ctx=n_ctx, threads=job["threads"])
     stats: dict = {"g": [], "d": []}
     for kind, i, ids, start in seqs:
         logits = runner.logits([ids])[0]

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgedistill.data.load import DataError, Prompt
-from edgedistill.errors import EdgeDistillError
 from edgedistill.paths import disk_full_named, write_text_atomic
 from edgedistill.settings import Settings, setting
 

@@ -212,9 +212,9 @@ def _one_variant(s: Scheme, ctx: BuildContext, out: Path, settings: ExportSettin
 
 def _validate(s: Scheme, main: Path, ctx: BuildContext, chunks, reference, settings) -> dict:
     if s.format == "gguf":
-        runner = V.GGUFRunner(main, n_ctx=max(settings.chunk_len, 256), threads=settings.threads)
+        runner = V.GGUFLogits(main, n_ctx=max(settings.chunk_len, 256), threads=settings.threads)
     elif s.format == "onnx":
-        runner = V.ONNXRunner(main.parent, threads=settings.threads)
+        runner = V.ONNXLogits(main.parent, threads=settings.threads)
     else:
         from edgedistill.quantize.bnb import load_quantized
 

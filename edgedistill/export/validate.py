@@ -14,7 +14,6 @@ the train prompts), spread evenly over all of them.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.runtime.logits import GGUFLogits, ONNXLogits, log_softmax, sequence_stats  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -72,30 +72,6 @@ def held_out_chunks(tokenizer, n_chunks: int = 4, chunk_len: int = 256, data_dir
     return [lead + ids[s : s + chunk_len] for s in starts]
 
 
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-
-def sequence_stats(ref_lp: np.ndarray, cand_logits: np.ndarray, targets) -> dict:
-    """Sums over the scored rows of one sequence. ref_lp: the reference's log-probabilities (T, V); cand_logits:
-    the variant's logits at the same rows; targets: the next token of each row (the last row may have none).
-
-    Returns kl (Σ KL(ref || cand)), agree (rows with the same argmax), n (rows), nll_ref and nll (Σ next-token
-    negative log-likelihood of each model over the rows with a target), n_next."""
-    v = min(ref_lp.shape[-1], cand_logits.shape[-1])  # runtimes may pad the vocabulary
-    lr = ref_lp[:, :v].astype(np.float64)
-    # renormalised in float64: over the shared rows, and for log-probs stored in float32 (the bench's reference)
-    lr = lr - np.log(np.exp(lr).sum(-1, keepdims=True))
-    lc = log_softmax(cand_logits[:, :v])
-    t = np.asarray(targets, dtype=np.int64)[: lr.shape[0]]
-    rows = np.arange(len(t))
-    return {"kl": float((np.exp(lr) * (lr - lc)).sum()), "agree": int((lr.argmax(-1) == lc.argmax(-1)).sum()),
-            "n": int(lr.shape[0]), "nll_ref": float(-lr[rows, t].sum()), "nll": float(-lc[rows, t].sum()),
-            "n_next": int(len(t))}
-
-
 def compare(reference: Iterable[np.ndarray], candidate: Iterable[np.ndarray], chunks: Sequence[Sequence[int]],
             greedy_match: bool | None = None) -> Metrics:
     """Metrics over aligned per-chunk logits, each (T, V): KL and top-1 over every position, perplexity over
@@ -129,61 +105,6 @@ def torch_greedy(model, prompt_ids: list[int], n: int) -> list[int]:
         out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
                              max_new_tokens=n, do_sample=False, pad_token_id=0)
     return out[0, len(prompt_ids):].tolist()
-
-
-class GGUFRunner:
-    """llama-cpp-python over one GGUF file, all logits kept."""
-
-    def __init__(self, path: Path, n_ctx: int, threads: int | None = None):
-        import llama_cpp
-
-        self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
-                                   n_threads=threads or os.cpu_count(), seed=0)
-
-    def logits(self, chunks) -> list[np.ndarray]:
-        out = []
-        for ids in chunks:
-            self.llm.reset()
-            self.llm.eval(list(ids))
-            out.append(np.array(self.llm.scores[: len(ids)], dtype=np.float32))
-        return out
-
-    def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
-        self.llm.reset()
-        toks = []
-        for t in self.llm.generate(list(prompt_ids), top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
-            toks.append(int(t))
-            if len(toks) == n:
-                break
-        return toks
-
-    def close(self) -> None:
-        self.llm.close()
-
-
-class ONNXRunner:
-    """onnxruntime-genai over a folder its model builder wrote: the runtime the bundle will run in."""
-
-    def __init__(self, folder: Path, threads: int | None = None):
-        from edgedistill.runtime import onnx as rt
-
-        self.rt, self.folder = rt, Path(folder)
-        self.model = rt.open_model(self.folder, threads)
-        self.window = rt.sliding_window(self.folder)
-
-    def logits(self, chunks) -> list[np.ndarray]:
-        return [self.rt.prompt_logits(self.model, list(ids), self.window) for ids in chunks]
-
-    def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
-        from edgedistill.runtime import GenerationConfig
-
-        # no id is treated as the end here: the runtime itself stops after an end-of-generation id, which is kept,
-        # as torch's generate and llama.cpp keep it
-        return list(self.rt.generate_ids(self.model, list(prompt_ids), GenerationConfig(max_tokens=n), set(),
-                                             self.window))
-
-    def close(self) -> None:
-        self.model = None
 
 
 def greedy_prompts(tokenizer) -> list[list[int]]:

@@ -11,7 +11,7 @@ from edgedistill.distill.losses import LossSettings, chunked, losses, per_token_
 from edgedistill.distill.train import TrainSettings, kd_objective, train
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models import load_model
-from edgedistill.tensors import IGNORE, collate
+from edgedistill.tensors import collate
 from tests import tiny
 
 RECORDS = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"Order NW-{i}{i}{i}: where is it?"}],

@@ -33,5 +33,5 @@ def per_token_objective(cfg: LossSettings, student_logits: torch.Tensor, teacher
     return out
 
 
-__all__ = ["LossSettings", "bins", "get", "losses", "masked_mean", "masked_sum", "per_token_objective",
+__all__ = ["LossSettings", "bins", "check_params", "get", "losses", "masked_mean", "masked_sum", "per_token_objective",
            "shared_rows"]
