@@ -115,7 +115,7 @@ def test_files_users_hand_us_are_read_through_one_checked_path(tmp_path, tiny_mo
     topk = tmp_path / "cache" / "shard-00000.safetensors"
     topk.write_bytes(topk.read_bytes()[: topk.stat().st_size // 2])
     phi3 = _tiny_phi3(tmp_path / "phi3")
-    d = ["--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data", str(gen)]
+    d = ["--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--generations", str(gen)]
     config_only = tmp_path / "config-only"
     config_only.mkdir()
     (config_only / "config.json").write_text((tiny_model_dir / "config.json").read_text())
