@@ -49,12 +49,12 @@ def test_the_whole_trip(name, tmp_path):
     # allows it, else in 32
     hidden = 32 if FAMILIES[name].attention_is_hidden else 48
     prune(PruneSettings(teacher=str(teacher), out=tmp_path / "pruned", layers=layers - 1, hidden=hidden, ffn=96,
-                        heads=2, kv_heads=1, calibration=tmp_path / "cal.txt", max_tokens=256, hw_friendly=False))
+                        heads=2, kv_heads=1, calibration=tmp_path / "cal.txt", calibration_tokens=256, hw_friendly=False))
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "messages": [{"role": "user", "content": q}]}) + "\n"
                                for i, q in enumerate(QUESTIONS)))
     generate_data(GenerateSettings(teacher=str(teacher), prompts=[prompts], out=tmp_path / "gen.jsonl",
-                                   max_new_tokens=12, batch_size=6, teacher_engine="torch"))
+                                   max_new_tokens=12, answer_batch=6, teacher_engine="torch"))
     report = distill(DistillSettings(teacher=str(teacher), student=str(tmp_path / "pruned"), generations=[tmp_path / "gen.jsonl"],
                                      validation=[tmp_path / "gen.jsonl"], out=tmp_path / "run", steps=3,
                                      batch_size=3, grad_accum=1, lr=1e-3, warmup_steps=0, max_length=96,
@@ -95,7 +95,7 @@ def test_teacher_data_ends_at_the_end_of_turn_not_at_eos(engine, tmp_path):
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "messages": [{"role": "user", "content": q}]}) + "\n"
                                for i, q in enumerate(replies)))
     generate_data(GenerateSettings(teacher=str(teacher), prompts=[prompts], out=tmp_path / "gen.jsonl",
-                                   max_new_tokens=60, batch_size=4, teacher_engine=engine))
+                                   max_new_tokens=60, answer_batch=4, teacher_engine=engine))
     records = [json.loads(x) for x in (tmp_path / "gen.jsonl").read_text().splitlines()]
     assert [r["finish_reason"] for r in records] == ["stop"] * len(replies)
     assert [r["response"] for r in records] == list(replies.values())  # no "Invented question?"

@@ -62,7 +62,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(case, tmp_path, tiny_model_d
                                + "\n" for i in range(400)))
     out = tmp_path / "out"
     args, limit = {
-        "data split (written here)": (["data", "split", str(prompts), "--out-dir", str(out)], 100_000),
+        "data split (written here)": (["data", "split", str(prompts), "--out", str(out)], 100_000),
         "export (written by llama.cpp's converter)": (["export", str(tiny_model_dir), "--variant", "gguf:f16",
                                                        "--chunks", "1", "--chunk-len", "32", "--out", str(out)],
                                                       100_000),
@@ -108,7 +108,7 @@ def test_a_full_disk_stops_generate_in_one_line_and_a_rerun_continues(tmp_path, 
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Where is order {i}?"}) + "\n"
                                for i in range(12)))
     out = tmp_path / "gen.jsonl"
-    args = [sys.executable, "-m", "edgedistill", "generate", "--teacher", str(tiny_model_dir), "--prompts",
+    args = [sys.executable, "-m", "edgedistill", "generate", "--teacher-engine", "torch", "--teacher", str(tiny_model_dir), "--prompts",
             str(prompts), "--max-new-tokens", "8", "--answer-batch", "2", "--out", str(out)]
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, preexec_fn=_file_size_limit(3000))
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""edgedistill safety eval MODEL|BUNDLE [--teacher T] | safety reapply --student S --out O"""
+"""edgedistill safety eval MODEL|BUNDLE [--compare T] | safety reapply --student S --out O"""
 
 from __future__ import annotations
 

@@ -105,7 +105,7 @@ def test_cli_eval_table_report_and_floor(tmp_path, tiny_model_dir):
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "safety" in bad.stderr
     # the settings beside the report, passed back with --config, make the same check again
     written = load(SafetyEvalSettings, out.with_suffix(".settings.yaml"))
-    assert (written.teacher, written.max_new_tokens, written.target) == (str(tiny_model_dir), 8, "laptop")
+    assert (written.compare, written.max_new_tokens, written.target) == (str(tiny_model_dir), 8, "laptop")
     again = run_cli("safety", "eval", str(tiny_model_dir), "--config", str(out.with_suffix(".settings.yaml")),
                     "--out", str(tmp_path / "again.json"))
     assert again.returncode == 1, again.stderr
