@@ -79,6 +79,13 @@ class Stages:
     def __init__(self, root: Path, echo: Callable[[str], None]):
         self.root, self.echo, self.record = Path(root), echo, {}
 
+    def rel(self, path) -> str:
+        """A stage's output as its stage.json records it: relative to the run folder, which may move."""
+        return Path(path).relative_to(self.root).as_posix()
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
     def run(self, name: str, key: str, fn: Callable[[Path], dict | None]) -> tuple[Path, dict]:
         folder = self.root / name
         stamp = folder / "stage.json"
@@ -323,60 +330,66 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     # 3. prune: the hardware-friendly shape at the given depth, or the teacher's widths
     def run_prune(folder: Path) -> dict:
         with progress() as p:
-            return prune(stages["prune"].build(), teacher=teacher(), progress=p)["shape"]
+            rec = prune(stages["prune"].build(), teacher=teacher(), progress=p)
+        return {**rec["shape"], "student": st.rel(rec["student"])}
 
     st.run("prune", keys["prune"], run_prune)
 
-    # 4. distill
+    # 4. distill (its student folder is the one the plan gave it: the prune stage's, as planned)
     def run_distill(folder: Path) -> dict:
         with training_progress() as p:
             report = distill(stages["distill"].build(), teacher=teacher(), progress=p)
-        return {k: report[k] for k in ("steps", "parameters", "validation")}
+        return {**{k: report[k] for k in ("steps", "parameters", "validation")}, "student": st.rel(report["student"])}
 
-    distill_folder, distilled = st.run("distill", keys["distill"], run_distill)
-    student = distill_folder / "student"
+    _, distilled = st.run("distill", keys["distill"], run_distill)
+    student = st.path(distilled["student"])
     echo(f"   student: {distilled['parameters'] / 1e6:.1f}M parameters after {distilled['steps']} steps, "
          f"held-out KL {distilled['validation']['mean_kl']:.3f}, top-1 {100 * distilled['validation']['top1_agreement']:.1f}%")
 
     # 5. export: the student and the teacher in every variant the profile allows (forced: the profile's floor
     #    decides, in the bench), and the teacher's exact reference file. The teacher's files are exported once
     #    per run folder and profile, whatever the student.
+    def exported(results) -> dict:
+        """Each variant's outcome and, where written, its bundle (relative to the run folder)."""
+        return {r.key: {"passed": r.passed, "bundle": st.rel(r.path) if r.path else None} for r in results}
+
     def export_teacher(folder: Path) -> dict:
-        return {r.key: r.passed for r in export_model(str(teacher_dir), folder, stages["export-teacher"].build())}
+        return exported(export_model(str(teacher_dir), folder, stages["export-teacher"].build()))
 
     def export(folder: Path) -> dict:
-        return {r.key: r.passed for r in export_model(str(student), folder / "student", stages["export"].build())}
+        return exported(export_model(str(student), folder / "student", stages["export"].build()))
 
-    teacher_folder, _ = st.run("export-teacher", keys["export-teacher"], export_teacher)
-    export_folder, exported = st.run("export", keys["export"], export)
+    _, teacher_files = st.run("export-teacher", keys["export-teacher"], export_teacher)
+    _, student_files = st.run("export", keys["export"], export)
 
-    # 6. bench
+    # 6. bench: the student's bundles and the teacher's own variants, against the teacher's reference file
     b_settings = stages["bench"]["settings"].build()
-    teacher_ref = teacher_folder / plan.reference.replace(":", "-")
-    candidates = sorted(d for d in (export_folder / "student").iterdir() if (d / "manifest.json").exists())
-    candidates += sorted(teacher_folder / k.replace(":", "-") for k in plan.teacher_formats
-                         if (teacher_folder / k.replace(":", "-") / "manifest.json").exists())
+    teacher_ref = st.path(teacher_files[plan.reference]["bundle"])
+    candidates = [st.path(v["bundle"]) for v in student_files.values() if v["bundle"]]
+    candidates += [st.path(teacher_files[k]["bundle"]) for k in plan.teacher_formats if teacher_files[k]["bundle"]]
 
     def run_bench(folder: Path) -> dict:
         with progress() as p:
             report = bench(candidates, target, folder, b_settings, teacher=teacher_ref, progress=p)
-        return {"chosen": report["chosen"]}
+        rows = {r["name"]: r for r in report["variants"]}
+        chosen = rows[report["chosen"]] if report["chosen"] else None
+        return {"verdict": report["verdict"], "report": st.rel(folder / "bench.md"),
+                "chosen": chosen and {"name": chosen["name"], "bundle": st.rel(chosen["bundle"]),
+                                      "teacher_variant": chosen.get("teacher_variant", False)}}
 
-    bench_folder, _ = st.run("bench", keys["bench"], run_bench)
-    report = json.loads((bench_folder / "bench.json").read_text())
+    _, benched = st.run("bench", keys["bench"], run_bench)
 
     # 7. choose: the final bundle and the run report
-    rows = {r["name"]: r for r in report["variants"]}
-    chosen = rows.get(report["chosen"]) if report["chosen"] else None
+    chosen = benched["chosen"] and {**benched["chosen"], "bundle": st.path(benched["chosen"]["bundle"])}
     summary = {"target": target.name, "run_folder": str(out), "stages": st.record, "student": distilled,
-               "chosen": None, "verdict": report["verdict"], "bench": str(bench_folder / "bench.md"),
+               "chosen": None, "verdict": benched["verdict"], "bench": str(st.path(benched["report"])),
                "skipped_variants": plan.skipped}
     final = out / "final"
     shutil.rmtree(final, ignore_errors=True)
     if chosen:
         shutil.copytree(chosen["bundle"], final / Path(chosen["bundle"]).name)
         summary["chosen"] = {"name": chosen["name"], "bundle": str(final / Path(chosen["bundle"]).name),
-                             "teacher_variant": chosen.get("teacher_variant", False)}
+                             "teacher_variant": chosen["teacher_variant"]}
     if chosen and target.safety_floor is not None:
         summary["safety"] = _safety_gate(st, _key("safety", keys["bench"], chosen["name"],
                                                   asdict(target.safety_floor)),
@@ -408,11 +421,10 @@ def _safety_gate(st: Stages, key: str, bundle: Path, chosen: dict, target, targe
         return {"refusal_rate": res["refusal_rate"], "over_refusal": res["over_refusal"],
                 "by_category": res["by_category"], "deployable": floor["deployable"], "checks": floor["checks"]}
 
+    from edgedistill.export.bundle import record_deployment
+
     _, info = st.run("safety", key, run_safety)
-    manifest_path = bundle / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["deployment"] = {"target": target.name, "deployable": info["deployable"], "safety": info["checks"]}
-    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    record_deployment(bundle, target.name, info["deployable"], info["checks"])
     return info
 
 

@@ -142,8 +142,9 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
                 roof = bandwidth / info["model_bytes"]
                 row["speed"] = {**s, "roofline_tokens_per_s": roof, "roofline_share": s["decode_tokens_per_s"] / roof}
                 row["runtime"] = row["speed"].pop("runtime", None)
-                if info["format"] == "gguf":
-                    row["llama_bench"] = _llama_bench(info, row["speed"], settings, threads)
+                native = _native_bench(info, row["speed"], settings, threads)  # the runtime's own tool, beside ours
+                if native is not None:
+                    row["llama_bench"] = native
             else:
                 row["speed"] = None
                 if sp["status"] == OVER_MEMORY:
@@ -186,19 +187,22 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     return report
 
 
-def _llama_bench(info: dict, speed: dict, settings: BenchSettings, threads: int) -> dict:
-    """llama.cpp's llama-bench on the same file, prompt length, token count and threads, beside the bench's own
-    figures (their ratios close to 1 say the bench's timing means what llama.cpp users quote). Left out, and said
-    so, where the tool is not built (a device with the runtime extra only)."""
-    from edgedistill.formats.llamacpp_tools import llama_bench
+def _native_bench(info: dict, speed: dict, settings: BenchSettings, threads: int) -> dict | None:
+    """The runtime's own benchmark tool (GGUF: llama.cpp's llama-bench) on the same file, prompt length, token count
+    and threads, beside the bench's own figures (their ratios close to 1 say the bench's timing means what the
+    runtime's users quote); None for a format without one. Left out, and said so, where the tool is not built (a
+    device with the runtime extra only)."""
+    from edgedistill.quantize import format_of
     from edgedistill.runtime.bundle import open_bundle
 
     model = Path(info["bundle"]) / open_bundle(info["bundle"], verify=False)["model_file"]
     try:
-        lb = llama_bench(model, prompt_tokens=settings.prompt_tokens, new_tokens=settings.new_tokens,
+        lb = format_of(info["format"]).native_bench(model, prompt_tokens=settings.prompt_tokens, new_tokens=settings.new_tokens,
                          threads=threads, repeats=settings.repeats)
     except EdgeDistillError as e:
         return {"note": f"not measured: {e}"}
+    if lb is None:
+        return None
     pp = lb.get(f"pp{settings.prompt_tokens}_tokens_per_s")
     tg = lb.get(f"tg{settings.new_tokens}_tokens_per_s")
     lb["prefill_ratio"] = speed["prefill_tokens_per_s"] / pp if pp else None  # bench / llama-bench

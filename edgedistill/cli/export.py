@@ -11,7 +11,13 @@ from edgedistill.export.pipeline import ExportSettings
 
 from edgedistill.models.registry import DEFAULT_TEACHER
 
-ALL = ("gguf:f16", "gguf:q8_0", "gguf:q5_k_m", "gguf:q4_k_m", "gguf:q4_0", "onnx:fp32", "onnx:int8", "onnx:int4")
+
+
+def standard_variants() -> list[str]:
+    """Every scheme of the formats the offline runtime loads (GGUF, ONNX), in registry order."""
+    from edgedistill.quantize import formats, schemes
+
+    return [k for k, s in schemes().items() if formats()[s.format].offline]
 
 
 def _schemes_help() -> str:
@@ -24,7 +30,7 @@ def _schemes_help() -> str:
 @click.argument("model", default=DEFAULT_TEACHER)
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for the bundles (one per variant).")
 @settings_options(ExportSettings)
-@click.option("--all", "all_", is_flag=True, help=f"Every standard variant: {', '.join(ALL)}.")
+@click.option("--all", "all_", is_flag=True, help="Every variant of the formats the offline runtime loads (--list).")
 @click.option("--list", "list_", is_flag=True, help="List the formats and schemes and exit.")
 def export_cmd(model, out, all_, list_, **flags):
     """Quantize and export MODEL to GGUF / ONNX bundles, each validated against the float32 torch model.
@@ -47,7 +53,8 @@ def export_cmd(model, out, all_, list_, **flags):
         raise EdgeDistillError("--out is required: the folder that receives one bundle per variant")
     if all_:
         given = list(flags.get("variants") or ())
-        flags["variants"] = list(ALL) + [v for v in given if v not in ALL]
+        every = standard_variants()
+        flags["variants"] = every + [v for v in given if v not in every]
     settings = settings_from(ExportSettings, flags)
     with stderr.status("exporting") as status:
         results = export_model(model, out, settings, on_step=lambda msg: status.update(msg))

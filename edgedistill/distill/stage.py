@@ -49,7 +49,8 @@ class PruneSettings(Settings):
 
 def prune(s: PruneSettings, *, teacher=None, progress=None) -> dict:
     """A student cut from the teacher by measured importance, in s.out (atomically) with pruning.json and
-    settings.yaml. `teacher`: an already loaded (model, tokenizer). Returns pruning.json's content."""
+    settings.yaml. `teacher`: an already loaded (model, tokenizer). Returns pruning.json's content and `student`,
+    the folder written."""
     from edgedistill.data import default_data_dir, load_texts
     from edgedistill.distill.pruning import (StudentShape, check_prunable, derive_student, hardware_friendly,
                                              interleave_texts)
@@ -75,7 +76,7 @@ def prune(s: PruneSettings, *, teacher=None, progress=None) -> dict:
                              s.kv_heads or hw.kv_heads)
     derive_student(s.teacher, shape, interleave_texts(texts), out, max_tokens=s.calibration_tokens, progress=progress,
                    loaded=loaded, extra_files={"settings.yaml": lambda p: write_settings(s, p)})
-    return json.loads((out / "pruning.json").read_text())
+    return {**json.loads((out / "pruning.json").read_text()), "student": str(out)}
 
 
 # ---------------------------------------------------------------------------------------------- cache-logits
@@ -167,7 +168,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     """Train the student to imitate the teacher on its generations; the student goes to OUT/student (atomically)
     with distill.json (steps, parameters, held-out mean KL and top-1 agreement) and settings.yaml; checkpoints and
     metrics.jsonl stay in OUT. `teacher`: an already loaded (model, tokenizer) of s.teacher. Returns distill.json's
-    content."""
+    content and `student`, the folder written."""
     from edgedistill.models.fingerprint import spec_fingerprint
     from edgedistill.distill import logit_cache as lc
     from edgedistill.distill.dataset import encode, load_generations
@@ -245,4 +246,4 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     write_settings(s, out / "settings.yaml")
     if not s.keep_checkpoints:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    return report
+    return {**report, "student": str(final)}

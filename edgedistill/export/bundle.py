@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from edgedistill import __version__
+from edgedistill.paths import write_text_atomic
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -55,9 +56,18 @@ def write_manifest(folder: Path, record: dict) -> dict:
         **record,
         "files": file_table(folder),
     }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
 def read_manifest(folder: Path) -> dict:
     return json.loads((Path(folder) / MANIFEST).read_text())
+
+
+def record_deployment(folder: Path, target: str, deployable: bool, safety: dict) -> dict:
+    """The safety verdict for a profile, written into a bundle's manifest ("deployment"); the manifest lists no
+    checksum of itself, so the files' checksums stay valid. Returns the manifest."""
+    manifest = read_manifest(folder)
+    manifest["deployment"] = {"target": target, "deployable": deployable, "safety": safety}
+    write_text_atomic(Path(folder) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -22,7 +22,7 @@ from edgedistill.data.held_out import HeldOutSettings
 from edgedistill.data.stage import GenerateSettings
 from edgedistill.settings import Settings, like, setting
 from edgedistill.settings import write as write_settings
-from edgedistill.quantize import BuildContext, Scheme, get, unsupported_reason
+from edgedistill.quantize import BuildContext, Scheme, format_of, get, unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,9 @@ class VariantResult:
 
 
 def bundle_name(scheme: Scheme) -> str:
-    return f"{scheme.format}-{scheme.name}"
+    from edgedistill.quantize import bundle_name as name
+
+    return name(scheme.key)
 
 
 def _check_source(model_dir: Path) -> None:
@@ -140,9 +142,8 @@ def _export(spec: str, out: Path, settings: ExportSettings, schemes, step) -> li
         for s in schemes:  # an architecture a format cannot write fails now, not after the other variants
             if (why := unsupported_reason(s.key, model_dir)) is not None:
                 raise UnsupportedError(f"{s.key}: {why}")
-        if any(s.format == "gguf" for s in schemes):
-            if settings.imatrix and any("imatrix" in s.options for s in schemes):
-                imatrix_text = calibration_text(settings.data_dir, tokenizer)  # no train prompts: fail before work
+        if settings.imatrix and any("imatrix" in s.options for s in schemes):  # the schemes that take one
+            imatrix_text = calibration_text(settings.data_dir, tokenizer)  # no train prompts: fail before work
         source = _source_record(spec, ref, model_dir, model)
 
         step(f"reference logits: {settings.chunks} held-out chunks of {settings.chunk_len} tokens")
@@ -211,16 +212,8 @@ def _one_variant(s: Scheme, ctx: BuildContext, out: Path, settings: ExportSettin
 
 
 def _validate(s: Scheme, main: Path, ctx: BuildContext, chunks, reference, settings) -> dict:
-    if s.format == "gguf":
-        runner = V.GGUFLogits(main, n_ctx=max(settings.chunk_len, 256), threads=settings.threads)
-    elif s.format == "onnx":
-        runner = V.ONNXLogits(main.parent, threads=settings.threads)
-    else:
-        from edgedistill.quantize.bnb import load_quantized
-
-        qmodel = load_quantized(main.parent)
-        metrics = V.compare(reference, V.torch_logits(qmodel, chunks), chunks)
-        return metrics.as_dict()
+    """The file in its format's runner against the float model's logits (and greedy tokens, for exact schemes)."""
+    runner = format_of(s.key).runner(main, n_ctx=max(settings.chunk_len, 256), threads=settings.threads)
     try:
         metrics = V.validate(ctx.model, ctx.tokenizer, runner.logits, chunks, reference_logits=reference,
                              candidate_greedy=runner.greedy if s.exact else None)
@@ -245,17 +238,7 @@ def _record(s: Scheme, main: Path, ctx: BuildContext, metrics: dict, reasons: li
     files = [p for p in main.parent.iterdir() if p.name.startswith(main.name)]  # with external data, if any
     model_bytes = sum(p.stat().st_size for p in files)
     params = source["parameters"]
-    quant = {}
-    if s.format == "gguf":
-        from edgedistill.quantize.gguf import (IMATRIX_CHUNK, IMATRIX_FILE, MAIN_TYPES, fallback_share,
-                                               tensor_report)
-
-        quant = tensor_report(main)
-        quant["fallback_share"] = fallback_share(quant, MAIN_TYPES[s.name])
-        if (main.parent / IMATRIX_FILE).is_file():
-            quant["imatrix"] = {"file": IMATRIX_FILE, "tool": "llama-imatrix", "chunks": ctx.options["imatrix_chunks"],
-                                "chunk_tokens": IMATRIX_CHUNK,
-                                "calibration": "train-split prompts of every domain, in the model's chat format"}
+    quant = format_of(s.key).manifest_extras(main, s, ctx.options)
     return {
         "format": s.format,
         "scheme": s.name,

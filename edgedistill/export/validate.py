@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from edgedistill.errors import EdgeDistillError
-from edgedistill.runtime.logits import GGUFLogits, ONNXLogits, log_softmax, sequence_stats  # noqa: F401
+from edgedistill.runtime.logits import log_softmax, sequence_stats
+from edgedistill.models.generate import torch_greedy, torch_logits  # noqa: F401  (export's reference)
 
 log = logging.getLogger(__name__)
 
@@ -87,25 +88,6 @@ def compare(reference: Iterable[np.ndarray], candidate: Iterable[np.ndarray], ch
 
 
 # --- logits from each runtime --------------------------------------------------------------------------------
-
-def torch_logits(model, chunks) -> list[np.ndarray]:
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for ids in chunks:
-            out.append(model(torch.tensor([ids])).logits[0].float().numpy())
-    return out
-
-
-def torch_greedy(model, prompt_ids: list[int], n: int) -> list[int]:
-    import torch
-
-    with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                             max_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out[0, len(prompt_ids):].tolist()
-
 
 def greedy_prompts(tokenizer) -> list[list[int]]:
     from edgedistill.models.generate import chat_ids

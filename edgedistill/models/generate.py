@@ -78,3 +78,26 @@ def answer(model_spec, prompt: str, *, max_new_tokens: int = 64, system: str | N
             eos_token_id=end_of_generation_ids(model, tokenizer),
         )
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+# --- a torch model's logits and greedy tokens, position by position (the reference validation compares with) ---
+
+def torch_logits(model, chunks) -> list:
+    """float32 numpy logits (T, V) of each token list."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for ids in chunks:
+            out.append(model(torch.tensor([ids])).logits[0].float().numpy())
+    return out
+
+
+def torch_greedy(model, prompt_ids: list[int], n: int) -> list[int]:
+    """n greedy tokens after prompt_ids."""
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()

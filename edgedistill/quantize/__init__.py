@@ -1,10 +1,13 @@
-"""quantize: the schemes a model can be exported with, one registry over all formats.
+"""quantize: the formats a model can be exported to and their schemes, one module per format.
 
-A scheme is data (format, runtime, validation tolerance, options it takes) plus one build function; adding a
-scheme is adding one `register(...)` call in the module of its format:
-- quantize/gguf.py  — F16 from our writer, Q8_0 / Q4_0 / Q4_K_M / Q5_K_M by llama.cpp's own quantizer;
-- quantize/onnx.py  — fp32, int8 / int4 weight-only (MatMulNBits) by onnxruntime-genai's model builder;
-- quantize/bnb.py   — bitsandbytes int8 and nf4 in torch, the in-framework reference.
+Each format is one object (`Format`) in one module, registered once with its schemes: which architectures it
+takes (and why not), how each scheme is built, the runner that validation compares with the float model, and
+what its bundles' manifests record beside the common fields:
+- quantize/gguf.py  — GGUF: F16 by llama.cpp's converter, Q8_0 / Q4_0 / Q4_K_M / Q5_K_M by llama.cpp's quantizer;
+- quantize/onnx.py  — ONNX: fp32, int8 / int4 weight-only (MatMulNBits) by onnxruntime-genai's model builder;
+- quantize/bnb.py   — torch: bitsandbytes int8 and nf4, the in-framework reference.
+A format the offline runtime loads has its runtime backend in edgedistill/runtime (the runtime ships without this
+package's dependencies); docs/formats.md lists what adding a format touches.
 
 Tolerances are on the validation against the float32 torch model (see export/validate.py): a variant whose
 mean KL is above max_kl or whose top-1 agreement is below min_top1 fails and is not written unless forced.
@@ -18,7 +21,57 @@ from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError, UnsupportedError
 
-RUNTIMES = {"gguf": "llama-cpp-python", "onnx": "onnxruntime-genai", "torch": "torch"}
+FORMAT_MODULES = ("gguf", "onnx", "bnb")  # modules of this package, each registering one Format and its schemes
+
+
+class Format:
+    """What one format knows. A module subclasses it once (name, runtime, and the methods it needs) and calls
+    register_format with the instance before registering its schemes."""
+
+    name: str = ""  # the FORMAT of FORMAT:SCHEME keys
+    runtime: str = ""  # the runtime its files are validated and run in
+    offline: bool = False  # the offline runtime (edgedistill.runtime) loads its bundles
+
+    def unsupported(self, model_dir: Path) -> str | None:
+        """Why the transformers model in model_dir cannot be written in this format (None: it can)."""
+        return None
+
+    def runner(self, main: Path, *, n_ctx: int, threads: int | None):
+        """What validation compares with the float model: .logits(chunks), .greedy(ids, n), .close(). The offline
+        formats' runners are their runtime backends' Logits."""
+        from edgedistill.runtime.bundle import backend
+
+        return backend(self.name).Logits(main, n_ctx=n_ctx, threads=threads)
+
+    def manifest_extras(self, main: Path, scheme: "Scheme", options: dict) -> dict:
+        """What a bundle's manifest records of this format's quantization beyond the common fields."""
+        return {}
+
+    def native_bench(self, model_file: Path, *, prompt_tokens: int, new_tokens: int, threads: int,
+                     repeats: int) -> dict | None:
+        """The runtime's own benchmark tool on the file, which the bench runs beside its own timing (None: the
+        runtime has none); raises EdgeDistillError where the tool is not built."""
+        return None
+
+
+_FORMATS: dict[str, Format] = {}
+
+
+def register_format(fmt: Format) -> Format:
+    if fmt.name in _FORMATS:
+        raise EdgeDistillError(f"format {fmt.name} is registered twice")
+    _FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def formats() -> dict[str, Format]:
+    _load_all()
+    return dict(_FORMATS)
+
+
+def format_of(key: str) -> Format:
+    """The Format of a FORMAT:SCHEME key or a format name."""
+    return formats()[get(key).format if ":" in key else key]
 
 
 @dataclass
@@ -52,15 +105,15 @@ class Scheme:
 
     @property
     def runtime(self) -> str:
-        return RUNTIMES[self.format]
+        return _FORMATS[self.format].runtime
 
 
 _SCHEMES: dict[str, Scheme] = {}
 
 
 def register(scheme: Scheme) -> Scheme:
-    if scheme.format not in RUNTIMES:
-        raise EdgeDistillError(f"scheme {scheme.key}: unknown format {scheme.format!r}")
+    if scheme.format not in _FORMATS:
+        raise EdgeDistillError(f"scheme {scheme.key}: format {scheme.format!r} is not registered (register_format first)")
     if scheme.key in _SCHEMES:
         raise EdgeDistillError(f"scheme {scheme.key} is registered twice")
     _SCHEMES[scheme.key] = scheme
@@ -68,10 +121,11 @@ def register(scheme: Scheme) -> Scheme:
 
 
 def _load_all() -> None:
-    # each module registers its schemes; imported in the order they are listed (GGUF, ONNX, torch)
-    from edgedistill.quantize import gguf  # noqa: F401
-    from edgedistill.quantize import onnx  # noqa: F401
-    from edgedistill.quantize import bnb  # noqa: F401
+    """Import each format's module (it registers its Format and schemes), in FORMAT_MODULES' order."""
+    import importlib
+
+    for name in FORMAT_MODULES:
+        importlib.import_module(f"edgedistill.quantize.{name}")
 
 
 def schemes() -> dict[str, Scheme]:
@@ -83,8 +137,8 @@ def get(key: str) -> Scheme:
     """'gguf:q4_k_m' -> Scheme; a wrong format or scheme names the valid ones."""
     _load_all()
     fmt, _, name = key.partition(":")
-    if fmt not in RUNTIMES:
-        raise UnsupportedError(f"unknown format {fmt!r} in {key!r}; formats: {', '.join(RUNTIMES)}")
+    if fmt not in _FORMATS:
+        raise UnsupportedError(f"unknown format {fmt!r} in {key!r}; formats: {', '.join(_FORMATS)}")
     if not name:
         raise UnsupportedError(f"{key!r} names no scheme; write FORMAT:SCHEME, e.g. {fmt}:{_first(fmt)}")
     scheme = _SCHEMES.get(f"{fmt}:{name.lower()}")
@@ -100,20 +154,10 @@ def _first(fmt: str) -> str:
 
 def unsupported_reason(key: str, model_dir: Path) -> str | None:
     """Why the transformers model in `model_dir` cannot be exported as variant `key`, in one line (None: it can):
-    an architecture llama.cpp's converter or onnxruntime-genai's builder does not write."""
-    import json
+    an architecture the format's writer does not write."""
+    return format_of(key).unsupported(Path(model_dir))
 
-    scheme = get(key)
-    try:
-        if scheme.format == "gguf":
-            from edgedistill.formats.gguf import check_model_dir
 
-            check_model_dir(Path(model_dir))
-        elif scheme.format == "onnx":
-            from edgedistill.formats.onnx import check_model
-
-            check_model(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")))
-    except UnsupportedError as e:
-        return str(e)
-    return None
-
+def bundle_name(key: str) -> str:
+    """The folder a variant's bundle is written to: 'gguf:q4_k_m' -> 'gguf-q4_k_m'."""
+    return key.replace(":", "-")

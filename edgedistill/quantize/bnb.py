@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from edgedistill.quantize import BuildContext, Scheme, register
+from edgedistill.quantize import BuildContext, Format, Scheme, register, register_format
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,37 @@ def _build(name: str):
 
     return build
 
+
+class _TorchRunner:
+    """The bitsandbytes model in torch, as validation reads it (logits; no greedy check: not an exact scheme)."""
+
+    def __init__(self, main: Path):
+        self.model = load_quantized(Path(main).parent)
+
+    def logits(self, chunks):
+        from edgedistill.models.generate import torch_logits
+
+        return torch_logits(self.model, chunks)
+
+    def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
+        from edgedistill.models.generate import torch_greedy
+
+        return torch_greedy(self.model, prompt_ids, n)
+
+    def close(self) -> None:
+        self.model = None
+
+
+class Torch(Format):
+    """bitsandbytes in torch: validated and benchmarked in-framework, not loaded by the offline runtime."""
+
+    name, runtime, offline = "torch", "torch", False
+
+    def runner(self, main: Path, *, n_ctx: int, threads: int | None):
+        return _TorchRunner(main)
+
+
+FORMAT = register_format(Torch())
 
 register(Scheme("torch", "bnb_int8", "bitsandbytes LLM.int8 (8-bit weights, outliers in float)", _build("bnb_int8"),
                 max_kl=0.05, min_top1=0.88, nominal_bits=8))

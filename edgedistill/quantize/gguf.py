@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.paths import atomic_file
-from edgedistill.quantize import BuildContext, Scheme, register
+from edgedistill.quantize import BuildContext, Format, Scheme, register, register_format
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,40 @@ def fallback_share(report: dict, main_types: tuple[str, ...]) -> float:
     total = sum(w.values())
     return 0.0 if not total else sum(v for k, v in w.items() if k not in main_types) / total
 
+
+class GGUF(Format):
+    name, runtime, offline = "gguf", "llama-cpp-python", True
+
+    def unsupported(self, model_dir: Path) -> str | None:
+        from edgedistill.errors import UnsupportedError
+        from edgedistill.formats.gguf import check_model_dir
+
+        try:
+            check_model_dir(model_dir)
+        except UnsupportedError as e:
+            return str(e)
+        return None
+
+    def manifest_extras(self, main: Path, scheme: Scheme, options: dict) -> dict:
+        """The tensor types really used, the share that fell back from the scheme's types, the importance matrix."""
+        quant = tensor_report(main)
+        quant["fallback_share"] = fallback_share(quant, MAIN_TYPES[scheme.name])
+        if (main.parent / IMATRIX_FILE).is_file():
+            quant["imatrix"] = {"file": IMATRIX_FILE, "tool": "llama-imatrix", "chunks": options["imatrix_chunks"],
+                                "chunk_tokens": IMATRIX_CHUNK,
+                                "calibration": "train-split prompts of every domain, in the model's chat format"}
+        return quant
+
+    def native_bench(self, model_file: Path, *, prompt_tokens: int, new_tokens: int, threads: int,
+                     repeats: int) -> dict | None:
+        """llama.cpp's llama-bench (the figures llama.cpp users quote)."""
+        from edgedistill.formats.llamacpp_tools import llama_bench
+
+        return llama_bench(model_file, prompt_tokens=prompt_tokens, new_tokens=new_tokens, threads=threads,
+                           repeats=repeats)
+
+
+FORMAT = register_format(GGUF())
 
 # Tolerances: mean KL / top-1 against float32 torch on held-out text. The values reached by llama.cpp's own tools
 # on the default teacher are Q8_0 0.006 / 94.8%, Q4_K_M 0.063 / 86.5%, Q4_0 0.305 / 71%; these bounds leave room

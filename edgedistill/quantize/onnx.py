@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError
-from edgedistill.quantize import BuildContext, Scheme, register
+from edgedistill.quantize import BuildContext, Format, Scheme, register, register_format
 
 MODEL_FILE = "model.onnx"
 # MatMulNBits computes with int8 activations (per block of the input): onnxruntime's fast CPU kernels.
@@ -54,6 +54,24 @@ def _build(precision: str, **defaults):
 
     return build
 
+
+class ONNX(Format):
+    name, runtime, offline = "onnx", "onnxruntime-genai", True
+
+    def unsupported(self, model_dir: Path) -> str | None:
+        import json
+
+        from edgedistill.errors import UnsupportedError
+        from edgedistill.formats.onnx import check_model
+
+        try:
+            check_model(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")))
+        except UnsupportedError as e:
+            return str(e)
+        return None
+
+
+FORMAT = register_format(ONNX())
 
 register(Scheme("onnx", "fp32", "float32 graph (onnxruntime-genai builder, GroupQueryAttention): reproduces the "
                 "torch model", _build("fp32"), max_kl=1e-4, min_top1=0.995, exact=True, nominal_bits=32))

@@ -154,12 +154,8 @@ class LoadedModel:
 def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n_ctx: int = 2048) -> LoadedModel:
     """Open a bundle made by `edgedistill export` with the backend its format needs. n_ctx: the context the
     GGUF backend reserves (the ONNX cache grows as needed)."""
+    from edgedistill.runtime.bundle import backend
+
     manifest = open_bundle(path, verify=verify)
-    if manifest["format"] == "gguf":
-        from edgedistill.runtime.gguf import GGUFModel
-
-        return GGUFModel(Path(path), manifest, threads=threads, n_ctx=n_ctx)
-    from edgedistill.runtime.onnx import ONNXModel
-
-    return ONNXModel(Path(path), manifest, threads=threads)
+    return backend(manifest["format"]).Model(Path(path), manifest, threads=threads, n_ctx=n_ctx)
 

@@ -23,6 +23,21 @@ class BundleError(EdgeDistillError):
     """A bundle that cannot be loaded as it is."""
 
 
+# The formats the offline runtime opens, each a module of this package defining `Model` (a LoadedModel: generation)
+# and `Logits` (every position's logits: validation and fidelity). Adding one is a module and a line here; the
+# export side of a format is its module in edgedistill.quantize (see docs/formats.md).
+BACKENDS = {"gguf": "edgedistill.runtime.gguf", "onnx": "edgedistill.runtime.onnx"}
+
+
+def backend(fmt: str):
+    """The runtime module of format `fmt` (its Model and Logits classes)."""
+    import importlib
+
+    if fmt not in BACKENDS:
+        raise BundleError(f"format {fmt!r} has no runtime backend ({', '.join(BACKENDS)})")
+    return importlib.import_module(BACKENDS[fmt])
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -74,8 +89,8 @@ def open_bundle(folder: str | Path, *, verify: bool = True) -> dict:
             f"{folder} was made by a newer edgedistill ({manifest.get('edgedistill_version')}, manifest version "
             f"{version}); this runtime reads version {SUPPORTED_MANIFEST_VERSION}: upgrade edgedistill"
         )
-    if manifest.get("format") not in ("gguf", "onnx"):
-        raise BundleError(f"{folder}: format {manifest.get('format')!r} has no runtime backend (gguf, onnx)")
+    if manifest.get("format") not in BACKENDS:
+        raise BundleError(f"{folder}: format {manifest.get('format')!r} has no runtime backend ({', '.join(BACKENDS)})")
     files = manifest.get("files") or {}
     if not isinstance(files, dict) or manifest.get("model_file") not in files:
         raise BundleError(f"{folder}: the manifest does not list its model file")

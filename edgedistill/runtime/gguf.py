@@ -8,6 +8,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from edgedistill.runtime import BundleError, GenerationConfig, LoadedModel
 from edgedistill.runtime.text import chat_template
 
@@ -111,3 +113,38 @@ class GGUFModel(LoadedModel):
         if self.llm is not None:
             self.llm.close()
             self.llm = None
+
+
+class GGUFLogits:
+    """llama-cpp-python over one GGUF file with every position's logits kept (validation and fidelity; GGUFModel keeps
+    only the last, for speed)."""
+
+    def __init__(self, path: Path, *, n_ctx: int, threads: int | None = None):
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
+                                   n_threads=threads or os.cpu_count(), seed=0)
+
+    def logits(self, chunks) -> list[np.ndarray]:
+        out = []
+        for ids in chunks:
+            self.llm.reset()
+            self.llm.eval(list(ids))
+            out.append(np.array(self.llm.scores[: len(ids)], dtype=np.float32))
+        return out
+
+    def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
+        self.llm.reset()
+        toks = []
+        for t in self.llm.generate(list(prompt_ids), top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+            toks.append(int(t))
+            if len(toks) == n:
+                break
+        return toks
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+
+Model, Logits = GGUFModel, GGUFLogits  # what runtime.bundle.backend('gguf') offers

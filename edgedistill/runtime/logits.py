@@ -1,14 +1,13 @@
 """Logits from the runtimes, position by position: what export validation and the bench's fidelity compare with a
 reference. numpy and the runtimes only (no torch), so the bench worker needs nothing but the runtime extra.
 
-`open_logits(bundle)` gives the runner of a bundle's format; `GGUFLogits` and `ONNXLogits` also open a file or
-folder before it is a bundle (export validation). `sequence_stats` sums KL, top-1 agreement and next-token NLL
+`open_logits(bundle)` gives the runner of a bundle's format (its backend's `Logits`, which export validation also
+opens on a file before it is a bundle). `sequence_stats` sums KL, top-1 agreement and next-token NLL
 over one sequence.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -39,68 +38,12 @@ def sequence_stats(ref_lp: np.ndarray, cand_logits: np.ndarray, targets) -> dict
 
 
 
-class GGUFLogits:
-    """llama-cpp-python over one GGUF file with every position's logits kept (validation and fidelity; GGUFModel keeps
-    only the last, for speed)."""
-
-    def __init__(self, path: Path, n_ctx: int, threads: int | None = None):
-        import llama_cpp
-
-        self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
-                                   n_threads=threads or os.cpu_count(), seed=0)
-
-    def logits(self, chunks) -> list[np.ndarray]:
-        out = []
-        for ids in chunks:
-            self.llm.reset()
-            self.llm.eval(list(ids))
-            out.append(np.array(self.llm.scores[: len(ids)], dtype=np.float32))
-        return out
-
-    def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
-        self.llm.reset()
-        toks = []
-        for t in self.llm.generate(list(prompt_ids), top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
-            toks.append(int(t))
-            if len(toks) == n:
-                break
-        return toks
-
-    def close(self) -> None:
-        self.llm.close()
-
-
-class ONNXLogits:
-    """onnxruntime-genai over a folder its model builder wrote: the runtime the bundle will run in."""
-
-    def __init__(self, folder: Path, threads: int | None = None):
-        from edgedistill.runtime import onnx as rt
-
-        self.rt, self.folder = rt, Path(folder)
-        self.model = rt.open_model(self.folder, threads)
-        self.window = rt.sliding_window(self.folder)
-
-    def logits(self, chunks) -> list[np.ndarray]:
-        return [self.rt.prompt_logits(self.model, list(ids), self.window) for ids in chunks]
-
-    def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
-        from edgedistill.runtime import GenerationConfig
-
-        # no id is treated as the end here: the runtime itself stops after an end-of-generation id, which is kept,
-        # as torch's generate and llama.cpp keep it
-        return list(self.rt.generate_ids(self.model, list(prompt_ids), GenerationConfig(max_tokens=n), set(),
-                                             self.window))
-
-    def close(self) -> None:
-        self.model = None
-
-
 def open_logits(bundle: Path, *, n_ctx: int, threads: int | None = None):
     """The logits runner of a bundle's format (its manifest says which)."""
     from edgedistill.runtime.bundle import open_bundle
 
+    from edgedistill.runtime.bundle import backend
+
     bundle = Path(bundle)
     manifest = open_bundle(bundle, verify=False)
-    if manifest["format"] == "gguf":
-        return GGUFLogits(bundle / manifest["model_file"], n_ctx=n_ctx, threads=threads)
-    return ONNXLogits(bundle, threads=threads)
+    return backend(manifest["format"]).Logits(bundle / manifest["model_file"], n_ctx=n_ctx, threads=threads)

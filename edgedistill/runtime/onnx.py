@@ -102,7 +102,8 @@ def eos_ids(folder: Path) -> set[int]:
 
 
 class ONNXModel(LoadedModel):
-    def __init__(self, path: Path, manifest: dict, threads: int | None = None):
+    def __init__(self, path: Path, manifest: dict, threads: int | None = None, n_ctx: int = 2048):
+        """n_ctx: unused (onnxruntime-genai's cache grows as needed; the signature is the runtime's, see load)."""
         from tokenizers import Tokenizer
 
         self.path, self.manifest = path, manifest
@@ -137,3 +138,28 @@ class ONNXModel(LoadedModel):
 
     def close(self) -> None:
         self.model = None
+
+
+class ONNXLogits:
+    """onnxruntime-genai over a folder its model builder wrote: the runtime the bundle will run in."""
+
+    def __init__(self, path: Path, *, n_ctx: int = 0, threads: int | None = None):
+        """path: the model.onnx of a builder's folder (n_ctx unused: the cache grows as needed)."""
+        self.folder = Path(path).parent
+        self.model = open_model(self.folder, threads)
+        self.window = sliding_window(self.folder)
+
+    def logits(self, chunks) -> list[np.ndarray]:
+        return [prompt_logits(self.model, list(ids), self.window) for ids in chunks]
+
+    def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
+        # no id is treated as the end here: the runtime itself stops after an end-of-generation id, which is kept,
+        # as torch's generate and llama.cpp keep it
+        return list(generate_ids(self.model, list(prompt_ids), GenerationConfig(max_tokens=n), set(),
+                                             self.window))
+
+    def close(self) -> None:
+        self.model = None
+
+
+Model, Logits = ONNXModel, ONNXLogits  # what runtime.bundle.backend('onnx') offers

@@ -77,6 +77,32 @@ def test_scheme_round_trips_and_loads_in_its_runtime(exported, key):
     assert logits.shape[0] == len(ids) and np.isfinite(logits).all()
 
 
+def test_each_format_is_one_registered_object_with_schemes_and_a_runner(exported):
+    """Every scheme belongs to a registered Format and every Format has schemes; the formats the offline runtime
+    loads are exactly its backends; each format's validation runner reads its bundle, and for the offline ones
+    the runtime's own open_logits gives the same logits (the bench worker's path)."""
+    from edgedistill.quantize import bundle_name, formats
+    from edgedistill.runtime.bundle import BACKENDS
+    from edgedistill.runtime.logits import open_logits
+
+    fmts = formats()
+    assert set(fmts) == {s.format for s in schemes().values()}
+    assert {name for name, f in fmts.items() if f.offline} == set(BACKENDS)
+    _, out, _ = exported
+    ids = [1, 5, 9, 17]
+    for name, fmt in fmts.items():
+        bundle = out / bundle_name(next(k for k in ALL_SCHEMES if k.startswith(name + ":")))
+        main = bundle / json.loads((bundle / MANIFEST).read_text())["model_file"]
+        runner = fmt.runner(main, n_ctx=64, threads=1)
+        logits = runner.logits([ids])[0]
+        runner.close()
+        assert logits.shape[0] == len(ids) and np.isfinite(logits).all(), name
+        if fmt.offline:
+            same = open_logits(bundle, n_ctx=64, threads=1)
+            assert np.allclose(same.logits([ids])[0], logits, atol=1e-5), name
+            same.close()
+
+
 def test_registered_schemes_cover_the_issue():
     for key in ("gguf:f16", "gguf:q8_0", "gguf:q4_0", "gguf:q4_k_m", "gguf:q5_k_m", "onnx:fp32", "onnx:int8",
                 "onnx:int4", "torch:bnb_int8", "torch:bnb_nf4"):
