@@ -58,7 +58,8 @@ def test_the_whole_trip(name, tmp_path):
     report = distill(DistillSettings(teacher=str(teacher), student=str(tmp_path / "pruned"), generations=[tmp_path / "gen.jsonl"],
                                      validation=[tmp_path / "gen.jsonl"], out=tmp_path / "run", steps=3,
                                      batch_size=3, grad_accum=1, lr=1e-3, warmup_steps=0, max_length=96,
-                                     save_steps=100))
+                                     save_steps=100, kd_weight=1.0))  # the recipe whose greedy tokens have no
+    # near-tie at the start in any family's student (the f16 check below compares 12 tokens exactly)
     assert report["steps"] == 3
     student = tmp_path / "run" / "student"
     variants = [v for v in ("gguf:f16", "gguf:q8_0", "onnx:fp32") if unsupported_reason(v, student) is None]  # all, today
