@@ -198,11 +198,11 @@ async def faults(url: str, model: str) -> dict:
 
 def direct(bundle: Path, requests: int, max_tokens: int, threads: int | None) -> dict:
     """The same chats as one client's, through the runtime in this process (no server): what serving costs."""
-    from edgedistill.runtime import Completion, GenerationConfig, load
+    from edgedistill.runtime import Completion, SamplingParams, load
 
     runs = []
     with load(bundle, threads=threads) as m:
-        cfg = GenerationConfig(max_tokens=max_tokens)
+        cfg = SamplingParams(max_tokens=max_tokens)
         for r in range(requests + 1):  # the first is a warm-up
             ids = m.encode(m.render_chat([{"role": "user", "content": QUESTIONS[r % len(QUESTIONS)]}]))
             done, first, t0 = Completion(), None, time.perf_counter()

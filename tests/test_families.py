@@ -74,7 +74,7 @@ def test_the_whole_trip(name, tmp_path):
     for r in results:
         with runtime.load(r.path) as m:
             assert m.encode(m.render_chat(msgs)) == ids, r.path.name  # the bundle reads the prompt as training did
-            got = list(m.generate_ids(ids, runtime.GenerationConfig(max_tokens=12, temperature=0, ignore_eos=True)))
+            got = list(m.generate_ids(ids, runtime.SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)))
         n = 4 if "q8_0" in r.path.name else 12  # 8-bit weights may flip a near-tie later in a random model
         assert got[:n] == want[:n], (r.path.name, got, want)
 

@@ -17,6 +17,7 @@ The rooms:
     supervise.py  one bundle in one process (the memory watch) and the bandwidth probe
     worker.py     what runs in that process: speed, or quality
     fidelity.py   the in-domain fidelity set and its bootstrap intervals
+    rows.py       the typed rows (Row) and budget checks (Check) the others pass on; bench.json holds them
     budgets.py    budgets and floors with margins, the choice by objective, Pareto front, verdict
     report.py     bench.json, bench.md, charts
 """
@@ -24,9 +25,10 @@ The rooms:
 
 from edgedistill.bench.budgets import check_budgets, choose, pareto, verdict
 from edgedistill.bench.report import charts, markdown, write_report
+from edgedistill.bench.rows import Check, Row
 from edgedistill.bench.runner import bench
 from edgedistill.bench.settings import OVER_MEMORY, SCHEMA_VERSION, BenchSettings
 from edgedistill.bench.supervise import measure_bandwidth, run_worker
 
-__all__ = ["OVER_MEMORY", "SCHEMA_VERSION", "BenchSettings", "bench", "charts", "check_budgets", "choose", "markdown",
+__all__ = ["OVER_MEMORY", "SCHEMA_VERSION", "BenchSettings", "Check", "Row", "bench", "charts", "check_budgets", "choose", "markdown",
            "measure_bandwidth", "pareto", "run_worker", "verdict", "write_report"]

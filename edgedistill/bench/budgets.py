@@ -3,34 +3,31 @@ front and the verdict lines."""
 
 from __future__ import annotations
 
-
+from edgedistill.bench.rows import Check, Row
 from edgedistill.targets import Target
 
 
-def _check(value, limit, higher_is_better: bool, missing: str = "not measured", ci=None) -> dict:
+def _check(value, limit, higher_is_better: bool, missing: str = "not measured", ci=None) -> Check:
     """One budget: pass / fail, or "uncertain" when the value's 95% interval straddles the limit (not passed)."""
     if value is None:
-        return {"value": None, "limit": limit, "status": "fail", "pass": False, "margin": None, "note": missing}
+        return Check(None, limit, "fail", note=missing)
     ok = value >= limit if higher_is_better else value <= limit
     status = "pass" if ok else "fail"
     if ci is not None and ci[0] < ci[1] and ci[0] <= limit <= ci[1]:
         status = "uncertain"
     margin = (value - limit) if higher_is_better else (limit - value)
-    out = {"value": value, "limit": limit, "status": status, "pass": status == "pass", "margin": margin,
-           "margin_share": margin / limit if limit else None}
-    if ci is not None:
-        out["ci"] = list(ci)
-    return out
+    return Check(value, limit, status, margin, margin / limit if limit else None,
+                 ci=list(ci) if ci is not None else None)
 
 
-def check_budgets(row: dict, target: Target, graded_eval: bool = True) -> dict:
+def check_budgets(row: Row, target: Target, graded_eval: bool = True) -> dict[str, Check]:
     """Every budget and floor of the profile for one row, with the margin (positive: inside) and, for quality,
     the interval. Quality counts only against the teacher: export-time numbers against a bundle's own source do
     not. Without a graded eval (graded_eval False) the answer-agreement floor is left out, not passed."""
     q, lat = target.quality_floor, target.latency
-    sp, qu = row.get("speed") or {}, row.get("quality") or {}
+    sp, qu = row.speed or {}, row.quality or {}
     vs_teacher = qu.get("against") == "reference"
-    missing = "not measured" if not qu or vs_teacher else "not measured against the teacher (pass --teacher)"
+    missing = "not measured" if not qu or vs_teacher else "not measured against the teacher (pass --reference)"
     dom = ((qu.get("in_domain") or {}).get("overall") or {}) if vs_teacher else {}
     gen = (qu.get("general") or {}) if vs_teacher else {}
     agree = ((qu.get("graded") or {}).get("answer_agreement") or {}) if vs_teacher else {}
@@ -55,13 +52,12 @@ def check_budgets(row: dict, target: Target, graded_eval: bool = True) -> dict:
     return checks
 
 
-def choose(rows: list[dict], objective: str = "fastest") -> dict | None:
-    """The allowed, non-reference variant the profile's objective ranks first among those that pass every budget
-    and floor (an "uncertain" floor is not passed); None when none does."""
+def choose(rows: list[Row], objective: str = "fastest") -> Row | None:
+    """The candidate (allowed, neither the reference nor a comparison) the profile's objective ranks first among
+    those that pass every budget and floor (an "uncertain" floor is not passed); None when none does."""
     from edgedistill.targets.objectives import OBJECTIVES
 
-    ok = [r for r in rows if r["allowed"] and not r["reference"] and not r.get("comparison") and r["budgets"]
-          and all(c["pass"] for c in r["budgets"].values())]
+    ok = [r for r in rows if r.candidate and r.meets_all_budgets]
     return max(ok, key=OBJECTIVES[objective].key) if ok else None
 
 
@@ -77,46 +73,43 @@ def pareto(points: list[tuple[str, float, float]]) -> set[str]:
 def verdict(report: dict) -> list[str]:
     """Two or three plain lines: what was chosen and why, whether quantizing the teacher is enough for the
     device or only a student fits, and what the nearest miss lacks."""
-    rows = [r for r in report["variants"] if not r["reference"] and not r.get("comparison") and r["allowed"]]
+    rows = [r for r in map(Row.from_dict, report["variants"]) if r.candidate]
     t = report["target"]["name"]
     obj = report["objective"]
-    by_name = {r["name"]: r for r in rows}
-    chosen = by_name.get(report["chosen"]) if report["chosen"] else None
-    passing = [r for r in rows if r["meets_all_budgets"]]
-    teacher_ok = [r for r in passing if r.get("teacher_variant")]
-    student_ok = [r for r in passing if not r.get("teacher_variant")]
+    chosen = next((r for r in rows if r.name == report["chosen"]), None)
+    passing = [r for r in rows if r.meets_all_budgets]
+    teacher_ok = [r for r in passing if r.teacher_variant]
+    student_ok = [r for r in passing if not r.teacher_variant]
     lines = []
     if chosen:
-        sp = chosen["speed"]["decode_tokens_per_s"]
-        lines.append(f"{t}: chosen {chosen['name']} ({obj}: {sp:.0f} decode tokens/s, "
-                     f"{chosen['speed']['peak_rss_bytes'] / 1e6:.0f} MB) — it meets every budget and floor.")
-        if chosen.get("teacher_variant"):
-            students = [r for r in rows if not r.get("teacher_variant")]
+        sp = chosen.decode_tokens_per_s
+        lines.append(f"{t}: chosen {chosen.name} ({obj}: {sp:.0f} decode tokens/s, "
+                     f"{chosen.speed['peak_rss_bytes'] / 1e6:.0f} MB) — it meets every budget and floor.")
+        if chosen.teacher_variant:
+            students = [r for r in rows if not r.teacher_variant]
             lines.append(f"Quantizing the teacher is enough for {t}" + (
                 "; no student was benched" if not students else
                 "; no student variant meets every budget and floor" if not student_ok else
                 f"; {len(student_ok)} student variant(s) also meet it but rank lower on {obj}") + ".")
         elif teacher_ok:
-            best = max(teacher_ok, key=lambda r: r["speed"]["decode_tokens_per_s"])
-            lines.append(f"The student is worth it on {obj}: {sp / best['speed']['decode_tokens_per_s']:.2f}x the "
-                         f"decode speed of the best teacher variant that also qualifies ({best['name']}).")
+            best = max(teacher_ok, key=lambda r: r.decode_tokens_per_s)
+            lines.append(f"The student is worth it on {obj}: {sp / best.decode_tokens_per_s:.2f}x the "
+                         f"decode speed of the best teacher variant that also qualifies ({best.name}).")
         else:
             lines.append(f"Only a student fits {t}: no quantized teacher variant meets every budget.")
     else:
         lines.append(f"{t}: no variant meets every budget and floor; nothing is chosen.")
-    misses = [r for r in rows if r is not chosen and not r["meets_all_budgets"] and r["budgets"]]
+    misses = [r for r in rows if r is not chosen and not r.meets_all_budgets and r.budgets]
     if misses:
-        near = min(misses, key=lambda r: (sum(not c["pass"] for c in r["budgets"].values()),
-                                          -(r["speed"] or {}).get("decode_tokens_per_s", 0)))
+        near = min(misses, key=lambda r: (sum(not c.passed for c in r.budgets.values()), -r.decode_tokens_per_s))
         parts = []
-        for k, c in near["budgets"].items():
-            if c["pass"]:
+        for k, c in near.budgets.items():
+            if c.passed:
                 continue
-            if c["value"] is None:
-                parts.append(f"{k} {c['note']}")
+            if c.value is None:
+                parts.append(f"{k} {c.note}")
                 continue
-            ci = f" [{c['ci'][0]:.3g}, {c['ci'][1]:.3g}]" if c.get("ci") else ""
-            parts.append(f"{k} {c['value']:.3g}{ci} vs {c['limit']:.3g}" + (" (uncertain)" if c["status"] ==
-                                                                             "uncertain" else ""))
-        lines.append(f"Nearest miss: {near['name']}: " + "; ".join(parts) + ".")
+            ci = f" [{c.ci[0]:.3g}, {c.ci[1]:.3g}]" if c.ci else ""
+            parts.append(f"{k} {c.value:.3g}{ci} vs {c.limit:.3g}" + (" (uncertain)" if c.status == "uncertain" else ""))
+        lines.append(f"Nearest miss: {near.name}: " + "; ".join(parts) + ".")
     return lines

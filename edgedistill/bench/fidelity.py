@@ -87,7 +87,7 @@ def teacher_answers(reference: Path, prompts: list, max_new_tokens: int, *, thre
     and length were answered before; otherwise generated in the bundle's runtime and cached (temp file, then
     rename)."""
     from edgedistill.paths import ensure_writable_dir, home
-    from edgedistill.runtime import GenerationConfig, load
+    from edgedistill.runtime import SamplingParams, load
     from edgedistill.runtime.bundle import open_bundle
 
     manifest = open_bundle(reference, verify=False)
@@ -108,7 +108,7 @@ def teacher_answers(reference: Path, prompts: list, max_new_tokens: int, *, thre
     try:
         for p in prompts:
             ids = model.encode(model.render_chat(list(p.messages)))
-            answer = list(model.generate_ids(ids, GenerationConfig(max_tokens=max_new_tokens)))
+            answer = list(model.generate_ids(ids, SamplingParams(max_tokens=max_new_tokens)))
             if not answer:
                 continue  # nothing to score: the teacher ended its turn at once
             seqs.append({"id": p.id, "domain": p.domain, "ids": ids + answer, "start": len(ids)})

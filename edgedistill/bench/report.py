@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from edgedistill.bench.budgets import pareto
+from edgedistill.bench.rows import Row
 from edgedistill.paths import write_texts_atomic
 
 log = logging.getLogger(__name__)
@@ -16,8 +17,6 @@ def write_report(report: dict, out_dir: Path) -> None:
     """bench.json, bench.md and (with matplotlib) two charts, written to a temp folder and moved into place."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for r in report["variants"]:
-        r.pop("_answers", None)
     write_texts_atomic({out_dir / "bench.json": json.dumps(report, indent=2, default=str) + "\n",
                         out_dir / "bench.md": markdown(report)})
     try:
@@ -47,6 +46,7 @@ def _features(report: dict) -> str:
 
 def markdown(report: dict) -> str:
     t, f = report["target"], report.get("fidelity") or {}
+    rows = [Row.from_dict(r) for r in report["variants"]]
     lines = [f"# bench: {t['name']}", "",
              f"{t['description']}. Measured with {report['threads']} threads on {report['machine']['cpu']} "
              f"({report['machine_cores']} cores; {_features(report)}); roofline at {report['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
@@ -63,17 +63,17 @@ def markdown(report: dict) -> str:
              "", "| variant | status | file MB | peak RSS MB | load s | TTFT ms | prefill tok/s | decode tok/s | "
              "p50 / p95 ms | roofline | llama-bench pp / tg tok/s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
-    for r in report["variants"]:
-        s = r["speed"] or {}
+    for r in rows:
+        s = r.speed or {}
         lines.append(
-            f"| {r['name']} | {r['status']} | {r['model_bytes'] / 1e6:.1f} | {_fmt(s.get('peak_rss_bytes'), '.0f', 1e-6)} | "
+            f"| {r.name} | {r.status} | {r.model_bytes / 1e6:.1f} | {_fmt(s.get('peak_rss_bytes'), '.0f', 1e-6)} | "
             f"{_fmt(s.get('load_s'), '.2f')} | {_fmt(s.get('ttft_s'), '.0f', 1000)} | "
             f"{_fmt(s.get('prefill_tokens_per_s'), '.0f')} | {_fmt(s.get('decode_tokens_per_s'), '.1f')} | "
             f"{_fmt(s.get('token_latency_p50_s'), '.1f', 1000)} / {_fmt(s.get('token_latency_p95_s'), '.1f', 1000)} | "
             f"{_fmt(s.get('roofline_share'), '.0%')} | {_llama_bench_cell(r, report)} |")
     runtimes = {}
-    for r in report["variants"]:
-        info = r.get("runtime") or {}
+    for r in rows:
+        info = r.runtime or {}
         line = info.get("system_info") or (f"providers {', '.join(info['providers'])}" if info.get("providers") else "")
         if line:
             runtimes.setdefault(f"{info['runtime']}: {line}", None)
@@ -81,43 +81,43 @@ def markdown(report: dict) -> str:
         lines += ["", "What the runtimes use on this CPU:", ""] + [f"- {x}" for x in runtimes]
     lines += ["", "| variant | in-domain KL | in-domain top-1 % | answers agree % | graded % (chance) | "
                   "general KL | general top-1 % | verdict |", "|---|---|---|---|---|---|---|---|"]
-    for r in report["variants"]:
-        q = r["quality"] or {}
+    for r in rows:
+        q = r.quality or {}
         dom, gen, g = (q.get("in_domain") or {}).get("overall"), q.get("general"), q.get("graded") or {}
-        failed = [k for k, c in r["budgets"].items() if c["status"] == "fail"]
-        unsure = [k for k, c in r["budgets"].items() if c["status"] == "uncertain"]
-        verdict = ("reference" if r["reference"] else "not in profile" if not r["allowed"]
+        failed = [k for k, c in r.budgets.items() if c.status == "fail"]
+        unsure = r.uncertain
+        verdict = ("reference" if r.reference else "not in profile" if not r.allowed
                    else "all met" if not failed and not unsure else
                    "; ".join(x for x in ("misses " + ", ".join(failed) if failed else "",
                                          "uncertain " + ", ".join(unsure) if unsure else "") if x))
-        if r.get("comparison"):
+        if r.comparison:
             verdict = "comparison (not a candidate): " + verdict
-        if r["name"] == report["chosen"]:
+        if r.name == report["chosen"]:
             verdict = "**chosen** — " + verdict
         graded = (f"{_ci(g.get('score'), 'value', '.1f', 100)} ({100 * g['chance']:.0f})" if g.get("score") else "—")
-        lines.append(f"| {r['name']} | {_ci(dom, 'mean_kl', '.3f')} | {_ci(dom, 'top1_agreement', '.1f', 100)} | "
+        lines.append(f"| {r.name} | {_ci(dom, 'mean_kl', '.3f')} | {_ci(dom, 'top1_agreement', '.1f', 100)} | "
                      f"{_ci(g.get('answer_agreement'), 'value', '.1f', 100)} | {graded} | "
                      f"{_ci(gen, 'mean_kl', '.3f')} | "
                      f"{_ci(gen, 'top1_agreement', '.1f', 100)} | {verdict} |")
     lines += ["", "Budgets (margin: how far inside the budget; negative: missed by that much; uncertain: the 95% "
                   "interval straddles the floor, so it is not passed):", ""]
-    for r in report["variants"]:
-        if not r["budgets"]:
+    for r in rows:
+        if not r.budgets:
             continue
         parts = []
-        for k, c in r["budgets"].items():
-            if c["value"] is None:
-                parts.append(f"{k} {c['note']}")
+        for k, c in r.budgets.items():
+            if c.value is None:
+                parts.append(f"{k} {c.note}")
             else:
-                word = {"pass": "ok", "fail": "FAIL", "uncertain": "UNCERTAIN"}[c["status"]]
-                parts.append(f"{k} {word} ({_fmt(c.get('margin_share'), '+.0%')})")
-        lines.append(f"- {r['name']}: " + "; ".join(parts) + (f" — {r['message']}" if r["message"] else ""))
+                word = {"pass": "ok", "fail": "FAIL", "uncertain": "UNCERTAIN"}[c.status]
+                parts.append(f"{k} {word} ({_fmt(c.margin_share, '+.0%')})")
+        lines.append(f"- {r.name}: " + "; ".join(parts) + (f" — {r.message}" if r.message else ""))
     lines += ["", f"Chosen: {report['chosen'] or 'none'}", ""] + [f"> {x}" for x in report.get("verdict", [])] + [""]
     return "\n".join(lines)
 
 
-def _llama_bench_cell(r: dict, report: dict) -> str:
-    lb = r.get("llama_bench")
+def _llama_bench_cell(r: Row, report: dict) -> str:
+    lb = r.llama_bench
     if not lb:
         return "—"
     st = report["settings"]
@@ -125,9 +125,9 @@ def _llama_bench_cell(r: dict, report: dict) -> str:
     return "not built" if pp is None and tg is None else f"{_fmt(pp, '.0f')} / {_fmt(tg, '.1f')}"
 
 
-def _fidelity_point(r: dict) -> tuple[float, list[float] | None] | None:
+def _fidelity_point(r: Row) -> tuple[float, list[float] | None] | None:
     """The chart's y: in-domain top-1 with its interval, else general text's."""
-    q = r["quality"] or {}
+    q = r.quality or {}
     for block in ((q.get("in_domain") or {}).get("overall"), q.get("general")):
         if block and block.get("top1_agreement") is not None:
             return block["top1_agreement"], block.get("top1_agreement_ci")
@@ -142,25 +142,25 @@ def charts(report: dict, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     t = report["target"]
-    pts = [r for r in report["variants"] if (r["speed"] or {}).get("decode_tokens_per_s") and _fidelity_point(r)]
+    pts = [r for r in map(Row.from_dict, report["variants"]) if r.decode_tokens_per_s and _fidelity_point(r)]
     written = []
-    specs = [("quality_vs_speed.png", "decode tokens/s", lambda r: r["speed"]["decode_tokens_per_s"], 1,
+    specs = [("quality_vs_speed.png", "decode tokens/s", lambda r: r.decode_tokens_per_s, 1,
               t["latency"]["min_decode_tokens_per_s"]),
-             ("quality_vs_memory.png", "peak RSS (MB)", lambda r: r["speed"]["peak_rss_bytes"] / 1e6, -1,
+             ("quality_vs_memory.png", "peak RSS (MB)", lambda r: r.speed["peak_rss_bytes"] / 1e6, -1,
               t["memory_budget_bytes"] / 1e6)]
     for fname, xlabel, xof, sign, budget in specs:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        front = pareto([(r["name"], sign * xof(r), _fidelity_point(r)[0]) for r in pts])
+        front = pareto([(r.name, sign * xof(r), _fidelity_point(r)[0]) for r in pts])
         for r in pts:
-            on = r["name"] in front
+            on = r.name in front
             y, ci = _fidelity_point(r)
             if ci:
                 ax.errorbar(xof(r), 100 * y, yerr=[[100 * (y - ci[0])], [100 * (ci[1] - y)]], fmt="none",
                             ecolor="tab:gray", elinewidth=1, capsize=2, zorder=2)
-            ax.scatter(xof(r), 100 * y, s=60 if on else 30, marker="*" if r["name"] == report["chosen"] else "o",
+            ax.scatter(xof(r), 100 * y, s=60 if on else 30, marker="*" if r.name == report["chosen"] else "o",
                        color="tab:red" if on else "tab:gray", zorder=3)
-            ax.annotate(r["name"], (xof(r), 100 * y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-        line = sorted((xof(r), 100 * _fidelity_point(r)[0]) for r in pts if r["name"] in front)
+            ax.annotate(r.name, (xof(r), 100 * y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        line = sorted((xof(r), 100 * _fidelity_point(r)[0]) for r in pts if r.name in front)
         if len(line) > 1:
             ax.plot(*zip(*line), color="tab:red", lw=1, label="Pareto front")
         ax.axvline(budget, color="tab:blue", ls="--", lw=1, label="budget")

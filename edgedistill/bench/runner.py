@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edgedistill.bench.budgets import check_budgets, choose, verdict
 from edgedistill.bench.report import write_report
+from edgedistill.bench.rows import Row
 from edgedistill.bench.settings import OVER_MEMORY, SCHEMA_VERSION, BenchSettings
 from edgedistill.bench.supervise import measure_bandwidth, run_worker
 from edgedistill.errors import EdgeDistillError
@@ -117,7 +118,7 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     order = ([(ref_info, "reference")] if ref_info else []) + [(i, "comparison") for i in comps] + [
         (i, "candidate") for i in infos]
     task = progress.add_task("bench", total=len(order)) if progress else None
-    rows: list[dict] = []
+    rows: list[Row] = []
     ref_row = None
     try:
         for info, role in order:
@@ -126,36 +127,31 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
             if progress:
                 progress.update(task, description=f"bench {label}")
             log.info("%s: speed under a %.0f MB budget", label, target.memory_budget_bytes / 1e6)
-            row = {"name": label, **{k: v for k, v in info.items() if k != "tokenizer_sha256"}, "reference": is_ref,
-                   "comparison": role == "comparison", "allowed": info["key"] in target.formats,
-                   "teacher_variant": bool(ref_info) and not is_ref and info["source"] == ref_info["source"],
-                   "runtime": None}
+            row = Row(name=label, **{k: v for k, v in info.items() if k != "tokenizer_sha256"}, reference=is_ref,
+                      comparison=role == "comparison", allowed=info["key"] in target.formats,
+                      teacher_variant=bool(ref_info) and not is_ref and info["source"] == ref_info["source"])
             sp = run_worker({**base, "phase": "speed", "bundle": info["bundle"], "prompt_ids": prompt,
                              "new_tokens": settings.new_tokens, "repeats": settings.repeats},
                             work, target.memory_budget_bytes if not is_ref else None, settings.timeout_s,
                             settings.poll_s)
-            row["status"], row["message"] = sp["status"], sp["message"]
+            row.status, row.message = sp["status"], sp["message"]
             if sp["status"] == "ok":
                 s = sp["result"]
                 s["peak_rss_bytes"] = max(s["peak_rss_bytes"], sp["polled_peak_rss_bytes"])
                 s.pop("decode_tokens_per_s_all", None)
                 roof = bandwidth / info["model_bytes"]
-                row["speed"] = {**s, "roofline_tokens_per_s": roof, "roofline_share": s["decode_tokens_per_s"] / roof}
-                row["runtime"] = row["speed"].pop("runtime", None)
-                native = _native_bench(info, row["speed"], settings, threads)  # the runtime's own tool, beside ours
-                if native is not None:
-                    row["llama_bench"] = native
-            else:
-                row["speed"] = None
-                if sp["status"] == OVER_MEMORY:
-                    row["speed"] = {"peak_rss_bytes": sp["polled_peak_rss_bytes"]}
-            fast_enough = (row["speed"] or {}).get("decode_tokens_per_s", 0) >= target.latency.min_decode_tokens_per_s
+                row.speed = {**s, "roofline_tokens_per_s": roof, "roofline_share": s["decode_tokens_per_s"] / roof}
+                row.runtime = row.speed.pop("runtime", None)
+                row.llama_bench = _native_bench(info, row.speed, settings, threads)  # the runtime's own tool
+            elif sp["status"] == OVER_MEMORY:
+                row.speed = {"peak_rss_bytes": sp["polled_peak_rss_bytes"]}
+            fast_enough = row.decode_tokens_per_s >= target.latency.min_decode_tokens_per_s
             qjob = {**base, "phase": "quality", "bundle": info["bundle"], "general": chunks, "domain": domain,
                     "save_dir": str(work / "reference") if is_ref else None,
                     "reference_dir": str(work / "reference") if ref_row else None,
                     "eval_items": items if (is_ref or (sp["status"] == "ok" and fast_enough)) else []}
             qu = run_worker(qjob, work, None, settings.timeout_s, settings.poll_s) if sp["status"] == "ok" else None
-            row["quality"] = _quality(qu, row, ref_row, domain, eval_items, bool(items))
+            row.quality = _quality(qu, row, ref_row, domain, eval_items, bool(items))
             if is_ref:
                 ref_row = row
             rows.append(row)
@@ -164,23 +160,20 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     finally:
         remove_scratch(work)
     for r in rows:
-        graded = bool(items) and ref_row is not None
-        r["budgets"] = {} if r["reference"] else check_budgets(r, target, graded_eval=graded)
-        r["meets_all_budgets"] = bool(r["budgets"]) and all(c["pass"] for c in r["budgets"].values())
-        r["uncertain"] = sorted(k for k, c in r["budgets"].items() if c["status"] == "uncertain")
+        r.budgets = {} if r.reference else check_budgets(r, target, graded_eval=bool(items) and ref_row is not None)
     chosen = choose(rows, target.objective)
     report = {"schema_version": SCHEMA_VERSION, "benchmark": "edgedistill bench", **run_record(),
               "target": as_dict(target), "objective": target.objective, "threads": threads,
               "machine_cores": os.cpu_count(), "bandwidth_bytes_per_s": bandwidth, "bandwidth_source": bandwidth_source,
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
-              "quality_reference": ref_row["name"] if ref_row else None,
+              "quality_reference": ref_row.name if ref_row else None,
               "fidelity": {"in_domain_prompts": len(domain),
                            "in_domain_answer_tokens": sum(len(d["ids"]) - d["start"] for d in domain),
                            "general_windows": len(chunks), "general_tokens": sum(len(c) for c in chunks),
                            "interval": "95% percentile bootstrap over prompts / windows / items (2,000 resamples)"},
               "eval_items": len(items),
-              "budgets_left_out": [] if items and ref_row else ["answer_agreement (needs --teacher and a graded eval)"],
-              "variants": rows, "chosen": chosen["name"] if chosen else None}
+              "budgets_left_out": [] if items and ref_row else ["answer_agreement (needs --reference and a graded eval)"],
+              "variants": [r.as_dict() for r in rows], "chosen": chosen.name if chosen else None}
     report["verdict"] = verdict(report)
     write_report(report, out_dir)
     write_settings(settings, Path(out_dir) / "settings.yaml")
@@ -210,7 +203,7 @@ def _native_bench(info: dict, speed: dict, settings: BenchSettings, threads: int
     return lb
 
 
-def _quality(qu: dict | None, row: dict, ref_row: dict | None, domain: list[dict], eval_items: dict,
+def _quality(qu: dict | None, row: Row, ref_row: Row | None, domain: list[dict], eval_items: dict,
              graded: bool) -> dict | None:
     """In-domain and general-text fidelity to the reference, with intervals; graded score and answer agreement."""
     from edgedistill.bench import fidelity
@@ -220,15 +213,15 @@ def _quality(qu: dict | None, row: dict, ref_row: dict | None, domain: list[dict
         return None
     res = qu["result"]
     out: dict = {}
-    if row["reference"] or ref_row is not None:
-        out["against"] = "itself" if row["reference"] else "reference"
+    if row.reference or ref_row is not None:
+        out["against"] = "itself" if row.reference else "reference"
         if res["domain"]:
             out["in_domain"] = fidelity.by_domain(res["domain"], [d["domain"] for d in domain])
         out["general"] = fidelity.summarize(res["general"])
     else:  # no teacher given: the export-time metrics, against the bundle's own source
         from edgedistill.runtime.bundle import open_bundle
 
-        v = open_bundle(row["bundle"], verify=False).get("validation") or {}
+        v = open_bundle(row.bundle, verify=False).get("validation") or {}
         out["against"] = "source model (export-time validation)"
         out["general"] = {"mean_kl": v.get("mean_kl"), "top1_agreement": v.get("top1_agreement"),
                           "ppl_ratio": v.get("ppl_ratio")}
@@ -240,10 +233,10 @@ def _quality(qu: dict | None, row: dict, ref_row: dict | None, domain: list[dict
         g = {"score": fidelity.share([a["correct"] for a in res["eval"]]),
              "chance": sum(map(grading.chance, items)) / len(items),
              "by_domain": {d: sum(v) / len(v) for d, v in sorted(by.items())}}
-        if row["reference"]:
-            row["_answers"] = {a["id"]: a["answer"] for a in res["eval"]}
-        elif ref_row is not None and ref_row.get("_answers"):
-            ref = ref_row["_answers"]
+        if row.reference:
+            row.answers = {a["id"]: a["answer"] for a in res["eval"]}
+        elif ref_row is not None and ref_row.answers:
+            ref = ref_row.answers
             g["answer_agreement"] = fidelity.share([grading.same_answer(it, a["answer"], ref.get(a["id"]))
                                                     for it, a in zip(items, res["eval"]) if a["id"] in ref])
         out["graded"] = g

@@ -18,11 +18,13 @@ from pathlib import Path
 
 from edgedistill.runtime.bundle import BundleError, open_bundle
 
-__all__ = ["load", "GenerationConfig", "BundleError", "LoadedModel", "Completion"]
+__all__ = ["load", "SamplingParams", "BundleError", "LoadedModel", "Completion"]
 
 
 @dataclass(frozen=True)
-class GenerationConfig:
+class SamplingParams:
+    """How one call decodes: length, temperature (0: greedy), nucleus mass, seed, stop strings."""
+
     max_tokens: int = 256
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
@@ -72,7 +74,7 @@ class LoadedModel:
     def decode(self, ids: list[int]) -> str:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def generate_ids(self, prompt_ids: list[int], cfg: GenerationConfig) -> Iterator[int]:  # pragma: no cover
+    def generate_ids(self, prompt_ids: list[int], cfg: SamplingParams) -> Iterator[int]:  # pragma: no cover
         raise NotImplementedError
 
     def reset(self) -> None:
@@ -89,10 +91,10 @@ class LoadedModel:
         return {}
 
     def stream(self, prompt: str, **kw) -> Iterator[str]:
-        cfg = GenerationConfig(**{**kw, "stop": tuple(kw.get("stop") or ())})
+        cfg = SamplingParams(**{**kw, "stop": tuple(kw.get("stop") or ())})
         return self.stream_ids(self.encode(prompt), cfg)
 
-    def stream_ids(self, prompt_ids: list[int], cfg: GenerationConfig, done: Completion | None = None
+    def stream_ids(self, prompt_ids: list[int], cfg: SamplingParams, done: Completion | None = None
                    ) -> Iterator[str]:
         """Text pieces of the answer to `prompt_ids`; `done`, when given, receives the counts and the finish
         reason as the generation goes (complete once the iterator is exhausted)."""
@@ -159,3 +161,13 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
     manifest = open_bundle(path, verify=verify)
     return backend(manifest["format"]).Model(Path(path), manifest, threads=threads, n_ctx=n_ctx)
 
+
+def __getattr__(name: str):
+    """GenerationConfig, the earlier name of SamplingParams, for one release (with a DeprecationWarning)."""
+    if name == "GenerationConfig":
+        import warnings
+
+        warnings.warn("edgedistill.runtime.GenerationConfig is deprecated; use SamplingParams", DeprecationWarning,
+                      stacklevel=2)
+        return SamplingParams
+    raise AttributeError(f"module 'edgedistill.runtime' has no attribute {name!r}")

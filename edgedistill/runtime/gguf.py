@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgedistill.runtime import BundleError, GenerationConfig, LoadedModel
+from edgedistill.runtime import BundleError, SamplingParams, LoadedModel
 from edgedistill.runtime.text import chat_template
 
 
@@ -83,7 +83,7 @@ class GGUFModel(LoadedModel):
     def decode(self, ids: list[int]) -> str:
         return self.llm.detokenize(ids).decode("utf-8", errors="replace")
 
-    def generate_ids(self, prompt_ids: list[int], cfg: GenerationConfig) -> Iterator[int]:
+    def generate_ids(self, prompt_ids: list[int], cfg: SamplingParams) -> Iterator[int]:
         if cfg.seed is not None:
             self.llm.set_seed(cfg.seed)
         import llama_cpp

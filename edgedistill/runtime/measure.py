@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from edgedistill.runtime import GenerationConfig, LoadedModel
+from edgedistill.runtime import SamplingParams, LoadedModel
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def time_generation(model: LoadedModel, prompt_ids: Sequence[int], new_tokens: i
     says it computed fewer prompt tokens than the prompt holds fails the measurement instead of flattering it."""
     if new_tokens < 2:
         raise ValueError("new_tokens must be at least 2 to time decoding")
-    cfg = GenerationConfig(max_tokens=new_tokens, ignore_eos=True)
+    cfg = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
     model.reset()
     stamps = []
     start = time.perf_counter()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgedistill.runtime import GenerationConfig, LoadedModel
+from edgedistill.runtime import SamplingParams, LoadedModel
 from edgedistill.runtime.bundle import BundleError
 from edgedistill.runtime.text import chat_template
 
@@ -55,7 +55,7 @@ def prompt_logits(model, ids: list[int], window: int = 0) -> np.ndarray:
     return np.asarray(gen.get_output("logits"), dtype=np.float32)[0]
 
 
-def generate_ids(model, prompt_ids: list[int], cfg: GenerationConfig, eos_ids: set[int], window: int = 0
+def generate_ids(model, prompt_ids: list[int], cfg: SamplingParams, eos_ids: set[int], window: int = 0
                  ) -> Iterator[int]:
     """Token ids, one at a time, until an end-of-generation id (not yielded; unless cfg.ignore_eos) or
     cfg.max_tokens. `window`: the model's sliding window (sliding_window), a floor for the buffer."""
@@ -120,7 +120,7 @@ class ONNXModel(LoadedModel):
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def generate_ids(self, prompt_ids: list[int], cfg: GenerationConfig) -> Iterator[int]:
+    def generate_ids(self, prompt_ids: list[int], cfg: SamplingParams) -> Iterator[int]:
         self._computed = len(prompt_ids)  # a new generator each call: nothing is cached between calls
         return generate_ids(self.model, prompt_ids, cfg, self.eos_ids, self.window)
 
@@ -155,7 +155,7 @@ class ONNXLogits:
     def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
         # no id is treated as the end here: the runtime itself stops after an end-of-generation id, which is kept,
         # as torch's generate and llama.cpp keep it
-        return list(generate_ids(self.model, list(prompt_ids), GenerationConfig(max_tokens=n), set(),
+        return list(generate_ids(self.model, list(prompt_ids), SamplingParams(max_tokens=n), set(),
                                              self.window))
 
     def close(self) -> None:

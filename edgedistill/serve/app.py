@@ -18,7 +18,7 @@ from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
-from edgedistill.runtime import GenerationConfig
+from edgedistill.runtime import SamplingParams
 from edgedistill.serve.schemas import ChatRequest, CompletionRequest, parse
 from edgedistill.serve.errors import BadRequest, NotFound, PayloadTooLarge, ServeError, Unauthorized
 from edgedistill.serve.worker import Worker
@@ -77,7 +77,7 @@ def build_app(model, s, *, key: str | None = None) -> FastAPI:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def config(req, prompt_ids: list[int]) -> GenerationConfig:
+    def config(req, prompt_ids: list[int]) -> SamplingParams:
         if req.model != model_id:
             raise NotFound(f"model {req.model!r} is not served here; this server serves {model_id!r} "
                            "(GET /v1/models)", param="model")
@@ -93,7 +93,7 @@ def build_app(model, s, *, key: str | None = None) -> FastAPI:
             raise BadRequest(f"the prompt ({len(prompt_ids)} tokens) and max_tokens={asked} do not fit the "
                              f"context of {model.context_length} tokens; ask for at most {room}",
                              param="max_tokens")
-        return GenerationConfig(max_tokens=asked or min(s.max_tokens, room),
+        return SamplingParams(max_tokens=asked or min(s.max_tokens, room),
                                 temperature=1.0 if req.temperature is None else req.temperature,
                                 top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stop=tuple(req.stop or ()))
 

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from edgedistill.runtime import BundleError, Completion, GenerationConfig
+from edgedistill.runtime import BundleError, Completion, SamplingParams
 from edgedistill.serve.errors import BadRequest, Busy, Draining, ServeError, TimedOut
 
 
@@ -28,7 +28,7 @@ _END = object()
 class Job:
     """One request's generation: its pieces arrive on `queue`; `done` has the counts once it ends."""
 
-    def __init__(self, prompt_ids: list[int], cfg: GenerationConfig, deadline: float, timeout: float,
+    def __init__(self, prompt_ids: list[int], cfg: SamplingParams, deadline: float, timeout: float,
                  loop: asyncio.AbstractEventLoop):
         self.prompt_ids, self.cfg, self.deadline, self.timeout = prompt_ids, cfg, deadline, timeout
         self.loop = loop
@@ -83,7 +83,7 @@ class Worker:
         mean = sum(self.durations) / len(self.durations) if self.durations else 1.0
         return int(min(60, max(1, math.ceil(mean * max(1, self.pending)))))
 
-    def submit(self, prompt_ids: list[int], cfg: GenerationConfig) -> Job:
+    def submit(self, prompt_ids: list[int], cfg: SamplingParams) -> Job:
         if self.drain_deadline is not None:
             raise Draining("the server is shutting down; send the request to another instance or retry later",
                            retry_after=5)

@@ -146,15 +146,24 @@ def test_bad_bench_input_is_one_line(bundles, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
 
 
+def _bare(**fields):
+    """A bench row with made-up identity fields: what budgets and the choice read is given."""
+    from edgedistill.bench.rows import Row
+
+    return Row(**{"name": "x", "bundle": "b", "key": "gguf:q8_0", "format": "gguf", "scheme": "q8_0",
+                  "model_bytes": 1, **fields})
+
+
 def _row(name, top1, kl, tok_s, ok=True, allowed=True, reference=False, teacher=False, status=None):
+    from edgedistill.bench.rows import Check
+
     status = status or ("pass" if ok else "fail")
-    return {"name": name, "allowed": allowed, "reference": reference, "teacher_variant": teacher,
-            "quality": {"in_domain": {"overall": {"top1_agreement": top1, "mean_kl": kl}}},
-            "speed": {"decode_tokens_per_s": tok_s, "peak_rss_bytes": 1e8},
-            "budgets": {} if reference else {"memory": {"pass": ok, "status": "pass" if ok else "fail", "value": 1,
-                                                        "limit": 2},
-                                             "in_domain_mean_kl": {"pass": status == "pass", "status": status,
-                                                                   "value": kl, "limit": 0.5, "ci": [kl - .1, kl + .1]}}}
+    return _bare(name=name, allowed=allowed, reference=reference, teacher_variant=teacher,
+                 quality={"in_domain": {"overall": {"top1_agreement": top1, "mean_kl": kl}}},
+                 speed={"decode_tokens_per_s": tok_s, "peak_rss_bytes": 1e8},
+                 budgets={} if reference else {"memory": Check(1, 2, "pass" if ok else "fail", 1, 0.5),
+                                               "in_domain_mean_kl": Check(kl, 0.5, status, 0.5 - kl, None,
+                                                                          ci=[kl - .1, kl + .1])})
 
 
 def test_every_objective_is_tested_and_ranks_the_variants_meeting_every_budget():
@@ -166,7 +175,7 @@ def test_every_objective_is_tested_and_ranks_the_variants_meeting_every_budget()
     expected = {"fastest": "fast", "closest": "same-top1-lower-kl"}
     assert set(OBJECTIVES) == set(expected), "a registered objective without a case here"
     for name, want in expected.items():
-        assert choose(rows, name)["name"] == want, name
+        assert choose(rows, name).name == want, name
     assert choose([_row("x", 0.9, 0.1, 10, ok=False)]) is None
     assert pareto([("a", 1, 5), ("b", 2, 4), ("c", 1, 4), ("d", 3, 1)]) == {"a", "b", "d"}
 
@@ -174,22 +183,21 @@ def test_every_objective_is_tested_and_ranks_the_variants_meeting_every_budget()
 def test_teacher_variants_compete_and_an_uncertain_floor_is_not_passed():
     from edgedistill.bench import verdict
 
-    def report(rows, chosen):
-        for r in rows:
-            r["meets_all_budgets"] = all(c["pass"] for c in r["budgets"].values())
-        return {"target": {"name": "box"}, "objective": "fastest", "variants": rows, "chosen": chosen}
+    def report(rows, chosen):  # as bench.json holds them
+        return {"target": {"name": "box"}, "objective": "fastest", "variants": [r.as_dict() for r in rows],
+                "chosen": chosen}
 
     teacher_q4 = _row("teacher/gguf:q4_k_m", 0.85, 0.06, 100, teacher=True)
     student = _row("student/gguf:q4_k_m", 0.5, 0.45, 300, status="uncertain")  # CI [0.35, 0.55] straddles 0.5
     rows = [_row("teacher/gguf:f16", 1, 0, 50, reference=True), teacher_q4, student]
-    assert choose(rows)["name"] == "teacher/gguf:q4_k_m"  # the faster student is uncertain: not chosen
+    assert choose(rows).name == "teacher/gguf:q4_k_m"  # the faster student is uncertain: not chosen
     lines = verdict(report(rows, "teacher/gguf:q4_k_m"))
     assert "chosen teacher/gguf:q4_k_m" in lines[0] and lines[1].startswith("Quantizing the teacher is enough for box")
     assert "Nearest miss: student/gguf:q4_k_m" in lines[2] and "(uncertain)" in lines[2]
     # a student that clears the floor and is faster is chosen, and the verdict gives its speed-up
     sure = _row("student/gguf:q4_k_m", 0.7, 0.2, 300)
     rows = [rows[0], teacher_q4, sure]
-    assert choose(rows)["name"] == "student/gguf:q4_k_m"
+    assert choose(rows).name == "student/gguf:q4_k_m"
     lines = verdict(report(rows, "student/gguf:q4_k_m"))
     assert "3.00x the decode speed of the best teacher variant" in lines[1]
     # no teacher variant qualifies: only a student fits
@@ -201,24 +209,30 @@ def test_teacher_variants_compete_and_an_uncertain_floor_is_not_passed():
 def test_budget_margins_and_the_uncertain_mark(tmp_path):
     target = _profile(tmp_path, "1GB")
     dom = {"mean_kl": 0.5, "mean_kl_ci": [0.45, 0.55], "top1_agreement": 0.6, "top1_agreement_ci": [0.58, 0.62]}
-    row = {"speed": {"peak_rss_bytes": 750e6, "ttft_s": 1.0, "decode_tokens_per_s": 0.25},
-           "quality": {"in_domain": {"overall": dom}, "against": "reference"}}
+    speed = {"peak_rss_bytes": 750e6, "ttft_s": 1.0, "decode_tokens_per_s": 0.25}
+    row = _bare(speed=speed, quality={"in_domain": {"overall": dom}, "against": "reference"})
     b = check_budgets(row, target, graded_eval=False)
-    assert b["memory"]["pass"] and b["memory"]["margin_share"] == pytest.approx(0.25)
-    assert not b["decode_tokens_per_s"]["pass"] and b["decode_tokens_per_s"]["margin_share"] == pytest.approx(-0.5)
-    assert b["in_domain_mean_kl"]["status"] == "pass" and b["in_domain_top1"]["status"] == "pass"  # floors 1.0, 0.3
+    assert b["memory"].passed and b["memory"].margin_share == pytest.approx(0.25)
+    assert not b["decode_tokens_per_s"].passed and b["decode_tokens_per_s"].margin_share == pytest.approx(-0.5)
+    assert b["in_domain_mean_kl"].status == "pass" and b["in_domain_top1"].status == "pass"  # floors 1.0, 0.3
     assert "answer_agreement" not in b
-    assert check_budgets({"speed": None, "quality": None}, target)["answer_agreement"]["note"] == "not measured"
+    assert check_budgets(_bare(), target)["answer_agreement"].note == "not measured"
     near = {**dom, "mean_kl": 0.98, "mean_kl_ci": [0.9, 1.05], "top1_agreement": 0.28,
             "top1_agreement_ci": [0.25, 0.31]}
-    b = check_budgets({**row, "quality": {"in_domain": {"overall": near}, "against": "reference"}}, target,
+    b = check_budgets(_bare(speed=speed, quality={"in_domain": {"overall": near}, "against": "reference"}), target,
                       graded_eval=False)
-    assert b["in_domain_mean_kl"]["status"] == "uncertain" and not b["in_domain_mean_kl"]["pass"]  # point inside
-    assert b["in_domain_top1"]["status"] == "uncertain" and not b["in_domain_top1"]["pass"]  # point outside
+    assert b["in_domain_mean_kl"].status == "uncertain" and not b["in_domain_mean_kl"].passed  # point inside
+    assert b["in_domain_top1"].status == "uncertain" and not b["in_domain_top1"].passed  # point outside
     # without a teacher reference, a bundle's export-time numbers (against its own source) do not meet the floor
-    own = check_budgets({**row, "quality": {**row["quality"], "against": "source model (export-time validation)"}},
+    own = check_budgets(_bare(speed=speed, quality={"in_domain": {"overall": dom},
+                                                    "against": "source model (export-time validation)"}),
                         target, graded_eval=False)
-    assert not own["in_domain_mean_kl"]["pass"] and "--teacher" in own["in_domain_mean_kl"]["note"]
+    assert not own["in_domain_mean_kl"].passed and "--reference" in own["in_domain_mean_kl"].note
+    # what bench.json holds reads back as the same row
+    from edgedistill.bench.rows import Row
+
+    row.budgets = b
+    assert Row.from_dict(row.as_dict()) == row
 
 
 def test_bandwidth_probe_gives_a_plausible_rate():

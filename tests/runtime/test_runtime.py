@@ -12,7 +12,7 @@ import pytest
 
 from edgedistill.errors import IntegrityError
 from edgedistill.export.pipeline import ExportSettings, export_model
-from edgedistill.runtime import BundleError, GenerationConfig, LoadedModel, load
+from edgedistill.runtime import BundleError, SamplingParams, LoadedModel, load
 from edgedistill.runtime.text import Sampler, StopText
 from tests import tiny
 
@@ -200,7 +200,7 @@ def test_sampler():
     draws = {Sampler(1.0, 0.9, seed)(logits) for seed in range(30)}
     assert draws <= {1, 2} and len(draws) == 2  # top-p 0.9 keeps the two near-equal tokens only
     with pytest.raises(Exception):
-        GenerationConfig(max_tokens=0)
+        SamplingParams(max_tokens=0)
 
 
 @pytest.mark.parametrize("fmt", ["gguf-f16", "onnx-fp32"])
@@ -210,10 +210,10 @@ def test_timed_generation_yields_exactly_the_tokens_asked_for(bundles, fmt):
     _, out = bundles
     with load(out / fmt) as m:
         ids = m.encode(m.render_chat([{"role": "user", "content": "Hi"}]))
-        first = next(iter(m.generate_ids(ids, GenerationConfig(max_tokens=1))))
+        first = next(iter(m.generate_ids(ids, SamplingParams(max_tokens=1))))
         m.eos_ids = {first}  # make the greedy first token the end-of-turn: generation stops at once unless ignored
-        assert list(m.generate_ids(ids, GenerationConfig(max_tokens=24))) == []
-        assert len(list(m.generate_ids(ids, GenerationConfig(max_tokens=24, ignore_eos=True)))) == 24
+        assert list(m.generate_ids(ids, SamplingParams(max_tokens=24))) == []
+        assert len(list(m.generate_ids(ids, SamplingParams(max_tokens=24, ignore_eos=True)))) == 24
         runs = [time_generation(m, ids, 10) for _ in range(3)]
     assert all(r.new_tokens == 10 and len(r.token_latencies_s) == 9 for r in runs)
     s = summarize(runs)
@@ -264,3 +264,13 @@ runpy.run_path({str(REPO / "examples" / "support_desk.py")!r}, run_name="__main_
     bad = subprocess.run([sys.executable, str(REPO / "examples" / "support_desk.py"), str(out / "nothing")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+
+
+def test_the_earlier_name_of_sampling_params_still_works_with_a_warning():
+    import edgedistill.runtime as rt
+
+    with pytest.warns(DeprecationWarning, match="use SamplingParams"):
+        old = rt.GenerationConfig
+    assert old is rt.SamplingParams and old(max_tokens=3).max_tokens == 3
+    with pytest.raises(AttributeError):
+        rt.NoSuchThing
