@@ -164,8 +164,8 @@ def build_workspace(w: Path, teacher: Path) -> dict:
     file("list.yaml", "- 1\n- 2\n")
     file("latin1.yaml", "name: bo\u00eete\n".encode("latin-1"))
     file("unknown-key.yaml", "no_such_setting: 3\n")
-    file("wrong-type.yaml", "max_steps: many\n")
-    file("out-of-range.yaml", "max_steps: -4\nlr: 7\n")
+    file("wrong-type.yaml", "steps: many\n")
+    file("out-of-range.yaml", "steps: -4\nlr: 7\n")
     shipped = REPO / "edgedistill" / "targets" / "profiles" / "laptop.yaml"
     text = shipped.read_text()
     file("profile-bad-unit.yaml", text.replace("memory_budget:", "memory_budget: 12 parsecs #", 1))
@@ -173,7 +173,7 @@ def build_workspace(w: Path, teacher: Path) -> dict:
     file("profile-wrong-arch.yaml", text.replace("cpu_arch:", "cpu_arch: sparc64 #", 1))
     # caches
     ok_cache = w / "cache-ok"
-    proc = subprocess.run([sys.executable, "-m", "edgedistill", "cache-logits", "--data", str(f["gen-ok.jsonl"]),
+    proc = subprocess.run([sys.executable, "-m", "edgedistill", "cache-logits", "--teacher-engine", "torch", "--generations", str(f["gen-ok.jsonl"]),
                            "--out", str(ok_cache), "--k", "8"], capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"could not build the cache the cases need: {proc.stderr[-500:]}")
@@ -253,7 +253,7 @@ def cases(f: dict, teacher: Path, tmpfs: Path | None) -> list[tuple[str, list[st
     add("no such command", ["nosuch"])
     add("unknown option", ["distill", "--no-such-flag"])
     add("missing argument", ["models", "ask"])
-    add("int flag given text", ["generate", "--split", "train", "--batch-size", "abc", "--out", out("g")])
+    add("int flag given text", ["generate", "--split", "train", "--answer-batch", "abc", "--out", out("g")])
     add("choice flag bad", ["generate", "--split", "holdout", "--out", out("g")])
     # models
     for m in ("empty-dir", "no-tokenizer", "bad-config", "cut-weights", "latin1-config", "magic.gguf", "zeros.gguf",
@@ -267,36 +267,36 @@ def cases(f: dict, teacher: Path, tmpfs: Path | None) -> list[tuple[str, list[st
     # generate
     for p in ("prompts-latin1.jsonl", "prompts-not-json.jsonl", "prompts-not-object.jsonl", "prompts-no-text.jsonl",
               "prompts-dup-ids.jsonl", "prompts-empty.jsonl", "prompts-deep.jsonl"):
-        add(f"generate {p}", ["generate", "--teacher", T, "--prompts", f[p], "--out", out("g.jsonl")])
-    add("generate no prompts nor split", ["generate", "--teacher", T, "--out", out("g.jsonl")])
+        add(f"generate {p}", ["generate", "--teacher-engine", "torch", "--teacher", T, "--prompts", f[p], "--out", out("g.jsonl")])
+    add("generate no prompts nor split", ["generate", "--teacher-engine", "torch", "--teacher", T, "--out", out("g.jsonl")])
     add("generate prompts and split", ["generate", "--prompts", ok_p, "--split", "train", "--out", out("g.jsonl")])
     add("generate temperature 0", ["generate", "--prompts", ok_p, "--sample", "--temperature", "0", "--out", out("g")])
-    add("generate no-tokenizer teacher", ["generate", "--teacher", f["no-tokenizer"], "--prompts", ok_p, "--out",
+    add("generate no-tokenizer teacher", ["generate", "--teacher-engine", "torch", "--teacher", f["no-tokenizer"], "--prompts", ok_p, "--out",
                                           out("g.jsonl")])
-    add("generate into another teacher's file", ["generate", "--teacher", T, "--prompts", ok_p, "--out",
+    add("generate into another teacher's file", ["generate", "--teacher-engine", "torch", "--teacher", T, "--prompts", ok_p, "--out",
                                                   f["gen-other-teacher.jsonl"]])
-    add("generate --out blocked", ["generate", "--teacher", T, "--prompts", ok_p, "--out", f"{blk}/g.jsonl"])
+    add("generate --out blocked", ["generate", "--teacher-engine", "torch", "--teacher", T, "--prompts", ok_p, "--out", f"{blk}/g.jsonl"])
     add("generate --config deep", ["generate", "--config", f["deep.yaml"], "--prompts", ok_p, "--out", out("g")])
     # prune
-    add("prune no-tokenizer", ["prune", f["no-tokenizer"], "--layers", "2", "--out", out("p")])
-    add("prune layers 0", ["prune", T, "--layers", "0", "--out", out("p")])
-    add("prune layers 99", ["prune", T, "--layers", "99", "--out", out("p")])
-    add("prune into existing", ["prune", T, "--layers", "2", "--out", f["existing-out"]])
-    add("prune --out blocked", ["prune", T, "--layers", "2", "--out", f"{blk}/p"])
-    add("prune latin-1 calibration", ["prune", T, "--layers", "2", "--calibration", f["prompts-latin1.jsonl"],
+    add("prune no-tokenizer", ["prune", "--teacher", f["no-tokenizer"], "--teacher-width", "--layers", "2", "--out", out("p")])
+    add("prune layers 0", ["prune", "--teacher", T, "--teacher-width", "--layers", "0", "--out", out("p")])
+    add("prune layers 99", ["prune", "--teacher", T, "--teacher-width", "--layers", "99", "--out", out("p")])
+    add("prune into existing", ["prune", "--teacher", T, "--teacher-width", "--layers", "2", "--out", f["existing-out"]])
+    add("prune --out blocked", ["prune", "--teacher", T, "--teacher-width", "--layers", "2", "--out", f"{blk}/p"])
+    add("prune latin-1 calibration", ["prune", "--teacher", T, "--teacher-width", "--layers", "2", "--calibration", f["prompts-latin1.jsonl"],
                                       "--out", out("p")])
     # cache-logits
-    add("cache-logits k 0", ["cache-logits", "--data", ok_gen, "--k", "0", "--out", out("c")])
-    add("cache-logits into existing", ["cache-logits", "--data", ok_gen, "--out", f["existing-out"]])
-    add("cache-logits no-response data", ["cache-logits", "--data", f["gen-no-response.jsonl"], "--out", out("c")])
-    add("cache-logits latin-1 data", ["cache-logits", "--data", f["gen-latin1.jsonl"], "--out", out("c")])
-    add("cache-logits --out blocked", ["cache-logits", "--data", ok_gen, "--out", f"{blk}/c"])
+    add("cache-logits k 0", ["cache-logits", "--teacher-engine", "torch", "--generations", ok_gen, "--k", "0", "--out", out("c")])
+    add("cache-logits into existing", ["cache-logits", "--teacher-engine", "torch", "--generations", ok_gen, "--out", f["existing-out"]])
+    add("cache-logits no-response data", ["cache-logits", "--teacher-engine", "torch", "--generations", f["gen-no-response.jsonl"], "--out", out("c")])
+    add("cache-logits latin-1 data", ["cache-logits", "--teacher-engine", "torch", "--generations", f["gen-latin1.jsonl"], "--out", out("c")])
+    add("cache-logits --out blocked", ["cache-logits", "--teacher-engine", "torch", "--generations", ok_gen, "--out", f"{blk}/c"])
     # distill
-    d = ["distill", "--student", T, "--data", ok_gen]
+    d = ["distill", "--student", T, "--generations", ok_gen]
     add("distill truncated cache", [*d, "--logit-cache", f["cache-cut"], "--out", out("d")])
     add("distill cache without cache.json", [*d, "--logit-cache", f["cache-no-meta"], "--out", out("d")])
     add("distill lr 5", [*d, "--lr", "5", "--out", out("d")])
-    add("distill steps -1", [*d, "--max-steps", "-1", "--out", out("d")])
+    add("distill steps -1", [*d, "--steps", "-1", "--out", out("d")])
     add("distill max-time 5 parsecs", [*d, "--max-time", "5parsecs", "--out", out("d")])
     add("distill loss unknown", [*d, "--loss", "cosine", "--out", out("d")])
     add("distill beta without jsd", [*d, "--beta", "0.5", "--out", out("d")])
@@ -330,11 +330,11 @@ def cases(f: dict, teacher: Path, tmpfs: Path | None) -> list[tuple[str, list[st
                                    out("b")])
     add("bench --out blocked", ["bench", f["bundle-escape"], "--target", "laptop", "--out", f"{blk}/b"])
     # eval, data, safety, run
-    add("eval --json-out blocked", ["eval", T, "--limit", "1", "--json-out", f"{blk}/e.json"])
+    add("eval --out blocked", ["eval", T, "--limit", "1", "--out", f"{blk}/e.json"])
     add("eval no-tokenizer", ["eval", f["no-tokenizer"], "--limit", "1"])
-    add("data split latin-1", ["data", "split", f["prompts-latin1.jsonl"], "--out-dir", out("s")])
-    add("data split fractions", ["data", "split", ok_p, "--fractions", "0.5,0.5", "--out-dir", out("s")])
-    add("data split --out-dir blocked", ["data", "split", ok_p, "--out-dir", f"{blk}/s"])
+    add("data split latin-1", ["data", "split", f["prompts-latin1.jsonl"], "--out", out("s")])
+    add("data split fractions", ["data", "split", ok_p, "--fractions", "0.5,0.5", "--out", out("s")])
+    add("data split --out blocked", ["data", "split", ok_p, "--out", f"{blk}/s"])
     add("safety eval --out blocked", ["safety", "eval", T, "--out", f"{blk}/s.json"])
     add("safety eval no-tokenizer", ["safety", "eval", f["no-tokenizer"]])
     add("safety reapply --out blocked", ["safety", "reapply", "--student", T, "--out", f"{blk}/r"])
@@ -361,19 +361,19 @@ def cases(f: dict, teacher: Path, tmpfs: Path | None) -> list[tuple[str, list[st
     # a full disk: a file-size limit (EFBIG), and a real one (ENOSPC) on a small tmpfs where one could be mounted
     quick = ["--chunks", "1", "--chunk-len", "32"]
     mb = 2**20
-    add("full disk (limit): data split", ["data", "split", f["prompts-2m.jsonl"], "--out-dir", out("s")],
+    add("full disk (limit): data split", ["data", "split", f["prompts-2m.jsonl"], "--out", out("s")],
         fault=Fault(fsize=100_000))
     add("full disk (limit): export gguf q8_0", ["export", T, "--variant", "gguf:q8_0", *quick, "--out", out("e")],
         fault=Fault(fsize=50 * mb))
     add("full disk (limit): export onnx fp32", ["export", T, "--variant", "onnx:fp32", *quick, "--out", out("e")],
         fault=Fault(fsize=50 * mb))
-    add("full disk (limit): prune", ["prune", T, "--layers", "2", "--out", out("p")], fault=Fault(fsize=50 * mb))
-    add("full disk (limit): cache-logits", ["cache-logits", "--data", f["gen-long.jsonl"], "--k", "64", "--out",
+    add("full disk (limit): prune", ["prune", "--teacher", T, "--teacher-width", "--layers", "2", "--out", out("p")], fault=Fault(fsize=50 * mb))
+    add("full disk (limit): cache-logits", ["cache-logits", "--teacher-engine", "torch", "--generations", f["gen-long.jsonl"], "--k", "64", "--out",
                                              out("c")], fault=Fault(fsize=100_000))
     if tmpfs is not None:
         add("full disk (tmpfs 64 MiB): export gguf q8_0", ["export", T, "--variant", "gguf:q8_0", *quick, "--out",
                                                             tmpfs / "64m" / "e"])
-        add("full disk (tmpfs 1 MiB): data split", ["data", "split", f["prompts-2m.jsonl"], "--out-dir",
+        add("full disk (tmpfs 1 MiB): data split", ["data", "split", f["prompts-2m.jsonl"], "--out",
                                                      tmpfs / "1m" / "s"])
     # signals while children run: every child stops with the command; SIGKILL's children die with it
     bench = ["bench", f["bundle-ok"], "--target", "laptop", "--out", out("b")]

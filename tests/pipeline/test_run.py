@@ -64,20 +64,20 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     # the floors here (KL 50, top-1 0) let every tiny variant pass, so that the trip reaches a choice; that the
     # quality floor takes part in the choice is shown on the same rows: a KL floor just under the chosen variant's
     # mean KL rules it out
-    from edgedistill.bench import check_budgets, choose
+    from edgedistill.bench import Row, check_budgets, choose
     from edgedistill.targets import load_target
 
-    rows = report["variants"]
-    picked = next(r for r in rows if r["name"] == report["chosen"])
-    kl = picked["quality"]["in_domain"]["overall"]["mean_kl"]
-    assert kl < 50 and check_budgets(picked, load_target(profile))["in_domain_mean_kl"]["pass"]
+    rows = [Row.from_dict(r) for r in report["variants"]]
+    picked = next(r for r in rows if r.name == report["chosen"])
+    kl = picked.quality["in_domain"]["overall"]["mean_kl"]
+    assert kl < 50 and check_budgets(picked, load_target(profile))["in_domain_mean_kl"].passed
     profile.write_text(PROFILE.replace("max_mean_kl: 50", f"max_mean_kl: {kl * 0.999:.6g}"))
     tight = load_target(profile)
     for r in rows:
-        graded = "answer_agreement" in r["budgets"]
-        r["budgets"] = {} if r["reference"] else check_budgets(r, tight, graded_eval=graded)
+        graded = "answer_agreement" in r.budgets
+        r.budgets = {} if r.reference else check_budgets(r, tight, graded_eval=graded)
     again_chosen = choose(rows, tight.objective)
-    assert again_chosen is None or again_chosen["name"] != picked["name"]
+    assert again_chosen is None or again_chosen.name != picked.name
     profile.write_text(PROFILE)
     assert json.loads((out / "run.json").read_text())["chosen"] == first["chosen"]
 

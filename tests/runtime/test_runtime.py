@@ -11,20 +11,15 @@ import sys
 import pytest
 
 from edgedistill.errors import IntegrityError
-from edgedistill.export.pipeline import ExportSettings, export_model
 from edgedistill.runtime import BundleError, SamplingParams, LoadedModel, load
 from edgedistill.runtime.text import Sampler, StopText
-from tests import tiny
 
 pytestmark = pytest.mark.slow  # end-to-end trips over shared tiny bundles: make test, not the quick loop
 
 
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rt")
-    model = tiny.build_model_dir(root / "m", init_std=0.15, layers=3)
-    export_model(str(model), root / "b", ExportSettings(variants=["gguf:f16", "onnx:fp32"], chunks=1, chunk_len=32))
-    return model, root / "b"
+@pytest.fixture
+def bundles(tiny_bundles):
+    return tiny_bundles
 
 
 @pytest.mark.parametrize("fmt", ["gguf-f16", "onnx-fp32"])

@@ -21,9 +21,7 @@ import httpx
 import openai
 import pytest
 
-from edgedistill.export.pipeline import ExportSettings, export_model
 from edgedistill.runtime import load
-from tests import tiny
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow  # end-to-end trips over shared tiny bundles: make test, not the quick loop
@@ -32,12 +30,9 @@ KEY = "s3cret-key-for-tests"
 MSGS = [{"role": "user", "content": "Where is my order?"}]
 
 
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("serve")
-    model = tiny.build_model_dir(root / "m", init_std=0.15, layers=3)
-    export_model(str(model), root / "b", ExportSettings(variants=["gguf:f16", "onnx:fp32"], chunks=1, chunk_len=32))
-    return root / "b"
+@pytest.fixture
+def bundles(tiny_bundles) -> Path:
+    return tiny_bundles[1]
 
 
 @contextlib.contextmanager
