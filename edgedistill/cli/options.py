@@ -41,7 +41,9 @@ def settings_options(cls, *, skip: tuple[str, ...] = ()):
 
     def decorate(fn):
         hints = _hints(cls)
-        for f in reversed(fields(cls)):
+        own = set(vars(cls).get("__annotations__", {}))  # the command's own fields first, then the inherited knobs
+        ordered = [f for f in fields(cls) if f.name in own] + [f for f in fields(cls) if f.name not in own]
+        for f in reversed(ordered):
             if f.name in skip or not f.metadata.get("cli", True):
                 continue
             m, tp = f.metadata, _base(hints[f.name])
