@@ -300,7 +300,7 @@ def cases(f: dict, teacher: Path, tmpfs: Path | None) -> list[tuple[str, list[st
     add("distill max-time 5 parsecs", [*d, "--max-time", "5parsecs", "--out", out("d")])
     add("distill loss unknown", [*d, "--loss", "cosine", "--out", out("d")])
     add("distill beta without jsd", [*d, "--beta", "0.5", "--out", out("d")])
-    add("distill student no-tokenizer", ["distill", "--student", f["no-tokenizer"], "--data", ok_gen, "--out", out("d")])
+    add("distill student no-tokenizer", ["distill", "--student", f["no-tokenizer"], "--generations", ok_gen, "--out", out("d")])
     add("distill --resume nothing", [*d, "--resume", "--out", out("d")])
     add("distill --out blocked", [*d, "--out", f"{blk}/d"])
     for y in ("deep.yaml", "malformed.yaml", "list.yaml", "latin1.yaml", "unknown-key.yaml", "wrong-type.yaml",
@@ -352,7 +352,7 @@ def cases(f: dict, teacher: Path, tmpfs: Path | None) -> list[tuple[str, list[st
     add("generate url 100k characters", ["generate", *o, "--teacher-url", "http://[" + "x" * 100_000, "--out",
                                          out("g.jsonl")])
     add("safety eval content a number", ["safety", "eval", T, "--data", f["suite-number"]])
-    add("distill content a number", ["distill", "--student", T, "--data", f["gen-number.jsonl"], "--out", out("d")])
+    add("distill content a number", ["distill", "--student", T, "--generations", f["gen-number.jsonl"], "--out", out("d")])
     add("models info config only", ["models", "info", f["config-only"]])
     add("export config only", ["export", f["config-only"], "--variant", "gguf:q8_0", "--out", out("e")])
     add("targets show alias bomb", ["targets", "show", f["laughs.yaml"]])
