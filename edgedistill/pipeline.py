@@ -26,7 +26,7 @@ from edgedistill.checked import read_json
 from edgedistill.bench.settings import BenchSettings
 from edgedistill.data.generate import DecodeSettings
 from edgedistill.distill.settings import LossSettings, TrainSettings
-from edgedistill.distill.stage import PruneSettings
+from edgedistill.distill.stage import CacheSettings, PruneSettings
 from edgedistill.engines import EngineSettings
 from edgedistill.errors import EdgeDistillError, UnsupportedError
 from edgedistill.models.registry import DEFAULT_TEACHER
@@ -52,6 +52,7 @@ class RunSettings(EngineSettings, TrainSettings, LossSettings):
                                         min=1)
     val_prompts: int | None = setting(4, "Validation prompts per domain.", min=1)
     max_new_tokens: int = like(DecodeSettings, "max_new_tokens")
+    allow_empty: bool = like(CacheSettings, "allow_empty")
     layers: int | None = like(PruneSettings, "layers")
     hw_friendly: bool = like(PruneSettings, "hw_friendly")
     cached_teacher: bool = setting(True, "Distill from the teacher's top-64 log-probs of its answers, scored once by "
@@ -208,7 +209,7 @@ def plan_run(settings: RunSettings) -> Plan:
     the prompts) but loading no model."""
     from edgedistill.data import default_data_dir
     from edgedistill.data.stage import GenerateSettings, select_prompts
-    from edgedistill.distill.stage import CacheSettings, DistillSettings
+    from edgedistill.distill.stage import DistillSettings
     from edgedistill.engines import identity
     from edgedistill.export.pipeline import ExportSettings
     from edgedistill.models.fingerprint import model_fingerprint
@@ -253,12 +254,14 @@ def plan_run(settings: RunSettings) -> Plan:
                      "engine": identity(gen["train"].build().engine_spec(str(teacher_dir)))[2]},
         "cache": StageSpec(CacheSettings, dict(teacher=str(teacher_dir), generations=[train_data], out=cache_dir, k=64,
                                                max_length=settings.max_length, teacher_engine=settings.teacher_engine,
-                                               teacher_gguf_type=settings.teacher_gguf_type)),
+                                               teacher_gguf_type=settings.teacher_gguf_type,
+                                               allow_empty=settings.allow_empty)),
         "prune": StageSpec(PruneSettings, dict(teacher=str(teacher_dir), out=student_init, layers=settings.layers,
                                                hw_friendly=settings.hw_friendly, data_dir=data_dir)),
         "distill": StageSpec(DistillSettings, dict(
             teacher=str(teacher_dir), student=str(student_init), generations=[train_data], validation=[val_data],
-            out=folder["distill"], keep_checkpoints=False, logit_cache=cache_dir if use_cache else None, **train)),
+            out=folder["distill"], keep_checkpoints=False, logit_cache=cache_dir if use_cache else None,
+            allow_empty=settings.allow_empty, **train)),
         "export-teacher": StageSpec(ExportSettings, dict(variants=[reference, *teacher_formats], force=True,
                                                          target=target.name, data_dir=data_dir)),
         "export": StageSpec(ExportSettings, dict(variants=formats, force=True, target=target.name, data_dir=data_dir)),
@@ -313,7 +316,7 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
             with progress() as p:
                 r = generate_data(spec.build(), teacher=teacher(), prompts=plan.prompts[split], progress=p)
             info[split] = {"prompts": len(plan.prompts[split]), "written": r.written,
-                           "hit_max_tokens": r.hit_max_tokens}
+                           "hit_max_tokens": r.hit_max_tokens, "empty": r.empty}
         return info
 
     st.run("generate", keys["generate"], gen)

@@ -30,6 +30,7 @@ def generate_cmd(**flags):
     click.echo(f"{s.out}: wrote {r.written} new responses, {r.already_done} were already there"
                + (f", {r.skipped_too_long} prompts longer than the context skipped" if r.skipped_too_long else "")
                + (f", {r.hit_max_tokens} cut at --max-new-tokens" if r.hit_max_tokens else "")
+               + (f", {r.empty} empty (distill refuses them unless --allow-empty)" if r.empty else "")
                + (f", {r.text_only} kept without log-probabilities (their tokens are not their text's encoding)"
                   if r.text_only else ""))
 

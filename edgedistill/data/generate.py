@@ -52,6 +52,7 @@ class GenerateReport:
     skipped_too_long: int = 0
     hit_max_tokens: int = 0
     text_only: int = 0  # with logprobs: answers kept without the teacher's top-k (tokens not their text's encoding)
+    empty: int = 0  # answers that are empty or only whitespace (kept in the file; distill refuses them by default)
 
 
 def chat_batches(model, tokenizer, conversations: Sequence[Sequence[dict]], settings: DecodeSettings,
@@ -179,3 +180,4 @@ def _answer_all(e, pending, out: Path, settings, logprobs, recorded, report, pro
             f.flush()
             report.written += 1
             report.hit_max_tokens += a.finish == "length"
+            report.empty += not a.text.strip()

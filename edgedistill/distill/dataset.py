@@ -44,9 +44,11 @@ def examples_fingerprint(examples: Sequence[dict]) -> str:
     return h.hexdigest()[:16]
 
 
-def load_generations(paths: Sequence[Path]) -> list[dict]:
-    """Records with `messages` and `response` (what `edgedistill generate` writes), from one or more files."""
-    out, seen = [], set()
+def load_generations(paths: Sequence[Path], *, allow_empty: bool = False) -> list[dict]:
+    """Records with `messages` and `response` (what `edgedistill generate` writes), from one or more files. An
+    answer that is empty or only whitespace teaches the student to say nothing: refused, with the count and the
+    first one, unless `allow_empty`."""
+    out, seen, empty = [], set(), []
     for path in paths:
         for n, rec in read_jsonl(Path(path)):
             try:
@@ -61,8 +63,13 @@ def load_generations(paths: Sequence[Path]) -> list[dict]:
                 raise DataError(f"{path}:{n}: duplicate id {rid!r}")
             seen.add(rid)
             out.append({**rec, "id": rid})
+            if not rec["response"].strip():
+                empty.append(f"{path}:{n} (id {rid})")
     if not out:
         raise DataError(f"no training records in {', '.join(map(str, paths))}")
+    if empty and not allow_empty:
+        raise DataError(f"{len(empty)} of {len(out)} teacher answers are empty or only whitespace (first: {empty[0]}); "
+                        "they would teach the student to say nothing: regenerate or remove them, or pass --allow-empty")
     return out
 
 

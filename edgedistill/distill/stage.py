@@ -92,6 +92,8 @@ class CacheSettings(EngineSettings):
     k: int = setting(64, "Log-probabilities kept per token (openai: at most what the records hold).", min=1)
     max_length: int = like(TrainSettings, "max_length")  # the cache is read by a distill with the same length
     batch_size: int = like(TrainSettings, "batch_size")
+    allow_empty: bool = setting(False, "Keep teacher answers that are empty or only whitespace (refused by default: "
+                                       "they teach the student to say nothing).")
     shard_tokens: int = setting(1 << 20, "Response tokens per shard file (training memory-maps the shards and "
                                          "reads one batch's rows at a time).", min=1)
 
@@ -110,7 +112,7 @@ def cache_logits(s: CacheSettings, *, progress=None) -> dict:
         raise EdgeDistillError(f"{s.out} already exists; choose another --out or delete it")
     check_writable_dir(Path(s.out).parent, "--out folder")
     spec = s.engine_spec(s.teacher)
-    records = load_generations(s.generations)
+    records = load_generations(s.generations, allow_empty=s.allow_empty)
     extra = {"settings.yaml": lambda p: write_settings(s, p)}
     if s.teacher_engine == "openai":
         teacher_id, fingerprint, engine = identity(spec)
@@ -160,8 +162,21 @@ class DistillSettings(TrainSettings, LossSettings):
                                          "repeatable.", exists="file")
     out: Path = setting(None, "Run folder; the student is written to OUT/student.", required=True)
     keep_checkpoints: bool = setting(True, "Keep OUT/checkpoints after the student is written.", key=False)
+    allow_empty: bool = like(CacheSettings, "allow_empty")
     logit_cache: Path | None = setting(None, "Train from the teacher's cached top-k log-probs (edgedistill "
                                              "cache-logits) instead of running it.", exists="dir")
+
+
+def _same_teacher(teacher: str, fingerprint: str, records: list[dict], flag: str) -> None:
+    """Records that name the teacher that wrote them (what `generate` writes) must name this one: text from one
+    teacher and log-probabilities or validation KL from another are never mixed. Records that name no teacher
+    (written by hand) are taken as they are."""
+    other = sorted({f"{r.get('teacher')!r} (fingerprint {r['teacher_fingerprint']})" for r in records
+                    if r.get("teacher_fingerprint") and r["teacher_fingerprint"] != fingerprint})
+    if other:
+        raise EdgeDistillError(f"{flag} were written by teacher {', '.join(other)}, not by --teacher {teacher!r} "
+                               f"(fingerprint {fingerprint}); distilling would mix two teachers: pass --teacher naming "
+                               "the model that wrote them, or generate them again with this one")
 
 
 def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=None, echo=None) -> dict:
@@ -190,18 +205,24 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     from edgedistill.distill.train import resolve_precision
 
     precision, why = resolve_precision(s.precision)  # an explicit choice this machine cannot run: refused now
-    records = load_generations(s.generations)
+    records = load_generations(s.generations, allow_empty=s.allow_empty)
+    val_records = load_generations(s.validation, allow_empty=s.allow_empty) if s.validation else []
     meta = lc.describe(s.logit_cache) if s.logit_cache is not None else None
     if meta is not None and lc.served(meta):  # a served teacher: the cache is all there is of it
         if s.on_policy or s.validation:
             raise EdgeDistillError(f"{s.logit_cache} holds a served teacher's log-probabilities: on-policy steps and "
                                    "--validation need a local teacher; drop them or pass that teacher's own model")
         if {r.get("teacher_fingerprint") for r in records} != {meta["teacher_fingerprint"]}:
-            raise lc.StaleCacheError(f"{s.logit_cache} was made from {meta['teacher']!r}'s records, and --data holds "
-                                     "other teachers' answers; pass the records the cache was made from")
+            raise lc.StaleCacheError(f"{s.logit_cache} was made from {meta['teacher']!r}'s records, and "
+                                     "--generations holds other teachers' answers; pass the records the cache was "
+                                     "made from")
+        s = s.replace(teacher=str(meta["teacher"]))  # the teacher this run learns from, in its report and settings
         s_pair = load_model(s.student, attn_implementation=s.attention)
         t_pair, teacher_fp = (None, s_pair[1]), meta["teacher_fingerprint"]
     else:
+        teacher_fp = spec_fingerprint(s.teacher)
+        _same_teacher(s.teacher, teacher_fp, records, "--generations")  # before any model loads
+        _same_teacher(s.teacher, teacher_fp, val_records, "--validation")
         if teacher is not None:
             t_pair = teacher
         elif meta is not None and s.on_policy == 0 and not s.validation:
@@ -209,7 +230,6 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
         else:
             t_pair = load_model(s.teacher, attn_implementation=s.attention)
         s_pair = load_model(s.student, attn_implementation=s.attention)
-        teacher_fp = spec_fingerprint(s.teacher)
     train_set = encode(t_pair[1], records, s.max_length)  # what a logit cache was built on
     inputs = {"teacher": teacher_fp, "student_init": spec_fingerprint(s.student)}
     cache = None
@@ -227,7 +247,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
               "train_sequences": len(train_set.examples), "truncated": train_set.truncated,
               "parameters": model.num_parameters()}
     if s.validation:
-        val = encode(t_pair[1], load_generations(s.validation), s.max_length)
+        val = encode(t_pair[1], val_records, s.max_length)
         report["validation"] = agreement_with_teacher(t_pair[0], model, val.examples, t_pair[1].pad_token_id)
     import torch.distributed as dist
 

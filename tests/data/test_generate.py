@@ -98,3 +98,26 @@ def test_prompt_longer_than_context_is_skipped(tiny_model_dir, tiny, tmp_path):
 def test_settings_are_validated():
     with pytest.raises(EdgeDistillError, match="temperature=0.*top_p=2"):
         DecodeSettings(temperature=0, top_p=2)
+
+
+def test_empty_answers_are_counted_and_refused_as_training_data(tiny_model_dir, tmp_path):
+    """A teacher that ends its turn at once writes empty answers: generate counts them, distill's loader refuses
+    them in one line (count and first record) unless allow_empty."""
+    import torch
+
+    from edgedistill.distill.dataset import load_generations
+    from edgedistill.models import load_model
+
+    model, tok = load_model(str(tiny_model_dir))
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[tok.eos_token_id] = 10.0  # end of turn is the first token of every answer
+    model.lm_head = head
+    out = tmp_path / "gen.jsonl"
+    r = generate(str(tiny_model_dir), _prompts()[:3], out, DecodeSettings(max_new_tokens=8), loaded=(model, tok))
+    assert (r.written, r.empty) == (3, 3)
+    with pytest.raises(DataError, match=r"3 of 3 teacher answers are empty .*gen.jsonl:1 \(id p0\).*--allow-empty"):
+        load_generations([out])
+    assert len(load_generations([out], allow_empty=True)) == 3

@@ -205,3 +205,18 @@ def test_two_process_job_matches_one_process(pair, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-3), k
+
+
+def test_distill_refuses_another_teachers_generations(tiny_model_dir, tmp_path):
+    """Generations record the teacher that wrote them; distilling them with another --teacher (whose logits and
+    validation KL would be mixed with the first one's text) is refused before any model loads, naming both."""
+    from edgedistill.distill.stage import DistillSettings, distill
+
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text(json.dumps({"id": "a", "messages": [{"role": "user", "content": "Hi"}], "response": "Hello.",
+                               "teacher": "served-model", "teacher_fingerprint": "0123456789abcdef"}) + "\n")
+    with pytest.raises(EdgeDistillError, match=r"--generations were written by teacher 'served-model' \(fingerprint "
+                                               r"0123456789abcdef\), not by --teacher .*tiny-llama"):
+        distill(DistillSettings(teacher=str(tiny_model_dir), student=str(tiny_model_dir), generations=[gen],
+                                out=tmp_path / "run", steps=1))
+    assert not (tmp_path / "run" / "student").exists()

@@ -135,6 +135,11 @@ def test_served_logprobs_become_a_cache_a_student_trains_from(chatty, serve, tmp
                                      out=tmp_path / "run", steps=2, batch_size=2, grad_accum=1, max_length=96,
                                      warmup_steps=0))
     assert report["steps"] == 2 and (tmp_path / "run" / "student" / "config.json").is_file()
+    # the run names the teacher it learnt from (the served one), not the local default it never loaded
+    import yaml
+
+    assert report["teacher"] == "chatty"
+    assert yaml.safe_load((tmp_path / "run" / "settings.yaml").read_text())["teacher"] == "chatty"
 
 
 def test_another_tokenizer_is_refused_with_both_tokenizations(chatty, serve, tmp_path):
