@@ -44,27 +44,56 @@ def examples_fingerprint(examples: Sequence[dict]) -> str:
     return h.hexdigest()[:16]
 
 
-def load_generations(paths: Sequence[Path], *, allow_empty: bool = False) -> list[dict]:
-    """Records with `messages` and `response` (what `edgedistill generate` writes), from one or more files. An
-    answer that is empty or only whitespace teaches the student to say nothing: refused, with the count and the
-    first one, unless `allow_empty`."""
+def _targets(rec, turns: str) -> list[dict]:
+    """The training examples of one record: itself when it has a `response` (what `generate` writes); for a logged
+    conversation (`messages` with assistant turns, TRL's and the vendors' fine-tuning format), every assistant turn
+    (or the last) as the response to the conversation before it."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list):
+        raise ValueError("a training record needs 'messages' (a list) with a 'response' string (what `edgedistill "
+                         "generate` writes), or 'messages' that hold assistant turns (a logged conversation)")
+    if isinstance(rec.get("response"), str):
+        parse_messages(rec)  # the messages, checked as every prompt file's are
+        return [rec]
+    msgs = rec["messages"]
+    at = [i for i, m in enumerate(msgs) if isinstance(m, dict) and m.get("role") == "assistant"]
+    if not at:
+        raise ValueError("no 'response' and no assistant turn in 'messages': a prompt without an answer goes through "
+                         "`edgedistill generate` first")
+    rest = {k: v for k, v in rec.items() if k not in ("messages", "response")}
+    out = []
+    for i in at[-1:] if turns == "last" else at:
+        if not isinstance(msgs[i].get("content"), str):
+            raise ValueError(f"message {i} needs a string content")
+        try:
+            context = parse_messages({"messages": msgs[:i]})
+        except ValueError as e:
+            raise ValueError(f"the assistant turn at message {i}: {e}") from None
+        out.append({**rest, "messages": list(context), "response": msgs[i]["content"], "turn": i})
+    return out
+
+
+def load_generations(paths: Sequence[Path], *, allow_empty: bool = False, turns: str = "all") -> list[dict]:
+    """Training records from one or more files: what `edgedistill generate` writes (`messages` and the teacher's
+    `response`), or logged conversations (`messages` with assistant turns: every one a target with the conversation
+    before it as context, or only the last with turns="last"; ids get '#<message index>' when a conversation gives
+    several). An answer that is empty or only whitespace teaches the student to say nothing: refused, with the count
+    and the first one, unless `allow_empty`."""
     out, seen, empty = [], set(), []
     for path in paths:
         for n, rec in read_jsonl(Path(path)):
             try:
-                if not isinstance(rec, dict) or "messages" not in rec or not isinstance(rec.get("response"), str):
-                    raise ValueError("a training record needs 'messages' (list) and 'response' (string); make them "
-                                     "with `edgedistill generate`")
-                parse_messages(rec)  # the messages, checked as every prompt file's are
+                examples = _targets(rec, turns)
             except ValueError as e:
                 raise DataError(bad_line(Path(path), n, str(e))) from None
-            rid = str(rec.get("id", f"{Path(path).name}:{n}"))
-            if rid in seen:
-                raise DataError(f"{path}:{n}: duplicate id {rid!r}")
-            seen.add(rid)
-            out.append({**rec, "id": rid})
-            if not rec["response"].strip():
-                empty.append(f"{path}:{n} (id {rid})")
+            base = str(rec.get("id", f"{Path(path).name}:{n}"))
+            for ex in examples:
+                rid = f"{base}#{ex['turn']}" if len(examples) > 1 else base
+                if rid in seen:
+                    raise DataError(f"{path}:{n}: duplicate id {rid!r}")
+                seen.add(rid)
+                out.append({**ex, "id": rid})
+                if not ex["response"].strip():
+                    empty.append(f"{path}:{n} (id {rid})")
     if not out:
         raise DataError(f"no training records in {', '.join(map(str, paths))}")
     if empty and not allow_empty:

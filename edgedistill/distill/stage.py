@@ -94,6 +94,9 @@ class CacheSettings(EngineSettings):
     batch_size: int = like(TrainSettings, "batch_size")
     allow_empty: bool = setting(False, "Keep teacher answers that are empty or only whitespace (refused by default: "
                                        "they teach the student to say nothing).")
+    turns: str = setting("all", "Logged conversations (messages with assistant turns, no 'response'): train on every "
+                                "assistant turn with the conversation before it, or only the last.",
+                         choices=("all", "last"))
     shard_tokens: int = setting(1 << 20, "Response tokens per shard file (training memory-maps the shards and "
                                          "reads one batch's rows at a time).", min=1)
 
@@ -112,7 +115,7 @@ def cache_logits(s: CacheSettings, *, progress=None) -> dict:
         raise EdgeDistillError(f"{s.out} already exists; choose another --out or delete it")
     check_writable_dir(Path(s.out).parent, "--out folder")
     spec = s.engine_spec(s.teacher)
-    records = load_generations(s.generations, allow_empty=s.allow_empty)
+    records = load_generations(s.generations, allow_empty=s.allow_empty, turns=s.turns)
     extra = {"settings.yaml": lambda p: write_settings(s, p)}
     if s.teacher_engine == "openai":
         teacher_id, fingerprint, engine = identity(spec)
@@ -156,13 +159,15 @@ class DistillSettings(TrainSettings, LossSettings):
     teacher: str = setting(DEFAULT_TEACHER, "The teacher (registry name, Hugging Face folder or .gguf).")
     student: str = setting(None, "Student model with the teacher's tokenizer, e.g. from `edgedistill prune`.",
                            required=True)
-    generations: list[Path] = setting([], "Teacher generations (JSONL from `edgedistill generate`); repeatable.",
+    generations: list[Path] = setting([], "Teacher generations (JSONL from `edgedistill generate`, or logged "
+                                          "conversations with assistant turns); repeatable.",
                                       required=True, exists="file", aliases=("data",))
     validation: list[Path] = setting([], "Held-out generations for the final mean KL / top-1 agreement report; "
                                          "repeatable.", exists="file")
     out: Path = setting(None, "Run folder; the student is written to OUT/student.", required=True)
     keep_checkpoints: bool = setting(True, "Keep OUT/checkpoints after the student is written.", key=False)
     allow_empty: bool = like(CacheSettings, "allow_empty")
+    turns: str = like(CacheSettings, "turns")
     logit_cache: Path | None = setting(None, "Train from the teacher's cached top-k log-probs (edgedistill "
                                              "cache-logits) instead of running it.", exists="dir")
 
@@ -205,8 +210,8 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     from edgedistill.distill.train import resolve_precision
 
     precision, why = resolve_precision(s.precision)  # an explicit choice this machine cannot run: refused now
-    records = load_generations(s.generations, allow_empty=s.allow_empty)
-    val_records = load_generations(s.validation, allow_empty=s.allow_empty) if s.validation else []
+    records = load_generations(s.generations, allow_empty=s.allow_empty, turns=s.turns)
+    val_records = load_generations(s.validation, allow_empty=s.allow_empty, turns=s.turns) if s.validation else []
     meta = lc.describe(s.logit_cache) if s.logit_cache is not None else None
     if meta is not None and lc.served(meta):  # a served teacher: the cache is all there is of it
         if s.on_policy or s.validation:

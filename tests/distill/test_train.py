@@ -220,3 +220,39 @@ def test_distill_refuses_another_teachers_generations(tiny_model_dir, tmp_path):
         distill(DistillSettings(teacher=str(tiny_model_dir), student=str(tiny_model_dir), generations=[gen],
                                 out=tmp_path / "run", steps=1))
     assert not (tmp_path / "run" / "student").exists()
+
+
+def test_logged_conversations_are_teacher_data_as_they_are(tiny_model_dir, tmp_path):
+    """A conversation with assistant turns (TRL's and the vendors' fine-tuning format) needs no teacher call: every
+    assistant turn is a target with the conversation before it as context (or only the last), and distill trains
+    on the file as it stands."""
+    from edgedistill.data import DataError
+    from edgedistill.distill.dataset import load_generations
+    from edgedistill.distill.stage import DistillSettings, distill
+
+    logs = tmp_path / "logs.jsonl"
+    chat = [{"role": "system", "content": "You are the support desk."},
+            {"role": "user", "content": "Where is my order NW-1234?"},
+            {"role": "assistant", "content": "It left the warehouse on Monday."},
+            {"role": "user", "content": "When will it arrive?"},
+            {"role": "assistant", "content": "On Thursday, before noon."}]
+    logs.write_text(json.dumps({"id": "c1", "messages": chat}) + "\n"
+                    + json.dumps({"messages": chat[1:3]}) + "\n")
+    recs = load_generations([logs])
+    assert [r["id"] for r in recs] == ["c1#2", "c1#4", "logs.jsonl:2"]
+    assert recs[1]["messages"] == chat[:4] and recs[1]["response"] == "On Thursday, before noon."
+    assert recs[0]["messages"] == chat[:2] and recs[0]["response"] == "It left the warehouse on Monday."
+    last = load_generations([logs], turns="last")
+    assert [(r["id"], r["response"]) for r in last] == [("c1", chat[4]["content"]), ("logs.jsonl:2", chat[2]["content"])]
+    # an assistant turn with no user turn before it, and a prompt with no answer, are refused with their line
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "assistant", "content": "Hello."}]}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:1: the assistant turn at message 0: 'messages' must be a non-empty"):
+        load_generations([bad])
+    bad.write_text(json.dumps({"messages": chat[:2]}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:1: no 'response' and no assistant turn .*edgedistill generate"):
+        load_generations([bad])
+    report = distill(DistillSettings(teacher=str(tiny_model_dir), student=str(tiny_model_dir), generations=[logs],
+                                     validation=[logs], out=tmp_path / "run", steps=1, batch_size=2, grad_accum=1,
+                                     max_length=512, precision="fp32"))
+    assert report["train_sequences"] == 3 and report["validation"]["tokens"] > 0
