@@ -131,6 +131,10 @@ def _engine_words(s: RunSettings) -> str:
     return "torch engine (the teacher in float32, in process)"
 
 
+# What a stage.json records (2: the stage's outputs, relative to the run folder, which later stages read): part of
+# every key, so a run folder written before reruns its stages instead of reading a record of another shape.
+STAGE_RECORD = 2
+
 # Which stages read which: a stage's key holds the keys of the stages it reads, so a change reruns it and every stage
 # after it, and nothing else.
 READS = {"generate": (), "cache": ("generate",), "prune": (), "distill": ("prune", "generate", "cache"),
@@ -196,7 +200,7 @@ def stage_key(name: str, stage: StageSpec | dict, upstream: list, plan_root: Pat
 
     fields_ = stage.resolved() if isinstance(stage, StageSpec) else dict(stage)
     fields_.pop("out", None)
-    return _key(name, upstream, portable(fields_))
+    return _key(name, upstream, portable(fields_), STAGE_RECORD)
 
 
 def _fields_of(settings: Settings, *classes) -> dict:

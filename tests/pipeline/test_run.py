@@ -214,3 +214,19 @@ def test_every_run_setting_reruns_its_stage_and_those_after_it(tmp_path):
     profile.write_text(PROFILE.replace("min_decode_tokens_per_s: 0.5", "min_decode_tokens_per_s: 0.7"))
     moved = plan_run(base).keys
     assert {s for s in READS if moved[s] != keys[s]} == {"generate", "cache", "distill", "export", "bench"}
+
+
+def test_a_run_folder_of_another_record_shape_reruns_every_stage(tmp_path, monkeypatch):
+    """stage.json's shape is part of every key: after a change of what it records, an old run folder's stages are
+    run again rather than read as records of another shape."""
+    import edgedistill.pipeline as pipeline
+
+    teacher = tiny.build_model_dir(tmp_path / "teacher", init_std=0.15, layers=3)
+    profile = tmp_path / "tinybox.yaml"
+    profile.write_text(PROFILE)
+    base = RunSettings(target=str(profile), out=tmp_path / "run", teacher=str(teacher), train_prompts=2,
+                       val_prompts=1)
+    keys = pipeline.plan_run(base).keys
+    monkeypatch.setattr(pipeline, "STAGE_RECORD", pipeline.STAGE_RECORD - 1)
+    old = pipeline.plan_run(base).keys
+    assert set(keys) == set(old) and all(keys[s] != old[s] for s in keys)
