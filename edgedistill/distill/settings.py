@@ -9,6 +9,7 @@ defaults are the measured recipe (docs/distill.md): forward KL + cross-entropy a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from edgedistill.errors import EdgeDistillError
@@ -37,9 +38,9 @@ class LossSettings(Settings):
     loss_temperature: float = setting(1.0, "Softens both distributions inside the loss (not a sampling "
                                            "temperature).", min=0.05, max=20)
 
-    @property
+    @functools.cached_property
     def params(self) -> dict:
-        """The divergence's parameters, its defaults filled in."""
+        """The divergence's parameters, its defaults filled in (checked once: the loss reads them at every chunk)."""
         from edgedistill.distill.losses import check_params, get
 
         return check_params(get(self.loss), {k: v for k, v in (("beta", self.beta), ("alpha", self.alpha))

@@ -13,7 +13,6 @@ normalised by their own token count (the sampled lengths are not known when the 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -183,6 +182,7 @@ def _make_trainer_class():
                 self.teacher = self.accelerator.prepare_model(self.teacher, evaluation_mode=True)
             self.cache = cache
             self.loss_cfg, self.cfg, self.pad_id, self.eos_ids = loss_cfg, cfg, pad_id, set(eos_ids)
+            self.policy_loss_cfg = loss_cfg.replace(kd_weight=1.0)  # on the student's own samples: divergence alone
             self.model_accepts_loss_kwargs = True  # we use num_items_in_batch ourselves (see compute_loss)
             self.tokens_seen = 0
             self._policy_step, self._policy_on = -1, False
@@ -253,7 +253,7 @@ def _make_trainer_class():
             divergence against the teacher (live, or its top-k from the cache) mixed with cross-entropy by kd_weight;
             on the student's own samples the divergence alone (their labels are the student's guesses)."""
             ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
-            loss_cfg = dataclasses.replace(self.loss_cfg, kd_weight=1.0) if on_policy else self.loss_cfg
+            loss_cfg = self.policy_loss_cfg if on_policy else self.loss_cfg
             topk = teacher = None
             if loss_cfg.kd_weight == 0:
                 pass  # cross-entropy only: the teacher's logits are not needed
