@@ -190,8 +190,9 @@ def _native_bench(info: dict, speed: dict, settings: BenchSettings, threads: int
 
     model = Path(info["bundle"]) / open_bundle(info["bundle"], verify=False)["model_file"]
     try:
-        lb = format_of(info["format"]).native_bench(model, prompt_tokens=settings.prompt_tokens, new_tokens=settings.new_tokens,
-                         threads=threads, repeats=settings.repeats)
+        lb = format_of(info["format"]).native_bench(model, prompt_tokens=settings.prompt_tokens,
+                                                    new_tokens=settings.new_tokens, threads=threads,
+                                                    repeats=settings.repeats)
     except EdgeDistillError as e:
         return {"note": f"not measured: {e}"}
     if lb is None:

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DecodeSettings(Settings):
-    """How the teacher writes: the decoding knobs of `generate`, declared once (GenerateSettings and `run` inherit
-    them). The sampling temperature here is not the distillation loss temperature."""
+    """How the teacher writes: the decoding knobs of `generate`, declared once (GenerateSettings inherits them, `run`
+    takes max_new_tokens). The sampling temperature here is not the distillation loss temperature."""
 
     max_new_tokens: int = setting(128, "Tokens per answer at most.", min=1, max=8192)
     sample: bool = setting(False, "Sample instead of greedy decoding (greedy: reproducible data).",

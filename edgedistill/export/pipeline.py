@@ -22,7 +22,7 @@ from edgedistill.data.held_out import HeldOutSettings
 from edgedistill.data.stage import GenerateSettings
 from edgedistill.settings import Settings, like, setting
 from edgedistill.settings import write as write_settings
-from edgedistill.quantize import BuildContext, Scheme, format_of, get, unsupported_reason
+from edgedistill.quantize import BuildContext, Scheme, bundle_name, format_of, get, unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,6 @@ class VariantResult:
     error: str | None = None
 
 
-def bundle_name(scheme: Scheme) -> str:
-    from edgedistill.quantize import bundle_name as name
-
-    return name(scheme.key)
-
-
 def _check_source(model_dir: Path) -> None:
     if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
         raise InvalidModelError(
@@ -123,8 +117,8 @@ def _export(spec: str, out: Path, settings: ExportSettings, schemes, step) -> li
     from edgedistill.models.locate import save_tokenizer
 
     for s in schemes:
-        if (out / bundle_name(s)).exists():
-            raise EdgeDistillError(f"{out / bundle_name(s)} exists already; remove it or choose another --out")
+        if (out / bundle_name(s.key)).exists():
+            raise EdgeDistillError(f"{out / bundle_name(s.key)} exists already; remove it or choose another --out")
 
     ref = resolve(spec, pull=True)
     work = scratch_dir(out, ".export-work-")
@@ -191,7 +185,7 @@ class _Failed(Exception):
 
 def _one_variant(s: Scheme, ctx: BuildContext, out: Path, settings: ExportSettings, chunks, reference, source,
                  step) -> VariantResult:
-    dest = out / bundle_name(s)
+    dest = out / bundle_name(s.key)
     try:
         with atomic_dir(dest) as tmp:
             ctx.out_dir = tmp
