@@ -26,7 +26,7 @@ from edgedistill.checked import read_json
 from edgedistill.bench.settings import BenchSettings
 from edgedistill.data.generate import DecodeSettings
 from edgedistill.distill.settings import LossSettings, TrainSettings
-from edgedistill.distill.stage import CacheSettings, PruneSettings
+from edgedistill.distill.stage import CacheSettings, PruneSettings, validation_line
 from edgedistill.engines import EngineSettings
 from edgedistill.errors import EdgeDistillError, UnsupportedError
 from edgedistill.models.registry import DEFAULT_TEACHER
@@ -351,7 +351,7 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     _, distilled = st.run("distill", keys["distill"], run_distill)
     student = st.path(distilled["student"])
     echo(f"   student: {distilled['parameters'] / 1e6:.1f}M parameters after {distilled['steps']} steps, "
-         f"held-out KL {distilled['validation']['mean_kl']:.3f}, top-1 {100 * distilled['validation']['top1_agreement']:.1f}%")
+         + validation_line(distilled.get("validation")))
 
     # 5. export: the student and the teacher in every variant the profile allows (forced: the profile's floor
     #    decides, in the bench), and the teacher's exact reference file. The teacher's files are exported once

@@ -34,17 +34,19 @@ def prune_cmd(teacher_arg, **flags):
 @settings_options(DistillSettings)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 def distill_cmd(resume, **flags):
-    """Train STUDENT to imitate TEACHER on teacher generations (sequence-level + logit distillation). To re-apply
+    """Train STUDENT to imitate TEACHER on teacher generations: logit distillation where the two share a tokenizer,
+    sequence-level on the teacher's text where they do not (decided first and printed). To re-apply
     safety afterwards: `edgedistill safety reapply --student OUT/student`."""
-    from edgedistill.distill.stage import distill
+    from edgedistill.distill.pairing import WORDS
+    from edgedistill.distill.stage import distill, validation_line
     from edgedistill.progress import training_progress
 
     s = settings_from(DistillSettings, flags)
     with training_progress() as progress:
         report = distill(s, resume=resume, progress=progress, echo=lambda m: click.echo(m, err=True))
-    v = report.get("validation")
-    click.echo(f"student in {s.out / 'student'} after {report['steps']} steps"
-               + (f"; held-out mean KL {v['mean_kl']:.4f}, top-1 agreement {100 * v['top1_agreement']:.1f}%" if v else ""))
+    click.echo(f"student in {s.out / 'student'} after {report['steps']} steps of "
+               f"{WORDS[report['pairing']['kind']]}; "
+               + validation_line(report.get("validation")))
 
 
 @click.command("cache-logits")

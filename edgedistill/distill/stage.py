@@ -156,14 +156,19 @@ def cache_logits(s: CacheSettings, *, progress=None) -> dict:
 class DistillSettings(TrainSettings, LossSettings):
     """The objective and the loop (distill.settings, shared with `run`), plus what this stage reads and writes."""
 
-    teacher: str = setting(DEFAULT_TEACHER, "The teacher (registry name, Hugging Face folder or .gguf).")
-    student: str = setting(None, "Student model with the teacher's tokenizer, e.g. from `edgedistill prune`.",
-                           required=True)
+    teacher: str | None = setting(None, "The teacher: registry name, Hugging Face folder or .gguf [default: the one "
+                                        "that wrote --generations (a served teacher's records need no local model); "
+                                        f"records that name none: {DEFAULT_TEACHER}].")
+    student: str = setting(None, "Student: a registry name or Hugging Face folder of any supported family (another "
+                                 "tokenizer: sequence-level distillation), or one cut from the teacher by `edgedistill "
+                                 "prune`.", required=True)
     generations: list[Path] = setting([], "Teacher generations (JSONL from `edgedistill generate`, or logged "
                                           "conversations with assistant turns); repeatable.",
                                       required=True, exists="file", aliases=("data",))
-    validation: list[Path] = setting([], "Held-out generations for the final mean KL / top-1 agreement report; "
-                                         "repeatable.", exists="file")
+    validation: list[Path] = setting([], "Held-out generations: the student before and after is measured against "
+                                         "them (one tokenizer: mean KL and top-1 agreement; another: chrF to the "
+                                         "teacher's answers, and the teacher's NLL per byte of the student's when "
+                                         "the teacher is local); repeatable.", exists="file")
     out: Path = setting(None, "Run folder; the student is written to OUT/student.", required=True)
     keep_checkpoints: bool = setting(True, "Keep OUT/checkpoints after the student is written.", key=False)
     allow_empty: bool = like(CacheSettings, "allow_empty")
@@ -184,19 +189,75 @@ def _same_teacher(teacher: str, fingerprint: str, records: list[dict], flag: str
                                "the model that wrote them, or generate them again with this one")
 
 
+def _writer(records: list[dict]) -> dict | None:
+    """The one teacher that wrote `records` ({teacher, fingerprint, served}), None when they name none (written by
+    hand, or logged conversations); several: refused, naming them."""
+    named = {(str(r.get("teacher")), r["teacher_fingerprint"], (r.get("settings") or {}).get("engine") == "openai")
+             for r in records if r.get("teacher_fingerprint")}
+    if len(named) > 1:
+        raise EdgeDistillError("the generations were written by several teachers ("
+                               + ", ".join(sorted(f"{t!r} (fingerprint {f})" for t, f, _ in named))
+                               + "); distill from one teacher's data at a time")
+    if not named:
+        return None
+    t, f, served = named.pop()
+    return {"teacher": t, "fingerprint": f, "served": served}
+
+
+def _max_new_tokens(records: list[dict]) -> int:
+    """The answer length the teacher's records were written with (the student's answers get as many tokens)."""
+    from edgedistill.data.generate import DecodeSettings
+
+    got = [(r.get("settings") or {}).get("max_new_tokens") for r in records]
+    return max([g for g in got if isinstance(g, int)], default=DecodeSettings().max_new_tokens)
+
+
+def text_validation(student, s_tok, records: list[dict], teacher=None) -> dict:
+    """chrF of the student's greedy answers to the held-out prompts against the teacher's answers in `records`, and,
+    with a local `teacher` (model, tokenizer), its NLL per byte of the student's answers; with intervals."""
+    from edgedistill.data.text_fidelity import compare, greedy_answers, teacher_nll
+
+    prompts = [(r["id"], r["messages"]) for r in records]
+    answers = greedy_answers(student, s_tok, prompts, _max_new_tokens(records))
+    nll = None
+    if teacher is not None and teacher[0] is not None:
+        nll = teacher_nll(teacher[0], teacher[1], [(i, m, answers[i]) for i, m in prompts])
+    return compare({r["id"]: r["response"] for r in records}, answers, nll=nll)
+
+
+def validation_line(v: dict | None) -> str:
+    """The held-out fidelity before -> after distillation in words (what distill and run print)."""
+    if not v:
+        return "no held-out data"
+    b = v.get("before") or {}
+    if "mean_kl" in v:
+        was = f"{b['mean_kl']:.3f} -> " if "mean_kl" in b else ""
+        was1 = f"{100 * b['top1_agreement']:.1f}% -> " if "top1_agreement" in b else ""
+        return f"held-out KL {was}{v['mean_kl']:.3f}, top-1 {was1}{100 * v['top1_agreement']:.1f}%"
+
+    def fig(name: str, unit: str) -> str:
+        now, (lo, hi) = v[name]["value"], v[name]["ci"]
+        was = f"{b[name]['value']:.2f} -> " if name in b else ""
+        return f"{unit} {was}{now:.2f} [{lo:.2f}, {hi:.2f}]"
+
+    shown = [fig(n, u) for n, u in (("chrf", "chrF"), ("teacher_nll_per_byte", "teacher NLL/byte")) if n in v]
+    return f"held-out ({v['prompts']} prompts): " + ", ".join(shown)
+
+
 def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=None, echo=None) -> dict:
     """Train the student to imitate the teacher on its generations; the student goes to OUT/student (atomically)
-    with distill.json (steps, parameters, held-out mean KL and top-1 agreement) and settings.yaml; checkpoints and
-    metrics.jsonl stay in OUT. `teacher`: an already loaded (model, tokenizer) of s.teacher. Returns distill.json's
-    content and `student`, the folder written."""
-    from edgedistill.models.fingerprint import spec_fingerprint
+    with distill.json (pairing, steps, parameters, the held-out fidelity before and after) and settings.yaml;
+    checkpoints and metrics.jsonl stay in OUT. The pairing (distill.pairing) is decided before any model loads: one
+    tokenizer -> logit distillation (teacher live or cached); another tokenizer, or a served teacher without a
+    cache -> sequence-level (cross-entropy on the teacher's text). `teacher`: an already loaded (model, tokenizer)
+    of s.teacher. Returns distill.json's content and `student`, the folder written."""
     from edgedistill.distill import logit_cache as lc
     from edgedistill.distill.dataset import encode, load_generations
-    from edgedistill.distill.train import agreement_with_teacher, train
+    from edgedistill.distill.pairing import decide
+    from edgedistill.distill.train import agreement_with_teacher, check_launch, resolve_precision, train
+    from edgedistill.models.fingerprint import spec_fingerprint
     from edgedistill.models.locate import load_model, load_tokenizer, save_tokenizer
     from edgedistill.paths import atomic_dir, check_writable_dir
-
-    from edgedistill.distill.train import check_launch
 
     check_launch()  # under a launcher: its processes fit this machine
     say = echo or log.info
@@ -207,53 +268,80 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     check_writable_dir(out, "--out")  # before the models load
     if resume and not any((out / "checkpoints").glob("checkpoint-*")):
         raise EdgeDistillError(f"--resume: no checkpoint in {out / 'checkpoints'}; start the run without --resume")
-    from edgedistill.distill.train import resolve_precision
-
     precision, why = resolve_precision(s.precision)  # an explicit choice this machine cannot run: refused now
     records = load_generations(s.generations, allow_empty=s.allow_empty, turns=s.turns)
     val_records = load_generations(s.validation, allow_empty=s.allow_empty, turns=s.turns) if s.validation else []
     meta = lc.describe(s.logit_cache) if s.logit_cache is not None else None
-    if meta is not None and lc.served(meta):  # a served teacher: the cache is all there is of it
-        if s.on_policy or s.validation:
-            raise EdgeDistillError(f"{s.logit_cache} holds a served teacher's log-probabilities: on-policy steps and "
-                                   "--validation need a local teacher; drop them or pass that teacher's own model")
-        if {r.get("teacher_fingerprint") for r in records} != {meta["teacher_fingerprint"]}:
+    writer = _writer(records)
+    # the teacher: the served one whose cache or records these are, or a local model
+    served = meta is not None and lc.served(meta) or (s.teacher is None and writer is not None and writer["served"])
+    if served:
+        teacher_fp = meta["teacher_fingerprint"] if meta is not None else writer["fingerprint"]
+        if meta is not None and {r.get("teacher_fingerprint") for r in records} != {teacher_fp}:
             raise lc.StaleCacheError(f"{s.logit_cache} was made from {meta['teacher']!r}'s records, and "
                                      "--generations holds other teachers' answers; pass the records the cache was "
                                      "made from")
-        s = s.replace(teacher=str(meta["teacher"]))  # the teacher this run learns from, in its report and settings
-        s_pair = load_model(s.student, attn_implementation=s.attention)
-        t_pair, teacher_fp = (None, s_pair[1]), meta["teacher_fingerprint"]
+        s = s.replace(teacher=str(meta["teacher"] if meta is not None else writer["teacher"]))
+        if s.on_policy:
+            raise EdgeDistillError(f"{s.teacher} is a served teacher: on-policy steps need a local teacher to score the "
+                                   "student's samples; drop --on-policy")
     else:
+        s = s.replace(teacher=s.teacher or (writer["teacher"] if writer else DEFAULT_TEACHER))
         teacher_fp = spec_fingerprint(s.teacher)
         _same_teacher(s.teacher, teacher_fp, records, "--generations")  # before any model loads
-        _same_teacher(s.teacher, teacher_fp, val_records, "--validation")
-        if teacher is not None:
-            t_pair = teacher
-        elif meta is not None and s.on_policy == 0 and not s.validation:
-            t_pair = (None, load_tokenizer(s.teacher))  # the cache stands in for the teacher model
-        else:
-            t_pair = load_model(s.teacher, attn_implementation=s.attention)
-        s_pair = load_model(s.student, attn_implementation=s.attention)
-    train_set = encode(t_pair[1], records, s.max_length)  # what a logit cache was built on
+    _same_teacher(s.teacher, teacher_fp, val_records, "--validation")
+    s_tok = load_tokenizer(s.student)
+    t_tok = None if served else (teacher[1] if teacher is not None else load_tokenizer(s.teacher))
+    pairing = decide(s_tok, t_tok, teacher=s.teacher, student=s.student, served=served, cached=meta is not None)
+    if not pairing.logits:
+        if meta is not None:
+            raise EdgeDistillError(f"{s.logit_cache} holds {s.teacher}'s log-probabilities over its own tokenizer, "
+                                   f"which {s.student} does not share: drop --logit-cache (the student learns the "
+                                   "teacher's text)")
+        if s.on_policy:
+            raise EdgeDistillError("on-policy steps compare the two models' next-token distributions, which needs one "
+                                   "tokenizer: drop --on-policy")
+    # what a logit cache was built on (the teacher's tokenizer, which is the student's), else the student's
+    train_set = encode(t_tok if pairing.logits and t_tok is not None else s_tok, records, s.max_length)
+    cache = lc.load(s.logit_cache, train_set, teacher_fp) if meta is not None else None  # checked before models load
+    say(pairing.line())
+    if not pairing.logits and s.kd_weight:
+        say(f"kd-weight {s.kd_weight} set to 0: no logits to compare, the objective is cross-entropy on the "
+            "teacher's text")
+        s = s.replace(kd_weight=0.0)
+    local_teacher = not served and (pairing.logits or bool(val_records))  # logits, or the NLL of the student's text
+    if not local_teacher:
+        t_pair = (None, s_tok)
+    elif teacher is not None:
+        t_pair = teacher
+    elif pairing.logits and meta is not None and s.on_policy == 0 and not val_records:
+        t_pair = (None, t_tok)  # the cache stands in for the teacher model
+    else:
+        t_pair = load_model(s.teacher, attn_implementation=s.attention)
+    s_pair = load_model(s.student, attn_implementation=s.attention)
     inputs = {"teacher": teacher_fp, "student_init": spec_fingerprint(s.student)}
-    cache = None
-    if s.logit_cache is not None:
-        cache = lc.load(s.logit_cache, train_set, inputs["teacher"])
     say(f"precision {precision} ({why})")
     say(f"{len(train_set.examples)} training sequences, {train_set.response_tokens} response tokens"
         + (f", {train_set.truncated} truncated to {s.max_length} tokens" if train_set.truncated else ""))
+
+    def validate(model) -> dict:
+        if pairing.logits and t_pair[0] is not None:
+            val = encode(t_pair[1], val_records, s.max_length)
+            return agreement_with_teacher(t_pair[0], model, val.examples, t_pair[1].pad_token_id)
+        return text_validation(model, s_pair[1], val_records, t_pair if local_teacher else None)
+
+    before = validate(s_pair[0]) if val_records else None
     t0 = time.perf_counter()
-    model, trainer = train(t_pair, s_pair, train_set.examples, out, s, s, resume=resume, progress=progress,
-                           cache=cache, inputs=inputs)
-    report = {"teacher": s.teacher, "student_init": s.student, "steps": trainer.state.global_step,
+    model, trainer = train(t_pair if pairing.logits else (None, s_pair[1]), s_pair, train_set.examples, out, s, s,
+                           resume=resume, progress=progress, cache=cache, inputs=inputs)
+    report = {"teacher": s.teacher, "student_init": s.student, "pairing": {"kind": pairing.kind, "why": pairing.why},
+              "steps": trainer.state.global_step,
               "train_s": round(time.perf_counter() - t0, 2), "train_tokens": int(trainer.tokens_seen),
               "logit_cache": str(s.logit_cache) if s.logit_cache else None,
               "train_sequences": len(train_set.examples), "truncated": train_set.truncated,
               "parameters": model.num_parameters()}
-    if s.validation:
-        val = encode(t_pair[1], val_records, s.max_length)
-        report["validation"] = agreement_with_teacher(t_pair[0], model, val.examples, t_pair[1].pad_token_id)
+    if val_records:
+        report["validation"] = {**validate(model), "before": before}
     import torch.distributed as dist
 
     if dist.is_initialized():  # under torchrun / accelerate launch: only rank 0 writes; shut down cleanly
