@@ -27,12 +27,7 @@ def generate_cmd(**flags):
     s = settings_from(GenerateSettings, flags)
     with byte_progress() as progress:
         r = generate_data(s, progress=progress, echo=lambda m: click.echo(m, err=True))
-    click.echo(f"{s.out}: wrote {r.written} new responses, {r.already_done} were already there"
-               + (f", {r.skipped_too_long} prompts longer than the context skipped" if r.skipped_too_long else "")
-               + (f", {r.hit_max_tokens} cut at --max-new-tokens" if r.hit_max_tokens else "")
-               + (f", {r.empty} empty (distill refuses them unless --allow-empty)" if r.empty else "")
-               + (f", {r.text_only} kept without log-probabilities (their tokens are not their text's encoding)"
-                  if r.text_only else ""))
+    click.echo(r.line())
 
 
 @click.command("eval")

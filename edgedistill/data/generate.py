@@ -53,6 +53,19 @@ class GenerateReport:
     hit_max_tokens: int = 0
     text_only: int = 0  # with logprobs: answers kept without the teacher's top-k (tokens not their text's encoding)
     empty: int = 0  # answers that are empty or only whitespace (kept in the file; distill refuses them by default)
+    calls: dict | None = None  # a served teacher: requests answered, prompt and completion tokens (what is paid)
+
+    def line(self) -> str:
+        """What was written, in words (what generate and run print)."""
+        calls = self.calls or {}
+        return (f"{self.out}: wrote {self.written} new responses, {self.already_done} were already there"
+                + (f", {self.skipped_too_long} prompts longer than the context skipped" if self.skipped_too_long else "")
+                + (f", {self.hit_max_tokens} cut at --max-new-tokens" if self.hit_max_tokens else "")
+                + (f", {self.empty} empty (distill refuses them unless --allow-empty)" if self.empty else "")
+                + (f", {self.text_only} kept without log-probabilities (their tokens are not their text's encoding)"
+                   if self.text_only else "")
+                + (f"; the server answered {calls['requests']} requests: {calls['prompt_tokens']} prompt and "
+                   f"{calls['completion_tokens']} completion tokens" if calls else ""))
 
 
 def chat_batches(model, tokenizer, conversations: Sequence[Sequence[dict]], settings: DecodeSettings,
@@ -130,6 +143,7 @@ def generate(teacher: str, prompts: Sequence[Prompt], out: Path, settings: Decod
     try:
         _answer_all(e, pending, out, settings, logprobs, recorded, report, progress)
     finally:
+        report.calls = dict(e.usage) if hasattr(e, "usage") else None
         e.close()
     return report
 

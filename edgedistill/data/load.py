@@ -131,13 +131,53 @@ def read_jsonl(path: Path, on_bad=None) -> Iterable[tuple[int, Any]]:
             on_bad(bad_line(path, n, problem))
 
 
-def load_records(path: Path, parse, strict: bool = True, domain: str | None = None) -> tuple[list, LoadReport]:
-    """The records of a JSON-lines file, each line through `parse(object, domain)` (a ValueError: that line is
-    refused, or skipped when not `strict`; ids must be unique). The one path every data file's lines take."""
+TABLES = (".csv", ".parquet")  # prompt tables: one prompt per row, in a named column
+
+
+def read_rows(path: Path, on_bad=None, column: str = "prompt") -> Iterable[tuple[int, Any]]:
+    """(line or row number, object) for each record of a JSON-lines file, or of a CSV (Python's csv reader, header
+    row first) or Parquet table (pyarrow) whose `column` holds the prompt (a row's `id` column is its id, else
+    <file stem>-<row>)."""
+    path = Path(path)
+    if path.suffix.lower() not in TABLES:
+        yield from read_jsonl(path, on_bad)
+        return
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        if path.suffix.lower() == ".csv":
+            import csv
+
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+            first = 2  # the header is line 1
+        else:
+            import pyarrow.parquet as pq
+
+            rows, first = pq.read_table(path).to_pylist(), 1
+    except (OSError, UnicodeDecodeError, ValueError, ImportError) as e:
+        raise DataError(f"{path}: cannot be read as a {path.suffix[1:]} table ({str(e).splitlines()[0][:200]})") from None
+    if rows and column not in rows[0] and "messages" not in rows[0]:
+        raise DataError(f"{path}: no column {column!r} (it has {', '.join(map(str, rows[0]))}); name the prompt "
+                        "column with --prompt-column")
+    for n, row in enumerate(rows, first):
+        rec = {k: v for k, v in row.items() if k != column}
+        if column in row:
+            rec["prompt"] = row[column]
+        rec.setdefault("id", f"{path.stem}-{n}")
+        rec["id"] = str(rec["id"]) if rec["id"] is not None else f"{path.stem}-{n}"
+        yield n, rec
+
+
+def load_records(path: Path, parse, strict: bool = True, domain: str | None = None,
+                 column: str = "prompt") -> tuple[list, LoadReport]:
+    """The records of a JSON-lines file (or a CSV / Parquet prompt table, `column` holding the prompt), each through
+    `parse(object, domain)` (a ValueError: that record is refused, or skipped when not `strict`; ids must be
+    unique). The one path every data file's records take."""
     path = Path(path)
     domain = domain if domain is not None else _domain_of(path)
     report, out, seen = LoadReport(str(path)), [], set()
-    for n, obj in read_jsonl(path, on_bad=None if strict else report.skipped.append):
+    for n, obj in read_rows(path, None if strict else report.skipped.append, column):
         try:
             if not isinstance(obj, dict):
                 raise ValueError("each line must be a JSON object")
@@ -170,8 +210,9 @@ def _domain_of(path: Path) -> str:
     return ""
 
 
-def load_prompts(path: Path, *, strict: bool = True, domain: str | None = None) -> tuple[list[Prompt], LoadReport]:
-    return load_records(path, parse_prompt, strict, domain)
+def load_prompts(path: Path, *, strict: bool = True, domain: str | None = None,
+                 column: str = "prompt") -> tuple[list[Prompt], LoadReport]:
+    return load_records(path, parse_prompt, strict, domain, column)
 
 
 def load_eval(path: Path, *, strict: bool = True, domain: str | None = None) -> tuple[list[EvalItem], LoadReport]:

@@ -23,7 +23,9 @@ class GenerateSettings(EngineSettings, DecodeSettings):
 
     teacher: str = setting(DEFAULT_TEACHER, "Registry name, Hugging Face folder, .gguf or hub id (torch and llama.cpp "
                                             "engines).")
-    prompts: list[Path] = setting([], "Prompt JSONL (chat 'messages' or 'prompt'); repeatable.", exists="file")
+    prompts: list[Path] = setting([], "Prompt files: JSONL (chat 'messages' or 'prompt'), or a CSV or Parquet table "
+                                      "with a prompt column; repeatable.", exists="file")
+    prompt_column: str = setting("prompt", "CSV / Parquet prompt files: the column that holds the prompt.")
     split: str | None = setting(None, "Instead of --prompts: this split of every domain in the data folder.",
                                 choices=("train", "validation", "test"))
     data_dir: Path | None = setting(None, "Data folder for --split [default: the project's calibration_data].",
@@ -59,7 +61,7 @@ def select_prompts(s: GenerateSettings, *, echo=None) -> list:
     files = s.prompts or [d / "prompts" / f"{s.split}.jsonl" for d in domains(s.data_dir or default_data_dir())]
     prompts = []
     for path in files:
-        got, report = load_prompts(path, strict=not s.skip_bad)
+        got, report = load_prompts(path, strict=not s.skip_bad, column=s.prompt_column)
         if report.skipped:
             say(f"skipped {len(report.skipped)} malformed records (first: {report.skipped[0]})")
         prompts.extend(got[: s.limit] if s.limit else got)

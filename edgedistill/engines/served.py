@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from edgedistill.engines import Answer, Engine, EngineError, EngineSpec, register
@@ -128,6 +129,8 @@ class OpenAIEngine(Engine):
                 raise EngineError(f"--api-key-env {spec.api_key_env}: that environment variable is not set")
         teacher_id, fp, settings = cls.identity(spec)
         e = cls(spec, teacher_id=teacher_id, fingerprint=fp, settings=settings)
+        e.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        e._lock = threading.Lock()
         e.client = openai.OpenAI(base_url=spec.url, api_key=key, timeout=spec.timeout_s, max_retries=spec.retries)
         e._probe()
         if spec.tokenizer:
@@ -199,6 +202,11 @@ class OpenAIEngine(Engine):
             raise self._fail(err) from None
         except openai.OpenAIError as err:
             raise self._fail(err) from None
+        with self._lock:  # what the user pays: requests answered, prompt and completion tokens
+            self.usage["requests"] += 1
+            if r.usage:
+                self.usage["prompt_tokens"] += r.usage.prompt_tokens or 0
+                self.usage["completion_tokens"] += r.usage.completion_tokens or 0
         choice = r.choices[0]
         raw = choice.message.content or ""
         finish = "length" if choice.finish_reason == "length" else "stop"
