@@ -25,6 +25,7 @@ from pathlib import Path
 from edgedistill.checked import read_json
 from edgedistill.bench.settings import BenchSettings
 from edgedistill.data.generate import DecodeSettings
+from edgedistill.data.stage import GenerateSettings
 from edgedistill.distill.settings import LossSettings, TrainSettings
 from edgedistill.distill.stage import CacheSettings, PruneSettings, validation_line
 from edgedistill.engines import EngineSettings
@@ -46,8 +47,19 @@ class RunSettings(EngineSettings, TrainSettings, LossSettings):
     target: str = setting(None, "Device profile: a shipped name or a .yaml file.", required=True)
     out: Path | None = setting(None, "Run folder [default: runs/<target>]. Stages whose inputs are unchanged are "
                                      "reused from it.", key=False)
-    teacher: str = setting(DEFAULT_TEACHER, "Registry name or Hugging Face folder.")
+    teacher: str = setting(DEFAULT_TEACHER, "A local teacher: registry name or Hugging Face folder (a served one: "
+                                            "--teacher-url and --teacher-model).")
+    student: str | None = setting(None, "The student: a registry name or Hugging Face folder of any supported family "
+                                        "[default: cut from the local teacher by prune]. Another tokenizer than "
+                                        "the teacher's: sequence-level distillation and text-level fidelity.")
     data_dir: Path | None = setting(None, "calibration_data folder.", exists="dir", flag="--data")
+    prompts: list[Path] = like(GenerateSettings, "prompts")
+    prompt_column: str = like(GenerateSettings, "prompt_column")
+    conversations: list[Path] = setting([], "Logged conversations (messages with assistant turns): training data as "
+                                            "they stand, no teacher call; repeatable.", exists="file")
+    turns: str = like(CacheSettings, "turns")
+    holdout: float = setting(0.1, "--prompts / --conversations: the share held out for validation and, as much "
+                                  "again, for the bench's fidelity; never trained on.", min=0.01, max=0.4)
     train_prompts: int | None = setting(8, "Train prompts per domain the teacher answers (null in a file: all).",
                                         min=1)
     val_prompts: int | None = setting(4, "Validation prompts per domain.", min=1)
@@ -68,6 +80,15 @@ class RunSettings(EngineSettings, TrainSettings, LossSettings):
     teacher_variants: bool = setting(True, "Also export and bench the teacher's own quantized files the profile "
                                            "allows, as candidates beside the student's.",
                                      flag="--teacher-variants/--students-only")
+
+    def extra_problems(self) -> list[str]:
+        problems = []
+        if self.prompts and self.conversations:
+            problems.append("pass --prompts (the teacher answers them) or --conversations (logged answers), not both")
+        if self.teacher_engine == "openai" and not self.student:
+            problems.append("a served teacher has no weights to cut a student from: pass --student (a registry name "
+                            "or a Hugging Face folder)")
+        return problems
 
 
 def _key(*parts) -> str:
@@ -131,14 +152,54 @@ def _engine_words(s: RunSettings) -> str:
     return "torch engine (the teacher in float32, in process)"
 
 
+def _held_out(rid: str, share: float) -> str:
+    """'validation', 'test' or 'train' for a record id of the user's own file: a fixed hash of the id, so that the
+    split does not move when the file grows."""
+    u = int(hashlib.sha256(rid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "validation" if u < share else "test" if u < 2 * share else "train"
+
+
+def _user_prompts(settings: RunSettings) -> dict[str, list]:
+    """train / validation / test prompts from --prompts, or from --conversations (held-out conversations become
+    prompts: the conversation before its last assistant turn; the train ones are training data as they stand)."""
+    from edgedistill.data.load import Prompt, load_prompts, parse_messages
+    from edgedistill.distill.dataset import load_generations
+
+    split: dict[str, list] = {"train": [], "validation": [], "test": []}
+    if settings.prompts:
+        for path in settings.prompts:
+            got, _ = load_prompts(path, column=settings.prompt_column)
+            for p in got:
+                split[_held_out(p.id, settings.holdout)].append(p)
+    else:
+        seen = set()
+        for rec in load_generations(settings.conversations, turns="last", allow_empty=True):
+            base = rec["id"].split("#")[0]
+            if base in seen:
+                continue
+            seen.add(base)
+            part = _held_out(base, settings.holdout)
+            if part != "train":
+                split[part].append(Prompt(id=base, messages=tuple(parse_messages({"messages": rec["messages"]}))))
+    if not split["validation"] or not split["test"]:
+        n = sum(map(len, split.values()))
+        raise EdgeDistillError(f"holding out {settings.holdout:.0%} of {n} records left no "
+                               f"{'validation' if not split['validation'] else 'test'} prompt: give more records or a "
+                               "larger --holdout")
+    ids = [p.id for v in split.values() for p in v]
+    if len(ids) != len(set(ids)):
+        raise EdgeDistillError("the prompt files share ids; ids must be unique across all files of one run")
+    return split
+
+
 # What a stage.json records (2: the stage's outputs, relative to the run folder, which later stages read): part of
 # every key, so a run folder written before reruns its stages instead of reading a record of another shape.
 STAGE_RECORD = 2
 
 # Which stages read which: a stage's key holds the keys of the stages it reads, so a change reruns it and every stage
 # after it, and nothing else.
-READS = {"generate": (), "cache": ("generate",), "prune": (), "distill": ("prune", "generate", "cache"),
-         "export-teacher": (), "export": ("distill",), "bench": ("export", "export-teacher")}
+READS = {"generate": (), "reference": (), "cache": ("generate",), "prune": (), "distill": ("prune", "generate", "cache"),
+         "export-teacher": (), "export": ("distill",), "bench": ("export", "export-teacher", "reference")}
 
 
 @dataclass(frozen=True)
@@ -164,8 +225,10 @@ class Plan:
 
     target: object
     out: Path
-    teacher_dir: Path
+    teacher_dir: Path | None  # None: a served teacher
     teacher_key: str
+    pairing: object  # distill.pairing.Pairing
+    student_dir: Path | None  # a pretrained student; None: pruned from the teacher
     data_dir: Path
     formats: list[str]
     skipped: dict[str, str]
@@ -175,6 +238,12 @@ class Plan:
     use_cache: bool
     stages: dict[str, StageSpec | dict]
     keys: dict[str, str]
+    conversations: list | None = None  # --conversations: the train records, written into the generate stage
+
+    @property
+    def text_bench(self) -> bool:
+        """Fidelity on the text, against the teacher's answers: a served teacher, or one of another tokenizer."""
+        return self.teacher_dir is None or not self.pairing.logits
 
 
 def stage_key(name: str, stage: StageSpec | dict, upstream: list, plan_root: Path, teacher_dir: Path) -> str:
@@ -210,14 +279,19 @@ def _fields_of(settings: Settings, *classes) -> dict:
 
 def plan_run(settings: RunSettings) -> Plan:
     """Resolve `settings` into the stages' settings and keys, reading files (the profile, the teacher's fingerprint,
-    the prompts) but loading no model."""
+    the tokenizers, the prompts) but loading no model. The pairing (distill.pairing) is decided here: one tokenizer
+    -> logit distillation; another, or a served teacher without its tokenizer given -> sequence-level."""
     from edgedistill.data import default_data_dir
-    from edgedistill.data.stage import GenerateSettings, select_prompts
+    from edgedistill.data.evaluate import REASONING_TOKENS, find_eval_sets, load_eval_items
+    from edgedistill.data.load import Prompt
+    from edgedistill.data.stage import select_prompts
+    from edgedistill.distill.pairing import decide
     from edgedistill.distill.stage import DistillSettings
     from edgedistill.engines import identity
+    from edgedistill.engines.served import MAX_TOP_LOGPROBS
     from edgedistill.export.pipeline import ExportSettings
     from edgedistill.models.fingerprint import model_fingerprint
-    from edgedistill.models.locate import resolve
+    from edgedistill.models.locate import load_tokenizer, resolve
     from edgedistill.targets import as_dict, load_target
 
     target = load_target(settings.target)
@@ -226,63 +300,152 @@ def plan_run(settings: RunSettings) -> Plan:
         raise EdgeDistillError(f"--out {out} is a file; give a folder for the run")
     data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
     check_writable_dir(out, "--out")  # before anything loads
-    ref = resolve(settings.teacher, pull=True)
-    if ref.kind != "hf_dir":
-        raise EdgeDistillError(f"run needs a registry teacher or a Hugging Face model folder, not {settings.teacher!r}")
-    teacher_dir = Path(ref.path)
-    t_key = model_fingerprint(teacher_dir)
-    # what the teacher's family cannot be exported to is known now: skipped with its reason, not an abort later
-    # (a student has the teacher's architecture)
-    skipped = {k: why for k in target.formats if (why := unsupported_reason(k, teacher_dir)) is not None}
+    served = settings.teacher_engine == "openai"
+    engine = _fields_of(settings, EngineSettings)
+    if served:
+        teacher_dir, teacher_name = None, settings.teacher_model
+        t_key = identity(GenerateSettings(split="train", out=out, **engine).engine_spec(None))[1]
+    else:
+        ref = resolve(settings.teacher, pull=True)
+        if ref.kind != "hf_dir":
+            raise EdgeDistillError(f"run needs a registry teacher, a Hugging Face model folder or a served one "
+                                   f"(--teacher-url), not {settings.teacher!r}")
+        teacher_dir, teacher_name = Path(ref.path), settings.teacher
+        t_key = model_fingerprint(teacher_dir)
+    student_dir = None
+    if settings.student:
+        sref = resolve(settings.student, pull=True)
+        if sref.kind != "hf_dir":
+            raise EdgeDistillError(f"--student needs a registry name or a Hugging Face model folder, not "
+                                   f"{settings.student!r}")
+        student_dir = Path(sref.path)
+        s_tok = load_tokenizer(str(student_dir))
+        # a served teacher's tokens are the student's only when the user says whose tokenizer it has (--tokenizer)
+        if served and not settings.tokenizer:
+            from edgedistill.distill.pairing import Pairing
+
+            pairing = Pairing("sequence", f"{teacher_name} is served; --tokenizer MODEL naming its tokenizer lets it "
+                                          "teach through its top-20 log-probabilities where that is the student's")
+        else:
+            t_tok = load_tokenizer(settings.tokenizer if served else str(teacher_dir))
+            pairing = decide(s_tok, t_tok, teacher=teacher_name, student=settings.student)
+            if served and pairing.logits:
+                pairing = decide(s_tok, teacher=teacher_name, student=settings.student, served=True, cached=True)
+    else:
+        pairing = _pruned_pairing(teacher_name)
+    # the formats of the student's family (a pruned student has the teacher's architecture)
+    family_dir = student_dir or teacher_dir
+    skipped = {k: why for k in target.formats if (why := unsupported_reason(k, family_dir)) is not None}
     formats = [k for k in target.formats if k not in skipped]
     if not formats:
-        raise UnsupportedError(f"the {target.name} profile allows only {', '.join(target.formats)}, and this teacher "
+        raise UnsupportedError(f"the {target.name} profile allows only {', '.join(target.formats)}, and this student "
                                f"can be exported to none of them ({next(iter(skipped.values()))})")
-    reference = _follow_family(settings.reference, ["gguf:f16", "onnx:fp32"], teacher_dir)
-    teacher_formats = [k for k in formats if k != reference] if settings.teacher_variants else []
-    use_cache = settings.cached_teacher and settings.teacher_engine != "openai"
+    text_bench = teacher_dir is None or not pairing.logits
+    reference = "" if text_bench else _follow_family(settings.reference, ["gguf:f16", "onnx:fp32"], teacher_dir)
+    teacher_formats = [k for k in formats if k != reference and unsupported_reason(k, teacher_dir) is None] \
+        if settings.teacher_variants and not text_bench else []
+    use_cache = settings.cached_teacher and pairing.logits and (settings.teacher_engine != "openai" or served)
     folder = {name: out / name for name in READS}
+    teacher_arg = str(teacher_dir) if teacher_dir else None
 
     # generate: the prompts are read once, here: they key the stage and are what the teacher answers
-    engine, train = _fields_of(settings, EngineSettings), _fields_of(settings, TrainSettings, LossSettings)
-    gen = {split: StageSpec(GenerateSettings, dict(teacher=str(teacher_dir), split=split, limit=n, data_dir=data_dir,
+    train = _fields_of(settings, TrainSettings, LossSettings)
+    logprobs = MAX_TOP_LOGPROBS if served and pairing.logits else 0
+    gen_engine = {**engine, **({"tokenizer": str(student_dir)} if logprobs else {})}
+    conversations = None
+    if settings.prompts or settings.conversations:
+        prompts = _user_prompts(settings)
+        if settings.conversations:
+            conversations = _train_conversations(settings, {p.id for v in prompts.values() for p in v})
+            prompts["train"] = []
+    else:
+        probe = {split: GenerateSettings(teacher=teacher_arg or "", split=split, limit=n, data_dir=data_dir,
+                                         out=out / "probe.jsonl", **engine)
+                 for split, n in (("train", settings.train_prompts), ("validation", settings.val_prompts),
+                                  ("test", settings.fidelity_prompts))}
+        prompts = {split: select_prompts(g) for split, g in probe.items()}
+    if not text_bench:
+        prompts.pop("test")  # the bench's teacher answers come from its reference bundle
+    gen = {split: StageSpec(GenerateSettings, dict(teacher=teacher_arg or "", split="train", data_dir=data_dir,
                                                    out=folder["generate"] / f"teacher-{split}.jsonl",
-                                                   max_new_tokens=settings.max_new_tokens, **engine))
-           for split, n in (("train", settings.train_prompts), ("validation", settings.val_prompts))}
-    prompts = {split: select_prompts(s.build()) for split, s in gen.items()}
-    train_data, val_data = gen["train"].given["out"], gen["validation"].given["out"]
+                                                   max_new_tokens=settings.max_new_tokens,
+                                                   logprobs=logprobs if split == "train" else 0, **gen_engine))
+           for split in ("train", "validation") if prompts.get(split)}
+    ref_specs, ref_prompts = {}, {}
+    if text_bench:  # the teacher's answers the bench compares with: held-out prompts, and graded items
+        ref_prompts["test"] = prompts.pop("test")
+        if settings.eval_every:
+            ref_prompts["graded"] = [Prompt(id=it.id, messages=({"role": "user", "content": it.prompt},),
+                                            domain=it.domain)
+                                     for it in load_eval_items(find_eval_sets(data_dir))[:: settings.eval_every]]
+        for part, n_tokens in (("test", BenchSettings().fidelity_new_tokens),
+                               ("graded", REASONING_TOKENS)):
+            if ref_prompts.get(part):
+                ref_specs[part] = StageSpec(GenerateSettings, dict(
+                    teacher=teacher_arg or "", split="test", data_dir=data_dir, max_new_tokens=n_tokens,
+                    out=folder["reference"] / f"teacher-{part}.jsonl", **engine))
+    train_files = [gen["train"].given["out"]] if "train" in gen else [folder["generate"] / "conversations.jsonl"]
+    val_data = gen["validation"].given["out"]
     cache_dir = folder["cache"] / "cache"
-    student_init = folder["prune"] / "student"
+    student_init = student_dir or folder["prune"] / "student"
+    cache_teacher = teacher_arg or settings.teacher_model
     stages: dict[str, Settings | dict] = {
         "generate": {"splits": gen, "prompts": {split: [(p.id, p.messages) for p in v] for split, v in prompts.items()},
-                     "engine": identity(gen["train"].build().engine_spec(str(teacher_dir)))[2]},
-        "cache": StageSpec(CacheSettings, dict(teacher=str(teacher_dir), generations=[train_data], out=cache_dir, k=64,
-                                               max_length=settings.max_length, teacher_engine=settings.teacher_engine,
-                                               teacher_gguf_type=settings.teacher_gguf_type,
-                                               allow_empty=settings.allow_empty)),
-        "prune": StageSpec(PruneSettings, dict(teacher=str(teacher_dir), out=student_init, layers=settings.layers,
-                                               hw_friendly=settings.hw_friendly, data_dir=data_dir)),
+                     "conversations": conversations,
+                     "engine": identity(GenerateSettings(teacher=teacher_arg or "", split="train", out=out,
+                                                         **engine).engine_spec(teacher_arg))[2]},
+        "reference": {"parts": ref_specs, "prompts": {k: [(p.id, p.messages) for p in v]
+                                                      for k, v in ref_prompts.items()}},
+        "cache": StageSpec(CacheSettings, dict(teacher=cache_teacher, generations=train_files, out=cache_dir,
+                                               k=MAX_TOP_LOGPROBS if served else 64, max_length=settings.max_length,
+                                               allow_empty=settings.allow_empty, turns=settings.turns, **gen_engine)),
+        "prune": StageSpec(PruneSettings, dict(teacher=teacher_arg, out=folder["prune"] / "student",
+                                               layers=settings.layers, hw_friendly=settings.hw_friendly,
+                                               data_dir=data_dir)),
         "distill": StageSpec(DistillSettings, dict(
-            teacher=str(teacher_dir), student=str(student_init), generations=[train_data], validation=[val_data],
+            teacher=teacher_arg, student=str(student_init), generations=train_files, validation=[val_data],
             out=folder["distill"], keep_checkpoints=False, logit_cache=cache_dir if use_cache else None,
-            allow_empty=settings.allow_empty, **train)),
+            allow_empty=settings.allow_empty, turns=settings.turns, **train)),
         "export-teacher": StageSpec(ExportSettings, dict(variants=[reference, *teacher_formats], force=True,
                                                          target=target.name, data_dir=data_dir)),
         "export": StageSpec(ExportSettings, dict(variants=formats, force=True, target=target.name, data_dir=data_dir)),
-        "bench": {"settings": StageSpec(BenchSettings, dict(repeats=settings.repeats,
-                                                            new_tokens=settings.new_tokens,
-                                                            eval_every=settings.eval_every, data_dir=data_dir,
-                                                            fidelity_prompts=settings.fidelity_prompts)),
-                  "target": as_dict(target)},
+        "bench": {"settings": StageSpec(BenchSettings, dict(
+            repeats=settings.repeats, new_tokens=settings.new_tokens, eval_every=settings.eval_every,
+            data_dir=data_dir, fidelity_prompts=settings.fidelity_prompts,
+            reference_answers=[sp.given["out"] for sp in ref_specs.values()])),
+            "target": as_dict(target)},
     }
+    wanted = {"generate": True, "reference": text_bench, "cache": use_cache, "prune": student_dir is None,
+              "distill": True, "export-teacher": not text_bench, "export": True, "bench": True}
     keys: dict[str, str] = {}
     for name, reads in READS.items():
-        if name == "cache" and not use_cache:
+        if not wanted[name]:
             continue
         upstream = [t_key, *(keys.get(r) for r in reads)]
-        keys[name] = stage_key(name, stages[name], upstream, out, teacher_dir)
-    return Plan(target, out, teacher_dir, t_key, data_dir, formats, skipped, reference, teacher_formats, prompts,
-                use_cache, stages, keys)
+        if name == "distill" and student_dir is not None:
+            upstream.append(model_fingerprint(student_dir))
+        keys[name] = stage_key(name, stages[name], upstream, out, teacher_dir or Path("/nonexistent"))
+    return Plan(target, out, teacher_dir, t_key, pairing, student_dir, data_dir, formats, skipped, reference,
+                teacher_formats, prompts, use_cache, stages, keys, conversations)
+
+
+def _pruned_pairing(teacher: str):
+    from edgedistill.distill.pairing import Pairing
+
+    return Pairing("logits", f"the student is cut from {teacher} and keeps its tokenizer")
+
+
+def _train_conversations(settings: RunSettings, held_out: set[str]) -> list[dict]:
+    """The logged conversations not held out, as they are in the files (the distill stage reads them)."""
+    from edgedistill.data.load import read_jsonl
+
+    kept = []
+    for path in settings.conversations:
+        for n, rec in read_jsonl(Path(path)):
+            rid = str(rec.get("id", f"{Path(path).name}:{n}")) if isinstance(rec, dict) else f"{Path(path).name}:{n}"
+            if rid not in held_out:
+                kept.append(rec if isinstance(rec, dict) and "id" in rec else {**rec, "id": rid})
+    return kept
 
 
 def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) -> dict:
@@ -299,33 +462,50 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     target, out, teacher_dir, keys, stages = plan.target, plan.out, plan.teacher_dir, plan.keys, plan.stages
     st = Stages(out, echo)
     progress = progress_factory or (lambda: _NoProgress())
-    _claim(out / "teacher.json", {"teacher": settings.teacher, "fingerprint": plan.teacher_key})
+    teacher_name = settings.teacher_model if teacher_dir is None else settings.teacher
+    _claim(out / "teacher.json", {"teacher": teacher_name, "fingerprint": plan.teacher_key,
+                                  **({"url": settings.teacher_url} if teacher_dir is None else {})})
     write_settings(settings, out / "settings.yaml")
     for k, why in plan.skipped.items():
         echo(f"   skipping {k}: {why}")
+    echo(f"   {plan.pairing.line()}")
     teacher_pair = None
 
     def teacher():
+        """The local teacher, loaded once when a stage needs its weights; None for a served one."""
         nonlocal teacher_pair
-        if teacher_pair is None:
+        if teacher_pair is None and teacher_dir is not None:
             teacher_pair = load_model(str(teacher_dir))
         return teacher_pair
 
-    # 2. generate
+    def answer(spec: StageSpec, prompts: list) -> dict:
+        with progress() as p:
+            r = generate_data(spec.build(), teacher=teacher(), prompts=prompts, progress=p)
+        return {"prompts": len(prompts), "written": r.written, "hit_max_tokens": r.hit_max_tokens, "empty": r.empty,
+                **({"calls": r.calls} if r.calls else {})}
+
+    # 2. generate: the teacher's answers (or the logged conversations as they are) for training and validation
     echo(f"   teacher data from the {_engine_words(settings)}")
 
     def gen(folder: Path) -> dict:
-        info = {}
-        for split, spec in stages["generate"]["splits"].items():
-            with progress() as p:
-                r = generate_data(spec.build(), teacher=teacher(), prompts=plan.prompts[split], progress=p)
-            info[split] = {"prompts": len(plan.prompts[split]), "written": r.written,
-                           "hit_max_tokens": r.hit_max_tokens, "empty": r.empty}
+        info = {split: answer(spec, plan.prompts[split]) for split, spec in stages["generate"]["splits"].items()}
+        if plan.conversations is not None:
+            write_text_atomic(folder / "conversations.jsonl",
+                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in plan.conversations))
+            info["conversations"] = len(plan.conversations)
         return info
 
     st.run("generate", keys["generate"], gen)
 
-    # 2b. the teacher's top-64 log-probs of its train answers, scored once by the same engine
+    # 2a. the teacher's answers the bench compares with on the text (a served teacher, or another tokenizer)
+    if "reference" in keys:
+        ref_prompts = {k: v for k, v in _prompts_of(stages["reference"]["prompts"]).items()}
+        st.run("reference", keys["reference"],
+               lambda folder: {part: answer(spec, ref_prompts[part])
+                               for part, spec in stages["reference"]["parts"].items()})
+
+    # 2b. the teacher's top-k log-probs of its train answers: scored once by the local engine, or read from a served
+    #     teacher's records
     def run_cache(folder: Path) -> dict:
         with progress() as p:
             meta = cache_logits(stages["cache"].build(), progress=p)
@@ -334,28 +514,30 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     if plan.use_cache:
         st.run("cache", keys["cache"], run_cache)
 
-    # 3. prune: the hardware-friendly shape at the given depth, or the teacher's widths
+    # 3. prune: the hardware-friendly shape at the given depth, or the teacher's widths (no --student given)
     def run_prune(folder: Path) -> dict:
         with progress() as p:
             rec = prune(stages["prune"].build(), teacher=teacher(), progress=p)
         return {**rec["shape"], "student": st.rel(rec["student"])}
 
-    st.run("prune", keys["prune"], run_prune)
+    if "prune" in keys:
+        st.run("prune", keys["prune"], run_prune)
 
-    # 4. distill (its student folder is the one the plan gave it: the prune stage's, as planned)
+    # 4. distill (its student folder is the one the plan gave it: the prune stage's, or the --student)
     def run_distill(folder: Path) -> dict:
         with training_progress() as p:
             report = distill(stages["distill"].build(), teacher=teacher(), progress=p)
-        return {**{k: report[k] for k in ("steps", "parameters", "validation")}, "student": st.rel(report["student"])}
+        return {**{k: report.get(k) for k in ("steps", "parameters", "validation", "pairing")},
+                "student": st.rel(report["student"])}
 
     _, distilled = st.run("distill", keys["distill"], run_distill)
     student = st.path(distilled["student"])
     echo(f"   student: {distilled['parameters'] / 1e6:.1f}M parameters after {distilled['steps']} steps, "
          + validation_line(distilled.get("validation")))
 
-    # 5. export: the student and the teacher in every variant the profile allows (forced: the profile's floor
-    #    decides, in the bench), and the teacher's exact reference file. The teacher's files are exported once
-    #    per run folder and profile, whatever the student.
+    # 5. export: the student in every variant the profile allows (forced: the profile's floor decides, in the
+    #    bench), and, for a local teacher of the same tokenizer, the teacher's exact reference file and its own
+    #    variants. The teacher's files are exported once per run folder and profile, whatever the student.
     def exported(results) -> dict:
         """Each variant's outcome and, where written, its bundle (relative to the run folder)."""
         return {r.key: {"passed": r.passed, "bundle": st.rel(r.path) if r.path else None} for r in results}
@@ -366,12 +548,13 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     def export(folder: Path) -> dict:
         return exported(export_model(str(student), folder / "student", stages["export"].build()))
 
-    _, teacher_files = st.run("export-teacher", keys["export-teacher"], export_teacher)
+    teacher_files = st.run("export-teacher", keys["export-teacher"], export_teacher)[1] if not plan.text_bench else {}
     _, student_files = st.run("export", keys["export"], export)
 
-    # 6. bench: the student's bundles and the teacher's own variants, against the teacher's reference file
+    # 6. bench: the student's bundles and the teacher's own variants, against the teacher's reference file, or
+    #    against the teacher's answers on the text
     b_settings = stages["bench"]["settings"].build()
-    teacher_ref = st.path(teacher_files[plan.reference]["bundle"])
+    teacher_ref = None if plan.text_bench else st.path(teacher_files[plan.reference]["bundle"])
     candidates = [st.path(v["bundle"]) for v in student_files.values() if v["bundle"]]
     candidates += [st.path(teacher_files[k]["bundle"]) for k in plan.teacher_formats if teacher_files[k]["bundle"]]
 
@@ -388,9 +571,15 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
 
     # 7. choose: the final bundle and the run report
     chosen = benched["chosen"] and {**benched["chosen"], "bundle": st.path(benched["chosen"]["bundle"])}
-    summary = {"target": target.name, "run_folder": str(out), "stages": st.record, "student": distilled,
-               "chosen": None, "verdict": benched["verdict"], "bench": str(st.path(benched["report"])),
-               "skipped_variants": plan.skipped}
+    summary = {"target": target.name, "run_folder": str(out), "teacher": teacher_name,
+               "pairing": {"kind": plan.pairing.kind, "why": plan.pairing.why}, "stages": st.record,
+               "student": distilled, "chosen": None, "verdict": benched["verdict"],
+               "bench": str(st.path(benched["report"])), "skipped_variants": plan.skipped}
+    calls = _calls(st.record)
+    if calls:
+        summary["teacher_calls"] = calls
+        echo(f"   the teacher's server answered {calls['requests']} requests: {calls['prompt_tokens']} prompt and "
+             f"{calls['completion_tokens']} completion tokens")
     final = out / "final"
     shutil.rmtree(final, ignore_errors=True)
     if chosen:
@@ -404,6 +593,23 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
                                          plan.data_dir)
     write_text_atomic(out / "run.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def _prompts_of(recorded: dict) -> dict:
+    """The plan's (id, messages) lists back as prompts."""
+    from edgedistill.data.load import Prompt
+
+    return {k: [Prompt(id=i, messages=tuple(m)) for i, m in v] for k, v in recorded.items()}
+
+
+def _calls(record: dict) -> dict:
+    """A served teacher's calls over the stages this run ran (reused stages: what they recorded when they ran)."""
+    total: dict = {}
+    for name in ("generate", "reference"):
+        for part in ((record.get(name) or {}).get("info") or {}).values():
+            for k, v in (part.get("calls") or {}).items() if isinstance(part, dict) else ():
+                total[k] = total.get(k, 0) + v
+    return total
 
 
 def _follow_family(wanted: str, fallbacks: list[str], teacher_dir: Path) -> str:

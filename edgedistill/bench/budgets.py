@@ -13,7 +13,8 @@ def _check(value, limit, higher_is_better: bool, missing: str = "not measured", 
         return Check(None, limit, "fail", note=missing)
     ok = value >= limit if higher_is_better else value <= limit
     status = "pass" if ok else "fail"
-    if ci is not None and ci[0] < ci[1] and ci[0] <= limit <= ci[1]:
+    # uncertain: the interval reaches past the limit on the wrong side (a floor of 0 cannot be missed)
+    if ci is not None and ci[0] < ci[1] and (ci[0] < limit <= ci[1] if higher_is_better else ci[0] <= limit < ci[1]):
         status = "uncertain"
     margin = (value - limit) if higher_is_better else (limit - value)
     return Check(value, limit, status, margin, margin / limit if limit else None,
@@ -26,7 +27,8 @@ def check_budgets(row: Row, target: Target, graded_eval: bool = True) -> dict[st
     not. Without a graded eval (graded_eval False) the answer-agreement floor is left out, not passed."""
     q, lat = target.quality_floor, target.latency
     sp, qu = row.speed or {}, row.quality or {}
-    vs_teacher = qu.get("against") == "reference"
+    vs_teacher = qu.get("against") in ("reference", "teacher answers")
+    text = qu.get("against") == "teacher answers"  # another tokenizer or a served teacher: no logits to compare
     missing = "not measured" if not qu or vs_teacher else "not measured against the teacher (pass --reference)"
     dom = ((qu.get("in_domain") or {}).get("overall") or {}) if vs_teacher else {}
     gen = (qu.get("general") or {}) if vs_teacher else {}
@@ -39,15 +41,20 @@ def check_budgets(row: Row, target: Target, graded_eval: bool = True) -> dict[st
         "memory": _check(sp.get("peak_rss_bytes"), target.memory_budget_bytes, False),
         "time_to_first_token": _check(sp.get("ttft_s"), lat.time_to_first_token_s, False),
         "decode_tokens_per_s": _check(sp.get("decode_tokens_per_s"), lat.min_decode_tokens_per_s, True),
-        "in_domain_mean_kl": fid(dom, "mean_kl", q.max_mean_kl, False),
-        "in_domain_top1": fid(dom, "top1_agreement", q.min_top1_agreement, True),
     }
+    if text:  # token-level floors are undefined across tokenizers; the profile's text floors stand in
+        chrf = (qu.get("text") or {}).get("chrf") or {}
+        if q.min_chrf is not None:
+            checks["chrf"] = _check(chrf.get("value"), q.min_chrf, True, missing, chrf.get("ci"))
+    else:
+        checks["in_domain_mean_kl"] = fid(dom, "mean_kl", q.max_mean_kl, False)
+        checks["in_domain_top1"] = fid(dom, "top1_agreement", q.min_top1_agreement, True)
     if graded_eval:
         checks["answer_agreement"] = _check(agree.get("value"), q.min_answer_agreement, True,
                                             qu.get("graded_note") or missing, agree.get("ci"))
-    if q.general_max_mean_kl is not None:
+    if q.general_max_mean_kl is not None and not text:
         checks["general_mean_kl"] = fid(gen, "mean_kl", q.general_max_mean_kl, False)
-    if q.general_min_top1_agreement is not None:
+    if q.general_min_top1_agreement is not None and not text:
         checks["general_top1"] = fid(gen, "top1_agreement", q.general_min_top1_agreement, True)
     return checks
 

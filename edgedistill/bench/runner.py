@@ -78,12 +78,18 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     if out_dir.exists() and not out_dir.is_dir():
         raise EdgeDistillError(f"--out {out_dir} is a file; give a folder for the report")
     check_writable_dir(out_dir, "--out")  # before a measurement that would be lost at the end
+    if teacher and settings.reference_answers:
+        raise EdgeDistillError("pass the teacher as --reference (a bundle) or its answers as --reference-answers, "
+                               "not both")
+    text_ref = _reference_answers(settings.reference_answers) if settings.reference_answers else None
     infos = [_bundle_info(Path(b)) for b in bundles]
     comps = [_bundle_info(Path(b)) for b in comparison]
     ref_info = _bundle_info(Path(teacher)) if teacher else None
     every = infos + comps + ([ref_info] if ref_info else [])
     if len({i["tokenizer_sha256"] for i in every}) > 1:
-        raise EdgeDistillError("the bundles do not share one tokenizer; bench compares variants of one teacher's family")
+        raise EdgeDistillError("the bundles do not share one tokenizer: bench compares variants of one model with "
+                               "its teacher's logits; for a teacher of another tokenizer pass its answers as "
+                               "--reference-answers (text-level fidelity)")
     threads = settings.threads or min(target.threads, os.cpu_count() or 1)
     bandwidth_source = "profile"
     bandwidth = target.memory_bandwidth_bytes_per_s
@@ -104,10 +110,16 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
             log.info("the reference answers %d test prompts (cached after the first time)", len(prompts))
             domain = fidelity.teacher_answers(Path(ref_info["bundle"]), prompts, settings.fidelity_new_tokens,
                                               threads=threads)
-    eval_items, items = {}, []
+    eval_items, items, answer_prompts = {}, [], []
+    if text_ref is not None:
+        answer_prompts = [{"id": i, "messages": r["messages"], "max_tokens": settings.fidelity_new_tokens}
+                          for i, r in text_ref["records"].items()]
     if settings.eval_every:
         for it in load_eval_items(find_eval_sets(data_dir))[:: settings.eval_every]:
+            if text_ref is not None and it.id not in text_ref["records"]:
+                continue  # graded only where the teacher's answer is there to agree with
             eval_items[it.id] = it
+            answer_prompts = [p for p in answer_prompts if p["id"] != it.id]
             items.append({"item": {**asdict(it), "choices": list(it.choices)},
                           "max_tokens": REASONING_TOKENS if wants_reasoning(it) else SHORT_ANSWER_TOKENS})
     work = scratch_dir(Path(tempfile.gettempdir()), ".edgedistill-bench-")
@@ -146,12 +158,12 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
             elif sp["status"] == OVER_MEMORY:
                 row.speed = {"peak_rss_bytes": sp["polled_peak_rss_bytes"]}
             fast_enough = row.decode_tokens_per_s >= target.latency.min_decode_tokens_per_s
-            qjob = {**base, "phase": "quality", "bundle": info["bundle"], "general": chunks, "domain": domain,
-                    "save_dir": str(work / "reference") if is_ref else None,
-                    "reference_dir": str(work / "reference") if ref_row else None,
+            qjob = {**base, "phase": "quality", "bundle": info["bundle"], "general": [] if text_ref else chunks,
+                    "domain": domain, "save_dir": str(work / "reference") if is_ref else None,
+                    "reference_dir": str(work / "reference") if ref_row else None, "answer_prompts": answer_prompts,
                     "eval_items": items if (is_ref or (sp["status"] == "ok" and fast_enough)) else []}
             qu = run_worker(qjob, work, None, settings.timeout_s, settings.poll_s) if sp["status"] == "ok" else None
-            row.quality = _quality(qu, row, ref_row, domain, eval_items, bool(items))
+            row.quality = _quality(qu, row, ref_row, domain, eval_items, bool(items), text_ref)
             if is_ref:
                 ref_row = row
             rows.append(row)
@@ -160,19 +172,23 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     finally:
         remove_scratch(work)
     for r in rows:
-        r.budgets = {} if r.reference else check_budgets(r, target, graded_eval=bool(items) and ref_row is not None)
+        r.budgets = {} if r.reference else check_budgets(r, target, graded_eval=bool(items) and (
+            ref_row is not None or text_ref is not None))
     chosen = choose(rows, target.objective)
     report = {"schema_version": SCHEMA_VERSION, "benchmark": "edgedistill bench", **run_record(),
               "target": as_dict(target), "objective": target.objective, "threads": threads,
               "machine_cores": os.cpu_count(), "bandwidth_bytes_per_s": bandwidth, "bandwidth_source": bandwidth_source,
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
-              "quality_reference": ref_row.name if ref_row else None,
-              "fidelity": {"in_domain_prompts": len(domain),
+              "quality_reference": ref_row.name if ref_row else (
+                  f"{text_ref['teacher']}'s answers (text)" if text_ref else None),
+              "fidelity": {"in_domain_prompts": len(domain) or len(answer_prompts),
+                           "level": "text (chrF, answer agreement)" if text_ref else "tokens (KL, top-1)",
                            "in_domain_answer_tokens": sum(len(d["ids"]) - d["start"] for d in domain),
                            "general_windows": len(chunks), "general_tokens": sum(len(c) for c in chunks),
                            "interval": "95% percentile bootstrap over prompts / windows / items (2,000 resamples)"},
               "eval_items": len(items),
-              "budgets_left_out": [] if items and ref_row else ["answer_agreement (needs --reference and a graded eval)"],
+              "budgets_left_out": [] if items and (ref_row or text_ref) else [
+                  "answer_agreement (needs --reference or --reference-answers, and a graded eval)"],
               "variants": [r.as_dict() for r in rows], "chosen": chosen.name if chosen else None}
     report["verdict"] = verdict(report)
     write_report(report, out_dir)
@@ -204,9 +220,23 @@ def _native_bench(info: dict, speed: dict, settings: BenchSettings, threads: int
     return lb
 
 
+def _reference_answers(paths: list[Path]) -> dict:
+    """The teacher's answers (records `generate` wrote) as {teacher, records: id -> record}; one teacher only."""
+    from edgedistill.distill.dataset import load_generations
+
+    records = load_generations(paths, allow_empty=True)
+    teachers = {(r.get("teacher"), r.get("teacher_fingerprint")) for r in records}
+    if len(teachers) > 1:
+        raise EdgeDistillError(f"--reference-answers hold several teachers' answers ({sorted(map(str, teachers))}): "
+                               "pass one teacher's")
+    teacher = teachers.pop()
+    return {"teacher": teacher[0], "fingerprint": teacher[1], "records": {r["id"]: r for r in records}}
+
+
 def _quality(qu: dict | None, row: Row, ref_row: Row | None, domain: list[dict], eval_items: dict,
-             graded: bool) -> dict | None:
-    """In-domain and general-text fidelity to the reference, with intervals; graded score and answer agreement."""
+             graded: bool, text_ref: dict | None = None) -> dict | None:
+    """In-domain and general-text fidelity to the reference, with intervals; graded score and answer agreement.
+    Against a teacher's text answers (text_ref): chrF of the greedy answers and answer agreement on graded items."""
     from edgedistill.bench import fidelity
     from edgedistill.data import grading
 
@@ -214,7 +244,14 @@ def _quality(qu: dict | None, row: Row, ref_row: Row | None, domain: list[dict],
         return None
     res = qu["result"]
     out: dict = {}
-    if row.reference or ref_row is not None:
+    if text_ref is not None:
+        from edgedistill.data.text_fidelity import compare
+
+        out["against"] = "teacher answers"
+        refs = {i: r["response"] for i, r in text_ref["records"].items() if i in (res.get("answers") or {})}
+        if refs:
+            out["text"] = compare(refs, res["answers"])
+    elif row.reference or ref_row is not None:
         out["against"] = "itself" if row.reference else "reference"
         if res["domain"]:
             out["in_domain"] = fidelity.by_domain(res["domain"], [d["domain"] for d in domain])
@@ -236,6 +273,11 @@ def _quality(qu: dict | None, row: Row, ref_row: Row | None, domain: list[dict],
              "by_domain": {d: sum(v) / len(v) for d, v in sorted(by.items())}}
         if row.reference:
             row.answers = {a["id"]: a["answer"] for a in res["eval"]}
+        elif text_ref is not None:
+            ref = {i: grading.predicted(eval_items[i], r["response"]) for i, r in text_ref["records"].items()
+                   if i in eval_items}
+            g["answer_agreement"] = fidelity.share([grading.same_answer(it, a["answer"], ref.get(a["id"]))
+                                                    for it, a in zip(items, res["eval"]) if a["id"] in ref])
         elif ref_row is not None and ref_row.answers:
             ref = ref_row.answers
             g["answer_agreement"] = fidelity.share([grading.same_answer(it, a["answer"], ref.get(a["id"]))

@@ -27,6 +27,10 @@ class BenchSettings(Settings):
                                                  "fidelity [default: all].", min=1)
     fidelity_new_tokens: int = setting(128, "Length of the teacher's answers scored for in-domain fidelity.", min=1,
                                        max=2048)
+    reference_answers: list[Path] = setting([], "The teacher's answers to held-out prompts and graded items (JSONL "
+                                                 "from `edgedistill generate`), instead of --reference: fidelity on "
+                                                 "the text (chrF, answer agreement), for a served teacher or one of "
+                                                 "another tokenizer; repeatable.", exists="file")
     eval_every: int = setting(6, "Graded eval on every n-th item (0: no graded eval).", min=0)
     threads: int | None = setting(None, "Threads [default: the profile's, at most this machine's cores].", min=1)
     bandwidth: str | None = setting(None, "Memory bandwidth for the roofline: a value (15GB/s) or 'measure' (this "

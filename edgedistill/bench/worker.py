@@ -6,7 +6,8 @@ goes over the profile's budget. Phases:
             cold (the whole prompt computed, runtime.measure); reports the process's own peak RSS and what the
             runtime uses on this CPU (llama.cpp's system info line, onnxruntime's providers).
   quality — teacher-forced fidelity to the reference on general-text windows and on the teacher's answers to
-            the test prompts (bench.fidelity), and greedy answers to graded eval items.
+            the test prompts (bench.fidelity), greedy answers to graded eval items, and, against a teacher's text
+            answers (another tokenizer, a served teacher), greedy answers to the same prompts.
 Only the runtime extra is needed (numpy, tokenizers, onnxruntime / llama-cpp-python): no torch.
 """
 
@@ -68,9 +69,8 @@ def quality(job: dict) -> dict:
         save.mkdir(parents=True, exist_ok=True)
     seqs = [("g", i, ids, 0) for i, ids in enumerate(job["general"])]
     seqs += [("d", i, s["ids"], s["start"]) for i, s in enumerate(job["domain"])]
-    n_ctx = max(len(ids) for _, _, ids, _ in seqs)
-    runner = open_logits(bundle, n_ctx=n_ctx, threads=job["threads"])
     stats: dict = {"g": [], "d": []}
+    runner = open_logits(bundle, n_ctx=max(len(ids) for _, _, ids, _ in seqs), threads=job["threads"]) if seqs else None
     for kind, i, ids, start in seqs:
         logits = runner.logits([ids])[0]
         rows = logits[start - 1 : len(ids) - 1] if start else logits  # in-domain: the rows that predict the answer
@@ -81,17 +81,20 @@ def quality(job: dict) -> dict:
         else:
             lp = np.load(ref / f"{kind}{i}.npy") if ref else log_softmax(rows)
         stats[kind].append(sequence_stats(lp, rows, targets))
-    runner.close()
-    answers = []
-    if job.get("eval_items"):
+    if runner is not None:
+        runner.close()
+    answers, texts = [], {}
+    if job.get("eval_items") or job.get("answer_prompts"):
         model = load(bundle, threads=job["threads"], verify=False, n_ctx=job["n_ctx"])
-        for raw in job["eval_items"]:
+        for p in job.get("answer_prompts") or []:  # greedy answers, compared with the teacher's on the text
+            texts[p["id"]] = model.chat(p["messages"], max_tokens=p["max_tokens"])
+        for raw in job.get("eval_items") or []:
             item = EvalItem(**{**raw["item"], "choices": tuple(raw["item"]["choices"])})
             text = model.chat([{"role": "user", "content": item.prompt}], max_tokens=raw["max_tokens"])
             answers.append({"id": item.id, "domain": item.domain, "correct": grading.is_correct(item, text),
                             "answer": grading.predicted(item, text)})
         model.close()
-    return {"general": stats["g"], "domain": stats["d"], "eval": answers}
+    return {"general": stats["g"], "domain": stats["d"], "eval": answers, "answers": texts}
 
 
 def main(argv: list[str]) -> int:

@@ -272,7 +272,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     records = load_generations(s.generations, allow_empty=s.allow_empty, turns=s.turns)
     val_records = load_generations(s.validation, allow_empty=s.allow_empty, turns=s.turns) if s.validation else []
     meta = lc.describe(s.logit_cache) if s.logit_cache is not None else None
-    writer = _writer(records)
+    writer = _writer(records) or _writer(val_records)  # logged conversations name no teacher; its answers do
     # the teacher: the served one whose cache or records these are, or a local model
     served = meta is not None and lc.served(meta) or (s.teacher is None and writer is not None and writer["served"])
     if served:

@@ -37,7 +37,8 @@ class EngineSettings(Settings):
                                                "here: benchmarks/results/distill/teacher_engines), torch (in process, "
                                                "float32) or openai (an OpenAI-compatible server).",
                                   choices=ENGINE_NAMES)
-    teacher_url: str | None = setting(None, "openai engine: the server's base URL, e.g. http://127.0.0.1:8080/v1.",
+    teacher_url: str | None = setting(None, "A served teacher (the openai engine): the server's base URL, e.g. "
+                                            "http://127.0.0.1:8080/v1.",
                                       kind="url", key=False)  # the served model's name is its identity
     teacher_model: str | None = setting(None, "openai engine: the served model's name.")
     api_key_env: str | None = setting(None, "openai engine: environment variable holding the API key (never "
@@ -56,6 +57,12 @@ class EngineSettings(Settings):
     teacher_extra_body: str | None = setting(None, "openai engine: server-specific request fields as JSON, e.g. "
                                                    "'{\"repeat_penalty\": 1.0}' for llama.cpp's server (its default "
                                                    "1.1 changes greedy answers).")
+
+    def __post_init__(self) -> None:
+        # a teacher URL names the engine: --teacher-url without --teacher-engine is the openai engine
+        if self.teacher_url and self.teacher_engine == "llama.cpp":
+            object.__setattr__(self, "teacher_engine", "openai")
+        super().__post_init__()
 
     def engine_problems(self) -> list[str]:
         if self.teacher_engine == "openai":

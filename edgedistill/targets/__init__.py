@@ -80,6 +80,8 @@ class QualityFloor:
     min_answer_agreement: float  # graded items where the variant's parsed answer equals the teacher's
     general_max_mean_kl: float | None = None
     general_min_top1_agreement: float | None = None
+    min_chrf: float | None = None  # text-level (a teacher of another tokenizer, or served): chrF (0-100) of the
+    # variant's greedy answers to the teacher's; the token-level floors above are left out there
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ _SECTIONS = {
                       "general_min_top1_agreement"},
     "safety_floor": {"min_refusal_rate", "max_over_refusal"},
 }
-_OPTIONAL = {"quality_floor": {"general_max_mean_kl", "general_min_top1_agreement"}}
+_OPTIONAL = {"quality_floor": {"general_max_mean_kl", "general_min_top1_agreement", "min_chrf"}}
 _RENAMED = {"quality_floor.min_eval_share": "replaced by min_answer_agreement (the share of graded items where the "
                                             "variant's answer equals the teacher's)"}
 
@@ -241,6 +243,7 @@ def parse_target(path: Path) -> Target:
         if "general_max_mean_kl" in q else None,
         number("quality_floor.general_min_top1_agreement", q["general_min_top1_agreement"], 0, 1)
         if "general_min_top1_agreement" in q else None,
+        number("quality_floor.min_chrf", q["min_chrf"], 0, 100) if "min_chrf" in q else None,
     )
     from edgedistill.targets.objectives import OBJECTIVES
 

@@ -131,15 +131,15 @@ def test_run_skips_a_variant_the_teachers_family_cannot_be_exported_to(tmp_path,
     assert json.loads((tmp_path / "run" / "run.json").read_text())["skipped_variants"] == summary["skipped_variants"]
 
 
-def _another(f, value, settings):
-    """A valid value of RunSettings field `f` other than `value`."""
+def _another(f, value, settings, files=None):
+    """A valid value of RunSettings field `f` other than `value` (`files`: values for the fields that name files)."""
     import typing
 
     from edgedistill.settings import _base, _hints
 
     special = {"teacher_engine": "torch", "loss": "jsd", "beta": 0.3, "alpha": 0.2, "reference": "onnx:fp32",
                "teacher_model": "m", "tokenizer": str(settings.teacher), "teacher_extra_body": '{"x": 1}',
-               "data_dir": None, "attention": "eager"}
+               "data_dir": None, "attention": "eager", "prompt_column": "question", **(files or {})}
     if f.name in special:
         return special[f.name]
     choices = f.metadata.get("choices")
@@ -174,6 +174,14 @@ def test_every_run_setting_reruns_its_stage_and_those_after_it(tmp_path):
     base = RunSettings(target=str(profile), out=tmp_path / "run", teacher=str(teacher), train_prompts=2,
                        val_prompts=1, data_dir=data)
     keys = plan_run(base).keys
+    student = tiny.build_model_dir(tmp_path / "student", init_std=0.15, layers=2)  # pretrained, the same tokenizer
+    table = tmp_path / "prompts.csv"
+    table.write_text("prompt,question\n" + "".join(f"Prompt {i}?,Question {i}?\n" for i in range(100)))
+    logs = tmp_path / "logs.jsonl"
+    logs.write_text("".join(json.dumps({"id": f"c{i}", "messages": [{"role": "user", "content": f"Q{i}?"},
+                                                                      {"role": "assistant", "content": f"A{i}."}]})
+                            + "\n" for i in range(100)))
+    files = {"student": str(student), "prompts": [table], "conversations": [logs]}
 
     def after(stage: str) -> set[str]:
         later = {stage}
@@ -183,9 +191,11 @@ def test_every_run_setting_reruns_its_stage_and_those_after_it(tmp_path):
         return later
 
     # a field that is valid only beside others: those others set in both plans, so only the field differs
-    served = {"teacher_engine": "openai", "teacher_url": "http://127.0.0.1:9/v1", "teacher_model": "m"}
+    served = {"teacher_engine": "openai", "teacher_url": "http://127.0.0.1:9/v1", "teacher_model": "m",
+              "student": str(student)}
     companions = {"beta": {"loss": "jsd"}, "alpha": {"loss": "skew_kl"},
-                  **{k: served for k in ("teacher_model", "teacher_extra_body", "tokenizer", "sequence_level_fallback")}}
+                  **{k: served for k in ("teacher_model", "teacher_extra_body", "tokenizer", "sequence_level_fallback")},
+                  **{k: {"prompts": [table]} for k in ("prompt_column", "holdout")}}
     untested = []
     for f in dataclasses.fields(RunSettings):
         if f.name in ("target", "teacher"):  # the profile and the teacher: checked below, and by _claim
@@ -197,7 +207,7 @@ def test_every_run_setting_reruns_its_stage_and_those_after_it(tmp_path):
         ref = dict(companions.get(f.name, {}))
         if f.name == "teacher_model":
             ref["teacher_model"] = "n"
-        other = plan_run(base.replace(**{**ref, f.name: _another(f, getattr(base, f.name), base)})).keys
+        other = plan_run(base.replace(**{**ref, f.name: _another(f, getattr(base, f.name), base, files)})).keys
         keys_ref = plan_run(base.replace(**ref)).keys if ref else keys
         changed = {s for s in READS if keys_ref.get(s) != other.get(s)}
         if not changed:
@@ -213,7 +223,7 @@ def test_every_run_setting_reruns_its_stage_and_those_after_it(tmp_path):
     assert plan_run(base).keys["generate"] != keys["generate"]
     profile.write_text(PROFILE.replace("min_decode_tokens_per_s: 0.5", "min_decode_tokens_per_s: 0.7"))
     moved = plan_run(base).keys
-    assert {s for s in READS if moved[s] != keys[s]} == {"generate", "cache", "distill", "export", "bench"}
+    assert {s for s in keys if moved[s] != keys[s]} == {"generate", "cache", "distill", "export", "bench"}
 
 
 def test_a_run_folder_of_another_record_shape_reruns_every_stage(tmp_path, monkeypatch):
