@@ -118,7 +118,7 @@ _REQUIRED = _TOP_KEYS - {"description", "network", "safety_floor", "objective"}
 _SECTIONS = {
     "latency": {"time_to_first_token", "min_decode_tokens_per_s"},
     "quality_floor": {"max_mean_kl", "min_top1_agreement", "min_answer_agreement", "general_max_mean_kl",
-                      "general_min_top1_agreement"},
+                      "general_min_top1_agreement", "min_chrf"},
     "safety_floor": {"min_refusal_rate", "max_over_refusal"},
 }
 _OPTIONAL = {"quality_floor": {"general_max_mean_kl", "general_min_top1_agreement", "min_chrf"}}

@@ -278,3 +278,25 @@ def test_the_cold_prefill_agrees_with_llama_bench(tmp_path_factory, tmp_path):
     lb = v["llama_bench"]
     assert v["speed"]["prompt_tokens_computed"] == 256 and lb["pp256_tokens_per_s"] > 0
     assert 0.75 <= lb["prefill_ratio"] <= 1.25, (v["speed"]["prefill_tokens_per_s"], lb["pp256_tokens_per_s"])
+
+
+def test_against_the_teachers_text_only_the_text_floors_apply(tmp_path):
+    """Against a teacher's answers (another tokenizer, or served): the KL floors are left out, min_chrf applies
+    with its interval, answer agreement counts; a floor of 0 cannot be missed."""
+    profile = tmp_path / "box.yaml"
+    from tests.pipeline.test_run import PROFILE
+
+    profile.write_text(PROFILE.replace("  min_answer_agreement: 0.0\n", "  min_answer_agreement: 0.0\n  min_chrf: 40\n"))
+    target = load_target(profile)
+    assert target.quality_floor.min_chrf == 40
+
+    def text_row(chrf, ci):
+        return _bare(quality={"against": "teacher answers", "text": {"chrf": {"value": chrf, "ci": ci, "items": 9}},
+                              "graded": {"answer_agreement": {"value": 0.5, "ci": [0.0, 1.0], "items": 4}}},
+                     speed={"decode_tokens_per_s": 10, "peak_rss_bytes": 1e8, "ttft_s": 0.1})
+
+    checks = check_budgets(text_row(55.0, [50.0, 60.0]), target)
+    assert "in_domain_mean_kl" not in checks and "in_domain_top1" not in checks
+    assert checks["chrf"].status == "pass" and checks["answer_agreement"].status == "pass"  # [0, 1] vs a floor of 0
+    assert check_budgets(text_row(42.0, [35.0, 49.0]), target)["chrf"].status == "uncertain"
+    assert check_budgets(text_row(30.0, [25.0, 35.0]), target)["chrf"].status == "fail"

@@ -77,3 +77,24 @@ def test_texts(tmp_path):
         load_texts(tmp_path)
     with pytest.raises(DataError, match="no .txt files"):
         load_texts(tmp_path / "sub" / "nothing")
+
+
+def test_prompt_tables_csv_and_parquet(tmp_path):
+    """A CSV (a quoted comma, a header row) or Parquet table with a named prompt column reads as prompts; row ids
+    name file and row when the table has no id column; a missing column is one line naming the columns there."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    csv = tmp_path / "mine.csv"
+    csv.write_text('question,category\n"Where is, my order?",shipping\nLock out the press,safety\n')
+    got, _ = load_prompts(csv, column="question")
+    assert [(p.id, p.messages[0]["content"], p.category) for p in got] == [
+        ("mine-2", "Where is, my order?", "shipping"), ("mine-3", "Lock out the press", "safety")]
+    with pytest.raises(DataError, match=r"no column 'prompt' \(it has question, category\).*--prompt-column"):
+        load_prompts(csv)
+    table = tmp_path / "mine.parquet"
+    pq.write_table(pa.table({"prompt": ["a question", ""], "id": ["x", "y"]}), table)
+    with pytest.raises(DataError, match=r"mine.parquet:2: needs 'messages'"):
+        load_prompts(table)  # the row checks every prompt file has
+    got, report = load_prompts(table, strict=False)
+    assert [p.id for p in got] == ["x"] and len(report.skipped) == 1
