@@ -85,9 +85,16 @@ class RunSettings(EngineSettings, TrainSettings, LossSettings):
         problems = []
         if self.prompts and self.conversations:
             problems.append("pass --prompts (the teacher answers them) or --conversations (logged answers), not both")
-        if self.teacher_engine == "openai" and not self.student:
-            problems.append("a served teacher has no weights to cut a student from: pass --student (a registry name "
-                            "or a Hugging Face folder)")
+        if self.teacher_engine == "openai":  # what needs the teacher's weights, refused before any work
+            if not self.student:
+                problems.append("a served teacher has no weights to cut a student from: pass --student (a registry "
+                                "name or a Hugging Face folder)")
+            if self.on_policy:
+                problems.append("on-policy steps need a local teacher to score the student's samples: a served one "
+                                "cannot; drop --on-policy")
+            if not self.cached_teacher and self.tokenizer:
+                problems.append("a served teacher's log-probabilities teach only through the cache of its answers' "
+                                "top-20: drop --live-teacher")
         return problems
 
 
@@ -246,7 +253,7 @@ class Plan:
         return self.teacher_dir is None or not self.pairing.logits
 
 
-def stage_key(name: str, stage: StageSpec | dict, upstream: list, plan_root: Path, teacher_dir: Path) -> str:
+def stage_key(name: str, stage: StageSpec | dict, upstream: list, plan_root: Path, teacher_dir: Path | None) -> str:
     """A stage's reuse key, derived (never listed by hand): the hash of every field of its resolved settings and
     of the keys of what it reads (`upstream`: the teacher's fingerprint, earlier stages). The output location is
     left out; paths inside the run folder are taken relative to it and the teacher's path is its fingerprint
@@ -261,7 +268,7 @@ def stage_key(name: str, stage: StageSpec | dict, upstream: list, plan_root: Pat
             return [portable(x) for x in v]
         if isinstance(v, dict):
             return {k: portable(x) for k, x in v.items()}
-        if isinstance(v, str) and v == str(teacher_dir):
+        if isinstance(v, str) and teacher_dir is not None and v == str(teacher_dir):
             return "<teacher>"
         if isinstance(v, str) and v.startswith(str(plan_root) + "/"):
             return "<run>/" + v[len(str(plan_root)) + 1:]
@@ -344,7 +351,7 @@ def plan_run(settings: RunSettings) -> Plan:
     reference = "" if text_bench else _follow_family(settings.reference, ["gguf:f16", "onnx:fp32"], teacher_dir)
     teacher_formats = [k for k in formats if k != reference and unsupported_reason(k, teacher_dir) is None] \
         if settings.teacher_variants and not text_bench else []
-    use_cache = settings.cached_teacher and pairing.logits and (settings.teacher_engine != "openai" or served)
+    use_cache = settings.cached_teacher and pairing.logits  # a served teacher: its top-20, aligned to the student
     folder = {name: out / name for name in READS}
     teacher_arg = str(teacher_dir) if teacher_dir else None
 
@@ -424,7 +431,7 @@ def plan_run(settings: RunSettings) -> Plan:
         upstream = [t_key, *(keys.get(r) for r in reads)]
         if name == "distill" and student_dir is not None:
             upstream.append(model_fingerprint(student_dir))
-        keys[name] = stage_key(name, stages[name], upstream, out, teacher_dir or Path("/nonexistent"))
+        keys[name] = stage_key(name, stages[name], upstream, out, teacher_dir)
     return Plan(target, out, teacher_dir, t_key, pairing, student_dir, data_dir, formats, skipped, reference,
                 teacher_formats, prompts, use_cache, stages, keys, conversations)
 
@@ -469,6 +476,9 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     for k, why in plan.skipped.items():
         echo(f"   skipping {k}: {why}")
     echo(f"   {plan.pairing.line()}")
+    if plan.text_bench and settings.teacher_variants:
+        echo("   the teacher's own quantized files are not candidates: " + (
+            "a served teacher has no weights here" if teacher_dir is None else "the student has another tokenizer"))
     teacher_pair = None
 
     def teacher():
