@@ -4,7 +4,7 @@ The teacher is smollm2-135m-instruct's exact F16 GGUF behind llama-cpp-python's 
 (127.0.0.1), reached only through the openai engine; the student is gemma3-270m, pretrained (Gemma 3, a
 SentencePiece vocabulary of 262k tokens against SmolLM2's 49k byte-level BPE). The issue proposed the other way
 round; gemma3-270m is a base model and, asked through /v1/chat/completions, ends its turn at once (an empty answer
-to every calibration prompt, measured here first and recorded), so it cannot teach through a chat API. The student
+to most calibration prompts, measured here first and recorded), so it cannot teach through a chat API. The student
 is the larger model: what is measured is the trip and what sequence-level distillation buys across tokenizers.
 
   1. `edgedistill run --target laptop --teacher-url URL --teacher-model smollm2-135m-instruct --student
@@ -98,6 +98,10 @@ def main() -> int:
     ap.add_argument("--fidelity-prompts", type=int, default=12, help="test prompts per domain")
     ap.add_argument("--eval-every", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=None, help="[default: run's]")
+    ap.add_argument("--formats", default="gguf:q8_0,gguf:q4_k_m",
+                    help="the laptop profile's variants benched (each answers every held-out prompt and graded item "
+                         "in its runtime: minutes per variant on 2 cores)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "distill" / "served_pair")
     args = ap.parse_args()
     from edgedistill.data.stage import GenerateSettings, select_prompts
@@ -119,11 +123,18 @@ def main() -> int:
 
     proc, url = start_server(teacher_gguf, args.threads)
     try:
-        settings = RunSettings(target="laptop", out=args.work / "run", teacher_url=url, teacher_model="teacher",
+        from edgedistill.targets import shipped
+
+        profile = args.work / "laptop.yaml"  # the shipped laptop profile, fewer variants
+        text = shipped()["laptop"].read_text()
+        profile.write_text(text.replace(next(ln for ln in text.splitlines() if ln.startswith("formats:")),
+                                        f"formats: [{', '.join(args.formats.split(','))}]"))
+        lr = {"lr": args.lr} if args.lr else {}
+        settings = RunSettings(target=str(profile), out=args.work / "run", teacher_url=url, teacher_model="teacher",
                                student=STUDENT, train_prompts=args.train_prompts, val_prompts=4,
                                fidelity_prompts=args.fidelity_prompts, eval_every=args.eval_every, steps=args.steps,
                                batch_size=4, grad_accum=1, max_length=256, teacher_extra_body=NO_PENALTY,
-                               allow_empty=True)
+                               allow_empty=True, **lr)
         t0 = time.perf_counter()
         summary = run_pipeline(settings, echo=lambda m: log(m))
         run_s = time.perf_counter() - t0

@@ -618,7 +618,10 @@ def _calls(record: dict) -> dict:
     for name in ("generate", "reference"):
         for part in ((record.get(name) or {}).get("info") or {}).values():
             for k, v in (part.get("calls") or {}).items() if isinstance(part, dict) else ():
-                total[k] = total.get(k, 0) + v
+                if isinstance(v, list):  # the model ids the server reported
+                    total[k] = sorted(set(total.get(k, [])) | set(v))
+                else:
+                    total[k] = total.get(k, 0) + v
     return total
 
 

@@ -129,7 +129,7 @@ class OpenAIEngine(Engine):
                 raise EngineError(f"--api-key-env {spec.api_key_env}: that environment variable is not set")
         teacher_id, fp, settings = cls.identity(spec)
         e = cls(spec, teacher_id=teacher_id, fingerprint=fp, settings=settings)
-        e.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        e.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "reported_models": []}
         e._lock = threading.Lock()
         e.client = openai.OpenAI(base_url=spec.url, api_key=key, timeout=spec.timeout_s, max_retries=spec.retries)
         e._probe()
@@ -204,6 +204,8 @@ class OpenAIEngine(Engine):
             raise self._fail(err) from None
         with self._lock:  # what the user pays: requests answered, prompt and completion tokens
             self.usage["requests"] += 1
+            if r.model and r.model not in self.usage["reported_models"]:  # the model id the server says answered
+                self.usage["reported_models"].append(r.model)
             if r.usage:
                 self.usage["prompt_tokens"] += r.usage.prompt_tokens or 0
                 self.usage["completion_tokens"] += r.usage.completion_tokens or 0

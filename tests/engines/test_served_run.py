@@ -67,7 +67,7 @@ def test_a_served_teacher_teaches_a_student_of_another_tokenizer_through_run(pai
     gen = summary["stages"]["generate"]["info"]
     assert calls["requests"] == sum(v["prompts"] for v in gen.values()) + sum(
         v["prompts"] for v in summary["stages"]["reference"]["info"].values())
-    assert calls["completion_tokens"] > 0 and calls["prompt_tokens"] > 0
+    assert calls["completion_tokens"] > 0 and calls["prompt_tokens"] > 0 and calls["reported_models"] == ["chatty"]
     # held out from the user's own file, never trained on
     train = {json.loads(x)["id"] for x in (out / "generate" / "teacher-train.jsonl").read_text().splitlines()}
     held = {json.loads(x)["id"] for x in (out / "reference" / "teacher-test.jsonl").read_text().splitlines()}
