@@ -58,8 +58,8 @@ class RunSettings(EngineSettings, TrainSettings, LossSettings):
     conversations: list[Path] = setting([], "Logged conversations (messages with assistant turns): training data as "
                                             "they stand, no teacher call; repeatable.", exists="file")
     turns: str = like(CacheSettings, "turns")
-    holdout: float = setting(0.1, "--prompts / --conversations: the share held out for validation and, as much "
-                                  "again, for the bench's fidelity; never trained on.", min=0.01, max=0.4)
+    held_out_share: float = setting(0.1, "--prompts / --conversations: the share held out for validation and, as "
+                                         "much again, for the bench's fidelity; never trained on.", min=0.01, max=0.4)
     train_prompts: int | None = setting(8, "Train prompts per domain the teacher answers (null in a file: all).",
                                         min=1)
     val_prompts: int | None = setting(4, "Validation prompts per domain.", min=1)
@@ -177,7 +177,7 @@ def _user_prompts(settings: RunSettings) -> dict[str, list]:
         for path in settings.prompts:
             got, _ = load_prompts(path, column=settings.prompt_column)
             for p in got:
-                split[_held_out(p.id, settings.holdout)].append(p)
+                split[_held_out(p.id, settings.held_out_share)].append(p)
     else:
         seen = set()
         for rec in load_generations(settings.conversations, turns="last", allow_empty=True):
@@ -185,14 +185,14 @@ def _user_prompts(settings: RunSettings) -> dict[str, list]:
             if base in seen:
                 continue
             seen.add(base)
-            part = _held_out(base, settings.holdout)
+            part = _held_out(base, settings.held_out_share)
             if part != "train":
                 split[part].append(Prompt(id=base, messages=tuple(parse_messages({"messages": rec["messages"]}))))
     if not split["validation"] or not split["test"]:
         n = sum(map(len, split.values()))
-        raise EdgeDistillError(f"holding out {settings.holdout:.0%} of {n} records left no "
+        raise EdgeDistillError(f"holding out {settings.held_out_share:.0%} of {n} records left no "
                                f"{'validation' if not split['validation'] else 'test'} prompt: give more records or a "
-                               "larger --holdout")
+                               "larger --held-out-share")
     ids = [p.id for v in split.values() for p in v]
     if len(ids) != len(set(ids)):
         raise EdgeDistillError("the prompt files share ids; ids must be unique across all files of one run")

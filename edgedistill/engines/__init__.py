@@ -67,7 +67,7 @@ class EngineSettings(Settings):
     def engine_problems(self) -> list[str]:
         if self.teacher_engine == "openai":
             if not self.teacher_url or not self.teacher_model:
-                return ["--teacher-engine openai needs --teacher-url and --teacher-model"]
+                return ["a served teacher needs --teacher-url and --teacher-model (the served model's name)"]
             if self.teacher_extra_body is not None:
                 import json
 

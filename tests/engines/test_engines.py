@@ -276,7 +276,9 @@ def test_engine_settings_are_checked_before_any_work(tmp_path):
         (["generate", "--teacher-engine", "openai", "--teacher-url", "http://127.0.0.1:80a/v1", "--teacher-model", "m",
           "--split", "train", "--out", str(tmp_path / "g.jsonl")], "is not a valid URL"),
         (["generate", "--teacher-url", "http://127.0.0.1:9/v1", "--split", "train", "--out", str(tmp_path / "g.jsonl")],
-         "are for --teacher-engine openai"),
+         "a served teacher needs --teacher-url and --teacher-model"),  # a URL names the openai engine
+        (["generate", "--teacher-engine", "torch", "--teacher-url", "http://127.0.0.1:9/v1", "--teacher-model", "m",
+          "--split", "train", "--out", str(tmp_path / "g.jsonl")], "are for --teacher-engine openai"),
         (["generate", "--teacher-engine", "openai", "--teacher-url", "http://127.0.0.1:9/v1", "--teacher-model", "m",
           "--teacher-extra-body", "[1]", "--split", "train", "--out", str(tmp_path / "g.jsonl")], "JSON object"),
     ]

@@ -55,7 +55,7 @@ def test_a_served_teacher_teaches_a_student_of_another_tokenizer_through_run(pai
     said = []
     out = tmp_path / "run"
     summary = run_pipeline(_settings(server, student, profile, out, prompts=[prompts], prompt_column="question",
-                                     holdout=0.2), echo=said.append)
+                                     held_out_share=0.2), echo=said.append)
     # decided first, and said: the tokenizers differ, so the student learns the teacher's text
     assert summary["pairing"]["kind"] == "sequence" and said[0].strip().startswith("pairing: sequence-level")
     assert list(summary["stages"]) == ["generate", "reference", "distill", "export", "bench", "safety"]
@@ -82,12 +82,12 @@ def test_a_served_teacher_teaches_a_student_of_another_tokenizer_through_run(pai
     assert "answer_agreement" in row["quality"]["graded"]
     # a second run reuses every stage, without a call to the server
     again = run_pipeline(_settings(server, student, profile, out, prompts=[prompts], prompt_column="question",
-                                   holdout=0.2), echo=lambda m: None)
+                                   held_out_share=0.2), echo=lambda m: None)
     assert all(s["reused"] for s in again["stages"].values())
     # the run folder belongs to this teacher: another served model is refused, naming both
     with pytest.raises(EdgeDistillError, match="made with teacher 'chatty'.*'other'"):
         run_pipeline(_settings(server, student, profile, out, prompts=[prompts], prompt_column="question",
-                               holdout=0.2).replace(teacher_model="other"), echo=lambda m: None)
+                               held_out_share=0.2).replace(teacher_model="other"), echo=lambda m: None)
     # distill with a local teacher on the served teacher's answers: the silent mix is refused, naming both
     proc = run_cli("distill", "--teacher", str(teacher_dir), "--student", str(student), "--generations",
                    str(out / "generate" / "teacher-train.jsonl"), "--out", str(tmp_path / "mixed"))
@@ -105,7 +105,7 @@ def test_logged_conversations_are_training_data_as_they_stand(pair, serve, tmp_p
         {"role": "user", "content": "And then?"}, {"role": "assistant", "content": "Then we stop."}]}) + "\n"
         for i in range(30)))
     out = tmp_path / "run"
-    summary = run_pipeline(_settings(server, student, profile, out, conversations=[logs], holdout=0.2),
+    summary = run_pipeline(_settings(server, student, profile, out, conversations=[logs], held_out_share=0.2),
                            echo=lambda m: None)
     gen = summary["stages"]["generate"]["info"]
     assert "train" not in gen and gen["validation"]["prompts"] >= 1  # the teacher answered only held-out prompts

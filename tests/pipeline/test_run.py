@@ -195,7 +195,7 @@ def test_every_run_setting_reruns_its_stage_and_those_after_it(tmp_path):
               "student": str(student)}
     companions = {"beta": {"loss": "jsd"}, "alpha": {"loss": "skew_kl"},
                   **{k: served for k in ("teacher_model", "teacher_extra_body", "tokenizer", "sequence_level_fallback")},
-                  **{k: {"prompts": [table]} for k in ("prompt_column", "holdout")}}
+                  **{k: {"prompts": [table]} for k in ("prompt_column", "held_out_share")}}
     untested = []
     for f in dataclasses.fields(RunSettings):
         if f.name in ("target", "teacher"):  # the profile and the teacher: checked below, and by _claim
