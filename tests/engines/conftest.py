@@ -150,3 +150,17 @@ class HangingServer:
         for c in self.conns:
             c.close()
         self.sock.close()
+
+
+@pytest.fixture(scope="session")
+def chatty(tmp_path_factory):
+    """A tiny model that answers in words and stops, with its F16 GGUF for the server."""
+    from edgedistill.formats.gguf import write_gguf
+    from edgedistill.models import load_model
+    from tests import tiny
+
+    root = tmp_path_factory.mktemp("chatty")
+    model_dir = tiny.build_chatty_model_dir(root / "chatty", steps=100)
+    model, tok = load_model(str(model_dir))
+    gguf = write_gguf(model, tok, root / "chatty-f16.gguf", dtype="f16")
+    return model_dir, gguf, (model, tok)

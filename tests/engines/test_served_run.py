@@ -19,16 +19,11 @@ NO_PENALTY = '{"repeat_penalty": 1.0}'
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    """The teacher's GGUF (a tiny chat model with a byte-level BPE tokenizer) and a Gemma 3 student (SentencePiece)."""
-    from edgedistill.formats.gguf import write_gguf
-    from edgedistill.models import load_model
-    from tests import tiny
-
+def pair(chatty, tmp_path_factory):
+    """The teacher's GGUF (the engine tests' tiny chat model, a byte-level BPE tokenizer) and a Gemma 3 student
+    (SentencePiece)."""
     root = tmp_path_factory.mktemp("served-run")
-    teacher_dir = tiny.build_chatty_model_dir(root / "chatty", steps=100)
-    model, tok = load_model(str(teacher_dir))
-    gguf = write_gguf(model, tok, root / "chatty-f16.gguf", dtype="f16")
+    teacher_dir, gguf, _ = chatty
     student = TINY["gemma3"].build(root / "student", layers=2)
     profile = root / "tinybox.yaml"
     profile.write_text(PROFILE.replace("formats: [gguf:q8_0, onnx:int8]", "formats: [gguf:q8_0]"))
