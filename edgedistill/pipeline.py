@@ -480,6 +480,12 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
         echo("   the teacher's own quantized files are not candidates: " + (
             "a served teacher has no weights here" if teacher_dir is None else "the student has another tokenizer"))
     teacher_pair = None
+    scorer = None  # a served teacher's likelihood of the student's answers (where the server scores text)
+    if teacher_dir is None:
+        from edgedistill.engines.served import TextScorer
+
+        scorer = TextScorer(EngineSettings(**_fields_of(settings, EngineSettings)).engine_spec(None),
+                            say=lambda m: echo(f"   {m}"))
 
     def teacher():
         """The local teacher, loaded once when a stage needs its weights; None for a served one."""
@@ -536,9 +542,9 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     # 4. distill (its student folder is the one the plan gave it: the prune stage's, or the --student)
     def run_distill(folder: Path) -> dict:
         with training_progress() as p:
-            report = distill(stages["distill"].build(), teacher=teacher(), progress=p)
+            report = distill(stages["distill"].build(), teacher=teacher(), progress=p, scorer=scorer)
         return {**{k: report.get(k) for k in ("steps", "parameters", "validation", "pairing")},
-                "student": st.rel(report["student"])}
+                "student": st.rel(report["student"]), **_scored(scorer)}
 
     _, distilled = st.run("distill", keys["distill"], run_distill)
     student = st.path(distilled["student"])
@@ -570,10 +576,10 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
 
     def run_bench(folder: Path) -> dict:
         with progress() as p:
-            report = bench(candidates, target, folder, b_settings, teacher=teacher_ref, progress=p)
+            report = bench(candidates, target, folder, b_settings, teacher=teacher_ref, progress=p, scorer=scorer)
         rows = {r["name"]: r for r in report["variants"]}
         chosen = rows[report["chosen"]] if report["chosen"] else None
-        return {"verdict": report["verdict"], "report": st.rel(folder / "bench.md"),
+        return {**_scored(scorer), "verdict": report["verdict"], "report": st.rel(folder / "bench.md"),
                 "chosen": chosen and {"name": chosen["name"], "bundle": st.rel(chosen["bundle"]),
                                       "teacher_variant": chosen.get("teacher_variant", False)}}
 
@@ -612,11 +618,21 @@ def _prompts_of(recorded: dict) -> dict:
     return {k: [Prompt(id=i, messages=tuple(m)) for i, m in v] for k, v in recorded.items()}
 
 
+def _scored(scorer) -> dict:
+    """The calls a served teacher's scorer made so far (what a stage that used it records), and resets them."""
+    if scorer is None or not scorer.usage:
+        return {}
+    calls, scorer.usage = scorer.usage, {}
+    return {"calls": calls}
+
+
 def _calls(record: dict) -> dict:
-    """A served teacher's calls over the stages this run ran (reused stages: what they recorded when they ran)."""
+    """A served teacher's calls over the stages this run ran (reused stages: what they recorded when they ran):
+    generate's and reference's per part, distill's and bench's (the teacher scoring the student's answers)."""
     total: dict = {}
-    for name in ("generate", "reference"):
-        for part in ((record.get(name) or {}).get("info") or {}).values():
+    for name in ("generate", "reference", "distill", "bench"):
+        info = (record.get(name) or {}).get("info") or {}
+        for part in [info] if name in ("distill", "bench") else info.values():
             for k, v in (part.get("calls") or {}).items() if isinstance(part, dict) else ():
                 if isinstance(v, list):  # the model ids the server reported
                     total[k] = sorted(set(total.get(k, [])) | set(v))

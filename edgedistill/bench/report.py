@@ -80,8 +80,8 @@ def markdown(report: dict) -> str:
     if runtimes:
         lines += ["", "What the runtimes use on this CPU:", ""] + [f"- {x}" for x in runtimes]
     text = f.get("level", "").startswith("text")  # against a teacher's text answers: no logits to compare
-    lines += ["", "| variant | chrF to the teacher | answers agree % | graded % (chance) | verdict |",
-              "|---|---|---|---|---|"] if text else [
+    lines += ["", "| variant | chrF to the teacher | answers agree % | teacher NLL/byte | graded % (chance) | verdict |",
+              "|---|---|---|---|---|---|"] if text else [
         "", "| variant | in-domain KL | in-domain top-1 % | answers agree % | graded % (chance) | general KL | "
             "general top-1 % | verdict |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -99,8 +99,10 @@ def markdown(report: dict) -> str:
             verdict = "**chosen** — " + verdict
         graded = (f"{_ci(g.get('score'), 'value', '.1f', 100)} ({100 * g['chance']:.0f})" if g.get("score") else "—")
         if text:
-            lines.append(f"| {r.name} | {_ci((q.get('text') or {}).get('chrf'), 'value', '.1f')} | "
-                         f"{_ci(g.get('answer_agreement'), 'value', '.1f', 100)} | {graded} | {verdict} |")
+            tq = q.get("text") or {}
+            lines.append(f"| {r.name} | {_ci(tq.get('chrf'), 'value', '.1f')} | "
+                         f"{_ci(g.get('answer_agreement'), 'value', '.1f', 100)} | "
+                         f"{_ci(tq.get('teacher_nll_per_byte'), 'value', '.3f')} | {graded} | {verdict} |")
             continue
         lines.append(f"| {r.name} | {_ci(dom, 'mean_kl', '.3f')} | {_ci(dom, 'top1_agreement', '.1f', 100)} | "
                      f"{_ci(g.get('answer_agreement'), 'value', '.1f', 100)} | {graded} | "

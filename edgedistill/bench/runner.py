@@ -51,13 +51,14 @@ class _Tok:
 
 
 def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSettings | None = None,
-          teacher: Path | None = None, comparison: list[Path] = (), progress=None) -> dict:
+          teacher: Path | None = None, comparison: list[Path] = (), progress=None, scorer=None) -> dict:
     """Measure every bundle under `target`; write bench.json, bench.md and charts to out_dir; return the report.
 
     teacher: the quality reference (measured without a memory cap), an exact export of the teacher. Its greedy
     answers to the test prompts are the in-domain fidelity set (bench.fidelity). bundles: the candidates, the
     teacher's own quantized files among them where wanted. comparison: bundles measured like the others but
-    never chosen. The settings are also written to out_dir/settings.yaml."""
+    never chosen. scorer: with --reference-answers of a served teacher, its likelihood of each bundle's answers
+    (engines.served.TextScorer). The settings are also written to out_dir/settings.yaml."""
     settings = settings or BenchSettings()
     from edgedistill.bench import fidelity
     from edgedistill.data import default_data_dir
@@ -163,7 +164,7 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
                     "reference_dir": str(work / "reference") if ref_row else None, "answer_prompts": answer_prompts,
                     "eval_items": items if (is_ref or (sp["status"] == "ok" and fast_enough)) else []}
             qu = run_worker(qjob, work, None, settings.timeout_s, settings.poll_s) if sp["status"] == "ok" else None
-            row.quality = _quality(qu, row, ref_row, domain, eval_items, bool(items), text_ref)
+            row.quality = _quality(qu, row, ref_row, domain, eval_items, bool(items), text_ref, scorer)
             if is_ref:
                 ref_row = row
             rows.append(row)
@@ -234,7 +235,7 @@ def _reference_answers(paths: list[Path]) -> dict:
 
 
 def _quality(qu: dict | None, row: Row, ref_row: Row | None, domain: list[dict], eval_items: dict,
-             graded: bool, text_ref: dict | None = None) -> dict | None:
+             graded: bool, text_ref: dict | None = None, scorer=None) -> dict | None:
     """In-domain and general-text fidelity to the reference, with intervals; graded score and answer agreement.
     Against a teacher's text answers (text_ref): chrF of the greedy answers and answer agreement on graded items."""
     from edgedistill.bench import fidelity
@@ -250,7 +251,8 @@ def _quality(qu: dict | None, row: Row, ref_row: Row | None, domain: list[dict],
         out["against"] = "teacher answers"
         refs = {i: r["response"] for i, r in text_ref["records"].items() if i in (res.get("answers") or {})}
         if refs:
-            out["text"] = compare(refs, res["answers"])
+            nll = scorer([(i, text_ref["records"][i]["messages"], res["answers"][i]) for i in refs]) if scorer else None
+            out["text"] = compare(refs, res["answers"], nll=nll)
     elif row.reference or ref_row is not None:
         out["against"] = "itself" if row.reference else "reference"
         if res["domain"]:

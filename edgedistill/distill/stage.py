@@ -212,9 +212,10 @@ def _max_new_tokens(records: list[dict]) -> int:
     return max([g for g in got if isinstance(g, int)], default=DecodeSettings().max_new_tokens)
 
 
-def text_validation(student, s_tok, records: list[dict], teacher=None) -> dict:
-    """chrF of the student's greedy answers to the held-out prompts against the teacher's answers in `records`, and,
-    with a local `teacher` (model, tokenizer), its NLL per byte of the student's answers; with intervals."""
+def text_validation(student, s_tok, records: list[dict], teacher=None, scorer=None) -> dict:
+    """chrF of the student's greedy answers to the held-out prompts against the teacher's answers in `records`, and
+    the teacher's NLL per byte of the student's answers: a local `teacher` (model, tokenizer) scores them, or a
+    served one through `scorer` (engines.served.TextScorer); with intervals."""
     from edgedistill.data.text_fidelity import compare, greedy_answers, teacher_nll
 
     prompts = [(r["id"], r["messages"]) for r in records]
@@ -222,6 +223,8 @@ def text_validation(student, s_tok, records: list[dict], teacher=None) -> dict:
     nll = None
     if teacher is not None and teacher[0] is not None:
         nll = teacher_nll(teacher[0], teacher[1], [(i, m, answers[i]) for i, m in prompts])
+    elif scorer is not None:
+        nll = scorer([(i, m, answers[i]) for i, m in prompts])
     return compare({r["id"]: r["response"] for r in records}, answers, nll=nll)
 
 
@@ -244,13 +247,15 @@ def validation_line(v: dict | None) -> str:
     return f"held-out ({v['prompts']} prompts): " + ", ".join(shown)
 
 
-def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=None, echo=None) -> dict:
+def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=None, echo=None,
+            scorer=None) -> dict:
     """Train the student to imitate the teacher on its generations; the student goes to OUT/student (atomically)
     with distill.json (pairing, steps, parameters, the held-out fidelity before and after) and settings.yaml;
     checkpoints and metrics.jsonl stay in OUT. The pairing (distill.pairing) is decided before any model loads: one
     tokenizer -> logit distillation (teacher live or cached); another tokenizer, or a served teacher without a
     cache -> sequence-level (cross-entropy on the teacher's text). `teacher`: an already loaded (model, tokenizer)
-    of s.teacher. Returns distill.json's content and `student`, the folder written."""
+    of s.teacher; `scorer`: a served teacher's likelihood of the student's held-out answers (TextScorer). Returns
+    distill.json's content and `student`, the folder written."""
     from edgedistill.distill import logit_cache as lc
     from edgedistill.distill.dataset import encode, load_generations
     from edgedistill.distill.pairing import decide
@@ -328,7 +333,8 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
         if pairing.logits and t_pair[0] is not None:
             val = encode(t_pair[1], val_records, s.max_length)
             return agreement_with_teacher(t_pair[0], model, val.examples, t_pair[1].pad_token_id)
-        return text_validation(model, s_pair[1], val_records, t_pair if local_teacher else None)
+        return text_validation(model, s_pair[1], val_records, t_pair if local_teacher else None,
+                               scorer if served else None)
 
     before = validate(s_pair[0]) if val_records else None
     t0 = time.perf_counter()

@@ -41,6 +41,11 @@ class EngineSettings(Settings):
                                             "http://127.0.0.1:8080/v1.",
                                       kind="url", key=False)  # the served model's name is its identity
     teacher_model: str | None = setting(None, "openai engine: the served model's name.")
+    teacher_api: str = setting("chat", "openai engine: the API the teacher is asked through: chat "
+                                       "(/v1/chat/completions, for instruct models) or completions (/v1/completions "
+                                       "on the prompt rendered here: with --tokenizer's chat template when it has "
+                                       "one, else the contents joined by newlines; for base models).",
+                               choices=("chat", "completions"))
     api_key_env: str | None = setting(None, "openai engine: environment variable holding the API key (never "
                                             "logged or written).", key=False)
     tokenizer: str | None = setting(None, "openai engine: local model whose tokenizer the served tokens are aligned "
@@ -78,6 +83,8 @@ class EngineSettings(Settings):
                     return [f"--teacher-extra-body {self.teacher_extra_body!r} must be a JSON object"]
         elif self.teacher_url or self.teacher_model:
             return ["--teacher-url and --teacher-model are for --teacher-engine openai"]
+        elif self.teacher_api != "chat":
+            return [f"--teacher-api {self.teacher_api} is for a served teacher (--teacher-url)"]
         return []
 
     def extra_problems(self) -> list[str]:
@@ -87,7 +94,8 @@ class EngineSettings(Settings):
         import json
 
         return EngineSpec(self.teacher_engine, teacher, url=self.teacher_url, served_model=self.teacher_model,
-                          api_key_env=self.api_key_env, tokenizer=self.tokenizer, concurrency=self.concurrency,
+                          api_key_env=self.api_key_env, tokenizer=self.tokenizer, api=self.teacher_api,
+                          concurrency=self.concurrency,
                           timeout_s=self.teacher_timeout, retries=self.retries, gguf_type=self.teacher_gguf_type,
                           trust_remote_code=trust_remote_code, sequence_level_fallback=self.sequence_level_fallback,
                           extra_body=json.loads(self.teacher_extra_body) if self.teacher_extra_body else None)
@@ -115,6 +123,7 @@ class EngineSpec:
     served_model: str | None = None
     api_key_env: str | None = None
     tokenizer: str | None = None
+    api: str = _default("teacher_api")  # openai: "chat" or "completions"
     concurrency: int = _default("concurrency")
     timeout_s: float = _default("teacher_timeout")
     retries: int = _default("retries")

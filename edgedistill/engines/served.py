@@ -1,4 +1,7 @@
-"""The openai engine: any OpenAI-compatible `/v1/chat/completions` server, through the official openai client.
+"""The openai engine: any OpenAI-compatible server, through the official openai client: `/v1/chat/completions`
+(instruct models), or `/v1/completions` on a prompt rendered here (base models; `completion_prompt`). The
+completions API is also how a server scores given text (`score_texts`: echo with log-probabilities, where the
+server returns them for the prompt), the teacher's likelihood of a student's answers.
 
 Requests run concurrently (at most `concurrency` at once) with a timeout each; the client retries with backoff
 on 408/409/429/5xx and lost connections (`retries` times, honouring Retry-After). The API key is read from the
@@ -97,6 +100,32 @@ class Aligner:
         return ids, top_ids, top_lp
 
 
+class _Piece:
+    """A completions-API token in the shape of a chat-API logprobs entry (what `Aligner.align` reads)."""
+
+    bytes = None
+
+    def __init__(self, token: str, logprob: float | None = None, top: dict | None = None):
+        self.token, self.logprob = token, logprob
+        self.top_logprobs = [_Piece(t, lp) for t, lp in (top or {}).items()]
+
+
+def completion_prompt(tokenizer, messages) -> str:
+    """The text sent to /v1/completions for `messages`: rendered with the tokenizer's chat template when it has one,
+    else the contents joined by newlines (as the runtime renders for a base model). A tokenizer that adds BOS
+    itself when encoding has it added by the server too (a GGUF keeps that setting): its BOS text is left out."""
+    from edgedistill.runtime.text import render
+
+    if tokenizer is None:
+        return render(None, list(messages), {})
+    from edgedistill.models.generate import prompt_text
+
+    text = prompt_text(tokenizer, list(messages))
+    bos = getattr(tokenizer, "bos_token", None)
+    adds = bos and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
+    return text[len(bos):] if adds and text.startswith(bos) else text
+
+
 def _strip_rows(tokenizer, text: str, ids, top_ids, top_lp):
     """The rows of the stripped text (what the record keeps), or None when stripping changes its tokens."""
     stripped = text.strip()
@@ -145,7 +174,11 @@ class OpenAIEngine(Engine):
         """The served model's name is its identity (the URL may move: a rerun against a restarted server on
         another port continues the same data)."""
         recorded = {"engine": cls.name, **({"extra_body": spec.extra_body} if spec.extra_body else {})}
-        return spec.served_model, hashlib.sha256(f"openai:{spec.served_model}".encode()).hexdigest()[:16], recorded
+        key = f"openai:{spec.served_model}"
+        if spec.api != "chat":  # another API asks the model another way: its answers are other data
+            recorded["api"] = spec.api
+            key += f":{spec.api}"
+        return spec.served_model, hashlib.sha256(key.encode()).hexdigest()[:16], recorded
 
     def _fail(self, err) -> EngineError:
         import openai
@@ -181,24 +214,19 @@ class OpenAIEngine(Engine):
             raise EngineError(f"{self.spec.url} serves {', '.join(names[:8])}, not {self.spec.served_model!r}: "
                               "fix --teacher-model")
 
-    def _one(self, i: int, messages, gen, logprobs: int) -> Answer:
+    def _request(self, call, **kw):
+        """One request through `call` (the client's chat or completions create), counted in `usage`; None when
+        the prompt is too long for the server's context."""
         import openai
 
-        kw = dict(model=self.spec.served_model, messages=list(messages), max_tokens=gen.max_new_tokens)
-        if gen.sample:
-            kw.update(temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed + i)
-        else:
-            kw.update(temperature=0.0)
-        if logprobs:
-            kw.update(logprobs=True, top_logprobs=logprobs)
         if self.spec.extra_body:
             kw.update(extra_body=self.spec.extra_body)
         try:
-            r = self.client.chat.completions.create(**kw)
+            r = call(model=self.spec.served_model, **kw)
         except openai.BadRequestError as err:
             msg = str(getattr(err, "message", err)).lower()
             if any(w in msg for w in ("context", "too long", "exceed", "maximum")):
-                return Answer(i, None, 0, "prompt_too_long")
+                return None
             raise self._fail(err) from None
         except openai.OpenAIError as err:
             raise self._fail(err) from None
@@ -209,12 +237,37 @@ class OpenAIEngine(Engine):
             if r.usage:
                 self.usage["prompt_tokens"] += r.usage.prompt_tokens or 0
                 self.usage["completion_tokens"] += r.usage.completion_tokens or 0
+        return r
+
+    def _one(self, i: int, messages, gen, logprobs: int) -> Answer:
+        kw = dict(max_tokens=gen.max_new_tokens)
+        if gen.sample:
+            kw.update(temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed + i)
+        else:
+            kw.update(temperature=0.0)
+        chat = self.spec.api == "chat"
+        if chat:
+            if logprobs:
+                kw.update(logprobs=True, top_logprobs=logprobs)
+            r = self._request(self.client.chat.completions.create, messages=list(messages), **kw)
+        else:
+            if logprobs:
+                kw.update(logprobs=logprobs)
+            r = self._request(self.client.completions.create, prompt=completion_prompt(self.tokenizer, messages), **kw)
+        if r is None:
+            return Answer(i, None, 0, "prompt_too_long")
         choice = r.choices[0]
-        raw = choice.message.content or ""
+        raw = (choice.message.content if chat else choice.text) or ""
         finish = "length" if choice.finish_reason == "length" else "stop"
         n = r.usage.completion_tokens if r.usage else 0
         a = Answer(i, raw.strip(), n, finish)
-        content = choice.logprobs.content if (logprobs and choice.logprobs) else None
+        content = None
+        if logprobs and choice.logprobs:
+            if chat:
+                content = choice.logprobs.content
+            elif choice.logprobs.tokens:
+                lp = choice.logprobs
+                content = [_Piece(t, None, top) for t, top in zip(lp.tokens, lp.top_logprobs or [None] * len(lp.tokens))]
         if logprobs and content is None:
             self.no_logprobs += 1
         if content and self.aligner is not None:
@@ -231,6 +284,46 @@ class OpenAIEngine(Engine):
                 a.tokens, a.topk_ids, a.topk_logprobs = rows
                 a.tokens = list(a.tokens)
         return a
+
+    def _echo(self, text: str) -> tuple[list, list]:
+        """The server's tokens of `text` and their log-probabilities, echoed by /v1/completions (the one token it
+        generates left out)."""
+        r = self._request(self.client.completions.create, prompt=text, echo=True, logprobs=1, max_tokens=1,
+                          temperature=0.0)
+        lp = r.choices[0].logprobs if r is not None and r.choices else None
+        if lp is None or not lp.tokens or not lp.token_logprobs:
+            raise EngineError(f"{self.spec.url} returns no log-probabilities for a prompt (echo with logprobs on "
+                              "/v1/completions): the teacher's likelihood of the student's answers is left out")
+        made = r.usage.completion_tokens if r.usage and r.usage.completion_tokens is not None else 1
+        n = len(lp.tokens) - made
+        return list(lp.tokens[:n]), list(lp.token_logprobs[:n])
+
+    def score_texts(self, items, prompts: dict | None = None) -> dict:
+        """id -> (the teacher's NLL of the answer, the answer's UTF-8 bytes) for items (id, messages, answer), scored
+        by the server: the prompt (`completion_prompt`) followed by the answer, echoed with log-probabilities by
+        /v1/completions. The answer's tokens are those after the prompt's own (echoed alone once; `prompts` keeps
+        them across calls): servers differ in how they show special tokens and split characters, the count does
+        not. An answer whose first token merges with the prompt's last is left out and counted in `unscored`, as
+        are empty answers. Raises EngineError when the server returns no log-probabilities for a prompt (many
+        vendor APIs do not)."""
+        out = {}
+        prompts = {} if prompts is None else prompts
+        self.unscored = 0
+        for rid, messages, answer in items:
+            prompt = completion_prompt(self.tokenizer, messages)
+            if not answer:
+                self.unscored += 1
+                continue
+            if prompt not in prompts:
+                prompts[prompt] = self._echo(prompt)[0]
+            head = prompts[prompt]
+            toks, lps = self._echo(prompt + answer)
+            tail = lps[len(head):]
+            if toks[: len(head)] != head or not tail or any(x is None for x in tail):
+                self.unscored += 1
+                continue
+            out[rid] = (-float(sum(tail)), len(answer.encode()))
+        return out
 
     def answer(self, conversations, gen, *, logprobs=0, max_prompt_tokens=None):
         if logprobs and self.aligner is None:
@@ -271,3 +364,45 @@ class OpenAIEngine(Engine):
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+
+
+class TextScorer:
+    """The served teacher's likelihood of given answers (`OpenAIEngine.score_texts`) for distill's validation and
+    the bench: the server is opened per call; one that returns no prompt log-probabilities is said once and not
+    asked again (the measure is left out). `usage`: the requests this made, what the user pays."""
+
+    def __init__(self, spec: EngineSpec, say=None):
+        self.spec, self.say = spec, say or log.warning
+        self.usage: dict = {}
+        self.prompts: dict = {}  # prompt text -> the server's tokens of it (asked once)
+        self.refused: str | None = None
+        if spec.api == "chat" and not spec.tokenizer:
+            self.refused = ("the served teacher's likelihood of the student's answers is left out: scoring renders the "
+                            "prompt as its chat template would, so pass --tokenizer naming the teacher's tokenizer "
+                            "(or --teacher-api completions for a base model)")
+        self._said = False
+
+    def __call__(self, items) -> dict | None:
+        if self.refused is not None:
+            if not self._said:
+                self._said = True
+                self.say(self.refused)
+            return None
+        from edgedistill.engines import open_engine
+
+        e = open_engine(self.spec)
+        try:
+            got = e.score_texts(items, self.prompts)
+            if e.unscored:
+                self.say(f"the teacher's likelihood left out {e.unscored} of {len(items)} answers (empty, or their "
+                         "tokens merged across the prompt)")
+            return got
+        except EngineError as err:
+            self.refused, self._said = str(err), True
+            self.say(self.refused)
+            return None
+        finally:
+            for k, v in e.usage.items():
+                self.usage[k] = sorted(set(self.usage.get(k, [])) | set(v)) if isinstance(v, list) else \
+                    self.usage.get(k, 0) + v
+            e.close()

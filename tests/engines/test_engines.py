@@ -298,3 +298,53 @@ def test_aligner_tells_a_non_canonical_split_from_another_tokenizer():
     foreign = pieces[:1] + ["\u00e9t\u00e9-x-y-z"] + pieces[1:]
     with pytest.raises(EngineError, match="served tokens are not this tokenizer's"):
         al.align(text, [NS(token=p, bytes=None, logprob=-0.1, top_logprobs=[]) for p in foreign])
+
+
+def test_completions_api_answers_like_chat_and_the_server_scores_text_like_torch(chatty, reference, serve, tmp_path):
+    """--teacher-api completions: the prompt rendered here with the tokenizer's template gives the chat API's greedy
+    answers and top-4; echoed log-probabilities give the teacher's NLL of given answers, as the torch model does.
+    Its data are another teacher's (the fingerprint names the API)."""
+    from edgedistill.data.text_fidelity import teacher_nll
+    from edgedistill.engines import identity
+
+    server = serve(chatty[1], "chatty")
+    spec = _spec("openai", chatty, server, api="completions")
+    assert identity(spec)[1] != identity(_spec("openai", chatty, server))[1]
+    out = tmp_path / "completions.jsonl"
+    r = generate(None, _prompts(), out, GEN, engine=spec, logprobs=4)
+    assert r.written == len(QUESTIONS) and r.calls["requests"] == len(QUESTIONS)
+    recs = {int(x["id"][1:]): x for x in _records(out)}
+    assert {x["settings"].get("api") for x in recs.values()} == {"completions"}
+    for i, ref in reference.items():
+        assert recs[i]["response"] == ref.text, i
+        n = len(recs[i]["teacher_tokens"])
+        assert n and recs[i]["teacher_tokens"] == ref.tokens[:n], i
+        assert [row[0] for row in recs[i]["teacher_topk"]["ids"]] == [row[0] for row in ref.topk_ids[:n]], i
+
+    # scoring: answers that are and are not the teacher's own, against the torch model teacher-forced
+    items = [(f"p{i}", p.messages, text) for i, (p, text) in
+             enumerate(zip(_prompts(), [reference[0].text, "Refunds take five days.", reference[2].text, "",
+                                        "zzz qqq", reference[5].text]))]
+    e = open_engine(spec)
+    try:
+        served = e.score_texts(items)
+    finally:
+        e.close()
+    local = teacher_nll(chatty[2][0], chatty[2][1], items)
+    assert set(served) == set(local) == {"p0", "p1", "p2", "p4", "p5"}  # the empty answer has no bytes to score
+    for k in local:
+        assert served[k][1] == local[k][1]
+        assert abs(served[k][0] - local[k][0]) < 0.05 * local[k][0] + 0.1, (k, served[k], local[k])
+    assert served["p4"][0] / served["p4"][1] > served["p0"][0] / served["p0"][1]  # gibberish is less likely
+
+
+def test_completions_api_on_a_base_model_without_a_tokenizer(chatty, serve, tmp_path):
+    """Without --tokenizer the completions prompt is the contents joined by newlines (a base model's prompt)."""
+    from edgedistill.engines.served import completion_prompt
+
+    assert completion_prompt(None, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]) \
+        == "Be brief.\nHi\n"
+    server = serve(chatty[1], "chatty")
+    spec = EngineSpec("openai", None, url=server.url, served_model="chatty", api="completions", extra_body=NO_PENALTY)
+    r = generate(None, _prompts(2), tmp_path / "base.jsonl", GEN, engine=spec)
+    assert r.written + r.empty == 2 and r.calls["requests"] == 2

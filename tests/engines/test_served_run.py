@@ -70,6 +70,7 @@ def test_a_served_teacher_teaches_a_student_of_another_tokenizer_through_run(pai
     # fidelity on the text, before and after distillation, with intervals
     v = summary["student"]["validation"]
     assert set(v["chrf"]) == {"value", "ci", "items"} and "chrf" in v["before"] and "teacher_nll_per_byte" not in v
+    assert sum("likelihood of the student's answers is left out" in m for m in said) == 1  # chat API, no template
     report = json.loads((out / "bench" / "bench.json").read_text())
     assert report["fidelity"]["level"].startswith("text") and report["quality_reference"].startswith("chatty")
     row = report["variants"][0]
@@ -142,3 +143,25 @@ def test_a_local_teacher_of_another_tokenizer_scores_the_students_answers(pair, 
     assert "export-teacher" not in summary["stages"] and "prune" not in summary["stages"]
     v = summary["student"]["validation"]
     assert v["teacher_nll_per_byte"]["value"] > 0 and "teacher_nll_per_byte" in v["before"]
+
+
+@pytest.mark.slow
+def test_a_base_model_teaches_through_the_completions_api_and_scores_the_students_answers(pair, serve, tmp_path):
+    """--teacher-api completions (with --tokenizer naming the teacher's tokenizer, whose template renders the
+    prompts): the server answers, and scores the student's answers before and after distillation and each
+    bundle's in the bench; those calls are counted with the rest."""
+    teacher_dir, gguf, student, profile = pair
+    server = serve(gguf, "chatty")
+    summary = run_pipeline(_settings(server, student, profile, tmp_path / "run", teacher_api="completions",
+                                     tokenizer=str(teacher_dir), train_prompts=2, val_prompts=2, fidelity_prompts=2),
+                           echo=lambda m: None)
+    assert summary["pairing"]["kind"] == "sequence"
+    v = summary["student"]["validation"]
+    assert v["teacher_nll_per_byte"]["value"] > 0 and v["before"]["teacher_nll_per_byte"]["value"] > 0
+    row = json.loads((tmp_path / "run" / "bench" / "bench.json").read_text())["variants"][0]
+    assert row["quality"]["text"]["teacher_nll_per_byte"]["items"] >= 1
+    stages = summary["stages"]
+    scored = stages["distill"]["info"]["calls"]["requests"] + stages["bench"]["info"]["calls"]["requests"]
+    assert scored >= 2 * v["prompts"] + row["quality"]["text"]["teacher_nll_per_byte"]["items"]
+    asked = sum(x["prompts"] for name in ("generate", "reference") for x in stages[name]["info"].values())
+    assert summary["teacher_calls"]["requests"] == asked + scored
