@@ -4,7 +4,8 @@ The teacher is smollm2-135m-instruct's exact F16 GGUF behind llama-cpp-python's 
 (127.0.0.1), reached only through the openai engine; the student is gemma3-270m, pretrained (Gemma 3, a
 SentencePiece vocabulary of 262k tokens against SmolLM2's 49k byte-level BPE). The issue proposed the other way
 round; gemma3-270m is a base model and, asked through /v1/chat/completions, ends its turn at once (an empty answer
-to most calibration prompts, measured here first and recorded), so it cannot teach through a chat API. The student
+to most calibration prompts, measured here first and recorded), so it cannot teach through a chat API
+(through the completions API it answers: served_scoring.py). The student
 is the larger model: what is measured is the trip and what sequence-level distillation buys across tokenizers.
 
   1. `edgedistill run --target laptop --teacher-url URL --teacher-model smollm2-135m-instruct --student
@@ -13,8 +14,8 @@ is the larger model: what is measured is the trip and what sequence-level distil
   2. before / after on the held-out test prompts and graded items the bench uses (the teacher's answers from the
      run's reference stage): the student's greedy answers (torch, float32) before distillation (gemma3-270m as
      pulled) and after (the run's student); chrF to the teacher's answer, answer agreement on graded items, and
-     the teacher's NLL per byte of the student's answers (scored by the same model in torch: the server returns no
-     prompt log-probabilities), each with a 95% bootstrap interval over prompts / items.
+     the teacher's NLL per byte of the student's answers (scored by the same model in torch, which the
+     server's own score matches within 0.3%: served_scoring.py), each with a 95% bootstrap interval over prompts / items.
 
     .venv/bin/python benchmarks/served_pair.py   # writes benchmarks/results/distill/served_pair.{json,md}
 """
