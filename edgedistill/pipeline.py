@@ -181,7 +181,7 @@ def _user_prompts(settings: RunSettings) -> dict[str, list]:
     else:
         seen = set()
         for rec in load_generations(settings.conversations, turns="last", allow_empty=True):
-            base = rec["id"].split("#")[0]
+            base = rec["record_id"]
             if base in seen:
                 continue
             seen.add(base)
@@ -291,7 +291,7 @@ def plan_run(settings: RunSettings) -> Plan:
     from edgedistill.data import default_data_dir
     from edgedistill.data.evaluate import REASONING_TOKENS, find_eval_sets, load_eval_items
     from edgedistill.data.load import Prompt
-    from edgedistill.data.stage import select_prompts
+    from edgedistill.data.stage import read_prompts
     from edgedistill.distill.pairing import decide
     from edgedistill.distill.stage import DistillSettings
     from edgedistill.engines import identity
@@ -366,11 +366,9 @@ def plan_run(settings: RunSettings) -> Plan:
             conversations = _train_conversations(settings, {p.id for v in prompts.values() for p in v})
             prompts["train"] = []
     else:
-        probe = {split: GenerateSettings(teacher=teacher_arg or "", split=split, limit=n, data_dir=data_dir,
-                                         out=out / "probe.jsonl", **engine)
-                 for split, n in (("train", settings.train_prompts), ("validation", settings.val_prompts),
-                                  ("test", settings.fidelity_prompts))}
-        prompts = {split: select_prompts(g) for split, g in probe.items()}
+        prompts = {split: read_prompts(split=split, limit=n, data_dir=data_dir)
+                   for split, n in (("train", settings.train_prompts), ("validation", settings.val_prompts),
+                                    ("test", settings.fidelity_prompts))}
     if not text_bench:
         prompts.pop("test")  # the bench's teacher answers come from its reference bundle
     gen = {split: StageSpec(GenerateSettings, dict(teacher=teacher_arg or "", split="train", data_dir=data_dir,

@@ -53,18 +53,26 @@ class GenerateSettings(EngineSettings, DecodeSettings):
 
 def select_prompts(s: GenerateSettings, *, echo=None) -> list:
     """The prompts s names: s.prompts, or s.split of every domain, s.limit per file; ids unique across files."""
+    return read_prompts(s.prompts, split=s.split, limit=s.limit, data_dir=s.data_dir, column=s.prompt_column,
+                        skip_bad=s.skip_bad, echo=echo)
+
+
+def read_prompts(files=None, *, split: str = "train", limit: int | None = None, data_dir=None,
+                 column: str | None = None, skip_bad: bool = False, echo=None) -> list:
+    """The prompts of `files`, or of `split` in every domain of the data folder, `limit` per file; ids unique
+    across files. Malformed records are refused, or skipped and counted with `skip_bad`."""
     from edgedistill.data import default_data_dir
     from edgedistill.data.load import load_prompts
     from edgedistill.data.stats import domains
 
     say = echo or log.info
-    files = s.prompts or [d / "prompts" / f"{s.split}.jsonl" for d in domains(s.data_dir or default_data_dir())]
+    files = files or [d / "prompts" / f"{split}.jsonl" for d in domains(data_dir or default_data_dir())]
     prompts = []
     for path in files:
-        got, report = load_prompts(path, strict=not s.skip_bad, column=s.prompt_column)
+        got, report = load_prompts(path, strict=not skip_bad, column=column)
         if report.skipped:
             say(f"skipped {len(report.skipped)} malformed records (first: {report.skipped[0]})")
-        prompts.extend(got[: s.limit] if s.limit else got)
+        prompts.extend(got[:limit] if limit else got)
     ids = [p.id for p in prompts]
     if len(ids) != len(set(ids)):
         raise EdgeDistillError("the prompt files share ids; ids must be unique across all files of one run")

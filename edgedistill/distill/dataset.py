@@ -76,7 +76,7 @@ def load_generations(paths: Sequence[Path], *, allow_empty: bool = False, turns:
     """Training records from one or more files: what `edgedistill generate` writes (`messages` and the teacher's
     `response`), or logged conversations (`messages` with assistant turns: every one a target with the conversation
     before it as context, or only the last with turns="last"; ids get '#<message index>' when a conversation gives
-    several). An answer that is empty or only whitespace teaches the student to say nothing: refused, with the count
+    several, and `record_id` is the record's own id either way). An answer that is empty or only whitespace teaches the student to say nothing: refused, with the count
     and the first one, unless `allow_empty`."""
     out, seen, empty = [], set(), []
     for path in paths:
@@ -91,7 +91,7 @@ def load_generations(paths: Sequence[Path], *, allow_empty: bool = False, turns:
                 if rid in seen:
                     raise DataError(f"{path}:{n}: duplicate id {rid!r}")
                 seen.add(rid)
-                out.append({**ex, "id": rid})
+                out.append({**ex, "id": rid, "record_id": base})
                 if not ex["response"].strip():
                     empty.append(f"{path}:{n} (id {rid})")
     if not out:
