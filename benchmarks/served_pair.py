@@ -55,17 +55,31 @@ def empty_chat_answers(gguf: Path, prompts: list, threads: int) -> dict:
         proc.kill()
 
 
-def before_after(run: Path, student_dirs: dict[str, str], teacher_pair) -> dict:
-    from edgedistill.data import default_data_dir
+def score_answers(test: list, graded: list, answers: dict, g_answers: dict, teacher_pair) -> dict:
+    """A student's greedy answers against the teacher's: chrF on the test prompts, answer agreement (and the
+    student's own score) on the graded items, the teacher's NLL per byte of the student's test answers (torch)."""
+    from edgedistill.data import default_data_dir, grading
     from edgedistill.data.evaluate import find_eval_sets, load_eval_items
-    from edgedistill.data import grading
-    from edgedistill.data.text_fidelity import compare, greedy_answers, teacher_nll
+    from edgedistill.data.text_fidelity import compare, mean_ci, teacher_nll
+
+    items = {it.id: it for it in load_eval_items(find_eval_sets(default_data_dir()))}
+    agree = [grading.same_answer(items[r["id"]], grading.predicted(items[r["id"]], g_answers[r["id"]]),
+                                 grading.predicted(items[r["id"]], r["response"])) for r in graded]
+    correct = [grading.is_correct(items[r["id"]], g_answers[r["id"]]) for r in graded]
+    nll = teacher_nll(*teacher_pair, [(r["id"], r["messages"], answers[r["id"]]) for r in test])
+    res = compare({r["id"]: r["response"] for r in test}, answers, nll=nll, graded=agree)
+    res["graded_correct"] = mean_ci([float(c) for c in correct])
+    res["empty_answers"] = sum(not a.strip() for a in answers.values())
+    return res
+
+
+def before_after(run: Path, student_dirs: dict[str, str], teacher_pair) -> dict:
+    from edgedistill.data.text_fidelity import greedy_answers
     from edgedistill.distill.dataset import load_generations
     from edgedistill.models.locate import load_model
 
     test = load_generations([run / "reference" / "teacher-test.jsonl"], allow_empty=True)
     graded = load_generations([run / "reference" / "teacher-graded.jsonl"], allow_empty=True)
-    items = {it.id: it for it in load_eval_items(find_eval_sets(default_data_dir()))}
     out = {}
     for label, spec in student_dirs.items():
         log(f"{label}: greedy answers to {len(test)} test prompts and {len(graded)} graded items")
@@ -74,15 +88,7 @@ def before_after(run: Path, student_dirs: dict[str, str], teacher_pair) -> dict:
         answers = greedy_answers(model, tok, [(r["id"], r["messages"]) for r in test], 128)
         g_answers = greedy_answers(model, tok, [(r["id"], r["messages"]) for r in graded], 320)
         gen_s = time.perf_counter() - t0
-        agree = [grading.same_answer(items[r["id"]], grading.predicted(items[r["id"]], g_answers[r["id"]]),
-                                     grading.predicted(items[r["id"]], r["response"])) for r in graded]
-        correct = [grading.is_correct(items[r["id"]], g_answers[r["id"]]) for r in graded]
-        nll = teacher_nll(*teacher_pair, [(r["id"], r["messages"], answers[r["id"]]) for r in test])
-        res = compare({r["id"]: r["response"] for r in test}, answers, nll=nll, graded=agree)
-        from edgedistill.data.text_fidelity import mean_ci
-
-        res["graded_correct"] = mean_ci([float(c) for c in correct])
-        res["empty_answers"] = sum(not a.strip() for a in answers.values())
+        res = score_answers(test, graded, answers, g_answers, teacher_pair)
         res["answer_seconds"] = round(gen_s, 1)
         out[label] = res
         log(f"  chrF {res['chrf']['value']:.2f}, agreement {res['answer_agreement']['value']:.3f}, "
@@ -167,13 +173,15 @@ def main() -> int:
     return 0
 
 
-def markdown(r: dict) -> str:
-    def cell(block, scale=1.0, spec=".2f"):
-        if not block:
-            return "—"
-        return (f"{format(block['value'] * scale, spec)} [{format(block['ci'][0] * scale, spec)}, "
-                f"{format(block['ci'][1] * scale, spec)}]")
+def cell(block, scale=1.0, spec=".2f") -> str:
+    """A value with its 95% interval, as the tables show it."""
+    if not block:
+        return "—"
+    return (f"{format(block['value'] * scale, spec)} [{format(block['ci'][0] * scale, spec)}, "
+            f"{format(block['ci'][1] * scale, spec)}]")
 
+
+def markdown(r: dict) -> str:
     lines = ["# A served teacher, a student of another tokenizer", "",
              f"Teacher: {r['teacher']}. Student: {r['student']}. Machine: {r['machine']['cpu']}. "
              f"Command: `{r['command']}`.", "",

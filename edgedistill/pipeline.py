@@ -52,6 +52,10 @@ class RunSettings(EngineSettings, TrainSettings, LossSettings):
     student: str | None = setting(None, "The student: a registry name or Hugging Face folder of any supported family "
                                         "[default: cut from the local teacher by prune]. Another tokenizer than "
                                         "the teacher's: sequence-level distillation and text-level fidelity.")
+    objective: str = setting("sequence", "A --student of another tokenizer than the teacher's: cross (the teacher's "
+                                         "top-k log-probabilities of its answers projected onto the student's "
+                                         "tokenizer, distill.cross_tokenizer) or sequence (its text alone).",
+                             choices=("cross", "sequence"))
     data_dir: Path | None = setting(None, "calibration_data folder.", exists="dir", flag="--data")
     prompts: list[Path] = like(GenerateSettings, "prompts")
     prompt_column: str = like(GenerateSettings, "prompt_column")
@@ -338,6 +342,18 @@ def plan_run(settings: RunSettings) -> Plan:
             pairing = decide(s_tok, t_tok, teacher=teacher_name, student=settings.student)
             if served and pairing.logits:
                 pairing = decide(s_tok, teacher=teacher_name, student=settings.student, served=True, cached=True)
+        if pairing.kind == "sequence" and settings.objective == "cross":
+            from edgedistill.distill.pairing import Pairing
+
+            if settings.conversations:
+                pairing = Pairing("sequence", "logged conversations hold no teacher log-probabilities")
+            elif not settings.cached_teacher:
+                pairing = Pairing("sequence", "cross-tokenizer distillation reads the teacher's top-k from the "
+                                              "cache: --live-teacher leaves the text alone")
+            else:
+                pairing = Pairing("cross", f"the tokenizers differ: {teacher_name}'s top-"
+                                           f"{MAX_TOP_LOGPROBS if served else 64} log-probabilities of its answers "
+                                           f"projected onto {settings.student}'s tokenizer")
     else:
         pairing = _pruned_pairing(teacher_name)
     # the formats of the student's family (a pruned student has the teacher's architecture)
@@ -351,14 +367,15 @@ def plan_run(settings: RunSettings) -> Plan:
     reference = "" if text_bench else _follow_family(settings.reference, ["gguf:f16", "onnx:fp32"], teacher_dir)
     teacher_formats = [k for k in formats if k != reference and unsupported_reason(k, teacher_dir) is None] \
         if settings.teacher_variants and not text_bench else []
-    use_cache = settings.cached_teacher and pairing.logits  # a served teacher: its top-20, aligned to the student
+    use_cache = settings.cached_teacher and pairing.kd  # a served teacher: its top-20 (aligned or projected)
     folder = {name: out / name for name in READS}
     teacher_arg = str(teacher_dir) if teacher_dir else None
 
     # generate: the prompts are read once, here: they key the stage and are what the teacher answers
     train = _fields_of(settings, TrainSettings, LossSettings)
-    logprobs = MAX_TOP_LOGPROBS if served and pairing.logits else 0
-    gen_engine = {**engine, **({"tokenizer": str(student_dir)} if logprobs else {})}
+    logprobs = MAX_TOP_LOGPROBS if served and pairing.kd else 0
+    # the served tokens as the student's ids (one tokenizer), or as the server's strings (projected by the cache)
+    gen_engine = {**engine, **({"tokenizer": str(student_dir) if pairing.logits else None} if logprobs else {})}
     conversations = None
     if settings.prompts or settings.conversations:
         prompts = _user_prompts(settings)
@@ -403,7 +420,9 @@ def plan_run(settings: RunSettings) -> Plan:
                                                       for k, v in ref_prompts.items()}},
         "cache": StageSpec(CacheSettings, dict(teacher=cache_teacher, generations=train_files, out=cache_dir,
                                                k=MAX_TOP_LOGPROBS if served else 64, max_length=settings.max_length,
-                                               allow_empty=settings.allow_empty, turns=settings.turns, **gen_engine)),
+                                               allow_empty=settings.allow_empty, turns=settings.turns,
+                                               student=str(student_dir) if pairing.kind == "cross" else None,
+                                               **gen_engine)),
         "prune": StageSpec(PruneSettings, dict(teacher=teacher_arg, out=folder["prune"] / "student",
                                                layers=settings.layers, hw_friendly=settings.hw_friendly,
                                                data_dir=data_dir)),
@@ -523,7 +542,8 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     def run_cache(folder: Path) -> dict:
         with progress() as p:
             meta = cache_logits(stages["cache"].build(), progress=p)
-        return {k: meta.get(k) for k in ("k", "tokens", "bytes_per_token", "teacher_mass_in_top_k")}
+        return {k: meta[k] for k in ("k", "tokens", "bytes_per_token", "teacher_mass_in_top_k", "projection")
+                if k in meta}
 
     if plan.use_cache:
         st.run("cache", keys["cache"], run_cache)

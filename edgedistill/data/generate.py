@@ -189,7 +189,13 @@ def _answer_all(e, pending, out: Path, settings, logprobs, recorded, report, pro
                 rec["teacher_tokens"] = a.tokens[:n]
                 rec["teacher_topk"] = {"ids": a.topk_ids[:n],
                                        "logprobs": [[round(x, 4) for x in row] for row in a.topk_logprobs[:n]]}
-            report.text_only += bool(logprobs) and n is None
+            elif logprobs and a.topk_text is not None:  # a served teacher's own pieces (cross-tokenizer KD)
+                from edgedistill.distill.cross_tokenizer import stored
+
+                pieces, top = a.topk_text
+                rec["teacher_text_topk"] = {"tokens": [stored(b) for b in pieces],
+                                            "top": [[[stored(b), round(lp, 4)] for b, lp in row] for row in top]}
+            report.text_only += bool(logprobs) and n is None and "teacher_text_topk" not in rec
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
             report.written += 1

@@ -32,7 +32,9 @@ class GenerateSettings(EngineSettings, DecodeSettings):
                                     exists="dir", flag="--data")
     out: Path = setting(None, "Output JSONL; a rerun skips prompts already answered there.", required=True)
     logprobs: int = setting(0, "Also keep the teacher's top-K log-probabilities of every generated token (openai "
-                               "servers give K <= 20), for `cache-logits` from a served teacher.", min=0, max=1024)
+                               "servers give K <= 20), for `cache-logits` from a served teacher: as ids of "
+                               "--tokenizer when given, else as the server's strings (cross-tokenizer).",
+                            min=0, max=1024)
     limit: int | None = setting(None, "Only the first N prompts of each file.", min=1)
     skip_bad: bool = setting(False, "Skip malformed prompt records (counted) instead of stopping.")
     trust_remote_code: bool = setting(False, "Allow the model folder's own code (off unless asked).")
@@ -43,8 +45,6 @@ class GenerateSettings(EngineSettings, DecodeSettings):
             problems.append("pass either --prompts FILE (repeatable) or --split train|validation|test")
         if self.teacher_engine == "openai" and self.logprobs > 20:
             problems.append(f"--logprobs {self.logprobs}: OpenAI-compatible servers give at most 20")
-        if self.teacher_engine == "openai" and self.logprobs and not self.tokenizer:
-            problems.append("--logprobs with --teacher-engine openai needs --tokenizer MODEL (the student's)")
         return problems
 
     def settings_path(self) -> Path:

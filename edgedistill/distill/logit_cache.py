@@ -84,12 +84,13 @@ FILLER_LOGPROB = -30.0  # the log-probability of padding entries: no mass, but f
 
 def build(rows, teacher_id: str, teacher_fingerprint: str, data: Encoded, out_dir: Path, *, k: int, vocab: int,
           engine: dict | None = None, filled: int = 0, progress=None, extra_files: dict | None = None,
-          shard_tokens: int = SHARD_TOKENS) -> dict:
+          shard_tokens: int = SHARD_TOKENS, projection: dict | None = None) -> dict:
     """Write the cache folder atomically from `rows`: per example of `data`, in order, (ids (n, k), logprobs
     (n, k)) of the teacher's top k at its n response positions. Rows are written out a shard at a time (about
     `shard_tokens` tokens each), so building holds one shard in memory. `engine`: what made them (recorded);
     `filled`: positions that had no teacher top-k and hold the label alone. `extra_files`: name -> a function that
-    writes that file, inside the same atomic step. Returns cache.json's content."""
+    writes that file, inside the same atomic step. `projection`: for rows projected onto a student of another
+    tokenizer (distill.cross_tokenizer), its tokenizer and what the projection kept. Returns cache.json's content."""
     from safetensors.numpy import save_file
 
     from edgedistill.paths import atomic_dir
@@ -151,6 +152,7 @@ def build(rows, teacher_id: str, teacher_fingerprint: str, data: Encoded, out_di
             "bytes_per_token": nbytes / max(total, 1),
             "teacher_mass_in_top_k": 1.0 - mass_out / total if total else 0.0,
             "shards": shards,
+            **({"projection": projection} if projection else {}),
         }
         (tmp / "cache.json").write_text(json.dumps(meta, indent=2) + "\n")
         for name, write in (extra_files or {}).items():
@@ -159,7 +161,7 @@ def build(rows, teacher_id: str, teacher_fingerprint: str, data: Encoded, out_di
     return meta
 
 
-def _pad_row(ids: list[int], lps: list[float], k: int, vocab: int) -> tuple[list[int], list[float]]:
+def pad_row(ids: list[int], lps: list[float], k: int, vocab: int) -> tuple[list[int], list[float]]:
     """A top-k row of exactly k distinct ids: cut, or padded with unused ids of no mass."""
     ids, lps = list(ids[:k]), list(lps[:k])
     used, j = set(ids), 0
@@ -191,9 +193,9 @@ def rows_from_records(records: list[dict], data: Encoded, k: int, vocab: int):
         ids, lps = [], []
         for j, label in enumerate(labels):
             if j < len(top["ids"]):
-                i, lp = _pad_row(top["ids"][j], top["logprobs"][j], k, vocab)
+                i, lp = pad_row(top["ids"][j], top["logprobs"][j], k, vocab)
             else:
-                i, lp = _pad_row([label], [0.0], k, vocab)
+                i, lp = pad_row([label], [0.0], k, vocab)
                 filled += 1
             ids.append(i)
             lps.append(lp)

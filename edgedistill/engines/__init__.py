@@ -138,7 +138,8 @@ class EngineSpec:
 class Answer:
     """One answered conversation. `tokens`: the generated ids in the local tokenizer (the stop token included
     when one was generated); `topk_ids`/`topk_logprobs`: per generated token, the teacher's top k (None when
-    not asked for or not offered)."""
+    not asked for or not offered); `topk_text`: the same as the server's byte strings, when no local tokenizer
+    is given to align them to (what cross-tokenizer distillation projects)."""
 
     index: int
     text: str | None  # None: the prompt was too long for the context
@@ -147,6 +148,7 @@ class Answer:
     tokens: list[int] | None = None
     topk_ids: list[list[int]] | None = None
     topk_logprobs: list[list[float]] | None = None
+    topk_text: tuple | None = None  # openai without a tokenizer to align to: (pieces, per piece [(piece, logprob)])
 
 
 @dataclass

@@ -270,6 +270,10 @@ class OpenAIEngine(Engine):
                 content = [_Piece(t, None, top) for t, top in zip(lp.tokens, lp.top_logprobs or [None] * len(lp.tokens))]
         if logprobs and content is None:
             self.no_logprobs += 1
+        if content and self.aligner is None:  # no tokenizer to align to: the pieces as the server gave them
+            as_bytes = lambda c: bytes(c.bytes) if c.bytes else c.token.encode()  # noqa: E731
+            a.topk_text = ([as_bytes(c) for c in content],
+                           [[(as_bytes(alt), float(alt.logprob)) for alt in (c.top_logprobs or [])] for c in content])
         if content and self.aligner is not None:
             try:
                 aligned = self.aligner.align(raw, content)
@@ -326,9 +330,6 @@ class OpenAIEngine(Engine):
         return out
 
     def answer(self, conversations, gen, *, logprobs=0, max_prompt_tokens=None):
-        if logprobs and self.aligner is None:
-            raise EngineError("--logprobs with --teacher-engine openai needs --tokenizer MODEL (the student's "
-                              "tokenizer) to align the served tokens to its ids")
         if logprobs > MAX_TOP_LOGPROBS:
             raise EngineError(f"--logprobs {logprobs}: OpenAI-compatible servers give at most {MAX_TOP_LOGPROBS}")
         self.no_logprobs = self.unaligned = 0

@@ -162,7 +162,7 @@ class _KillAfter:
 
 
 def test_server_killed_mid_run_then_restarted_completes_exactly_once(chatty, serve, tmp_path):
-    from tests.engines.conftest import LlamaServer
+    from tests.conftest import LlamaServer
 
     server = serve(chatty[1], "chatty")
     out = tmp_path / "gen.jsonl"
@@ -268,6 +268,8 @@ def test_engine_settings_are_checked_before_any_work(tmp_path):
           "--split", "train", "--out", str(tmp_path / "g.jsonl")], "are for --teacher-engine openai"),
         (["generate", "--teacher-engine", "openai", "--teacher-url", "http://127.0.0.1:9/v1", "--teacher-model", "m",
           "--teacher-extra-body", "[1]", "--split", "train", "--out", str(tmp_path / "g.jsonl")], "JSON object"),
+        (["generate", "--teacher-api", "completions", "--split", "train", "--out", str(tmp_path / "g.jsonl")],
+         "is for a served teacher"),
     ]
     for args, message in cases:
         r = run_cli(*args)

@@ -165,3 +165,25 @@ def test_a_base_model_teaches_through_the_completions_api_and_scores_the_student
     assert scored >= 2 * v["prompts"] + row["quality"]["text"]["teacher_nll_per_byte"]["items"]
     asked = sum(x["prompts"] for name in ("generate", "reference") for x in stages[name]["info"].values())
     assert summary["teacher_calls"]["requests"] == asked + scored
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("served", [True, False], ids=["served", "local"])
+def test_cross_tokenizer_distillation_through_run(pair, serve, tmp_path, served):
+    """--objective cross: the teacher's top-k (a served teacher's top-20 strings, or a local teacher's top-64 scored
+    by llama.cpp) projected onto the Gemma 3 student's tokenizer by the cache stage; distill learns from it."""
+    teacher_dir, gguf, student, profile = pair
+    common = dict(objective="cross", train_prompts=2, val_prompts=1, fidelity_prompts=1)
+    if served:
+        settings = _settings(serve(gguf, "chatty"), student, profile, tmp_path / "run", **common)
+    else:
+        settings = RunSettings(target=str(profile), out=tmp_path / "run", teacher=str(teacher_dir), student=str(student),
+                               steps=2, batch_size=2, grad_accum=1, max_new_tokens=16, repeats=1, new_tokens=8,
+                               eval_every=120, allow_empty=True, **common)
+    summary = run_pipeline(settings, echo=lambda m: None)
+    assert summary["pairing"]["kind"] == "cross" and "projected onto" in summary["pairing"]["why"]
+    cache = summary["stages"]["cache"]["info"]
+    assert cache["k"] == (20 if served else 64) and 0 < cache["projection"]["aligned_share"] < 1
+    log = json.loads((tmp_path / "run" / "distill" / "student" / "distill.json").read_text())
+    assert log["pairing"]["kind"] == "cross" and log["logit_cache"]
+    assert "chrf" in summary["student"]["validation"]  # measured on the text: the tokenizers differ

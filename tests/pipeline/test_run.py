@@ -195,7 +195,7 @@ def test_every_run_setting_reruns_its_stage_and_those_after_it(tmp_path):
               "student": str(student)}
     companions = {"beta": {"loss": "jsd"}, "alpha": {"loss": "skew_kl"},
                   **{k: served for k in ("teacher_model", "teacher_api", "teacher_extra_body", "tokenizer",
-                                         "sequence_level_fallback")},
+                                         "sequence_level_fallback", "objective")},
                   **{k: {"prompts": [table]} for k in ("prompt_column", "held_out_share")}}
     untested = []
     for f in dataclasses.fields(RunSettings):
