@@ -148,6 +148,20 @@ def generate(teacher: str, prompts: Sequence[Prompt], out: Path, settings: Decod
     return report
 
 
+def stored(b: bytes):
+    """A teacher's piece as records keep it (`teacher_text_topk`, JSON): its text when it is valid UTF-8, else its
+    byte values (a piece that ends inside a character)."""
+    try:
+        return b.decode()
+    except UnicodeDecodeError:
+        return list(b)
+
+
+def piece(p) -> bytes:
+    """A piece as `stored` kept it, as bytes again."""
+    return p.encode() if isinstance(p, str) else bytes(p)
+
+
 def _kept_tokens(tokenizer, a) -> int | None:
     """How many of the answer's tokens (and their top-k rows) are the start of what training encodes: its text's
     tokens, and the stop token right after them. None when the text does not encode to the tokens generated."""
@@ -190,8 +204,6 @@ def _answer_all(e, pending, out: Path, settings, logprobs, recorded, report, pro
                 rec["teacher_topk"] = {"ids": a.topk_ids[:n],
                                        "logprobs": [[round(x, 4) for x in row] for row in a.topk_logprobs[:n]]}
             elif logprobs and a.topk_text is not None:  # a served teacher's own pieces (cross-tokenizer KD)
-                from edgedistill.distill.cross_tokenizer import stored
-
                 pieces, top = a.topk_text
                 rec["teacher_text_topk"] = {"tokens": [stored(b) for b in pieces],
                                             "top": [[[stored(b), round(lp, 4)] for b, lp in row] for row in top]}

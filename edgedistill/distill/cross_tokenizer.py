@@ -4,7 +4,8 @@ teacher's probabilities and not from its text alone.
 
 Both tokenizations cut the same answer text into byte spans. At a student position whose span starts where a
 teacher token starts, the two models predict the next token after the same text, so the teacher's distribution
-there is a distribution over what comes next, written in its own pieces. Each of the teacher's top-k alternatives
+there is a distribution over what comes next, written in its own pieces; the position is aligned cleanly when the
+student's token also ends within the teacher's (its label is then a prefix of the teacher's token). Each of the teacher's top-k alternatives
 `a` (a byte string) goes to the student token that begins it, the longest student piece that is a prefix of `a`
 (an exact match when `a` is itself a student piece): the first-token projection
 
@@ -14,9 +15,9 @@ and what the top k leave out, with alternatives no student piece begins, is the 
 already carries (losses.base.bins). The student is trained on p~ with the same divergence and k+1-bin partition as
 a same-tokenizer top-k cache: the rows are written into a logit cache over the student's encoding, and the loss is
 unchanged. Where the two tokenizers give identical pieces the projection is the identity, so the loss is exactly
-the same-tokenizer top-k loss. Student positions with no teacher token starting at their first byte (inside a
-teacher token), and the end-of-turn token, hold the label alone: their KD term is cross-entropy on the teacher's
-text (counted as not aligned).
+the same-tokenizer top-k loss. Student positions with no clean alignment (starting inside a teacher token, or
+running past the end of the one they start with), those where nothing of the top k maps, and the end-of-turn
+token hold the label alone: their KD term is cross-entropy on the teacher's text (counted as not aligned).
 
 Follows the span alignment of TRL's GOLD trainer and of FuseLLM (Wan et al., 2024, "Knowledge Fusion of Large
 Language Models", token alignment before fusing distributions), applied to the strings a served teacher returns;
@@ -33,21 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgedistill.data.generate import piece
 from edgedistill.distill.logit_cache import pad_row
-
-
-
-def piece(p) -> bytes:
-    """A stored teacher piece as bytes: a string (valid UTF-8) or a list of byte values (a partial character)."""
-    return p.encode() if isinstance(p, str) else bytes(p)
-
-
-def stored(b: bytes):
-    """A teacher piece as records store it (JSON): the text when it is valid UTF-8, else its byte values."""
-    try:
-        return b.decode()
-    except UnicodeDecodeError:
-        return list(b)
 
 
 _SPECIAL = re.compile(rb"<[|\w.-]{1,40}>|\[[A-Z_]{2,20}\]")  # <|im_end|>, <end_of_turn>, </s>, [INST] ...
@@ -122,32 +110,36 @@ def project(response: str, t_pieces: Sequence[bytes], t_top: Sequence[Sequence[t
     if not ok:
         stats.records_unaligned += 1
         stats.why.append(f"{rid}: the teacher's pieces or the student's tokens do not spell the response")
-    starts, pos = {}, 0
+    starts, pos = {}, 0  # byte offset in the response -> (teacher position, where its token ends)
     for j, p in enumerate(t_pieces):
         if ok and 0 <= pos - lead < len(text) and t_top[j]:
-            starts.setdefault(pos - lead, j)
+            starts.setdefault(pos - lead, (j, pos - lead + len(p)))
         pos += len(p)
     ids, lps, at = [], [], 0
     for label in labels:
-        j = starts.get(at)
+        j, end = starts.get(at, (None, 0))
         at += len(sp.bytes[label])
-        if j is None:
-            i, lp = pad_row([label], [0.0], k, len(sp.bytes))
-        else:
-            acc: dict[int, float] = {}
+        acc: dict[int, float] = {}
+        if j is not None and at <= end:  # the student's token lies within the teacher's: a clean alignment
+            mass = {"top": 0.0, "kept": 0.0, "exact": 0.0}
             for a, lp_a in t_top[j]:
                 p_a = math.exp(lp_a)
-                stats.top_mass += p_a
+                mass["top"] += p_a
                 v = sp.first(a)
                 if v is None:
                     continue
-                stats.kept_mass += p_a
-                stats.exact += p_a if sp.bytes[v] == a else 0.0
+                mass["kept"] += p_a
+                mass["exact"] += p_a if sp.bytes[v] == a else 0.0
                 acc[v] = acc.get(v, 0.0) + p_a
+        if acc:
             best = sorted(acc.items(), key=lambda kv: -kv[1])
-            i, lp = pad_row([v for v, _ in best], [math.log(p) for _, p in best], k,
-                            len(sp.bytes))
+            i, lp = pad_row([v for v, _ in best], [math.log(p) for _, p in best], k, len(sp.bytes))
             stats.aligned += 1
+            stats.top_mass += mass["top"]
+            stats.kept_mass += mass["kept"]
+            stats.exact += mass["exact"]
+        else:  # inside or across a teacher token, or nothing of its top-k maps: the label alone
+            i, lp = pad_row([label], [0.0], k, len(sp.bytes))
         ids.append(i)
         lps.append(lp)
     return np.asarray(ids, dtype=np.int64).reshape(-1, k), np.asarray(lps, dtype=np.float32).reshape(-1, k)
