@@ -51,7 +51,7 @@ class RunSettings(EngineSettings, TrainSettings, LossSettings):
                                             "--teacher-url and --teacher-model).")
     student: str | None = setting(None, "The student: a registry name or Hugging Face folder of any supported family "
                                         "[default: cut from the local teacher by prune]. Another tokenizer than "
-                                        "the teacher's: sequence-level distillation and text-level fidelity.")
+                                        "the teacher's: distillation as --objective says, fidelity on the text.")
     objective: str = setting("sequence", "A --student of another tokenizer than the teacher's: cross (the teacher's "
                                          "top-k log-probabilities of its answers projected onto the student's "
                                          "tokenizer, distill.cross_tokenizer) or sequence (its text alone).",

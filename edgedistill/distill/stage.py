@@ -134,7 +134,7 @@ def cache_logits(s: CacheSettings, *, progress=None) -> dict:
         if not stats.aligned:
             why = info.get("first_unaligned", "the records hold no log-probabilities")
             raise EdgeDistillError(f"no student position could take the teacher's top-k ({why}): distill on the "
-                                   "text alone")
+                                   "text alone (run: --objective sequence)")
         return lc.build(rows, teacher_id, fingerprint, data, Path(s.out), k=k, vocab=len(s_tok), progress=progress,
                         extra_files=extra, shard_tokens=s.shard_tokens, projection=info, **build)
 
