@@ -123,7 +123,7 @@ def cache_logits(s: CacheSettings, *, progress=None) -> dict:
     extra = {"settings.yaml": lambda p: write_settings(s, p)}
     s_tok = load_tokenizer(s.student) if s.student else None
 
-    def projected(teacher_bytes=None, scored=None, **build) -> dict:
+    def projected(teacher_id: str, fingerprint: str, k: int, *, teacher_bytes=None, scored=None, **build) -> dict:
         """The cache over the student's encoding, from the teacher's pieces projected onto its tokenizer."""
         from edgedistill.distill import cross_tokenizer as xt
         from edgedistill.distill.pairing import tokenizer_fingerprint
@@ -154,7 +154,7 @@ def cache_logits(s: CacheSettings, *, progress=None) -> dict:
         k = min(s.k, ks.pop())
         engine = {**engine, "url": s.teacher_url, "from": "records"}
         if s.student and not any(r.get("teacher_topk") for r in records):  # the server's strings
-            return projected(engine=engine)
+            return projected(teacher_id, fingerprint, k, engine=engine)
         tok = s_tok or load_tokenizer(s.tokenizer)
         data = encode(tok, records, s.max_length)
         rows, filled = lc.rows_from_records(records, data, k, len(tok))
@@ -172,8 +172,8 @@ def cache_logits(s: CacheSettings, *, progress=None) -> dict:
             from edgedistill.distill import cross_tokenizer as xt
             from edgedistill.engines.served import token_bytes
 
-            teacher_id, fingerprint, k = e.teacher_id, e.fingerprint, s.k
-            return projected(scored=xt.scored_text(t_data, scored, token_bytes(e.tokenizer)), engine=engine)
+            return projected(e.teacher_id, e.fingerprint, s.k, engine=engine,
+                             scored=xt.scored_text(t_data, scored, token_bytes(e.tokenizer)))
         return lc.build(scored, e.teacher_id, e.fingerprint, t_data, Path(s.out), k=s.k, vocab=vocab, engine=engine,
                         progress=progress, extra_files=extra, shard_tokens=s.shard_tokens)
     finally:
