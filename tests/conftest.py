@@ -12,6 +12,7 @@ import pytest
 from tests import tiny
 
 REPO = Path(__file__).resolve().parent.parent
+USER_HOME = os.environ.get("EDGEDISTILL_HOME")  # before any test points it at an empty folder
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +39,26 @@ def tiny_bundles(tmp_path_factory) -> tuple[Path, Path]:
     export_model(str(model), root / "b", ExportSettings(variants=["gguf:f16", "gguf:q8_0", "onnx:fp32"], chunks=1,
                                                          chunk_len=32))
     return model, root / "b"
+
+
+@pytest.fixture(scope="session")
+def runtime_venv(tmp_path_factory) -> Path:
+    """A virtual environment in another folder with edgedistill's runtime extra only, installed from this checkout
+    as a device would install it (llama-cpp-python from the wheel `make` built, cached in the user's cache): no
+    torch, no transformers (checked). Returns its bin folder."""
+    venv = tmp_path_factory.mktemp("device") / "venv"
+    env = {k: v for k, v in os.environ.items() if k != "EDGEDISTILL_HOME"} | (
+        {"EDGEDISTILL_HOME": USER_HOME} if USER_HOME else {})
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    wheel = subprocess.run([sys.executable, "-m", "edgedistill.formats.llamacpp_build", "wheel", "-c",
+                            str(REPO / "constraints.txt")], check=True, capture_output=True, text=True, env=env,
+                           cwd=REPO).stdout.strip().splitlines()[-1]
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "install", "--quiet"]
+    subprocess.run(pip + [wheel, f"{REPO}[runtime]", "-c", str(REPO / "constraints.txt")], check=True, env=env)
+    for heavy in ("torch", "transformers"):
+        probe = subprocess.run([str(venv / "bin" / "python"), "-c", f"import {heavy}"], capture_output=True)
+        assert probe.returncode != 0, f"{heavy} is importable in the runtime-only venv"
+    return venv / "bin"
 
 
 @pytest.fixture(scope="session")

@@ -108,6 +108,7 @@ def markdown(report: dict) -> str:
                      f"{_ci(g.get('answer_agreement'), 'value', '.1f', 100)} | {graded} | "
                      f"{_ci(gen, 'mean_kl', '.3f')} | "
                      f"{_ci(gen, 'top1_agreement', '.1f', 100)} | {verdict} |")
+    lines += _side_by_side(report, rows, text)
     lines += ["", "Budgets (margin: how far inside the budget; negative: missed by that much; uncertain: the 95% "
                   "interval straddles the floor, so it is not passed):", ""]
     for r in rows:
@@ -123,6 +124,48 @@ def markdown(report: dict) -> str:
         lines.append(f"- {r.name}: " + "; ".join(parts) + (f" — {r.message}" if r.message else ""))
     lines += ["", f"Chosen: {report['chosen'] or 'none'}", ""] + [f"> {x}" for x in report.get("verdict", [])] + [""]
     return "\n".join(lines)
+
+
+def _side_by_side(report: dict, rows: list[Row], text: bool) -> list[str]:
+    """A merged device report: where each row's figures came from, and the build machine's beside the device's."""
+    if not report.get("build_machine"):
+        return []
+    b, kit = report["build_machine"], report.get("kit") or {}
+    lines = ["", f"Device figures merged from kit {str(kit.get('id', ''))[:12]} (made {kit.get('made')}): this report's "
+                 f"figures are the device's ({report['machine']['cpu']}, {report['threads']} threads) where it "
+                 f"measured a variant, else the build machine's ({b['cpu']}, {report['build_threads']} threads); "
+                 "the choice uses them. Build machine -> device:", "",
+             "| variant | figures from | decode tok/s | TTFT ms | peak RSS MB | "
+             + ("chrF | answers agree %" if text else "in-domain KL | in-domain top-1 %") + " |",
+             "|---|---|---|---|---|---|---|"]
+
+    def pair(old, new, spec, scale=1.0):
+        return f"{_fmt(old, spec, scale)} -> {_fmt(new, spec, scale)}"
+
+    for r in rows:
+        if r.reference:
+            continue
+        was = r.build or {}
+        s0, s1 = was.get("speed") or {}, r.speed or {}
+        q0, q1 = was.get("quality") or {}, r.quality or {}
+        if text:
+            f0, f1 = (q0.get("text") or {}).get("chrf") or {}, (q1.get("text") or {}).get("chrf") or {}
+            g0 = ((q0.get("graded") or {}).get("answer_agreement") or {}).get("value")
+            g1 = ((q1.get("graded") or {}).get("answer_agreement") or {}).get("value")
+            fid = f"{pair(f0.get('value'), f1.get('value'), '.1f')} | {pair(g0, g1, '.1f', 100)}"
+        else:
+            d0 = (q0.get("in_domain") or {}).get("overall") or {}
+            d1 = (q1.get("in_domain") or {}).get("overall") or {}
+            fid = (f"{pair(d0.get('mean_kl'), d1.get('mean_kl'), '.3f')} | "
+                   f"{pair(d0.get('top1_agreement'), d1.get('top1_agreement'), '.1f', 100)}")
+        if r.measured_on != "device":
+            lines.append(f"| {r.name} | build machine (not measured on the device) | "
+                         f"{_fmt(s1.get('decode_tokens_per_s'), '.1f')} | | | |")
+            continue
+        lines.append(f"| {r.name} | device | {pair(s0.get('decode_tokens_per_s'), s1.get('decode_tokens_per_s'), '.1f')} | "
+                     f"{pair(s0.get('ttft_s'), s1.get('ttft_s'), '.0f', 1000)} | "
+                     f"{pair(s0.get('peak_rss_bytes'), s1.get('peak_rss_bytes'), '.0f', 1e-6)} | {fid} |")
+    return lines
 
 
 def _llama_bench_cell(r: Row, report: dict) -> str:

@@ -68,6 +68,8 @@ class Row:
     llama_bench: dict | None = None  # the format's own bench tool beside the bench's timing (GGUF)
     quality: dict | None = None
     budgets: dict[str, Check] = field(default_factory=dict)
+    measured_on: str | None = None  # a merged device report: "device" or "build machine" (no device figures)
+    build: dict | None = None  # a merged device report: the build machine's status, speed, quality, llama_bench
     answers: dict | None = field(default=None, repr=False)  # the reference's graded answers, for agreement; not written
 
     @property
@@ -89,8 +91,9 @@ class Row:
 
     def as_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("budgets", "answers")}
-        if self.llama_bench is None:
-            out.pop("llama_bench")
+        for optional in ("llama_bench", "measured_on", "build"):
+            if out[optional] is None:
+                out.pop(optional)
         return {**out, "budgets": {k: c.as_dict() for k, c in self.budgets.items()},
                 "meets_all_budgets": self.meets_all_budgets, "uncertain": self.uncertain}
 

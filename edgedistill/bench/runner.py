@@ -1,12 +1,16 @@
 """The whole bench: every bundle through its worker processes, the quality against the teacher's reference, the
-budgets checked and the report written."""
+budgets checked and the report written.
+
+In three parts that a device kit (bench.kit) reuses as they are: the `Plan` (what every bundle is measured on,
+JSON-able), `measure` (one bundle's worker processes: the raw results a device sends back) and `fill` (a row from
+those raw results), and `finish` (budgets, choice, report)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgedistill.bench.budgets import check_budgets, choose, verdict
@@ -50,15 +54,105 @@ class _Tok:
         return {"input_ids": self.t.encode(text, add_special_tokens=add_special_tokens).ids}
 
 
+@dataclass
+class Plan:
+    """What every bundle is measured on, under which limits: the timed prompt, the fidelity sequences (general-text
+    windows; the teacher's answers to the test prompts as ids, from `start`), the graded items, the prompts answered
+    for text-level fidelity. Plain JSON (a device kit carries it)."""
+
+    threads: int
+    n_ctx: int
+    prompt: list[int]
+    chunks: list[list[int]]
+    domain: list[dict] = field(default_factory=list)  # {id, domain, ids, start}
+    items: list[dict] = field(default_factory=list)  # {item: EvalItem as a dict, max_tokens}
+    answer_prompts: list[dict] = field(default_factory=list)  # {id, messages, max_tokens}
+    new_tokens: int = 64
+    repeats: int = 3
+    prompt_tokens: int = 128
+    memory_budget: int = 0
+    min_decode_tokens_per_s: float = 0.0
+    timeout_s: float = 3600.0
+    poll_s: float = 0.01
+
+    def eval_items(self) -> dict:
+        from edgedistill.data.load import EvalItem
+
+        return {i["item"]["id"]: EvalItem(**{**i["item"], "choices": tuple(i["item"]["choices"])}) for i in self.items}
+
+
+def measure(plan: Plan, info: dict, role: str, work: Path, reference: dict) -> dict:
+    """One bundle through its worker processes under the plan's limits: speed (killed over the memory budget; no cap
+    for the reference), the format's own bench tool (llama-bench), then quality. reference: how the quality worker
+    meets the reference (save_dir [+ top_k, top_k_path] for the reference itself, reference_dir, or
+    reference_top_k). Returns the raw results {speed, llama_bench, quality}."""
+    is_ref = role == "reference"
+    base = {"threads": plan.threads, "n_ctx": plan.n_ctx}
+    sp = run_worker({**base, "phase": "speed", "bundle": info["bundle"], "prompt_ids": plan.prompt,
+                     "new_tokens": plan.new_tokens, "repeats": plan.repeats},
+                    work, None if is_ref else plan.memory_budget, plan.timeout_s, plan.poll_s)
+    if sp["status"] != "ok":
+        return {"speed": sp, "llama_bench": None, "quality": None}
+    fast_enough = sp["result"]["decode_tokens_per_s"] >= plan.min_decode_tokens_per_s
+    qjob = {**base, "phase": "quality", "bundle": info["bundle"], "general": plan.chunks, "domain": plan.domain, "answer_prompts": plan.answer_prompts, **reference,
+            "eval_items": plan.items if (is_ref or fast_enough) else []}
+    return {"speed": sp, "llama_bench": _native_bench(info, plan),
+            "quality": run_worker(qjob, work, None, plan.timeout_s, plan.poll_s)}
+
+
+def fill(row: Row, raw: dict, plan: Plan, bandwidth: float, ref_row: Row | None, text_ref: dict | None,
+         scorer=None) -> Row:
+    """The row's status, speed (with the roofline at `bandwidth`), runtime, llama-bench and quality from a bundle's
+    raw results (measure)."""
+    sp = raw["speed"]
+    row.status, row.message = sp["status"], sp["message"]
+    if sp["status"] == "ok":
+        s = dict(sp["result"])
+        s["peak_rss_bytes"] = max(s["peak_rss_bytes"], sp["polled_peak_rss_bytes"])
+        s.pop("decode_tokens_per_s_all", None)
+        roof = bandwidth / row.model_bytes
+        row.speed = {**s, "roofline_tokens_per_s": roof, "roofline_share": s["decode_tokens_per_s"] / roof}
+        row.runtime = row.speed.pop("runtime", None)
+        lb = raw.get("llama_bench")
+        if lb and "note" not in lb:
+            pp, tg = lb.get(f"pp{plan.prompt_tokens}_tokens_per_s"), lb.get(f"tg{plan.new_tokens}_tokens_per_s")
+            lb = {**lb, "prefill_ratio": s["prefill_tokens_per_s"] / pp if pp else None,  # bench / llama-bench
+                  "decode_ratio": s["decode_tokens_per_s"] / tg if tg else None}
+        row.llama_bench = lb
+    elif sp["status"] == OVER_MEMORY:
+        row.speed = {"peak_rss_bytes": sp["polled_peak_rss_bytes"]}
+    row.quality = _quality(raw.get("quality"), row, ref_row, plan.domain, plan.eval_items(), bool(plan.items),
+                           text_ref, scorer)
+    return row
+
+
+def finish(rows: list[Row], target: Target, out_dir: Path, head: dict, graded_eval: bool) -> dict:
+    """Every row's budgets checked, the choice by the profile's objective, the verdict; bench.json, bench.md and the
+    charts written to out_dir. head: the report's other fields."""
+    for r in rows:
+        r.budgets = {} if r.reference else check_budgets(r, target, graded_eval=graded_eval)
+    chosen = choose(rows, target.objective)
+    report = {"schema_version": SCHEMA_VERSION, "benchmark": "edgedistill bench", **head,
+              "target": as_dict(target), "objective": target.objective,
+              "variants": [r.as_dict() for r in rows], "chosen": chosen.name if chosen else None}
+    report["verdict"] = verdict(report)
+    write_report(report, out_dir)
+    return report
+
+
 def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSettings | None = None,
-          teacher: Path | None = None, comparison: list[Path] = (), progress=None, scorer=None) -> dict:
+          teacher: Path | None = None, comparison: list[Path] = (), progress=None, scorer=None,
+          kit: Path | None = None) -> dict:
     """Measure every bundle under `target`; write bench.json, bench.md and charts to out_dir; return the report.
 
     teacher: the quality reference (measured without a memory cap), an exact export of the teacher. Its greedy
     answers to the test prompts are the in-domain fidelity set (bench.fidelity). bundles: the candidates, the
     teacher's own quantized files among them where wanted. comparison: bundles measured like the others but
     never chosen. scorer: with --reference-answers of a served teacher, its likelihood of each bundle's answers
-    (engines.served.TextScorer). The settings are also written to out_dir/settings.yaml."""
+    (engines.served.TextScorer). kit: also write a device kit there (bench.kit): the candidates, the plan and the
+    reference's top --kit-top-k per position; the candidates' fidelity is then measured against that top-k here
+    too, so that this machine's figures and the device's are the same measure. The settings are also written to
+    out_dir/settings.yaml."""
     settings = settings or BenchSettings()
     from edgedistill.bench import fidelity
     from edgedistill.data import default_data_dir
@@ -91,6 +185,10 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
         raise EdgeDistillError("the bundles do not share one tokenizer: bench compares variants of one model with "
                                "its teacher's logits; for a teacher of another tokenizer pass its answers as "
                                "--reference-answers (text-level fidelity)")
+    if kit is not None:
+        from edgedistill.bench.kit import check_kit_out
+
+        check_kit_out(Path(kit), out_dir, [i["bundle"] for i in infos + comps], settings.max_kit_size)
     threads = settings.threads or min(target.threads, os.cpu_count() or 1)
     bandwidth_source = "profile"
     bandwidth = target.memory_bandwidth_bytes_per_s
@@ -111,7 +209,7 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
             log.info("the reference answers %d test prompts (cached after the first time)", len(prompts))
             domain = fidelity.teacher_answers(Path(ref_info["bundle"]), prompts, settings.fidelity_new_tokens,
                                               threads=threads)
-    eval_items, items, answer_prompts = {}, [], []
+    items, answer_prompts = [], []
     if text_ref is not None:
         answer_prompts = [{"id": i, "messages": r["messages"], "max_tokens": settings.fidelity_new_tokens}
                           for i, r in text_ref["records"].items()]
@@ -119,14 +217,19 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
         for it in load_eval_items(find_eval_sets(data_dir))[:: settings.eval_every]:
             if text_ref is not None and it.id not in text_ref["records"]:
                 continue  # graded only where the teacher's answer is there to agree with
-            eval_items[it.id] = it
             answer_prompts = [p for p in answer_prompts if p["id"] != it.id]
             items.append({"item": {**asdict(it), "choices": list(it.choices)},
                           "max_tokens": REASONING_TOKENS if wants_reasoning(it) else SHORT_ANSWER_TOKENS})
-    work = scratch_dir(Path(tempfile.gettempdir()), ".edgedistill-bench-")
     longest = max([len(c) for c in chunks] + [len(d["ids"]) for d in domain])
-    n_ctx = max(settings.prompt_tokens + settings.new_tokens + 8, longest, min(target.context_length, 2048))
-    base = {"threads": threads, "n_ctx": n_ctx}
+    plan = Plan(threads=threads, n_ctx=max(settings.prompt_tokens + settings.new_tokens + 8, longest,
+                                           min(target.context_length, 2048)),
+                prompt=prompt, chunks=[] if text_ref else chunks, domain=domain, items=items, answer_prompts=answer_prompts,
+                new_tokens=settings.new_tokens, repeats=settings.repeats, prompt_tokens=settings.prompt_tokens,
+                memory_budget=target.memory_budget_bytes,
+                min_decode_tokens_per_s=target.latency.min_decode_tokens_per_s, timeout_s=settings.timeout_s,
+                poll_s=settings.poll_s)
+    work = scratch_dir(Path(tempfile.gettempdir()), ".edgedistill-bench-")
+    top_k = work / "reference-top-k.npz" if kit is not None and ref_info else None
     names: dict = {}
     order = ([(ref_info, "reference")] if ref_info else []) + [(i, "comparison") for i in comps] + [
         (i, "candidate") for i in infos]
@@ -143,82 +246,61 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
             row = Row(name=label, **{k: v for k, v in info.items() if k != "tokenizer_sha256"}, reference=is_ref,
                       comparison=role == "comparison", allowed=info["key"] in target.formats,
                       teacher_variant=bool(ref_info) and not is_ref and info["source"] == ref_info["source"])
-            sp = run_worker({**base, "phase": "speed", "bundle": info["bundle"], "prompt_ids": prompt,
-                             "new_tokens": settings.new_tokens, "repeats": settings.repeats},
-                            work, target.memory_budget_bytes if not is_ref else None, settings.timeout_s,
-                            settings.poll_s)
-            row.status, row.message = sp["status"], sp["message"]
-            if sp["status"] == "ok":
-                s = sp["result"]
-                s["peak_rss_bytes"] = max(s["peak_rss_bytes"], sp["polled_peak_rss_bytes"])
-                s.pop("decode_tokens_per_s_all", None)
-                roof = bandwidth / info["model_bytes"]
-                row.speed = {**s, "roofline_tokens_per_s": roof, "roofline_share": s["decode_tokens_per_s"] / roof}
-                row.runtime = row.speed.pop("runtime", None)
-                row.llama_bench = _native_bench(info, row.speed, settings, threads)  # the runtime's own tool
-            elif sp["status"] == OVER_MEMORY:
-                row.speed = {"peak_rss_bytes": sp["polled_peak_rss_bytes"]}
-            fast_enough = row.decode_tokens_per_s >= target.latency.min_decode_tokens_per_s
-            qjob = {**base, "phase": "quality", "bundle": info["bundle"], "general": [] if text_ref else chunks,
-                    "domain": domain, "save_dir": str(work / "reference") if is_ref else None,
-                    "reference_dir": str(work / "reference") if ref_row else None, "answer_prompts": answer_prompts,
-                    "eval_items": items if (is_ref or (sp["status"] == "ok" and fast_enough)) else []}
-            qu = run_worker(qjob, work, None, settings.timeout_s, settings.poll_s) if sp["status"] == "ok" else None
-            row.quality = _quality(qu, row, ref_row, domain, eval_items, bool(items), text_ref, scorer)
+            if is_ref:
+                reference = {"save_dir": str(work / "reference")} | (
+                    {"top_k": settings.kit_top_k, "top_k_path": str(top_k)} if top_k else {})
+            else:
+                reference = ({"reference_top_k": str(top_k)} if top_k else
+                             {"reference_dir": str(work / "reference")} if ref_row else {})
+            fill(row, measure(plan, info, role, work, reference), plan, bandwidth, ref_row, text_ref, scorer)
             if is_ref:
                 ref_row = row
             rows.append(row)
             if progress:
                 progress.advance(task)
+        graded = bool(items) and (ref_row is not None or text_ref is not None)
+        head = {**run_record(), "threads": threads, "machine_cores": os.cpu_count(),
+                "bandwidth_bytes_per_s": bandwidth, "bandwidth_source": bandwidth_source,
+                "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+                "quality_reference": ref_row.name if ref_row else (
+                    f"{text_ref['teacher']}'s answers (text)" if text_ref else None),
+                "fidelity": {"in_domain_prompts": len(domain) or len(answer_prompts),
+                             "level": "text (chrF, answer agreement)" if text_ref else "tokens (KL, top-1)",
+                             "in_domain_answer_tokens": sum(len(d["ids"]) - d["start"] for d in domain),
+                             "general_windows": len(chunks), "general_tokens": sum(len(c) for c in chunks),
+                             "interval": "95% percentile bootstrap over prompts / windows / items (2,000 resamples)"}
+                | ({"reference_form": f"the reference's top {settings.kit_top_k} per position and the rest of its "
+                                      "mass (k + 1 bins; KL a lower bound of the full one), as the device kit "
+                                      "carries it"} if top_k else {}),
+                "eval_items": len(items),
+                "budgets_left_out": [] if graded else [
+                    "answer_agreement (needs --reference or --reference-answers, and a graded eval)"]}
+        report = finish(rows, target, out_dir, head, graded)
+        write_settings(settings, Path(out_dir) / "settings.yaml")
+        if kit is not None:
+            from edgedistill.bench.kit import write_kit
+
+            write_kit(Path(kit), report, plan, rows, target, top_k, text_ref, settings)
     finally:
         remove_scratch(work)
-    for r in rows:
-        r.budgets = {} if r.reference else check_budgets(r, target, graded_eval=bool(items) and (
-            ref_row is not None or text_ref is not None))
-    chosen = choose(rows, target.objective)
-    report = {"schema_version": SCHEMA_VERSION, "benchmark": "edgedistill bench", **run_record(),
-              "target": as_dict(target), "objective": target.objective, "threads": threads,
-              "machine_cores": os.cpu_count(), "bandwidth_bytes_per_s": bandwidth, "bandwidth_source": bandwidth_source,
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
-              "quality_reference": ref_row.name if ref_row else (
-                  f"{text_ref['teacher']}'s answers (text)" if text_ref else None),
-              "fidelity": {"in_domain_prompts": len(domain) or len(answer_prompts),
-                           "level": "text (chrF, answer agreement)" if text_ref else "tokens (KL, top-1)",
-                           "in_domain_answer_tokens": sum(len(d["ids"]) - d["start"] for d in domain),
-                           "general_windows": len(chunks), "general_tokens": sum(len(c) for c in chunks),
-                           "interval": "95% percentile bootstrap over prompts / windows / items (2,000 resamples)"},
-              "eval_items": len(items),
-              "budgets_left_out": [] if items and (ref_row or text_ref) else [
-                  "answer_agreement (needs --reference or --reference-answers, and a graded eval)"],
-              "variants": [r.as_dict() for r in rows], "chosen": chosen.name if chosen else None}
-    report["verdict"] = verdict(report)
-    write_report(report, out_dir)
-    write_settings(settings, Path(out_dir) / "settings.yaml")
     return report
 
 
-def _native_bench(info: dict, speed: dict, settings: BenchSettings, threads: int) -> dict | None:
+def _native_bench(info: dict, plan: Plan) -> dict | None:
     """The runtime's own benchmark tool (GGUF: llama.cpp's llama-bench) on the same file, prompt length, token count
     and threads, beside the bench's own figures (their ratios close to 1 say the bench's timing means what the
-    runtime's users quote); None for a format without one. Left out, and said so, where the tool is not built (a
-    device with the runtime extra only)."""
+    runtime's users quote; fill() adds them); None for a format without one. Left out, and said so, where the tool
+    is not built (a device with the runtime extra only)."""
     from edgedistill.quantize import format_of
     from edgedistill.runtime.bundle import open_bundle
 
     model = Path(info["bundle"]) / open_bundle(info["bundle"], verify=False)["model_file"]
     try:
-        lb = format_of(info["format"]).native_bench(model, prompt_tokens=settings.prompt_tokens,
-                                                    new_tokens=settings.new_tokens, threads=threads,
-                                                    repeats=settings.repeats)
+        return format_of(info["format"]).native_bench(model, prompt_tokens=plan.prompt_tokens,
+                                                      new_tokens=plan.new_tokens, threads=plan.threads,
+                                                      repeats=plan.repeats)
     except EdgeDistillError as e:
         return {"note": f"not measured: {e}"}
-    if lb is None:
-        return None
-    pp = lb.get(f"pp{settings.prompt_tokens}_tokens_per_s")
-    tg = lb.get(f"tg{settings.new_tokens}_tokens_per_s")
-    lb["prefill_ratio"] = speed["prefill_tokens_per_s"] / pp if pp else None  # bench / llama-bench
-    lb["decode_ratio"] = speed["decode_tokens_per_s"] / tg if tg else None
-    return lb
 
 
 def _reference_answers(paths: list[Path]) -> dict:

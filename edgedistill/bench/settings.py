@@ -37,16 +37,26 @@ class BenchSettings(Settings):
                                           "machine, numpy copy) [default: the profile's].")
     data_dir: Path | None = setting(None, "calibration_data folder (held-out texts and eval sets).", exists="dir",
                                     flag="--data")
+    kit_top_k: int = setting(32, "Reference log-probabilities kept per position in a device kit (--kit): the "
+                                 "device's fidelity is measured against them, and so is this machine's.", min=1,
+                             max=1024)
+    max_kit_size: str = setting("2GB", "A device kit larger than this (bundles and reference data) is refused "
+                                       "before it is written.")
     timeout_s: float = setting(3600.0, "Per worker process.", min=0, min_open=True, cli=False)
     poll_s: float = setting(0.01, "Memory watch interval.", min=0, min_open=True, cli=False)
 
     def extra_problems(self) -> list[str]:
-        if self.bandwidth in (None, "measure"):
-            return []
-        from edgedistill.targets import parse_bandwidth
+        from edgedistill.targets import parse_bandwidth, parse_bytes
 
+        problems = []
+        try:
+            parse_bytes(self.max_kit_size, "max_kit_size")
+        except (ValueError, EdgeDistillError):
+            problems.append(f"max_kit_size={self.max_kit_size!r} must be a size like 500MB or 2GB")
+        if self.bandwidth in (None, "measure"):
+            return problems
         try:
             parse_bandwidth(self.bandwidth, "bandwidth")
         except (ValueError, EdgeDistillError):
-            return [f"bandwidth={self.bandwidth!r} must be a bandwidth like 15GB/s or 'measure'"]
-        return []
+            problems.append(f"bandwidth={self.bandwidth!r} must be a bandwidth like 15GB/s or 'measure'")
+        return problems

@@ -54,17 +54,21 @@ def quality(job: dict) -> dict:
     answer; only the answer positions are scored), and greedy answers to graded items.
 
     The reference (job["save_dir"]) saves its log-probabilities there; every other variant (job["reference_dir"])
-    is compared with them here, one sequence at a time, so only the reference's arrays are ever on disk."""
+    is compared with them here, one sequence at a time, so only the reference's arrays are ever on disk. With
+    job["top_k"] the reference also writes its top-k per row to job["top_k_path"] (what a device kit carries), and
+    a variant given job["reference_top_k"] (that file) is compared with those instead (runtime.logits.top_k_stats)."""
     import numpy as np
 
     from edgedistill.data import grading
     from edgedistill.data.load import EvalItem
     from edgedistill.runtime import load
-    from edgedistill.runtime.logits import log_softmax, open_logits, sequence_stats
+    from edgedistill.runtime.logits import log_softmax, open_logits, sequence_stats, top_k_reference, top_k_stats
 
     bundle = Path(job["bundle"])
     save = Path(job["save_dir"]) if job.get("save_dir") else None
     ref = Path(job["reference_dir"]) if job.get("reference_dir") else None
+    ref_top = np.load(job["reference_top_k"]) if job.get("reference_top_k") else None
+    top: dict = {}
     if save:
         save.mkdir(parents=True, exist_ok=True)
     seqs = [("g", i, ids, 0) for i, ids in enumerate(job["general"])]
@@ -75,14 +79,23 @@ def quality(job: dict) -> dict:
         logits = runner.logits([ids])[0]
         rows = logits[start - 1 : len(ids) - 1] if start else logits  # in-domain: the rows that predict the answer
         targets = ids[start:] if start else ids[1:]
+        if ref_top is not None:
+            stats[kind].append(top_k_stats({x: ref_top[f"{kind}{i}.{x}"] for x in ("ids", "lp", "target_lp")}, rows,
+                                           targets))
+            continue
         if save:
             lp = log_softmax(rows).astype(np.float32)
             np.save(save / f"{kind}{i}.npy", lp)
+            if job.get("top_k"):
+                top.update({f"{kind}{i}.{x}": a for x, a in top_k_reference(lp, targets, job["top_k"]).items()})
         else:
             lp = np.load(ref / f"{kind}{i}.npy") if ref else log_softmax(rows)
         stats[kind].append(sequence_stats(lp, rows, targets))
     if runner is not None:
         runner.close()
+    if top:
+        with open(job["top_k_path"], "wb") as f:
+            np.savez_compressed(f, **top)
     answers, texts = [], {}
     if job.get("eval_items") or job.get("answer_prompts"):
         model = load(bundle, threads=job["threads"], verify=False, n_ctx=job["n_ctx"])

@@ -109,7 +109,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 def _register() -> None:
     from edgedistill.cli.data import data, eval_cmd, generate_cmd
     from edgedistill.cli.distill import cache_logits_cmd, distill_cmd, prune_cmd
-    from edgedistill.cli.bench import bench_cmd
+    from edgedistill.cli.bench import bench_cmd, kit_group
     from edgedistill.cli.export import export_cmd
     from edgedistill.cli.models import models
     from edgedistill.cli.run import run_cmd
@@ -118,7 +118,7 @@ def _register() -> None:
     from edgedistill.cli.targets import targets
 
     for command in (models, generate_cmd, data, eval_cmd, prune_cmd, cache_logits_cmd, distill_cmd, export_cmd,
-                    targets, bench_cmd, safety, run_cmd, serve_cmd):
+                    targets, bench_cmd, kit_group, safety, run_cmd, serve_cmd):
         cli.add_command(command)
 
 
