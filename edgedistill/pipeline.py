@@ -1,8 +1,8 @@
 """run: the whole trip for one device profile, stage by stage, reusing every stage whose inputs are unchanged.
 
     pull -> generate -> cache (the teacher's top-k log-probs) -> prune -> distill -> export (every variant the
-    profile allows, of the student and of the teacher, plus the teacher's exact reference file) -> bench ->
-    choose -> final bundle + report
+    profile allows, of the student and of the teacher, plus the teacher's exact reference file) -> bench (and the
+    profile's device kit beside its report) -> choose -> final bundle + report
 
 `plan_run` resolves the run's settings into each stage's own settings (StageSpec) before any model loads; each
 stage's key is derived from them (every field that changes what the stage makes, defaults included) and from the
@@ -81,6 +81,8 @@ class RunSettings(EngineSettings, TrainSettings, LossSettings):
     new_tokens: int = like(BenchSettings, "new_tokens")
     eval_every: int = like(BenchSettings, "eval_every")
     fidelity_prompts: int | None = like(BenchSettings, "fidelity_prompts")
+    kit_top_k: int = like(BenchSettings, "kit_top_k")
+    max_kit_size: str = like(BenchSettings, "max_kit_size")
     teacher_variants: bool = setting(True, "Also export and bench the teacher's own quantized files the profile "
                                            "allows, as candidates beside the student's.",
                                      flag="--teacher-variants/--students-only")
@@ -435,8 +437,8 @@ def plan_run(settings: RunSettings) -> Plan:
         "export": StageSpec(ExportSettings, dict(variants=formats, force=True, target=target.name, data_dir=data_dir)),
         "bench": {"settings": StageSpec(BenchSettings, dict(
             repeats=settings.repeats, new_tokens=settings.new_tokens, eval_every=settings.eval_every,
-            data_dir=data_dir, fidelity_prompts=settings.fidelity_prompts,
-            reference_answers=[sp.given["out"] for sp in ref_specs.values()])),
+            data_dir=data_dir, fidelity_prompts=settings.fidelity_prompts, kit_top_k=settings.kit_top_k,
+            max_kit_size=settings.max_kit_size, reference_answers=[sp.given["out"] for sp in ref_specs.values()])),
             "target": as_dict(target)},
     }
     wanted = {"generate": True, "reference": text_bench, "cache": use_cache, "prune": student_dir is None,
@@ -594,10 +596,12 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
 
     def run_bench(folder: Path) -> dict:
         with progress() as p:
-            report = bench(candidates, target, folder, b_settings, teacher=teacher_ref, progress=p, scorer=scorer)
+            report = bench(candidates, target, folder, b_settings, teacher=teacher_ref, progress=p, scorer=scorer,
+                           kit=folder / "device-kit")
         rows = {r["name"]: r for r in report["variants"]}
         chosen = rows[report["chosen"]] if report["chosen"] else None
         return {**_scored(scorer), "verdict": report["verdict"], "report": st.rel(folder / "bench.md"),
+                "device_kit": st.rel(folder / "device-kit"),
                 "chosen": chosen and {"name": chosen["name"], "bundle": st.rel(chosen["bundle"]),
                                       "teacher_variant": chosen.get("teacher_variant", False)}}
 
@@ -608,7 +612,8 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     summary = {"target": target.name, "run_folder": str(out), "teacher": teacher_name,
                "pairing": {"kind": plan.pairing.kind, "why": plan.pairing.why}, "stages": st.record,
                "student": distilled, "chosen": None, "verdict": benched["verdict"],
-               "bench": str(st.path(benched["report"])), "skipped_variants": plan.skipped}
+               "bench": str(st.path(benched["report"])), "skipped_variants": plan.skipped,
+               "device_kit": str(st.path(benched["device_kit"])) if benched.get("device_kit") else None}
     calls = _calls(st.record)
     if calls:
         summary["teacher_calls"] = calls

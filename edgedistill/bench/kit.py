@@ -299,9 +299,12 @@ def merge_kit(kit: Path, results_paths: list[Path], out_dir: Path, scorer=None) 
         rows.append(row)
     head = {**run_record(), "machine": machine, "threads": plan.threads, "machine_cores": first["cores_available"],
             "runtimes": first["runtimes"], "build_machine": build["machine"], "build_threads": build["threads"],
-            "kit": {"id": kit_id, "path": str(kit), "made": data.get("made"), "results": [str(p) for p in
-                                                                                        results_paths]},
+            "kit": {"id": kit_id, "path": str(kit), "made": data.get("made"), "top_k": data.get("top_k"),
+                    "results": [str(p) for p in results_paths]},
             **{k: build[k] for k in ("bandwidth_bytes_per_s", "bandwidth_source", "settings", "quality_reference",
-                                     "fidelity", "eval_items", "budgets_left_out")}}
+                                     "eval_items", "budgets_left_out")},
+            "fidelity": {**build["fidelity"]} | ({"device_reference_form": f"the reference's top {data['top_k']} per "
+                                                  "position and the rest of its mass (k + 1 bins; KL a lower bound "
+                                                  "of the full one)"} if data.get("top_k") else {})}
     graded = bool(plan.items) and (ref_row is not None or data.get("text_reference") is not None)
     return finish(rows, target, Path(out_dir), head, graded)

@@ -134,7 +134,9 @@ def _side_by_side(report: dict, rows: list[Row], text: bool) -> list[str]:
     lines = ["", f"Device figures merged from kit {str(kit.get('id', ''))[:12]} (made {kit.get('made')}): this report's "
                  f"figures are the device's ({report['machine']['cpu']}, {report['threads']} threads) where it "
                  f"measured a variant, else the build machine's ({b['cpu']}, {report['build_threads']} threads); "
-                 "the choice uses them. Build machine -> device:", "",
+                 "the choice uses them. Build machine -> device (fidelity on both against the reference's top-"
+                 f"{kit.get('top_k')} kept in the kit):" if not text else "the choice uses them. Build machine -> device:",
+             "",
              "| variant | figures from | decode tok/s | TTFT ms | peak RSS MB | "
              + ("chrF | answers agree %" if text else "in-domain KL | in-domain top-1 %") + " |",
              "|---|---|---|---|---|---|---|"]
@@ -154,7 +156,7 @@ def _side_by_side(report: dict, rows: list[Row], text: bool) -> list[str]:
             g1 = ((q1.get("graded") or {}).get("answer_agreement") or {}).get("value")
             fid = f"{pair(f0.get('value'), f1.get('value'), '.1f')} | {pair(g0, g1, '.1f', 100)}"
         else:
-            d0 = (q0.get("in_domain") or {}).get("overall") or {}
+            d0 = ((q0.get("top_k") or q0).get("in_domain") or {}).get("overall") or {}  # the device's measure
             d1 = (q1.get("in_domain") or {}).get("overall") or {}
             fid = (f"{pair(d0.get('mean_kl'), d1.get('mean_kl'), '.3f')} | "
                    f"{pair(d0.get('top1_agreement'), d1.get('top1_agreement'), '.1f', 100)}")

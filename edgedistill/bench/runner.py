@@ -150,8 +150,8 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     teacher's own quantized files among them where wanted. comparison: bundles measured like the others but
     never chosen. scorer: with --reference-answers of a served teacher, its likelihood of each bundle's answers
     (engines.served.TextScorer). kit: also write a device kit there (bench.kit): the candidates, the plan and the
-    reference's top --kit-top-k per position; the candidates' fidelity is then measured against that top-k here
-    too, so that this machine's figures and the device's are the same measure. The settings are also written to
+    reference's top --kit-top-k per position; each candidate's fidelity is also measured against that top-k here
+    (quality.top_k), so that this machine's figures and the device's can be set side by side. The settings are also written to
     out_dir/settings.yaml."""
     settings = settings or BenchSettings()
     from edgedistill.bench import fidelity
@@ -250,8 +250,8 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
                 reference = {"save_dir": str(work / "reference")} | (
                     {"top_k": settings.kit_top_k, "top_k_path": str(top_k)} if top_k else {})
             else:
-                reference = ({"reference_top_k": str(top_k)} if top_k else
-                             {"reference_dir": str(work / "reference")} if ref_row else {})
+                reference = ({"reference_dir": str(work / "reference")} if ref_row else {}) | (
+                    {"reference_top_k": str(top_k)} if top_k else {})
             fill(row, measure(plan, info, role, work, reference), plan, bandwidth, ref_row, text_ref, scorer)
             if is_ref:
                 ref_row = row
@@ -269,9 +269,10 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
                              "in_domain_answer_tokens": sum(len(d["ids"]) - d["start"] for d in domain),
                              "general_windows": len(chunks), "general_tokens": sum(len(c) for c in chunks),
                              "interval": "95% percentile bootstrap over prompts / windows / items (2,000 resamples)"}
-                | ({"reference_form": f"the reference's top {settings.kit_top_k} per position and the rest of its "
-                                      "mass (k + 1 bins; KL a lower bound of the full one), as the device kit "
-                                      "carries it"} if top_k else {}),
+                | ({"kit_reference_form": f"the reference's top {settings.kit_top_k} per position and the rest of "
+                                          "its mass (k + 1 bins; KL a lower bound of the full one), as the device "
+                                          "kit carries it: each variant's quality.top_k here, its quality on the "
+                                          "device"} if top_k else {}),
                 "eval_items": len(items),
                 "budgets_left_out": [] if graded else [
                     "answer_agreement (needs --reference or --reference-answers, and a graded eval)"]}
@@ -340,6 +341,10 @@ def _quality(qu: dict | None, row: Row, ref_row: Row | None, domain: list[dict],
         if res["domain"]:
             out["in_domain"] = fidelity.by_domain(res["domain"], [d["domain"] for d in domain])
         out["general"] = fidelity.summarize(res["general"])
+        if res.get("top_k"):  # the device kit's measure, on this machine (bench --kit)
+            out["top_k"] = {"general": fidelity.summarize(res["top_k"]["general"])}
+            if res["top_k"]["domain"]:
+                out["top_k"]["in_domain"] = fidelity.by_domain(res["top_k"]["domain"], [d["domain"] for d in domain])
     else:  # no teacher given: the export-time metrics, against the bundle's own source
         from edgedistill.runtime.bundle import open_bundle
 

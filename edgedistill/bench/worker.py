@@ -55,8 +55,9 @@ def quality(job: dict) -> dict:
 
     The reference (job["save_dir"]) saves its log-probabilities there; every other variant (job["reference_dir"])
     is compared with them here, one sequence at a time, so only the reference's arrays are ever on disk. With
-    job["top_k"] the reference also writes its top-k per row to job["top_k_path"] (what a device kit carries), and
-    a variant given job["reference_top_k"] (that file) is compared with those instead (runtime.logits.top_k_stats)."""
+    job["top_k"] the reference also writes its top-k per row to job["top_k_path"] (what a device kit carries); a
+    variant given job["reference_top_k"] (that file) is compared with those too (runtime.logits.top_k_stats), as
+    "top_k", and only with those where there is no reference_dir (on a device)."""
     import numpy as np
 
     from edgedistill.data import grading
@@ -69,6 +70,7 @@ def quality(job: dict) -> dict:
     ref = Path(job["reference_dir"]) if job.get("reference_dir") else None
     ref_top = np.load(job["reference_top_k"]) if job.get("reference_top_k") else None
     top: dict = {}
+    top_stats: dict = {"g": [], "d": []}
     if save:
         save.mkdir(parents=True, exist_ok=True)
     seqs = [("g", i, ids, 0) for i, ids in enumerate(job["general"])]
@@ -80,9 +82,11 @@ def quality(job: dict) -> dict:
         rows = logits[start - 1 : len(ids) - 1] if start else logits  # in-domain: the rows that predict the answer
         targets = ids[start:] if start else ids[1:]
         if ref_top is not None:
-            stats[kind].append(top_k_stats({x: ref_top[f"{kind}{i}.{x}"] for x in ("ids", "lp", "target_lp")}, rows,
-                                           targets))
-            continue
+            top_stats[kind].append(top_k_stats({x: ref_top[f"{kind}{i}.{x}"] for x in ("ids", "lp", "target_lp")},
+                                               rows, targets))
+            if ref is None:  # a device: the top-k is all there is of the reference
+                stats[kind].append(top_stats[kind][-1])
+                continue
         if save:
             lp = log_softmax(rows).astype(np.float32)
             np.save(save / f"{kind}{i}.npy", lp)
@@ -107,7 +111,9 @@ def quality(job: dict) -> dict:
             answers.append({"id": item.id, "domain": item.domain, "correct": grading.is_correct(item, text),
                             "answer": grading.predicted(item, text)})
         model.close()
-    return {"general": stats["g"], "domain": stats["d"], "eval": answers, "answers": texts}
+    both = ref_top is not None and ref is not None  # the build machine making a kit: also the device's measure
+    return {"general": stats["g"], "domain": stats["d"], "eval": answers, "answers": texts,
+            "top_k": {"general": top_stats["g"], "domain": top_stats["d"]} if both else None}
 
 
 def main(argv: list[str]) -> int:

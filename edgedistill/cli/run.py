@@ -33,6 +33,9 @@ def run_cmd(all_prompts, **flags) -> None:
     click.echo((Path(summary["bench"])).read_text())
     for line in summary["verdict"]:
         click.echo(line)
+    if summary.get("device_kit"):
+        click.echo(f"device kit for {target_name}: {summary['device_kit']} (on the device: edgedistill kit run KIT "
+                   "--out results.json; here: edgedistill kit merge KIT results.json --out REPORT)")
     if summary["chosen"]:
         click.echo(f"chosen for {target_name}: {summary['chosen']['name']} -> {summary['chosen']['bundle']}")
         s = summary.get("safety")

@@ -61,6 +61,12 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     assert cands == {(t, k) for t in (True, False) for k in ("gguf:q8_0", "onnx:int8")}
     assert report["variants"][1]["quality"]["in_domain"]["overall"]["units"] == 3  # one test prompt per domain
     assert first["verdict"] == report["verdict"] and first["verdict"][0].startswith("tinybox: chosen")
+    # the profile's device kit beside the report: every candidate, the reference's top-k
+    from edgedistill.bench.kit import open_kit
+
+    kit, _ = open_kit(first["device_kit"])
+    assert first["device_kit"] == str(out / "bench" / "device-kit") and kit["profile"] == "tinybox"
+    assert {b["name"] for b in kit["bundles"]} == {r["name"] for r in report["variants"][1:]} and kit["top_k"] == 32
     # the floors here (KL 50, top-1 0) let every tiny variant pass, so that the trip reaches a choice; that the
     # quality floor takes part in the choice is shown on the same rows: a KL floor just under the chosen variant's
     # mean KL rules it out
@@ -139,7 +145,8 @@ def _another(f, value, settings, files=None):
 
     special = {"teacher_engine": "torch", "loss": "jsd", "beta": 0.3, "alpha": 0.2, "reference": "onnx:fp32",
                "teacher_model": "m", "tokenizer": str(settings.teacher), "teacher_extra_body": '{"x": 1}',
-               "data_dir": None, "attention": "eager", "prompt_column": "question", **(files or {})}
+               "data_dir": None, "attention": "eager", "prompt_column": "question", "max_kit_size": "500MB",
+               **(files or {})}
     if f.name in special:
         return special[f.name]
     choices = f.metadata.get("choices")
