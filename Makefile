@@ -70,15 +70,9 @@ RT_VENV := build/runtime-venv
 BUNDLE ?= build/demo/laptop/export/student/gguf-q8_0
 ONNX_BUNDLE ?= build/demo/laptop/export/student/onnx-int4
 
-example:
+example: $(STAMP)
 	@test -f $(BUNDLE)/manifest.json || { echo "error: no bundle at $(BUNDLE); run make demo first or pass BUNDLE=folder"; exit 2; }
-	rm -rf $(RT_VENV)
-	$(PYTHON) -m venv $(RT_VENV)
-	$(RT_VENV)/bin/python -m pip --disable-pip-version-check install --quiet --upgrade pip
-	wheel=$$($(LLAMA_WHEEL) --log $(RT_VENV)/llama-build.log) && $(RT_VENV)/bin/python -m pip \
-	  --disable-pip-version-check install --quiet "$$wheel" '.[runtime]' -c constraints.txt
-	@! $(RT_VENV)/bin/python -c "import torch" 2>/dev/null || { echo "error: torch is in the runtime-only venv"; exit 1; }
-	@! $(RT_VENV)/bin/python -c "import transformers" 2>/dev/null || { echo "error: transformers is in the runtime-only venv"; exit 1; }
+	$(BIN)/python -m edgedistill.runtime_venv $(RT_VENV)
 	cd /tmp && $(CURDIR)/$(RT_VENV)/bin/python $(CURDIR)/examples/support_desk.py $(abspath $(BUNDLE)) --timing \
 	  --ask "My order NW-1234 arrived damaged. What should I do?" --ask "And how long does a refund take?" \
 	  --max-tokens 80

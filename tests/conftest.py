@@ -44,21 +44,16 @@ def tiny_bundles(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def runtime_venv(tmp_path_factory) -> Path:
     """A virtual environment in another folder with edgedistill's runtime extra only, installed from this checkout
-    as a device would install it (llama-cpp-python from the wheel `make` built, cached in the user's cache): no
-    torch, no transformers (checked). Returns its bin folder."""
-    venv = tmp_path_factory.mktemp("device") / "venv"
+    as a device would install it (edgedistill.runtime_venv: no torch, no transformers, checked), llama-cpp-python
+    from the wheel in the user's cache. Returns its bin folder."""
+    from edgedistill import runtime_venv
+
     env = {k: v for k, v in os.environ.items() if k != "EDGEDISTILL_HOME"} | (
         {"EDGEDISTILL_HOME": USER_HOME} if USER_HOME else {})
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    wheel = subprocess.run([sys.executable, "-m", "edgedistill.formats.llamacpp_build", "wheel", "-c",
-                            str(REPO / "constraints.txt")], check=True, capture_output=True, text=True, env=env,
-                           cwd=REPO).stdout.strip().splitlines()[-1]
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "install", "--quiet"]
-    subprocess.run(pip + [wheel, f"{REPO}[runtime]", "-c", str(REPO / "constraints.txt")], check=True, env=env)
-    for heavy in ("torch", "transformers"):
-        probe = subprocess.run([str(venv / "bin" / "python"), "-c", f"import {heavy}"], capture_output=True)
-        assert probe.returncode != 0, f"{heavy} is importable in the runtime-only venv"
-    return venv / "bin"
+    bin_dir = runtime_venv.make(tmp_path_factory.mktemp("device") / "venv", env=env)
+    for heavy in runtime_venv.HEAVY:  # the test's own check
+        assert subprocess.run([str(bin_dir / "python"), "-c", f"import {heavy}"], capture_output=True).returncode
+    return bin_dir
 
 
 @pytest.fixture(scope="session")
