@@ -131,12 +131,11 @@ def _side_by_side(report: dict, rows: list[Row], text: bool) -> list[str]:
     if not report.get("build_machine"):
         return []
     b, kit = report["build_machine"], report.get("kit") or {}
-    lines = ["", f"Device figures merged from kit {str(kit.get('id', ''))[:12]} (made {kit.get('made')}): this report's "
-                 f"figures are the device's ({report['machine']['cpu']}, {report['threads']} threads) where it "
-                 f"measured a variant, else the build machine's ({b['cpu']}, {report['build_threads']} threads); "
-                 "the choice uses them. Build machine -> device (fidelity on both against the reference's top-"
-                 f"{kit.get('top_k')} kept in the kit):" if not text else "the choice uses them. Build machine -> device:",
-             "",
+    same = "" if text else f" (fidelity on both against the reference's top-{kit.get('top_k')} kept in the kit)"
+    lines = ["", f"Device figures merged from kit {str(kit.get('id', ''))[:12]} (made {kit.get('made')}): this "
+                 f"report's figures are the device's ({report['machine']['cpu']}, {report['threads']} threads) where "
+                 f"it measured a variant, else the build machine's ({b['cpu']}, {report['build_threads']} threads); "
+                 f"the choice uses them. Build machine -> device{same}:", "",
              "| variant | figures from | decode tok/s | TTFT ms | peak RSS MB | "
              + ("chrF | answers agree %" if text else "in-domain KL | in-domain top-1 %") + " |",
              "|---|---|---|---|---|---|---|"]

@@ -94,7 +94,8 @@ def measure(plan: Plan, info: dict, role: str, work: Path, reference: dict) -> d
     if sp["status"] != "ok":
         return {"speed": sp, "llama_bench": None, "quality": None}
     fast_enough = sp["result"]["decode_tokens_per_s"] >= plan.min_decode_tokens_per_s
-    qjob = {**base, "phase": "quality", "bundle": info["bundle"], "general": plan.chunks, "domain": plan.domain, "answer_prompts": plan.answer_prompts, **reference,
+    qjob = {**base, "phase": "quality", "bundle": info["bundle"], "general": plan.chunks, "domain": plan.domain,
+            "answer_prompts": plan.answer_prompts, **reference,
             "eval_items": plan.items if (is_ref or fast_enough) else []}
     return {"speed": sp, "llama_bench": _native_bench(info, plan),
             "quality": run_worker(qjob, work, None, plan.timeout_s, plan.poll_s)}
@@ -151,8 +152,8 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     never chosen. scorer: with --reference-answers of a served teacher, its likelihood of each bundle's answers
     (engines.served.TextScorer). kit: also write a device kit there (bench.kit): the candidates, the plan and the
     reference's top --kit-top-k per position; each candidate's fidelity is also measured against that top-k here
-    (quality.top_k), so that this machine's figures and the device's can be set side by side. The settings are also written to
-    out_dir/settings.yaml."""
+    (quality.top_k), so that this machine's figures and the device's can be set side by side. The settings are
+    also written to out_dir/settings.yaml."""
     settings = settings or BenchSettings()
     from edgedistill.bench import fidelity
     from edgedistill.data import default_data_dir
@@ -223,7 +224,8 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     longest = max([len(c) for c in chunks] + [len(d["ids"]) for d in domain])
     plan = Plan(threads=threads, n_ctx=max(settings.prompt_tokens + settings.new_tokens + 8, longest,
                                            min(target.context_length, 2048)),
-                prompt=prompt, chunks=[] if text_ref else chunks, domain=domain, items=items, answer_prompts=answer_prompts,
+                prompt=prompt, chunks=[] if text_ref else chunks, domain=domain, items=items,
+                answer_prompts=answer_prompts,
                 new_tokens=settings.new_tokens, repeats=settings.repeats, prompt_tokens=settings.prompt_tokens,
                 memory_budget=target.memory_budget_bytes,
                 min_decode_tokens_per_s=target.latency.min_decode_tokens_per_s, timeout_s=settings.timeout_s,
