@@ -100,7 +100,6 @@ def write_kit(kit: Path, report: dict, plan, rows: list, target, top_k: Path | N
     """The kit for `report`'s candidates (and comparisons): written to a temporary folder beside `kit`, then
     renamed (a kit is whole or absent)."""
     from edgedistill.paths import atomic_dir
-    from edgedistill.runinfo import write_result
     from edgedistill.targets import parse_bytes
 
     ref = next((r for r in rows if r.reference), None)
@@ -115,7 +114,7 @@ def write_kit(kit: Path, report: dict, plan, rows: list, target, top_k: Path | N
         if top_k is not None:
             shutil.copy2(top_k, tmp / "reference.npz")
         shutil.copy2(target.source, tmp / "profile.yaml")
-        write_result(tmp / "build.json", report)
+        (tmp / "build.json").write_text(json.dumps(report, indent=2, default=str) + "\n")  # as bench.json is
         (tmp / "RUN.txt").write_text(
             "On the device (Python 3.11, no project checkout, no teacher, no network):\n\n"
             "    pip install 'edgedistill[runtime]'\n"

@@ -143,6 +143,17 @@ def test_a_local_teacher_of_another_tokenizer_scores_the_students_answers(pair, 
     assert "export-teacher" not in summary["stages"] and "prune" not in summary["stages"]
     v = summary["student"]["validation"]
     assert v["teacher_nll_per_byte"]["value"] > 0 and "teacher_nll_per_byte" in v["before"]
+    # the device kit of a text-level bench carries the teacher's answers, not logits; run and merged, the rows are
+    # the device's, compared with those answers on the text
+    from edgedistill.bench.kit import merge_kit, open_kit, run_kit
+
+    kit, _ = open_kit(summary["device_kit"])
+    assert kit["top_k"] is None and kit["text_reference"]["records"] and kit["plan"]["answer_prompts"]
+    run_kit(summary["device_kit"], tmp_path / "results.json")
+    merged = merge_kit(summary["device_kit"], [tmp_path / "results.json"], tmp_path / "merged")
+    rows = [r for r in merged["variants"] if not r["reference"]]
+    assert rows and all(r["measured_on"] == "device" and r["quality"]["text"]["chrf"]["value"] >= 0 for r in rows)
+    assert "| chrF | answers agree % |" in (tmp_path / "merged" / "bench.md").read_text()
 
 
 @pytest.mark.slow
