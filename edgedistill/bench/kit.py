@@ -216,6 +216,9 @@ def run_kit(kit: Path, out: Path, progress=None) -> dict:
         if results["kit_id"] != kit_id:
             raise KitError(f"{out} holds results of another kit ({results['kit_id'][:12]}, this one is "
                            f"{kit_id[:12]}); give another --out")
+        if results["machine"] != machine() or results["threads"] != plan.threads:
+            raise KitError(f"{out} was begun on another machine ({results['machine']['cpu']}, {results['threads']} "
+                           "threads); give another --out: one results file holds one device's figures")
         log.info("resuming: %d of %d bundles measured before", len(results["bundles"]), len(data["bundles"]))
     else:
         results = {"format": RESULTS_FORMAT, "kit_id": kit_id, "profile": data["profile"], "machine": machine(),

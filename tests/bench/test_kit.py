@@ -83,6 +83,11 @@ def test_a_kit_runs_in_a_runtime_only_environment_and_the_choice_follows_the_dev
     resumed = json.loads((device / "partial.json").read_text())
     assert resumed["complete"] and set(resumed["bundles"]) == set(results["bundles"])
     assert all(resumed["bundles"][k] == v for k, v in kept.items())
+    # ... on the machine that began it only
+    (device / "elsewhere.json").write_text(json.dumps({**resumed, "machine": {**resumed["machine"], "cpu": "other"}}))
+    moved = subprocess.run([str(runtime_venv / "edgedistill"), "kit", "run", "kit", "--out", "elsewhere.json"],
+                           cwd=device, capture_output=True, text=True)
+    assert moved.returncode == 2 and "another machine" in moved.stderr
 
     merged = merge_kit(kit, [device / "results.json"], tmp_path / "merged")
     assert merged["threads"] == 1 and merged["build_threads"] == 2 and merged["kit"]["id"] == kit_id
