@@ -66,7 +66,7 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
 
     kit, _ = open_kit(first["device_kit"])
     assert first["device_kit"] == str(out / "bench" / "device-kit") and kit["profile"] == "tinybox"
-    assert {b["name"] for b in kit["bundles"]} == {r["name"] for r in report["variants"][1:]} and kit["top_k"] == 32
+    assert {b["name"] for b in kit["bundles"]} == {r["name"] for r in report["variants"][1:]} and kit["top_k"] == 512
     # the floors here (KL 50, top-1 0) let every tiny variant pass, so that the trip reaches a choice; that the
     # quality floor takes part in the choice is shown on the same rows: a KL floor just under the chosen variant's
     # mean KL rules it out
