@@ -595,13 +595,18 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     candidates += [st.path(teacher_files[k]["bundle"]) for k in plan.teacher_formats if teacher_files[k]["bundle"]]
 
     def run_bench(folder: Path) -> dict:
+        from edgedistill.bench.kit import size_problem
+
+        kit = None if (too_big := size_problem(candidates, b_settings.max_kit_size)) else folder / "device-kit"
+        if too_big:
+            echo(f"   no device kit: {too_big}")
         with progress() as p:
             report = bench(candidates, target, folder, b_settings, teacher=teacher_ref, progress=p, scorer=scorer,
-                           kit=folder / "device-kit")
+                           kit=kit)
         rows = {r["name"]: r for r in report["variants"]}
         chosen = rows[report["chosen"]] if report["chosen"] else None
         return {**_scored(scorer), "verdict": report["verdict"], "report": st.rel(folder / "bench.md"),
-                "device_kit": st.rel(folder / "device-kit"),
+                "device_kit": st.rel(kit) if kit else None,
                 "chosen": chosen and {"name": chosen["name"], "bundle": st.rel(chosen["bundle"]),
                                       "teacher_variant": chosen.get("teacher_variant", False)}}
 

@@ -81,18 +81,27 @@ def _copy_tree(src: Path, dst: Path) -> None:
 def check_kit_out(kit: Path, out_dir: Path, bundles: list[Path], max_size: str) -> None:
     """Before any measurement: the kit's folder is new and writable, not the report's, and the bundles fit the
     size limit (the whole kit is checked again when written)."""
-    from edgedistill.paths import check_writable_dir, dir_size
-    from edgedistill.targets import parse_bytes
+    from edgedistill.paths import check_writable_dir
 
     if kit.exists():
         raise KitError(f"--kit {kit} exists; remove it or give a new folder for the device kit")
     if kit.resolve() == Path(out_dir).resolve():
         raise KitError("--kit must be another folder than --out (the report)")
     check_writable_dir(kit.parent, "--kit")
+    if problem := size_problem(bundles, max_size):
+        raise KitError(problem)
+
+
+def size_problem(bundles: list[Path], max_size: str) -> str | None:
+    """Why `bundles` would not fit a kit of at most max_size, or None."""
+    from edgedistill.paths import dir_size
+    from edgedistill.targets import parse_bytes
+
     size = sum(dir_size(Path(b)) for b in bundles)
     if size > parse_bytes(max_size, "max_kit_size"):
-        raise KitError(f"the kit's bundles take {size / 1e6:.0f} MB, over --max-kit-size {max_size}: bench fewer "
-                       "variants into the kit or raise --max-kit-size")
+        return (f"the kit's bundles take {size / 1e6:.0f} MB, over --max-kit-size {max_size}: bench fewer variants "
+                "into the kit or raise --max-kit-size")
+    return None
 
 
 def write_kit(kit: Path, report: dict, plan, rows: list, target, top_k: Path | None, text_ref: dict | None,

@@ -138,5 +138,9 @@ def test_a_kit_is_refused_in_one_line_when_it_would_not_fit_or_exists(tiny_bundl
     out = run_cli("bench", str(bundles / "gguf-q8_0"), "--target", str(target.source), "--out",
                   str(tmp_path / "r"), "--kit", str(tmp_path / "kit"))
     assert out.returncode == 2 and "exists" in out.stderr
+    from edgedistill.bench.kit import size_problem  # what run checks first, to leave the kit out, not fail
+
+    assert "over --max-kit-size 1kB" in size_problem([bundles / "gguf-q8_0"], "1kB")
+    assert size_problem([bundles / "gguf-q8_0"], "2GB") is None
     out = run_cli("kit", "merge", str(tmp_path), str(tmp_path / "onecore.yaml"))
     assert out.returncode == 2 and "not a device kit" in out.stderr
