@@ -98,10 +98,16 @@ def project(response: str, t_pieces: Sequence[bytes], t_top: Sequence[Sequence[t
             labels: Sequence[int], sp: StudentPieces, k: int, stats: Stats, rid: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows (ids (n, k), log-probs (n, k)) in the student's vocabulary for the n student response tokens
     `labels` (the response's encoding, then the end of turn), from the teacher's pieces of the same answer and its
-    top-k (piece, log-prob) at each of them. The teacher's pieces may carry whitespace the response was stripped of."""
+    top-k (piece, log-prob) at each of them. The teacher's pieces may carry whitespace the response was stripped of,
+    and may stop early (cut at max_length): they align as far as they go."""
     text = response.encode()
     t_join = b"".join(t_pieces)
     lead = t_join.find(text) if text else -1
+    if lead < 0 and text:  # the teacher's pieces cut at max_length (its tokenizer may need more tokens) spell the
+        lead = len(t_join) - len(t_join.lstrip())  # response's beginning, after the whitespace it was stripped of
+        m = min(len(text), len(t_join) - lead)
+        if m <= 0 or t_join[lead:lead + m] != text[:m]:
+            lead = -1
     s_join = b"".join(sp.bytes[i] for i in labels)
     stats.records += 1
     stats.positions += len(labels)

@@ -72,6 +72,20 @@ def test_the_alignment_on_known_spans_and_the_first_token_projection():
     assert s["records_unaligned"] == 0
 
 
+def test_teacher_pieces_cut_at_max_length_align_as_far_as_they_go():
+    """A teacher whose tokenizer needs more tokens is cut at max_length before the student is: its pieces spell
+    the response's beginning only; the student's positions there align, the rest hold the labels alone."""
+    sp = HandPieces(VOCAB)
+    stats = xt.Stats()
+    ids, lps = xt.project("Hello world!", [b" ", b"Hello", b" wor"], [[(b" ", -0.1)], [(b"Hello", -0.2)],
+                                                                    [(b" world", -0.3)]],
+                          _ids("Hel", "lo", " wor", "ld", "!"), sp, 3, stats, "cut")
+    assert stats.records_unaligned == 0 and stats.aligned == 2  # "Hel" within "Hello", " wor" = " wor"
+    assert ids[0, 0] == _ids("Hel")[0] and lps[0, 0] == pytest.approx(-0.2, abs=1e-6)
+    assert ids[2, 0] == _ids(" world")[0] and lps[2, 0] == pytest.approx(-0.3, abs=1e-6)
+    assert ids[4, 0] == _ids("!")[0] and lps[4, 0] == 0.0  # past the teacher's last piece: the label alone
+
+
 def test_texts_that_do_not_match_hold_the_labels_alone_and_are_counted():
     sp = HandPieces(VOCAB)
     stats = xt.Stats()
