@@ -14,11 +14,13 @@ data, steps, learning rate and seeds for both objectives:
      GGUF in llama.cpp, the same engine for all), scored against the teacher's answers: chrF, answer agreement, the
      teacher's NLL per byte of the student's answers (torch), 95% bootstrap intervals over prompts / items.
 
-The served path (a server's top_logprobs strings) gives the same rows as the teacher's ids for the same tokens
-(tests/distill/test_cross_tokenizer.py); the in-process engine is used here because llama-cpp-python's server
-returns top-20 about 18x slower than it generates (benchmarks/results/distill/teacher_engines.md).
+With --served the teacher is the same F16 GGUF behind llama-cpp-python's OpenAI-compatible server on 127.0.0.1,
+reached only through the openai engine: its answers come with top_logprobs 20 as strings (`generate --logprobs 20`
+without a tokenizer), and the cache projects those strings (llama-cpp-python's server returns top-20 about 18x
+slower than it generates: benchmarks/results/distill/teacher_engines.md).
 
     .venv/bin/python benchmarks/cross_tokenizer.py   # writes benchmarks/results/distill/cross_tokenizer.{json,md}
+    .venv/bin/python benchmarks/cross_tokenizer.py --served   # ... cross_tokenizer_served.{json,md}
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from served_pair import cell, score_answers  # noqa: E402
-from teacher_engines import log  # noqa: E402
+from teacher_engines import log, start_server  # noqa: E402
 
 from edgedistill.runinfo import run_record, write_result  # noqa: E402
 
@@ -52,7 +54,6 @@ def answers_of(model: str, prompts: list, max_new: int, out: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, default=Path("/tmp/edgedistill-cross-tokenizer"))
     ap.add_argument("--train-prompts", type=int, default=24, help="per domain")
     ap.add_argument("--test-prompts", type=int, default=8, help="per domain")
     ap.add_argument("--eval-every", type=int, default=12, help="every N-th graded item")
@@ -61,8 +62,12 @@ def main() -> int:
     ap.add_argument("--kd-weight", type=float, default=0.5)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "distill" / "cross_tokenizer")
+    ap.add_argument("--served", action="store_true", help="the teacher behind llama.cpp's server (top_logprobs strings)")
+    ap.add_argument("--work", type=Path, default=None, help="default /tmp/edgedistill-cross-tokenizer[-served]")
+    ap.add_argument("--out", type=Path, default=None, help="default results/distill/cross_tokenizer[_served]")
     args = ap.parse_args()
+    args.work = args.work or Path("/tmp/edgedistill-cross-tokenizer" + ("-served" if args.served else ""))
+    args.out = args.out or HERE / "results" / "distill" / ("cross_tokenizer" + ("_served" if args.served else ""))
     from edgedistill.data import default_data_dir
     from edgedistill.data.evaluate import REASONING_TOKENS, find_eval_sets, load_eval_items
     from edgedistill.data.generate import DecodeSettings, generate
@@ -71,12 +76,21 @@ def main() -> int:
     from edgedistill.distill.dataset import load_generations
     from edgedistill.distill.stage import CacheSettings, DistillSettings, cache_logits, distill
     from edgedistill.engines import EngineSpec
+    from edgedistill.engines.llamacpp import LlamaCppEngine
     from edgedistill.models.locate import load_model
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     teacher = EngineSpec("llama.cpp", TEACHER, gguf_type="f16")
+    server, served = None, {}
+    if args.served:
+        e = LlamaCppEngine.open(teacher)
+        gguf = e.gguf
+        e.close()
+        server, url = start_server(gguf, 2)
+        teacher = EngineSpec("openai", None, url=url, served_model="teacher", extra_body={"repeat_penalty": 1.0})
+        served = dict(teacher_engine="openai", teacher_url=url, teacher_model="teacher")
     train = read_prompts(split="train", limit=args.train_prompts)
     test = read_prompts(split="test", limit=args.test_prompts)
     graded_items = load_eval_items(find_eval_sets(default_data_dir()))[:: args.eval_every]
@@ -88,14 +102,20 @@ def main() -> int:
         files[name] = work / f"teacher-{name}.jsonl"
         if not files[name].exists():
             log(f"the teacher answers {len(prompts)} {name} prompts")
-            generate(TEACHER, prompts, files[name], DecodeSettings(max_new_tokens=n), engine=teacher)
+            part = work / f"teacher-{name}.part.jsonl"
+            generate(None if args.served else TEACHER, prompts, part, DecodeSettings(max_new_tokens=n),
+                     engine=teacher, logprobs=args.k if args.served and name == "train" else 0)
+            part.rename(files[name])
     teacher_s = time.perf_counter() - t0
 
     cache_dir = work / "cache"
     if not cache_dir.exists():
         log(f"the teacher's top-{args.k} projected onto {STUDENT}'s tokenizer")
-        cache_logits(CacheSettings(teacher=TEACHER, generations=[files["train"]], out=cache_dir, k=args.k,
-                                   max_length=256, student=STUDENT, teacher_engine="llama.cpp"))
+        cache_logits(CacheSettings(**({"teacher": TEACHER, "teacher_engine": "llama.cpp"} | served),
+                                   generations=[files["train"]], out=cache_dir, k=args.k, max_length=256,
+                                   student=STUDENT))
+    if server is not None:
+        server.kill()
     projection = json.loads((cache_dir / "cache.json").read_text())["projection"]
     log(f"  aligned {projection['aligned_share']:.1%} of the student's positions, mass kept "
         f"{projection['mass_kept']:.1%}")
@@ -130,7 +150,8 @@ def main() -> int:
         log(f"  chrF {res['chrf']['value']:.2f}, agreement {res['answer_agreement']['value']:.3f}, "
             f"NLL/byte {res['teacher_nll_per_byte']['value']:.3f}")
     result = {"benchmark": "cross_tokenizer", **run_record(), "command": " ".join(sys.argv),
-              "teacher": f"{TEACHER} (F16 GGUF, llama.cpp engine)", "student": f"{STUDENT} (pretrained)",
+              "teacher": f"{TEACHER} (F16 GGUF, " + ("behind llama.cpp's server, top_logprobs strings)" if args.served
+                                                     else "llama.cpp engine in process)"), "student": f"{STUDENT} (pretrained)",
               "settings": vars(args) | {"work": str(work), "out": str(args.out)}, "projection": projection,
               "prompts": {"train": len(train), "test": len(test), "graded": len(graded)},
               "teacher_seconds": round(teacher_s, 1), "results": results,
