@@ -37,6 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.runtime.bundle import sha256_file
 
 log = logging.getLogger(__name__)
 KIT_FORMAT = "edgedistill-device-kit-v1"
@@ -45,14 +46,6 @@ RESULTS_FORMAT = "edgedistill-device-results-v1"
 
 class KitError(EdgeDistillError):
     """A kit or results file that is not what it should be: changed, incomplete, or from another kit."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _slug(name: str, taken: set) -> str:
@@ -131,7 +124,7 @@ def write_kit(kit: Path, report: dict, plan, rows: list, target, top_k: Path | N
             "It may be stopped and run again: it resumes after the last bundle measured. Bring results.json back "
             "and, on the machine that made this kit:\n\n"
             "    edgedistill kit merge KIT results.json --out REPORT\n")
-        files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         size = sum(f["bytes"] for f in files.values())
         if size > parse_bytes(settings.max_kit_size, "max_kit_size"):
@@ -165,7 +158,7 @@ def open_kit(kit: Path) -> tuple[dict, str]:
                        "this edgedistill")
     for name, f in data["files"].items():
         p = kit / name
-        if not p.is_file() or p.stat().st_size != f["bytes"] or _sha256(p) != f["sha256"]:
+        if not p.is_file() or p.stat().st_size != f["bytes"] or sha256_file(p) != f["sha256"]:
             raise KitError(f"{kit}: {name} is missing or differs from what kit.json lists (the kit was changed "
                            "after it was made); copy the kit again")
     return data, hashlib.sha256(raw).hexdigest()

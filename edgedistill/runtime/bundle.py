@@ -38,7 +38,8 @@ def backend(fmt: str):
     return importlib.import_module(BACKENDS[fmt])
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read a MiB at a time (bundle and kit checksums)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -100,7 +101,7 @@ def open_bundle(folder: str | Path, *, verify: bool = True) -> dict:
             p = folder / name
             if not p.is_file():
                 raise IntegrityError(f"{folder}: {name} is missing; the bundle is incomplete, copy it again")
-            if p.stat().st_size != meta["bytes"] or _sha256(p) != meta["sha256"]:
+            if p.stat().st_size != meta["bytes"] or sha256_file(p) != meta["sha256"]:
                 raise IntegrityError(f"{folder}: {name} does not match its sha256 in the manifest (changed or "
                                      "damaged); copy the bundle again")
     built = _ARCH.get(str(manifest.get("built_on_arch", "")).lower())
