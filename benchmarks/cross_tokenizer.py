@@ -52,6 +52,24 @@ def answers_of(model: str, prompts: list, max_new: int, out: Path) -> dict:
     return {p.id: got.get(p.id, "") for p in prompts}
 
 
+def cross_minus_sequence(results: dict, seeds: list[int], test_recs: list) -> dict:
+    """The paired difference cross − sequence on the same test prompts: per seed, and over both seeds (per prompt,
+    the mean over seeds of the difference), each a mean with its 95% bootstrap interval over prompts; sentence chrF
+    to the teacher's answer."""
+    from edgedistill.data.text_fidelity import chrf, mean_ci
+
+    def per_prompt(label: str) -> list[float]:
+        a = results[label]["answers"]["test"]
+        return [chrf(a[r["id"]], r["response"]) for r in test_recs]
+
+    diffs = {s: [c - q for c, q in zip(per_prompt(f"cross seed {s}"), per_prompt(f"sequence seed {s}"))]
+             for s in seeds}
+    out = {f"seed {s}": {"chrf": mean_ci(d)} for s, d in diffs.items()}
+    if len(seeds) > 1:
+        out["all seeds"] = {"chrf": mean_ci([sum(col) / len(col) for col in zip(*diffs.values())])}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train-prompts", type=int, default=24, help="per domain")
@@ -121,7 +139,8 @@ def main() -> int:
         f"{projection['mass_kept']:.1%}")
 
     runs = {}
-    for seed in [int(x) for x in args.seeds.split(",")]:
+    seeds = [int(x) for x in args.seeds.split(",")]
+    for seed in seeds:
         for objective in ("sequence", "cross"):
             out = work / f"{objective}-seed{seed}"
             if not (out / "student").exists():
@@ -146,15 +165,17 @@ def main() -> int:
         g = answers_of(spec, graded, REASONING_TOKENS, work / "answers-graded.jsonl")
         res = score_answers(test_recs, graded_recs, a, g, teacher_pair)
         res["answer_seconds"] = round(time.perf_counter() - t0, 1)
+        res["answers"] = {"test": a, "graded": g}
         results[label] = {**runs.get(label, {}), **res}
         log(f"  chrF {res['chrf']['value']:.2f}, agreement {res['answer_agreement']['value']:.3f}, "
             f"NLL/byte {res['teacher_nll_per_byte']['value']:.3f}")
+    paired = cross_minus_sequence(results, seeds, test_recs)
     result = {"benchmark": "cross_tokenizer", **run_record(), "command": " ".join(sys.argv),
               "teacher": f"{TEACHER} (F16 GGUF, " + ("behind llama.cpp's server, top_logprobs strings)" if args.served
                                                      else "llama.cpp engine in process)"), "student": f"{STUDENT} (pretrained)",
               "settings": vars(args) | {"work": str(work), "out": str(args.out)}, "projection": projection,
               "prompts": {"train": len(train), "test": len(test), "graded": len(graded)},
-              "teacher_seconds": round(teacher_s, 1), "results": results,
+              "teacher_seconds": round(teacher_s, 1), "results": results, "cross_minus_sequence": paired,
               "total_seconds": round(time.perf_counter() - t_all, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_result(args.out.with_suffix(".json"), result)
@@ -179,6 +200,10 @@ def markdown(r: dict) -> str:
     for label, x in r["results"].items():
         lines.append(f"| {label} | {cell(x['chrf'])} | {cell(x.get('answer_agreement'), 100, '.1f')} | "
                      f"{cell(x.get('teacher_nll_per_byte'), 1, '.3f')} | {cell(x.get('graded_correct'), 100, '.1f')} |")
+    if r.get("cross_minus_sequence"):
+        lines += ["", "Paired on the same test prompts, cross − sequence (sentence chrF to the teacher's answer; a mean "
+                  "with its 95% bootstrap interval over prompts):", "", "| seeds | chrF difference |", "|---|---|"]
+        lines += [f"| {k} | {cell(v['chrf'])} |" for k, v in r["cross_minus_sequence"].items()]
     return "\n".join(lines) + "\n"
 
 
