@@ -13,6 +13,7 @@ data, steps, learning rate and seeds for both objectives:
   4. each student (and the student before distillation) answers the test prompts and graded items greedily (its F16
      GGUF in llama.cpp, the same engine for all), scored against the teacher's answers: chrF, answer agreement, the
      teacher's NLL per byte of the student's answers (torch), 95% bootstrap intervals over prompts / items.
+  5. cross − sequence sentence chrF paired on the same test prompts, per seed and over the seeds.
 
 With --served the teacher is the same F16 GGUF behind llama-cpp-python's OpenAI-compatible server on 127.0.0.1,
 reached only through the openai engine: its answers come with top_logprobs 20 as strings (`generate --logprobs 20`
