@@ -40,7 +40,8 @@ def list_cmd() -> None:
     for name, m in sorted(known_models().items()):
         pulled = is_pulled(name)
         size = _human(paths.dir_size(pulled_path(name))) if pulled else "-"
-        table.add_row(name + (" (default)" if name == DEFAULT_TEACHER else ""), m.description, m.license or "-",
+        about = m.description + (f"; a third-party repackaging of {m.upstream}, pinned by sha256" if m.upstream else "")
+        table.add_row(name + (" (default)" if name == DEFAULT_TEACHER else ""), about, m.license or "-",
                       "yes" if pulled else "no", size)
     Console().print(table)
 

