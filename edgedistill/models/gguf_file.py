@@ -69,14 +69,23 @@ def tensor_param_count(reader) -> int:
     return sum(int(t.n_elements) for t in reader.tensors)
 
 
+_QWEN2_SPLIT = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
 def _pre_tokenizer(pre: str | None):
     """The pre-tokenizer llama.cpp applies for a given `tokenizer.ggml.pre` name, rebuilt with `tokenizers`.
     Returns None for names we have not implemented (the caller falls back to transformers' converter)."""
-    from tokenizers import pre_tokenizers
+    from tokenizers import Regex, pre_tokenizers
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre in ("gpt-2", "gpt2", "default", None):
         return byte_level
+    if pre == "qwen2":
+        # Qwen2's split (llama.cpp's LLAMA_VOCAB_PRE_TYPE_QWEN2): contractions, letters with at most one leading
+        # non-letter, single digits, punctuation runs, newlines, spaces; then bytes to the byte-level alphabet.
+        split = pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False)
+        return pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     if pre == "smollm":
         # SmolLM's tokenizer splits digits one by one before the GPT-2 byte-level regex.
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])

@@ -42,3 +42,15 @@ def test_header_cut_inside_metadata(tmp_path):
     cut.write_bytes(path.read_bytes()[:40])
     with pytest.raises(InvalidModelError, match="damaged or truncated"):
         gguf_file.open_gguf(cut)
+
+
+def test_qwen2_pre_tokenizer_splits_as_llama_cpp_does():
+    """Qwen2's pre-tokenizer (tokenizer.ggml.pre = qwen2): digits one by one, a letter run takes at most one leading
+    non-letter, contractions apart, newlines kept together, runs of spaces before a word leave it its own space.
+    (The real Qwen2.5 files are compared token for token with llama.cpp in tests/models/test_real_qwen.py.)"""
+    from edgedistill.models.gguf_file import _pre_tokenizer
+
+    pre = _pre_tokenizer("qwen2")
+    pieces = [p for p, _ in pre.pre_tokenize_str("It's 2024:  x\n\ny")]
+    # byte-level alphabet: space is Ġ, newline Ċ
+    assert pieces == ["It", "'s", "Ġ", "2", "0", "2", "4", ":", "Ġ", "Ġx", "ĊĊ", "y"], pieces
