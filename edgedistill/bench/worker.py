@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 
-def _peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
     """This process's resident high-water mark. VmHWM belongs to the address space, which exec replaces;
     ru_maxrss would carry the parent's peak over through fork and exec."""
     try:
@@ -46,7 +46,7 @@ def speed(job: dict) -> dict:
     runs = [time_generation(model, ids, job["new_tokens"]) for _ in range(job["repeats"])]
     info = model.runtime_info()
     model.close()
-    return {"load_s": load_s, **summarize(runs), "peak_rss_bytes": _peak_rss_bytes(), "runtime": info}
+    return {"load_s": load_s, **summarize(runs), "peak_rss_bytes": peak_rss_bytes(), "runtime": info}
 
 
 def quality(job: dict) -> dict:

@@ -17,6 +17,8 @@ from edgedistill.data.generate import DecodeSettings
 from edgedistill.settings import Settings, like, setting
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# LoRA's rank for a pretrained student when --lora-rank is not given (benchmarks/lora_vs_full.py)
+DEFAULT_LORA_RANK = 16
 
 
 def _loss_names() -> tuple[str, ...]:
@@ -94,11 +96,25 @@ class TrainSettings(Settings):
                                          "copy).")
     attention: str | None = setting(None, "Attention implementation passed to transformers (e.g. sdpa, eager, "
                                           "flash_attention_2); default: transformers' choice.")
+    lora_rank: int | None = setting(None, "Train LoRA adapters (peft) of this rank on every projection of the "
+                                          "student's blocks instead of all its weights; 0: full fine-tuning. Default: "
+                                          f"{DEFAULT_LORA_RANK} for a pretrained student, full fine-tuning for one cut by `prune` "
+                                          "(its weights moved when it was cut). The adapter is merged for export "
+                                          "and also kept alone (OUT/student/adapter).", min=0, max=1024)
+    lora_alpha: float | None = setting(None, "LoRA scale: the adapter's update is multiplied by alpha / rank "
+                                             "[default: 2 x rank].", min=0, min_open=True)
 
     @property
     def chunk(self) -> int:
         """kd_chunk resolved: 256 positions, or a micro-batch's if fewer, unless given."""
         return min(256, self.batch_size * self.max_length) if self.kd_chunk is None else self.kd_chunk
+
+    def lora_for(self, pruned: bool) -> TrainSettings:
+        """These settings with the LoRA rank and alpha resolved for a student: the rank given, else full fine-tuning
+        (0) for a student cut by `prune` and DEFAULT_LORA_RANK for a pretrained one; alpha given, else 2 x rank."""
+        rank = self.lora_rank if self.lora_rank is not None else (0 if pruned else DEFAULT_LORA_RANK)
+        alpha = self.lora_alpha if self.lora_alpha is not None else (2.0 * rank if rank else None)
+        return self.replace(lora_rank=rank, lora_alpha=alpha)
 
     @property
     def warmup(self) -> int:

@@ -278,6 +278,34 @@ def validation_line(v: dict | None) -> str:
     return f"held-out ({v['prompts']} prompts): " + ", ".join(shown)
 
 
+def _lora_fields(s: DistillSettings) -> dict:
+    """lora_rank and lora_alpha resolved for s.student: a folder `prune` wrote (pruning.json) trains in full unless
+    --lora-rank says otherwise; a pretrained student gets LoRA."""
+    from edgedistill.models.locate import resolve
+
+    pruned = (Path(resolve(s.student, pull=True).location) / "pruning.json").is_file()
+    r = s.lora_for(pruned)
+    return {"lora_rank": r.lora_rank, "lora_alpha": r.lora_alpha}
+
+
+def save_adapter(model, folder: Path, *, base: str) -> None:
+    """peft's adapter files (adapter_config.json, adapter_model.safetensors), naming the base model as the user did
+    (a registry name, or the folder given) rather than where transformers loaded it from."""
+    model.save_pretrained(folder, safe_serialization=True)
+    (folder / "README.md").unlink(missing_ok=True)  # peft's model card names the folder the base was loaded from
+    config = folder / "adapter_config.json"
+    data = json.loads(config.read_text())
+    data["base_model_name_or_path"] = base
+    config.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB."""
+    from edgedistill.bench.worker import peak_rss_bytes
+
+    return round(peak_rss_bytes() / 2**20, 1)
+
+
 def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=None, echo=None,
             scorer=None) -> dict:
     """Train the student to imitate the teacher on its generations; the student goes to OUT/student (atomically)
@@ -291,6 +319,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     from edgedistill.distill.dataset import encode, load_generations
     from edgedistill.distill.pairing import decide, tokenizer_fingerprint
     from edgedistill.distill.train import agreement_with_teacher, check_launch, resolve_precision, train
+    from edgedistill.distill.train import trainable_parameters as trainer_params
     from edgedistill.models.fingerprint import spec_fingerprint
     from edgedistill.models.locate import load_model, load_tokenizer, save_tokenizer
     from edgedistill.paths import atomic_dir, check_writable_dir
@@ -326,6 +355,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
         teacher_fp = spec_fingerprint(s.teacher)
         _same_teacher(s.teacher, teacher_fp, records, "--generations")  # before any model loads
     _same_teacher(s.teacher, teacher_fp, val_records, "--validation")
+    s = s.replace(**_lora_fields(s))  # LoRA for a pretrained student, full fine-tuning for a pruned one
     s_tok = load_tokenizer(s.student)
     t_tok = None if served else (teacher[1] if teacher is not None else load_tokenizer(s.teacher))
     projected = meta.get("projection") if meta is not None else None
@@ -362,6 +392,9 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     s_pair = load_model(s.student, attn_implementation=s.attention)
     inputs = {"teacher": teacher_fp, "student_init": spec_fingerprint(s.student)}
     say(f"precision {precision} ({why})")
+    say(f"LoRA rank {s.lora_rank}, alpha {s.lora_alpha:g} on the {s.student} student's projections (its weights "
+        "frozen; --lora-rank 0 trains them all)" if s.lora_rank else "full fine-tuning: every weight of the student "
+        "trains")
     say(f"{len(train_set.examples)} training sequences, {train_set.response_tokens} response tokens"
         + (f", {train_set.truncated} truncated to {s.max_length} tokens" if train_set.truncated else ""))
 
@@ -381,7 +414,9 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
               "train_s": round(time.perf_counter() - t0, 2), "train_tokens": int(trainer.tokens_seen),
               "logit_cache": str(s.logit_cache) if s.logit_cache else None,
               "train_sequences": len(train_set.examples), "truncated": train_set.truncated,
-              "parameters": model.num_parameters()}
+              "parameters": model.num_parameters(), "trainable_parameters": trainer_params(model),
+              "lora": {"rank": s.lora_rank, "alpha": s.lora_alpha} if s.lora_rank else None,
+              "peak_rss_mb": peak_rss_mb()}
     if val_records:
         report["validation"] = {**validate(model), "before": before}
     import torch.distributed as dist
@@ -394,6 +429,11 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
             return report
     report["precision"] = {"used": precision, "why": why}
     with atomic_dir(final) as tmp:
+        if s.lora_rank:  # the adapter alone (one small file per task on a device), then merged for every format
+            from edgedistill.quantize.gguf_lora import ADAPTER_DIR
+
+            save_adapter(model, tmp / ADAPTER_DIR, base=s.student)
+            model = model.merge_and_unload()
         model.save_pretrained(tmp, safe_serialization=True)
         save_tokenizer(s_pair[1], tmp)
         (tmp / "distill.json").write_text(json.dumps(report, indent=2) + "\n")

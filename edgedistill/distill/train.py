@@ -402,6 +402,8 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         **_fsdp_args(cfg, student),
     )
+    if cfg.lora_rank:
+        student = with_lora(student, cfg)
     trainer_ref: dict = {}
     cls, extra_kw = _make_trainer_class(), {}
     if trainer_factory is not None:
@@ -437,6 +439,28 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
             raise EdgeDistillError(f"--resume: no checkpoint in {ckpt}")
     trainer.train(resume_from_checkpoint=last)
     return trainer.accelerator.unwrap_model(trainer.model), trainer
+
+
+def with_lora(student, cfg: TrainSettings):
+    """The student wrapped in peft's LoRA adapters (rank cfg.lora_rank, scale cfg.lora_alpha / rank, no dropout) on
+    every projection its family names (models.families: lora_targets); its own weights frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    from edgedistill.models.families import family_of
+
+    family = family_of(student.config, "LoRA")
+    linear = {name.rsplit(".", 1)[-1] for name, m in student.named_modules() if isinstance(m, torch.nn.Linear)}
+    targets = [t for t in family.lora_targets if t in linear]
+    if not targets:
+        raise EdgeDistillError(f"this {family.name} student has none of the projections LoRA adapts "
+                               f"({', '.join(family.lora_targets)}); train it in full with --lora-rank 0")
+    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2.0 * cfg.lora_rank, target_modules=targets,
+                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(student, config)
+
+
+def trainable_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def _fsdp_args(cfg: TrainSettings, student) -> dict:

@@ -207,7 +207,7 @@ def _one_variant(s: Scheme, ctx: BuildContext, out: Path, settings: ExportSettin
 
 def _validate(s: Scheme, main: Path, ctx: BuildContext, chunks, reference, settings) -> dict:
     """The file in its format's runner against the float model's logits (and greedy tokens, for exact schemes)."""
-    runner = format_of(s.key).runner(main, n_ctx=max(settings.chunk_len, 256), threads=settings.threads)
+    runner = format_of(s.key).runner(main, n_ctx=max(settings.chunk_len, 256), threads=settings.threads, ctx=ctx)
     try:
         metrics = V.validate(ctx.model, ctx.tokenizer, runner.logits, chunks, reference_logits=reference,
                              candidate_greedy=runner.greedy if s.exact else None)

@@ -48,6 +48,10 @@ def get_vocab_base_pre(self, tokenizer):
         return fallback
 
 base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+if sys.argv[3] == "--lora":  # llama.cpp's adapter converter, which reuses the model classes above
+    sys.argv = [src + "/convert_lora_to_gguf.py", *sys.argv[4:]]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    sys.exit(0)
 if sys.argv[3] == "--list":
     import conversion
     conversion.load_all_models()
@@ -129,6 +133,27 @@ def convert(model_dir: Path, out: Path, *, dtype: str = "f16", name: str | None 
     if proc.returncode != 0 or not Path(out).is_file():
         Path(out).unlink(missing_ok=True)
         raise EdgeDistillError(f"llama.cpp's converter failed on {model_dir}: {_last_line(proc.stderr)}")
+    return Path(out)
+
+
+def convert_lora(adapter_dir: Path, base_dir: Path, out: Path, *, dtype: str = "f16") -> Path:
+    """Write a peft LoRA adapter (adapter_config.json + adapter_model.safetensors in `adapter_dir`) as a GGUF LoRA
+    file that llama.cpp applies over the base model's GGUF, by llama.cpp's own `convert_lora_to_gguf.py`; `base_dir`
+    is the base model's Hugging Face folder (its config decides the tensor names). The caller gives a temporary
+    `out`."""
+    if dtype not in OUT_TYPES:
+        raise UnsupportedError(f"GGUF LoRA conversion writes {' or '.join(OUT_TYPES)}, not {dtype!r}")
+    check_model_dir(base_dir)
+    try:
+        proc = _run(["--lora", str(adapter_dir), "--base", str(base_dir), "--outfile", str(out), "--outtype", dtype],
+                    output=Path(out))
+    except BaseException:
+        Path(out).unlink(missing_ok=True)
+        raise
+    log.debug("llama.cpp LoRA converter:\n%s", proc.stderr)
+    if proc.returncode != 0 or not Path(out).is_file():
+        Path(out).unlink(missing_ok=True)
+        raise EdgeDistillError(f"llama.cpp's LoRA converter failed on {adapter_dir}: {_last_line(proc.stderr)}")
     return Path(out)
 
 

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from edgedistill.errors import UnsupportedError
 
 
+# the linear layers of a decoder block, as most families name them: LoRA adapts all of them by default (attention and
+# FFN alike), the common choice for instruction tuning (QLoRA, Dettmers et al. 2023) and what was measured here
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -29,6 +34,8 @@ class Family:
     # llama.cpp gives this family's special tokens their whitespace rules (Phi-3's rstrip) only when the GGUF's
     # general.name contains this tag: the converter's name for a student gets it
     gguf_name_tag: str | None = None
+    # the modules a LoRA adapter goes on (peft's target_modules): every projection of a block, by this family's names
+    lora_targets: tuple[str, ...] = _PROJECTIONS
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in [
@@ -38,7 +45,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("qwen3", ("qwen3",)),
     Family("gemma2", ("gemma2",), swa_period=2, scaled_embeddings=True),
     Family("gemma3", ("gemma3_text",), swa_period=6, scaled_embeddings=True),
-    Family("phi3", ("phi3",), attention_is_hidden=True, gguf_name_tag="phi3"),
+    Family("phi3", ("phi3",), attention_is_hidden=True, gguf_name_tag="phi3",
+           lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
 ]}
 
 _BY_TYPE = {t: f for f in FAMILIES.values() for t in f.model_types}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError, UnsupportedError
 
-FORMAT_MODULES = ("gguf", "onnx", "bnb")  # modules of this package, each registering one Format and its schemes
+FORMAT_MODULES = ("gguf", "gguf_lora", "onnx", "bnb")  # modules of this package, each registering one Format and its schemes
 
 
 class Format:
@@ -36,9 +36,10 @@ class Format:
         """Why the transformers model in model_dir cannot be written in this format (None: it can)."""
         return None
 
-    def runner(self, main: Path, *, n_ctx: int, threads: int | None):
+    def runner(self, main: Path, *, n_ctx: int, threads: int | None, ctx: "BuildContext | None" = None):
         """What validation compares with the float model: .logits(chunks), .greedy(ids, n), .close(). The offline
-        formats' runners are their runtime backends' Logits."""
+        formats' runners are their runtime backends' Logits. `ctx`: the export's build context, for a file that runs
+        only beside others (an adapter over its base)."""
         from edgedistill.runtime.bundle import backend
 
         return backend(self.name).Logits(main, n_ctx=n_ctx, threads=threads)

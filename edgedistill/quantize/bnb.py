@@ -74,7 +74,7 @@ class Torch(Format):
 
     name, runtime, offline = "torch", "torch", False
 
-    def runner(self, main: Path, *, n_ctx: int, threads: int | None):
+    def runner(self, main: Path, *, n_ctx: int, threads: int | None, ctx=None):
         return _TorchRunner(main)
 
 

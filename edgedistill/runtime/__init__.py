@@ -153,13 +153,24 @@ class LoadedModel:
         self.close()
 
 
-def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n_ctx: int = 2048) -> LoadedModel:
+def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n_ctx: int = 2048,
+         adapter: str | Path | None = None) -> LoadedModel:
     """Open a bundle made by `edgedistill export` with the backend its format needs. n_ctx: the context the
-    GGUF backend reserves (the ONNX cache grows as needed)."""
-    from edgedistill.runtime.bundle import backend
+    GGUF backend reserves (the ONNX cache grows as needed). adapter: a LoRA adapter bundle (gguf-lora) applied over
+    this base bundle, which must have been exported from the model the adapter was trained on."""
+    from edgedistill.runtime.bundle import ADAPTERS, backend, check_adapter
 
     manifest = open_bundle(path, verify=verify)
-    return backend(manifest["format"]).Model(Path(path), manifest, threads=threads, n_ctx=n_ctx)
+    if manifest["format"] in ADAPTERS:
+        base = ((manifest.get("quantization") or {}).get("adapter") or {}).get("base")
+        raise BundleError(f"{path} is a LoRA adapter, not a model: load the bundle of its base model ({base}) with "
+                          f"adapter={str(path)!r}")
+    extra = {}
+    if adapter is not None:
+        adapter_manifest = open_bundle(adapter, verify=verify)
+        check_adapter(manifest, adapter_manifest, Path(path), Path(adapter))
+        extra["adapter"] = Path(adapter) / adapter_manifest["model_file"]
+    return backend(manifest["format"]).Model(Path(path), manifest, threads=threads, n_ctx=n_ctx, **extra)
 
 
 def __getattr__(name: str):

@@ -27,6 +27,8 @@ class BundleError(EdgeDistillError):
 # and `Logits` (every position's logits: validation and fidelity). Adding one is a module and a line here; the
 # export side of a format is its module in edgedistill.quantize (see docs/formats.md).
 BACKENDS = {"gguf": "edgedistill.runtime.gguf", "onnx": "edgedistill.runtime.onnx"}
+# Formats whose bundles hold an adapter, loaded over a base bundle of the format named here (never alone).
+ADAPTERS = {"gguf-lora": "gguf"}
 
 
 def backend(fmt: str):
@@ -90,7 +92,7 @@ def open_bundle(folder: str | Path, *, verify: bool = True) -> dict:
             f"{folder} was made by a newer edgedistill ({manifest.get('edgedistill_version')}, manifest version "
             f"{version}); this runtime reads version {SUPPORTED_MANIFEST_VERSION}: upgrade edgedistill"
         )
-    if manifest.get("format") not in BACKENDS:
+    if manifest.get("format") not in BACKENDS and manifest.get("format") not in ADAPTERS:
         raise BundleError(f"{folder}: format {manifest.get('format')!r} has no runtime backend ({', '.join(BACKENDS)})")
     files = manifest.get("files") or {}
     if not isinstance(files, dict) or manifest.get("model_file") not in files:
@@ -110,3 +112,20 @@ def open_bundle(folder: str | Path, *, verify: bool = True) -> dict:
         log.warning("bundle %s was built on %s, this machine is %s; it should still load, but was validated on %s",
                     folder, built, here, built)
     return manifest
+
+
+def check_adapter(base: dict, adapter: dict, base_path: Path, adapter_path: Path) -> None:
+    """An adapter bundle goes over a base bundle of its format that was exported from the model it was trained on
+    (the same source sha256); anything else is refused in one line."""
+    fmt = ADAPTERS.get(adapter.get("format"))
+    if fmt is None:
+        raise BundleError(f"{adapter_path} is a {adapter.get('format')} bundle, not an adapter (a gguf-lora bundle)")
+    if base.get("format") != fmt:
+        raise BundleError(f"{adapter_path} is a {adapter['format']} adapter; it goes over a {fmt} bundle, and "
+                          f"{base_path} is {base.get('format')}")
+    want = ((adapter.get("quantization") or {}).get("adapter") or {})
+    got = (base.get("source") or {}).get("sha256")
+    if not want.get("base_sha256") or want.get("base_sha256") != got:
+        raise BundleError(f"{adapter_path} was trained on {want.get('base')!r} and {base_path} was exported from "
+                          f"{(base.get('source') or {}).get('name')!r} (another model: source sha256 differs); "
+                          f"export the base with `edgedistill export {want.get('base')}`")

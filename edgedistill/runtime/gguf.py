@@ -63,15 +63,21 @@ def _check_this_cpu() -> None:
     check_cpu()  # neither the CPU nor the loaded library changes within a process: once
 
 
+def _lora(adapter: Path | None) -> dict:
+    """llama-cpp-python's arguments for a GGUF LoRA adapter applied over the model at full scale."""
+    return {} if adapter is None else {"lora_path": str(adapter), "lora_scale": 1.0}
+
+
 class GGUFModel(LoadedModel):
-    def __init__(self, path: Path, manifest: dict, threads: int | None = None, n_ctx: int = 2048):
+    def __init__(self, path: Path, manifest: dict, threads: int | None = None, n_ctx: int = 2048,
+                 adapter: Path | None = None):
         import llama_cpp
 
         _check_this_cpu()
 
-        self.path, self.manifest = path, manifest
+        self.path, self.manifest, self.adapter = path, manifest, adapter
         self.llm = llama_cpp.Llama(str(path / manifest["model_file"]), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
-                                   verbose=False)
+                                   verbose=False, **_lora(adapter))
         self.template, self.special = chat_template(path)
         self.eos_ids = eog_ids(self.llm.model)
         trained = int(llama_cpp.llama_model_n_ctx_train(self.llm.model))
@@ -119,11 +125,11 @@ class GGUFLogits:
     """llama-cpp-python over one GGUF file with every position's logits kept (validation and fidelity; GGUFModel keeps
     only the last, for speed)."""
 
-    def __init__(self, path: Path, *, n_ctx: int, threads: int | None = None):
+    def __init__(self, path: Path, *, n_ctx: int, threads: int | None = None, adapter: Path | None = None):
         import llama_cpp
 
         self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
-                                   n_threads=threads or os.cpu_count(), seed=0)
+                                   n_threads=threads or os.cpu_count(), seed=0, **_lora(adapter))
 
     def logits(self, chunks) -> list[np.ndarray]:
         out = []
