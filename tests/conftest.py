@@ -13,13 +13,14 @@ from tests import tiny
 
 REPO = Path(__file__).resolve().parent.parent
 USER_HOME = os.environ.get("EDGEDISTILL_HOME")  # before any test points it at an empty folder
+REAL_MODELS = ("real_teacher", "real_gemma", "real_qwen")  # markers of tests on pulled models, in the user's cache
 
 
 @pytest.fixture(autouse=True)
 def _isolated_home(request, tmp_path_factory, monkeypatch):
     """Every test gets its own empty cache, except real_teacher tests, which share the user's cache so the
     default teacher is pulled once per machine (as a user would)."""
-    if request.node.get_closest_marker("real_teacher") is None and request.node.get_closest_marker("real_gemma") is None:
+    if not any(request.node.get_closest_marker(m) for m in REAL_MODELS):
         monkeypatch.setenv("EDGEDISTILL_HOME", str(tmp_path_factory.mktemp("home")))
 
 
@@ -83,7 +84,7 @@ def ours(folder: Path) -> list[Path]:
 def pytest_collection_modifyitems(items):
     """The real teachers' tests are slow too: `-m "not slow"` is the whole quick loop."""
     for item in items:
-        if item.get_closest_marker("real_teacher") or item.get_closest_marker("real_gemma"):
+        if any(item.get_closest_marker(m) for m in REAL_MODELS):
             item.add_marker(pytest.mark.slow)
 
 

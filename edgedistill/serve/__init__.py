@@ -30,12 +30,15 @@ __all__ = ["ServeSettings", "serve", "load_for_serving"]
 class ServeSettings(Settings):
     bundle: Path = setting(None, "Bundle folder made by `edgedistill export` (GGUF or ONNX).", required=True,
                            exists="dir", cli=False)
+    adapter: Path | None = setting(None, "A LoRA adapter bundle (gguf-lora, from `export --variant gguf-lora:f16`) "
+                                         "applied over BUNDLE, its base model's GGUF.", exists="dir")
     host: str = setting("127.0.0.1", "Address to listen on (loopback by default; anything else is reachable from "
                                      "the network and is warned about).")
     port: int = setting(8080, "Port to listen on (0: any free port, printed at start).", min=0, max=65535)
     api_key_env: str | None = setting(None, "Name of an environment variable holding the API key clients must send "
                                             "as `Authorization: Bearer KEY` [default: no key].")
-    model_name: str | None = setting(None, "Model id clients ask for [default: the bundle folder's name].")
+    model_name: str | None = setting(None, "Model id clients ask for [default: the bundle folder's name, or the "
+                                           "adapter's].")
     max_tokens: int = setting(512, "Cap on max_tokens per request (also the default when a request gives none).",
                               min=1, max=32768)
     max_prompt_tokens: int | None = setting(None, "Longest prompt accepted, in tokens [default: the context less one "
@@ -116,7 +119,9 @@ def load_for_serving(s: ServeSettings):
 
     manifest = open_bundle(s.bundle, verify=True)
     warning = deployment_check(manifest, Path(s.bundle), s.allow_undeployable)
-    return load(s.bundle, threads=s.threads, n_ctx=s.n_ctx, verify=False), warning
+    if s.adapter is not None:
+        open_bundle(s.adapter, verify=True)
+    return load(s.bundle, threads=s.threads, n_ctx=s.n_ctx, verify=False, adapter=s.adapter), warning
 
 
 def serve(s: ServeSettings, *, echo=print) -> None:

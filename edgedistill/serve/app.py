@@ -37,7 +37,7 @@ def error_response(e: ServeError) -> JSONResponse:
 
 def build_app(model, s, *, key: str | None = None) -> FastAPI:
     """The app serving `model` (a runtime LoadedModel) under the settings `s` (ServeSettings)."""
-    model_id = s.model_name or s.bundle.name
+    model_id = s.model_name or (s.adapter or s.bundle).name  # an adapter names the task it was trained for
     manifest = model.manifest
     worker = Worker(model, s.queue, s.timeout)
     max_prompt = min(s.max_prompt_tokens or model.context_length - 1, model.context_length - 1)

@@ -83,6 +83,7 @@ def test_a_pruned_student_trains_in_full_and_rank_zero_asks_for_full(models, tmp
     assert r["lora"] == {"rank": 4, "alpha": 4.0}
 
 
+@pytest.mark.slow
 def test_the_adapter_exports_as_a_gguf_lora_that_the_runtime_applies_over_its_base(models, distilled, tmp_path):
     """Export of the distilled folder: the merged model as usual and the adapter alone (gguf-lora:f16, validated over
     the base's F16 in llama.cpp against the merged model); the base exported on its own. Base + adapter in the
@@ -122,6 +123,16 @@ def test_the_adapter_exports_as_a_gguf_lora_that_the_runtime_applies_over_its_ba
             assert model.chat(prompt, max_tokens=12) == whole.chat(prompt, max_tokens=12)
     with pytest.raises(BundleError, match="is a LoRA adapter, not a model"):
         load(adapter)
+    # serve: the base with the adapter, under the adapter's name, answers as the merged model does
+    from tests.serve.test_serve import client, server
+
+    with load(tmp_path / "student" / "gguf-f16") as whole:
+        want = whole.chat(prompt, max_tokens=8)
+    with server(base, "--adapter", str(adapter), "--api-key-env", "EDGE_KEY", env={"EDGE_KEY": "k"}) as (url, _, _):
+        c = client(url, "k")
+        assert [m.id for m in c.models.list().data] == ["gguf-lora-f16"]
+        got = c.chat.completions.create(model="gguf-lora-f16", messages=prompt, max_tokens=8, temperature=0)
+        assert got.choices[0].message.content == want
     (other,) = export_model(str(teacher), tmp_path / "other", ExportSettings(variants=["gguf:f16"], chunks=1,
                                                                              chunk_len=32))
     with pytest.raises(BundleError, match="was trained on .*another model"):
