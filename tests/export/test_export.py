@@ -24,7 +24,8 @@ ALL_SCHEMES = sorted(schemes())
 def exported(tmp_path_factory):
     """One export run of the tiny model with every registered scheme."""
     root = tmp_path_factory.mktemp("export")
-    model = tiny.build_model_dir(root / "tiny-llama")
+    base = tiny.build_model_dir(root / "tiny-base")
+    model = tiny.with_lora_adapter(base, root / "tiny-llama")  # a LoRA student: gguf-lora exports its adapter
     results = export_model(str(model), root / "bundles", ExportSettings(variants=ALL_SCHEMES, chunks=2, chunk_len=64))
     return model, root / "bundles", {r.key: r for r in results}
 
@@ -47,10 +48,16 @@ def test_scheme_round_trips_and_loads_in_its_runtime(exported, key):
     assert manifest["bits_per_weight"] == pytest.approx(8 * manifest["model_bytes"] / manifest["parameters"])
     model_file = bundle / manifest["model_file"]
     ids = [1, 5, 9, 17, 33]
-    if manifest["format"] == "gguf":
+    if manifest["format"] in ("gguf", "gguf-lora"):
         import llama_cpp
 
-        llm = llama_cpp.Llama(str(model_file), n_ctx=64, logits_all=True, verbose=False)
+        over = {}
+        if manifest["format"] == "gguf-lora":  # an adapter runs over its base model's GGUF
+            from edgedistill.formats.gguf import convert
+
+            over = {"lora_path": str(model_file)}
+            model_file = convert(Path(manifest["quantization"]["adapter"]["base"]), bundle.parent / "base.gguf")
+        llm = llama_cpp.Llama(str(model_file), n_ctx=64, logits_all=True, verbose=False, **over)
         llm.eval(ids)
         logits = np.array(llm.scores[: len(ids)])
         llm.close()
@@ -77,7 +84,7 @@ def test_scheme_round_trips_and_loads_in_its_runtime(exported, key):
     assert logits.shape[0] == len(ids) and np.isfinite(logits).all()
 
 
-def test_each_format_is_one_registered_object_with_schemes_and_a_runner(exported):
+def test_each_format_is_one_registered_object_with_schemes_and_a_runner(exported, tmp_path):
     """Every scheme belongs to a registered Format and every Format has schemes; the formats the offline runtime
     loads are exactly its backends; each format's validation runner reads its bundle, and for the offline ones
     the runtime's own open_logits gives the same logits (the bench worker's path)."""
@@ -88,12 +95,15 @@ def test_each_format_is_one_registered_object_with_schemes_and_a_runner(exported
     fmts = formats()
     assert set(fmts) == {s.format for s in schemes().values()}
     assert {name for name, f in fmts.items() if f.offline} == set(BACKENDS)
-    _, out, _ = exported
+    from edgedistill.quantize import BuildContext
+
+    model, out, _ = exported
     ids = [1, 5, 9, 17]
     for name, fmt in fmts.items():
         bundle = out / bundle_name(next(k for k in ALL_SCHEMES if k.startswith(name + ":")))
         main = bundle / json.loads((bundle / MANIFEST).read_text())["model_file"]
-        runner = fmt.runner(main, n_ctx=64, threads=1)
+        ctx = BuildContext(model=None, tokenizer=None, model_dir=model, out_dir=Path(), work_dir=tmp_path)
+        runner = fmt.runner(main, n_ctx=64, threads=1, ctx=ctx)  # the adapter's runner takes its base from ctx
         logits = runner.logits([ids])[0]
         runner.close()
         assert logits.shape[0] == len(ids) and np.isfinite(logits).all(), name
