@@ -1,10 +1,11 @@
-"""LoRA against full fine-tuning for a pretrained student: Qwen2.5-Coder-1.5B-Instruct teaching Qwen2.5-Coder-0.5B-Instruct.
+"""LoRA against full fine-tuning of a pretrained student: Qwen2.5-Coder-1.5B-Instruct teaching its 0.5B sibling.
 
   1. the teacher (llama.cpp engine, its Q4_K_M GGUF) answers --train-prompts train and --val-prompts validation
      prompts of every built-in domain (greedy, 128 new tokens); its top-64 log-probs of the train answers go into
      one logit cache;
   2. for each variant (LoRA at a rank, or full fine-tuning) and seed, `edgedistill distill` runs in its own process
-     from that cache with the same data, steps and objective (forward KL + CE 0.5/0.5, batch 4 x 2, cosine), no
+     from that cache with the same data, steps and objective (forward KL + CE 0.5/0.5, batch 4 x 2, cosine; the
+     learning rate measured for each: 5e-4 for LoRA, 5e-5 for a pretrained student in full), no
      validation inside (so the process's peak RSS is training's alone, no teacher loaded): tokens/s, peak RSS and
      trainable parameters from its distill.json;
   3. held-out fidelity of the student before and after each run, teacher-forced on the teacher's validation answers
@@ -61,14 +62,15 @@ def build_cache(work: Path, data: Path) -> Path:
     return out
 
 
-def distill_run(work: Path, label: str, rank: int, seed: int, steps: int, data: Path, cache: Path) -> dict:
+def distill_run(work: Path, label: str, rank: int, lr: str, seed: int, steps: int, data: Path, cache: Path,
+                extra: list[str]) -> dict:
     out = work / f"distill-{label}-seed{seed}"
     if not (out / "student" / "distill.json").exists():
         shutil.rmtree(out, ignore_errors=True)
         cmd = [sys.executable, "-m", "edgedistill", "distill", "--teacher", TEACHER, "--student", STUDENT,
                "--generations", str(data), "--logit-cache", str(cache), "--steps", str(steps), "--seed", str(seed),
-               "--lora-rank", str(rank), "--precision", "fp32", "--out", str(out), "--no-keep-checkpoints",
-               "--save-steps", str(10 * steps)]
+               "--lora-rank", str(rank), "--lr", lr, "--precision", "fp32", "--out", str(out),
+               "--no-keep-checkpoints", "--save-steps", str(10 * steps), *extra]
         log(f"distill {label} seed {seed}: {' '.join(cmd[3:])}")
         subprocess.run(cmd, check=True, cwd=REPO)
     return json.loads((out / "student" / "distill.json").read_text()) | {"student": str(out / "student")}
@@ -119,16 +121,18 @@ def markdown(report: dict) -> str:
              f"answers ({report['train_tokens_per_epoch']} answer tokens), held-out: the teacher's answers to "
              f"{report['val_prompts']} validation prompts ({b['positions']} answer tokens). Every run: "
              f"{report['steps']} steps of forward KL + CE (0.5/0.5) from the teacher's top-64 cache, batch 4 x 2, "
-             "lr 5e-4 cosine, fp32. Peak RSS: the distill process (no teacher in it).", "",
+             "cosine schedule at each method's learning rate, fp32. Peak RSS: the distill process (no teacher in "
+             "it).", "",
              f"Student before: KL {b['mean_kl']:.3f} [{b['mean_kl_ci'][0]:.3f}, {b['mean_kl_ci'][1]:.3f}], top-1 "
              f"{100 * b['top1_agreement']:.1f}%.", "",
-             "| run | seed | trainable params | train s | tokens/s | peak RSS (GB) | held-out KL [95% CI] | "
+             "| run | lr | seed | trainable params | train s | tokens/s | peak RSS (GB) | held-out KL [95% CI] | "
              "KL change vs before [95% CI] | top-1 [95% CI] |",
-             "|---|---:|---:|---:|---:|---:|---|---|---|"]
+             "|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for r in report["runs"]:
         o = r["after"]["overall"]
         c = r["kl_change"]
-        lines.append(f"| {r['label']} | {r['seed']} | {r['trainable_parameters'] / 1e6:.1f}M | {r['train_s']:.0f} | "
+        lines.append(f"| {r['label']} | {r['lr']:g} | {r['seed']} | {r['trainable_parameters'] / 1e6:.1f}M | "
+                     f"{r['train_s']:.0f} | "
                      f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb'] / 1024:.1f} | {o['mean_kl']:.3f} "
                      f"[{o['mean_kl_ci'][0]:.3f}, {o['mean_kl_ci'][1]:.3f}] | {c['mean']:+.3f} [{c['ci'][0]:+.3f}, "
                      f"{c['ci'][1]:+.3f}] | {100 * o['top1_agreement']:.1f}% [{100 * o['top1_agreement_ci'][0]:.1f}, "
@@ -144,13 +148,17 @@ def main() -> None:
     ap.add_argument("--val-prompts", type=int, default=4, help="per domain")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--seeds", default="0")
-    ap.add_argument("--variants", default="lora16:16,full:0", help="label:rank, comma-separated (rank 0: full)")
+    ap.add_argument("--variants", default="lora16:16:5e-4,full:0:5e-5",
+                    help="label:rank:lr[:gc], comma-separated (rank 0: full fine-tuning; gc: gradient "
+                         "checkpointing); each at the learning rate "
+                         "measured for it: 5e-4 for LoRA (distill's default), 5e-5 for a pretrained student in full "
+                         "(benchmarks/results/distill/served_pair.md, chosen on validation)")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     from edgedistill.distill.dataset import load_generations
     from edgedistill.models import load_model
-    from edgedistill.models.registry import get
-    from edgedistill.runinfo import run_record, write_result
+    from edgedistill.models.registry import packages_line
+    from edgedistill.runinfo import run_record, write_report
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -160,9 +168,11 @@ def main() -> None:
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for item in args.variants.split(","):
-            label, rank = item.split(":")
-            runs.append({"label": label, "seed": seed, "rank": int(rank),
-                         **distill_run(work, label, int(rank), seed, args.steps, files["train"], cache)})
+            label, rank, lr, *flags = item.split(":")
+            extra = ["--gradient-checkpointing"] if "gc" in flags else []
+            runs.append({"label": label, "seed": seed, "rank": int(rank), "lr": float(lr),
+                         "gradient_checkpointing": bool(extra),
+                         **distill_run(work, label, int(rank), lr, seed, args.steps, files["train"], cache, extra)})
     log("held-out fidelity: the teacher in torch scores its validation answers")
     from budget_curve import teacher_logprobs
 
@@ -178,15 +188,11 @@ def main() -> None:
         r["tokens_per_s"] = r["train_tokens"] / r["train_s"]
     train = load_generations([files["train"]])
     report = {**record, "teacher": TEACHER, "student": STUDENT, "steps": args.steps,
-              "models": "; ".join(f"{n}: {get(n).package}=={get(n).version}, {get(n).license}"
-                                  for n in (TEACHER, STUDENT)),
+              "models": packages_line((TEACHER, STUDENT)),
               "train_answers": len(train), "train_tokens_per_epoch": sum(len(tok(r["response"]).input_ids)
                                                                          for r in train),
               "val_prompts": len(val), "before": before, "runs": runs}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    write_result(OUT.with_suffix(".json"), report)
-    OUT.with_suffix(".md").write_text(markdown(report))
-    log(f"wrote {OUT.with_suffix('.md')}")
+    log(f"wrote {write_report(OUT, report, markdown(report))}")
 
 
 if __name__ == "__main__":

@@ -81,3 +81,15 @@ def write_result(out: Path, report: dict) -> None:
     from edgedistill.paths import write_text_atomic
 
     write_text_atomic(Path(out), json.dumps(report, indent=2) + "\n")
+
+
+def write_report(stem: Path, report: dict, markdown: str) -> Path:
+    """A benchmark's result as STEM.json (write_result) and its table as STEM.md, the folder made first. Returns the
+    .md path."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_result(stem.with_suffix(".json"), report)
+    from edgedistill.paths import write_text_atomic
+
+    write_text_atomic(stem.with_suffix(".md"), markdown)
+    return stem.with_suffix(".md")

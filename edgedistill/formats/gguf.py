@@ -124,16 +124,23 @@ def convert(model_dir: Path, out: Path, *, dtype: str = "f16", name: str | None 
         meta.write_text(json.dumps(provenance(Path(model_dir), name)))
         args = [str(view), "--outfile", str(out), "--outtype", dtype]
         args += ["--model-name", name, "--metadata", str(meta)]
-        try:
-            proc = _run(args, fallback=_fallback_pre(Path(model_dir)), output=Path(out))
-        except BaseException:
-            Path(out).unlink(missing_ok=True)
-            raise
+        return _write(args, Path(out), f"llama.cpp's converter failed on {model_dir}",
+                      fallback=_fallback_pre(Path(model_dir)))
+
+
+def _write(args: list[str], out: Path, failed: str, fallback: str = "") -> Path:
+    """Run the converter driver writing `out`; nothing is left at `out` when it fails or is interrupted, and the
+    failure is `failed` with the converter's last line."""
+    try:
+        proc = _run(args, fallback=fallback, output=out)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
     log.debug("llama.cpp converter:\n%s", proc.stderr)
-    if proc.returncode != 0 or not Path(out).is_file():
-        Path(out).unlink(missing_ok=True)
-        raise EdgeDistillError(f"llama.cpp's converter failed on {model_dir}: {_last_line(proc.stderr)}")
-    return Path(out)
+    if proc.returncode != 0 or not out.is_file():
+        out.unlink(missing_ok=True)
+        raise EdgeDistillError(f"{failed}: {_last_line(proc.stderr)}")
+    return out
 
 
 def convert_lora(adapter_dir: Path, base_dir: Path, out: Path, *, dtype: str = "f16") -> Path:
@@ -144,17 +151,8 @@ def convert_lora(adapter_dir: Path, base_dir: Path, out: Path, *, dtype: str = "
     if dtype not in OUT_TYPES:
         raise UnsupportedError(f"GGUF LoRA conversion writes {' or '.join(OUT_TYPES)}, not {dtype!r}")
     check_model_dir(base_dir)
-    try:
-        proc = _run(["--lora", str(adapter_dir), "--base", str(base_dir), "--outfile", str(out), "--outtype", dtype],
-                    output=Path(out))
-    except BaseException:
-        Path(out).unlink(missing_ok=True)
-        raise
-    log.debug("llama.cpp LoRA converter:\n%s", proc.stderr)
-    if proc.returncode != 0 or not Path(out).is_file():
-        Path(out).unlink(missing_ok=True)
-        raise EdgeDistillError(f"llama.cpp's LoRA converter failed on {adapter_dir}: {_last_line(proc.stderr)}")
-    return Path(out)
+    return _write(["--lora", str(adapter_dir), "--base", str(base_dir), "--outfile", str(out), "--outtype", dtype],
+                  Path(out), f"llama.cpp's LoRA converter failed on {adapter_dir}")
 
 
 def provenance(model_dir: Path, name: str) -> dict:

@@ -82,6 +82,14 @@ def get(name: str) -> KnownModel | None:
     return _REGISTRY.get(name)
 
 
+def packages_line(names) -> str:
+    """'name: package==version, license; ...' for registry models: what a benchmark records beside its results."""
+    def packages(m: KnownModel) -> str:
+        return f"{m.parts[0][0]} ... {m.parts[-1][0]}" if m.parts else m.package
+
+    return "; ".join(f"{n}: {packages(_REGISTRY[n])}=={_REGISTRY[n].version}, {_REGISTRY[n].license}" for n in names)
+
+
 register(
     KnownModel(
         name=DEFAULT_TEACHER,

