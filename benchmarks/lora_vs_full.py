@@ -120,18 +120,19 @@ def markdown(report: dict) -> str:
              f"`{report['command']}`; {report['machine']['cpu']}. Teacher data: {report['train_answers']} train "
              f"answers ({report['train_tokens_per_epoch']} answer tokens), held-out: the teacher's answers to "
              f"{report['val_prompts']} validation prompts ({b['positions']} answer tokens). Every run: "
-             f"{report['steps']} steps of forward KL + CE (0.5/0.5) from the teacher's top-64 cache, batch 4 x 2, "
+             f"{report['steps']} steps (unless the table says otherwise) of forward KL + CE (0.5/0.5) from the teacher's "
+             "top-64 cache, batch 4 x 2, "
              "cosine schedule at each method's learning rate, fp32. Peak RSS: the distill process (no teacher in "
              "it).", "",
              f"Student before: KL {b['mean_kl']:.3f} [{b['mean_kl_ci'][0]:.3f}, {b['mean_kl_ci'][1]:.3f}], top-1 "
              f"{100 * b['top1_agreement']:.1f}%.", "",
-             "| run | lr | seed | trainable params | train s | tokens/s | peak RSS (GB) | held-out KL [95% CI] | "
+             "| run | lr | steps | seed | trainable params | train s | tokens/s | peak RSS (GB) | held-out KL [95% CI] | "
              "KL change vs before [95% CI] | top-1 [95% CI] |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for r in report["runs"]:
         o = r["after"]["overall"]
         c = r["kl_change"]
-        lines.append(f"| {r['label']} | {r['lr']:g} | {r['seed']} | {r['trainable_parameters'] / 1e6:.1f}M | "
+        lines.append(f"| {r['label']} | {r['lr']:g} | {r['run_steps']} | {r['seed']} | {r['trainable_parameters'] / 1e6:.1f}M | "
                      f"{r['train_s']:.0f} | "
                      f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb'] / 1024:.1f} | {o['mean_kl']:.3f} "
                      f"[{o['mean_kl_ci'][0]:.3f}, {o['mean_kl_ci'][1]:.3f}] | {c['mean']:+.3f} [{c['ci'][0]:+.3f}, "
@@ -149,8 +150,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--variants", default="lora16:16:5e-4,full:0:5e-5",
-                    help="label:rank:lr[:gc], comma-separated (rank 0: full fine-tuning; gc: gradient "
-                         "checkpointing); each at the learning rate "
+                    help="label:rank:lr[:gc][:steps=N], comma-separated (rank 0: full fine-tuning; gc: gradient "
+                         "checkpointing; steps=N: this run's steps, for a memory probe); each at the learning rate "
                          "measured for it: 5e-4 for LoRA (distill's default), 5e-5 for a pretrained student in full "
                          "(benchmarks/results/distill/served_pair.md, chosen on validation)")
     args = ap.parse_args()
@@ -170,9 +171,10 @@ def main() -> None:
         for item in args.variants.split(","):
             label, rank, lr, *flags = item.split(":")
             extra = ["--gradient-checkpointing"] if "gc" in flags else []
-            runs.append({"label": label, "seed": seed, "rank": int(rank), "lr": float(lr),
+            steps = next((int(f[6:]) for f in flags if f.startswith("steps=")), args.steps)
+            runs.append({"label": label, "seed": seed, "rank": int(rank), "lr": float(lr), "run_steps": steps,
                          "gradient_checkpointing": bool(extra),
-                         **distill_run(work, label, int(rank), lr, seed, args.steps, files["train"], cache, extra)})
+                         **distill_run(work, label, int(rank), lr, seed, steps, files["train"], cache, extra)})
     log("held-out fidelity: the teacher in torch scores its validation answers")
     from budget_curve import teacher_logprobs
 

@@ -414,7 +414,9 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
               "train_s": round(time.perf_counter() - t0, 2), "train_tokens": int(trainer.tokens_seen),
               "logit_cache": str(s.logit_cache) if s.logit_cache else None,
               "train_sequences": len(train_set.examples), "truncated": train_set.truncated,
-              "parameters": model.num_parameters(), "trainable_parameters": trainer_params(model),
+              # the student as it ships (an adapter's own weights are merged in, not added)
+              "parameters": model.num_parameters() - (trainer_params(model) if s.lora_rank else 0),
+              "trainable_parameters": trainer_params(model),
               "lora": {"rank": s.lora_rank, "alpha": s.lora_alpha} if s.lora_rank else None,
               "peak_rss_mb": peak_rss_mb()}
     if val_records:

@@ -56,6 +56,7 @@ def test_a_pretrained_student_trains_lora_and_keeps_the_adapter_and_the_merged_w
     # the merged folder is the base with the adapter applied: the same logits as peft's base + adapter
     ids = torch.tensor([[5, 17, 33, 40, 2, 9]])
     merged = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert report["parameters"] == merged.num_parameters()  # the student as it ships, adapter merged
     base = AutoModelForCausalLM.from_pretrained(student).eval()
     with torch.no_grad():
         plain = base(ids).logits
