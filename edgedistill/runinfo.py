@@ -63,6 +63,20 @@ def machine() -> dict:
     }
 
 
+def peak_rss_bytes() -> int:
+    """This process's resident high-water mark. VmHWM belongs to the address space, which exec replaces;
+    ru_maxrss would carry the parent's peak over through fork and exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 def run_record() -> dict:
     """The command line, time, tool version and machine of this process."""
     argv = [Path(sys.argv[0]).name, *sys.argv[1:]]

@@ -32,6 +32,22 @@ def _torch_greedy(model, ids: list[int], n: int) -> list[int]:
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_a_lora_adapter_of_every_family_exports_and_runs_over_its_base_in_llama_cpp(name, tmp_path):
+    """LoRA on the projections the family's entry names (its own names: Phi-3's fused ones), written by llama.cpp's
+    LoRA converter and applied over the base's F16 GGUF, matches the merged model in torch (export validation)."""
+    from edgedistill.export.pipeline import ExportSettings, export_model
+    from tests import tiny
+
+    base = TINY[name].build(tmp_path / "base")
+    student = tiny.with_lora_adapter(base, tmp_path / "student")
+    config = json.loads((student / "adapter" / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == sorted(FAMILIES[name].lora_targets)
+    (r,) = export_model(str(student), tmp_path / "b", ExportSettings(variants=["gguf-lora:f16"], chunks=1,
+                                                                     chunk_len=32))
+    assert r.passed, (r.error, r.metrics)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_the_whole_trip(name, tmp_path):
     from edgedistill import runtime
     from edgedistill.data.stage import GenerateSettings, generate_data

@@ -82,26 +82,27 @@ def build_model_dir(out: Path, *, layers: int = 2, hidden: int = 64, heads: int 
 
 
 def with_lora_adapter(base: Path, out: Path, *, rank: int = 4, seed: int = 0) -> Path:
-    """A student folder as `distill --lora-rank` writes one, without the training: a random LoRA adapter (peft) on
-    `base` saved alone in out/adapter (naming `base`), and the weights with it merged in `out`."""
+    """A student folder as `distill --lora-rank` writes one, without the training: a LoRA adapter on `base`, on the
+    projections its family names (distill.train.with_lora), with small random B (peft starts B at zero), saved alone in
+    out/adapter (naming `base`), and the weights with it merged in `out`."""
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from edgedistill.distill.settings import TrainSettings
     from edgedistill.distill.stage import save_adapter
+    from edgedistill.distill.train import with_lora
+    from edgedistill.models.locate import load_model, save_tokenizer
     from edgedistill.quantize.gguf_lora import ADAPTER_DIR
 
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj", "down_proj"],
-                                      init_lora_weights=False))  # random A and B: the adapter changes the outputs
-    with torch.no_grad():  # by about what a short training moves them, not enough to flatten the model's choices
+    model, tok = load_model(str(base))
+    model = with_lora(model, TrainSettings(lora_rank=rank, lora_alpha=2.0 * rank))
+    with torch.no_grad():  # about what a short training moves, not enough to flatten the model's choices
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.mul_(0.05)
+                p.normal_(0.0, 0.02)
     save_adapter(model, out / ADAPTER_DIR, base=str(base))
     model.merge_and_unload().save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    save_tokenizer(tok, out)
     return out
 
 

@@ -14,22 +14,11 @@ Only the runtime extra is needed (numpy, tokenizers, onnxruntime / llama-cpp-pyt
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
-
-def peak_rss_bytes() -> int:
-    """This process's resident high-water mark. VmHWM belongs to the address space, which exec replaces;
-    ru_maxrss would carry the parent's peak over through fork and exec."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+from edgedistill.runinfo import peak_rss_bytes
 
 
 def speed(job: dict) -> dict:

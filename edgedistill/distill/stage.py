@@ -301,7 +301,7 @@ def save_adapter(model, folder: Path, *, base: str) -> None:
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far, in MB."""
-    from edgedistill.bench.worker import peak_rss_bytes
+    from edgedistill.runinfo import peak_rss_bytes
 
     return round(peak_rss_bytes() / 2**20, 1)
 

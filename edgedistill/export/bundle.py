@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edgedistill import __version__
 from edgedistill.paths import write_text_atomic
+from edgedistill.runtime.bundle import source_hash  # noqa: F401  (export.bundle's name for it)
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -36,15 +37,6 @@ def file_table(folder: Path) -> dict[str, dict]:
         if p.is_file() and p.name != MANIFEST:
             out[p.relative_to(folder).as_posix()] = {"bytes": p.stat().st_size, "sha256": sha256(p)}
     return out
-
-
-def source_hash(model_dir: Path) -> str:
-    """sha256 over the source model's weight files (sorted by name), so a bundle names exactly what it came from."""
-    h = hashlib.sha256()
-    for p in sorted(Path(model_dir).glob("*.safetensors")):
-        h.update(p.name.encode())
-        h.update(sha256(p).encode())
-    return h.hexdigest()
 
 
 def write_manifest(folder: Path, record: dict) -> dict:

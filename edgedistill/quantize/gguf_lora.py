@@ -54,7 +54,7 @@ def _base_f16(ctx: BuildContext) -> Path:
 
 def _build(dtype: str):
     def build(ctx: BuildContext) -> Path:
-        from edgedistill.export.bundle import source_hash
+        from edgedistill.runtime.bundle import source_hash
         from edgedistill.formats.gguf import convert_lora
 
         base, base_dir = adapter_base(ctx.model_dir)

@@ -49,6 +49,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def source_hash(model_dir: Path) -> str:
+    """sha256 over a source model's weight files (sorted by name): what a bundle names as its source, and what an
+    adapter bundle names as the base it was trained on."""
+    h = hashlib.sha256()
+    for p in sorted(Path(model_dir).glob("*.safetensors")):
+        h.update(p.name.encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
 def confine(folder: Path, names) -> None:
     """Every file a bundle names, and every link inside it, stays inside the bundle folder: no absolute paths, no
     `..`, no symbolic link leading out. A manifest cannot make the runtime open another file on the machine."""
