@@ -111,12 +111,19 @@ class TrainSettings(Settings):
         """kd_chunk resolved: 256 positions, or a micro-batch's if fewer, unless given."""
         return min(256, self.batch_size * self.max_length) if self.kd_chunk is None else self.kd_chunk
 
+    @property
+    def resolved_lora_alpha(self) -> float | None:
+        """lora_alpha, else 2 x lora_rank (None without LoRA)."""
+        if self.lora_alpha is not None:
+            return self.lora_alpha
+        return 2.0 * self.lora_rank if self.lora_rank else None
+
     def lora_for(self, pruned: bool) -> TrainSettings:
         """These settings with the LoRA rank and alpha resolved for a student: the rank given, else full fine-tuning
-        (0) for a student cut by `prune` and DEFAULT_LORA_RANK for a pretrained one; alpha given, else 2 x rank."""
-        rank = self.lora_rank if self.lora_rank is not None else (0 if pruned else DEFAULT_LORA_RANK)
-        alpha = self.lora_alpha if self.lora_alpha is not None else (2.0 * rank if rank else None)
-        return self.replace(lora_rank=rank, lora_alpha=alpha)
+        (0) for a student cut by `prune` and DEFAULT_LORA_RANK for a pretrained one; alpha as resolved_lora_alpha."""
+        ranked = self.replace(lora_rank=self.lora_rank if self.lora_rank is not None else
+                              (0 if pruned else DEFAULT_LORA_RANK))
+        return ranked.replace(lora_alpha=ranked.resolved_lora_alpha)
 
     @property
     def warmup(self) -> int:

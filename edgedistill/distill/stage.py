@@ -278,14 +278,12 @@ def validation_line(v: dict | None) -> str:
     return f"held-out ({v['prompts']} prompts): " + ", ".join(shown)
 
 
-def _lora_fields(s: DistillSettings) -> dict:
-    """lora_rank and lora_alpha resolved for s.student: a folder `prune` wrote (pruning.json) trains in full unless
-    --lora-rank says otherwise; a pretrained student gets LoRA."""
+def _pruned(student: str) -> bool:
+    """Whether `student` is a folder `prune` wrote (pruning.json): it trains in full unless --lora-rank says
+    otherwise; a pretrained student gets LoRA."""
     from edgedistill.models.locate import resolve
 
-    pruned = (Path(resolve(s.student, pull=True).location) / "pruning.json").is_file()
-    r = s.lora_for(pruned)
-    return {"lora_rank": r.lora_rank, "lora_alpha": r.lora_alpha}
+    return (Path(resolve(student, pull=True).location) / "pruning.json").is_file()
 
 
 def save_adapter(model, folder: Path, *, base: str) -> None:
@@ -319,7 +317,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     from edgedistill.distill.dataset import encode, load_generations
     from edgedistill.distill.pairing import decide, tokenizer_fingerprint
     from edgedistill.distill.train import agreement_with_teacher, check_launch, resolve_precision, train
-    from edgedistill.distill.train import trainable_parameters as trainer_params
+    from edgedistill.distill.train import trainable_parameters
     from edgedistill.models.fingerprint import spec_fingerprint
     from edgedistill.models.locate import load_model, load_tokenizer, save_tokenizer
     from edgedistill.paths import atomic_dir, check_writable_dir
@@ -355,7 +353,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
         teacher_fp = spec_fingerprint(s.teacher)
         _same_teacher(s.teacher, teacher_fp, records, "--generations")  # before any model loads
     _same_teacher(s.teacher, teacher_fp, val_records, "--validation")
-    s = s.replace(**_lora_fields(s))  # LoRA for a pretrained student, full fine-tuning for a pruned one
+    s = s.lora_for(_pruned(s.student))  # LoRA for a pretrained student, full fine-tuning for a pruned one
     s_tok = load_tokenizer(s.student)
     t_tok = None if served else (teacher[1] if teacher is not None else load_tokenizer(s.teacher))
     projected = meta.get("projection") if meta is not None else None
@@ -415,8 +413,8 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
               "logit_cache": str(s.logit_cache) if s.logit_cache else None,
               "train_sequences": len(train_set.examples), "truncated": train_set.truncated,
               # the student as it ships (an adapter's own weights are merged in, not added)
-              "parameters": model.num_parameters() - (trainer_params(model) if s.lora_rank else 0),
-              "trainable_parameters": trainer_params(model),
+              "parameters": model.num_parameters() - (trainable_parameters(model) if s.lora_rank else 0),
+              "trainable_parameters": trainable_parameters(model),
               "lora": {"rank": s.lora_rank, "alpha": s.lora_alpha} if s.lora_rank else None,
               "peak_rss_mb": peak_rss_mb()}
     if val_records:

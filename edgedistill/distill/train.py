@@ -454,7 +454,7 @@ def with_lora(student, cfg: TrainSettings):
     if not targets:
         raise EdgeDistillError(f"this {family.name} student has none of the projections LoRA adapts "
                                f"({', '.join(family.lora_targets)}); train it in full with --lora-rank 0")
-    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2.0 * cfg.lora_rank, target_modules=targets,
+    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.resolved_lora_alpha, target_modules=targets,
                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
     return get_peft_model(student, config)
 

@@ -8,7 +8,6 @@ and the tool version. `manifest_version` changes only when a reader of an older 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
@@ -16,18 +15,11 @@ from pathlib import Path
 
 from edgedistill import __version__
 from edgedistill.paths import write_text_atomic
+from edgedistill.runtime.bundle import sha256_file as sha256
 from edgedistill.runtime.bundle import source_hash  # noqa: F401  (export.bundle's name for it)
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-
-
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_table(folder: Path) -> dict[str, dict]:

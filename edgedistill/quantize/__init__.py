@@ -21,7 +21,8 @@ from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError, UnsupportedError
 
-FORMAT_MODULES = ("gguf", "gguf_lora", "onnx", "bnb")  # modules of this package, each registering one Format and its schemes
+# modules of this package, each registering one Format and its schemes
+FORMAT_MODULES = ("gguf", "gguf_lora", "onnx", "bnb")
 
 
 class Format:
