@@ -33,6 +33,7 @@ from edgedistill.errors import EdgeDistillError, UnsupportedError
 from edgedistill.models.registry import DEFAULT_TEACHER
 from edgedistill.paths import check_writable_dir, write_text_atomic
 from edgedistill.quantize import unsupported_reason
+from edgedistill.quantize.gguf_lora import ADAPTER_VARIANT
 from edgedistill.settings import Settings, default_of, like, setting
 from edgedistill.settings import write as write_settings
 
@@ -212,7 +213,8 @@ STAGE_RECORD = 2
 # Which stages read which: a stage's key holds the keys of the stages it reads, so a change reruns it and every stage
 # after it, and nothing else.
 READS = {"generate": (), "reference": (), "cache": ("generate",), "prune": (), "distill": ("prune", "generate", "cache"),
-         "export-teacher": (), "export": ("distill",), "bench": ("export", "export-teacher", "reference")}
+         "export-teacher": (), "export-before": (), "export": ("distill",),
+         "bench": ("export", "export-teacher", "export-before", "reference")}
 
 
 @dataclass(frozen=True)
@@ -299,7 +301,7 @@ def plan_run(settings: RunSettings) -> Plan:
     from edgedistill.data.load import Prompt
     from edgedistill.data.stage import read_prompts
     from edgedistill.distill.pairing import decide
-    from edgedistill.distill.stage import DistillSettings
+    from edgedistill.distill.stage import DistillSettings, pruned_student
     from edgedistill.engines import identity
     from edgedistill.engines.served import MAX_TOP_LOGPROBS
     from edgedistill.export.pipeline import ExportSettings
@@ -412,6 +414,9 @@ def plan_run(settings: RunSettings) -> Plan:
     val_data = gen["validation"].given["out"]
     cache_dir = folder["cache"] / "cache"
     student_init = student_dir or folder["prune"] / "student"
+    adapter = (student_dir is not None and formats[0].startswith("gguf:")
+               and TrainSettings(**_fields_of(settings, TrainSettings)).lora_for(pruned_student(str(student_dir)))
+               .lora_rank > 0)
     cache_teacher = teacher_arg or settings.teacher_model
     stages: dict[str, Settings | dict] = {
         "generate": {"splits": gen, "prompts": {split: [(p.id, p.messages) for p in v] for split, v in prompts.items()},
@@ -434,7 +439,12 @@ def plan_run(settings: RunSettings) -> Plan:
             allow_empty=settings.allow_empty, turns=settings.turns, **train)),
         "export-teacher": StageSpec(ExportSettings, dict(variants=[reference, *teacher_formats], force=True,
                                                          target=target.name, data_dir=data_dir)),
-        "export": StageSpec(ExportSettings, dict(variants=formats, force=True, target=target.name, data_dir=data_dir)),
+        # a LoRA-trained student also as its adapter alone, benched over the "before" GGUF (one base, one file a task)
+        "export": StageSpec(ExportSettings, dict(variants=formats + ([ADAPTER_VARIANT] if adapter else []), force=True,
+                                                 target=target.name, data_dir=data_dir)),
+        # a pretrained student as it came, in the profile's first format: the bench's "before" beside the distilled one
+        "export-before": StageSpec(ExportSettings, dict(variants=formats[:1], force=True, target=target.name,
+                                                        data_dir=data_dir)),
         "bench": {"settings": StageSpec(BenchSettings, dict(
             repeats=settings.repeats, new_tokens=settings.new_tokens, eval_every=settings.eval_every,
             data_dir=data_dir, fidelity_prompts=settings.fidelity_prompts, kit_top_k=settings.kit_top_k,
@@ -442,13 +452,15 @@ def plan_run(settings: RunSettings) -> Plan:
             "target": as_dict(target)},
     }
     wanted = {"generate": True, "reference": text_bench, "cache": use_cache, "prune": student_dir is None,
-              "distill": True, "export-teacher": not text_bench, "export": True, "bench": True}
+              "distill": True, "export-teacher": not text_bench, "export-before": student_dir is not None,
+              "export": True, "bench": True}
     keys: dict[str, str] = {}
     for name, reads in READS.items():
         if not wanted[name]:
             continue
-        upstream = [t_key, *(keys.get(r) for r in reads)]
-        if name == "distill" and student_dir is not None:
+        # the student as it came depends on nothing the teacher makes
+        upstream = [] if name == "export-before" else [t_key, *(keys.get(r) for r in reads)]
+        if name in ("distill", "export-before") and student_dir is not None:
             upstream.append(model_fingerprint(student_dir))
         keys[name] = stage_key(name, stages[name], upstream, out, teacher_dir)
     return Plan(target, out, teacher_dir, t_key, pairing, student_dir, data_dir, formats, skipped, reference,
@@ -584,25 +596,33 @@ def run_pipeline(settings: RunSettings, *, echo=print, progress_factory=None) ->
     def export(folder: Path) -> dict:
         return exported(export_model(str(student), folder / "student", stages["export"].build()))
 
+    def export_before(folder: Path) -> dict:
+        return exported(export_model(str(plan.student_dir), folder / "student-before", stages["export-before"].build()))
+
     teacher_files = st.run("export-teacher", keys["export-teacher"], export_teacher)[1] if not plan.text_bench else {}
+    before_files = st.run("export-before", keys["export-before"], export_before)[1] if "export-before" in keys else {}
     _, student_files = st.run("export", keys["export"], export)
 
     # 6. bench: the student's bundles and the teacher's own variants, against the teacher's reference file, or
     #    against the teacher's answers on the text
     b_settings = stages["bench"]["settings"].build()
     teacher_ref = None if plan.text_bench else st.path(teacher_files[plan.reference]["bundle"])
-    candidates = [st.path(v["bundle"]) for v in student_files.values() if v["bundle"]]
+    candidates = [st.path(v["bundle"]) for k, v in student_files.items() if v["bundle"] and k != ADAPTER_VARIANT]
     candidates += [st.path(teacher_files[k]["bundle"]) for k in plan.teacher_formats if teacher_files[k]["bundle"]]
+    before = [st.path(v["bundle"]) for v in before_files.values() if v["bundle"]]  # measured, never chosen
+    if (student_files.get(ADAPTER_VARIANT) or {}).get("bundle") and before:
+        before.append((before[0], st.path(student_files[ADAPTER_VARIANT]["bundle"])))
 
     def run_bench(folder: Path) -> dict:
         from edgedistill.bench.kit import size_problem
 
-        kit = None if (too_big := size_problem(candidates, b_settings.max_kit_size)) else folder / "device-kit"
+        whole = candidates + [b for b in before if not isinstance(b, tuple)]  # a kit carries no adapter pair
+        kit = None if (too_big := size_problem(whole, b_settings.max_kit_size)) else folder / "device-kit"
         if too_big:
             echo(f"   no device kit: {too_big}")
         with progress() as p:
-            report = bench(candidates, target, folder, b_settings, teacher=teacher_ref, progress=p, scorer=scorer,
-                           kit=kit)
+            report = bench(candidates, target, folder, b_settings, teacher=teacher_ref, comparison=before, progress=p,
+                           scorer=scorer, kit=kit)
         rows = {r["name"]: r for r in report["variants"]}
         chosen = rows[report["chosen"]] if report["chosen"] else None
         return {**_scored(scorer), "verdict": report["verdict"], "report": st.rel(folder / "bench.md"),

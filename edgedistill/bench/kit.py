@@ -105,7 +105,7 @@ def write_kit(kit: Path, report: dict, plan, rows: list, target, top_k: Path | N
     from edgedistill.targets import parse_bytes
 
     ref = next((r for r in rows if r.reference), None)
-    measured = [r for r in rows if not r.reference]
+    measured = [r for r in rows if not r.reference and not r.adapter]  # the kit carries whole bundles only
     with atomic_dir(Path(kit), "--kit") as tmp:
         taken: set = set()
         entries = []

@@ -71,6 +71,12 @@ def markdown(report: dict) -> str:
             f"{_fmt(s.get('prefill_tokens_per_s'), '.0f')} | {_fmt(s.get('decode_tokens_per_s'), '.1f')} | "
             f"{_fmt(s.get('token_latency_p50_s'), '.1f', 1000)} / {_fmt(s.get('token_latency_p95_s'), '.1f', 1000)} | "
             f"{_fmt(s.get('roofline_share'), '.0%')} | {_llama_bench_cell(r, report)} |")
+    adapters = [r for r in rows if r.adapter]
+    if adapters:
+        lines += ["", "A base file with a LoRA adapter applied at load time (one base on the device, one small file "
+                      "per task); its file MB is both:", ""]
+        lines += [f"- {r.name}: the base {(r.model_bytes - r.adapter_bytes) / 1e6:.1f} MB, the adapter "
+                  f"{r.adapter_bytes / 1e6:.1f} MB ({r.adapter})" for r in adapters]
     runtimes = {}
     for r in rows:
         info = r.runtime or {}

@@ -61,6 +61,8 @@ class Row:
     comparison: bool = False  # measured, never chosen
     allowed: bool = True  # its format:scheme is in the profile
     teacher_variant: bool = False  # one of the teacher's own quantized files
+    adapter: str | None = None  # a LoRA adapter bundle (gguf-lora) applied over this bundle as its base
+    adapter_bytes: int | None = None  # its file's size (model_bytes holds the base's and the adapter's)
     runtime: dict | None = None  # what the runtime reported of itself (system info, providers)
     status: str | None = None  # the speed process: ok, over memory budget, crashed ...
     message: str | None = None
@@ -91,7 +93,7 @@ class Row:
 
     def as_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("budgets", "answers")}
-        for optional in ("llama_bench", "measured_on", "build"):
+        for optional in ("llama_bench", "measured_on", "build", "adapter", "adapter_bytes"):
             if out[optional] is None:
                 out.pop(optional)
         return {**out, "budgets": {k: c.as_dict() for k, c in self.budgets.items()},

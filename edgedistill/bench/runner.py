@@ -26,18 +26,25 @@ from edgedistill.targets import Target, as_dict
 log = logging.getLogger(__name__)
 
 
-def _bundle_info(path: Path) -> dict:
-    from edgedistill.runtime.bundle import open_bundle
+def _bundle_info(path: Path | tuple[Path, Path]) -> dict:
+    """What the bench needs of a bundle, or of a (base bundle, LoRA adapter bundle) pair measured as one model: its
+    bytes are the base's and the adapter's (both are read for every token)."""
+    from edgedistill.runtime.bundle import adapter_args, open_bundle
 
+    path, adapter = (Path(path[0]), Path(path[1])) if isinstance(path, tuple) else (Path(path), None)
     m = open_bundle(path, verify=True)
-    return {"bundle": str(path), "key": f"{m['format']}:{m['scheme']}", "format": m["format"], "scheme": m["scheme"],
+    info = {"bundle": str(path), "key": f"{m['format']}:{m['scheme']}", "format": m["format"], "scheme": m["scheme"],
             "model_bytes": m["model_bytes"], "parameters": m.get("parameters"),
             "bits_per_weight": m.get("bits_per_weight"), "source": (m.get("source") or {}).get("name"),
             "tokenizer_sha256": (m["files"].get("tokenizer.json") or {}).get("sha256")}
+    if adapter is not None:
+        adapter_bytes = adapter_args(m, path, adapter)["adapter"].stat().st_size
+        info.update(adapter=str(adapter), adapter_bytes=adapter_bytes, model_bytes=m["model_bytes"] + adapter_bytes)
+    return info
 
 
 def _label(info: dict, names: dict) -> str:
-    base = f"{info['source']}/{info['key']}"
+    base = f"{info['source']}/{info['key']}" + (" + adapter" if info.get("adapter") else "")
     names[base] = names.get(base, 0) + 1
     return base if names[base] == 1 else f"{base}#{names[base]}"
 
@@ -87,7 +94,7 @@ def measure(plan: Plan, info: dict, role: str, work: Path, reference: dict) -> d
     meets the reference (save_dir [+ top_k, top_k_path] for the reference itself, reference_dir, or
     reference_top_k). Returns the raw results {speed, llama_bench, quality}."""
     is_ref = role == "reference"
-    base = {"threads": plan.threads, "n_ctx": plan.n_ctx}
+    base = {"threads": plan.threads, "n_ctx": plan.n_ctx, "adapter": info.get("adapter")}
     sp = run_worker({**base, "phase": "speed", "bundle": info["bundle"], "prompt_ids": plan.prompt,
                      "new_tokens": plan.new_tokens, "repeats": plan.repeats},
                     work, None if is_ref else plan.memory_budget, plan.timeout_s, plan.poll_s)
@@ -149,7 +156,8 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     teacher: the quality reference (measured without a memory cap), an exact export of the teacher. Its greedy
     answers to the test prompts are the in-domain fidelity set (bench.fidelity). bundles: the candidates, the
     teacher's own quantized files among them where wanted. comparison: bundles measured like the others but
-    never chosen. scorer: with --reference-answers of a served teacher, its likelihood of each bundle's answers
+    never chosen; a (base bundle, adapter bundle) pair among them is the base with that LoRA adapter applied (left
+    out of a kit). scorer: with --reference-answers of a served teacher, its likelihood of each bundle's answers
     (engines.served.TextScorer). kit: also write a device kit there (bench.kit): the candidates, the plan and the
     reference's top --kit-top-k per position; each candidate's fidelity is also measured against that top-k here
     (quality.top_k), so that this machine's figures and the device's can be set side by side. The settings are
@@ -179,7 +187,7 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
                                "not both")
     text_ref = _reference_answers(settings.reference_answers) if settings.reference_answers else None
     infos = [_bundle_info(Path(b)) for b in bundles]
-    comps = [_bundle_info(Path(b)) for b in comparison]
+    comps = [_bundle_info(b if isinstance(b, tuple) else Path(b)) for b in comparison]
     ref_info = _bundle_info(Path(teacher)) if teacher else None
     every = infos + comps + ([ref_info] if ref_info else [])
     if len({i["tokenizer_sha256"] for i in every}) > 1:
@@ -189,7 +197,8 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
     if kit is not None:
         from edgedistill.bench.kit import check_kit_out
 
-        check_kit_out(Path(kit), out_dir, [i["bundle"] for i in infos + comps], settings.max_kit_size)
+        check_kit_out(Path(kit), out_dir, [i["bundle"] for i in infos + comps if not i.get("adapter")],
+                      settings.max_kit_size)
     threads = settings.threads or min(target.threads, os.cpu_count() or 1)
     bandwidth_source = "profile"
     bandwidth = target.memory_bandwidth_bytes_per_s
@@ -297,6 +306,8 @@ def _native_bench(info: dict, plan: Plan) -> dict | None:
     from edgedistill.quantize import format_of
     from edgedistill.runtime.bundle import open_bundle
 
+    if info.get("adapter"):
+        return {"note": "not measured: llama-bench applies no LoRA adapter"}
     model = Path(info["bundle"]) / open_bundle(info["bundle"], verify=False)["model_file"]
     try:
         return format_of(info["format"]).native_bench(model, prompt_tokens=plan.prompt_tokens,

@@ -26,9 +26,11 @@ def speed(job: dict) -> dict:
     from edgedistill.runtime.bundle import open_bundle
     from edgedistill.runtime.measure import summarize, time_generation
 
-    open_bundle(job["bundle"], verify=True)  # hashes checked once, outside the load timing
+    for bundle in (job["bundle"], job.get("adapter")):  # hashes checked once, outside the load timing
+        if bundle:
+            open_bundle(bundle, verify=True)
     t = time.perf_counter()
-    model = load(job["bundle"], threads=job["threads"], verify=False, n_ctx=job["n_ctx"])
+    model = load(job["bundle"], threads=job["threads"], verify=False, n_ctx=job["n_ctx"], adapter=job.get("adapter"))
     load_s = time.perf_counter() - t
     ids = list(job["prompt_ids"])
     time_generation(model, ids, 4)  # warm-up
@@ -65,7 +67,8 @@ def quality(job: dict) -> dict:
     seqs = [("g", i, ids, 0) for i, ids in enumerate(job["general"])]
     seqs += [("d", i, s["ids"], s["start"]) for i, s in enumerate(job["domain"])]
     stats: dict = {"g": [], "d": []}
-    runner = open_logits(bundle, n_ctx=max(len(ids) for _, _, ids, _ in seqs), threads=job["threads"]) if seqs else None
+    runner = open_logits(bundle, n_ctx=max(len(ids) for _, _, ids, _ in seqs), threads=job["threads"],
+                         adapter=job.get("adapter")) if seqs else None
     for kind, i, ids, start in seqs:
         logits = runner.logits([ids])[0]
         rows = logits[start - 1 : len(ids) - 1] if start else logits  # in-domain: the rows that predict the answer
@@ -91,7 +94,7 @@ def quality(job: dict) -> dict:
             np.savez_compressed(f, **top)
     answers, texts = [], {}
     if job.get("eval_items") or job.get("answer_prompts"):
-        model = load(bundle, threads=job["threads"], verify=False, n_ctx=job["n_ctx"])
+        model = load(bundle, threads=job["threads"], verify=False, n_ctx=job["n_ctx"], adapter=job.get("adapter"))
         for p in job.get("answer_prompts") or []:  # greedy answers, compared with the teacher's on the text
             texts[p["id"]] = model.chat(p["messages"], max_tokens=p["max_tokens"])
         for raw in job.get("eval_items") or []:

@@ -278,7 +278,7 @@ def validation_line(v: dict | None) -> str:
     return f"held-out ({v['prompts']} prompts): " + ", ".join(shown)
 
 
-def _pruned(student: str) -> bool:
+def pruned_student(student: str) -> bool:
     """Whether `student` is a folder `prune` wrote (pruning.json): it trains in full unless --lora-rank says
     otherwise; a pretrained student gets LoRA."""
     from edgedistill.models.locate import resolve
@@ -353,7 +353,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
         teacher_fp = spec_fingerprint(s.teacher)
         _same_teacher(s.teacher, teacher_fp, records, "--generations")  # before any model loads
     _same_teacher(s.teacher, teacher_fp, val_records, "--validation")
-    s = s.lora_for(_pruned(s.student))  # LoRA for a pretrained student, full fine-tuning for a pruned one
+    s = s.lora_for(pruned_student(s.student))  # LoRA for a pretrained student, full fine-tuning for a pruned one
     s_tok = load_tokenizer(s.student)
     t_tok = None if served else (teacher[1] if teacher is not None else load_tokenizer(s.teacher))
     projected = meta.get("projection") if meta is not None else None

@@ -20,6 +20,7 @@ from edgedistill.quantize import BuildContext, Format, Scheme, register, registe
 
 ADAPTER_DIR = "adapter"  # inside a distilled student folder (distill.stage writes it there)
 ADAPTER_FILE = "adapter.gguf"
+ADAPTER_VARIANT = "gguf-lora:f16"  # the variant `run` exports beside a LoRA-trained student's merged files
 
 
 def adapter_base(model_dir: Path) -> tuple[str, Path]:

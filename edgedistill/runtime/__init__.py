@@ -158,19 +158,15 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
     """Open a bundle made by `edgedistill export` with the backend its format needs. n_ctx: the context the
     GGUF backend reserves (the ONNX cache grows as needed). adapter: a LoRA adapter bundle (gguf-lora) applied over
     this base bundle, which must have been exported from the model the adapter was trained on."""
-    from edgedistill.runtime.bundle import ADAPTERS, backend, check_adapter
+    from edgedistill.runtime.bundle import ADAPTERS, adapter_args, backend
 
     manifest = open_bundle(path, verify=verify)
     if manifest["format"] in ADAPTERS:
         base = ((manifest.get("quantization") or {}).get("adapter") or {}).get("base")
         raise BundleError(f"{path} is a LoRA adapter, not a model: load the bundle of its base model ({base}) with "
                           f"adapter={str(path)!r}")
-    extra = {}
-    if adapter is not None:
-        adapter_manifest = open_bundle(adapter, verify=verify)
-        check_adapter(manifest, adapter_manifest, Path(path), Path(adapter))
-        extra["adapter"] = Path(adapter) / adapter_manifest["model_file"]
-    return backend(manifest["format"]).Model(Path(path), manifest, threads=threads, n_ctx=n_ctx, **extra)
+    return backend(manifest["format"]).Model(Path(path), manifest, threads=threads, n_ctx=n_ctx,
+                                             **adapter_args(manifest, Path(path), adapter, verify=verify))
 
 
 def __getattr__(name: str):

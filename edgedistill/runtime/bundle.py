@@ -124,6 +124,16 @@ def open_bundle(folder: str | Path, *, verify: bool = True) -> dict:
     return manifest
 
 
+def adapter_args(base: dict, base_path: Path, adapter: str | Path | None, *, verify: bool = True) -> dict:
+    """The backend's keyword arguments for `adapter` (a gguf-lora bundle) over the base bundle: {} for none, else
+    {"adapter": its file} once check_adapter has accepted the pair."""
+    if adapter is None:
+        return {}
+    manifest = open_bundle(adapter, verify=verify)
+    check_adapter(base, manifest, Path(base_path), Path(adapter))
+    return {"adapter": Path(adapter) / manifest["model_file"]}
+
+
 def check_adapter(base: dict, adapter: dict, base_path: Path, adapter_path: Path) -> None:
     """An adapter bundle goes over a base bundle of its format that was exported from the model it was trained on
     (the same source sha256); anything else is refused in one line."""

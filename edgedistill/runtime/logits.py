@@ -70,12 +70,11 @@ def top_k_stats(ref: dict[str, np.ndarray], cand_logits: np.ndarray, targets) ->
             "n_next": int(len(t))}
 
 
-def open_logits(bundle: Path, *, n_ctx: int, threads: int | None = None):
-    """The logits runner of a bundle's format (its manifest says which)."""
-    from edgedistill.runtime.bundle import open_bundle
-
-    from edgedistill.runtime.bundle import backend
+def open_logits(bundle: Path, *, n_ctx: int, threads: int | None = None, adapter: Path | None = None):
+    """The logits runner of a bundle's format (its manifest says which); adapter: a gguf-lora bundle over it."""
+    from edgedistill.runtime.bundle import adapter_args, backend, open_bundle
 
     bundle = Path(bundle)
     manifest = open_bundle(bundle, verify=False)
-    return backend(manifest["format"]).Logits(bundle / manifest["model_file"], n_ctx=n_ctx, threads=threads)
+    return backend(manifest["format"]).Logits(bundle / manifest["model_file"], n_ctx=n_ctx, threads=threads,
+                                              **adapter_args(manifest, bundle, adapter, verify=False))

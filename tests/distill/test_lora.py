@@ -84,8 +84,22 @@ def test_a_pruned_student_trains_in_full_and_rank_zero_asks_for_full(models, tmp
     assert r["lora"] == {"rank": 4, "alpha": 4.0}
 
 
+@pytest.fixture(scope="module")
+def exported(models, distilled, tmp_path_factory):
+    """The distilled student's export (gguf:f16, gguf:q8_0, and the adapter alone: gguf-lora:f16) and the base
+    student's gguf:f16 bundle (the model the adapter was trained on)."""
+    from edgedistill.export.pipeline import ExportSettings, export_model
+
+    _, student, _ = models
+    root = tmp_path_factory.mktemp("exported")
+    res = export_model(str(distilled[1]), root / "student", ExportSettings(
+        variants=["gguf:f16", "gguf:q8_0", "gguf-lora:f16"], chunks=1, chunk_len=32))
+    (base,) = export_model(str(student), root / "base", ExportSettings(variants=["gguf:f16"], chunks=1, chunk_len=32))
+    return res, base.path
+
+
 @pytest.mark.slow
-def test_the_adapter_exports_as_a_gguf_lora_that_the_runtime_applies_over_its_base(models, distilled, tmp_path):
+def test_the_adapter_exports_as_a_gguf_lora_that_the_runtime_applies_over_its_base(models, exported, tmp_path):
     """Export of the distilled folder: the merged model as usual and the adapter alone (gguf-lora:f16, validated over
     the base's F16 in llama.cpp against the merged model); the base exported on its own. Base + adapter in the
     runtime gives the merged file's logits, not the base's; the adapter alone, or over another model, is refused."""
@@ -93,22 +107,18 @@ def test_the_adapter_exports_as_a_gguf_lora_that_the_runtime_applies_over_its_ba
     from edgedistill.runtime import BundleError, load
     from edgedistill.runtime.gguf import GGUFLogits
 
-    teacher, student, _ = models
-    _, folder = distilled
-    res = export_model(str(folder), tmp_path / "student", ExportSettings(variants=["gguf:f16", "gguf-lora:f16"],
-                                                                          chunks=1, chunk_len=32))
+    teacher, _, _ = models
+    res, base = exported
     assert all(r.passed for r in res), [(r.key, r.error, r.metrics) for r in res]
-    adapter = tmp_path / "student" / "gguf-lora-f16"
+    folder = res[0].path.parent
+    adapter = folder / "gguf-lora-f16"
     manifest = json.loads((adapter / "manifest.json").read_text())
     assert manifest["format"] == "gguf-lora" and manifest["quantization"]["adapter"]["rank"] == DEFAULT_LORA_RANK
-    assert manifest["model_bytes"] < 0.5 * json.loads((tmp_path / "student" / "gguf-f16" / "manifest.json")
+    assert manifest["model_bytes"] < 0.5 * json.loads((folder / "gguf-f16" / "manifest.json")
                                                       .read_text())["model_bytes"]
-    (base_res,) = export_model(str(student), tmp_path / "base", ExportSettings(variants=["gguf:f16"], chunks=1,
-                                                                               chunk_len=32))
-    base = base_res.path
 
     ids = [5, 17, 33, 40, 2, 9, 11, 60]
-    merged = GGUFLogits(tmp_path / "student" / "gguf-f16" / "model.gguf", n_ctx=64)
+    merged = GGUFLogits(folder / "gguf-f16" / "model.gguf", n_ctx=64)
     plain = GGUFLogits(base / "model.gguf", n_ctx=64)
     over = GGUFLogits(base / "model.gguf", n_ctx=64, adapter=adapter / "adapter.gguf")
     try:
@@ -119,7 +129,7 @@ def test_the_adapter_exports_as_a_gguf_lora_that_the_runtime_applies_over_its_ba
     assert np.abs(o - m).max() < 0.05 < np.abs(p - m).max()
 
     with load(base, adapter=adapter) as model:
-        with load(tmp_path / "student" / "gguf-f16") as whole:
+        with load(folder / "gguf-f16") as whole:
             prompt = [{"role": "user", "content": "Where is order NW-333? It is late."}]
             assert model.chat(prompt, max_tokens=12) == whole.chat(prompt, max_tokens=12)
     with pytest.raises(BundleError, match="is a LoRA adapter, not a model"):
@@ -127,7 +137,7 @@ def test_the_adapter_exports_as_a_gguf_lora_that_the_runtime_applies_over_its_ba
     # serve: the base with the adapter, under the adapter's name, answers as the merged model does
     from tests.serve.test_serve import client, server
 
-    with load(tmp_path / "student" / "gguf-f16") as whole:
+    with load(folder / "gguf-f16") as whole:
         want = whole.chat(prompt, max_tokens=8)
     with server(base, "--adapter", str(adapter), "--api-key-env", "EDGE_KEY", env={"EDGE_KEY": "k"}) as (url, _, _):
         c = client(url, "k")
@@ -138,3 +148,33 @@ def test_the_adapter_exports_as_a_gguf_lora_that_the_runtime_applies_over_its_ba
                                                                              chunk_len=32))
     with pytest.raises(BundleError, match="was trained on .*another model"):
         load(other.path, adapter=adapter)
+
+
+@pytest.mark.slow
+def test_the_bench_measures_the_base_with_the_adapter_beside_the_merged_file(exported, tmp_path):
+    """bench with a (base, adapter) comparison: the row is the base with the adapter applied, its size both files
+    (the adapter's apart), its fidelity to the merged student's F16 that of the merged model (the base's own is
+    far off), llama-bench left out in a line (it applies no adapter), and the row left out of the device kit."""
+    from edgedistill.bench import bench
+    from edgedistill.bench.settings import BenchSettings
+    from tests.bench.test_bench import _profile
+
+    res, base = exported
+    merged, q8, adapter = (r.path for r in res)
+    settings = BenchSettings(repeats=1, new_tokens=8, prompt_tokens=32, chunks=2, chunk_len=32, eval_every=0,
+                             fidelity_prompts=1, fidelity_new_tokens=12)
+    report = bench([q8], _profile(tmp_path, "2GB"), tmp_path / "r", settings, teacher=merged,
+                   comparison=[base, (base, adapter)], kit=tmp_path / "kit")
+    rows = {r["name"]: r for r in report["variants"]}
+    over = next(r for r in rows.values() if r.get("adapter"))
+    plain = next(r for r in rows.values() if r["comparison"] and not r.get("adapter"))
+    adapter_file = adapter / "adapter.gguf"
+    assert over["adapter_bytes"] == adapter_file.stat().st_size
+    assert over["model_bytes"] == plain["model_bytes"] + over["adapter_bytes"] and "+ adapter" in over["name"]
+    assert over["status"] == "ok" and over["speed"]["decode_tokens_per_s"] > 0
+    assert "applies no LoRA adapter" in over["llama_bench"]["note"]
+    kl = lambda r: r["quality"]["general"]["mean_kl"]  # noqa: E731
+    assert kl(over) < 0.01 < kl(plain), (kl(over), kl(plain))
+    assert "the adapter" in (tmp_path / "r" / "bench.md").read_text()
+    kit = json.loads((tmp_path / "kit" / "kit.json").read_text())
+    assert {b["name"] for b in kit["bundles"]} == {n for n, r in rows.items() if not r["reference"]} - {over["name"]}

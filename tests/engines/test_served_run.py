@@ -6,6 +6,7 @@ identity refusals, and logged conversations as training data."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_a_served_teacher_teaches_a_student_of_another_tokenizer_through_run(pai
                                      held_out_share=0.2), echo=said.append)
     # decided first, and said: the tokenizers differ, so the student learns the teacher's text
     assert summary["pairing"]["kind"] == "sequence" and said[0].strip().startswith("pairing: sequence-level")
-    assert list(summary["stages"]) == ["generate", "reference", "distill", "export", "bench", "safety"]
+    assert list(summary["stages"]) == ["generate", "reference", "distill", "export-before", "export", "bench", "safety"]
     assert str(student) in loaded and all(spec.startswith(str(out)) or spec == str(student) for spec in loaded), \
         loaded  # no teacher weights, anywhere
     # the teacher that was used, in the run's records; what the server was asked, counted
@@ -73,7 +74,7 @@ def test_a_served_teacher_teaches_a_student_of_another_tokenizer_through_run(pai
     assert sum("likelihood of the student's answers is left out" in m for m in said) == 1  # chat API, no template
     report = json.loads((out / "bench" / "bench.json").read_text())
     assert report["fidelity"]["level"].startswith("text") and report["quality_reference"].startswith("chatty")
-    row = report["variants"][0]
+    row = next(r for r in report["variants"] if not r["comparison"])
     assert row["quality"]["text"]["chrf"]["items"] == len(held) and "in_domain_mean_kl" not in row["budgets"]
     assert "answer_agreement" in row["quality"]["graded"]
     # a second run reuses every stage, without a call to the server
@@ -143,6 +144,14 @@ def test_a_local_teacher_of_another_tokenizer_scores_the_students_answers(pair, 
     assert "export-teacher" not in summary["stages"] and "prune" not in summary["stages"]
     v = summary["student"]["validation"]
     assert v["teacher_nll_per_byte"]["value"] > 0 and "teacher_nll_per_byte" in v["before"]
+    # the pretrained student as it came, in the profile's first format, benched beside the distilled one, never chosen
+    rows = json.loads((Path(summary["bench"]).parent / "bench.json").read_text())["variants"]
+    (before,) = [r for r in rows if r["comparison"] and not r.get("adapter")]
+    (lora,) = [r for r in rows if r.get("adapter")]  # the base with the LoRA adapter distill trained (the default)
+    after = [r for r in rows if not r["comparison"] and not r["reference"]]
+    assert before["key"] == "gguf:q8_0" and before["source"] == student.name and after[0]["source"] == "student"
+    assert lora["bundle"] == before["bundle"] and lora["status"] == "ok"
+    assert before["quality"]["text"]["chrf"]["value"] >= 0 and summary["chosen"]["name"] != before["name"]
     # the device kit of a text-level bench carries the teacher's answers, not logits; run and merged, the rows are
     # the device's, compared with those answers on the text
     from edgedistill.bench.kit import merge_kit, open_kit, run_kit
@@ -151,7 +160,8 @@ def test_a_local_teacher_of_another_tokenizer_scores_the_students_answers(pair, 
     assert kit["top_k"] is None and kit["text_reference"]["records"] and kit["plan"]["answer_prompts"]
     run_kit(summary["device_kit"], tmp_path / "results.json")
     merged = merge_kit(summary["device_kit"], [tmp_path / "results.json"], tmp_path / "merged")
-    rows = [r for r in merged["variants"] if not r["reference"]]
+    rows = [r for r in merged["variants"] if not r["reference"] and not r.get("adapter")]
+    assert [r["measured_on"] for r in merged["variants"] if r.get("adapter")] == ["build machine"]  # not in a kit
     assert rows and all(r["measured_on"] == "device" and r["quality"]["text"]["chrf"]["value"] >= 0 for r in rows)
     assert "| chrF | answers agree % |" in (tmp_path / "merged" / "bench.md").read_text()
 
