@@ -155,6 +155,24 @@ def convert_lora(adapter_dir: Path, base_dir: Path, out: Path, *, dtype: str = "
                   Path(out), f"llama.cpp's LoRA converter failed on {adapter_dir}")
 
 
+def model_name(spec: str) -> str:
+    """A model as a file shipped to another machine names it: never a folder of the machine that built it. A registry
+    name as it is; a folder by the registry name it was pulled as, "TEACHER (pruned)" for a student `prune` cut, else
+    the folder's own name (the last part of its path)."""
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and len(path.parts) == 1 and not path.is_dir():
+        return spec  # a registry name, or a served model's
+    pruned = lambda r: r.get("teacher") and f"{model_name(str(r['teacher']))} (pruned)"  # noqa: E731
+    for record, name_of in (("edgedistill.json", lambda r: r.get("registry_name")), ("pruning.json", pruned)):
+        try:
+            name = name_of(json.loads((path / record).read_text(encoding="utf-8")))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if name:
+            return str(name)
+    return path.name or spec
+
+
 def provenance(model_dir: Path, name: str) -> dict:
     """The GGUF `general.*` keys edgedistill adds through the converter's metadata override: the name, and for a
     student made here its base model (the distilled student's starting point, or the teacher it was pruned from),
@@ -171,8 +189,9 @@ def provenance(model_dir: Path, name: str) -> dict:
     distilled, pruned = records.get("distill.json") or {}, records.get("pruning.json") or {}
     teacher = distilled.get("teacher") or pruned.get("teacher")
     base = distilled.get("student_init") or pruned.get("teacher")
+    teacher = teacher and model_name(str(teacher))
     if base:
-        meta["general.base_models"] = [{"name": str(base)}]
+        meta["general.base_models"] = [{"name": model_name(str(base))}]
     if teacher:
         how = "distilled" if distilled else "pruned"
         meta["general.description"] = f"{how} by edgedistill from the teacher {teacher}"

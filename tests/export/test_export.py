@@ -304,10 +304,16 @@ def test_gguf_files_carry_name_size_and_provenance(tmp_path, tiny_model_dir):
 
     from edgedistill.formats.gguf import convert
 
+    # a run's records name folders of this machine: the teacher pulled into the cache, the student prune cut
+    teacher = tmp_path / "home" / "user" / ".cache" / "models" / "smollm2-135m-instruct-x"
+    teacher.mkdir(parents=True)
+    (teacher / "edgedistill.json").write_text(json.dumps({"registry_name": "smollm2-135m-instruct"}))
+    pruned = tmp_path / "runs" / "prune" / "student"
+    pruned.mkdir(parents=True)
+    (pruned / "pruning.json").write_text(json.dumps({"teacher": str(teacher)}))
     student = tmp_path / "student"
     shutil.copytree(tiny_model_dir, student)
-    (student / "distill.json").write_text(json.dumps({"teacher": "smollm2-135m-instruct",
-                                                      "student_init": "runs/prune/student"}))
+    (student / "distill.json").write_text(json.dumps({"teacher": str(teacher), "student_init": str(pruned)}))
 
     def fields(path: Path) -> dict:
         r = gguf.GGUFReader(path)
@@ -318,6 +324,13 @@ def test_gguf_files_carry_name_size_and_provenance(tmp_path, tiny_model_dir):
     assert "general.base_model.count" not in plain
     got = fields(convert(student, tmp_path / "student.gguf", name="student"))
     assert got["general.name"] == "student" and got["general.size_label"] == plain["general.size_label"]
-    assert got["general.base_model.count"] == 1 and got["general.base_model.0.name"] == "runs/prune/student"
-    assert "teacher smollm2-135m-instruct" in got["general.description"]
+    assert got["general.base_model.count"] == 1
+    assert got["general.base_model.0.name"] == "smollm2-135m-instruct (pruned)"
+    assert got["general.description"] == "distilled by edgedistill from the teacher smollm2-135m-instruct"
+    assert not [v for v in got.values() if str(tmp_path) in str(v) or "runs/" in str(v)]  # no path of this machine
+    # a folder of no known origin is named by its own name; a registry name stays as it is
+    from edgedistill.formats.gguf import model_name
+
+    assert model_name(str(tmp_path / "my-models" / "support-bot")) == "support-bot"
+    assert model_name("qwen2.5-coder-0.5b-instruct") == "qwen2.5-coder-0.5b-instruct"
     assert got["general.tags"] == ["edgedistill", "distillation"]
