@@ -181,7 +181,9 @@ def _llama_bench_cell(r: Row, report: dict) -> str:
         return "—"
     st = report["settings"]
     pp, tg = lb.get(f"pp{st['prompt_tokens']}_tokens_per_s"), lb.get(f"tg{st['new_tokens']}_tokens_per_s")
-    return "not built" if pp is None and tg is None else f"{_fmt(pp, '.0f')} / {_fmt(tg, '.1f')}"
+    if pp is None and tg is None:
+        return "no LoRA in llama-bench" if r.adapter else "not built"
+    return f"{_fmt(pp, '.0f')} / {_fmt(tg, '.1f')}"
 
 
 def _fidelity_point(r: Row) -> tuple[float, list[float] | None] | None:
