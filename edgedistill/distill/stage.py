@@ -189,7 +189,8 @@ class DistillSettings(TrainSettings, LossSettings):
 
     teacher: str | None = setting(None, "The teacher: registry name, Hugging Face folder or .gguf [default: the one "
                                         "that wrote --generations (a served teacher's records need no local model); "
-                                        f"records that name none: {DEFAULT_TEACHER}].")
+                                        "records that name none, such as logged conversations: none, the student "
+                                        "learns their text; a teacher named here adds its log-probabilities].")
     student: str = setting(None, "Student: a registry name or Hugging Face folder of any supported family (another "
                                  "tokenizer: sequence-level distillation), or one cut from the teacher by `edgedistill "
                                  "prune`.", required=True)
@@ -315,7 +316,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
     distill.json's content and `student`, the folder written."""
     from edgedistill.distill import logit_cache as lc
     from edgedistill.distill.dataset import encode, load_generations
-    from edgedistill.distill.pairing import decide, tokenizer_fingerprint
+    from edgedistill.distill.pairing import Pairing, decide, tokenizer_fingerprint
     from edgedistill.distill.train import agreement_with_teacher, check_launch, resolve_precision, train
     from edgedistill.distill.train import trainable_parameters
     from edgedistill.models.fingerprint import spec_fingerprint
@@ -348,20 +349,34 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
         if s.on_policy:
             raise EdgeDistillError(f"{s.teacher} is a served teacher: on-policy steps need a local teacher to score the "
                                    "student's samples; drop --on-policy")
+    elif writer is None and s.teacher is None and meta is None:
+        teacher_fp = None  # records no teacher wrote (logged conversations), no teacher named: their text alone
+        if s.on_policy:
+            raise EdgeDistillError("on-policy steps need a teacher to score the student's samples, and these records "
+                                   "name none: pass --teacher NAME")
     else:
-        s = s.replace(teacher=s.teacher or (writer["teacher"] if writer else DEFAULT_TEACHER))
+        s = s.replace(teacher=s.teacher or (writer["teacher"] if writer else meta["teacher"]))
         teacher_fp = spec_fingerprint(s.teacher)
         _same_teacher(s.teacher, teacher_fp, records, "--generations")  # before any model loads
-    _same_teacher(s.teacher, teacher_fp, val_records, "--validation")
+    if teacher_fp is not None:
+        _same_teacher(s.teacher, teacher_fp, val_records, "--validation")
     s = s.lora_for(pruned_student(s.student))  # LoRA for a pretrained student, full fine-tuning for a pruned one
     s_tok = load_tokenizer(s.student)
-    t_tok = None if served else (teacher[1] if teacher is not None else load_tokenizer(s.teacher))
+    no_teacher = s.teacher is None
+    t_tok = None if served or no_teacher else (teacher[1] if teacher is not None else load_tokenizer(s.teacher))
     projected = meta.get("projection") if meta is not None else None
     if projected is not None and projected.get("student_tokenizer") != tokenizer_fingerprint(s_tok):
         raise lc.StaleCacheError(f"{s.logit_cache} holds the teacher's top-k projected onto {projected.get('student')}'s "
                                  f"tokenizer, not {s.student}'s: make it with `cache-logits --student {s.student}`")
-    pairing = decide(s_tok, t_tok, teacher=s.teacher, student=s.student, served=served, cached=meta is not None,
-                     projected=projected)
+    if no_teacher:
+        pairing = Pairing("sequence", "the records name no teacher and none was given: the student learns their "
+                                      "text; --teacher NAME adds that model's log-probabilities")
+    else:
+        pairing = decide(s_tok, t_tok, teacher=s.teacher, student=s.student, served=served,
+                         cached=meta is not None, projected=projected)
+        if writer is None and pairing.kd:  # logged text, another model's probabilities: said, never silent
+            pairing = Pairing(pairing.kind, f"{pairing.why}; two models: the text is the records' own (they name no "
+                                            f"teacher), the log-probabilities {s.teacher}'s")
     if not pairing.logits:
         if meta is not None and not pairing.kd:
             raise EdgeDistillError(f"{s.logit_cache} holds {s.teacher}'s log-probabilities over its own tokenizer, "
@@ -378,7 +393,8 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
         say(f"kd-weight {s.kd_weight} set to 0: no logits to compare, the objective is cross-entropy on the "
             "teacher's text")
         s = s.replace(kd_weight=0.0)
-    local_teacher = not served and (pairing.logits or bool(val_records))  # logits, or the NLL of the student's text
+    # logits, or the NLL of the student's text
+    local_teacher = not served and not no_teacher and (pairing.logits or bool(val_records))
     if not local_teacher:
         t_pair = (None, s_tok)
     elif teacher is not None:

@@ -256,3 +256,13 @@ def test_logged_conversations_are_teacher_data_as_they_are(tiny_model_dir, tmp_p
                                      validation=[logs], out=tmp_path / "run", steps=1, batch_size=2, grad_accum=1,
                                      max_length=512, precision="fp32"))
     assert report["train_sequences"] == 3 and report["validation"]["tokens"] > 0
+    # a teacher named for logs' text: the two models are said, never a silent mix
+    assert report["pairing"]["kind"] == "logits" and "two models" in report["pairing"]["why"]
+    # no teacher named: the logs' text alone, no other model's probabilities (none loaded, none recorded)
+    said = []
+    alone = distill(DistillSettings(student=str(tiny_model_dir), generations=[logs], validation=[logs],
+                                    out=tmp_path / "alone", steps=1, batch_size=2, grad_accum=1, max_length=512,
+                                    precision="fp32"), echo=said.append)
+    assert alone["teacher"] is None and alone["pairing"]["kind"] == "sequence"
+    assert any("name no teacher" in line for line in said) and any("kd-weight 0.5 set to 0" in line for line in said)
+    assert "mean_kl" not in alone["validation"] and alone["validation"]["before"]
