@@ -4,8 +4,8 @@
      prompts of every built-in domain (greedy, 128 new tokens); its top-64 log-probs of the train answers go into
      one logit cache;
   2. for each variant (LoRA at a rank, or full fine-tuning) and seed, `edgedistill distill` runs in its own process
-     from that cache with the same data, steps and objective (forward KL + CE 0.5/0.5, batch 4 x 2, cosine; the
-     learning rate measured for each: 5e-4 for LoRA, 5e-5 for a pretrained student in full), no
+     from that cache with the same data, steps and objective (forward KL + CE, 0.5/0.5 unless a variant says kd=W;
+     batch 4 x 2, cosine; the learning rate given for each: 5e-4 for LoRA, 5e-5 for a pretrained student in full), no
      validation inside (so the process's peak RSS is training's alone, no teacher loaded): tokens/s, peak RSS and
      trainable parameters from its distill.json;
   3. held-out fidelity of the student before and after each run, teacher-forced on the teacher's validation answers
@@ -120,19 +120,20 @@ def markdown(report: dict) -> str:
              f"`{report['command']}`; {report['machine']['cpu']}. Teacher data: {report['train_answers']} train "
              f"answers ({report['train_tokens_per_epoch']} answer tokens), held-out: the teacher's answers to "
              f"{report['val_prompts']} validation prompts ({b['positions']} answer tokens). Every run: "
-             f"{report['steps']} steps (unless the table says otherwise) of forward KL + CE (0.5/0.5) from the teacher's "
+             f"{report['steps']} steps (unless the table says otherwise) of forward KL + CE (weights: the table's kd "
+             "column and the rest) from the teacher's "
              "top-64 cache, batch 4 x 2, "
              "cosine schedule at each method's learning rate, fp32. Peak RSS: the distill process (no teacher in "
              "it).", "",
              f"Student before: KL {b['mean_kl']:.3f} [{b['mean_kl_ci'][0]:.3f}, {b['mean_kl_ci'][1]:.3f}], top-1 "
              f"{100 * b['top1_agreement']:.1f}%.", "",
-             "| run | lr | steps | seed | trainable params | train s | tokens/s | peak RSS (GB) | held-out KL [95% CI] | "
+             "| run | lr | steps | kd | seed | trainable params | train s | tokens/s | peak RSS (GB) | held-out KL [95% CI] | "
              "KL change vs before [95% CI] | top-1 [95% CI] |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for r in report["runs"]:
         o = r["after"]["overall"]
         c = r["kl_change"]
-        lines.append(f"| {r['label']} | {r['lr']:g} | {r['run_steps']} | {r['seed']} | {r['trainable_parameters'] / 1e6:.1f}M | "
+        lines.append(f"| {r['label']} | {r['lr']:g} | {r['run_steps']} | {r.get('kd_weight', 0.5):g} | {r['seed']} | {r['trainable_parameters'] / 1e6:.1f}M | "
                      f"{r['train_s']:.0f} | "
                      f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb'] / 1024:.1f} | {o['mean_kl']:.3f} "
                      f"[{o['mean_kl_ci'][0]:.3f}, {o['mean_kl_ci'][1]:.3f}] | {c['mean']:+.3f} [{c['ci'][0]:+.3f}, "
@@ -150,8 +151,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--variants", default="lora16:16:5e-4,full:0:5e-5",
-                    help="label:rank:lr[:gc][:steps=N], comma-separated (rank 0: full fine-tuning; gc: gradient "
-                         "checkpointing; steps=N: this run's steps, for a memory probe); each at the learning rate "
+                    help="label:rank:lr[:gc][:steps=N][:kd=W], comma-separated (rank 0: full fine-tuning; gc: "
+                         "gradient checkpointing; steps=N: this run's steps, for a memory probe; kd=W: the "
+                         "divergence's share of the loss, the rest cross-entropy, 0.5 unless given); each at the learning rate "
                          "measured for it: 5e-4 for LoRA (distill's default), 5e-5 for a pretrained student in full "
                          "(benchmarks/results/distill/served_pair.md, chosen on validation)")
     args = ap.parse_args()
@@ -172,8 +174,10 @@ def main() -> None:
             label, rank, lr, *flags = item.split(":")
             extra = ["--gradient-checkpointing"] if "gc" in flags else []
             steps = next((int(f[6:]) for f in flags if f.startswith("steps=")), args.steps)
+            kd = next((float(f[3:]) for f in flags if f.startswith("kd=")), 0.5)
+            extra += ["--kd-weight", str(kd)]
             runs.append({"label": label, "seed": seed, "rank": int(rank), "lr": float(lr), "run_steps": steps,
-                         "gradient_checkpointing": bool(extra),
+                         "kd_weight": kd, "gradient_checkpointing": "gc" in flags,
                          **distill_run(work, label, int(rank), lr, seed, steps, files["train"], cache, extra)})
     log("held-out fidelity: the teacher in torch scores its validation answers")
     from budget_curve import teacher_logprobs
