@@ -32,8 +32,11 @@ $(STAMP): pyproject.toml constraints.txt edgedistill/formats/llamacpp_build.py
 	@touch $(STAMP)
 	@echo "environment ready in $(VENV)"
 
+# One test worker a core (at most 4), each pinned to its core by tests/conftest.py; TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # The main job on the default teacher: `edgedistill run --target laptop` with a small budget (about 25 minutes
 # on 2 cores), then the example app on one of its bundles. Outputs land in build/demo/.

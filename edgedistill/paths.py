@@ -158,6 +158,29 @@ def clean_stale(parent: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
+def locked_dir(folder: Path, waiting=None) -> Iterator[None]:
+    """An exclusive lock on `folder` for the block (flock on the folder itself: no lock file to leave behind); another
+    process that asks for it waits, after calling `waiting()`, until this one is done. Where flock is missing: no
+    lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # and the lock with it
+
+
+@contextlib.contextmanager
 def scratch(parent: Path, prefix: str) -> Iterator[Path]:
     """scratch_dir for the duration of the block, removed at its end."""
     tmp = scratch_dir(parent, prefix)

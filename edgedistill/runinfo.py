@@ -57,10 +57,20 @@ def machine() -> dict:
         "cpu_features": cpu_features(),
         "arch": platform.machine(),
         "logical_cores": os.cpu_count(),
+        "cores_available": available_cores(),
         "ram_bytes": psutil.virtual_memory().total,
         "os": platform.platform(),
         "python": platform.python_version(),
     }
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a container's cpuset or taskset's limit), else the machine's: the default
+    thread count of every runtime, tool and engine we start, so a job pinned to some cores keeps to them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def peak_rss_bytes() -> int:

@@ -9,7 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from tests import tiny
+
+def _pin_this_worker() -> None:
+    """Under `make test` (pytest-xdist, one worker a core) each worker keeps to its own core, and so does every
+    runtime, tool and child it starts (they default to edgedistill.runinfo.available_cores()): two workers that each
+    ran all cores would slow each other far more than twice. Done before torch is imported, so it sizes its
+    thread pool to the one core."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    cores, index, n = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw")), int(count)
+    if n <= len(cores):
+        os.sched_setaffinity(0, cores[index::n])
+
+
+_pin_this_worker()
+
+from tests import tiny  # noqa: E402  (after the pinning: it imports torch)
 
 REPO = Path(__file__).resolve().parent.parent
 USER_HOME = os.environ.get("EDGEDISTILL_HOME")  # before any test points it at an empty folder
@@ -82,10 +98,18 @@ def ours(folder: Path) -> list[Path]:
 
 
 def pytest_collection_modifyitems(items):
-    """The real teachers' tests are slow too: `-m "not slow"` is the whole quick loop."""
+    """The real teachers' tests are slow too: `-m "not slow"` is the whole quick loop. Under pytest-xdist (`make
+    test`, --dist loadfile: a module's tests share a worker, so its module-scoped fixtures are built once) the
+    modules with the most slow tests go first, so the longest start first and the short ones fill in at the end.
+    Two workers that pull one model wait for each other (models.pull locks the cache)."""
     for item in items:
         if any(item.get_closest_marker(m) for m in REAL_MODELS):
             item.add_marker(pytest.mark.slow)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker sorts alike: the controller checks they agree
+        slow: dict[str, int] = {}
+        for item in items:
+            slow[item.module.__name__] = slow.get(item.module.__name__, 0) + bool(item.get_closest_marker("slow"))
+        items.sort(key=lambda item: -slow[item.module.__name__])
 
 
 # A real OpenAI-compatible server: llama-cpp-python's own, on a GGUF, on 127.0.0.1 and a free port, started and

@@ -53,6 +53,22 @@ def _file_size_limit(limit: int):
     return setup
 
 
+def test_a_locked_folder_makes_a_second_process_wait_and_leaves_no_file(tmp_path):
+    """Two pulls into one cache (two commands, two test workers): the second waits for the first, says so, then
+    goes on; the lock is the folder's own, so nothing is left in it."""
+    child = ("import sys; from pathlib import Path; from edgedistill import paths\n"
+             "with paths.locked_dir(Path(sys.argv[1]), waiting=lambda: print('waiting', flush=True)):\n"
+             "    print('got it', flush=True)\n")
+    with paths.locked_dir(tmp_path):
+        proc = subprocess.Popen([sys.executable, "-c", child, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                                cwd=REPO)
+        assert proc.stdout.readline() == "waiting\n"  # blocked while this process holds the lock
+    assert proc.stdout.readline() == "got it\n" and proc.wait(timeout=60) == 0
+    with paths.locked_dir(tmp_path, waiting=lambda: pytest.fail("nobody holds it")):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("case", ["data split (written here)", "export (written by llama.cpp's converter)",
                                   "export (written by the ONNX builder)"])
 @pytest.mark.slow

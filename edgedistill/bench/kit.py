@@ -37,6 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.runinfo import available_cores
 from edgedistill.runtime.bundle import sha256_file
 
 log = logging.getLogger(__name__)
@@ -168,14 +169,6 @@ def _plan(data: dict):
     from edgedistill.bench.runner import Plan
 
     return Plan(**data["plan"])
-
-
-def available_cores() -> int:
-    """The cores this process may run on (a container's or taskset's limit), else the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def runtime_versions() -> dict:

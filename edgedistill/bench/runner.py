@@ -22,6 +22,7 @@ from edgedistill.errors import EdgeDistillError
 from edgedistill.paths import remove_scratch, scratch_dir
 from edgedistill.settings import write as write_settings
 from edgedistill.targets import Target, as_dict
+from edgedistill.runinfo import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def bench(bundles: list[Path], target: Target, out_dir: Path, settings: BenchSet
 
         check_kit_out(Path(kit), out_dir, [i["bundle"] for i in infos + comps if not i.get("adapter")],
                       settings.max_kit_size)
-    threads = settings.threads or min(target.threads, os.cpu_count() or 1)
+    threads = settings.threads or min(target.threads, available_cores())
     bandwidth_source = "profile"
     bandwidth = target.memory_bandwidth_bytes_per_s
     if settings.bandwidth == "measure":

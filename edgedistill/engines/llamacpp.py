@@ -10,13 +10,13 @@ quantizer from it) and kept in EDGEDISTILL_HOME/engines. Token ids are the teach
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from edgedistill.engines import Answer, Engine, EngineError, EngineSpec, log_softmax, register, topk_rows
 from edgedistill.runtime.gguf import eog_ids
+from edgedistill.runinfo import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class LlamaCppEngine(Engine):
         p.n_batch = p.n_ubatch = 512
         p.n_seq_max = n_seq
         p.kv_unified = True  # one buffer shared by the sequences: n_ctx is their total
-        p.n_threads = p.n_threads_batch = self.spec.threads or os.cpu_count() or 1
+        p.n_threads = p.n_threads_batch = self.spec.threads or available_cores()
         try:
             return _internals.LlamaContext(model=self._model, params=p, verbose=False)
         except ValueError as e:

@@ -22,6 +22,7 @@ from edgedistill import children, paths
 from edgedistill.errors import EdgeDistillError
 from edgedistill.formats.llamacpp_build import cpu_flags, flags_key
 from edgedistill.formats.llamacpp_source import source_dir, version
+from edgedistill.runinfo import available_cores
 
 TOOLS = ("llama-imatrix", "llama-quantize", "llama-bench")
 _TOOL_ARGS = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_COMMON=ON",
@@ -74,7 +75,7 @@ def build_into(dest: Path, *, jobs: int | None = None) -> Path:
         log_path = Path(build) / "build.log"
         with open(log_path, "w") as log_file:
             for cmd in ([*_cmake(), "-S", str(src), "-B", str(build), *gen, *cmake_args()],
-                        [*_cmake(), "--build", str(build), "--target", *TOOLS, "-j", str(jobs or os.cpu_count() or 1)]):
+                        [*_cmake(), "--build", str(build), "--target", *TOOLS, "-j", str(jobs or available_cores())]):
                 with children.started(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env) as proc:
                     rc = proc.wait()
                 if rc != 0:

@@ -40,12 +40,20 @@ def pull(name: str, *, find_links: Path | None = None, progress=None) -> tuple[P
     final = pulled_path(name)
     if is_pulled(name):
         return final, False
-    paths.ensure_writable_dir(paths.models_dir())
+    cache = paths.ensure_writable_dir(paths.models_dir())
+    # one pull at a time into a cache: a second command (or test worker) waits, then finds the model there
+    with paths.locked_dir(cache, waiting=lambda: log.warning("waiting for another pull into %s to finish", cache)):
+        if is_pulled(name):
+            return final, False
+        return _pull(name, entry, final, find_links, progress)
+
+
+def _pull(name: str, entry: registry.KnownModel, final: Path, find_links: Path | None, progress) -> tuple[Path, bool]:
     if final.exists():  # converted by an older conversion: set it aside, convert again, then drop it
         stale = paths.scratch_dir(paths.models_dir(), f".{name}.stale-")
         os.replace(final, stale / name)
         try:
-            return pull(name, find_links=find_links, progress=progress)
+            return _pull(name, entry, final, find_links, progress)
         except BaseException:
             if not final.exists():  # the new conversion did not happen: keep the old one
                 os.replace(stale / name, final)

@@ -17,6 +17,7 @@ from pathlib import Path
 from edgedistill.errors import EdgeDistillError
 from edgedistill.paths import atomic_file
 from edgedistill.quantize import BuildContext, Format, Scheme, register, register_format
+from edgedistill.runinfo import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref
 def llama_quantize(src: Path, dst: Path, ftype_name: str, threads: int | None = None) -> None:
     """Run llama.cpp's quantizer: src (F16/F32 GGUF) -> dst at LLAMA_FTYPE_<ftype_name>, in a child process that
     stops at once (and leaves no dst) on Ctrl-C or any error here."""
-    _run_tool([sys.executable, "-c", _CHILD, str(src), str(dst), ftype_name, str(threads or os.cpu_count() or 1)],
+    _run_tool([sys.executable, "-c", _CHILD, str(src), str(dst), ftype_name, str(threads or available_cores())],
               f"quantizer ({ftype_name}, on {Path(src).name})", dst)
 
 
@@ -81,7 +82,7 @@ def _imatrix(ctx: BuildContext) -> Path:
     with atomic_file(path) as tmp:
         _run_tool([str(tool("llama-imatrix")), "-m", str(_f16(ctx)), "-f", str(text), "-o", str(tmp),
                    "-c", str(IMATRIX_CHUNK), "-b", str(IMATRIX_CHUNK), "--chunks", str(chunks), "--no-ppl",
-                   "--parse-special", "-t", str(ctx.threads or os.cpu_count() or 1)], "llama-imatrix", tmp)
+                   "--parse-special", "-t", str(ctx.threads or available_cores())], "llama-imatrix", tmp)
     return path
 
 
@@ -110,7 +111,7 @@ def _quantized(ftype_name: str, takes_imatrix: bool = False):
 
             imatrix = _imatrix(ctx)
             _run_tool([str(tool("llama-quantize")), "--imatrix", str(imatrix), str(_f16(ctx)), str(out), ftype_name,
-                       str(ctx.threads or os.cpu_count() or 1)], "llama-quantize", out)
+                       str(ctx.threads or available_cores())], "llama-quantize", out)
             shutil.copyfile(imatrix, ctx.out_dir / IMATRIX_FILE)  # the bundle says what its 4 bits were fitted to
         else:
             llama_quantize(_f16(ctx), out, ftype_name, ctx.threads)

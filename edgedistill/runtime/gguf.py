@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 
 from edgedistill.runtime import BundleError, SamplingParams, LoadedModel
 from edgedistill.runtime.text import chat_template
+from edgedistill.runinfo import available_cores
 
 
 def eog_ids(model) -> set[int]:
@@ -76,7 +76,7 @@ class GGUFModel(LoadedModel):
         _check_this_cpu()
 
         self.path, self.manifest, self.adapter = path, manifest, adapter
-        self.llm = llama_cpp.Llama(str(path / manifest["model_file"]), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
+        self.llm = llama_cpp.Llama(str(path / manifest["model_file"]), n_ctx=n_ctx, n_threads=threads or available_cores(),
                                    verbose=False, **_lora(adapter))
         self.template, self.special = chat_template(path)
         self.eos_ids = eog_ids(self.llm.model)
@@ -129,7 +129,7 @@ class GGUFLogits:
         import llama_cpp
 
         self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
-                                   n_threads=threads or os.cpu_count(), seed=0, **_lora(adapter))
+                                   n_threads=threads or available_cores(), seed=0, **_lora(adapter))
 
     def logits(self, chunks) -> list[np.ndarray]:
         out = []

@@ -9,7 +9,6 @@ transformers is imported.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from edgedistill.runtime import SamplingParams, LoadedModel
 from edgedistill.runtime.bundle import BundleError
 from edgedistill.runtime.text import chat_template
+from edgedistill.runinfo import available_cores
 
 CONFIG_FILE = "genai_config.json"
 
@@ -32,7 +32,7 @@ def open_model(folder: Path, threads: int | None = None):
                           "exported before the move to onnxruntime-genai have another layout); export it again")
     config = og.Config(str(folder))
     config.clear_providers()  # CPU
-    options = {"intra_op_num_threads": int(threads or os.cpu_count() or 1), "inter_op_num_threads": 1}
+    options = {"intra_op_num_threads": int(threads or available_cores()), "inter_op_num_threads": 1}
     config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
     return og.Model(config)
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from edgedistill.models import DEFAULT_TEACHER
+from edgedistill.runinfo import available_cores
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.real_teacher
@@ -88,7 +89,7 @@ def test_logits_match_llama_cpp(real_teacher, teacher):
     with torch.inference_mode():
         ours = model(torch.tensor([ids])).logits[0].numpy()
     gguf = next((real_teacher / "original").glob("*.gguf"))
-    llm = Llama(model_path=str(gguf), n_ctx=128, logits_all=True, verbose=False, n_threads=2)
+    llm = Llama(model_path=str(gguf), n_ctx=128, logits_all=True, verbose=False, n_threads=available_cores())
     llm.eval(ids)
     theirs = np.asarray(llm.scores[: len(ids)])
     agree = float((ours.argmax(-1) == theirs.argmax(-1)).mean())
