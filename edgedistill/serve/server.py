@@ -46,6 +46,9 @@ def run(app, s, *, echo=print) -> None:
     from sse_starlette.sse import AppStatus
 
     AppStatus.should_exit = False  # sse-starlette's flag is process-wide: a fresh server starts undrained
+    # sse-starlette would end every open stream within half a second of SIGTERM, whatever --shutdown-grace says (a
+    # race the stream loses on a busy machine): the worker's drain ends them instead, once the grace is spent
+    AppStatus.disable_automatic_graceful_drain()
     sock = listen(s.host, s.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
