@@ -32,11 +32,13 @@ $(STAMP): pyproject.toml constraints.txt edgedistill/formats/llamacpp_build.py
 	@touch $(STAMP)
 	@echo "environment ready in $(VENV)"
 
-# One test worker a core (at most 4), each pinned to its core by tests/conftest.py; TEST_WORKERS=0 runs them in this process.
+# One test worker a core (at most 4), each pinned to its core by tests/conftest.py, handed the next test as it frees
+# (--dist load: measured faster here than loadfile or worksteal, docs/cpus.md; the costliest fixtures are built once
+# for all workers, tests/conftest.py built_once). TEST_WORKERS=0 runs the tests in this one process.
 TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load --durations=15
 
 # The main job on the default teacher: `edgedistill run --target laptop` with a small budget (about 25 minutes
 # on 2 cores), then the example app on one of its bundles. Outputs land in build/demo/.

@@ -45,17 +45,37 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return tiny.build_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `build(folder)` fills, built once per test session whichever worker asks first: pytest-xdist's
+    workers share one base folder, and a worker that asks while another builds waits for it (a lock on the folder).
+    What is built there is read, never changed, by the tests (one that changes a file copies it first)."""
+    from edgedistill import paths
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder = base / f"built-{name}"
+    folder.mkdir(exist_ok=True)
+    with paths.locked_dir(folder):
+        if not (folder / ".built").exists():
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bundles(tmp_path_factory) -> tuple[Path, Path]:
     """(model folder, folder of bundles): a 3-layer tiny model exported once per session as gguf-f16, gguf-q8_0 and
     onnx-fp32, shared by the runtime, serve and bench tests (a test that changes a bundle copies it first)."""
     from edgedistill.export.pipeline import ExportSettings, export_model
 
-    root = tmp_path_factory.mktemp("bundles")
-    model = tiny.build_model_dir(root / "m", init_std=0.15, layers=3)
-    export_model(str(model), root / "b", ExportSettings(variants=["gguf:f16", "gguf:q8_0", "onnx:fp32"], chunks=1,
-                                                         chunk_len=32))
-    return model, root / "b"
+    def build(root: Path) -> None:
+        model = tiny.build_model_dir(root / "m", init_std=0.15, layers=3)
+        export_model(str(model), root / "b", ExportSettings(variants=["gguf:f16", "gguf:q8_0", "onnx:fp32"], chunks=1,
+                                                             chunk_len=32))
+
+    root = built_once(tmp_path_factory, "tiny-bundles", build)
+    return root / "m", root / "b"
 
 
 @pytest.fixture(scope="session")
@@ -98,18 +118,10 @@ def ours(folder: Path) -> list[Path]:
 
 
 def pytest_collection_modifyitems(items):
-    """The real teachers' tests are slow too: `-m "not slow"` is the whole quick loop. Under pytest-xdist (`make
-    test`, --dist loadfile: a module's tests share a worker, so its module-scoped fixtures are built once) the
-    modules with the most slow tests go first, so the longest start first and the short ones fill in at the end.
-    Two workers that pull one model wait for each other (models.pull locks the cache)."""
+    """The real teachers' tests are slow too: `-m "not slow"` is the whole quick loop."""
     for item in items:
         if any(item.get_closest_marker(m) for m in REAL_MODELS):
             item.add_marker(pytest.mark.slow)
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker sorts alike: the controller checks they agree
-        slow: dict[str, int] = {}
-        for item in items:
-            slow[item.module.__name__] = slow.get(item.module.__name__, 0) + bool(item.get_closest_marker("slow"))
-        items.sort(key=lambda item: -slow[item.module.__name__])
 
 
 # A real OpenAI-compatible server: llama-cpp-python's own, on a GGUF, on 127.0.0.1 and a free port, started and
@@ -178,8 +190,9 @@ def chatty(tmp_path_factory):
     from edgedistill.models import load_model
     from tests import tiny
 
-    root = tmp_path_factory.mktemp("chatty")
-    model_dir = tiny.build_chatty_model_dir(root / "chatty", steps=100)
-    model, tok = load_model(str(model_dir))
-    gguf = write_gguf(model, tok, root / "chatty-f16.gguf", dtype="f16")
-    return model_dir, gguf, (model, tok)
+    def build(root: Path) -> None:
+        model, tok = load_model(str(tiny.build_chatty_model_dir(root / "chatty", steps=100)))
+        write_gguf(model, tok, root / "chatty-f16.gguf", dtype="f16")
+
+    root = built_once(tmp_path_factory, "chatty", build)
+    return root / "chatty", root / "chatty-f16.gguf", load_model(str(root / "chatty"))

@@ -253,7 +253,11 @@ def _record(s: Scheme, main: Path, ctx: BuildContext, metrics: dict, reasons: li
 
 
 def _source_record(spec: str, ref, model_dir: Path, model) -> dict:
-    rec = {"spec": spec, "name": ref.name or Path(str(ref.location)).name, "path": str(ref.location),
+    """The manifest's record of the model a bundle was made from: names and a hash, never a folder of this machine
+    (a bundle ships to other machines)."""
+    from edgedistill.formats.gguf import model_name
+
+    rec = {"model": model_name(spec), "name": ref.name or Path(str(ref.location)).name,
            "sha256": source_hash(model_dir), "parameters": int(model.num_parameters()),
            "architecture": model.config.model_type}
     for extra in ("edgedistill.json", "pruning.json"):  # provenance of pulled teachers / pruned students
@@ -261,7 +265,9 @@ def _source_record(spec: str, ref, model_dir: Path, model) -> dict:
         if p.is_file():
             try:
                 data = json.loads(p.read_text())
-                rec["teacher"] = data.get("teacher") or data.get("registry_name")
+                teacher = data.get("teacher") or data.get("registry_name")
             except (OSError, ValueError):
-                pass
+                continue
+            if teacher:
+                rec["teacher"] = model_name(str(teacher))
     return rec

@@ -55,14 +55,15 @@ def _base_f16(ctx: BuildContext) -> Path:
 
 def _build(dtype: str):
     def build(ctx: BuildContext) -> Path:
+        from edgedistill.formats.gguf import convert_lora, model_name
         from edgedistill.runtime.bundle import source_hash
-        from edgedistill.formats.gguf import convert_lora
 
         base, base_dir = adapter_base(ctx.model_dir)
         out = ctx.out_dir / ADAPTER_FILE
         convert_lora(ctx.model_dir / ADAPTER_DIR, base_dir, out, dtype=dtype)
         peft = json.loads((ctx.model_dir / ADAPTER_DIR / "adapter_config.json").read_text(encoding="utf-8"))
-        ctx.options["adapter"] = {"base": base, "base_sha256": source_hash(base_dir), "rank": peft.get("r"),
+        # the base by name and hash (the runtime matches it by hash), never a folder of this machine
+        ctx.options["adapter"] = {"base": model_name(base), "base_sha256": source_hash(base_dir), "rank": peft.get("r"),
                                   "alpha": peft.get("lora_alpha"),
                                   "target_modules": sorted(peft.get("target_modules") or [])}
         return out

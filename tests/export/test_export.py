@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,19 +16,25 @@ from edgedistill.export.bundle import MANIFEST, sha256
 from edgedistill.export.pipeline import ExportSettings, export_model
 from edgedistill.quantize import schemes
 from tests import tiny
-from tests.conftest import run_cli
+from tests.conftest import built_once, run_cli
 
 ALL_SCHEMES = sorted(schemes())
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """One export run of the tiny model with every registered scheme."""
-    root = tmp_path_factory.mktemp("export")
-    base = tiny.build_model_dir(root / "tiny-base")
-    model = tiny.with_lora_adapter(base, root / "tiny-llama")  # a LoRA student: gguf-lora exports its adapter
-    results = export_model(str(model), root / "bundles", ExportSettings(variants=ALL_SCHEMES, chunks=2, chunk_len=64))
-    return model, root / "bundles", {r.key: r for r in results}
+    """One export run of the tiny model with every registered scheme (once per session: the test workers share it):
+    (model folder, bundles folder, {variant: its result's passed and error})."""
+    def build(root: Path) -> None:
+        base = tiny.build_model_dir(root / "tiny-base")
+        model = tiny.with_lora_adapter(base, root / "tiny-llama")  # a LoRA student: gguf-lora exports its adapter
+        results = export_model(str(model), root / "bundles", ExportSettings(variants=ALL_SCHEMES, chunks=2,
+                                                                            chunk_len=64))
+        (root / "results.json").write_text(json.dumps({r.key: {"passed": r.passed, "error": r.error} for r in results}))
+
+    root = built_once(tmp_path_factory, "export-every-scheme", build)
+    results = {k: SimpleNamespace(**v) for k, v in json.loads((root / "results.json").read_text()).items()}
+    return root / "tiny-llama", root / "bundles", results
 
 
 @pytest.mark.slow
@@ -41,6 +48,8 @@ def test_scheme_round_trips_and_loads_in_its_runtime(exported, key):
     assert (manifest["format"], manifest["scheme"]) == tuple(key.split(":"))
     assert manifest["validation"]["passed"] and not manifest["validation"]["forced"]
     assert manifest["validation"]["positions"] == 128
+    # the bundle ships to other machines: it names its model and the adapter's base, never a folder of this one
+    assert str(out.parent) not in (bundle / MANIFEST).read_text() and manifest["source"]["model"] == "tiny-llama"
     for name, meta in manifest["files"].items():  # every file listed with its real size and hash
         assert (bundle / name).stat().st_size == meta["bytes"]
         assert sha256(bundle / name) == meta["sha256"]
@@ -56,7 +65,8 @@ def test_scheme_round_trips_and_loads_in_its_runtime(exported, key):
             from edgedistill.formats.gguf import convert
 
             over = {"lora_path": str(model_file)}
-            model_file = convert(Path(manifest["quantization"]["adapter"]["base"]), bundle.parent / "base.gguf")
+            assert manifest["quantization"]["adapter"]["base"] == "tiny-base"  # a name, not this machine's folder
+            model_file = convert(out.parent / "tiny-base", bundle.parent / "base.gguf")
         llm = llama_cpp.Llama(str(model_file), n_ctx=64, logits_all=True, verbose=False, **over)
         llm.eval(ids)
         logits = np.array(llm.scores[: len(ids)])
