@@ -151,9 +151,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--variants", default="lora16:16:5e-4,full:0:5e-5",
-                    help="label:rank:lr[:gc][:steps=N][:kd=W], comma-separated (rank 0: full fine-tuning; gc: "
+                    help="label:rank:lr[:gc][:steps=N][:kd=W][:seeds=A+B], comma-separated (rank 0: full fine-tuning; gc: "
                          "gradient checkpointing; steps=N: this run's steps, for a memory probe; kd=W: the "
-                         "divergence's share of the loss, the rest cross-entropy, 0.5 unless given); each at the learning rate "
+                         "divergence's share of the loss, the rest cross-entropy, 0.5 unless given; seeds: the "
+                         "variant runs only for these of --seeds); each at the learning rate "
                          "measured for it: 5e-4 for LoRA (distill's default), 5e-5 for a pretrained student in full "
                          "(benchmarks/results/distill/served_pair.md, chosen on validation)")
     args = ap.parse_args()
@@ -172,6 +173,9 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         for item in args.variants.split(","):
             label, rank, lr, *flags = item.split(":")
+            only = next((f[5:].split("+") for f in flags if f.startswith("seeds=")), None)
+            if only is not None and str(seed) not in only:
+                continue
             extra = ["--gradient-checkpointing"] if "gc" in flags else []
             steps = next((int(f[6:]) for f in flags if f.startswith("steps=")), args.steps)
             kd = next((float(f[3:]) for f in flags if f.startswith("kd=")), 0.5)
