@@ -173,7 +173,7 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         for item in args.variants.split(","):
             label, rank, lr, *flags = item.split(":")
-            only = next((f[5:].split("+") for f in flags if f.startswith("seeds=")), None)
+            only = next((f[6:].split("+") for f in flags if f.startswith("seeds=")), None)
             if only is not None and str(seed) not in only:
                 continue
             extra = ["--gradient-checkpointing"] if "gc" in flags else []
