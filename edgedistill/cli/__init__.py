@@ -116,9 +116,10 @@ def _register() -> None:
     from edgedistill.cli.safety import safety
     from edgedistill.cli.serve import serve_cmd
     from edgedistill.cli.targets import targets
+    from edgedistill.cli.task import task_group
 
     for command in (models, generate_cmd, data, eval_cmd, prune_cmd, cache_logits_cmd, distill_cmd, export_cmd,
-                    targets, bench_cmd, kit_group, safety, run_cmd, serve_cmd):
+                    targets, bench_cmd, kit_group, safety, task_group, run_cmd, serve_cmd):
         cli.add_command(command)
 
 
