@@ -53,6 +53,24 @@ class TaskSettings(TaskEvalSettings, EngineSettings, TrainSettings, LossSettings
     out: Path = setting(None, "Run folder: teacher answers, the student, task.json.", required=True)
     few_shot: int = setting(3, "Seeds shown as examples to the student before training (its few-shot baseline; 0: "
                                "zero-shot only).", min=0, max=32)
+    variants: list[str] = setting([], "GGUF variants of the student after to export and score as well (gguf:f16, "
+                                      "gguf:q8_0, gguf:q4_k_m, ...; repeatable), each answering through llama.cpp as "
+                                      "on the device.")
+
+    def extra_problems(self) -> list[str]:
+        from edgedistill.quantize import get
+
+        problems = []
+        for v in self.variants:
+            try:
+                scheme = get(v)
+            except EdgeDistillError as e:
+                problems.append(str(e))
+                continue
+            if scheme.format != "gguf":
+                problems.append(f"--variants {v}: task distill scores GGUF variants (llama.cpp answers them); score "
+                                "ONNX ones with `edgedistill bench`")
+        return problems
 
 
 @dataclass(frozen=True)
@@ -120,6 +138,12 @@ def answer(task: Task, records, engine: EngineSpec, out: Path, max_new_tokens: i
     from edgedistill.data.generate import DecodeSettings, generate
 
     prompts = _prompts(task, records, shots=shots)
+    if out.exists():  # answers kept from an earlier run must answer these very prompts (the task file may have changed)
+        asked = {p.id: list(p.messages) for p in prompts}
+        stale = [rid for rid, rec in _answers(out).items() if rid in asked and rec.get("messages") != asked[rid]]
+        if stale:
+            raise TaskError(f"{out} holds answers to other prompts than this task's (e.g. {stale[0]!r}: the task file "
+                            "changed since): choose another --out or delete that file")
     rep = generate(engine.model or "", prompts, out, DecodeSettings(max_new_tokens=max_new_tokens), engine=engine,
                    progress=progress)
     if rep.skipped_too_long:
@@ -258,6 +282,10 @@ def task_distill(s: TaskSettings, *, echo=print, progress=None) -> dict:
     a, _ = answer(task, sp.test, _local(d["student"]), out / "eval" / "student-after.jsonl", max_new,
                   progress=progress)
     rows["student after"] = score(task, sp.test, a, gold=sp.gold, teacher=t_test)
+    for name, gguf in _variants(s, d["student"], out / "export", echo):
+        a, _ = answer(task, sp.test, _local(str(gguf)), out / "eval" / f"student-after-{name}.jsonl", max_new,
+                      progress=progress)
+        rows[f"student after, {name}"] = score(task, sp.test, a, gold=sp.gold, teacher=t_test)
     report = {"task": task.name, "kind": task.output["kind"], "task_fingerprint": task.fingerprint,
               "teacher": s.teacher_model if s.teacher_engine == "openai" else s.teacher, "student": s.student,
               "test": {"items": len(sp.test), "gold": sp.gold, "source": task.sources.get("test", "held-out inputs")},
@@ -267,6 +295,24 @@ def task_distill(s: TaskSettings, *, echo=print, progress=None) -> dict:
               "student_after": d["student"], "rows": rows}
     write_text_atomic(out / "task.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _variants(s: TaskSettings, student: str, out: Path, echo) -> list[tuple[str, Path]]:
+    """The student's GGUF variants (s.variants), exported once into `out` (a bundle each, validated as `export`
+    validates), as (name, .gguf file)."""
+    from edgedistill.export.pipeline import ExportSettings, export_model
+    from edgedistill.quantize import get
+
+    made = []
+    for v in s.variants:
+        key = get(v).key
+        folder = out / key.replace(":", "-")
+        if not (folder / "manifest.json").is_file():
+            for r in export_model(student, out, ExportSettings(variants=[v]), on_step=echo):
+                if not r.passed:
+                    raise EdgeDistillError(f"the student's {key} failed its validation: {r.error}")
+        made.append((key.split(":", 1)[1].upper(), next(folder.glob("*.gguf"))))
+    return made
 
 
 def _student(s: TaskSettings, train_file: Path, out: Path, echo, progress, distill, DistillSettings) -> dict:

@@ -62,3 +62,10 @@ def test_task_validate_command(tmp_path):
     r = run_cli("task", "validate", str(write(tmp_path, output={"kind": "json"})))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "output.schema" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_the_example_task_of_the_readme_is_valid():
+    from tests.conftest import REPO
+
+    t = load_task(REPO / "examples" / "tasks" / "routing" / "task.yaml")
+    assert t.output["kind"] == "label" and len(t.seeds) >= 5 and all("output" in r for r in t.test)

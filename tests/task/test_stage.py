@@ -93,9 +93,11 @@ def test_task_distill_with_a_local_teacher(labeller, tmp_path):
     args = ["task", "distill", "--task", str(task_file), "--teacher", str(teacher), "--student", str(student),
             "--out", str(out), "--steps", "80", "--lr", "5e-3", "--lora-rank", "0", "--batch-size", "8",
             "--grad-accum", "1", "--warmup-steps", "0"]
-    r = run_cli(*args)
+    r = run_cli(*args, "--variants", "gguf:q8_0")
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((out / "task.json").read_text())
+    q8 = report["rows"].pop("student after, Q8_0")  # the exported file, answering through llama.cpp
+    assert q8["valid"]["value"] == 1.0 and (out / "export" / "gguf-q8_0" / "manifest.json").is_file()
     _check(report)
     assert report["distill"]["pairing"]["kind"] == "logits"  # one tokenizer, a local teacher
     assert "student after: valid 100.0%" in r.stdout
@@ -103,6 +105,7 @@ def test_task_distill_with_a_local_teacher(labeller, tmp_path):
     r2 = run_cli(*args)
     assert r2.returncode == 0 and "reusing" in r2.stderr
     assert json.loads((out / "task.json").read_text())["rows"] == report["rows"]
+    assert run_cli(*args, "--variants", "onnx:int4").returncode == 2  # refused before any work
     # the student alone on the task, as `task eval` scores it
     r3 = run_cli("task", "eval", str(out / "distill" / "student"), "--task", str(task_file), "--out",
                  str(tmp_path / "eval.jsonl"))
@@ -121,3 +124,17 @@ def test_task_distill_with_a_served_teacher(labeller, tmp_path, serve):
     _check(report)
     assert report["distill"]["pairing"]["kind"] == "sequence" and report["teacher"] == "labeller"
     assert report["teacher_calls"]["train"]["requests"] == 21
+
+
+def test_answers_to_another_version_of_the_task_are_refused(tmp_path):
+    from edgedistill.engines import EngineSpec
+    from edgedistill.task.spec import load_task
+    from edgedistill.task.stage import TaskError, answer
+
+    task_file, _ = _write_task(tmp_path / "task")
+    task = load_task(task_file)
+    out = tmp_path / "answers.jsonl"
+    rec = {"id": task.test[0]["id"], "messages": [{"role": "user", "content": "an older prompt"}], "response": "x"}
+    out.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(TaskError, match="the task file changed"):
+        answer(task, task.test, EngineSpec("llama.cpp", "unused"), out, 8)
