@@ -65,7 +65,10 @@ class GenerateReport:
                 + (f", {self.text_only} kept without log-probabilities (their tokens are not their text's encoding)"
                    if self.text_only else "")
                 + (f"; the server answered {calls['requests']} requests: {calls['prompt_tokens']} prompt and "
-                   f"{calls['completion_tokens']} completion tokens" if calls else ""))
+                   f"{calls['completion_tokens']} completion tokens" if calls else "")
+                + (f"; {calls['rate_limited']} rate limits (429/503) waited out and retried"
+                   if calls.get("rate_limited") else "")
+                + (f"; {calls['malformed']} malformed responses asked again" if calls.get("malformed") else ""))
 
 
 def chat_batches(model, tokenizer, conversations: Sequence[Sequence[dict]], settings: DecodeSettings,
@@ -80,12 +83,13 @@ def chat_batches(model, tokenizer, conversations: Sequence[Sequence[dict]], sett
 
 
 
-def _existing(out: Path, teacher_id: str, fingerprint: str, settings: dict) -> set[str]:
-    """Ids already answered in `out`. A torn last line (killed mid-write) is dropped; a file written by another
-    teacher (by name or by fingerprint: another model at the same path) or with other settings is refused."""
+def _existing(out: Path, teacher_id: str, fingerprint: str, settings: dict) -> tuple[set[str], set[str]]:
+    """Ids already answered in `out`, and the model ids a server reported for them. A torn last line (killed
+    mid-write) is dropped; a file written by another teacher (by name or by fingerprint: another model at the same
+    path) or with other settings is refused."""
     if not out.exists():
-        return set()
-    done, keep = set(), []
+        return set(), set()
+    done, keep, reported = set(), [], set()
     from edgedistill.checked import read_text
 
     lines = read_text(out, "--out file", DataError).splitlines(keepends=True)
@@ -112,9 +116,11 @@ def _existing(out: Path, teacher_id: str, fingerprint: str, settings: dict) -> s
             )
         done.add(rec["id"])
         keep.append(line)
+        if rec.get("teacher_reported_model"):
+            reported.add(rec["teacher_reported_model"])
     if len(keep) != sum(1 for ln in lines if ln.strip()):
         write_text_atomic(out, "".join(keep))
-    return done
+    return done, reported
 
 
 def generate(teacher: str, prompts: Sequence[Prompt], out: Path, settings: DecodeSettings | None = None, *,
@@ -134,14 +140,19 @@ def generate(teacher: str, prompts: Sequence[Prompt], out: Path, settings: Decod
     teacher_id, fingerprint, engine_settings = identity(spec)
     recorded = {**settings.recorded(), **engine_settings, **({"logprobs": logprobs} if logprobs else {})}
     report = GenerateReport(str(out))
-    done = _existing(out, teacher_id, fingerprint, recorded)
+    done, reported = _existing(out, teacher_id, fingerprint, recorded)
     pending = [p for p in prompts if p.id not in done]
     report.already_done = len(prompts) - len(pending)
     if not pending:
         return report
     e = open_engine(spec, loaded=loaded)
+    existed = out.exists()
     try:
-        _answer_all(e, pending, out, settings, logprobs, recorded, report, progress)
+        _answer_all(e, pending, out, settings, logprobs, recorded, report, progress, reported)
+    except BaseException:
+        if not existed and out.exists() and out.stat().st_size == 0:  # failed before its first answer: no empty file
+            out.unlink()
+        raise
     finally:
         report.calls = dict(e.usage) if hasattr(e, "usage") else None
         e.close()
@@ -171,7 +182,18 @@ def _kept_tokens(tokenizer, a) -> int | None:
     return len(ids) + (a.finish == "stop" and len(a.tokens) == len(ids) + 1)
 
 
-def _answer_all(e, pending, out: Path, settings, logprobs, recorded, report, progress) -> None:
+def _one_model(out: Path, teacher_id: str, reported: set[str], now: str) -> None:
+    """A served teacher's answers in one file come from one model: the id the server reports must not change under
+    the name asked for (a vendor moving an alias to a new version between two runs)."""
+    if reported and now not in reported:
+        raise DataError(f"{out}: the server now reports model {now!r} behind --teacher-model {teacher_id}, and this "
+                        f"file's answers came from {', '.join(sorted(reported))}: the model under that name changed; "
+                        "answers of two models are never mixed: write to another --out, or delete the file to start "
+                        "over")
+
+
+def _answer_all(e, pending, out: Path, settings, logprobs, recorded, report, progress, reported=frozenset()) -> None:
+    reported = set(reported)
     max_prompt = e.context - settings.max_new_tokens if e.context else None
     out.parent.mkdir(parents=True, exist_ok=True)
     task = progress.add_task(f"teacher answering {len(pending)} prompts", total=len(pending)) if progress else None
@@ -185,6 +207,9 @@ def _answer_all(e, pending, out: Path, settings, logprobs, recorded, report, pro
                 report.skipped_too_long += 1
                 continue
             p = pending[a.index]
+            if a.model:
+                _one_model(out, e.teacher_id, reported, a.model)
+                reported.add(a.model)
             rec = {
                 "id": p.id,
                 "domain": p.domain,
@@ -197,6 +222,7 @@ def _answer_all(e, pending, out: Path, settings, logprobs, recorded, report, pro
                 "teacher": e.teacher_id,
                 "teacher_fingerprint": e.fingerprint,
                 "settings": recorded,
+                **({"teacher_reported_model": a.model} if a.model else {}),
             }
             n = _kept_tokens(e.tokenizer, a) if logprobs and a.topk_ids is not None else None
             if n is not None:

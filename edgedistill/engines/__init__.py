@@ -149,6 +149,7 @@ class Answer:
     topk_ids: list[list[int]] | None = None
     topk_logprobs: list[list[float]] | None = None
     topk_text: tuple | None = None  # openai without a tokenizer to align to: (pieces, per piece [(piece, logprob)])
+    model: str | None = None  # openai: the model id the server says answered (a vendor's dated version of an alias)
 
 
 @dataclass

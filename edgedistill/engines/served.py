@@ -158,9 +158,17 @@ class OpenAIEngine(Engine):
                 raise EngineError(f"--api-key-env {spec.api_key_env}: that environment variable is not set")
         teacher_id, fp, settings = cls.identity(spec)
         e = cls(spec, teacher_id=teacher_id, fingerprint=fp, settings=settings)
-        e.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "reported_models": []}
+        e.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "reported_models": [],
+                   "rate_limited": 0, "malformed": 0}
         e._lock = threading.Lock()
-        e.client = openai.OpenAI(base_url=spec.url, api_key=key, timeout=spec.timeout_s, max_retries=spec.retries)
+
+        def count_limits(response) -> None:  # a 429 or 503 the client waits out (Retry-After) and retries
+            if response.status_code in (429, 503):
+                with e._lock:
+                    e.usage["rate_limited"] += 1
+
+        e.client = openai.OpenAI(base_url=spec.url, api_key=key, timeout=spec.timeout_s, max_retries=spec.retries,
+                                 http_client=openai.DefaultHttpxClient(event_hooks={"response": [count_limits]}))
         e._probe()
         if spec.tokenizer:
             from edgedistill.models.locate import load_tokenizer
@@ -216,20 +224,31 @@ class OpenAIEngine(Engine):
 
     def _request(self, call, **kw):
         """One request through `call` (the client's chat or completions create), counted in `usage`; None when
-        the prompt is too long for the server's context."""
+        the prompt is too long for the server's context. A body cut short or mangled is asked again (`retries`
+        times), like a lost connection."""
         import openai
 
         if self.spec.extra_body:
             kw.update(extra_body=self.spec.extra_body)
-        try:
-            r = call(model=self.spec.served_model, **kw)
-        except openai.BadRequestError as err:
-            msg = str(getattr(err, "message", err)).lower()
-            if any(w in msg for w in ("context", "too long", "exceed", "maximum")):
-                return None
-            raise self._fail(err) from None
-        except openai.OpenAIError as err:
-            raise self._fail(err) from None
+        for attempt in range(self.spec.retries + 1):
+            try:
+                r = call(model=self.spec.served_model, **kw)
+            except (json.JSONDecodeError, openai.APIResponseValidationError) as err:
+                with self._lock:
+                    self.usage["malformed"] += 1
+                if attempt < self.spec.retries:
+                    continue
+                raise EngineError(f"{self.spec.url} answered with a body that is not a complete response "
+                                  f"({self.spec.retries} retries; {type(err).__name__}): check the server or a proxy "
+                                  "in between, then rerun to continue") from None
+            except openai.BadRequestError as err:
+                msg = str(getattr(err, "message", err)).lower()
+                if any(w in msg for w in ("context", "too long", "exceed", "maximum")):
+                    return None
+                raise self._fail(err) from None
+            except openai.OpenAIError as err:
+                raise self._fail(err) from None
+            break
         with self._lock:  # what the user pays: requests answered, prompt and completion tokens
             self.usage["requests"] += 1
             if r.model and r.model not in self.usage["reported_models"]:  # the model id the server says answered
@@ -260,7 +279,7 @@ class OpenAIEngine(Engine):
         raw = (choice.message.content if chat else choice.text) or ""
         finish = "length" if choice.finish_reason == "length" else "stop"
         n = r.usage.completion_tokens if r.usage else 0
-        a = Answer(i, raw.strip(), n, finish)
+        a = Answer(i, raw.strip(), n, finish, model=r.model or None)
         content = None
         if logprobs and choice.logprobs:
             if chat:

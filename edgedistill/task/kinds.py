@@ -50,6 +50,7 @@ class Kind:
     metric = ""  # the headline metric (a key of `score`'s result)
     keys: tuple[str, ...] = ()  # what `output:` may hold besides `kind`
     max_new_tokens = 256  # a default answer length for the kind
+    agreement = True  # another model's answer is a reference (code: only tests are)
 
     def problems(self, output: dict) -> list[str]:
         """What is wrong with the task file's `output:` mapping for this kind."""
@@ -360,6 +361,7 @@ class Code(Kind):
     metric = "pass"
     keys = ("timeout_s", "memory_mb")
     max_new_tokens = 512
+    agreement = False
 
     def problems(self, output: dict) -> list[str]:
         problems = []
@@ -390,8 +392,6 @@ class Code(Kind):
         return Parsed(True, None)  # the tests are the reference
 
     def score(self, value, reference, output: dict, record: dict) -> dict[str, float]:
-        if reference is not None:  # another model's code is not a reference: only tests decide
-            return {}
         from edgedistill.task.sandbox import run_python
 
         program = value + "\n\n" + record["tests"] + (f"\n\ncheck({record['entry_point']})\n"

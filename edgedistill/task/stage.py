@@ -177,7 +177,7 @@ def score(task: Task, test, answers: dict[str, dict], *, gold: bool, teacher: di
             gold_values.append(g.value)
             for k, v in (kind.score(p.value, g.value, out, r) if ok else kind.zero()).items():
                 per_gold.setdefault(k, []).append(v)
-        if teacher is not None and r["id"] in teacher:
+        if teacher is not None and kind.agreement and r["id"] in teacher:
             t = kind.parse(teacher[r["id"]]["response"], out, r)
             if t.valid:
                 s = kind.score(p.value, t.value, out, r) if ok else kind.zero()

@@ -12,26 +12,42 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FailingProxy:
-    """Answers the first `failures` POSTs with 500, then forwards everything to `upstream`."""
+    """In front of `upstream`: answers the first `failures` POSTs with `status` (and a Retry-After header when
+    `retry_after` is given), then cuts the JSON body of the next `truncate` answers short, and reports `model` as
+    the answering model id when given; everything else is forwarded as it is."""
 
-    def __init__(self, upstream: str, failures: int):
+    def __init__(self, upstream: str, failures: int = 0, *, status: int = 500, retry_after: str | None = None,
+                 truncate: int = 0, model: str | None = None):
         self.failed, self.failures, self.upstream = 0, failures, upstream.rstrip("/")
+        self.status, self.retry_after, self.truncate, self.truncated, self.model = status, retry_after, truncate, 0, model
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *a):
                 pass
 
+            def _send(self, status: int, data: bytes, headers: dict | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def _forward(self, body: bytes | None):
                 req = urllib.request.Request(proxy.upstream + self.path.removeprefix("/v1"), data=body,
                                              method=self.command, headers={"Content-Type": "application/json"})
                 with urllib.request.urlopen(req, timeout=60) as r:
                     data, status = r.read(), r.status
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                if body is not None and proxy.model:
+                    answer = json.loads(data)
+                    answer["model"] = proxy.model
+                    data = json.dumps(answer).encode()
+                if body is not None and proxy.truncated < proxy.truncate:
+                    proxy.truncated += 1
+                    data = data[: len(data) // 2]  # a body cut short, its length said as sent
+                self._send(status, data)
 
             def do_GET(self):
                 self._forward(None)
@@ -41,11 +57,7 @@ class FailingProxy:
                 if proxy.failed < proxy.failures:
                     proxy.failed += 1
                     data = json.dumps({"error": {"message": "injected failure", "type": "server_error"}}).encode()
-                    self.send_response(500)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                    self._send(proxy.status, data, {"Retry-After": proxy.retry_after} if proxy.retry_after else None)
                     return
                 self._forward(body)
 

@@ -350,3 +350,58 @@ def test_completions_api_on_a_base_model_without_a_tokenizer(chatty, serve, tmp_
     spec = EngineSpec("openai", None, url=server.url, served_model="chatty", api="completions", extra_body=NO_PENALTY)
     r = generate(None, _prompts(2), tmp_path / "base.jsonl", GEN, engine=spec)
     assert r.written + r.empty == 2 and r.calls["requests"] == 2
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_rate_limit_is_waited_out_counted_and_said(chatty, serve, tmp_path, status):
+    import time
+
+    server = serve(chatty[1], "chatty")
+    proxy = FailingProxy(server.url, failures=2, status=status, retry_after="1")
+    try:
+        spec = EngineSpec("openai", None, url=proxy.url, served_model="chatty", concurrency=1, retries=3)
+        t0 = time.monotonic()
+        r = generate(None, _prompts(1), tmp_path / "gen.jsonl", GEN, engine=spec)
+        assert r.written == 1 and proxy.failed == 2 and time.monotonic() - t0 >= 2  # Retry-After honoured, twice
+        assert r.calls["rate_limited"] == 2 and "2 rate limits (429/503) waited out" in r.line()
+    finally:
+        proxy.close()
+
+
+def test_a_body_cut_short_is_asked_again_and_then_refused_in_one_line(chatty, serve, tmp_path):
+    server = serve(chatty[1], "chatty")
+    once = FailingProxy(server.url, truncate=1)
+    always = FailingProxy(server.url, truncate=100)
+    try:
+        spec = EngineSpec("openai", None, url=once.url, served_model="chatty", concurrency=1, retries=2)
+        r = generate(None, _prompts(1), tmp_path / "gen.jsonl", GEN, engine=spec)
+        assert r.written == 1 and r.calls["malformed"] == 1 and "1 malformed responses asked again" in r.line()
+        spec = EngineSpec("openai", None, url=always.url, served_model="chatty", concurrency=1, retries=2)
+        with pytest.raises(EngineError, match=rf"{always.url} answered with a body that is not a complete response"):
+            generate(None, _prompts(1), tmp_path / "other.jsonl", GEN, engine=spec)
+        assert not (tmp_path / "other.jsonl").exists()
+    finally:
+        once.close()
+        always.close()
+
+
+def test_another_model_behind_the_same_name_is_never_mixed_in(chatty, serve, tmp_path):
+    from edgedistill.data import DataError
+
+    server = serve(chatty[1], "chatty")
+    out = tmp_path / "gen.jsonl"
+    january = FailingProxy(server.url, model="chatty-2026-01")
+    june = FailingProxy(server.url, model="chatty-2026-06")
+    try:
+        spec = EngineSpec("openai", None, url=january.url, served_model="chatty", concurrency=1)
+        assert generate(None, _prompts(2), out, GEN, engine=spec).written == 2
+        assert {r["teacher_reported_model"] for r in _records(out)} == {"chatty-2026-01"}
+        spec = EngineSpec("openai", None, url=june.url, served_model="chatty", concurrency=1)
+        with pytest.raises(DataError, match="reports model 'chatty-2026-06' behind --teacher-model chatty.*chatty-2026-01"):
+            generate(None, _prompts(4), out, GEN, engine=spec)
+        assert len(_records(out)) == 2  # what the first model wrote stays, nothing of the second is added
+        spec = EngineSpec("openai", None, url=january.url, served_model="chatty", concurrency=1)
+        assert generate(None, _prompts(4), out, GEN, engine=spec).written == 2  # the same model again: continues
+    finally:
+        january.close()
+        june.close()

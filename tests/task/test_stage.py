@@ -87,6 +87,7 @@ def _check(report: dict) -> None:
     assert report["data"]["kept"] == 21 and report["data"]["dropped"] == 0
 
 
+@pytest.mark.slow
 def test_task_distill_with_a_local_teacher(labeller, tmp_path):
     task_file, teacher, _, student = labeller
     out = tmp_path / "run"
@@ -112,6 +113,7 @@ def test_task_distill_with_a_local_teacher(labeller, tmp_path):
     assert r3.returncode == 0 and "accuracy vs gold" in r3.stdout, r3.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_task_distill_with_a_served_teacher(labeller, tmp_path, serve):
     from edgedistill.task.stage import TaskSettings, task_distill
 
