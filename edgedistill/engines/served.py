@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import threading
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from edgedistill.engines import Answer, Engine, EngineError, EngineSpec, register
 
@@ -352,34 +351,51 @@ class OpenAIEngine(Engine):
         if logprobs > MAX_TOP_LOGPROBS:
             raise EngineError(f"--logprobs {logprobs}: OpenAI-compatible servers give at most {MAX_TOP_LOGPROBS}")
         self.no_logprobs = self.unaligned = 0
-        todo = iter(range(len(conversations)))
-        with ThreadPoolExecutor(max_workers=self.spec.concurrency) as pool:
-            running = set()
-            try:
-                while True:
-                    while len(running) < self.spec.concurrency:  # at most `concurrency` requests in flight
-                        i = next(todo, None)
-                        if i is None:
-                            break
-                        running.add(pool.submit(self._one, i, conversations[i], gen, logprobs))
-                    if not running:
-                        break
-                    done, running = wait(running, return_when=FIRST_COMPLETED)
-                    failed = [f.exception() for f in done if f.exception() is not None]
-                    for f in done:  # what finished is handed over (and written) before a failure stops the run
-                        if f.exception() is None:
-                            yield f.result()
-                    if failed:
-                        raise failed[0]
-            finally:
-                for f in running:
-                    f.cancel()
+        yield from self._concurrently(lambda i: self._one(i, conversations[i], gen, logprobs), len(conversations))
         if self.no_logprobs:
             log.warning("%s sent no log-probabilities for %d answers: those keep the text alone", self.spec.url,
                         self.no_logprobs)
         if self.unaligned:
             log.warning("%d answers keep the text alone: their tokens are not the tokenizer's encoding of their text",
                         self.unaligned)
+
+    def _concurrently(self, fn, n: int):
+        """fn(0) ... fn(n - 1), at most `concurrency` at once, each result yielded as it finishes; the first failure
+        stops the run (what finished before it was yielded). The workers are daemon threads that nothing waits for:
+        Ctrl-C or an error stops the command at once, not after the requests in flight (each up to its timeout and
+        retries) have run out."""
+        import queue
+
+        todo, results, stop = queue.SimpleQueue(), queue.SimpleQueue(), threading.Event()
+        for i in range(n):
+            todo.put(i)
+
+        def work() -> None:
+            while not stop.is_set():
+                try:
+                    i = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results.put((fn(i), None))
+                except BaseException as err:  # handed to the caller's thread, which raises it
+                    results.put((None, err))
+
+        for _ in range(min(self.spec.concurrency, n)):
+            threading.Thread(target=work, daemon=True, name="edgedistill-request").start()
+        try:
+            for _ in range(n):
+                while True:
+                    try:
+                        result, err = results.get(timeout=0.2)  # short waits: Ctrl-C is seen at once
+                        break
+                    except queue.Empty:
+                        continue
+                if err is not None:
+                    raise err
+                yield result
+        finally:
+            stop.set()
 
     def close(self) -> None:
         if self.client is not None:

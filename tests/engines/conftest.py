@@ -14,12 +14,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FailingProxy:
     """In front of `upstream`: answers the first `failures` POSTs with `status` (and a Retry-After header when
     `retry_after` is given), then cuts the JSON body of the next `truncate` answers short, and reports `model` as
-    the answering model id when given; everything else is forwarded as it is."""
+    the answering model id when given; every POST waits `delay` seconds first (a slow server); everything else is
+    forwarded as it is."""
 
     def __init__(self, upstream: str, failures: int = 0, *, status: int = 500, retry_after: str | None = None,
-                 truncate: int = 0, model: str | None = None):
+                 truncate: int = 0, model: str | None = None, delay: float = 0):
         self.failed, self.failures, self.upstream = 0, failures, upstream.rstrip("/")
         self.status, self.retry_after, self.truncate, self.truncated, self.model = status, retry_after, truncate, 0, model
+        self.delay, self.posted = delay, threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,6 +56,11 @@ class FailingProxy:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                proxy.posted.set()
+                if proxy.delay:
+                    import time
+
+                    time.sleep(proxy.delay)
                 if proxy.failed < proxy.failures:
                     proxy.failed += 1
                     data = json.dumps({"error": {"message": "injected failure", "type": "server_error"}}).encode()
