@@ -10,7 +10,8 @@ Made by `bench --kit KIT` (and by `run`, one per profile): the folder holds
                     teacher on the device); absent when fidelity is on the teacher's text
     build.json      the build machine's report (bench.json)
     bundles/NAME/   the candidates (each manifest carries its own checksums)
-    RUN.txt         what to run on the device
+    install/        edgedistill's own wheel, requirements.txt and constraints.txt (runtime_venv.install_folder)
+    RUN.txt         what to run on the device: install from install/, then `kit run`
 Run on the device by `kit run KIT --out RESULTS` with the runtime extra only (no torch, no transformers, no
 network): every candidate through bench.runner.measure under the profile (its threads, at most the cores this
 process may use), the raw results written to RESULTS after each bundle (a run that was stopped resumes there), and
@@ -118,10 +119,21 @@ def write_kit(kit: Path, report: dict, plan, rows: list, target, top_k: Path | N
             shutil.copy2(top_k, tmp / "reference.npz")
         shutil.copy2(target.source, tmp / "profile.yaml")
         (tmp / "build.json").write_text(json.dumps(report, indent=2, default=str) + "\n")  # as bench.json is
+        from edgedistill.runtime_venv import install_folder
+
+        own = install_folder(tmp / "install").glob("edgedistill-*.whl")
         (tmp / "RUN.txt").write_text(
-            "On the device (Python 3.11, no project checkout, no teacher, no network):\n\n"
-            "    pip install 'edgedistill[runtime]'\n"
-            "    edgedistill kit run . --out results.json\n\n"
+            "On the device (Python 3.11; no project checkout, no teacher; the package registry once, for the "
+            "runtime's packages, and a C/C++ compiler with cmake: llama.cpp is compiled for the device's CPU level, "
+            "never -march=native). In this folder:\n\n"
+            "    python3.11 -m venv venv\n"
+            f"    venv/bin/pip install --no-deps install/{next(own).name}\n"
+            "    venv/bin/pip install \"$(venv/bin/python -m edgedistill.formats.llamacpp_build wheel "
+            "-c install/constraints.txt)\" -c install/constraints.txt\n"
+            "    venv/bin/pip install -r install/requirements.txt -c install/constraints.txt\n"
+            "    venv/bin/edgedistill kit run . --out results.json\n\n"
+            "edgedistill itself comes from the wheel in install/, never from a registry (a package of that name "
+            "there would be someone else's). "
             "It may be stopped and run again: it resumes after the last bundle measured. Bring results.json back "
             "and, on the machine that made this kit:\n\n"
             "    edgedistill kit merge KIT results.json --out REPORT\n")

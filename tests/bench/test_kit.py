@@ -61,9 +61,17 @@ def test_a_kit_runs_in_a_runtime_only_environment_and_the_choice_follows_the_dev
     assert (kit / "reference.npz").is_file() and (kit / "profile.yaml").is_file() and "kit run" in (
         kit / "RUN.txt").read_text()
 
-    # the device: another folder, the runtime extra only, the kit alone (its bundles copied in)
+    # the device: another folder, the runtime extra only, the kit alone (its bundles copied in), edgedistill installed
+    # from the kit's own wheel as RUN.txt says (the runtime venv was made the same way: runtime_venv.make)
+    run_txt = (kit / "RUN.txt").read_text()
+    assert "install/edgedistill-" in run_txt and "edgedistill[runtime]" not in run_txt
+    assert "llama" not in (kit / "install" / "requirements.txt").read_text()  # built for the device's CPU level
     device = tmp_path / "device"
     shutil.copytree(kit, device / "kit")
+    (own,) = (device / "kit" / "install").glob("edgedistill-*.whl")
+    pip = subprocess.run([str(runtime_venv / "python"), "-m", "pip", "install", "--quiet", "--no-deps",
+                          "--force-reinstall", str(own)], capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr[-2000:]
     done = subprocess.run([str(runtime_venv / "edgedistill"), "kit", "run", "kit", "--out", "results.json"],
                           cwd=device, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
