@@ -68,7 +68,9 @@ class GenerateReport:
                    f"{calls['completion_tokens']} completion tokens" if calls else "")
                 + (f"; {calls['rate_limited']} rate limits (429/503) waited out and retried"
                    if calls.get("rate_limited") else "")
-                + (f"; {calls['malformed']} malformed responses asked again" if calls.get("malformed") else ""))
+                + (f"; {calls['malformed']} malformed responses asked again" if calls.get("malformed") else "")
+                + (f"; {calls['timeouts']} requests timed out and were asked again with fewer at once"
+                   if calls.get("timeouts") else ""))
 
 
 def chat_batches(model, tokenizer, conversations: Sequence[Sequence[dict]], settings: DecodeSettings,

@@ -138,6 +138,18 @@ def _strip_rows(tokenizer, text: str, ids, top_ids, top_lp):
     return s_ids, top_ids[lead:end], top_lp[lead:end]
 
 
+class _TimedOut(Exception):
+    """A request that got no answer within the timeout (the server may still be working on it)."""
+
+
+def _retry_after(response) -> float | None:
+    """Seconds to wait that a 429/503 response asks for (Retry-After in seconds; a date is left to the backoff)."""
+    try:
+        return float(response.headers.get("retry-after"))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
 @register("openai")
 class OpenAIEngine(Engine):
     client: object = None
@@ -158,17 +170,17 @@ class OpenAIEngine(Engine):
         teacher_id, fp, settings = cls.identity(spec)
         e = cls(spec, teacher_id=teacher_id, fingerprint=fp, settings=settings)
         e.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "reported_models": [],
-                   "rate_limited": 0, "malformed": 0}
+                   "rate_limited": 0, "malformed": 0, "timeouts": 0}
         e._lock = threading.Lock()
-
-        def count_limits(response) -> None:  # a 429 or 503 the client waits out (Retry-After) and retries
-            if response.status_code in (429, 503):
-                with e._lock:
-                    e.usage["rate_limited"] += 1
-
-        e.client = openai.OpenAI(base_url=spec.url, api_key=key, timeout=spec.timeout_s, max_retries=spec.retries,
-                                 http_client=openai.DefaultHttpxClient(event_hooks={"response": [count_limits]}))
+        # retries are this engine's own (_request): a timeout is not sent again while the server may still be working
+        # on it; fewer requests go at once instead (_concurrently)
+        e.client = openai.OpenAI(base_url=spec.url, api_key=key, timeout=spec.timeout_s, max_retries=0)
+        e.limit = spec.concurrency
         e._probe()
+        slots = e._slots(key)
+        if slots and slots < e.limit:
+            log.info("%s has %d slots: at most %d requests at once", spec.url, slots, slots)
+            e.limit = slots
         if spec.tokenizer:
             from edgedistill.models.locate import load_tokenizer
 
@@ -212,7 +224,7 @@ class OpenAIEngine(Engine):
         import openai
 
         try:
-            names = [m.id for m in self.client.models.list()]
+            names = [m.id for m in self.client.with_options(max_retries=self.spec.retries).models.list()]
         except openai.NotFoundError:
             return  # some servers have no /models route; the first completion tells
         except openai.OpenAIError as err:
@@ -221,33 +233,68 @@ class OpenAIEngine(Engine):
             raise EngineError(f"{self.spec.url} serves {', '.join(names[:8])}, not {self.spec.served_model!r}: "
                               "fix --teacher-model")
 
-    def _request(self, call, **kw):
+    def _slots(self, key: str) -> int | None:
+        """How many requests the server works on at once, where it says (llama.cpp's llama-server: /props
+        total_slots); None otherwise. More in flight would only queue there, past the timeout."""
+        import httpx
+
+        root = self.spec.url.rstrip("/").removesuffix("/v1")
+        try:
+            r = httpx.get(root + "/props", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+            n = r.json().get("total_slots") if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return n if isinstance(n, int) and n > 0 else None
+
+    def _request(self, call, adapt: bool = False, **kw):
         """One request through `call` (the client's chat or completions create), counted in `usage`; None when
-        the prompt is too long for the server's context. A body cut short or mangled is asked again (`retries`
-        times), like a lost connection."""
+        the prompt is too long for the server's context. Lost connections, 408/409/429/5xx and bodies cut short are
+        asked again (`retries` times, waiting as Retry-After says, else backing off). A timeout: with `adapt`,
+        _TimedOut for `_concurrently` to decide (fewer requests at once), never sent again at once; else asked
+        again like a lost connection."""
+        import time
+
         import openai
 
         if self.spec.extra_body:
             kw.update(extra_body=self.spec.extra_body)
         for attempt in range(self.spec.retries + 1):
+            last = attempt == self.spec.retries
+            wait = min(8.0, 0.5 * 2 ** attempt)
             try:
                 r = call(model=self.spec.served_model, **kw)
-            except (json.JSONDecodeError, openai.APIResponseValidationError) as err:
+                break
+            except (json.JSONDecodeError, openai.APIResponseValidationError) as err:  # a body cut short or mangled
                 with self._lock:
                     self.usage["malformed"] += 1
-                if attempt < self.spec.retries:
-                    continue
-                raise EngineError(f"{self.spec.url} answered with a body that is not a complete response "
-                                  f"({self.spec.retries} retries; {type(err).__name__}): check the server or a proxy "
-                                  "in between, then rerun to continue") from None
+                if last:
+                    raise EngineError(f"{self.spec.url} answered with a body that is not a complete response "
+                                      f"({self.spec.retries} retries; {type(err).__name__}): check the server or a "
+                                      "proxy in between, then rerun to continue") from None
+            except openai.APITimeoutError as err:
+                if adapt:
+                    raise _TimedOut from None
+                if last:
+                    raise self._fail(err) from None
             except openai.BadRequestError as err:
                 msg = str(getattr(err, "message", err)).lower()
                 if any(w in msg for w in ("context", "too long", "exceed", "maximum")):
                     return None
                 raise self._fail(err) from None
+            except openai.APIConnectionError as err:
+                if last:
+                    raise self._fail(err) from None
+            except openai.APIStatusError as err:
+                status = err.status_code
+                if last or not (status in (408, 409, 429) or status >= 500):
+                    raise self._fail(err) from None
+                if status in (429, 503):
+                    with self._lock:
+                        self.usage["rate_limited"] += 1
+                wait = _retry_after(err.response) or wait
             except openai.OpenAIError as err:
                 raise self._fail(err) from None
-            break
+            time.sleep(min(wait, 120.0))
         with self._lock:  # what the user pays: requests answered, prompt and completion tokens
             self.usage["requests"] += 1
             if r.model and r.model not in self.usage["reported_models"]:  # the model id the server says answered
@@ -267,11 +314,12 @@ class OpenAIEngine(Engine):
         if chat:
             if logprobs:
                 kw.update(logprobs=True, top_logprobs=logprobs)
-            r = self._request(self.client.chat.completions.create, messages=list(messages), **kw)
+            r = self._request(self.client.chat.completions.create, adapt=True, messages=list(messages), **kw)
         else:
             if logprobs:
                 kw.update(logprobs=logprobs)
-            r = self._request(self.client.completions.create, prompt=completion_prompt(self.tokenizer, messages), **kw)
+            r = self._request(self.client.completions.create, adapt=True,
+                              prompt=completion_prompt(self.tokenizer, messages), **kw)
         if r is None:
             return Answer(i, None, 0, "prompt_too_long")
         choice = r.choices[0]
@@ -360,39 +408,73 @@ class OpenAIEngine(Engine):
                         self.unaligned)
 
     def _concurrently(self, fn, n: int):
-        """fn(0) ... fn(n - 1), at most `concurrency` at once, each result yielded as it finishes; the first failure
-        stops the run (what finished before it was yielded). The workers are daemon threads that nothing waits for:
-        Ctrl-C or an error stops the command at once, not after the requests in flight (each up to its timeout and
-        retries) have run out."""
+        """fn(0) ... fn(n - 1), at most `limit` at once, each result yielded as it finishes; the first failure stops
+        the run (what finished before it was yielded). A timed-out request halves `limit` and is asked again later
+        (the server answers fewer in time than were sent: the rest queued there), at one at a time it is asked
+        `retries` times more before the run stops. The workers are daemon threads that nothing waits for: Ctrl-C or an
+        error stops the command at once, not after the requests in flight have run out."""
         import queue
 
         todo, results, stop = queue.SimpleQueue(), queue.SimpleQueue(), threading.Event()
+        turn = threading.Condition()
+        state = {"running": 0}
         for i in range(n):
             todo.put(i)
 
         def work() -> None:
             while not stop.is_set():
-                try:
-                    i = todo.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    results.put((fn(i), None))
-                except BaseException as err:  # handed to the caller's thread, which raises it
-                    results.put((None, err))
-
-        for _ in range(min(self.spec.concurrency, n)):
-            threading.Thread(target=work, daemon=True, name="edgedistill-request").start()
-        try:
-            for _ in range(n):
-                while True:
+                with turn:
+                    while state["running"] >= self.limit and not stop.is_set():
+                        turn.wait(0.2)
                     try:
-                        result, err = results.get(timeout=0.2)  # short waits: Ctrl-C is seen at once
-                        break
+                        i = todo.get_nowait()
                     except queue.Empty:
-                        continue
+                        return
+                    state["running"] += 1
+                try:
+                    results.put((i, fn(i), None))
+                except BaseException as err:  # handed to the caller's thread, which raises it (or asks again)
+                    results.put((i, None, err))
+                finally:
+                    with turn:
+                        state["running"] -= 1
+                        turn.notify_all()
+
+        workers = [threading.Thread(target=work, daemon=True, name="edgedistill-request")
+                   for _ in range(min(self.spec.concurrency, n))]
+        for w in workers:
+            w.start()
+        timed_out_alone: dict[int, int] = {}
+        try:
+            left = n
+            while left:
+                try:
+                    i, result, err = results.get(timeout=0.2)  # short waits: Ctrl-C is seen at once
+                except queue.Empty:
+                    if not any(w.is_alive() for w in workers):  # every worker left early (an item put back late)
+                        workers = [threading.Thread(target=work, daemon=True, name="edgedistill-request")]
+                        workers[0].start()
+                    continue
+                if isinstance(err, _TimedOut):
+                    with self._lock:
+                        self.usage["timeouts"] += 1
+                    with turn:
+                        if self.limit > 1:
+                            self.limit = max(1, self.limit // 2)
+                            log.warning("%s did not answer within %g s with more requests in flight: %d at once from "
+                                        "now on", self.spec.url, self.spec.timeout_s, self.limit)
+                        else:
+                            timed_out_alone[i] = timed_out_alone.get(i, 0) + 1
+                            if timed_out_alone[i] > self.spec.retries:
+                                raise EngineError(f"{self.spec.url} did not answer within {self.spec.timeout_s:g} s, "
+                                                  f"one request at a time ({self.spec.retries} retries); raise "
+                                                  "--teacher-timeout or check the server")
+                        todo.put(i)
+                        turn.notify_all()
+                    continue
                 if err is not None:
                     raise err
+                left -= 1
                 yield result
         finally:
             stop.set()

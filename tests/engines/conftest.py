@@ -14,14 +14,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FailingProxy:
     """In front of `upstream`: answers the first `failures` POSTs with `status` (and a Retry-After header when
     `retry_after` is given), then cuts the JSON body of the next `truncate` answers short, and reports `model` as
-    the answering model id when given; every POST waits `delay` seconds first (a slow server); everything else is
-    forwarded as it is."""
+    the answering model id when given; every POST waits `delay` seconds first (a slow server), one at a time with
+    `one_slot`; everything else is forwarded as it is."""
 
     def __init__(self, upstream: str, failures: int = 0, *, status: int = 500, retry_after: str | None = None,
-                 truncate: int = 0, model: str | None = None, delay: float = 0):
+                 truncate: int = 0, model: str | None = None, delay: float = 0, one_slot: bool = False):
         self.failed, self.failures, self.upstream = 0, failures, upstream.rstrip("/")
         self.status, self.retry_after, self.truncate, self.truncated, self.model = status, retry_after, truncate, 0, model
         self.delay, self.posted = delay, threading.Event()
+        self.slot = threading.Lock() if one_slot else None  # a server that works on one request at a time
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,6 +58,13 @@ class FailingProxy:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 proxy.posted.set()
+                if proxy.slot is not None:
+                    with proxy.slot:
+                        self._answer(body)
+                else:
+                    self._answer(body)
+
+            def _answer(self, body: bytes) -> None:
                 if proxy.delay:
                     import time
 

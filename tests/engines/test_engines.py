@@ -434,3 +434,16 @@ def test_ctrl_c_stops_a_served_generate_at_once(chatty, serve, tmp_path):
         assert stopped < 10, f"took {stopped:.1f} s to stop"  # the requests in flight wait 60 s
     finally:
         slow.close()
+
+
+def test_requests_adapt_to_a_server_that_answers_one_at_a_time(chatty, serve, tmp_path):
+    """Four requests at once against a one-slot server that takes a second each, a 3 s timeout: the ones that queue
+    past it are not lost nor failed: fewer go at once and every prompt is answered."""
+    server = serve(chatty[1], "chatty")
+    slow = FailingProxy(server.url, delay=1.0, one_slot=True)
+    try:
+        spec = EngineSpec("openai", None, url=slow.url, served_model="chatty", concurrency=4, retries=3, timeout_s=3)
+        r = generate(None, _prompts(4), tmp_path / "gen.jsonl", GEN, engine=spec)
+        assert r.written == 4 and r.calls["timeouts"] >= 1 and "asked again with fewer at once" in r.line()
+    finally:
+        slow.close()
