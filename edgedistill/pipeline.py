@@ -84,6 +84,7 @@ class RunSettings(EngineSettings, TrainSettings, LossSettings):
     fidelity_prompts: int | None = like(BenchSettings, "fidelity_prompts")
     kit_top_k: int = like(BenchSettings, "kit_top_k")
     max_kit_size: str = like(BenchSettings, "max_kit_size")
+    kit_offline: bool = like(BenchSettings, "kit_offline")
     teacher_variants: bool = setting(True, "Also export and bench the teacher's own quantized files the profile "
                                            "allows, as candidates beside the student's.",
                                      flag="--teacher-variants/--students-only")
@@ -448,7 +449,7 @@ def plan_run(settings: RunSettings) -> Plan:
         "bench": {"settings": StageSpec(BenchSettings, dict(
             repeats=settings.repeats, new_tokens=settings.new_tokens, eval_every=settings.eval_every,
             data_dir=data_dir, fidelity_prompts=settings.fidelity_prompts, kit_top_k=settings.kit_top_k,
-            max_kit_size=settings.max_kit_size, reference_answers=[sp.given["out"] for sp in ref_specs.values()])),
+            max_kit_size=settings.max_kit_size, kit_offline=settings.kit_offline, reference_answers=[sp.given["out"] for sp in ref_specs.values()])),
             "target": as_dict(target)},
     }
     wanted = {"generate": True, "reference": text_bench, "cache": use_cache, "prune": student_dir is None,

@@ -10,7 +10,8 @@ Made by `bench --kit KIT` (and by `run`, one per profile): the folder holds
                     teacher on the device); absent when fidelity is on the teacher's text
     build.json      the build machine's report (bench.json)
     bundles/NAME/   the candidates (each manifest carries its own checksums)
-    install/        edgedistill's own wheel, requirements.txt and constraints.txt (runtime_venv.install_folder)
+    install/        edgedistill's own wheel, requirements.txt, constraints.txt and, with --kit-offline, wheels/:
+                    every package to install with no network (runtime_venv.install_folder)
     RUN.txt         what to run on the device: install from install/, then `kit run`
 Run on the device by `kit run KIT --out RESULTS` with the runtime extra only (no torch, no transformers, no
 network): every candidate through bench.runner.measure under the profile (its threads, at most the cores this
@@ -119,24 +120,22 @@ def write_kit(kit: Path, report: dict, plan, rows: list, target, top_k: Path | N
             shutil.copy2(top_k, tmp / "reference.npz")
         shutil.copy2(target.source, tmp / "profile.yaml")
         (tmp / "build.json").write_text(json.dumps(report, indent=2, default=str) + "\n")  # as bench.json is
+        import platform
+
         from edgedistill.runtime_venv import install_folder
 
-        own = install_folder(tmp / "install").glob("edgedistill-*.whl")
-        (tmp / "RUN.txt").write_text(
-            "On the device (Python 3.11; no project checkout, no teacher; the package registry once, for the "
-            "runtime's packages, and a C/C++ compiler with cmake: llama.cpp is compiled for the device's CPU level, "
-            "never -march=native). In this folder:\n\n"
-            "    python3.11 -m venv venv\n"
-            f"    venv/bin/pip install --no-deps install/{next(own).name}\n"
-            "    venv/bin/pip install \"$(venv/bin/python -m edgedistill.formats.llamacpp_build wheel "
-            "-c install/constraints.txt)\" -c install/constraints.txt\n"
-            "    venv/bin/pip install -r install/requirements.txt -c install/constraints.txt\n"
-            "    venv/bin/edgedistill kit run . --out results.json\n\n"
-            "edgedistill itself comes from the wheel in install/, never from a registry (a package of that name "
-            "there would be someone else's). "
+        here = platform.machine().lower()
+        same_arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(here, here) == (target.cpu_arch or here)
+        if settings.kit_offline and not same_arch:
+            raise KitError(f"--kit-offline: the profile's device is {target.cpu_arch} and this machine {here}: the "
+                           "wheels would not install there; drop --kit-offline (the device then installs from the "
+                           "registry and compiles llama.cpp for itself)")
+        install = install_folder(tmp / "install", wheels=settings.kit_offline)
+        own = next(install.glob("edgedistill-*.whl")).name
+        (tmp / "RUN.txt").write_text(_run_txt(own, settings.kit_offline) + (
             "It may be stopped and run again: it resumes after the last bundle measured. Bring results.json back "
             "and, on the machine that made this kit:\n\n"
-            "    edgedistill kit merge KIT results.json --out REPORT\n")
+            "    edgedistill kit merge KIT results.json --out REPORT\n"))
         files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         size = sum(f["bytes"] for f in files.values())
@@ -152,6 +151,33 @@ def write_kit(kit: Path, report: dict, plan, rows: list, target, top_k: Path | N
         (tmp / "kit.json").write_text(json.dumps(kit_json, indent=1, default=str) + "\n")
     log.info("device kit for %s written to %s (%.0f MB)", target.name, kit, size / 1e6)
     return Path(kit)
+
+
+def _run_txt(own: str, offline: bool) -> str:
+    """The install commands of a kit's RUN.txt: offline from install/wheels (--kit-offline), else from the registry
+    with llama.cpp compiled on the device."""
+    head = ("On the device, in this folder (Python 3.11; no project checkout, no teacher; edgedistill itself comes "
+            "from the wheel in install/, never from a registry, where a package of that name would be someone "
+            "else's):\n\n    python3.11 -m venv venv\n")
+    if offline:
+        return head + (
+            f"    venv/bin/pip install --no-index --find-links install/wheels --no-deps install/{own}\n"
+            "    venv/bin/pip install --no-index --find-links install/wheels llama-cpp-python "
+            "-r install/requirements.txt -c install/constraints.txt\n"
+            "    venv/bin/edgedistill kit run . --out results.json\n\n"
+            "No network is needed. install/wheels holds llama.cpp as compiled on the build machine (its fixed CPU "
+            "level, never -march=native); where the device's CPU lacks that level the runtime says so in one line: "
+            "compile it there (a C/C++ compiler, cmake and the package registry) with\n\n"
+            "    venv/bin/pip install \"$(venv/bin/python -m edgedistill.formats.llamacpp_build wheel -c "
+            "install/constraints.txt)\" -c install/constraints.txt\n\n")
+    return head + (
+        f"    venv/bin/pip install --no-deps install/{own}\n"
+        "    venv/bin/pip install \"$(venv/bin/python -m edgedistill.formats.llamacpp_build wheel "
+        "-c install/constraints.txt)\" -r install/requirements.txt -c install/constraints.txt\n"
+        "    venv/bin/edgedistill kit run . --out results.json\n\n"
+        "The runtime's packages come from the package registry and llama.cpp is compiled on the device (a C/C++ "
+        "compiler and cmake) for its fixed CPU level, never -march=native. A kit made with --kit-offline carries "
+        "every wheel instead (a device of the build machine's architecture, no network).\n\n")
 
 
 def open_kit(kit: Path) -> tuple[dict, str]:

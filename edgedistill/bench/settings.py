@@ -43,6 +43,9 @@ class BenchSettings(Settings):
                                   "top-32 86-91%: benchmarks/results/bench/kit_top_k.md).", min=1, max=4096)
     max_kit_size: str = setting("2GB", "A device kit larger than this (bundles and reference data) is refused "
                                        "before it is written.")
+    kit_offline: bool = setting(False, "Carry in the device kit every wheel its runtime installs from (for a device "
+                                       "of this machine's architecture: about 80 MB more), so the device installs "
+                                       "with no network; without it the device needs the package registry once.")
     timeout_s: float = setting(3600.0, "Per worker process.", min=0, min_open=True, cli=False)
     poll_s: float = setting(0.01, "Memory watch interval.", min=0, min_open=True, cli=False)
 

@@ -48,30 +48,38 @@ def _device_profile(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_kit_runs_in_a_runtime_only_environment_and_the_choice_follows_the_device(tiny_bundles, runtime_venv,
-                                                                                    tmp_path):
+def test_a_kit_runs_in_a_runtime_only_environment_and_the_choice_follows_the_device(tiny_bundles, tmp_path,
+                                                                                    monkeypatch):
+    from tests.conftest import USER_HOME
+
+    # the llama-cpp-python wheel `make` built, in the user's cache (not compiled again here)
+    if USER_HOME:
+        monkeypatch.setenv("EDGEDISTILL_HOME", USER_HOME)
+    else:
+        monkeypatch.delenv("EDGEDISTILL_HOME")
     bundles = tiny_bundles[1]
     target = _device_profile(tmp_path)
     kit = tmp_path / "kit"
     build = bench([bundles / "gguf-q8_0", bundles / "onnx-fp32"], target, tmp_path / "build",
-                  dataclasses.replace(FAST, threads=2, kit_top_k=8), teacher=bundles / "gguf-f16", kit=kit)
+                  dataclasses.replace(FAST, threads=2, kit_top_k=8, kit_offline=True), teacher=bundles / "gguf-f16",
+                  kit=kit)
     assert build["threads"] == 2 and "top 8" in build["fidelity"]["kit_reference_form"]
     data, kit_id = open_kit(kit)
     assert {b["name"] for b in data["bundles"]} == {v["name"] for v in build["variants"] if not v["reference"]}
     assert (kit / "reference.npz").is_file() and (kit / "profile.yaml").is_file() and "kit run" in (
         kit / "RUN.txt").read_text()
 
-    # the device: another folder, the runtime extra only, the kit alone (its bundles copied in), edgedistill installed
-    # from the kit's own wheel as RUN.txt says (the runtime venv was made the same way: runtime_venv.make)
+    # the device: another folder, the kit alone (its bundles copied in), a fresh runtime-only venv installed from
+    # the kit's install/ folder as its RUN.txt says, with no checkout and no network (pip --no-index)
     run_txt = (kit / "RUN.txt").read_text()
-    assert "install/edgedistill-" in run_txt and "edgedistill[runtime]" not in run_txt
-    assert "llama" not in (kit / "install" / "requirements.txt").read_text()  # built for the device's CPU level
+    assert "--no-index --find-links install/wheels" in run_txt and "edgedistill[runtime]" not in run_txt
+    assert "llama" not in (kit / "install" / "requirements.txt").read_text()  # its own build, in install/wheels
     device = tmp_path / "device"
     shutil.copytree(kit, device / "kit")
-    (own,) = (device / "kit" / "install").glob("edgedistill-*.whl")
-    pip = subprocess.run([str(runtime_venv / "python"), "-m", "pip", "install", "--quiet", "--no-deps",
-                          "--force-reinstall", str(own)], capture_output=True, text=True)
-    assert pip.returncode == 0, pip.stderr[-2000:]
+    monkeypatch.setenv("EDGEDISTILL_HOME", str(device / "home"))  # the device has no cache of this machine's
+    from edgedistill import runtime_venv as rv
+
+    runtime_venv = rv.make(device / "venv", install=device / "kit" / "install")
     done = subprocess.run([str(runtime_venv / "edgedistill"), "kit", "run", "kit", "--out", "results.json"],
                           cwd=device, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
