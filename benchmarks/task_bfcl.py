@@ -99,8 +99,21 @@ def markdown(r: dict) -> str:
     d = r["report"]["distill"]
     lines += ["", f"Distillation: {d['pairing']['kind']}, {d['steps']} steps, {d['train_sequences']} sequences, "
                   f"{d['train_tokens']} tokens in {d['train_s']:.0f} s, LoRA {d['lora']}, peak RSS "
-                  f"{d['peak_rss_mb'] / 1024:.1f} GB. Wall time of the whole job: {r['seconds'] / 60:.0f} min.", ""]
+                  f"{d['peak_rss_mb'] / 1024:.1f} GB. Wall time: {r['seconds'] / 60:.0f} min"
+                  + "".join(f", after {e['seconds'] / 60:.0f} min on {e['date'][:16]} (`{e['command']}`: what this one "
+                            "reused)" for e in r.get("earlier_invocations", [])) + ".", ""]
     return "\n".join(lines)
+
+
+def earlier(previous: Path, work: Path) -> list[dict]:
+    """The invocations before this one that made what it reused (same work folder): their dates and wall times."""
+    try:
+        p = json.loads(previous.read_text())
+    except (OSError, ValueError):
+        return []
+    if p.get("settings", {}).get("work") != str(work):
+        return []
+    return [*p.get("earlier_invocations", []), {"date": p["date"], "seconds": p["seconds"], "command": p["command"]}]
 
 
 def main() -> int:
@@ -112,6 +125,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--few-shot", type=int, default=3)
+    ap.add_argument("--variants", action="append", default=[], help="GGUF variants of the student after to score too")
     ap.add_argument("--lr", type=float, default=None, help="[default: distill's]")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "task" / "bfcl")
@@ -127,7 +141,7 @@ def main() -> int:
     try:
         s = TaskSettings(task=task_file, teacher_url=url, teacher_model="teacher", student=STUDENT,
                          out=args.work / f"run-seed{args.seed}", steps=args.steps, seed=args.seed, max_length=1024,
-                         batch_size=4, grad_accum=2, few_shot=args.few_shot, teacher_extra_body='{"repeat_penalty": 1.0}',
+                         batch_size=4, grad_accum=2, few_shot=args.few_shot, variants=args.variants, teacher_extra_body='{"repeat_penalty": 1.0}',
                          **({"lr": args.lr} if args.lr else {}))
         report = task_distill(s, echo=log)
     finally:
@@ -137,7 +151,9 @@ def main() -> int:
               "student": f"{STUDENT} (pretrained, LoRA; answers through llama.cpp F16)",
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "seconds": round(time.perf_counter() - t0, 1), "report": report}
-    md = write_report(args.out if args.seed == 0 else Path(f"{args.out}-seed{args.seed}"), result, markdown(result))
+    stem = args.out if args.seed == 0 else Path(f"{args.out}-seed{args.seed}")
+    result["earlier_invocations"] = earlier(stem.with_suffix(".json"), args.work)
+    md = write_report(stem, result, markdown(result))
     log(f"wrote {md}")
     return 0
 
