@@ -24,7 +24,9 @@ from edgedistill.distill.settings import LossSettings, TrainSettings
 from edgedistill.engines import EngineSettings, EngineSpec
 from edgedistill.errors import EdgeDistillError
 from edgedistill.models.registry import DEFAULT_TEACHER
-from edgedistill.settings import Settings, setting
+from edgedistill.data.generate import DecodeSettings
+from edgedistill.export.pipeline import ExportSettings
+from edgedistill.settings import Settings, like, setting
 from edgedistill.task.spec import Task, TaskError, load_task
 
 log = logging.getLogger(__name__)
@@ -35,8 +37,8 @@ class TaskEvalSettings(Settings):
     """What every scoring of a task's test items shares (task eval, task distill)."""
 
     task: Path = setting(None, "The task file (task.yaml).", required=True, exists="file")
-    max_new_tokens: int | None = setting(None, "Tokens per answer at most [default: the output kind's: label 16, "
-                                               "code 512, others 256].", min=1, max=8192)
+    # None: the output kind's own length (label 16, code 512, others 256), as docs/task.md says
+    max_new_tokens: int | None = like(DecodeSettings, "max_new_tokens", None)
     test_share: float = setting(0.5, "Without a test file in the task: the share of its inputs held out for "
                                      "evaluation (against the teacher's answers).", min=0, max=0.9, min_open=True)
     test_limit: int | None = setting(None, "Score at most this many test items (the first ones).", min=1)
@@ -53,9 +55,8 @@ class TaskSettings(TaskEvalSettings, EngineSettings, TrainSettings, LossSettings
     out: Path = setting(None, "Run folder: teacher answers, the student, task.json.", required=True)
     few_shot: int = setting(3, "Seeds shown as examples to the student before training (its few-shot baseline; 0: "
                                "zero-shot only).", min=0, max=32)
-    variants: list[str] = setting([], "GGUF variants of the student after to export and score as well (gguf:f16, "
-                                      "gguf:q8_0, gguf:q4_k_m, ...; repeatable), each answering through llama.cpp as "
-                                      "on the device.")
+    # the student's exported files scored as well (none unless asked: each costs an export and the test items again)
+    variants: list[str] = like(ExportSettings, "variants", [])
 
     def extra_problems(self) -> list[str]:
         from edgedistill.quantize import get
@@ -68,7 +69,7 @@ class TaskSettings(TaskEvalSettings, EngineSettings, TrainSettings, LossSettings
                 problems.append(str(e))
                 continue
             if scheme.format != "gguf":
-                problems.append(f"--variants {v}: task distill scores GGUF variants (llama.cpp answers them); score "
+                problems.append(f"--variant {v}: task distill scores GGUF variants (llama.cpp answers them); score "
                                 "ONNX ones with `edgedistill bench`")
         return problems
 

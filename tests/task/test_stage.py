@@ -94,7 +94,7 @@ def test_task_distill_with_a_local_teacher(labeller, tmp_path):
     args = ["task", "distill", "--task", str(task_file), "--teacher", str(teacher), "--student", str(student),
             "--out", str(out), "--steps", "80", "--lr", "5e-3", "--lora-rank", "0", "--batch-size", "8",
             "--grad-accum", "1", "--warmup-steps", "0"]
-    r = run_cli(*args, "--variants", "gguf:q8_0")
+    r = run_cli(*args, "--variant", "gguf:q8_0")
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((out / "task.json").read_text())
     q8 = report["rows"].pop("student after, Q8_0")  # the exported file, answering through llama.cpp
@@ -106,7 +106,7 @@ def test_task_distill_with_a_local_teacher(labeller, tmp_path):
     r2 = run_cli(*args)
     assert r2.returncode == 0 and "reusing" in r2.stderr
     assert json.loads((out / "task.json").read_text())["rows"] == report["rows"]
-    assert run_cli(*args, "--variants", "onnx:int4").returncode == 2  # refused before any work
+    assert run_cli(*args, "--variant", "onnx:int4").returncode == 2  # refused before any work
     # the student alone on the task, as `task eval` scores it
     r3 = run_cli("task", "eval", str(out / "distill" / "student"), "--task", str(task_file), "--out",
                  str(tmp_path / "eval.jsonl"))
