@@ -188,18 +188,26 @@ def load_task(path: Path | str) -> Task:
     if problems:
         shown = problems[:20] + ([f"... and more ({len(problems) - 20} not shown)"] if len(problems) > 20 else [])
         raise TaskError(f"task file {path}: " + "; ".join(shown))
+    sets = {k: _with_ids(read.get(k, ()), k) for k in ("seeds", "inputs", "test")}
+    seen: dict[str, str] = {}
+    for k, records in sets.items():  # answers are kept by id: one id, one record, across the three sets
+        for r in records:
+            if r["id"] in seen:
+                raise TaskError(f"task file {path}: the id {r['id']!r} is in {seen[r['id']]} and in {k}; ids must be "
+                                "unique across seeds, inputs and test")
+            seen[r["id"]] = k
     return Task(name=data["name"].strip(), instructions=data["instructions"], input=task_input, output=dict(output),
-                seeds=_with_ids(read["seeds"], "seed"), inputs=_with_ids(read.get("inputs", ()), "input"),
-                test=_with_ids(read.get("test", ()), "test"), path=str(path), sources=sources)
+                seeds=sets["seeds"], inputs=sets["inputs"], test=sets["test"], path=str(path), sources=sources)
 
 
-def _with_ids(records: tuple[dict, ...], prefix: str) -> tuple[dict, ...]:
-    """Every record with an id (its own, else prefix-N); ids unique within the set."""
+def _with_ids(records: tuple[dict, ...], key: str) -> tuple[dict, ...]:
+    """Every record with an id (its own, else seed-N / input-N / test-N); ids unique within the set."""
+    prefix = {"seeds": "seed", "inputs": "input"}.get(key, key)
     out, seen = [], set()
     for i, r in enumerate(records):
         rid = str(r.get("id", f"{prefix}-{i}"))
         if rid in seen:
-            raise TaskError(f"{prefix}s: the id {rid!r} is used twice; ids must be unique")
+            raise TaskError(f"{key}: the id {rid!r} is used twice; ids must be unique")
         seen.add(rid)
         out.append({**r, "id": rid})
     return tuple(out)

@@ -69,3 +69,10 @@ def test_the_example_task_of_the_readme_is_valid():
 
     t = load_task(REPO / "examples" / "tasks" / "routing" / "task.yaml")
     assert t.output["kind"] == "label" and len(t.seeds) >= 5 and all("output" in r for r in t.test)
+
+
+def test_ids_are_unique_across_seeds_inputs_and_test(tmp_path):
+    (tmp_path / "inputs.jsonl").write_text(json.dumps({"id": "a", "text": "My order is late"}) + "\n")
+    (tmp_path / "test.jsonl").write_text(json.dumps({"id": "a", "text": "Charged again", "output": "billing"}) + "\n")
+    with pytest.raises(TaskError, match="the id 'a' is in inputs and in test"):
+        load_task(write(tmp_path, inputs="inputs.jsonl", test="test.jsonl"))
