@@ -116,3 +116,27 @@ class HangingServer:
         for c in self.conns:
             c.close()
         self.sock.close()
+
+
+def interrupt_once_asked(argv: list[str], proxy: FailingProxy, wait_s: float) -> tuple[int, str, float]:
+    """Run `edgedistill ARGV` in a fresh process, send it SIGINT once it has asked `proxy` (within `wait_s`), and
+    return its exit code, its stderr and the seconds it took to stop."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgedistill", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proxy.posted.wait(wait_s), "the command never asked the server"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        return proc.returncode, err, time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -409,32 +409,20 @@ def test_another_model_behind_the_same_name_is_never_mixed_in(chatty, serve, tmp
 
 def test_ctrl_c_stops_a_served_generate_at_once(chatty, serve, tmp_path):
     """Requests in flight on a slow server do not hold the command: Ctrl-C ends it in seconds, exit 130."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import REPO
+    from tests.engines.conftest import interrupt_once_asked
 
     server = serve(chatty[1], "chatty")
     slow = FailingProxy(server.url, delay=60)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": q}) + "\n" for i, q in enumerate(QUESTIONS)))
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "edgedistill", "generate", "--teacher-url", slow.url,
-                                 "--teacher-model", "chatty", "--prompts", str(prompts), "--out",
-                                 str(tmp_path / "gen.jsonl")], cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        assert slow.posted.wait(60), "the command never asked the server"
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-        stopped = time.monotonic() - t0
-        assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+        code, err, stopped = interrupt_once_asked(["generate", "--teacher-url", slow.url, "--teacher-model", "chatty",
+                                                   "--prompts", str(prompts), "--out", str(tmp_path / "gen.jsonl")],
+                                                  slow, 60)
+        assert code == 130 and "interrupted" in err and "Traceback" not in err, err
         assert stopped < 10, f"took {stopped:.1f} s to stop"  # the requests in flight wait 60 s
     finally:
         slow.close()
-
 
 def test_requests_adapt_to_a_server_that_answers_one_at_a_time(chatty, serve, tmp_path):
     """Four requests at once against a one-slot server that takes a second each, a 3 s timeout: the ones that queue

@@ -214,28 +214,16 @@ def test_cross_tokenizer_distillation_through_run(pair, serve, tmp_path, served)
 def test_ctrl_c_stops_run_at_once_while_a_served_teacher_is_slow(pair, serve, tmp_path):
     """`run` against a server that takes a minute an answer: Ctrl-C ends it in seconds (exit 130, one line), not
     after the requests in flight time out."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import REPO
-    from tests.engines.conftest import FailingProxy
+    from tests.engines.conftest import FailingProxy, interrupt_once_asked
 
     _, gguf, student, profile = pair
     server = serve(gguf, "chatty")
     slow = FailingProxy(server.url, delay=60)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "edgedistill", "run", "--target", str(profile), "--out",
-                                 str(tmp_path / "run"), "--teacher-url", slow.url, "--teacher-model", "chatty",
-                                 "--student", str(student), "--steps", "2"], cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        assert slow.posted.wait(120), "run never asked the teacher"
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-        stopped = time.monotonic() - t0
-        assert proc.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted", err[-2000:]
+        code, err, stopped = interrupt_once_asked(["run", "--target", str(profile), "--out", str(tmp_path / "run"),
+                                                   "--teacher-url", slow.url, "--teacher-model", "chatty",
+                                                   "--student", str(student), "--steps", "2"], slow, 120)
+        assert code == 130 and err.strip().splitlines()[-1] == "error: interrupted", err[-2000:]
         assert stopped < 10, f"took {stopped:.1f} s to stop"
     finally:
         slow.close()
