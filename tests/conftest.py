@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ def _pin_this_worker() -> None:
 _pin_this_worker()
 
 from tests import tiny  # noqa: E402  (after the pinning: it imports torch)
+from tests.servers import LlamaServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 USER_HOME = os.environ.get("EDGEDISTILL_HOME")  # before any test points it at an empty folder
@@ -126,47 +125,6 @@ def pytest_collection_modifyitems(items):
 
 # A real OpenAI-compatible server: llama-cpp-python's own, on a GGUF, on 127.0.0.1 and a free port, started and
 # stopped by the fixture; and the tiny chat model it serves.
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LlamaServer:
-    """`python -m llama_cpp.server` on one GGUF, serving it under `alias`."""
-
-    def __init__(self, gguf: Path, alias: str, *, api_key: str | None = None, port: int | None = None):
-        self.gguf, self.alias, self.api_key = gguf, alias, api_key
-        self.port = port or free_port()
-        self.proc = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self, timeout: float = 120) -> LlamaServer:
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", self.alias,
-               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "1"]
-        if self.api_key:
-            cmd += ["--api_key", self.api_key]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {self.proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("llama_cpp.server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
 
 @pytest.fixture
 def serve():

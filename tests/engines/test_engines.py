@@ -14,7 +14,7 @@ from edgedistill.data.generate import DecodeSettings, generate
 from edgedistill.engines import EngineError, EngineSpec, engines, open_engine
 from tests import tiny
 from tests.conftest import run_cli
-from tests.engines.conftest import FailingProxy, HangingServer
+from tests.servers import FailingProxy, HangingServer
 
 QUESTIONS = ["Where is my order?", "Lock out the press", "Machine M-204 raised alarm E17.", "Question 3?",
              "Refunds please", "Question 5?"]
@@ -162,7 +162,7 @@ class _KillAfter:
 
 
 def test_server_killed_mid_run_then_restarted_completes_exactly_once(chatty, serve, tmp_path):
-    from tests.conftest import LlamaServer
+    from tests.servers import LlamaServer
 
     server = serve(chatty[1], "chatty")
     out = tmp_path / "gen.jsonl"
@@ -409,7 +409,7 @@ def test_another_model_behind_the_same_name_is_never_mixed_in(chatty, serve, tmp
 
 def test_ctrl_c_stops_a_served_generate_at_once(chatty, serve, tmp_path):
     """Requests in flight on a slow server do not hold the command: Ctrl-C ends it in seconds, exit 130."""
-    from tests.engines.conftest import interrupt_once_asked
+    from tests.servers import interrupt_once_asked
 
     server = serve(chatty[1], "chatty")
     slow = FailingProxy(server.url, delay=60)
@@ -420,7 +420,7 @@ def test_ctrl_c_stops_a_served_generate_at_once(chatty, serve, tmp_path):
                                                    "--prompts", str(prompts), "--out", str(tmp_path / "gen.jsonl")],
                                                   slow, 60)
         assert code == 130 and "interrupted" in err and "Traceback" not in err, err
-        assert stopped < 10, f"took {stopped:.1f} s to stop"  # the requests in flight wait 60 s
+        assert stopped < 5, f"took {stopped:.1f} s to stop"  # the requests in flight wait 60 s
     finally:
         slow.close()
 

@@ -214,7 +214,7 @@ def test_cross_tokenizer_distillation_through_run(pair, serve, tmp_path, served)
 def test_ctrl_c_stops_run_at_once_while_a_served_teacher_is_slow(pair, serve, tmp_path):
     """`run` against a server that takes a minute an answer: Ctrl-C ends it in seconds (exit 130, one line), not
     after the requests in flight time out."""
-    from tests.engines.conftest import FailingProxy, interrupt_once_asked
+    from tests.servers import FailingProxy, interrupt_once_asked
 
     _, gguf, student, profile = pair
     server = serve(gguf, "chatty")
@@ -224,6 +224,6 @@ def test_ctrl_c_stops_run_at_once_while_a_served_teacher_is_slow(pair, serve, tm
                                                    "--teacher-url", slow.url, "--teacher-model", "chatty",
                                                    "--student", str(student), "--steps", "2"], slow, 120)
         assert code == 130 and err.strip().splitlines()[-1] == "error: interrupted", err[-2000:]
-        assert stopped < 10, f"took {stopped:.1f} s to stop"
+        assert stopped < 5, f"took {stopped:.1f} s to stop"
     finally:
         slow.close()

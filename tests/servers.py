@@ -1,13 +1,58 @@
-"""Two fault injectors for the engine tests, in front of or instead of a real server (tests/conftest.py's
-`serve`)."""
+"""Servers the tests and benchmarks/bad_inputs.py start: llama.cpp's OpenAI-compatible server on a GGUF, and two
+fault injectors in front of or instead of it. Plain classes, no pytest: the sweep imports them too."""
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LlamaServer:
+    """`python -m llama_cpp.server` on one GGUF, serving it under `alias`."""
+
+    def __init__(self, gguf: Path, alias: str, *, api_key: str | None = None, port: int | None = None):
+        self.gguf, self.alias, self.api_key = gguf, alias, api_key
+        self.port = port or free_port()
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 120) -> LlamaServer:
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", self.alias,
+               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "1"]
+        if self.api_key:
+            cmd += ["--api_key", self.api_key]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("llama_cpp.server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
 
 
 
@@ -66,8 +111,6 @@ class FailingProxy:
 
             def _answer(self, body: bytes) -> None:
                 if proxy.delay:
-                    import time
-
                     time.sleep(proxy.delay)
                 if proxy.failed < proxy.failures:
                     proxy.failed += 1
@@ -122,13 +165,10 @@ def interrupt_once_asked(argv: list[str], proxy: FailingProxy, wait_s: float) ->
     """Run `edgedistill ARGV` in a fresh process, send it SIGINT once it has asked `proxy` (within `wait_s`), and
     return its exit code, its stderr and the seconds it took to stop."""
     import signal
-    import subprocess
-    import sys
-    import time
 
-    from tests.conftest import REPO
+    repo = Path(__file__).resolve().parent.parent
 
-    proc = subprocess.Popen([sys.executable, "-m", "edgedistill", *argv], cwd=REPO, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "edgedistill", *argv], cwd=repo, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proxy.posted.wait(wait_s), "the command never asked the server"
