@@ -5,11 +5,14 @@ temporary folder ($TMPDIR) inside the workspace, on a deliberately broken input 
 absurdly nested, of the wrong kind or from another model, alias bombs, malformed URLs; values out of range or in
 the wrong unit; outputs that cannot be written or already exist; bundles that were tampered with) or under a
 fault: a full disk (a file-size limit, and a small tmpfs where this runs as root), SIGINT or SIGTERM once a child
-process (bench worker, converter, quantizer, ONNX builder) or the server runs, SIGKILL mid-export and a rerun.
+process (bench worker, converter, quantizer, ONNX builder) or the server runs, SIGKILL mid-export and a rerun, and a
+served teacher (llama.cpp's server on the teacher's GGUF) behind a fault injector: 429 / 503 with Retry-After, a body
+cut short once or every time, another model id behind the same name, an answer that takes a minute and a Ctrl-C.
 A case is *handled* when the command exits with its expected code (2 for bad input; 130 / 143 after SIGINT /
 SIGTERM; 0 for serve's drain), prints exactly one line on stderr starting with "error: " when it fails, shows no
 traceback, leaves nothing new in the workspace or its $TMPDIR (no output, no hidden temporary file) and no
-process in its group. Anything else is *failed*, by kind: traceback, silent success (exit 0 on bad input),
+process in its group; a case that must succeed through its fault (a rate limit waited out) keeps its output and says
+what it met. Anything else is *failed*, by kind: traceback, silent success (exit 0 on bad input),
 several lines, other exit code, leftover, process left running.
 
     .venv/bin/python benchmarks/bad_inputs.py     # writes benchmarks/results/reliability/bad_inputs.json
@@ -28,7 +31,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +42,9 @@ from edgedistill.runinfo import run_record, write_result
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from tests.servers import FailingProxy, LlamaServer  # noqa: E402  (the tests' servers: one fault injector)
 
 
 # onnxruntime's own session-id file in $TMPDIR: one fixed name, rewritten in place, not a temporary file of ours
@@ -50,14 +58,19 @@ def snapshot(root: Path) -> set[str]:
 @dataclass
 class Fault:
     """How a case is run beyond its arguments: a file-size limit (bytes), a signal sent once a descendant whose
-    command line holds `marker` runs (or a stdout line starting with it), and for SIGKILL the rerun that must
-    succeed and leave only `keep` (a path in the workspace)."""
+    command line holds `marker` runs (or a stdout line starting with it, or once `asked` is set: a served teacher got
+    a request) and the seconds the command may then take to stop (`stop_within`), for SIGKILL the rerun that must
+    succeed, `keep` (a path in the workspace the case may leave), and `check`: given what the command printed,
+    what is wrong beyond the exit code (None when nothing)."""
 
     fsize: int | None = None
     signal: int | None = None
     marker: str = ""
+    asked: threading.Event | None = None
+    stop_within: float | None = None
     rerun: bool = False
     keep: str = ""
+    check: Callable[[str], str | None] | None = None
 
 
 def _wait_for(proc: subprocess.Popen, marker: str, timeout: float = 600) -> bool:
@@ -71,9 +84,9 @@ def _wait_for(proc: subprocess.Popen, marker: str, timeout: float = 600) -> bool
     return descendant_with(proc, marker, timeout) is not None
 
 
-def run_case(argv: list[str], env: dict, fault: Fault | None) -> tuple[subprocess.CompletedProcess, list[int]]:
-    """One run of the CLI in its own process group; returns what it printed and the processes it left behind
-    (killed afterwards)."""
+def run_case(argv: list[str], env: dict, fault: Fault | None) -> tuple[subprocess.CompletedProcess, list[int], float]:
+    """One run of the CLI in its own process group; returns what it printed, the processes it left behind (killed
+    afterwards) and the seconds from the signal to its end (0 without one)."""
     fault = fault or Fault()
 
     def setup() -> None:
@@ -86,12 +99,18 @@ def run_case(argv: list[str], env: dict, fault: Fault | None) -> tuple[subproces
     cmd = [sys.executable, "-m", "edgedistill", *argv]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
                             preexec_fn=setup)
+    stopped = 0.0
     try:
         if fault.signal is not None:
-            if not _wait_for(proc, fault.marker):
-                raise SystemExit(f"{argv}: {fault.marker} never ran; the case cannot be tried: {proc.stderr.read()}")
+            ready = fault.asked.wait(600) if fault.asked is not None else _wait_for(proc, fault.marker)
+            if not ready:
+                raise SystemExit(f"{argv}: {fault.marker or 'the request'} never came; the case cannot be tried: "
+                                 f"{proc.stderr.read()}")
+            sent = time.monotonic()
             proc.send_signal(fault.signal)
         out, err = proc.communicate(timeout=900)
+        if fault.signal is not None:
+            stopped = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -99,7 +118,7 @@ def run_case(argv: list[str], env: dict, fault: Fault | None) -> tuple[subproces
     left = left_in_group(proc.pid, wait_s=5 if fault.signal == signal.SIGKILL else 2)
     if left:
         os.killpg(proc.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out or "", err or ""), left
+    return subprocess.CompletedProcess(cmd, proc.returncode, out or "", err or ""), left, stopped
 
 
 def build_workspace(w: Path, teacher: Path) -> dict:
@@ -233,11 +252,59 @@ def build_workspace(w: Path, teacher: Path) -> dict:
     return f
 
 
+def start_served(w: Path, f: dict, stack: list) -> dict:
+    """llama.cpp's server on the teacher's GGUF (the bundle the signal cases use) and one fault injector per served
+    case in front of it (each case meets its fault once); a generations file written through one model id, for
+    the case that finds another id behind the same name. Everything started is appended to `stack` (closed last)."""
+    bundle = f["bundle-ok"]
+    gguf = bundle / json.loads((bundle / "manifest.json").read_text())["model_file"]
+    server = LlamaServer(gguf, "teacher").start()
+    stack.append(server.stop)
+
+    def proxy(**kw) -> FailingProxy:
+        p = FailingProxy(server.url, **kw)
+        stack.append(p.close)
+        return p
+
+    s = {"429": proxy(failures=2, status=429, retry_after="1"), "503": proxy(failures=2, status=503, retry_after="1"),
+         "cut-once": proxy(truncate=1), "cut-always": proxy(truncate=1000), "model-a": proxy(model="teacher-2026-01"),
+         "model-b": proxy(model="teacher-2026-06"), "slow": proxy(delay=60)}
+    two = w / "prompts-two.jsonl"
+    two.write_text('{"id": "a", "prompt": "Where is my order?"}\n{"id": "b", "prompt": "Can I return it?"}\n')
+    f["prompts-two.jsonl"] = two
+    made = w / "gen-served-a.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "edgedistill", "generate", "--teacher-url", s["model-a"].url,
+                           "--teacher-model", "teacher", "--prompts", str(f["prompts-ok.jsonl"]), "--out", str(made)],
+                          capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"could not build the served teacher's file the cases need: {proc.stderr[-500:]}")
+    f["gen-served-a.jsonl"] = made
+    return s
+
+
+def _records(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _says(text: str, path: Path, records: int) -> Callable[[str], str | None]:
+    """A check: the command's output holds `text` and `path` holds `records` records."""
+    def check(printed: str) -> str | None:
+        if text not in printed:
+            return f"does not say {text!r}"
+        return None if _records(path) == records else f"{_records(path)} records in its output, not {records}"
+    return check
+
+
+def _unchanged(path: Path) -> Callable[[str], str | None]:
+    before = path.read_bytes()
+    return lambda printed: None if path.read_bytes() == before else f"{path.name} changed"
+
+
 USAGE_CASES = {"no such command", "unknown option", "missing argument", "int flag given text", "models ask max tokens 0",
                "choice flag bad", "distill max-time 5 parsecs"}
 
 
-def cases(f: dict, teacher: Path, tmpfs: Path | None) -> list[tuple[str, list[str], int, Fault | None]]:
+def cases(f: dict, teacher: Path, tmpfs: Path | None, served: dict) -> list[tuple[str, list[str], int, Fault | None]]:
     """(name, arguments, expected exit code, fault). Only USAGE_CASES may be answered by click's usage check; any
     other case answered so is a broken case (a misspelt flag), not a handled one."""
     T = str(teacher)
@@ -393,10 +460,26 @@ def cases(f: dict, teacher: Path, tmpfs: Path | None) -> list[tuple[str, list[st
         Fault(signal=signal.SIGINT, marker="stdout:serving "))
     add("SIGKILL export while the converter runs, then rerun", [*exp, "--variant", "gguf:q8_0"], 0,
         Fault(signal=signal.SIGKILL, marker="convert_hf_to_gguf", rerun=True, keep="outs"))
+    # a served teacher behind a fault injector: what a vendor API does to a long job
+    def gen(proxy: str, prompts: str = ok_p, to: str | None = None) -> list[str]:
+        return ["generate", "--teacher-url", served[proxy].url, "--teacher-model", "teacher", "--prompts", prompts,
+                "--out", to or out(f"g-{proxy}.jsonl")]
+    for status in ("429", "503"):
+        add(f"served {status} with Retry-After (waited out, counted)", gen(status), 0,
+            Fault(keep="outs", check=_says("2 rate limits (429/503) waited out", Path(out(f"g-{status}.jsonl")), 1)))
+    add("served body cut short once (asked again)", gen("cut-once"), 0,
+        Fault(keep="outs", check=_says("1 malformed responses asked again", Path(out("g-cut-once.jsonl")), 1)))
+    add("served body cut short every time", gen("cut-always"))
+    add("served another model behind the same name", gen("model-b", str(f["prompts-two.jsonl"]),
+                                                          str(f["gen-served-a.jsonl"])),
+        fault=Fault(check=_unchanged(f["gen-served-a.jsonl"])))
+    add("SIGINT generate while the served teacher takes a minute", gen("slow"), 130,
+        Fault(signal=signal.SIGINT, asked=served["slow"].posted, stop_within=5))
     return c
 
 
-def classify(name: str, proc, expected: int, leftovers: list[str], left_running: list[int], fault) -> str:
+def classify(name: str, proc, expected: int, leftovers: list[str], left_running: list[int], fault,
+             stopped: float) -> str:
     err = proc.stderr.strip().splitlines()
     if name not in USAGE_CASES and err and err[-1].endswith("--help)"):
         return "broken case"
@@ -415,6 +498,10 @@ def classify(name: str, proc, expected: int, leftovers: list[str], left_running:
         return "not one line"
     if leftovers:
         return "leftover"
+    if fault is not None and fault.stop_within is not None and stopped > fault.stop_within:
+        return "slow to stop"
+    if fault is not None and fault.check is not None and (wrong := fault.check(proc.stdout + proc.stderr)):
+        return f"wrong: {wrong}"
     return "handled"
 
 
@@ -454,27 +541,30 @@ def main() -> None:
         tmpfs = _mount_tmpfs(w / "tmpfs")
         (w / "sys-tmp").mkdir()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(w / "sys-tmp")}
+        stack: list = []
         try:
-            for name, argv, expected, fault in cases(f, Path(teacher), tmpfs):
+            served = start_served(w, f, stack)
+            for name, argv, expected, fault in cases(f, Path(teacher), tmpfs, served):
                 if args.only and not any(o in name for o in args.only):
                     continue
                 before = snapshot(w)
                 t = time.perf_counter()
-                proc, left_running = run_case(argv, env, fault)
+                proc, left_running, stopped = run_case(argv, env, fault)
                 if fault is not None and fault.rerun:  # after SIGKILL: the rerun must succeed and clean up
                     first = proc.returncode
-                    proc, again = run_case(argv, env, None)
+                    proc, again, _ = run_case(argv, env, None)
                     left_running += again
                     proc.stderr += f"\n(first run: exit {first})" if proc.returncode else ""
                 kept = fault.keep if fault is not None else None
                 leftovers = sorted(p for p in snapshot(w) - before if not (kept and p.startswith(kept)))
-                verdict = classify(name, proc, expected, leftovers, left_running, fault)
+                verdict = classify(name, proc, expected, leftovers, left_running, fault, stopped)
                 results.append({"case": name, "args": [a[:200] for a in argv], "exit_code": proc.returncode,
                                 "verdict": verdict, "stderr": proc.stderr.strip()[-600:].replace(tmp, "$W"),
                                 "leftovers": leftovers, "processes_left_running": len(left_running),
                                 "fault": None if fault is None else {
                                     "file_size_limit": fault.fsize, "rerun": fault.rerun,
-                                    "signal": None if fault.signal is None else signal.Signals(fault.signal).name},
+                                    "signal": None if fault.signal is None else signal.Signals(fault.signal).name,
+                                    "seconds_to_stop": round(stopped, 2) if fault.signal is not None else None},
                                 "seconds": round(time.perf_counter() - t, 2)})
                 print(f"{verdict:>14}  {name}: {proc.stderr.strip().splitlines()[-1:] or ['(nothing on stderr)']}"
                       .replace(tmp, "$W")[:200], flush=True)
@@ -482,6 +572,8 @@ def main() -> None:
                     q = w / p
                     shutil.rmtree(q, ignore_errors=True) if q.is_dir() else q.unlink(missing_ok=True)
         finally:
+            for close in reversed(stack):
+                close()
             if tmpfs is not None:
                 _unmount(tmpfs)
     counts: dict[str, int] = {}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -86,8 +87,12 @@ class FailingProxy:
             def _forward(self, body: bytes | None):
                 req = urllib.request.Request(proxy.upstream + self.path.removeprefix("/v1"), data=body,
                                              method=self.command, headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=60) as r:
-                    data, status = r.read(), r.status
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as r:
+                        data, status = r.read(), r.status
+                except urllib.error.HTTPError as e:  # the server's own refusal (a 404 of a route it lacks), as it is
+                    self._send(e.code, e.read())
+                    return
                 if body is not None and proxy.model:
                     answer = json.loads(data)
                     answer["model"] = proxy.model

@@ -111,15 +111,17 @@ def write_kit(kit: Path, report: dict, plan, rows: list, target, top_k: Path | N
     measured = [r for r in rows if not r.reference and not r.adapter]  # the kit carries whole bundles only
     with atomic_dir(Path(kit), "--kit") as tmp:
         taken: set = set()
+        folders = {r.name: f"bundles/{_slug(r.name, taken)}" for r in measured}
+        local = _places(rows, folders, target)
         entries = []
         for r in measured:
-            folder = f"bundles/{_slug(r.name, taken)}"
-            _copy_tree(Path(r.bundle), tmp / folder)
-            entries.append({"name": r.name, "folder": folder, "row": r.as_dict()})
+            _copy_tree(Path(r.bundle), tmp / folders[r.name])
+            entries.append({"name": r.name, "folder": folders[r.name], "row": _portable(r.as_dict(), local)})
         if top_k is not None:
             shutil.copy2(top_k, tmp / "reference.npz")
         shutil.copy2(target.source, tmp / "profile.yaml")
-        (tmp / "build.json").write_text(json.dumps(report, indent=2, default=str) + "\n")  # as bench.json is
+        build = _portable(json.loads(json.dumps(report, default=str)), local)  # as bench.json is, minus local folders
+        (tmp / "build.json").write_text(json.dumps(build, indent=2) + "\n")
         import platform
 
         from edgedistill.runtime_venv import install_folder
@@ -151,6 +153,35 @@ def write_kit(kit: Path, report: dict, plan, rows: list, target, top_k: Path | N
         (tmp / "kit.json").write_text(json.dumps(kit_json, indent=1, default=str) + "\n")
     log.info("device kit for %s written to %s (%.0f MB)", target.name, kit, size / 1e6)
     return Path(kit)
+
+
+def _places(rows: list, folders: dict[str, str], target) -> dict[str, str]:
+    """Folders of the build machine a report names -> what the kit calls them: a carried bundle its folder in the
+    kit, any other its own name, the profile profile.yaml, the cache and the home folder by their variables."""
+    from edgedistill import paths
+
+    places = {str(paths.home()): "$EDGEDISTILL_HOME", str(Path.home()): "~"}
+    if target.source:
+        places[str(target.source)] = places[str(Path(target.source).resolve())] = "profile.yaml"
+    for r in rows:
+        for b in {str(r.bundle), str(Path(r.bundle).resolve())}:
+            places[b] = folders.get(r.name, Path(r.bundle).name)
+    return places
+
+
+def _portable(value, places: dict[str, str]):
+    """`value` (JSON) with every folder of `places` in its strings replaced, longest first: a kit leaves the build
+    machine and names none of its folders."""
+    if isinstance(value, str):
+        for p in sorted(places, key=len, reverse=True):
+            if p in value:
+                value = value.replace(p, places[p])
+        return value
+    if isinstance(value, dict):
+        return {k: _portable(v, places) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v, places) for v in value]
+    return value
 
 
 def _run_txt(own: str, offline: bool) -> str:

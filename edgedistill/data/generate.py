@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgedistill.data.load import DataError, Prompt
-from edgedistill.paths import disk_full_named, write_text_atomic
+from edgedistill.paths import disk_full_named, folders_made, write_text_atomic
 from edgedistill.settings import Settings, setting
 
 log = logging.getLogger(__name__)
@@ -150,11 +150,13 @@ def generate(teacher: str, prompts: Sequence[Prompt], out: Path, settings: Decod
     e = open_engine(spec, loaded=loaded)
     existed = out.exists()
     try:
-        _answer_all(e, pending, out, settings, logprobs, recorded, report, progress, reported)
-    except BaseException:
-        if not existed and out.exists() and out.stat().st_size == 0:  # failed before its first answer: no empty file
-            out.unlink()
-        raise
+        with folders_made(out.parent):  # a failure before the first answer leaves no new folder either
+            try:
+                _answer_all(e, pending, out, settings, logprobs, recorded, report, progress, reported)
+            except BaseException:
+                if not existed and out.exists() and out.stat().st_size == 0:  # and no empty file
+                    out.unlink()
+                raise
     finally:
         report.calls = dict(e.usage) if hasattr(e, "usage") else None
         e.close()

@@ -44,6 +44,7 @@ def test_a_pretrained_student_trains_lora_and_keeps_the_adapter_and_the_merged_w
     _, student, _ = models
     report, folder = distilled
     assert report["lora"] == {"rank": DEFAULT_LORA_RANK, "alpha": 2.0 * DEFAULT_LORA_RANK}
+    assert report["gradient_checkpointing"] is True  # on by default with LoRA
     assert 0 < report["trainable_parameters"] < 0.5 * report["parameters"]
     assert report["peak_rss_mb"] > 0
     v = report["validation"]
@@ -77,11 +78,13 @@ def test_a_pruned_student_trains_in_full_and_rank_zero_asks_for_full(models, tmp
                   max_length=96)
     r = distill(DistillSettings(student=str(pruned), out=tmp_path / "a", **common))
     assert r["lora"] is None and r["trainable_parameters"] == r["parameters"]
+    assert r["gradient_checkpointing"] is False  # off by default in full fine-tuning
     assert not (tmp_path / "a" / "student" / "adapter").exists()
     r = distill(DistillSettings(student=str(student), out=tmp_path / "b", lora_rank=0, **common))
     assert r["lora"] is None and r["trainable_parameters"] == r["parameters"]
-    r = distill(DistillSettings(student=str(pruned), out=tmp_path / "c", lora_rank=4, lora_alpha=4, **common))
-    assert r["lora"] == {"rank": 4, "alpha": 4.0}
+    r = distill(DistillSettings(student=str(pruned), out=tmp_path / "c", lora_rank=4, lora_alpha=4,
+                                gradient_checkpointing=False, **common))
+    assert r["lora"] == {"rank": 4, "alpha": 4.0} and r["gradient_checkpointing"] is False  # as asked
 
 
 @pytest.fixture(scope="module")

@@ -378,8 +378,8 @@ def test_a_body_cut_short_is_asked_again_and_then_refused_in_one_line(chatty, se
         assert r.written == 1 and r.calls["malformed"] == 1 and "1 malformed responses asked again" in r.line()
         spec = EngineSpec("openai", None, url=always.url, served_model="chatty", concurrency=1, retries=2)
         with pytest.raises(EngineError, match=rf"{always.url} answered with a body that is not a complete response"):
-            generate(None, _prompts(1), tmp_path / "other.jsonl", GEN, engine=spec)
-        assert not (tmp_path / "other.jsonl").exists()
+            generate(None, _prompts(1), tmp_path / "new" / "other.jsonl", GEN, engine=spec)
+        assert not (tmp_path / "new").exists()  # neither the file nor the folder made for it
     finally:
         once.close()
         always.close()

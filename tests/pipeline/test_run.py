@@ -33,6 +33,20 @@ safety_floor:
 """
 
 
+def _no_local_path_in_shipped_files(out, teacher) -> None:
+    """Every file a run makes to leave the machine (each bundle: the folders with a manifest.json, and the device
+    kit) names no folder of this machine: not the home, the run folder, the cache or the teacher's folder."""
+    import os
+    from pathlib import Path
+
+    shipped = {b.parent for b in out.rglob("manifest.json")} | {out / "bench" / "device-kit"}
+    files = [f for d in shipped for f in d.rglob("*") if f.is_file()]
+    assert len(shipped) >= 5 and any(f.suffix == ".gguf" for f in files) and any(f.suffix == ".onnx" for f in files)
+    needles = {str(Path.home()), str(out), os.environ["EDGEDISTILL_HOME"], str(teacher)}
+    found = [(str(f.relative_to(out)), n) for f in files for n in needles if n.encode() in f.read_bytes()]
+    assert not found, found
+
+
 @pytest.mark.slow
 def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     teacher = tiny.build_model_dir(tmp_path / "teacher", init_std=0.15, layers=3)
@@ -54,6 +68,7 @@ def test_run_chooses_a_variant_and_reuses_unchanged_stages(tmp_path):
     assert manifest["deployment"]["deployable"] is False and manifest["deployment"]["target"] == "tinybox"
     with load_bundle(first["chosen"]["bundle"]) as m:  # the final bundle is a complete, loadable bundle
         assert isinstance(m.generate("Hello", max_tokens=3), str)
+    _no_local_path_in_shipped_files(out, teacher)
     report = json.loads((out / "bench" / "bench.json").read_text())
     # the teacher's f16 reference first, then the candidates: the student's and the teacher's own variants
     assert report["variants"][0]["reference"] and not any(r["comparison"] for r in report["variants"])
