@@ -13,6 +13,8 @@
      bootstrap intervals over prompts (bench.fidelity's code), and the after - before change paired per prompt.
 
     .venv/bin/python benchmarks/lora_vs_full.py --steps 30 --seeds 0      # results/distill/lora_vs_full.{json,md}
+    .venv/bin/python benchmarks/lora_vs_full.py --steps 10 --variants lora16-nogc:16:5e-4,lora16-gc:16:5e-4:gc \
+        --out benchmarks/results/distill/gradient_checkpointing     # checkpointing's memory and speed, one run
 """
 
 from __future__ import annotations
@@ -146,6 +148,7 @@ def markdown(report: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=REPO / "build" / "bench-lora")
+    ap.add_argument("--out", type=Path, default=OUT, help="results: OUT.json and OUT.md")
     ap.add_argument("--train-prompts", type=int, default=16, help="per domain")
     ap.add_argument("--val-prompts", type=int, default=4, help="per domain")
     ap.add_argument("--steps", type=int, default=30)
@@ -176,7 +179,7 @@ def main() -> None:
             only = next((f[6:].split("+") for f in flags if f.startswith("seeds=")), None)
             if only is not None and str(seed) not in only:
                 continue
-            extra = ["--gradient-checkpointing"] if "gc" in flags else []
+            extra = ["--gradient-checkpointing" if "gc" in flags else "--no-gradient-checkpointing"]
             steps = next((int(f[6:]) for f in flags if f.startswith("steps=")), args.steps)
             kd = next((float(f[3:]) for f in flags if f.startswith("kd=")), 0.5)
             extra += ["--kd-weight", str(kd)]
@@ -202,7 +205,7 @@ def main() -> None:
               "train_answers": len(train), "train_tokens_per_epoch": sum(len(tok(r["response"]).input_ids)
                                                                          for r in train),
               "val_prompts": len(val), "before": before, "runs": runs}
-    log(f"wrote {write_report(OUT, report, markdown(report))}")
+    log(f"wrote {write_report(args.out, report, markdown(report))}")
 
 
 if __name__ == "__main__":

@@ -416,7 +416,7 @@ def plan_run(settings: RunSettings) -> Plan:
     cache_dir = folder["cache"] / "cache"
     student_init = student_dir or folder["prune"] / "student"
     adapter = (student_dir is not None and formats[0].startswith("gguf:")
-               and TrainSettings(**_fields_of(settings, TrainSettings)).lora_for(pruned_student(str(student_dir)))
+               and TrainSettings(**_fields_of(settings, TrainSettings)).for_student(pruned_student(str(student_dir)))
                .lora_rank > 0)
     cache_teacher = teacher_arg or settings.teacher_model
     stages: dict[str, Settings | dict] = {

@@ -85,8 +85,10 @@ class TrainSettings(Settings):
                                      "fp32, bf16, fp16 (GPU only). The teacher runs in it too; weights, optimizer "
                                      "state and divergences stay float32.",
                              choices=("auto", *PRECISIONS))
-    gradient_checkpointing: bool = setting(False, "Recompute the student's activations in the backward pass (less "
-                                                  "memory, about a third more compute).")
+    gradient_checkpointing: bool | None = setting(None, "Recompute the student's activations in the backward pass "
+                                                         "(less memory, more compute). Default: on for a LoRA student "
+                                                         "(measured on the 0.5B Qwen student: peak RSS 10.5 -> 5.2 GB "
+                                                         "for 22% fewer tokens/s), off for full fine-tuning.")
     kd_chunk: int | None = setting(None, "Apply the output heads this many response positions of a micro-batch at a "
                                          "time, so full-vocabulary logits never exist whole (0: full logits; ignored "
                                          "under FSDP). Default: 256, or a micro-batch's positions if fewer.", min=0)
@@ -118,12 +120,14 @@ class TrainSettings(Settings):
             return self.lora_alpha
         return 2.0 * self.lora_rank if self.lora_rank else None
 
-    def lora_for(self, pruned: bool) -> TrainSettings:
-        """These settings with the LoRA rank and alpha resolved for a student: the rank given, else full fine-tuning
-        (0) for a student cut by `prune` and DEFAULT_LORA_RANK for a pretrained one; alpha as resolved_lora_alpha."""
+    def for_student(self, pruned: bool) -> TrainSettings:
+        """These settings resolved for a student: the LoRA rank given, else full fine-tuning (0) for a student cut by
+        `prune` and DEFAULT_LORA_RANK for a pretrained one; alpha as resolved_lora_alpha; gradient checkpointing as
+        given, else on with LoRA."""
         ranked = self.replace(lora_rank=self.lora_rank if self.lora_rank is not None else
                               (0 if pruned else DEFAULT_LORA_RANK))
-        return ranked.replace(lora_alpha=ranked.resolved_lora_alpha)
+        gc = self.gradient_checkpointing if self.gradient_checkpointing is not None else ranked.lora_rank > 0
+        return ranked.replace(lora_alpha=ranked.resolved_lora_alpha, gradient_checkpointing=gc)
 
     @property
     def warmup(self) -> int:

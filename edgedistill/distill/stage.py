@@ -360,7 +360,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
         _same_teacher(s.teacher, teacher_fp, records, "--generations")  # before any model loads
     if teacher_fp is not None:
         _same_teacher(s.teacher, teacher_fp, val_records, "--validation")
-    s = s.lora_for(pruned_student(s.student))  # LoRA for a pretrained student, full fine-tuning for a pruned one
+    s = s.for_student(pruned_student(s.student))  # LoRA (and checkpointing) for a pretrained student, full fine-tuning for a pruned one
     s_tok = load_tokenizer(s.student)
     no_teacher = s.teacher is None
     t_tok = None if served or no_teacher else (teacher[1] if teacher is not None else load_tokenizer(s.teacher))
@@ -432,7 +432,7 @@ def distill(s: DistillSettings, *, teacher=None, resume: bool = False, progress=
               "parameters": model.num_parameters() - (trainable_parameters(model) if s.lora_rank else 0),
               "trainable_parameters": trainable_parameters(model),
               "lora": {"rank": s.lora_rank, "alpha": s.lora_alpha} if s.lora_rank else None,
-              "peak_rss_mb": peak_rss_mb()}
+              "gradient_checkpointing": s.gradient_checkpointing, "peak_rss_mb": peak_rss_mb()}
     if val_records:
         report["validation"] = {**validate(model), "before": before}
     import torch.distributed as dist

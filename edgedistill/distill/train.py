@@ -398,7 +398,7 @@ def train(teacher_pair, student_pair, train_examples: list[dict], run_dir: Path,
         ddp_find_unused_parameters=False,
         bf16=cfg.precision == "bf16",  # autocast; the student's weights and the optimizer stay float32
         fp16=cfg.precision == "fp16",
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing=bool(cfg.gradient_checkpointing),
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         **_fsdp_args(cfg, student),
     )
