@@ -13,7 +13,7 @@
      bootstrap intervals over prompts (bench.fidelity's code), and the after - before change paired per prompt.
 
     .venv/bin/python benchmarks/lora_vs_full.py --steps 30 --seeds 0      # results/distill/lora_vs_full.{json,md}
-    .venv/bin/python benchmarks/lora_vs_full.py --steps 10 --variants lora16-nogc:16:5e-4,lora16-gc:16:5e-4:gc \
+    .venv/bin/python benchmarks/lora_vs_full.py --steps 10 --variants lora16-nogc:16:5e-4,lora16-gc10:16:5e-4:gc \
         --out benchmarks/results/distill/gradient_checkpointing     # checkpointing's memory and speed, one run
 """
 
