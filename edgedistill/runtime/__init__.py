@@ -3,6 +3,8 @@
     from edgedistill.runtime import load
     model = load("bundles/gguf-q4_k_m")
     print(model.chat([{"role": "user", "content": "Where is my order?"}], max_tokens=128))
+    label = model.chat(messages, response_format={"type": "choice", "choices": ["billing", "shipping"]})
+    reply = model.respond(messages, tools=TOOLS, tool_choice="required")   # reply.tool_calls, OpenAI's shape
     for piece in model.stream("Write a haiku about gears.", max_tokens=40):
         print(piece, end="", flush=True)
 
@@ -17,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgedistill.runtime.bundle import BundleError, open_bundle
+from edgedistill.runtime.constrain import Constraint, ConstraintError, Reply, constraint_for, read_reply
 
-__all__ = ["load", "SamplingParams", "BundleError", "LoadedModel", "Completion"]
+__all__ = ["load", "SamplingParams", "BundleError", "ConstraintError", "LoadedModel", "Completion", "Reply"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # keep going past end-of-turn (benchmarks that need exactly max_tokens tokens)
+    constraint: Constraint | None = None  # what the output must parse as (runtime.constrain); None: free text
 
     def __post_init__(self) -> None:
         from edgedistill.errors import EdgeDistillError
@@ -76,6 +80,10 @@ class LoadedModel:
 
     def generate_ids(self, prompt_ids: list[int], cfg: SamplingParams) -> Iterator[int]:  # pragma: no cover
         raise NotImplementedError
+
+    def check_constraint(self, constraint: Constraint) -> None:
+        """Raise ConstraintError now if this backend cannot enforce `constraint` (a backend that compiles it
+        compiles and caches it here), so that a server refuses the request before it queues."""
 
     def reset(self) -> None:
         """Forget any prompt the backend keeps computed between calls, so that the next generation computes its
@@ -132,16 +140,40 @@ class LoadedModel:
     def generate(self, prompt: str, **kw) -> str:
         return "".join(self.stream(prompt, **kw))
 
-    def render_chat(self, messages: Sequence[dict]) -> str:
+    def render_chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> str:
         from edgedistill.runtime.text import render
 
-        return render(self.template, messages, self.special)
+        return render(self.template, messages, self.special, tools=tools)
+
+    def prepare_chat(self, messages: Sequence[dict], *, response_format: dict | None = None,
+                     tools: Sequence[dict] | None = None, tool_choice=None, **kw) -> tuple[list[int], SamplingParams]:
+        """(prompt ids, sampling) of one chat request: the tools offered through the chat template (unless
+        tool_choice is "none"), the output constrained as response_format / tool_choice ask (runtime.constrain)."""
+        offered = None if tool_choice == "none" else tools
+        constraint = constraint_for(response_format, list(tools or []) or None, tool_choice, self.template)
+        cfg = SamplingParams(**{**kw, "stop": tuple(kw.get("stop") or ()), "constraint": constraint})
+        return self.encode(self.render_chat(messages, offered)), cfg
 
     def chat(self, messages: Sequence[dict], **kw) -> str:
-        return self.generate(self.render_chat(messages), **kw)
+        """The answer's text. response_format ({"type": "json_object"}, {"type": "json_schema", "json_schema":
+        {"schema": ...}} or {"type": "choice", "choices": [...]}) constrains it to parse as asked."""
+        return "".join(self.chat_stream(messages, **kw))
 
     def chat_stream(self, messages: Sequence[dict], **kw) -> Iterator[str]:
-        return self.stream(self.render_chat(messages), **kw)
+        ids, cfg = self.prepare_chat(messages, **kw)
+        return self.stream_ids(ids, cfg)
+
+    def respond(self, messages: Sequence[dict], *, response_format: dict | None = None,
+                tools: Sequence[dict] | None = None, tool_choice=None, **kw) -> Reply:
+        """One chat answer as OpenAI shapes it (runtime.constrain.Reply): tool calls of the `tools` offered (always
+        one of them with tool_choice "required" or a named function; the model's choice with "auto"), or content,
+        parsed when response_format asked for JSON."""
+        ids, cfg = self.prepare_chat(messages, response_format=response_format, tools=tools,
+                                     tool_choice=tool_choice, **kw)
+        done = Completion()
+        text = "".join(self.stream_ids(ids, cfg, done))
+        offered = None if tool_choice == "none" else list(tools or []) or None
+        return read_reply(text, done.finish_reason, cfg.constraint, offered)
 
     def close(self) -> None:
         pass

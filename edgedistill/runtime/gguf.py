@@ -76,6 +76,8 @@ class GGUFModel(LoadedModel):
         _check_this_cpu()
 
         self.path, self.manifest, self.adapter = path, manifest, adapter
+        self._grammars: dict = {}  # constraint key -> compiled grammar (the last 32)
+        self._never_utf8: np.ndarray | None = None  # token ids no UTF-8 text holds (computed at first need)
         self.llm = llama_cpp.Llama(str(path / manifest["model_file"]), n_ctx=n_ctx, n_threads=threads or available_cores(),
                                    verbose=False, **_lora(adapter))
         self.template, self.special = chat_template(path)
@@ -97,10 +99,46 @@ class GGUFModel(LoadedModel):
         llama_cpp.llama_perf_context_reset(self.llm.ctx)  # counts what this generation computes
         sampling = ({"temp": 0.0, "top_k": 1} if cfg.temperature <= 0
                     else {"temp": cfg.temperature, "top_p": cfg.top_p, "top_k": 0})
+        if cfg.constraint is not None:
+            sampling["grammar"] = self._grammar(cfg.constraint)
+            sampling["logits_processor"] = llama_cpp.LogitsProcessorList([self._valid_utf8_only])
         for n, tid in enumerate(self.llm.generate(prompt_ids, repeat_penalty=1.0, reset=True, **sampling)):
             if n >= cfg.max_tokens or (tid in self.eos_ids and not cfg.ignore_eos):
                 return
             yield tid
+
+    def check_constraint(self, c) -> None:
+        self._grammar(c)
+
+    def _valid_utf8_only(self, _ids, scores):
+        """Under a constraint: no token holding a byte that never occurs in UTF-8 (C0, C1, F5-FF). llama.cpp's
+        grammar decodes such bytes leniently as a code point, so a string could take bytes no JSON reader accepts."""
+        if self._never_utf8 is None:
+            bad = {0xC0, 0xC1, *range(0xF5, 0x100)}
+            n = len(scores)
+            self._never_utf8 = np.array([t for t in range(n) if not bad.isdisjoint(self.llm.detokenize([t]))],
+                                        dtype=np.int64)
+        scores[self._never_utf8] = -np.inf
+        return scores
+
+    def _grammar(self, c):
+        """The constraint as llama.cpp's grammar: converted to GBNF and checked to parse once per distinct constraint
+        (the last 32 kept); llama.cpp builds its sampler from it at the start of each generation."""
+        import llama_cpp
+
+        from edgedistill.runtime.constrain import ConstraintError, gbnf
+
+        if c.key not in self._grammars:
+            text = gbnf(c)
+            vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+            probe = llama_cpp.llama_sampler_init_grammar(vocab, text.encode(), b"root")
+            if not probe:  # llama.cpp logs why; a NULL sampler would crash the generation: refused here
+                raise ConstraintError("llama.cpp cannot parse the grammar made from this constraint")
+            llama_cpp.llama_sampler_free(probe)
+            self._grammars[c.key] = llama_cpp.LlamaGrammar.from_string(text, verbose=False)
+            while len(self._grammars) > 32:
+                self._grammars.pop(next(iter(self._grammars)))
+        return self._grammars[c.key]
 
     def runtime_info(self) -> dict:
         return system_info()

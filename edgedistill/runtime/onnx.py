@@ -77,7 +77,16 @@ def generate_ids(model, prompt_ids: list[int], cfg: SamplingParams, eos_ids: set
     if cfg.ignore_eos:
         search["min_length"] = total  # end-of-generation ids are masked until the last token asked for
     params.set_search_options(**search)
-    gen = og.Generator(model, params)
+    if cfg.constraint is not None:
+        _guide(params, cfg.constraint)
+    try:
+        gen = og.Generator(model, params)
+    except RuntimeError as e:
+        if cfg.constraint is None:
+            raise
+        from edgedistill.runtime.constrain import ConstraintError
+
+        raise ConstraintError(f"onnxruntime-genai's guidance refused the constraint: {e}") from None
     gen.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
     for _ in range(cfg.max_tokens):
         if gen.is_done():
@@ -87,6 +96,23 @@ def generate_ids(model, prompt_ids: list[int], cfg: SamplingParams, eos_ids: set
         if tid in eos_ids and not cfg.ignore_eos:
             return
         yield tid
+
+
+def _guide(params, constraint) -> None:
+    """onnxruntime-genai's guidance (llguidance) for the constraint, or a one-line refusal where this build of it
+    has none."""
+    from edgedistill.runtime.constrain import ConstraintError, lark
+
+    if not hasattr(params, "set_guidance"):
+        from importlib import metadata
+
+        raise ConstraintError(f"constrained output on an ONNX bundle needs onnxruntime-genai with guidance (0.8 or "
+                              f"later); this one is {metadata.version('onnxruntime-genai')}: upgrade it, or use a "
+                              "GGUF bundle")
+    try:
+        params.set_guidance("lark_grammar", lark(constraint))
+    except RuntimeError as e:
+        raise ConstraintError(f"onnxruntime-genai's guidance refused the constraint: {e}") from None
 
 
 def context_length(folder: Path) -> int:

@@ -46,16 +46,36 @@ def leading_part(full: Sequence[int], bare: Sequence[int]) -> list[int]:
     return list(full[:n]) if bare and n >= 0 and list(full[n:]) == list(bare) else []
 
 
-def render(template: str | None, messages: Sequence[dict], special: dict) -> str:
-    """Messages -> prompt text with the generation prompt added; a plain join when the bundle has no template."""
+def render(template: str | None, messages: Sequence[dict], special: dict, tools: Sequence[dict] | None = None
+           ) -> str:
+    """Messages -> prompt text with the generation prompt added; a plain join when the bundle has no template.
+    `tools` (OpenAI's shape) go to a template that takes them (its own tool-call convention); any other template
+    gets them described in a system message."""
+    messages = list(messages)
+    if tools and not (template and "tools" in template):
+        messages = with_tools_described(messages, tools)
     if not template:
-        return (special.get("lead") or "") + "\n".join(m["content"] for m in messages) + "\n"
+        return (special.get("lead") or "") + "\n".join(m.get("content") or "" for m in messages) + "\n"
     from jinja2.sandbox import ImmutableSandboxedEnvironment  # the template is data from a file: sandbox it
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(template).render(messages=list(messages), add_generation_prompt=True,
+    extra = {"tools": list(tools)} if tools else {}
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True,
                                             bos_token=special.get("bos_token") or "",
-                                            eos_token=special.get("eos_token") or "")
+                                            eos_token=special.get("eos_token") or "", **extra)
+
+
+def with_tools_described(messages: list[dict], tools: Sequence[dict]) -> list[dict]:
+    """The messages with the tools described at the head of the system message (one made where there is none),
+    and how to call one: a JSON object {"name": ..., "arguments": {...}} alone."""
+    import json
+
+    text = ("You can call these functions (JSON schemas):\n"
+            + "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
+            + '\nTo call one, answer with a JSON object {"name": FUNCTION, "arguments": {...}} and nothing else.')
+    if messages and messages[0].get("role") == "system":
+        return [{**messages[0], "content": f"{messages[0].get('content') or ''}\n\n{text}".strip()}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
 
 
 class Sampler:

@@ -19,6 +19,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
 from edgedistill.runtime import SamplingParams
+from edgedistill.runtime.constrain import ConstraintError, constraint_for, read_reply
 from edgedistill.serve.schemas import ChatRequest, CompletionRequest, parse
 from edgedistill.serve.errors import BadRequest, NotFound, PayloadTooLarge, ServeError, Unauthorized
 from edgedistill.serve.worker import Worker
@@ -77,7 +78,7 @@ def build_app(model, s, *, key: str | None = None) -> FastAPI:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def config(req, prompt_ids: list[int]) -> SamplingParams:
+    def config(req, prompt_ids: list[int], constraint=None) -> SamplingParams:
         if req.model != model_id:
             raise NotFound(f"model {req.model!r} is not served here; this server serves {model_id!r} "
                            "(GET /v1/models)", param="model")
@@ -95,13 +96,31 @@ def build_app(model, s, *, key: str | None = None) -> FastAPI:
                              param="max_tokens")
         return SamplingParams(max_tokens=asked or min(s.max_tokens, room),
                                 temperature=1.0 if req.temperature is None else req.temperature,
-                                top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stop=tuple(req.stop or ()))
+                                top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stop=tuple(req.stop or ()),
+                                constraint=constraint)
+
+    def constraint_of(req):
+        """The request's structured-output constraint (None: free text); a 400 naming what cannot be enforced."""
+        tools = getattr(req, "tools", None) or None
+        try:
+            c = constraint_for(req.response_format, tools, getattr(req, "tool_choice", None), model.template)
+            if c is not None:
+                model.check_constraint(c)  # compiled (and cached) now: a grammar that fails is this request's 400
+        except ConstraintError as e:
+            raise BadRequest(str(e), param="tools" if tools else "response_format") from None
+        return c
+
+    def offered(req) -> list[dict] | None:
+        """The tools the model is told of: none under tool_choice "none"."""
+        tools = getattr(req, "tools", None) or None
+        return None if getattr(req, "tool_choice", None) == "none" else tools
 
     async def prepare(request: Request, cls, prompt_of):
         import anyio
 
         check_key(request)
         req = parse(cls, await read_body(request))
+        constraint = constraint_of(req)
         try:
             prompt = prompt_of(req)
         except ServeError:
@@ -109,13 +128,16 @@ def build_app(model, s, *, key: str | None = None) -> FastAPI:
         except Exception as e:  # the bundle's chat template refused the messages (e.g. roles out of order)
             raise BadRequest(f"messages: the model's chat template refused them ({e})", param="messages") from None
         prompt_ids = await anyio.to_thread.run_sync(model.encode, prompt)
-        return req, worker.submit(prompt_ids, config(req, prompt_ids))
+        return req, worker.submit(prompt_ids, config(req, prompt_ids, constraint)), constraint
 
     def usage(done) -> dict:
         return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
                 "total_tokens": done.prompt_tokens + done.completion_tokens}
 
-    async def answer(req, job, kind: str):
+    def calls_delta(calls: list[dict]) -> list[dict]:
+        return [{"index": i, **c} for i, c in enumerate(calls)]
+
+    async def answer(req, job, kind: str, constraint=None):
         rid, created = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
         obj = "chat.completion" if kind == "chat" else "text_completion"
 
@@ -129,21 +151,36 @@ def build_app(model, s, *, key: str | None = None) -> FastAPI:
             return {"data": json.dumps({"id": rid, "object": obj + (".chunk" if kind == "chat" else ""),
                                         "created": created, "model": model_id, "choices": choices, **extra})}
 
+        tools = offered(req) if kind == "chat" else None
         if not req.stream:
             text = await job.text()
-            msg = ({"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text})
+            finish = job.done.finish_reason
+            if kind != "chat":
+                msg = {"text": text}
+            else:
+                reply = read_reply(text, finish, constraint, tools) if tools else None
+                message = {"role": "assistant", "content": text if reply is None else reply.content}
+                if reply is not None and reply.tool_calls:
+                    message["tool_calls"], finish = reply.tool_calls, reply.finish_reason
+                msg = {"message": message}
             return JSONResponse({"id": rid, "object": obj, "created": created, "model": model_id,
-                                 "choices": [{"index": 0, **msg, "logprobs": None,
-                                              "finish_reason": job.done.finish_reason}],
+                                 "choices": [{"index": 0, **msg, "logprobs": None, "finish_reason": finish}],
                                  "usage": usage(job.done)})
 
         async def events():
             try:
                 if kind == "chat":
                     yield chunk([choice(None, None, first=True)])
-                async for piece in job.pieces():
-                    yield chunk([choice(piece, None)])
-                yield chunk([choice(None, job.done.finish_reason)])
+                if tools:  # a call or text: known once the answer is whole, then sent as one delta
+                    reply = read_reply(await job.text(), job.done.finish_reason, constraint, tools)
+                    delta = ({"tool_calls": calls_delta(reply.tool_calls)} if reply.tool_calls
+                             else {"content": reply.content})
+                    yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+                    yield chunk([choice(None, reply.finish_reason)])
+                else:
+                    async for piece in job.pieces():
+                        yield chunk([choice(piece, None)])
+                    yield chunk([choice(None, job.done.finish_reason)])
                 if req.stream_options and req.stream_options.include_usage:
                     yield chunk([], usage=usage(job.done))
                 yield {"data": "[DONE]"}
@@ -156,13 +193,14 @@ def build_app(model, s, *, key: str | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        req, job = await prepare(request, ChatRequest, lambda r: model.render_chat(r.plain_messages()))
-        return await answer(req, job, "chat")
+        req, job, constraint = await prepare(request, ChatRequest,
+                                             lambda r: model.render_chat(r.plain_messages(), offered(r)))
+        return await answer(req, job, "chat", constraint)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        req, job = await prepare(request, CompletionRequest, lambda r: r.text())
-        return await answer(req, job, "completion")
+        req, job, constraint = await prepare(request, CompletionRequest, lambda r: r.text())
+        return await answer(req, job, "completion", constraint)
 
     @app.get("/v1/models")
     async def models(request: Request):

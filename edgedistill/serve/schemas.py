@@ -2,8 +2,9 @@
 model can honour), and the checks that turn anything else into a 400 naming the field.
 
 Text only: a content part other than text (an image, an audio clip, a file, a URL) is refused, so nothing a client
-sends makes the server read a file or fetch a URL. Parameters this server cannot honour (tools, several choices,
-logprobs, penalties) are refused rather than silently ignored.
+sends makes the server read a file or fetch a URL. Structured output (response_format json_object / json_schema,
+tools with tool_choice) is constrained decoding (runtime.constrain). Parameters this server cannot honour (several
+choices, logprobs, penalties, the deprecated functions) are refused rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edgedistill.serve.errors import BadRequest
 
 # Asked for with a value other than these, a parameter is refused: the answer would not be what the client expects.
-UNSUPPORTED = {"tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None,),
+UNSUPPORTED = {"functions": (None, []), "function_call": (None,), "parallel_tool_calls": (None, False, True),
                "logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None, {}),
                "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "n": (None, 1),
                "best_of": (None, 1), "echo": (None, False), "suffix": (None, ""), "audio": (None,),
@@ -54,17 +55,18 @@ class _Sampling(BaseModel):
         extra = self.model_extra or {}
         for name, fine in UNSUPPORTED.items():
             if name in extra and extra[name] not in fine:
+                hint = "use tools" if name in ("functions", "function_call") else "leave it out"
                 raise BadRequest(f"{name} is not supported by edgedistill serve (a local text model, one answer per "
-                                 "request); leave it out", param=name)
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise BadRequest("response_format: only {'type': 'text'} is supported", param="response_format")
+                                 f"request); {hint}", param=name)
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # name, tool_call_id...: not used
+    model_config = ConfigDict(extra="ignore")  # name...: not used
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict] | None = None
+    tool_calls: list[dict] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
     def text(self, i: int) -> str:
         if self.content is None:
@@ -84,13 +86,41 @@ class ChatMessage(BaseModel):
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
 
     def plain_messages(self) -> list[dict]:
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
-                for i, m in enumerate(self.messages)]
+        """The messages as chat templates take them: developer as system; an assistant turn's tool calls with their
+        arguments as objects (OpenAI sends them as JSON text), a tool turn with the id of the call it answers."""
+        out = []
+        for i, m in enumerate(self.messages):
+            msg = {"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
+            if m.tool_calls:
+                msg["tool_calls"] = [_call_for_template(c, i) for c in m.tool_calls]
+            if m.tool_call_id is not None:
+                msg["tool_call_id"] = m.tool_call_id
+            out.append(msg)
+        return out
 
     def answer_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+def _call_for_template(call: dict, i: int) -> dict:
+    import json
+
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise BadRequest(f"messages[{i}].tool_calls: each needs {{\"function\": {{\"name\", \"arguments\"}}}}",
+                         param=f"messages[{i}].tool_calls")
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        try:
+            args = json.loads(args or "{}")
+        except ValueError:
+            raise BadRequest(f"messages[{i}].tool_calls: arguments of {fn['name']} are not JSON",
+                             param=f"messages[{i}].tool_calls") from None
+    return {**call, "function": {**fn, "arguments": args}}
 
 
 class CompletionRequest(_Sampling):

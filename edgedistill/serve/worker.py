@@ -18,7 +18,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from edgedistill.runtime import BundleError, Completion, SamplingParams
+from edgedistill.runtime import BundleError, Completion, ConstraintError, SamplingParams
 from edgedistill.serve.errors import BadRequest, Busy, Draining, ServeError, TimedOut
 
 
@@ -110,7 +110,8 @@ class Worker:
             outcome, last = "failed", e
         except Exception as e:  # the runtime refused the request (e.g. an ONNX prompt over its context)
             outcome = "failed"
-            last = BadRequest(str(e)) if isinstance(e, BundleError) else ServeError(f"generation failed: {e}")
+            refused = isinstance(e, (BundleError, ConstraintError))
+            last = BadRequest(str(e)) if refused else ServeError(f"generation failed: {e}")
         finally:
             # the slot is free before the client hears the end: its next request never finds the queue full
             with self.lock:

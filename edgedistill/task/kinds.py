@@ -93,6 +93,11 @@ class Kind:
         """Metrics over the whole set that are not means of per-item ones (macro-F1). Invalid values are None."""
         return {}
 
+    def constraint(self, output: dict, record: dict) -> dict:
+        """The structured-output request (runtime and serve: response_format, or tools with tool_choice) under
+        which a model's answer to `record` always parses as this kind; {} where none applies (free text, code)."""
+        return {}
+
 
 # ------------------------------------------------------------------------------------------------------ helpers
 
@@ -172,6 +177,9 @@ class Label(Kind):
     def instructions(self, output: dict) -> str:
         return "Answer with exactly one of these labels and nothing else: " + ", ".join(output["labels"]) + "."
 
+    def constraint(self, output: dict, record: dict) -> dict:
+        return {"response_format": {"type": "choice", "choices": list(output["labels"])}}
+
     def parse(self, text: str, output: dict, record: dict) -> Parsed:
         said = text.strip().strip("`'\"*").strip()
         by_lower = {x.lower(): x for x in output["labels"]}
@@ -219,6 +227,10 @@ class Json(Kind):
     def instructions(self, output: dict) -> str:
         return ("Answer with one JSON object and nothing else, valid against this JSON schema: "
                 + json.dumps(output["schema"], ensure_ascii=False))
+
+    def constraint(self, output: dict, record: dict) -> dict:
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "answer",
+                                                                           "schema": output["schema"]}}}
 
     def parse(self, text: str, output: dict, record: dict) -> Parsed:
         from jsonschema import Draft202012Validator
@@ -286,6 +298,10 @@ class ToolCall(Kind):
 
     def context(self, output: dict, record: dict) -> str:
         return "Functions:\n" + json.dumps(_functions(output, record), ensure_ascii=False)
+
+    def constraint(self, output: dict, record: dict) -> dict:
+        return {"tools": [{"type": "function", "function": f} for f in _functions(output, record)],
+                "tool_choice": "required"}
 
     def parse(self, text: str, output: dict, record: dict) -> Parsed:
         try:

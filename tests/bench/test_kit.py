@@ -88,6 +88,23 @@ def test_a_kit_runs_in_a_runtime_only_environment_and_the_choice_follows_the_dev
     assert "onnxruntime" in results["runtimes"] and "llama-cpp-python" in results["runtimes"]
     assert results["machine"]["cpu"] and results["machine"]["ram_bytes"] > 0
     assert set(results["bundles"]) == {b["name"] for b in data["bundles"]}
+    # constrained output in the runtime-only environment, on both backends: a label, and a tool call
+    probe = ("import json, sys\nfrom edgedistill.runtime import load\n"
+             "tools = [{'type': 'function', 'function': {'name': 'refund', 'parameters': {'type': 'object', "
+             "'properties': {'reason': {'enum': ['late', 'damaged']}}, 'required': ['reason']}}}]\n"
+             "ask = [{'role': 'user', 'content': 'Refund my order'}]\n"
+             "for folder in sys.argv[1:]:\n"
+             "    with load(folder) as m:\n"
+             "        label = m.chat(ask, response_format={'type': 'choice', 'choices': ['billing', 'shipping']})\n"
+             "        call = m.respond(ask, tools=tools, tool_choice='required', max_tokens=200).tool_calls[0]\n"
+             "        print(json.dumps([label, call['function']['name'], json.loads(call['function']['arguments'])]))\n")
+    folders = [f"kit/{b['folder']}" for b in data["bundles"]]
+    shown = subprocess.run([str(runtime_venv / "python"), "-c", probe, *folders], cwd=device, capture_output=True,
+                           text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    answers = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert len(answers) == len(folders) and all(a[0] in ("billing", "shipping") and a[1] == "refund" and
+                                                a[2]["reason"] in ("late", "damaged") for a in answers), answers
 
     # resumes: a bundle dropped from the results (as if stopped before it) is the only one measured again
     dropped = sorted(results["bundles"])[0]

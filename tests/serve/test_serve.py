@@ -113,13 +113,63 @@ def test_the_openai_client_chats_streams_stops_and_completes(bundles, fmt):
     assert KEY not in "".join(lines)
 
 
+@pytest.mark.parametrize("fmt", ["gguf-q8_0", "onnx-fp32"])
+def test_json_answers_and_tool_calls_through_the_openai_client(bundles, fmt):
+    """response_format json_schema / json_object and tools with tool_choice required / named, streamed and not, in
+    the shapes the official client parses; a schema that cannot be enforced is a 400 naming the keyword."""
+    import jsonschema
+
+    from tests.runtime.test_constrain import ASK, NESTED, TOOLS
+
+    params = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    with server(bundles / fmt) as (url, proc, lines):
+        c = client(url)
+        fmt_schema = {"type": "json_schema", "json_schema": {"name": "ticket", "schema": NESTED}}
+        r = c.chat.completions.create(model=fmt, messages=ASK, response_format=fmt_schema, max_tokens=200, seed=1)
+        jsonschema.validate(json.loads(r.choices[0].message.content), NESTED)
+        # any object: its strings are unbounded, so greedy (a sampled tiny model may ramble past max_tokens)
+        chunks = list(c.chat.completions.create(model=fmt, messages=ASK, response_format={"type": "json_object"},
+                                                max_tokens=300, temperature=0, stream=True))
+        assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "stop"
+        assert isinstance(json.loads("".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)), dict)
+
+        r = c.chat.completions.create(model=fmt, messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=200,
+                                      seed=2)
+        msg = r.choices[0].message
+        assert r.choices[0].finish_reason == "tool_calls" and msg.content is None and len(msg.tool_calls) == 1
+        call = msg.tool_calls[0]
+        assert call.type == "function" and call.id
+        jsonschema.validate(json.loads(call.function.arguments), params[call.function.name])
+
+        chunks = list(c.chat.completions.create(model=fmt, messages=ASK, tools=TOOLS, max_tokens=200, stream=True,
+                                                seed=3, tool_choice={"type": "function", "function": {"name": "refund"}}))
+        deltas = [tc for ch in chunks if ch.choices for tc in (ch.choices[0].delta.tool_calls or [])]
+        assert [d.function.name for d in deltas] == ["refund"] and deltas[0].index == 0
+        jsonschema.validate(json.loads(deltas[0].function.arguments), params["refund"])
+        assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "tool_calls"
+
+        # the call's result sent back: the conversation goes on (the template takes tool turns)
+        back = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                {"role": "tool", "tool_call_id": call.id, "content": '{"refund": "sent"}'}]
+        again = c.chat.completions.create(model=fmt, messages=back, tools=TOOLS, max_tokens=8)
+        assert again.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+        with pytest.raises(openai.BadRequestError, match="'minimum' is not supported") as e:
+            c.chat.completions.create(model=fmt, messages=ASK, response_format={"type": "json_schema", "json_schema": {
+                "name": "n", "schema": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}}})
+        assert e.value.status_code == 400 and e.value.body["param"] == "response_format"
+    assert proc.returncode == 0
+
+
 def test_bad_requests_get_json_errors_and_the_key_is_checked(bundles):
     fmt = "gguf-f16"
     with server(bundles / fmt, "--api-key-env", "EDGE_KEY", "--max-tokens", "32", "--max-body-bytes", "4096",
                 "--max-prompt-tokens", "64", env={"EDGE_KEY": KEY}) as (url, proc, lines):
         c = client(url)
         bad = [dict(temperature=5), dict(max_tokens=33), dict(n=2), dict(top_p=0),
-               dict(tools=[{"type": "function", "function": {"name": "f"}}]),
+               dict(tools=[{"type": "function", "function": {"name": "f"}}],
+                    tool_choice={"type": "function", "function": {"name": "g"}}),
+               dict(functions=[{"name": "f"}]),
                dict(messages=[{"role": "user", "content": [{"type": "image_url",
                                                              "image_url": {"url": "file:///etc/passwd"}}]}]),
                dict(messages=[{"role": "user", "content": "word " * 200}]), dict(messages=[]),

@@ -102,3 +102,24 @@ def test_code_fails_wrong_answers():
     wrong = kind.parse("def add(a, b):\n    return a - b\n", out, rec).value
     assert kind.score(wrong, None, out, rec)["pass"] == 0.0
     assert kind.item_problems(out, {}) != []
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_kind_says_how_its_answers_are_constrained(name):
+    """label, json and tool_call answers can be made to parse by construction (runtime.constrain): their request
+    is one the runtime accepts and llama.cpp compiles; code and text ask for none."""
+    import llama_cpp
+
+    from edgedistill.runtime.constrain import constraint_for, gbnf
+
+    kind = get(name)
+    output, record = CASES[name][:2]
+    request = kind.constraint(output, record)
+    c = constraint_for(**request)
+    assert (c is None) == (name in ("code", "text"))
+    if c is not None:
+        llama_cpp.LlamaGrammar.from_string(gbnf(c), verbose=False)
+    if name == "label":
+        assert all(kind.parse(x, output, record).valid for x in c.choices)
+    if name == "tool_call":
+        assert c.tools == ("get_weather",)
