@@ -111,7 +111,7 @@ class GGUFModel(LoadedModel):
         """Token ids under llama.cpp's grammar, checked lazily: the token chosen from the model's own distribution is
         kept when the grammar accepts it (one candidate checked); only when it refuses is the grammar applied to the
         whole vocabulary and the token chosen again from what it allows, which is the same distribution as masking
-        first (measured: masking every step halves decode speed on a 150k vocabulary; benchmarks/constrained.py).
+        first at a fraction of the work on a large vocabulary (benchmarks/constrained.py measures the cost).
         Tokens holding bytes that never occur in UTF-8 are out (llama.cpp's grammar decodes them leniently)."""
         import ctypes
 
