@@ -82,7 +82,10 @@ class FailingProxy:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client left (a command stopped by Ctrl-C)
+                    pass
 
             def _forward(self, body: bytes | None):
                 req = urllib.request.Request(proxy.upstream + self.path.removeprefix("/v1"), data=body,
@@ -173,8 +176,11 @@ def interrupt_once_asked(argv: list[str], proxy: FailingProxy, wait_s: float) ->
 
     repo = Path(__file__).resolve().parent.parent
 
+    # SIGINT as a terminal delivers it, even where this test run was started in the background (a non-interactive
+    # shell starts it with SIGINT ignored, and children inherit that)
     proc = subprocess.Popen([sys.executable, "-m", "edgedistill", *argv], cwd=repo, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proxy.posted.wait(wait_s), "the command never asked the server"
         t0 = time.monotonic()
