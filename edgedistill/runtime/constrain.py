@@ -130,6 +130,10 @@ def constraint_for(response_format: dict | None = None, tools: list[dict] | None
     response_format: {"type": "json_object"}, {"type": "json_schema", "json_schema": {"schema": {...}}}, or
     edgedistill's {"type": "choice", "choices": ["billing", "shipping", ...]} (a label, as plain text).
     tool_choice: "required" (one of the tools) or {"type": "function", "function": {"name": NAME}}."""
+    if response_format is not None and not isinstance(response_format, dict):
+        raise ConstraintError("response_format must be an object such as {\"type\": \"json_object\"}")
+    if tools is not None and not isinstance(tools, list):
+        raise ConstraintError("tools must be a list of {\"type\": \"function\", \"function\": {...}}")
     if tools and response_format and response_format.get("type", "text") != "text":
         raise ConstraintError("give response_format or tools, not both")
     if tools:
@@ -153,8 +157,6 @@ def constraint_for(response_format: dict | None = None, tools: list[dict] | None
         raise ConstraintError("tool_choice needs tools")
     if response_format is None:
         return None
-    if not isinstance(response_format, dict):
-        raise ConstraintError("response_format must be an object such as {\"type\": \"json_object\"}")
     kind = response_format.get("type", "text")
     if kind == "text":
         return None

@@ -104,6 +104,10 @@ def test_what_cannot_be_enforced_is_refused_naming_it(tiny_bundles):
         constraint_for({"type": "json_object"}, TOOLS, "required")
     with pytest.raises(ConstraintError, match="'xml' is not one of"):
         constraint_for({"type": "xml"})
+    with pytest.raises(ConstraintError, match="response_format must be an object"):
+        constraint_for("json")
+    with pytest.raises(ConstraintError, match="tools must be a list"):
+        constraint_for(tools={"name": "refund"}, tool_choice="required")
     with load(tiny_bundles[1] / "gguf-q8_0") as m:  # through the runtime: refused before any token
         with pytest.raises(ConstraintError, match="'uniqueItems'"):
             m.chat(ASK, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {
